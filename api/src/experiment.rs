@@ -1,0 +1,919 @@
+//! The `Experiment` kind: what to break, where, when, and what must hold.
+//! Every field is documented in `docs/experiment.md`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cron::CronSchedule,
+    decode::{Cx, Decode, Fields},
+    diag::{Path, did_you_mean},
+    fault::FaultAction,
+    string_enum,
+    units::{Duration, Percent},
+    validate::{Problems, dns_label, label_key, label_value, unique},
+    yaml::{Node, quote},
+};
+
+pub const MAX_TARGETS: usize = 32;
+pub const MAX_FAULTS: usize = 32;
+pub const MAX_CHECKS: usize = 32;
+
+/// A chaos experiment: faults injected into selected targets for a while,
+/// and the hypothesis that must hold meanwhile.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "faultline.dev",
+    version = "v1alpha1",
+    kind = "Experiment",
+    namespaced,
+    status = "ExperimentStatus",
+    shortname = "fx",
+    category = "faultline",
+    derive = "PartialEq",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Verdict", type_ = "string", json_path = ".status.verdict"),
+    printcolumn(name = "Targets", type_ = "integer", json_path = ".status.targets"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 63").message("experiment names are at most 63 characters")
+)]
+#[x_kube(
+    validation = Rule::new("self.faults.all(f, f.target in self.targets)").message("every fault's target must name an entry of spec.targets"),
+    validation = Rule::new("!has(self.hypothesis) || self.hypothesis.all(c, !has(c.breaker) || !has(c.breaker.fault) || self.faults.exists(f, f.name == c.breaker.fault))").message("a breaker check's fault must name a fault of this experiment"),
+    validation = Rule::new("self.faults.all(f, !has(f.start) || duration(f.start) < duration(self.duration))").message("a fault's start must fall inside the experiment's duration"),
+    validation = Rule::new("self.faults.all(f, !has(f.duration) || duration(has(f.start) ? f.start : '0s') + duration(f.duration) <= duration(self.duration))").message("a fault's start + duration must not run past the experiment's duration")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentSpec {
+    /// What the experiment proves, for people reading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+    /// How long faults are active, from the start of the run (at most 24h).
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("the duration must be greater than 0s"))]
+    pub duration: Duration,
+    /// A 5-field cron schedule (UTC); without it the experiment runs once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<CronSchedule>,
+    /// Named selections of pods (or local services) that faults act on.
+    #[schemars(length(min = 1, max = 32))]
+    pub targets: BTreeMap<String, TargetSelector>,
+    /// What to break. Names are unique.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub faults: Vec<Fault>,
+    /// Checks that must hold for the experiment to pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub hypothesis: Vec<Check>,
+    /// Checks that stop the run and remove every fault at once when they fail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub abort: Vec<Check>,
+    /// Blast-radius limits checked before anything is injected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+string_enum! {
+    /// How many of the matching pods a target selects.
+    #[derive(Default)]
+    pub enum SelectionMode ("a selection mode") {
+        #[default]
+        All = "all",
+        One = "one",
+        Fixed = "fixed",
+        Percent = "percent",
+    }
+}
+
+/// Which pods (or local services) a target name stands for.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("self.mode in ['fixed', 'percent'] ? has(self.value) : !has(self.value)").message("value is required with mode fixed or percent, and not allowed otherwise"),
+    validation = Rule::new("self.mode != 'percent' || !has(self.value) || self.value <= 100").message("with mode percent, value is 1 to 100")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSelector {
+    /// Namespaces to select from (default: the experiment's own namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub namespaces: Vec<String>,
+    /// Labels a pod must carry, all of them.
+    #[schemars(length(min = 1, max = 32))]
+    pub labels: BTreeMap<String, String>,
+    /// all (default), one, fixed (`value` pods) or percent (`value`% of pods, rounded up).
+    #[serde(default)]
+    pub mode: SelectionMode,
+    /// A count for fixed, 1 to 100 for percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub value: Option<u32>,
+}
+
+/// One fault: what is done to which target, and when.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    /// Unique within the experiment.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The name of an entry in `targets`.
+    pub target: String,
+    /// Offset from the start of the run (default 0s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Duration>,
+    /// How long the fault lasts (default: until the experiment ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+    #[serde(flatten)]
+    pub action: FaultAction,
+}
+
+impl Fault {
+    /// When the fault starts, as an offset from the run's start.
+    pub fn start(&self) -> Duration {
+        self.start.unwrap_or(Duration::ZERO)
+    }
+
+    /// When the fault ends, as an offset from the run's start.
+    pub fn end(&self, experiment: Duration) -> Duration {
+        match self.duration {
+            Some(d) => self
+                .start()
+                .checked_add(d)
+                .unwrap_or(experiment)
+                .min(experiment),
+            None => experiment,
+        }
+    }
+}
+
+string_enum! {
+    /// Moments of a run at which a hypothesis check is evaluated.
+    pub enum CheckPhase ("a check phase") {
+        /// Before any fault is injected: confirms the steady state.
+        Before = "before",
+        /// Continuously while faults are active.
+        During = "during",
+        /// Once, after every fault is removed.
+        After = "after",
+    }
+}
+
+string_enum! {
+    /// Circuit-breaker states, as applications report them.
+    pub enum BreakerState ("a breaker state") {
+        Closed = "closed",
+        Open = "open",
+        HalfOpen = "half_open",
+    }
+}
+
+/// A check on what the system under test does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// Shown in reports (default: derived from the check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub name: Option<String>,
+    /// When a hypothesis check is evaluated (default depends on the kind; see docs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub when: Vec<CheckPhase>,
+    #[serde(flatten)]
+    pub kind: CheckKind,
+}
+
+/// Exactly one kind of check, written as its key next to `name` and `when`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CheckKind {
+    ErrorRate(ErrorRateCheck),
+    Latency(LatencyCheck),
+    Breaker(BreakerCheck),
+    Http(HttpCheck),
+}
+
+impl CheckKind {
+    pub const KEYS: [&'static str; 4] = ["errorRate", "latency", "breaker", "http"];
+
+    pub fn key(&self) -> &'static str {
+        match self {
+            CheckKind::ErrorRate(_) => "errorRate",
+            CheckKind::Latency(_) => "latency",
+            CheckKind::Breaker(_) => "breaker",
+            CheckKind::Http(_) => "http",
+        }
+    }
+}
+
+impl Check {
+    /// The phases this check runs in, defaults applied.
+    pub fn phases(&self) -> Vec<CheckPhase> {
+        if !self.when.is_empty() {
+            return self.when.clone();
+        }
+        match self.kind {
+            CheckKind::Http(_) => vec![CheckPhase::Before, CheckPhase::During, CheckPhase::After],
+            _ => vec![CheckPhase::During],
+        }
+    }
+
+    /// The check's name, or one derived from what it checks.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        match &self.kind {
+            CheckKind::ErrorRate(c) => format!("{} error rate <= {}", c.service, c.max),
+            CheckKind::Latency(c) => format!("{} p{} <= {}", c.service, c.percentile, c.max),
+            CheckKind::Breaker(c) => format!("{} breaker {} is {}", c.service, c.name, c.state),
+            CheckKind::Http(c) => format!("GET {} answers {}", c.url, c.status),
+        }
+    }
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(30).unwrap_or_default()
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(2).unwrap_or_default()
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+/// The share of a service's requests that fail, over a sliding window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRateCheck {
+    /// The service (OpenTelemetry `service.name`).
+    pub service: String,
+    /// The highest acceptable error rate.
+    pub max: Percent,
+    /// The sliding window (default 30s).
+    #[serde(default = "default_window")]
+    pub window: Duration,
+}
+
+/// A latency percentile of a service, over a sliding window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyCheck {
+    pub service: String,
+    /// Greater than 0 and at most 100, e.g. 99 or 99.9.
+    #[schemars(range(min = 0, max = 100))]
+    pub percentile: f64,
+    /// The highest acceptable latency at that percentile.
+    pub max: Duration,
+    /// The sliding window (default 30s).
+    #[serde(default = "default_window")]
+    pub window: Duration,
+}
+
+/// A circuit breaker of a service must reach (or be in) a state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerCheck {
+    pub service: String,
+    /// The breaker's name (`circuit_breaker.name`).
+    pub name: String,
+    pub state: BreakerState,
+    /// The state must be reached within this long of the fault's start;
+    /// without it, the breaker must be in the state whenever checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<Duration>,
+    /// The fault whose start `within` counts from (default: the earliest fault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+}
+
+/// An HTTP GET must answer with a status in time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCheck {
+    /// An http:// or https:// URL.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// The expected status (default 200).
+    #[serde(default = "default_status")]
+    #[schemars(range(min = 100, max = 599))]
+    pub status: u16,
+    /// How long to wait for the answer (default 2s).
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+}
+
+/// Blast-radius limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// The run does not start if its targets select more pods than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_targets: Option<u32>,
+}
+
+string_enum! {
+    /// The lifecycle of one run.
+    pub enum Phase ("an experiment phase") {
+        Pending = "Pending",
+        Injecting = "Injecting",
+        Running = "Running",
+        Recovering = "Recovering",
+        Completed = "Completed",
+        Aborted = "Aborted",
+        Recovered = "Recovered",
+    }
+}
+
+string_enum! {
+    pub enum Verdict ("a verdict") {
+        Passed = "Passed",
+        Failed = "Failed",
+        Aborted = "Aborted",
+    }
+}
+
+/// What the controller reports. Small by design: counts, never one entry per pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Pods selected by the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<u32>,
+    /// Fault instances currently applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected: Option<u32>,
+    /// Fault instances that could not be applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_at: Option<Time>,
+    /// The latest result of each check, one entry per check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// The last observed value, e.g. "3.2%" or "open".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+// ---- decoding from located YAML ----
+
+impl Decode for ExperimentSpec {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(
+            cx,
+            node,
+            path,
+            &[
+                "description",
+                "duration",
+                "schedule",
+                "targets",
+                "faults",
+                "hypothesis",
+                "abort",
+                "limits",
+            ],
+        )?;
+        let description = f.opt(cx, "description");
+        let duration = f.req(cx, "duration");
+        let schedule = f.opt(cx, "schedule");
+        let targets = f.req(cx, "targets");
+        let faults = f.req(cx, "faults");
+        let hypothesis = f.list(cx, "hypothesis");
+        let abort = f.list(cx, "abort");
+        let limits = f.opt(cx, "limits");
+        Some(ExperimentSpec {
+            description: description?,
+            duration: duration?,
+            schedule: schedule?,
+            targets: targets?,
+            faults: faults?,
+            hypothesis: hypothesis?,
+            abort: abort?,
+            limits: limits?,
+        })
+    }
+}
+
+impl Decode for TargetSelector {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["namespaces", "labels", "mode", "value"])?;
+        let namespaces = f.list(cx, "namespaces");
+        let labels = f.req(cx, "labels");
+        let mode = f.opt(cx, "mode");
+        let value = f.opt(cx, "value");
+        Some(TargetSelector {
+            namespaces: namespaces?,
+            labels: labels?,
+            mode: mode?.unwrap_or_default(),
+            value: value?,
+        })
+    }
+}
+
+impl Decode for Fault {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(
+            cx,
+            node,
+            path,
+            &[
+                "name",
+                "target",
+                "start",
+                "duration",
+                "latency",
+                "kill",
+                "partition",
+            ],
+        )?;
+        let name = f.req(cx, "name");
+        let target = f.req(cx, "target");
+        let start = f.opt(cx, "start");
+        let duration = f.opt(cx, "duration");
+        let action = FaultAction::decode_in(cx, &f, "a fault");
+        Some(Fault {
+            name: name?,
+            target: target?,
+            start: start?,
+            duration: duration?,
+            action: action?,
+        })
+    }
+}
+
+impl Decode for Check {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let mut known = vec!["name", "when"];
+        known.extend(CheckKind::KEYS);
+        let f = Fields::new(cx, node, path, &known)?;
+        let name = f.opt(cx, "name");
+        let when = f.list(cx, "when");
+        let present = f.present(&CheckKind::KEYS);
+        let kind = match present.as_slice() {
+            [] if f.suggested_any(&CheckKind::KEYS) => None,
+            [] => {
+                cx.error(
+                    f.pos(),
+                    path,
+                    "a check needs one kind: errorRate, latency, breaker or http",
+                );
+                None
+            }
+            ["errorRate"] => f.req(cx, "errorRate").map(CheckKind::ErrorRate),
+            ["latency"] => f.req(cx, "latency").map(CheckKind::Latency),
+            ["breaker"] => f.req(cx, "breaker").map(CheckKind::Breaker),
+            ["http"] => f.req(cx, "http").map(CheckKind::Http),
+            [first, rest @ ..] => {
+                for other in rest {
+                    let pos = f.key_pos(other);
+                    cx.error(
+                        pos,
+                        &path.key(other),
+                        format!("a check has one kind only; it already has {first}"),
+                    );
+                }
+                None
+            }
+        };
+        Some(Check {
+            name: name?,
+            when: when?,
+            kind: kind?,
+        })
+    }
+}
+
+impl Decode for ErrorRateCheck {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["service", "max", "window"])?;
+        let service = f.req(cx, "service");
+        let max = f.req(cx, "max");
+        let window = f.opt(cx, "window");
+        Some(ErrorRateCheck {
+            service: service?,
+            max: max?,
+            window: window?.unwrap_or_else(default_window),
+        })
+    }
+}
+
+impl Decode for LatencyCheck {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["service", "percentile", "max", "window"])?;
+        let service = f.req(cx, "service");
+        let percentile = f.req(cx, "percentile");
+        let max = f.req(cx, "max");
+        let window = f.opt(cx, "window");
+        Some(LatencyCheck {
+            service: service?,
+            percentile: percentile?,
+            max: max?,
+            window: window?.unwrap_or_else(default_window),
+        })
+    }
+}
+
+impl Decode for BreakerCheck {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(
+            cx,
+            node,
+            path,
+            &["service", "name", "state", "within", "fault"],
+        )?;
+        let service = f.req(cx, "service");
+        let name = f.req(cx, "name");
+        let state = f.req(cx, "state");
+        let within = f.opt(cx, "within");
+        let fault = f.opt(cx, "fault");
+        Some(BreakerCheck {
+            service: service?,
+            name: name?,
+            state: state?,
+            within: within?,
+            fault: fault?,
+        })
+    }
+}
+
+impl Decode for HttpCheck {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["url", "status", "timeout"])?;
+        let url = f.req(cx, "url");
+        let status = f.opt(cx, "status");
+        let timeout = f.opt(cx, "timeout");
+        Some(HttpCheck {
+            url: url?,
+            status: status?.unwrap_or_else(default_status),
+            timeout: timeout?.unwrap_or_else(default_timeout),
+        })
+    }
+}
+
+impl Decode for Limits {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["maxTargets"])?;
+        let max_targets = f.opt(cx, "maxTargets");
+        Some(Limits {
+            max_targets: max_targets?,
+        })
+    }
+}
+
+// ---- semantic validation ----
+
+impl ExperimentSpec {
+    /// Every problem with an otherwise well-typed spec; paths start at `spec`.
+    pub fn validate(&self, p: &mut Problems) {
+        let spec = Path::root().key("spec");
+        if self.duration.is_zero() {
+            p.add(spec.key("duration"), "must be greater than 0s");
+        }
+        self.validate_targets(&spec, p);
+        self.validate_faults(&spec, p);
+        let checks = spec.key("hypothesis");
+        if self.hypothesis.len() > MAX_CHECKS {
+            p.add(checks.clone(), format!("has more than {MAX_CHECKS} checks"));
+        }
+        for (i, c) in self.hypothesis.iter().enumerate() {
+            self.validate_check(c, &checks.index(i), false, p);
+        }
+        unique(
+            p,
+            self.hypothesis
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| Some((checks.index(i).key("name"), c.name.as_deref()?))),
+            "check name",
+        );
+        let abort = spec.key("abort");
+        if self.abort.len() > MAX_CHECKS {
+            p.add(abort.clone(), format!("has more than {MAX_CHECKS} checks"));
+        }
+        for (i, c) in self.abort.iter().enumerate() {
+            self.validate_check(c, &abort.index(i), true, p);
+        }
+        if let Some(Limits {
+            max_targets: Some(0),
+        }) = self.limits
+        {
+            p.add(spec.key("limits").key("maxTargets"), "must be at least 1");
+        }
+    }
+
+    fn validate_targets(&self, spec: &Path, p: &mut Problems) {
+        let path = spec.key("targets");
+        if self.targets.is_empty() {
+            p.add(path.clone(), "needs at least one target");
+        }
+        if self.targets.len() > MAX_TARGETS {
+            p.add(path.clone(), format!("has more than {MAX_TARGETS} targets"));
+        }
+        for (name, t) in &self.targets {
+            let tp = path.key(name);
+            if let Err(e) = dns_label(name) {
+                p.add(tp.clone(), format!("target name {e}"));
+            }
+            for (i, ns) in t.namespaces.iter().enumerate() {
+                if let Err(e) = dns_label(ns) {
+                    p.add(tp.key("namespaces").index(i), format!("namespace {e}"));
+                }
+            }
+            unique(
+                p,
+                t.namespaces
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ns)| (tp.key("namespaces").index(i), ns.as_str())),
+                "namespace",
+            );
+            if t.labels.is_empty() {
+                p.add(
+                    tp.key("labels"),
+                    "needs at least one label; an empty selector would select every pod",
+                );
+            }
+            for (k, v) in &t.labels {
+                if let Err(e) = label_key(k).and_then(|_| label_value(v)) {
+                    p.add(tp.key("labels").key(k), e);
+                }
+            }
+            match (t.mode, t.value) {
+                (SelectionMode::Fixed, None) => {
+                    p.add(tp.key("mode"), "mode fixed needs a value: how many pods")
+                }
+                (SelectionMode::Percent, None) => {
+                    p.add(tp.key("mode"), "mode percent needs a value: 1 to 100")
+                }
+                (SelectionMode::Fixed, Some(0)) => p.add(tp.key("value"), "must be at least 1"),
+                (SelectionMode::Percent, Some(v)) if !(1..=100).contains(&v) => p.add(
+                    tp.key("value"),
+                    format!("{v} is not a percentage of pods; use 1 to 100"),
+                ),
+                (SelectionMode::All | SelectionMode::One, Some(_)) => p.add(
+                    tp.key("value"),
+                    format!(
+                        "value only applies to modes fixed and percent, not {}",
+                        t.mode
+                    ),
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    fn validate_faults(&self, spec: &Path, p: &mut Problems) {
+        let path = spec.key("faults");
+        if self.faults.is_empty() {
+            p.add(path.clone(), "needs at least one fault");
+        }
+        if self.faults.len() > MAX_FAULTS {
+            p.add(path.clone(), format!("has more than {MAX_FAULTS} faults"));
+        }
+        unique(
+            p,
+            self.faults
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (path.index(i).key("name"), f.name.as_str())),
+            "fault name",
+        );
+        for (i, f) in self.faults.iter().enumerate() {
+            let fp = path.index(i);
+            if let Err(e) = dns_label(&f.name) {
+                p.add(fp.key("name"), format!("fault name {e}"));
+            }
+            if !self.targets.contains_key(&f.target) {
+                p.add(fp.key("target"), self.unknown_target(&f.target));
+            }
+            let start = f.start();
+            if start >= self.duration && !self.duration.is_zero() {
+                p.add(
+                    fp.key("start"),
+                    format!(
+                        "starts at {start}, not before the experiment's duration of {} ends",
+                        self.duration
+                    ),
+                );
+            }
+            if let Some(d) = f.duration {
+                if d.is_zero() {
+                    p.add(fp.key("duration"), "must be greater than 0s");
+                } else if start.checked_add(d).is_none_or(|end| end > self.duration) {
+                    p.add(
+                        fp.key("duration"),
+                        format!(
+                            "start {start} + duration {d} runs past the experiment's duration of {}",
+                            self.duration
+                        ),
+                    );
+                }
+            }
+            if let FaultAction::Kill(k) = &f.action
+                && let Some(every) = k.every
+            {
+                let window = f
+                    .end(self.duration)
+                    .as_millis()
+                    .saturating_sub(start.as_millis());
+                if !every.is_zero() && every.as_millis() >= window && window > 0 {
+                    p.add(
+                        fp.key("kill").key("every"),
+                        format!(
+                            "{every} is not shorter than the fault's active time; the signal would be sent once (drop every)"
+                        ),
+                    );
+                }
+            }
+            let own = f.target.as_str();
+            let peer_ok = |peer: &str| -> Result<(), String> {
+                if peer == own {
+                    Err(format!("{} is the fault's own target", quote(peer)))
+                } else if self.targets.contains_key(peer) {
+                    Ok(())
+                } else {
+                    Err(self.unknown_target(peer) + " or a CIDR")
+                }
+            };
+            f.action.validate(&fp, p, &peer_ok);
+        }
+    }
+
+    fn unknown_target(&self, name: &str) -> String {
+        let hint = match did_you_mean(name, self.targets.keys().map(String::as_str)) {
+            Some(s) => format!(" (did you mean {s}?)"),
+            None => String::new(),
+        };
+        format!("{} is not a target of this experiment{hint}", quote(name))
+    }
+
+    fn validate_check(&self, c: &Check, path: &Path, abort: bool, p: &mut Problems) {
+        if abort && !c.when.is_empty() {
+            p.add(
+                path.key("when"),
+                "abort checks are evaluated throughout the run; when does not apply",
+            );
+        }
+        unique(
+            p,
+            c.when
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (path.key("when").index(i), w.as_str())),
+            "phase",
+        );
+        let kp = path.key(c.kind.key());
+        let window_ok = |p: &mut Problems, w: Duration| {
+            if w.as_millis() < 1000 {
+                p.add(
+                    kp.key("window"),
+                    format!("{w} is too short; windows are 1s to 1h"),
+                );
+            } else if w.as_millis() > 3_600_000 {
+                p.add(
+                    kp.key("window"),
+                    format!("{w} is too long; windows are 1s to 1h"),
+                );
+            }
+        };
+        let service_ok = |p: &mut Problems, s: &str| {
+            if s.trim().is_empty() {
+                p.add(kp.key("service"), "must not be empty");
+            }
+        };
+        match &c.kind {
+            CheckKind::ErrorRate(e) => {
+                service_ok(p, &e.service);
+                window_ok(p, e.window);
+            }
+            CheckKind::Latency(l) => {
+                service_ok(p, &l.service);
+                window_ok(p, l.window);
+                if !(l.percentile > 0.0 && l.percentile <= 100.0) {
+                    p.add(
+                        kp.key("percentile"),
+                        format!(
+                            "{} is not a percentile; use a number above 0 and at most 100",
+                            l.percentile
+                        ),
+                    );
+                }
+                if l.max.is_zero() {
+                    p.add(kp.key("max"), "must be greater than 0s");
+                }
+            }
+            CheckKind::Breaker(b) => {
+                service_ok(p, &b.service);
+                if b.name.trim().is_empty() {
+                    p.add(kp.key("name"), "must not be empty");
+                }
+                if let Some(w) = b.within {
+                    if w.is_zero() {
+                        p.add(kp.key("within"), "must be greater than 0s");
+                    } else if w > self.duration {
+                        p.add(
+                            kp.key("within"),
+                            format!(
+                                "{w} is longer than the experiment's duration of {}",
+                                self.duration
+                            ),
+                        );
+                    }
+                }
+                if let Some(fault) = &b.fault
+                    && !self.faults.iter().any(|f| &f.name == fault)
+                {
+                    let hint = did_you_mean(fault, self.faults.iter().map(|f| f.name.as_str()))
+                        .map(|s| format!(" (did you mean {s}?)"))
+                        .unwrap_or_default();
+                    p.add(
+                        kp.key("fault"),
+                        format!("{} is not a fault of this experiment{hint}", quote(fault)),
+                    );
+                }
+            }
+            CheckKind::Http(h) => {
+                if let Err(e) = check_url(&h.url) {
+                    p.add(kp.key("url"), e);
+                }
+                if !(100..=599).contains(&h.status) {
+                    p.add(
+                        kp.key("status"),
+                        format!("{} is not an HTTP status (100 to 599)", h.status),
+                    );
+                }
+                if h.timeout.is_zero() {
+                    p.add(kp.key("timeout"), "must be greater than 0s");
+                } else if h.timeout.as_millis() > 60_000 {
+                    p.add(kp.key("timeout"), "must be at most 1m");
+                }
+            }
+        }
+    }
+}
+
+/// An absolute http(s) URL with a host; no other parts are interpreted.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{} is not an http:// or https:// URL", quote(url)))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.rsplit_once('@') {
+        Some((_, h)) => h,
+        None => authority,
+    };
+    if host.is_empty() || host.starts_with(':') {
+        return Err(format!("{} has no host", quote(url)));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{} contains spaces or control characters",
+            quote(url)
+        ));
+    }
+    if let Some((h, port)) = host.rsplit_once(':')
+        && !h.ends_with(']')
+        && !h.contains(':')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("{} has an invalid port", quote(url)));
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Fault kinds shared by `Experiment` (where peers may be target names) and
+//! `NodeFaults` (where they are resolved to CIDRs).
+
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    decode::{Cx, Decode, Fields},
+    diag::Path,
+    string_enum,
+    units::{Duration, Percent},
+    validate::Problems,
+    yaml::{Node, quote},
+};
+
+/// The most peers, destinations or ports one fault may list.
+pub const MAX_PEERS: usize = 64;
+
+string_enum! {
+    /// Which traffic a partition cuts, seen from the target.
+    #[derive(Default)]
+    pub enum Direction ("a direction") {
+        Ingress = "ingress",
+        Egress = "egress",
+        #[default]
+        Both = "both",
+    }
+}
+
+string_enum! {
+    /// Signals a kill fault may send.
+    #[derive(Default)]
+    pub enum Signal ("a signal name") {
+        Hup = "SIGHUP",
+        Int = "SIGINT",
+        Quit = "SIGQUIT",
+        Abrt = "SIGABRT",
+        #[default]
+        Kill = "SIGKILL",
+        Usr1 = "SIGUSR1",
+        Usr2 = "SIGUSR2",
+        Term = "SIGTERM",
+        Cont = "SIGCONT",
+        Stop = "SIGSTOP",
+    }
+}
+
+impl Signal {
+    /// The Linux signal number.
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Hup => 1,
+            Signal::Int => 2,
+            Signal::Quit => 3,
+            Signal::Abrt => 6,
+            Signal::Kill => 9,
+            Signal::Usr1 => 10,
+            Signal::Usr2 => 12,
+            Signal::Term => 15,
+            Signal::Cont => 18,
+            Signal::Stop => 19,
+        }
+    }
+}
+
+/// Delay (and optionally lose) the target's outgoing packets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    /// Added delay, greater than 0.
+    pub delay: Duration,
+    /// Random variation around `delay` (default 0s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Duration>,
+    /// How much each packet's delay depends on the previous one (default 0%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<Percent>,
+    /// Share of packets dropped (default 0%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Percent>,
+    /// Only traffic to these destinations is affected (target names in an
+    /// Experiment, CIDRs in NodeFaults); empty means all traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub to: Vec<String>,
+}
+
+/// Send a signal to every process of the target, once or repeatedly.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Kill {
+    /// The signal to send (default SIGKILL).
+    #[serde(default)]
+    pub signal: Signal,
+    /// Repeat this often until the fault ends; without it, the signal is sent once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<Duration>,
+}
+
+/// Cut the target off from some peers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Partition {
+    /// Which traffic is cut (default both).
+    #[serde(default)]
+    pub direction: Direction,
+    /// Who the target is cut off from: target names in an Experiment, CIDRs in NodeFaults.
+    #[schemars(length(min = 1, max = 64))]
+    pub peers: Vec<String>,
+    /// Only these ports (the peer's port for egress, the target's for ingress); empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub ports: Vec<u16>,
+}
+
+/// Exactly one kind of fault. Written as one of the keys `latency`, `kill`,
+/// `partition` next to the fault's other fields.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FaultAction {
+    Latency(Latency),
+    Kill(Kill),
+    Partition(Partition),
+}
+
+impl FaultAction {
+    pub const KEYS: [&'static str; 3] = ["latency", "kill", "partition"];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultAction::Latency(_) => "latency",
+            FaultAction::Kill(_) => "kill",
+            FaultAction::Partition(_) => "partition",
+        }
+    }
+
+    /// Decodes the one fault-kind key of a fault mapping, reporting none or several.
+    pub(crate) fn decode_in(cx: &mut Cx, f: &Fields<'_>, what: &str) -> Option<FaultAction> {
+        let present = f.present(&Self::KEYS);
+        match present.as_slice() {
+            [] if f.suggested_any(&Self::KEYS) => None,
+            [] => {
+                cx.error(
+                    f.pos(),
+                    f.path(),
+                    format!("{what} needs one fault kind: latency, kill or partition"),
+                );
+                None
+            }
+            [one] => match *one {
+                "latency" => f.req(cx, "latency").map(FaultAction::Latency),
+                "kill" => f.req(cx, "kill").map(FaultAction::Kill),
+                _ => f.req(cx, "partition").map(FaultAction::Partition),
+            },
+            [first, rest @ ..] => {
+                for other in rest {
+                    let pos = f.key_pos(other);
+                    cx.error(
+                        pos,
+                        &f.path().key(other),
+                        format!("{what} has one kind only; it already has {first}"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Checks values; `peer_ok` decides which peer/destination names are
+    /// acceptable besides CIDRs (target names in an Experiment).
+    pub(crate) fn validate(
+        &self,
+        path: &Path,
+        p: &mut Problems,
+        peer_ok: &dyn Fn(&str) -> Result<(), String>,
+    ) {
+        match self {
+            FaultAction::Latency(l) => {
+                let path = path.key("latency");
+                if l.delay.is_zero() {
+                    p.add(path.key("delay"), "must be greater than 0s");
+                }
+                check_peers(&path.key("to"), &l.to, p, peer_ok);
+            }
+            FaultAction::Kill(k) => {
+                if k.every.is_some_and(Duration::is_zero) {
+                    p.add(path.key("kill").key("every"), "must be greater than 0s");
+                }
+            }
+            FaultAction::Partition(part) => {
+                let path = path.key("partition");
+                if part.peers.is_empty() {
+                    p.add(path.key("peers"), "needs at least one peer");
+                }
+                check_peers(&path.key("peers"), &part.peers, p, peer_ok);
+                if part.ports.len() > MAX_PEERS {
+                    p.add(
+                        path.key("ports"),
+                        format!("lists more than {MAX_PEERS} ports"),
+                    );
+                }
+                for (i, port) in part.ports.iter().enumerate() {
+                    if *port == 0 {
+                        p.add(
+                            path.key("ports").index(i),
+                            "port 0 is not a port; use 1 to 65535",
+                        );
+                    } else if part.ports[..i].contains(port) {
+                        p.add(
+                            path.key("ports").index(i),
+                            format!("port {port} is listed twice"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_peers(
+    path: &Path,
+    peers: &[String],
+    p: &mut Problems,
+    peer_ok: &dyn Fn(&str) -> Result<(), String>,
+) {
+    if peers.len() > MAX_PEERS {
+        p.add(path.clone(), format!("lists more than {MAX_PEERS} entries"));
+    }
+    for (i, peer) in peers.iter().enumerate() {
+        if peers[..i].contains(peer) {
+            p.add(path.index(i), format!("{} is listed twice", quote(peer)));
+        } else if parse_cidr(peer).is_none()
+            && let Err(msg) = peer_ok(peer)
+        {
+            p.add(path.index(i), msg);
+        }
+    }
+}
+
+/// Parses `10.0.0.0/8`, `fd00::/8` or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) && l.len() <= 3 => {
+            l.parse::<u8>().ok()?
+        }
+        Some(_) => return None,
+        None => max,
+    };
+    (len <= max).then_some((addr, len))
+}
+
+impl Decode for Latency {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(
+            cx,
+            node,
+            path,
+            &["delay", "jitter", "correlation", "loss", "to"],
+        )?;
+        let delay = f.req(cx, "delay");
+        let jitter = f.opt(cx, "jitter");
+        let correlation = f.opt(cx, "correlation");
+        let loss = f.opt(cx, "loss");
+        let to = f.list(cx, "to");
+        Some(Latency {
+            delay: delay?,
+            jitter: jitter?,
+            correlation: correlation?,
+            loss: loss?,
+            to: to?,
+        })
+    }
+}
+
+impl Decode for Kill {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["signal", "every"])?;
+        let signal = f.opt(cx, "signal");
+        let every = f.opt(cx, "every");
+        Some(Kill {
+            signal: signal?.unwrap_or_default(),
+            every: every?,
+        })
+    }
+}
+
+impl Decode for Partition {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["direction", "peers", "ports"])?;
+        let direction = f.opt(cx, "direction");
+        let peers = f.req(cx, "peers");
+        let ports = f.list(cx, "ports");
+        Some(Partition {
+            direction: direction?.unwrap_or_default(),
+            peers: peers?,
+            ports: ports?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        assert!(parse_cidr("10.0.0.0/8").is_some());
+        assert!(parse_cidr("10.1.2.3").is_some());
+        assert!(parse_cidr("fd00::/8").is_some());
+        assert!(parse_cidr("10.0.0.0/33").is_none());
+        assert!(parse_cidr("10.0.0.0/").is_none());
+        assert!(parse_cidr("10.0.0.0/+8").is_none());
+        assert!(parse_cidr("payments").is_none());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!("SIGKILL".parse::<Signal>().map(Signal::number), Ok(9));
+        let err = "KILL".parse::<Signal>().expect_err("no prefix");
+        assert!(err.0.contains("did you mean SIGKILL?"), "{err}");
+        let err = "SIGFOO".parse::<Signal>().expect_err("unknown");
+        assert!(err.0.contains("is not a signal name"), "{err}");
+    }
+}

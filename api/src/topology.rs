@@ -1,0 +1,261 @@
+//! The `Topology` kind (local mode only): services started as local processes,
+//! and the dependency edges a fault proxy is put on.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    decode::{Cx, Decode, Fields},
+    diag::{Path, did_you_mean},
+    validate::{Problems, dns_label, label_key, label_value, unique},
+    yaml::{Node, quote},
+};
+
+pub const MAX_SERVICES: usize = 64;
+
+/// A small system run as local processes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Topology {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: TopologySpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologySpec {
+    pub services: Vec<Service>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// Unique; a dependent finds this service at `<NAME>_ADDR` (upper case, `-` as `_`).
+    pub name: String,
+    /// What experiment targets select by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Program and arguments; run directly, never through a shell.
+    pub command: Vec<String>,
+    /// The loopback port the service listens on.
+    pub port: u16,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Services this one calls; each edge goes through a fault proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+}
+
+impl Service {
+    /// The environment variable through which dependents find this service.
+    pub fn addr_var(&self) -> String {
+        addr_var(&self.name)
+    }
+}
+
+/// `payments` → `PAYMENTS_ADDR`, `order-db` → `ORDER_DB_ADDR`.
+pub fn addr_var(service: &str) -> String {
+    format!("{}_ADDR", service.to_ascii_uppercase().replace('-', "_"))
+}
+
+impl Decode for TopologySpec {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["services"])?;
+        let services = f.req(cx, "services");
+        Some(TopologySpec {
+            services: services?,
+        })
+    }
+}
+
+impl Decode for Service {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(
+            cx,
+            node,
+            path,
+            &["name", "labels", "command", "port", "env", "dependsOn"],
+        )?;
+        let name = f.req(cx, "name");
+        let labels = f.list(cx, "labels");
+        let command = f.req(cx, "command");
+        let port = f.req(cx, "port");
+        let env = f.list(cx, "env");
+        let depends_on = f.list(cx, "dependsOn");
+        Some(Service {
+            name: name?,
+            labels: labels?,
+            command: command?,
+            port: port?,
+            env: env?,
+            depends_on: depends_on?,
+        })
+    }
+}
+
+impl TopologySpec {
+    pub fn validate(&self, p: &mut Problems) {
+        let path = Path::root().key("spec").key("services");
+        if self.services.is_empty() {
+            p.add(path.clone(), "needs at least one service");
+        }
+        if self.services.len() > MAX_SERVICES {
+            p.add(
+                path.clone(),
+                format!("has more than {MAX_SERVICES} services"),
+            );
+        }
+        let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        unique(
+            p,
+            self.services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (path.index(i).key("name"), s.name.as_str())),
+            "service name",
+        );
+        let mut ports: Vec<u16> = Vec::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let sp = path.index(i);
+            if let Err(e) = dns_label(&s.name) {
+                p.add(sp.key("name"), format!("service name {e}"));
+            }
+            for (k, v) in &s.labels {
+                if let Err(e) = label_key(k).and_then(|_| label_value(v)) {
+                    p.add(sp.key("labels").key(k), e);
+                }
+            }
+            match s.command.first() {
+                None => p.add(sp.key("command"), "needs at least the program to run"),
+                Some(prog) if prog.trim().is_empty() => {
+                    p.add(sp.key("command").index(0), "the program name is empty")
+                }
+                _ => {}
+            }
+            for (j, arg) in s.command.iter().enumerate() {
+                if arg.contains('\0') {
+                    p.add(sp.key("command").index(j), "contains a NUL byte");
+                }
+            }
+            if s.port == 0 {
+                p.add(sp.key("port"), "port 0 is not a port; use 1 to 65535");
+            } else if ports.contains(&s.port) {
+                p.add(
+                    sp.key("port"),
+                    format!("port {} is used by another service", s.port),
+                );
+            }
+            ports.push(s.port);
+            for (k, v) in &s.env {
+                let valid = k
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    p.add(
+                        sp.key("env").key(k),
+                        format!("{} is not an environment variable name", quote(k)),
+                    );
+                } else if v.contains('\0') {
+                    p.add(sp.key("env").key(k), "contains a NUL byte");
+                }
+            }
+            for (j, dep) in s.depends_on.iter().enumerate() {
+                let dp = sp.key("dependsOn").index(j);
+                if dep == &s.name {
+                    p.add(dp, "a service cannot depend on itself");
+                } else if !names.contains(&dep.as_str()) {
+                    let hint = did_you_mean(dep, names.iter().copied())
+                        .map(|n| format!(" (did you mean {n}?)"))
+                        .unwrap_or_default();
+                    p.add(
+                        dp,
+                        format!("{} is not a service of this topology{hint}", quote(dep)),
+                    );
+                } else if s.depends_on[..j].contains(dep) {
+                    p.add(dp, format!("{} is listed twice", quote(dep)));
+                } else if s.env.contains_key(&addr_var(dep)) {
+                    p.add(
+                        sp.key("env").key(&addr_var(dep)),
+                        format!("is set by the runtime to reach {dep} through its proxy"),
+                    );
+                }
+            }
+        }
+        if let Some(cycle) = self.find_cycle() {
+            let i = self
+                .services
+                .iter()
+                .position(|s| s.name == cycle[0])
+                .unwrap_or(0);
+            p.add(
+                path.index(i).key("dependsOn"),
+                format!("dependencies form a cycle: {}", cycle.join(" → ")),
+            );
+        }
+    }
+
+    /// A dependency cycle, as the names along it (first repeated at the end).
+    fn find_cycle(&self) -> Option<Vec<String>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        let index: BTreeMap<&str, usize> = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let mut marks = vec![Mark::New; self.services.len()];
+        for start in 0..self.services.len() {
+            if marks[start] != Mark::New {
+                continue;
+            }
+            // Iterative DFS: (service, next dependency to visit).
+            let mut stack = vec![(start, 0usize)];
+            marks[start] = Mark::Active;
+            while let Some((node, next)) = stack.last_mut() {
+                let deps = &self.services[*node].depends_on;
+                if *next >= deps.len() {
+                    marks[*node] = Mark::Done;
+                    stack.pop();
+                    continue;
+                }
+                let dep = &deps[*next];
+                *next += 1;
+                let Some(&d) = index.get(dep.as_str()) else {
+                    continue;
+                };
+                if d == *node {
+                    continue; // reported as self-dependency
+                }
+                match marks[d] {
+                    Mark::Active => {
+                        let from = stack.iter().position(|(n, _)| *n == d).unwrap_or(0);
+                        let mut names: Vec<String> = stack[from..]
+                            .iter()
+                            .map(|(n, _)| self.services[*n].name.clone())
+                            .collect();
+                        names.push(self.services[d].name.clone());
+                        return Some(names);
+                    }
+                    Mark::New => {
+                        marks[d] = Mark::Active;
+                        stack.push((d, 0));
+                    }
+                    Mark::Done => {}
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,362 @@
+//! Durations (`300ms`, `30s`, `2m`, `1h`, `1m30s`) and percentages (`5%`, `0.5%`).
+//!
+//! Both are written as strings in every Faultline file and in the CRDs, so
+//! they serialize as strings and carry a `pattern` in their JSON schema.
+
+use std::{borrow::Cow, fmt, str::FromStr};
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use crate::yaml::quote;
+
+/// The longest duration any Faultline field accepts.
+pub const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
+
+pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
+pub const PERCENT_PATTERN: &str = r"^(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)%$";
+
+/// A non-negative span of time of at most 24 h, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(u64);
+
+impl Duration {
+    pub const ZERO: Duration = Duration(0);
+
+    /// None when above the 24 h maximum.
+    pub const fn from_millis(ms: u64) -> Option<Duration> {
+        if ms > MAX_DURATION_MS {
+            None
+        } else {
+            Some(Duration(ms))
+        }
+    }
+
+    pub const fn from_secs(s: u64) -> Option<Duration> {
+        Duration::from_millis(s.saturating_mul(1000))
+    }
+
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    pub const fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn as_std(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0)
+    }
+
+    /// Sum of two durations; None when it would pass the 24 h maximum.
+    pub fn checked_add(self, other: Duration) -> Option<Duration> {
+        Duration::from_millis(self.0.checked_add(other.0)?)
+    }
+}
+
+/// Why a duration or percentage could not be read; the text is the whole message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnitError(pub String);
+
+impl FromStr for Duration {
+    type Err = UnitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            UnitError(format!(
+                "{} is not a duration (use 300ms, 30s, 2m, 1h)",
+                quote(s)
+            ))
+        };
+        let text = s.trim();
+        if text.starts_with('-') && text.len() > 1 {
+            return Err(UnitError(format!(
+                "{} is negative; durations cannot be",
+                quote(s)
+            )));
+        }
+        if text.is_empty() {
+            return Err(bad());
+        }
+        let mut rest = text;
+        let mut total: u64 = 0;
+        // Units must come largest first and at most once each (1h30m, not 30m1h).
+        let mut last_rank = usize::MAX;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(bad());
+            }
+            let (num, tail) = rest.split_at(digits);
+            let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
+            let (unit, tail) = tail.split_at(unit_len);
+            let (rank, factor) = match unit {
+                "h" => (3, 3_600_000),
+                "m" => (2, 60_000),
+                "s" => (1, 1_000),
+                "ms" => (0, 1),
+                _ => return Err(bad()),
+            };
+            if rank >= last_rank {
+                return Err(bad());
+            }
+            last_rank = rank;
+            let too_large = || {
+                UnitError(format!(
+                    "{} is longer than 24h, the most Faultline accepts",
+                    quote(s)
+                ))
+            };
+            let n: u64 = num.parse().map_err(|_| too_large())?;
+            total = n
+                .checked_mul(factor)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(too_large)?;
+            rest = tail;
+        }
+        Duration::from_millis(total).ok_or_else(|| {
+            UnitError(format!(
+                "{} is longer than 24h, the most Faultline accepts",
+                quote(s)
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("0s");
+        }
+        let mut ms = self.0;
+        for (unit, factor) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+            if ms >= factor {
+                write!(f, "{}{unit}", ms / factor)?;
+                ms %= factor;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A percentage between 0 and 100 inclusive, written `5%`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
+pub struct Percent(f64);
+
+impl Percent {
+    pub fn new(points: f64) -> Option<Percent> {
+        (0.0..=100.0).contains(&points).then_some(Percent(points))
+    }
+
+    /// The value in percentage points (5% → 5.0).
+    pub fn points(self) -> f64 {
+        self.0
+    }
+
+    /// The value as a fraction (5% → 0.05).
+    pub fn fraction(self) -> f64 {
+        self.0 / 100.0
+    }
+}
+
+impl FromStr for Percent {
+    type Err = UnitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let Some(number) = text.strip_suffix('%') else {
+            return Err(UnitError(format!(
+                "{} is not a percentage (write it like 5% or 0.5%)",
+                quote(s)
+            )));
+        };
+        let number = number.trim_end();
+        if number.starts_with('-') {
+            return Err(UnitError(format!(
+                "{} is negative; percentages must be 0% to 100%",
+                quote(s)
+            )));
+        }
+        let well_formed = {
+            let mut parts = number.splitn(2, '.');
+            let int = parts.next().unwrap_or("");
+            let frac = parts.next();
+            !int.is_empty()
+                && int.bytes().all(|b| b.is_ascii_digit())
+                && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let value: f64 = if well_formed {
+            number.parse().ok()
+        } else {
+            None
+        }
+        .ok_or_else(|| {
+            UnitError(format!(
+                "{} is not a percentage (write it like 5% or 0.5%)",
+                quote(s)
+            ))
+        })?;
+        Percent::new(value).ok_or_else(|| UnitError(format!("{} is above 100%", quote(s))))
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+macro_rules! string_serde {
+    ($ty:ty, $name:literal, $pattern:expr, $desc:literal) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = Cow::<str>::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+
+        impl JsonSchema for $ty {
+            fn schema_name() -> Cow<'static, str> {
+                $name.into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({
+                    "type": "string",
+                    "pattern": $pattern,
+                    "description": $desc,
+                })
+            }
+        }
+    };
+}
+
+string_serde!(
+    Duration,
+    "Duration",
+    DURATION_PATTERN,
+    "A duration such as 300ms, 30s, 2m, 1h or 1m30s (at most 24h)."
+);
+string_serde!(
+    Percent,
+    "Percent",
+    PERCENT_PATTERN,
+    "A percentage from 0% to 100%, such as 5% or 0.5%."
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Result<u64, String> {
+        s.parse::<Duration>()
+            .map(Duration::as_millis)
+            .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(d("300ms"), Ok(300));
+        assert_eq!(d("30s"), Ok(30_000));
+        assert_eq!(d("2m"), Ok(120_000));
+        assert_eq!(d("1h"), Ok(3_600_000));
+        assert_eq!(d("1m30s"), Ok(90_000));
+        assert_eq!(d("0s"), Ok(0));
+        assert_eq!(d("24h"), Ok(MAX_DURATION_MS));
+        assert!(
+            d("5 minutes")
+                .expect_err("must be refused")
+                .contains("is not a duration (use 300ms, 30s, 2m, 1h)")
+        );
+        assert!(d("-5s").expect_err("must be refused").contains("negative"));
+        assert!(
+            d("25h")
+                .expect_err("must be refused")
+                .contains("longer than 24h")
+        );
+        assert!(
+            d("99999999999999999999999h")
+                .expect_err("must be refused")
+                .contains("longer than 24h")
+        );
+        assert!(d("30s1m").is_err());
+        assert!(d("30").is_err());
+        assert!(d("s").is_err());
+        assert!(d("1.5s").is_err());
+        assert!(d("").is_err());
+    }
+
+    #[test]
+    fn durations_round_trip_canonically() {
+        for (text, canon) in [
+            ("90s", "1m30s"),
+            ("1h0m", "1h"),
+            ("1500ms", "1s500ms"),
+            ("0ms", "0s"),
+        ] {
+            let parsed: Duration = text.parse().expect(text);
+            assert_eq!(parsed.to_string(), canon);
+            assert_eq!(canon.parse::<Duration>().ok(), Some(parsed));
+        }
+    }
+
+    #[test]
+    fn percentages() {
+        let p = |s: &str| s.parse::<Percent>().map(Percent::points).map_err(|e| e.0);
+        assert_eq!(p("5%"), Ok(5.0));
+        assert_eq!(p("0.5%"), Ok(0.5));
+        assert_eq!(p("100%"), Ok(100.0));
+        assert_eq!(p("0%"), Ok(0.0));
+        assert!(
+            p("101%")
+                .expect_err("must be refused")
+                .contains("above 100%")
+        );
+        assert!(p("-1%").expect_err("must be refused").contains("negative"));
+        assert!(
+            p("5")
+                .expect_err("must be refused")
+                .contains("write it like 5%")
+        );
+        assert!(p("five%").is_err());
+        assert!(p(".5%").is_err());
+        assert!(p("1e2%").is_err());
+    }
+
+    #[test]
+    fn schema_patterns_agree_with_parsers() {
+        // The apiserver checks these patterns at apply time: they must accept
+        // every value the parsers accept and refuse the malformed ones.
+        let dur = regex::Regex::new(DURATION_PATTERN).expect("pattern");
+        for ok in ["300ms", "1m30s", "24h", "0s", "1h2m3s4ms"] {
+            assert!(ok.parse::<Duration>().is_ok() && dur.is_match(ok), "{ok}");
+        }
+        for bad in ["5 minutes", "-5s", "30", "1.5s", ""] {
+            assert!(
+                bad.parse::<Duration>().is_err() && !dur.is_match(bad),
+                "{bad}"
+            );
+        }
+        let pct = regex::Regex::new(PERCENT_PATTERN).expect("pattern");
+        for ok in ["5%", "0.5%", "100%", "100.0%", "0%", "99.99%"] {
+            assert!(ok.parse::<Percent>().is_ok() && pct.is_match(ok), "{ok}");
+        }
+        for bad in ["101%", "5", "-1%", "100.5%", ".5%", "5.%"] {
+            assert!(
+                bad.parse::<Percent>().is_err() && !pct.is_match(bad),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,682 @@
+//! Every kind of invalid input the issue lists is refused with a located,
+//! specific message. Cases are edits of one valid experiment, so each test
+//! shows exactly what changed.
+
+use faultline_api::parse_documents;
+
+const BASE: &str = include_str!("../../experiments/payments-slowdown.yaml");
+
+/// All diagnostics of an input as `LINE:COL: path: message`.
+fn diagnostics(text: &[u8]) -> Vec<String> {
+    parse_documents(text)
+        .into_iter()
+        .flat_map(|d| match d.result {
+            Ok(_) => Vec::new(),
+            Err(diags) => diags.iter().map(ToString::to_string).collect(),
+        })
+        .collect()
+}
+
+/// The base experiment with one edit applied; the edit must match exactly once.
+fn edit(from: &str, to: &str) -> String {
+    assert_eq!(
+        BASE.matches(from).count(),
+        1,
+        "edit target {from:?} must be unique"
+    );
+    BASE.replacen(from, to, 1)
+}
+
+#[track_caller]
+fn assert_refused(text: &str, expected: &[&str]) {
+    let diags = diagnostics(text.as_bytes());
+    assert!(!diags.is_empty(), "accepted:\n{text}");
+    for e in expected {
+        assert!(
+            diags.iter().any(|d| d.contains(e)),
+            "no diagnostic contains {e:?}; got:\n{}",
+            diags.join("\n")
+        );
+    }
+}
+
+#[track_caller]
+fn assert_valid(text: &str) {
+    assert_eq!(
+        diagnostics(text.as_bytes()),
+        Vec::<String>::new(),
+        "refused:\n{text}"
+    );
+}
+
+#[test]
+fn the_base_experiment_is_valid() {
+    assert_eq!(diagnostics(BASE.as_bytes()), Vec::<String>::new());
+}
+
+#[test]
+fn the_issue_example_of_a_bad_duration() {
+    assert_refused(
+        &edit("every: 20s", "every: 5 minutes"),
+        &[
+            "31:38: spec.faults[1].kill.every: \"5 minutes\" is not a duration (use 300ms, 30s, 2m, 1h)",
+        ],
+    );
+}
+
+#[test]
+fn yaml_syntax_errors() {
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: {app: cart"),
+        &["YAML syntax error"],
+    );
+    assert_refused("a: b: c\n", &["1:5: YAML syntax error"]);
+    assert_refused("key: [1, 2\n", &["YAML syntax error"]);
+}
+
+#[test]
+fn api_version_and_kind() {
+    assert_refused(
+        &edit("faultline.dev/v1alpha1", "faultline.dev/v1"),
+        &[
+            "4:13: apiVersion: \"faultline.dev/v1\" is not a Faultline API version; use faultline.dev/v1alpha1",
+        ],
+    );
+    assert_refused(
+        &edit("kind: Experiment", "kind: Experimnt"),
+        &["5:7: kind: \"Experimnt\" is not a Faultline kind (did you mean Experiment?)"],
+    );
+    assert_refused(
+        &edit("kind: Experiment", "kind: Deployment"),
+        &["Faultline kinds are Experiment, NodeFaults, Topology"],
+    );
+    assert_refused(&edit("kind: Experiment\n", ""), &["kind: is required"]);
+}
+
+#[test]
+fn unknown_and_misspelt_fields() {
+    assert_refused(
+        &edit("  duration: 2m", "  duraton: 2m"),
+        &["11:3: spec.duraton: unknown field (did you mean duration?)"],
+    );
+    // The misspelling is the one problem: no second report of a missing `duration`.
+    assert_eq!(
+        diagnostics(edit("  duration: 2m", "  duraton: 2m").as_bytes()).len(),
+        1
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTarget: 20"),
+        &["spec.limits.maxTarget: unknown field (did you mean maxTargets?)"],
+    );
+    assert_refused(
+        &edit("  limits:", "  blastRadius:"),
+        &["spec.blastRadius: unknown field; expected one of: description, duration"],
+    );
+    assert_refused(
+        &edit(
+            "{delay: 300ms, jitter: 50ms}",
+            "{delay: 300ms, jiter: 50ms}",
+        ),
+        &["spec.faults[0].latency.jiter: unknown field (did you mean jitter?)"],
+    );
+}
+
+#[test]
+fn wrong_types() {
+    assert_refused(
+        &edit("value: 1 ", "value: one "),
+        &["spec.targets.cart.value: expected a whole number, found the string \"one\""],
+    );
+    assert_refused(
+        &edit("value: 1 ", "value: \"1\" "),
+        &["write the number without quotes"],
+    );
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: [app, cart]"),
+        &["spec.targets.cart.labels: expected a mapping, found a list"],
+    );
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: {app: 7}"),
+        &["spec.targets.cart.labels.app: expected a string, found the number 7 (quote it: \"7\")"],
+    );
+    assert_refused(
+        &edit("percentile: 99", "percentile: high"),
+        &["spec.hypothesis[2].latency.percentile: expected a number, found the string \"high\""],
+    );
+    assert_refused(
+        &edit("  faults:\n", "  faults: nope\n  x:\n"),
+        &["spec.faults: expected a list, found the string \"nope\""],
+    );
+}
+
+#[test]
+fn durations() {
+    assert_refused(
+        &edit("duration: 2m", "duration: -2m"),
+        &["spec.duration: \"-2m\" is negative"],
+    );
+    assert_refused(
+        &edit("duration: 2m", "duration: 0s"),
+        &["spec.duration: must be greater than 0s"],
+    );
+    assert_refused(
+        &edit("duration: 2m", "duration: 25h"),
+        &["spec.duration: \"25h\" is longer than 24h"],
+    );
+    assert_refused(
+        &edit("duration: 2m", "duration: 120"),
+        &["spec.duration: \"120\" is not a duration"],
+    );
+    assert_refused(
+        &edit("delay: 300ms", "delay: 0ms"),
+        &["spec.faults[0].latency.delay: must be greater than 0s"],
+    );
+    assert_refused(
+        &edit("every: 20s", "every: 0s"),
+        &["spec.faults[1].kill.every: must be greater than 0s"],
+    );
+    assert_refused(
+        &edit("window: 10s", "window: 0s"),
+        &["spec.abort[0].errorRate.window: 0s is too short"],
+    );
+    assert_refused(
+        &edit("timeout: 2s", "timeout: 0s"),
+        &["spec.hypothesis[3].http.timeout: must be greater than 0s"],
+    );
+}
+
+#[test]
+fn percentages() {
+    assert_refused(
+        &edit("max: 5%", "max: 105%"),
+        &["spec.hypothesis[0].errorRate.max: \"105%\" is above 100%"],
+    );
+    assert_refused(&edit("max: 5%", "max: -5%"), &["\"-5%\" is negative"]);
+    assert_refused(
+        &edit("max: 5%", "max: 5"),
+        &["\"5\" is not a percentage (write it like 5% or 0.5%)"],
+    );
+    assert_refused(
+        &edit("jitter: 50ms}", "jitter: 50ms, loss: 150%}"),
+        &["spec.faults[0].latency.loss: \"150%\" is above 100%"],
+    );
+    assert_refused(
+        &edit("value: 1 ", "value: 1\n      mode: percent\n"),
+        &["duplicate key \"mode\""],
+    );
+}
+
+#[test]
+fn fault_kinds() {
+    assert_refused(
+        &edit(
+            "      kill: {signal: SIGKILL, every: 20s}            # without `every`: once\n",
+            "",
+        ),
+        &["spec.faults[1]: a fault needs one fault kind: latency, kill or partition"],
+    );
+    assert_refused(
+        &edit(
+            "      kill: {signal: SIGKILL, every: 20s}",
+            "      kill: {signal: SIGKILL, every: 20s}\n      latency: {delay: 1s}",
+        ),
+        &["32:7: spec.faults[1].latency: a fault has one kind only; it already has kill"],
+    );
+}
+
+#[test]
+fn references_to_targets_and_faults() {
+    assert_refused(
+        &edit("target: inventory", "target: inventroy"),
+        &[
+            "33:15: spec.faults[2].target: \"inventroy\" is not a target of this experiment (did you mean inventory?)",
+        ],
+    );
+    assert_refused(
+        &edit("peers: [payments]", "peers: [paymnts]"),
+        &[
+            "spec.faults[2].partition.peers[0]: \"paymnts\" is not a target of this experiment (did you mean payments?) or a CIDR",
+        ],
+    );
+    assert_refused(
+        &edit("peers: [payments]", "peers: [inventory]"),
+        &["\"inventory\" is the fault's own target"],
+    );
+    assert_valid(&edit(
+        "peers: [payments]",
+        "peers: [10.0.0.0/8, payments, \"fd00::/8\"]",
+    ));
+    assert_refused(
+        &edit("peers: [payments]", "peers: []"),
+        &["spec.faults[2].partition.peers: needs at least one peer"],
+    );
+    assert_refused(
+        &edit(
+            "name: payments, state: open, within: 20s}",
+            "name: payments, state: open, within: 20s, fault: slow-paymets}",
+        ),
+        &[
+            "spec.hypothesis[1].breaker.fault: \"slow-paymets\" is not a fault of this experiment (did you mean slow-payments?)",
+        ],
+    );
+}
+
+#[test]
+fn duplicates() {
+    assert_refused(
+        &edit("name: kill-a-cart", "name: slow-payments"),
+        &["spec.faults[1].name: duplicate fault name \"slow-payments\""],
+    );
+    assert_refused(
+        &edit(
+            "    inventory:\n      labels: {app: inventory}",
+            "    cart:\n      labels: {app: inventory}",
+        ),
+        &["duplicate key \"cart\" (first at line"],
+    );
+    assert_refused(
+        &edit("name: frontend answers", "name: checkout stays healthy"),
+        &["spec.hypothesis[3].name: duplicate check name"],
+    );
+}
+
+#[test]
+fn fault_windows() {
+    assert_refused(
+        &edit("start: 60s", "start: 2m"),
+        &["spec.faults[2].start: starts at 2m, not before the experiment's duration of 2m ends"],
+    );
+    assert_refused(
+        &edit("duration: 30s ", "duration: 90s "),
+        &[
+            "spec.faults[2].duration: start 1m + duration 1m30s runs past the experiment's duration of 2m",
+        ],
+    );
+    assert_refused(
+        &edit("every: 20s", "every: 90s"),
+        &["spec.faults[1].kill.every: 1m30s is not shorter than the fault's active time"],
+    );
+}
+
+#[test]
+fn cron_and_signals() {
+    assert_refused(
+        &edit("\"0 10 * * 1-5\"", "\"0 10 * * 1-8\""),
+        &[
+            "spec.schedule: \"0 10 * * 1-8\" is not a valid cron schedule: day of week field: 8 is out of range 0-7",
+        ],
+    );
+    assert_refused(
+        &edit("\"0 10 * * 1-5\"", "\"every day\""),
+        &["needs 5 fields"],
+    );
+    assert_refused(
+        &edit("\"0 10 * * 1-5\"", "\"0 0 31 2 *\""),
+        &["never fires"],
+    );
+    assert_refused(
+        &edit("signal: SIGKILL", "signal: SIGKIL"),
+        &["spec.faults[1].kill.signal: \"SIGKIL\" is not a signal name (did you mean SIGKILL?)"],
+    );
+    assert_refused(
+        &edit("signal: SIGKILL", "signal: 9"),
+        &["\"9\" is not a signal name"],
+    );
+}
+
+#[test]
+fn empty_and_missing_lists() {
+    let no_faults = {
+        let start = BASE.find("  faults:\n").expect("faults");
+        let end = BASE.find("  hypothesis:\n").expect("hypothesis");
+        format!("{}  faults: []\n{}", &BASE[..start], &BASE[end..])
+    };
+    assert_refused(&no_faults, &["spec.faults: needs at least one fault"]);
+    assert_refused(
+        &edit("  targets:\n", "  selection:\n"),
+        &["spec.targets: is required"],
+    );
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: {}"),
+        &["spec.targets.cart.labels: needs at least one label"],
+    );
+}
+
+#[test]
+fn selection_modes() {
+    assert_refused(
+        &edit("mode: fixed", "mode: some"),
+        &[
+            "spec.targets.cart.mode: \"some\" is not a selection mode; use one of: all, one, fixed, percent",
+        ],
+    );
+    assert_refused(
+        &edit("value: 1 ", "value: 0 "),
+        &["spec.targets.cart.value: must be at least 1"],
+    );
+    assert_refused(
+        &edit("mode: all ", "mode: all\n      value: 3 "),
+        &["value only applies to modes fixed and percent, not all"],
+    );
+    assert_valid(&edit("mode: fixed", "mode: percent"));
+    assert_refused(
+        edit("value: 1 ", "value: 101 ")
+            .replace("mode: fixed", "mode: percent")
+            .as_str(),
+        &["101 is not a percentage of pods"],
+    );
+}
+
+#[test]
+fn numbers_too_large() {
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: 99999999999999999999999"),
+        &[
+            "spec.limits.maxTargets: the number 99999999999999999999999 is too large to represent (at most 4294967295)",
+        ],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: 4294967296"),
+        &["4294967296 is above the maximum of 4294967295"],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: -1"),
+        &["-1 is below the minimum of 0"],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: 0"),
+        &["spec.limits.maxTargets: must be at least 1"],
+    );
+    assert_refused(
+        &edit("percentile: 99", "percentile: 1e999"),
+        &["spec.hypothesis[2].latency.percentile: expected a number"],
+    );
+    assert_refused(
+        &edit("status: 200", "status: 99999"),
+        &["99999 is above the maximum of 65535"],
+    );
+}
+
+#[test]
+fn empty_inputs_and_bytes() {
+    assert_refused("", &["1:1: the input is empty"]);
+    assert_refused("# only a comment\n", &["the input is empty"]);
+    assert_refused("---\n---\n", &["the input is empty"]);
+    let diags = diagnostics(b"apiVersion: faultline.dev/v1alpha1\nkind: \xc3\x28\n");
+    assert_eq!(
+        diags,
+        vec!["2:7: the input is not UTF-8 (byte 0xc3 at offset 41)".to_string()]
+    );
+    assert_refused(
+        "just a string\n",
+        &["expected a mapping, found the string \"just a string\""],
+    );
+}
+
+#[test]
+fn metadata() {
+    assert_refused(
+        &edit("name: payments-slowdown", "name: Payments_Slowdown"),
+        &["metadata.name: experiment name \"Payments_Slowdown\" must be lowercase"],
+    );
+    assert_refused(
+        &edit("  name: payments-slowdown\n", ""),
+        &["metadata.name: is required"],
+    );
+    assert_refused(
+        &edit("namespace: shop", "namespace: Shop"),
+        &["metadata.namespace: namespace \"Shop\" must be lowercase"],
+    );
+    // Output of `kubectl get -o yaml` validates: server fields are accepted.
+    assert_eq!(
+        diagnostics(
+            edit(
+                "  namespace: shop\n",
+                "  namespace: shop\n  uid: 1234\n  resourceVersion: \"5\"\n"
+            )
+            .as_bytes()
+        ),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn checks() {
+    assert_refused(
+        &edit("percentile: 99", "percentile: 0"),
+        &["spec.hypothesis[2].latency.percentile: 0 is not a percentile"],
+    );
+    assert_refused(
+        &edit("percentile: 99", "percentile: 100.5"),
+        &["100.5 is not a percentile"],
+    );
+    assert_refused(
+        &edit("state: open", "state: opened"),
+        &["\"opened\" is not a breaker state (did you mean open?)"],
+    );
+    assert_refused(
+        &edit(
+            "\"http://frontend.shop:8080/health\"",
+            "\"frontend:8080/health\"",
+        ),
+        &[
+            "spec.hypothesis[3].http.url: \"frontend:8080/health\" is not an http:// or https:// URL",
+        ],
+    );
+    assert_refused(
+        &edit("status: 200", "status: 42"),
+        &["42 is not an HTTP status"],
+    );
+    assert_refused(
+        &edit("within: 20s", "within: 5m"),
+        &["spec.hypothesis[1].breaker.within: 5m is longer than the experiment's duration of 2m"],
+    );
+    assert_refused(
+        &edit(
+            "  - errorRate: {service: frontend",
+            "  - when: [before]\n      errorRate: {service: frontend",
+        ),
+        &["spec.abort[0].when: abort checks are evaluated throughout the run"],
+    );
+    assert_refused(
+        &edit(
+            "- name: frontend answers\n",
+            "- name: frontend answers\n      when: [during, durin]\n",
+        ),
+        &["spec.hypothesis[3].when[1]: \"durin\" is not a check phase (did you mean during?)"],
+    );
+    assert_refused(
+        &edit(
+            "      errorRate: {service: checkout, max: 5%, window: 30s}\n",
+            "",
+        ),
+        &["38:7: spec.hypothesis[0]: a check needs one kind: errorRate, latency, breaker or http"],
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = edit("duration: 2m", "duration: 2 minutes")
+        .replace("signal: SIGKILL", "signal: KILL")
+        .replace("max: 5%", "max: 5");
+    let diags = diagnostics(text.as_bytes());
+    assert_eq!(diags.len(), 3, "{diags:#?}");
+}
+
+const NODE_FAULTS: &str = "apiVersion: faultline.dev/v1alpha1
+kind: NodeFaults
+metadata: {name: node-1}
+spec:
+  faults:
+    - id: a/b/c/0
+      target: {pod: {uid: 6f1c2d3e-0000-4000-8000-000000000001}}
+      expiresAt: \"2026-11-22T10:02:00Z\"
+      latency: {delay: 300ms, to: [\"10.0.0.0/8\"]}
+    - id: a/b/d/0
+      target: {netns: /run/netns/blue}
+      expiresAt: \"2026-11-22T10:02:00Z\"
+      partition: {direction: egress, peers: [10.1.0.0/16], ports: [443]}
+";
+
+#[test]
+fn node_faults() {
+    assert_eq!(diagnostics(NODE_FAULTS.as_bytes()), Vec::<String>::new());
+    let e = |from: &str, to: &str| NODE_FAULTS.replacen(from, to, 1);
+    assert_refused(
+        &e("id: a/b/d/0", "id: a/b/c/0"),
+        &["spec.faults[1].id: duplicate fault id \"a/b/c/0\""],
+    );
+    assert_refused(
+        &e("10.0.0.0/8", "payments"),
+        &[
+            "spec.faults[0].latency.to[0]: \"payments\" is not a CIDR; NodeFaults carry resolved addresses",
+        ],
+    );
+    assert_refused(
+        &e("\"2026-11-22T10:02:00Z\"", "tomorrow"),
+        &["8:18: spec.faults[0].expiresAt: \"tomorrow\" is not an RFC 3339 time"],
+    );
+    assert_refused(
+        &e(
+            "{netns: /run/netns/blue}",
+            "{netns: /run/netns/blue, pid: 4}",
+        ),
+        &["spec.faults[1].target.pid: a target is one thing only; it already has netns"],
+    );
+    assert_refused(
+        &e("{netns: /run/netns/blue}", "{}"),
+        &["spec.faults[1].target: needs one of pod, netns, pid or cgroup"],
+    );
+    assert_refused(
+        &e("{netns: /run/netns/blue}", "{netns: blue}"),
+        &["\"blue\" is not an absolute path"],
+    );
+    assert_refused(
+        &e("{netns: /run/netns/blue}", "{pid: 0}"),
+        &["spec.faults[1].target.pid: must be a process id"],
+    );
+    assert_refused(
+        &e("uid: 6f1c2d3e-0000-4000-8000-000000000001", "uid: nope"),
+        &["\"nope\" is not a pod UID"],
+    );
+    assert_refused(
+        &e("ports: [443]", "ports: [443, 443]"),
+        &["port 443 is listed twice"],
+    );
+    assert_refused(
+        &e("ports: [443]", "ports: [70000]"),
+        &["70000 is above the maximum of 65535"],
+    );
+    assert_refused(
+        &e(
+            "metadata: {name: node-1}",
+            "metadata: {name: node-1, namespace: x}",
+        ),
+        &["metadata.namespace: this kind is cluster-scoped"],
+    );
+    assert_refused(
+        &e(
+            "      latency:",
+            "      traceparent: \"00-xyz-01\"\n      latency:",
+        ),
+        &["spec.faults[0].traceparent: \"00-xyz-01\" is not a W3C traceparent"],
+    );
+    // An empty desired state is valid: it tells the agent to remove everything.
+    assert_eq!(
+        diagnostics(b"apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nmetadata: {name: n}\nspec: {faults: []}\n"),
+        Vec::<String>::new()
+    );
+}
+
+const TOPOLOGY: &str = "apiVersion: faultline.dev/v1alpha1
+kind: Topology
+metadata: {name: shop}
+spec:
+  services:
+    - name: payments
+      labels: {app: payments}
+      command: [faultline-demo, payments, --listen, \"127.0.0.1:7003\"]
+      port: 7003
+    - name: checkout
+      labels: {app: checkout}
+      command: [faultline-demo, checkout, --listen, \"127.0.0.1:7002\"]
+      port: 7002
+      env: {LOG: info}
+      dependsOn: [payments]
+";
+
+#[test]
+fn topology() {
+    assert_eq!(diagnostics(TOPOLOGY.as_bytes()), Vec::<String>::new());
+    let e = |from: &str, to: &str| TOPOLOGY.replacen(from, to, 1);
+    assert_refused(
+        &e("dependsOn: [payments]", "dependsOn: [paymnts]"),
+        &[
+            "spec.services[1].dependsOn[0]: \"paymnts\" is not a service of this topology (did you mean payments?)",
+        ],
+    );
+    assert_refused(
+        &e("dependsOn: [payments]", "dependsOn: [checkout]"),
+        &["a service cannot depend on itself"],
+    );
+    assert_refused(
+        &e(
+            "      port: 7003\n",
+            "      port: 7003\n      dependsOn: [checkout]\n",
+        ),
+        &["dependencies form a cycle: payments → checkout → payments"],
+    );
+    assert_refused(
+        &e("port: 7002", "port: 7003"),
+        &["spec.services[1].port: port 7003 is used by another service"],
+    );
+    assert_refused(
+        &e("port: 7002", "port: 70000"),
+        &["70000 is above the maximum of 65535"],
+    );
+    assert_refused(
+        &e(
+            "command: [faultline-demo, payments, --listen, \"127.0.0.1:7003\"]",
+            "command: []",
+        ),
+        &["spec.services[0].command: needs at least the program to run"],
+    );
+    assert_refused(
+        &e("env: {LOG: info}", "env: {LOG LEVEL: info}"),
+        &["\"LOG LEVEL\" is not an environment variable name"],
+    );
+    assert_refused(
+        &e("env: {LOG: info}", "env: {PAYMENTS_ADDR: x}"),
+        &["spec.services[1].env.PAYMENTS_ADDR: is set by the runtime"],
+    );
+    assert_refused(
+        &e("name: checkout", "name: payments"),
+        &["duplicate service name \"payments\""],
+    );
+    assert_refused(
+        &e("  services:\n", "  services: []\n  x:\n"),
+        &["spec.x: unknown field"],
+    );
+}
+
+#[test]
+fn several_documents_in_one_stream() {
+    let text = format!("{BASE}---\n{NODE_FAULTS}---\n{TOPOLOGY}");
+    let docs = parse_documents(text.as_bytes());
+    assert_eq!(docs.len(), 3);
+    assert!(docs.iter().all(|d| d.result.is_ok()));
+    // A problem in the third document is reported at its line in the stream.
+    let bad = text.replace("port: 7002", "port: 0");
+    let diags = diagnostics(bad.as_bytes());
+    let line = text
+        .lines()
+        .position(|l| l.contains("port: 7002"))
+        .expect("line")
+        + 1;
+    assert_eq!(
+        diags,
+        vec![format!(
+            "{line}:13: spec.services[1].port: port 0 is not a port; use 1 to 65535"
+        )]
+    );
+}
