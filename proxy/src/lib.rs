@@ -1,0 +1,345 @@
+//! A userspace TCP fault proxy: what local mode puts on every dependency edge
+//! instead of netem and nftables.
+//!
+//! Faults can change while connections are open:
+//! - latency delays every chunk of data travelling towards the upstream (the
+//!   target) by `delay` ± `jitter`, keeping order; with `loss`, that share of
+//!   new connections is dropped as soon as it is accepted;
+//! - a blackhole partition stops forwarding in both directions (bytes wait,
+//!   as in a network that silently drops packets) and holds new connections
+//!   without connecting upstream; forwarding resumes when it is lifted;
+//! - a reset partition closes every connection with a TCP RST and refuses new
+//!   ones the same way.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+const BUFFER: usize = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub delay: Duration,
+    /// Each chunk's delay is drawn uniformly from delay ± jitter (never below 0).
+    pub jitter: Duration,
+    /// Share of new connections dropped at once, 0.0 to 1.0.
+    pub loss: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partition {
+    /// Stop forwarding; hold connections open.
+    Blackhole,
+    /// Close with a TCP reset.
+    Reset,
+}
+
+/// The faults a proxy applies now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    pub latency: Option<Latency>,
+    pub partition: Option<Partition>,
+}
+
+/// Counters, for tests, benchmarks and the run journal.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub dropped: AtomicU64,
+    pub reset: AtomicU64,
+    pub upstream_failures: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+/// A running proxy; dropping the handle stops it and closes its connections.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    faults: watch::Sender<Faults>,
+    stats: Arc<Stats>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on `listen` (port 0 picks one) and forwards to `upstream`.
+    pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> io::Result<Proxy> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (faults, rx) = watch::channel(Faults::default());
+        let stats = Arc::new(Stats::default());
+        let accept = tokio::spawn(accept_loop(listener, upstream, rx, stats.clone()));
+        Ok(Proxy {
+            addr,
+            upstream,
+            faults,
+            stats,
+            accept,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// Applies `faults` to new and open connections alike.
+    pub fn set_faults(&self, faults: Faults) {
+        self.faults.send_replace(faults);
+    }
+
+    pub fn faults(&self) -> Faults {
+        *self.faults.borrow()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    faults: watch::Receiver<Faults>,
+    stats: Arc<Stats>,
+) {
+    // Connection tasks are owned here so that stopping the proxy stops them.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut rng = Rng::seeded();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else { continue };
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let now = *faults.borrow();
+                if now.partition == Some(Partition::Reset) {
+                    reset(client);
+                    stats.reset.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if let Some(l) = now.latency && l.loss > 0.0 && rng.next_f64() < l.loss {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    drop(client);
+                    continue;
+                }
+                let seed = rng.next_u64();
+                tasks.spawn(connection(client, upstream, faults.clone(), stats.clone(), seed));
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+}
+
+/// Closes a connection with RST rather than FIN.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+async fn connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mut faults: watch::Receiver<Faults>,
+    stats: Arc<Stats>,
+    seed: u64,
+) {
+    let _ = client.set_nodelay(true);
+    // A blackholed edge never reaches the upstream until the partition lifts.
+    if !wait_while_blackholed(&mut faults).await {
+        return reset(client);
+    }
+    let server = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+            return reset(client);
+        }
+    };
+    let _ = server.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
+    let (up_read, up_write, down) = tokio::join!(
+        read_delayed(&mut client_read, tx, faults.clone(), seed),
+        write_delayed(rx, &mut server_write, faults.clone(), &stats),
+        pump(&mut server_read, &mut client_write, faults.clone(), &stats),
+    );
+    let (Ok(client), Ok(server)) = (
+        client_read.reunite(client_write),
+        server_read.reunite(server_write),
+    ) else {
+        return;
+    };
+    if up_read.is_err() || up_write.is_err() || down.is_err() {
+        reset(client);
+        reset(server);
+    }
+}
+
+/// Returned by a pump when a reset partition ends the connection.
+#[derive(Debug)]
+struct Reset;
+
+/// Waits while a blackhole partition is active. False when a reset partition
+/// arrives instead (the caller closes with RST).
+async fn wait_while_blackholed(faults: &mut watch::Receiver<Faults>) -> bool {
+    loop {
+        match faults.borrow_and_update().partition {
+            None => return true,
+            Some(Partition::Reset) => return false,
+            Some(Partition::Blackhole) => {}
+        }
+        if faults.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Upstream → client: copies as fast as it can, pausing in a blackhole.
+async fn pump(
+    from: &mut OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    mut faults: watch::Receiver<Faults>,
+    stats: &Stats,
+) -> Result<(), Reset> {
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        if !wait_while_blackholed(&mut faults).await {
+            return Err(Reset);
+        }
+        tokio::select! {
+            read = from.read(&mut buf) => {
+                let n = match read { Ok(0) | Err(_) => break, Ok(n) => n };
+                // A partition that arrived while reading holds these bytes back.
+                if !wait_while_blackholed(&mut faults).await {
+                    return Err(Reset);
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            changed = faults.changed() => if changed.is_err() { break },
+        }
+    }
+    let _ = to.shutdown().await;
+    Ok(())
+}
+
+/// Client → upstream, reading side: stamps each chunk with when it is due,
+/// from the latency in force when it arrived, never earlier than the chunk
+/// before it (no reordering).
+async fn read_delayed(
+    from: &mut OwnedReadHalf,
+    tx: mpsc::Sender<(Instant, Vec<u8>)>,
+    mut faults: watch::Receiver<Faults>,
+    seed: u64,
+) -> Result<(), Reset> {
+    let mut rng = Rng(seed | 1);
+    let mut last_due = Instant::now();
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        if !wait_while_blackholed(&mut faults).await {
+            return Err(Reset);
+        }
+        tokio::select! {
+            read = from.read(&mut buf) => {
+                let n = match read { Ok(0) | Err(_) => break, Ok(n) => n };
+                let delay = match faults.borrow().latency {
+                    Some(l) => jittered(l, &mut rng),
+                    None => Duration::ZERO,
+                };
+                let due = (Instant::now() + delay).max(last_due);
+                last_due = due;
+                if tx.send((due, buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+            changed = faults.changed() => if changed.is_err() { break },
+        }
+    }
+    Ok(())
+}
+
+/// Client → upstream, writing side: sleeps until each chunk is due.
+async fn write_delayed(
+    mut rx: mpsc::Receiver<(Instant, Vec<u8>)>,
+    to: &mut OwnedWriteHalf,
+    mut faults: watch::Receiver<Faults>,
+    stats: &Stats,
+) -> Result<(), Reset> {
+    while let Some((due, chunk)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        if !wait_while_blackholed(&mut faults).await {
+            return Err(Reset);
+        }
+        if to.write_all(&chunk).await.is_err() {
+            break;
+        }
+        stats
+            .bytes_up
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    let _ = to.shutdown().await;
+    Ok(())
+}
+
+fn jittered(l: Latency, rng: &mut Rng) -> Duration {
+    if l.jitter.is_zero() {
+        return l.delay;
+    }
+    let spread = l.jitter.as_secs_f64() * (2.0 * rng.next_f64() - 1.0);
+    Duration::from_secs_f64((l.delay.as_secs_f64() + spread).max(0.0))
+}
+
+/// splitmix64: enough randomness for loss and jitter, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Rng(t ^ u64::from(std::process::id()).rotate_left(32))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

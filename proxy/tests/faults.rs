@@ -1,0 +1,298 @@
+//! The proxy against real loopback sockets: delays as asked, order kept,
+//! partitions that stall or reset, connection loss, a dead upstream.
+
+use std::{net::SocketAddr, time::Duration};
+
+use faultline_proxy::{Faults, Latency, Partition, Proxy};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
+
+/// A line echo server: answers every line at once.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Client {
+    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client::try_connect(addr).await.expect("connect")
+    }
+
+    /// A proxy that resets at once may do so before `connect` returns.
+    async fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        let (r, w) = s.into_split();
+        Ok(Client {
+            lines: BufReader::new(r).lines(),
+            w,
+        })
+    }
+
+    async fn send(&mut self, line: &str) {
+        self.w
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+
+    async fn recv(&mut self) -> std::io::Result<Option<String>> {
+        self.lines.next_line().await
+    }
+
+    /// Round trip of one line.
+    async fn rtt(&mut self, line: &str) -> Duration {
+        let start = Instant::now();
+        self.send(line).await;
+        assert_eq!(self.recv().await.expect("read").as_deref(), Some(line));
+        start.elapsed()
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_is_what_was_asked() {
+    let upstream = echo_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
+        .await
+        .expect("proxy");
+    let mut direct = Client::connect(upstream).await;
+    let mut via = Client::connect(proxy.local_addr()).await;
+    let mut base = Vec::new();
+    for i in 0..30 {
+        base.push(direct.rtt(&format!("d{i}")).await);
+    }
+    proxy.set_faults(Faults {
+        latency: Some(Latency {
+            delay: Duration::from_millis(100),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        }),
+        partition: None,
+    });
+    let mut delayed = Vec::new();
+    for i in 0..30 {
+        delayed.push(via.rtt(&format!("p{i}")).await);
+    }
+    let added = median(delayed).saturating_sub(median(base));
+    assert!(
+        (Duration::from_millis(98)..=Duration::from_millis(102)).contains(&added),
+        "added median {added:?} is not 100 ms ± 2 %"
+    );
+    // Lifted: back to direct speed on the same connection.
+    proxy.set_faults(Faults::default());
+    assert!(via.rtt("after").await < Duration::from_millis(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitter_stays_in_bounds_and_keeps_order() {
+    let upstream = echo_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
+        .await
+        .expect("proxy");
+    proxy.set_faults(Faults {
+        latency: Some(Latency {
+            delay: Duration::from_millis(40),
+            jitter: Duration::from_millis(20),
+            loss: 0.0,
+        }),
+        partition: None,
+    });
+    let mut c = Client::connect(proxy.local_addr()).await;
+    let mut rtts = Vec::new();
+    for i in 0..20 {
+        rtts.push(c.rtt(&format!("j{i}")).await);
+    }
+    for r in &rtts {
+        assert!(
+            *r >= Duration::from_millis(19) && *r < Duration::from_millis(90),
+            "{r:?}"
+        );
+    }
+    assert!(
+        rtts.iter().max() > rtts.iter().min(),
+        "jitter varies the delay"
+    );
+    // Pipelined lines come back in the order they were sent.
+    for i in 0..50 {
+        c.send(&format!("o{i}")).await;
+    }
+    for i in 0..50 {
+        assert_eq!(c.recv().await.expect("read"), Some(format!("o{i}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_stalls_and_resumes() {
+    let upstream = echo_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
+        .await
+        .expect("proxy");
+    let mut open = Client::connect(proxy.local_addr()).await;
+    open.rtt("before").await;
+    proxy.set_faults(Faults {
+        latency: None,
+        partition: Some(Partition::Blackhole),
+    });
+    open.send("during").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), open.recv())
+            .await
+            .is_err(),
+        "no answer in a blackhole"
+    );
+    let mut fresh = Client::connect(proxy.local_addr()).await;
+    fresh.send("new").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), fresh.recv())
+            .await
+            .is_err()
+    );
+    // Lifted: what waited gets through, on both connections.
+    proxy.set_faults(Faults::default());
+    let got = tokio::time::timeout(Duration::from_secs(2), open.recv())
+        .await
+        .expect("resumes")
+        .expect("read");
+    assert_eq!(got.as_deref(), Some("during"));
+    let got = tokio::time::timeout(Duration::from_secs(2), fresh.recv())
+        .await
+        .expect("resumes")
+        .expect("read");
+    assert_eq!(got.as_deref(), Some("new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_closes_open_connections_and_refuses_new_ones() {
+    let upstream = echo_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
+        .await
+        .expect("proxy");
+    let mut open = Client::connect(proxy.local_addr()).await;
+    open.rtt("before").await;
+    proxy.set_faults(Faults {
+        latency: None,
+        partition: Some(Partition::Reset),
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(2), open.recv())
+        .await
+        .expect("ends at once");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+    // The handshake completes (the proxy listens), then the connection is reset.
+    let refused = match TcpStream::connect(proxy.local_addr()).await {
+        Err(e) => Err(e),
+        Ok(mut fresh) => {
+            let mut buf = [0u8; 8];
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::io::AsyncReadExt::read(&mut fresh, &mut buf),
+            )
+            .await
+            .expect("ends at once")
+        }
+    };
+    assert!(
+        matches!(refused, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{refused:?}"
+    );
+    proxy.set_faults(Faults::default());
+    Client::connect(proxy.local_addr())
+        .await
+        .rtt("healed")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_drops_that_share_of_connections() {
+    let upstream = echo_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
+        .await
+        .expect("proxy");
+    let lossy = |loss| Faults {
+        latency: Some(Latency {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss,
+        }),
+        partition: None,
+    };
+    let attempt = |addr| async move {
+        let Ok(mut c) = Client::try_connect(addr).await else {
+            return false;
+        };
+        if c.w.write_all(b"x\n").await.is_err() {
+            return false;
+        }
+        matches!(c.recv().await, Ok(Some(_)))
+    };
+    proxy.set_faults(lossy(1.0));
+    for _ in 0..10 {
+        assert!(!attempt(proxy.local_addr()).await);
+    }
+    proxy.set_faults(lossy(0.5));
+    let mut ok = 0;
+    for _ in 0..200 {
+        ok += usize::from(attempt(proxy.local_addr()).await);
+    }
+    assert!(
+        (60..=140).contains(&ok),
+        "{ok} of 200 got through at 50 % loss"
+    );
+    assert_eq!(
+        proxy
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        10 + 200 - ok as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_closes_the_client_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let gone = listener.local_addr().expect("addr");
+    drop(listener);
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), gone)
+        .await
+        .expect("proxy");
+    if let Ok(mut c) = Client::try_connect(proxy.local_addr()).await {
+        let _ = c.w.write_all(b"hello\n").await;
+        let r = tokio::time::timeout(Duration::from_secs(2), c.recv())
+            .await
+            .expect("closed at once");
+        assert!(!matches!(r, Ok(Some(_))));
+    }
+    assert_eq!(
+        proxy
+            .stats()
+            .upstream_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
