@@ -1,4 +1,7 @@
-//! Five-field cron schedules in UTC, as Kubernetes CronJobs write them.
+//! Five-field cron schedules in UTC, read as Kubernetes CronJobs read them
+//! (robfig/cron v3's standard parser): day of week 0-6 (Sunday is 0), `N/step`
+//! runs to the field's end, and the day fields are ORed only when both are
+//! restricted.
 //!
 //! Written here rather than taken from a crate so that each mistake names the
 //! field and value at fault, and so the engine can compute run times from a
@@ -17,8 +20,10 @@ const FIELDS: [(&str, u8, u8); 5] = [
     ("hour", 0, 23),
     ("day of month", 1, 31),
     ("month", 1, 12),
-    ("day of week", 0, 7),
+    ("day of week", 0, 6),
 ];
+/// The longest schedule accepted (the CRD's `maxLength`).
+pub const MAX_LEN: usize = 128;
 const MONTHS: [&str; 12] = [
     "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
 ];
@@ -34,7 +39,7 @@ pub struct CronSchedule {
     days: u64,
     months: u64,
     weekdays: u64,
-    /// Both day fields restricted: a day matches if either matches (as in cron).
+    /// Neither day field is a star: a day matches if either matches (as in cron).
     day_or: bool,
 }
 
@@ -119,10 +124,12 @@ fn parse_value(s: &str, field: usize) -> Option<u8> {
     s.parse().ok()
 }
 
+/// The field's set of values, and whether it is restricted: as in robfig/cron,
+/// a field with any part `*` or `?` at step 1 (`*/1` too) counts as a star.
 fn parse_field(text: &str, field: usize) -> Result<(u64, bool), String> {
     let (name, min, max) = FIELDS[field];
     let mut set = 0u64;
-    let restricted = text != "*" && text != "?";
+    let mut restricted = true;
     for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
@@ -134,6 +141,9 @@ fn parse_field(text: &str, field: usize) -> Result<(u64, bool), String> {
             None => (part, 1),
         };
         let (lo, hi) = if range == "*" || range == "?" {
+            if step == 1 {
+                restricted = false;
+            }
             (min, max)
         } else if let Some((a, b)) = range.split_once('-') {
             let a = parse_value(a, field).ok_or_else(|| bad(name, a))?;
@@ -161,10 +171,6 @@ fn parse_field(text: &str, field: usize) -> Result<(u64, bool), String> {
             };
         }
     }
-    if field == 4 && set & (1 << 7) != 0 {
-        // 7 is another name for Sunday.
-        set = (set | 1) & !(1 << 7);
-    }
     Ok((set, restricted))
 }
 
@@ -176,7 +182,20 @@ impl FromStr for CronSchedule {
     type Err = UnitError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let expanded = match s.trim() {
+        // The limits of the CRD's schema, so both refuse the same schedules.
+        if s.chars().count() > MAX_LEN {
+            return Err(UnitError(format!(
+                "{} is longer than {MAX_LEN} characters",
+                quote(s)
+            )));
+        }
+        if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+            return Err(UnitError(format!(
+                "{} is not a cron schedule: remove the spaces around it",
+                quote(s)
+            )));
+        }
+        let expanded = match s {
             "@yearly" | "@annually" => "0 0 1 1 *",
             "@monthly" => "0 0 1 * *",
             "@weekly" => "0 0 * * 0",
@@ -184,7 +203,12 @@ impl FromStr for CronSchedule {
             "@hourly" => "0 * * * *",
             other => other,
         };
-        let parts: Vec<&str> = expanded.split_whitespace().collect();
+        // ASCII spaces and tabs only: `split_whitespace` would also split on
+        // Unicode spaces, which the CRD's pattern takes as field text.
+        let parts: Vec<&str> = expanded
+            .split([' ', '\t'])
+            .filter(|p| !p.is_empty())
+            .collect();
         if parts.len() != 5 {
             return Err(UnitError(format!(
                 "{} is not a cron schedule: it needs 5 fields (minute hour day-of-month month day-of-week), found {}",
@@ -253,7 +277,7 @@ impl JsonSchema for CronSchedule {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "maxLength": 128,
+            "maxLength": MAX_LEN,
             "pattern": r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+\s+\S+\s+\S+\s+\S+\s+\S+)$",
             "description": "A 5-field cron schedule in UTC (minute hour day-of-month month day-of-week), or @daily, @hourly, @weekly, @monthly, @yearly.",
         })
@@ -311,7 +335,11 @@ mod tests {
             "2028-02-29T00:00:00Z"
         );
         assert_eq!(
-            next("0 0 * * 7", "2026-11-20T00:00:00Z"),
+            next("0 0 * * 0", "2026-11-20T00:00:00Z"),
+            "2026-11-22T00:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 * * SUN", "2026-11-20T00:00:00Z"),
             "2026-11-22T00:00:00Z"
         );
         // Both day fields restricted: either matches (the 1st, or any Monday).
@@ -326,6 +354,48 @@ mod tests {
     }
 
     #[test]
+    fn robfig_semantics() {
+        // `N/step` runs from N to the field's end.
+        assert_eq!(
+            next("50/5 * * * *", "2026-01-01T00:56:00Z"),
+            "2026-01-01T01:50:00Z"
+        );
+        // `*/1` is a star: with a restricted day of week, both must match,
+        // so only Mondays run (2026-11-23 is the next Monday).
+        assert_eq!(
+            next("0 0 */1 * 1", "2026-11-20T00:00:00Z"),
+            "2026-11-23T00:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 ?,1 * 1", "2026-11-20T00:00:00Z"),
+            "2026-11-23T00:00:00Z"
+        );
+        // `*/2` is restricted: odd days or Mondays (the 21st comes first).
+        assert_eq!(
+            next("0 0 */2 * 1", "2026-11-20T00:00:00Z"),
+            "2026-11-21T00:00:00Z"
+        );
+        // A star day of week with a restricted day of month: the 1st only.
+        assert_eq!(
+            next("0 0 1 * */1", "2026-11-20T00:00:00Z"),
+            "2026-12-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn spaces_and_length_match_the_schema() {
+        let e = |s: &str| s.parse::<CronSchedule>().expect_err(s).0;
+        assert!(e(" @daily").contains("remove the spaces"));
+        assert!(e("@daily ").contains("remove the spaces"));
+        assert!(e("0 0 * * *\n").contains("remove the spaces"));
+        // A Unicode space is not a field separator.
+        assert!(e("0 0 * *\u{2003}*").contains("needs 5 fields"));
+        assert!(e("0\u{2003}0 * * * *").contains("is not a number or name"));
+        assert!(e(&format!("0 0 * * {}", "0,".repeat(70) + "0")).contains("longer than 128"));
+        assert!("0  0\t* * *".parse::<CronSchedule>().is_ok());
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = |s: &str| s.parse::<CronSchedule>().expect_err(s).0;
         assert!(e("61 * * * *").contains("minute field: 61 is out of range 0-59"));
@@ -335,5 +405,6 @@ mod tests {
         assert!(e("*/0 * * * *").contains("step"));
         assert!(e("0 0 30 2 *").contains("never fires"));
         assert!(e("5-1 * * * *").contains("backwards"));
+        assert!(e("0 0 * * 7").contains("day of week field: 7 is out of range 0-6"));
     }
 }

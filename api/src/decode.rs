@@ -7,13 +7,18 @@ use std::{collections::BTreeMap, str::FromStr};
 
 use crate::{
     diag::{Diagnostic, Path, Pos, did_you_mean},
-    yaml::{Node, NodeKind, Scalar, quote},
+    yaml::{Node, NodeKind, Scalar, is_yaml11_bool, quote},
 };
 
 /// Collects diagnostics while decoding one document.
 #[derive(Debug, Default)]
 pub struct Cx {
     pub errors: Vec<Diagnostic>,
+    /// The document goes through kubectl, which reads YAML 1.1: plain words
+    /// it takes as booleans (`yes`, `no`, `on`, …) are refused where a string
+    /// is expected, and integers with a leading zero (octal to it). Off for
+    /// local-only kinds (Topology), which only Faultline reads.
+    pub kubectl: bool,
 }
 
 impl Cx {
@@ -120,6 +125,11 @@ impl<'n> Fields<'n> {
         self.node(key).is_some()
     }
 
+    /// Whether `key` is written at all, even with an empty value.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.entries.iter().any(|(k, _)| key_text(k) == key)
+    }
+
     /// A required field: reports it when missing or empty.
     pub fn req<T: Decode>(&self, cx: &mut Cx, key: &str) -> Option<T> {
         match self.node(key) {
@@ -148,14 +158,61 @@ impl<'n> Fields<'n> {
 }
 
 fn key_text(key: &Node) -> &str {
-    match &key.kind {
-        NodeKind::Scalar { text, .. } => text,
-        _ => "",
+    key.text().unwrap_or("")
+}
+
+/// A plain word that YAML 1.1, which kubectl reads, takes as a boolean while
+/// YAML 1.2 takes it as a string (`yes`, `no`, `on`, `off`, `y`, `n`).
+fn kubectl_bool<'n>(cx: &Cx, node: &'n Node) -> Option<&'n str> {
+    if !cx.kubectl {
+        return None;
+    }
+    match &node.kind {
+        NodeKind::Scalar { text, plain: true } if is_yaml11_bool(text) => Some(text),
+        _ => None,
+    }
+}
+
+fn kubectl_bool_message(word: &str) -> String {
+    format!(
+        "kubectl reads {word} as a boolean; quote it: {}",
+        quote(word)
+    )
+}
+
+/// Why an integer's text would be read differently by kubectl (YAML 1.1) or
+/// is not plain decimal (`0x1F`, `0o17`, `017`).
+fn not_decimal(cx: &Cx, node: &Node, value: Option<i64>) -> Option<String> {
+    let NodeKind::Scalar { text, .. } = &node.kind else {
+        return None;
+    };
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let decimal = value.map(|v| format!(": {v}")).unwrap_or_default();
+    if digits.starts_with("0x") || digits.starts_with("0o") {
+        Some(format!(
+            "{} is not decimal; write the number in decimal{decimal}",
+            quote(text)
+        ))
+    } else if cx.kubectl
+        && digits.len() > 1
+        && digits.starts_with('0')
+        && !digits.contains(['.', 'e', 'E'])
+    {
+        Some(format!(
+            "{} has a leading zero, and kubectl reads it as an octal number; write the number in decimal{decimal}",
+            quote(text)
+        ))
+    } else {
+        None
     }
 }
 
 impl Decode for String {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        if let Some(word) = kubectl_bool(cx, node) {
+            cx.error(node.pos, path, kubectl_bool_message(word));
+            return None;
+        }
         match node.scalar() {
             Some(Scalar::Str(s)) => Some(s.to_owned()),
             Some(Scalar::Int(_) | Scalar::Float(_) | Scalar::Bool(_)) => {
@@ -202,6 +259,12 @@ impl Decode for bool {
 }
 
 fn decode_int(cx: &mut Cx, node: &Node, path: &Path, min: i64, max: i64) -> Option<i64> {
+    if let Some(Scalar::Int(v)) = node.scalar()
+        && let Some(msg) = not_decimal(cx, node, v)
+    {
+        cx.error(node.pos, path, msg);
+        return None;
+    }
     let found = match node.scalar() {
         Some(Scalar::Int(Some(v))) if (min..=max).contains(&v) => return Some(v),
         Some(Scalar::Int(Some(v))) => {
@@ -252,6 +315,12 @@ int_decode!(u16, u32, u64, i32, i64);
 
 impl Decode for f64 {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        if let Some(Scalar::Int(v)) = node.scalar()
+            && let Some(msg) = not_decimal(cx, node, v)
+        {
+            cx.error(node.pos, path, msg);
+            return None;
+        }
         let v = match node.scalar() {
             Some(Scalar::Int(Some(v))) => v as f64,
             Some(Scalar::Float(f)) if f.is_finite() => f,
@@ -309,6 +378,11 @@ impl<T: Decode> Decode for BTreeMap<String, T> {
         let mut out = BTreeMap::new();
         for (k, v) in entries {
             let key = key_text(k).to_owned();
+            // kubectl would turn the key into "true" or "false".
+            if let Some(word) = kubectl_bool(cx, k) {
+                cx.error(k.pos, &path.key(&key), kubectl_bool_message(word));
+                ok = false;
+            }
             match T::decode(cx, v, &path.key(&key)) {
                 Some(val) => {
                     out.insert(key, val);

@@ -69,6 +69,9 @@ impl fmt::Display for InFile<'_> {
     }
 }
 
+/// Keys longer than this many characters are shortened in paths.
+pub const MAX_KEY_CHARS: usize = 64;
+
 /// A field path being built while walking a document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Path(String);
@@ -79,7 +82,17 @@ impl Path {
     }
 
     /// `a.b`, or `a["app.kubernetes.io/name"]` when the key is not a plain identifier.
+    /// Keys longer than `MAX_KEY_CHARS` are shortened with `…`, so a huge key
+    /// cannot make every path below it (and every message) huge.
     pub fn key(&self, key: &str) -> Path {
+        let short: String;
+        let key = match key.char_indices().nth(MAX_KEY_CHARS) {
+            Some((cut, _)) => {
+                short = format!("{}…", &key[..cut]);
+                short.as_str()
+            }
+            None => key,
+        };
         let plain = !key.is_empty()
             && key
                 .chars()
@@ -158,6 +171,19 @@ mod tests {
         let p = Path::root().key("spec").key("faults").index(1).key("kill");
         assert_eq!(p.as_str(), "spec.faults[1].kill");
         assert_eq!(p.parent().map(|p| p.0), Some("spec.faults[1]".into()));
+        let long = "k".repeat(10_000);
+        let p = Path::root().key("labels").key(&long).key("x");
+        assert_eq!(
+            p.as_str(),
+            format!("labels[\"{}…\"].x", "k".repeat(MAX_KEY_CHARS))
+        );
+        assert_eq!(
+            p.parent().and_then(|p| p.parent()).map(|p| p.0),
+            Some("labels".into())
+        );
+        let q = Path::root().key(&format!("a/{long}"));
+        assert_eq!(q.as_str().chars().count(), MAX_KEY_CHARS + 5);
+        assert_eq!(q.parent().map(|p| p.0), Some(String::new()));
         let l = Path::root().key("labels").key("app.kubernetes.io/name");
         assert_eq!(l.as_str(), "labels[\"app.kubernetes.io/name\"]");
         assert_eq!(l.parent().map(|p| p.0), Some("labels".into()));

@@ -4,7 +4,7 @@
 //! typed values (structure, types, formats), then semantic checks on the typed
 //! values, whose field paths are mapped back to lines and columns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -20,6 +20,9 @@ use crate::{
 
 pub const API_VERSION: &str = "faultline.dev/v1alpha1";
 pub const KINDS: [&str; 3] = ["Experiment", "NodeFaults", "Topology"];
+/// Diagnostics shown per document; a hostile or badly broken file could
+/// otherwise produce hundreds of thousands.
+pub const MAX_DIAGNOSTICS: usize = 100;
 
 /// A valid Faultline resource of any kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +48,12 @@ impl Resource {
             Resource::NodeFaults(n) => &n.metadata,
             Resource::Topology(t) => &t.metadata,
         };
-        let name = meta.name.clone().unwrap_or_default();
+        // With only generateName, the apiserver completes the name.
+        let name = match (&meta.name, &meta.generate_name) {
+            (Some(n), _) => n.clone(),
+            (None, Some(g)) => format!("{g}*"),
+            (None, None) => String::new(),
+        };
         match &meta.namespace {
             Some(ns) => format!("{ns}/{name}"),
             None => name,
@@ -79,7 +87,10 @@ pub fn parse_documents(bytes: &[u8]) -> Vec<Parsed> {
         .filter(|d| !matches!(&d.root, Ok(n) if n.is_null()))
         .map(|d| Parsed {
             pos: d.pos,
-            result: d.root.and_then(|root| resource_from_node(&root)),
+            result: d
+                .root
+                .and_then(|root| resource_from_node(&root))
+                .map_err(limited),
         })
         .collect();
     if out.is_empty() {
@@ -213,22 +224,30 @@ fn resource_from_node(root: &Node) -> Result<Resource, Vec<Diagnostic>> {
     let Some(kind) = kind else {
         return Err(cx.errors);
     };
+    cx.kubectl = kind != "Topology";
+    // A Topology is never stored by an apiserver, so it has no status.
+    if kind == "Topology" && f.has_key("status") {
+        cx.error(
+            f.key_pos("status"),
+            &top.key("status"),
+            "unknown field; expected one of: apiVersion, kind, metadata, spec",
+        );
+    }
     let namespaced = kind == "Experiment";
-    let metadata = decode_metadata(&mut cx, f.node("metadata"), f.pos(), namespaced);
+    // An empty `metadata:` is reported at its key, not at the document's start.
+    let metadata = decode_metadata(
+        &mut cx,
+        f.node("metadata"),
+        f.key_pos("metadata"),
+        namespaced,
+    );
     let resource = match kind.as_str() {
         "Experiment" => {
             let spec: Option<ExperimentSpec> = f.req(&mut cx, "spec");
             spec.zip(metadata).map(|(spec, metadata)| {
                 let mut problems = Problems::default();
                 spec.validate(&mut problems);
-                if let Some(name) = &metadata.name
-                    && let Err(e) = dns_label(name)
-                {
-                    problems.add(
-                        top.key("metadata").key("name"),
-                        format!("experiment name {e}"),
-                    );
-                }
+                check_names(&metadata, dns_label, "experiment name", &mut problems);
                 let mut e = Experiment::new("", spec);
                 e.metadata = metadata;
                 (Resource::Experiment(Box::new(e)), problems)
@@ -239,11 +258,7 @@ fn resource_from_node(root: &Node) -> Result<Resource, Vec<Diagnostic>> {
             spec.zip(metadata).map(|(spec, metadata)| {
                 let mut problems = Problems::default();
                 spec.validate(&mut problems);
-                if let Some(name) = &metadata.name
-                    && let Err(e) = dns_subdomain(name)
-                {
-                    problems.add(top.key("metadata").key("name"), format!("node name {e}"));
-                }
+                check_names(&metadata, dns_subdomain, "node name", &mut problems);
                 let mut n = NodeFaults::new("", spec);
                 n.metadata = metadata;
                 (Resource::NodeFaults(Box::new(n)), problems)
@@ -254,14 +269,7 @@ fn resource_from_node(root: &Node) -> Result<Resource, Vec<Diagnostic>> {
             spec.zip(metadata).map(|(spec, metadata)| {
                 let mut problems = Problems::default();
                 spec.validate(&mut problems);
-                if let Some(name) = &metadata.name
-                    && let Err(e) = dns_label(name)
-                {
-                    problems.add(
-                        top.key("metadata").key("name"),
-                        format!("topology name {e}"),
-                    );
-                }
+                check_names(&metadata, dns_label, "topology name", &mut problems);
                 let t = Topology {
                     api_version: API_VERSION.into(),
                     kind: "Topology".into(),
@@ -275,7 +283,7 @@ fn resource_from_node(root: &Node) -> Result<Resource, Vec<Diagnostic>> {
     match resource {
         Some((r, problems)) if cx.errors.is_empty() && problems.0.is_empty() => Ok(r),
         Some((_, problems)) => {
-            let index = PathIndex::new(root);
+            let index = PathIndex::new(root, &problems.0);
             cx.errors
                 .extend(problems.0.iter().map(|p| index.locate(p, root.pos)));
             Err(sorted(cx.errors))
@@ -290,21 +298,73 @@ fn sorted(mut errors: Vec<Diagnostic>) -> Vec<Diagnostic> {
     errors
 }
 
+/// The first `MAX_DIAGNOSTICS` diagnostics in file order, then one saying how
+/// many more there are (located at the first one left out).
+fn limited(errors: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut errors = sorted(errors);
+    if errors.len() > MAX_DIAGNOSTICS {
+        let rest = errors.split_off(MAX_DIAGNOSTICS);
+        let pos = rest.first().map_or(Pos::START, |d| d.pos);
+        let n = rest.len();
+        errors.push(Diagnostic::new(
+            pos,
+            "",
+            format!("… and {n} more problem{}", if n == 1 { "" } else { "s" }),
+        ));
+    }
+    errors
+}
+
+/// Checks `metadata.name` and `metadata.generateName` with the kind's name rule.
+fn check_names(
+    meta: &ObjectMeta,
+    rule: fn(&str) -> Result<(), String>,
+    what: &str,
+    problems: &mut Problems,
+) {
+    let path = Path::root().key("metadata");
+    if let Some(name) = &meta.name
+        && let Err(e) = rule(name)
+    {
+        problems.add(path.key("name"), format!("{what} {e}"));
+    }
+    // As the apiserver checks a prefix: a trailing '-' is allowed (random
+    // characters follow it), the rest must be a valid name.
+    if let Some(prefix) = &meta.generate_name {
+        let masked = match prefix.strip_suffix('-') {
+            Some(p) => format!("{p}a"),
+            None => prefix.clone(),
+        };
+        if let Err(e) = rule(&masked) {
+            let e = e.replace(&quote(&masked), &quote(prefix));
+            problems.add(path.key("generateName"), format!("{what} prefix {e}"));
+        }
+    }
+}
+
+/// `at` is where to report a missing or empty `metadata`.
 fn decode_metadata(
     cx: &mut Cx,
     node: Option<&Node>,
-    doc_pos: Pos,
+    at: Pos,
     namespaced: bool,
 ) -> Option<ObjectMeta> {
     let path = Path::root().key("metadata");
     let Some(node) = node else {
-        cx.error(doc_pos, &path, "is required (at least metadata.name)");
+        cx.error(at, &path, "is required (at least metadata.name)");
         return None;
     };
-    let mut known = vec!["name", "namespace", "labels", "annotations"];
+    let mut known = vec!["name", "generateName", "namespace", "labels", "annotations"];
     known.extend(SERVER_METADATA);
     let f = Fields::new(cx, node, &path, &known)?;
-    let name: Option<String> = f.req(cx, "name");
+    let name: Option<Option<String>> = f.opt(cx, "name");
+    let generate_name: Option<Option<String>> = f.opt(cx, "generateName");
+    // generateName stands in for name (`kubectl create` completes it).
+    if let (Some(None), Some(None)) = (&name, &generate_name)
+        && !f.suggested_any(&["name", "generateName"])
+    {
+        cx.error(f.key_pos("name"), &path.key("name"), "is required");
+    }
     let namespace: Option<Option<String>> = f.opt(cx, "namespace");
     let labels: Option<BTreeMap<String, String>> = f.list(cx, "labels");
     let annotations: Option<BTreeMap<String, String>> = f.list(cx, "annotations");
@@ -320,52 +380,87 @@ fn decode_metadata(
             cx.error(pos, &path.key("namespace"), format!("namespace {e}"));
         }
     }
-    if let Some(labels) = &labels {
-        for (k, v) in labels {
-            if let Err(e) = label_key(k).and_then(|_| label_value(v)) {
+    let check_map = |cx: &mut Cx,
+                     field: &str,
+                     map: &Option<BTreeMap<String, String>>,
+                     check: &dyn Fn(&str, &str) -> Result<(), String>| {
+        for (k, v) in map.iter().flatten() {
+            if let Err(e) = check(k, v) {
                 let pos = f
-                    .node("labels")
-                    .and_then(|l| l.get(k))
+                    .node(field)
+                    .and_then(|m| m.get(k))
                     .map_or(f.pos(), |n| n.pos);
-                cx.error(pos, &path.key("labels").key(k), e);
+                cx.error(pos, &path.key(field).key(k), e);
             }
         }
-    }
+    };
+    check_map(cx, "labels", &labels, &|k, v| {
+        label_key(k).and_then(|_| label_value(v))
+    });
+    // Annotation keys follow the label key rules; values are any string.
+    check_map(cx, "annotations", &annotations, &|k, _| label_key(k));
     Some(ObjectMeta {
-        name,
+        name: name?,
+        generate_name: generate_name?,
         namespace: namespace?,
         labels: labels.filter(|l| !l.is_empty()),
         annotations: annotations.filter(|a| !a.is_empty()),
         ..ObjectMeta::default()
     })
-    .filter(|m| m.name.is_some())
+    .filter(|m| m.name.is_some() || m.generate_name.is_some())
 }
 
-/// Where each field path of a document was written.
+/// Where the field paths of a document's problems were written.
 struct PathIndex(HashMap<String, Pos>);
 
 impl PathIndex {
-    fn new(root: &Node) -> Self {
-        let mut map = HashMap::new();
-        fn walk(node: &Node, path: &Path, map: &mut HashMap<String, Pos>) {
-            map.insert(path.as_str().to_owned(), node.pos);
+    /// Indexes only the problems' paths and their ancestors: a path string for
+    /// every node of a large document would take far more memory than the tree.
+    /// Paths are built with `Path::key`/`Path::index`, as the problems' are.
+    fn new(root: &Node, problems: &[Problem]) -> Self {
+        let mut wanted: HashSet<String> = HashSet::new();
+        for problem in problems {
+            let mut path = Some(problem.path.clone());
+            while let Some(p) = path {
+                // Its ancestors are in already.
+                if !wanted.insert(p.as_str().to_owned()) {
+                    break;
+                }
+                path = p.parent();
+            }
+        }
+        fn walk(
+            node: &Node,
+            path: &Path,
+            wanted: &HashSet<String>,
+            map: &mut HashMap<String, Pos>,
+        ) {
+            // Keys shortened alike may collide; the first one written wins.
+            map.entry(path.as_str().to_owned()).or_insert(node.pos);
             match &node.kind {
                 NodeKind::Map(entries) => {
                     for (k, v) in entries {
-                        if let NodeKind::Scalar { text, .. } = &k.kind {
-                            walk(v, &path.key(text), map);
+                        if let Some(text) = k.text() {
+                            let child = path.key(text);
+                            if wanted.contains(child.as_str()) {
+                                walk(v, &child, wanted, map);
+                            }
                         }
                     }
                 }
                 NodeKind::Seq(items) => {
                     for (i, item) in items.iter().enumerate() {
-                        walk(item, &path.index(i), map);
+                        let child = path.index(i);
+                        if wanted.contains(child.as_str()) {
+                            walk(item, &child, wanted, map);
+                        }
                     }
                 }
                 NodeKind::Scalar { .. } => {}
             }
         }
-        walk(root, &Path::root(), &mut map);
+        let mut map = HashMap::new();
+        walk(root, &Path::root(), &wanted, &mut map);
         PathIndex(map)
     }
 

@@ -15,13 +15,19 @@ use crate::{
     fault::FaultAction,
     string_enum,
     units::{Duration, Percent},
-    validate::{Problems, dns_label, label_key, label_value, unique},
+    validate::{Problems, dns_label, label_key, label_value, max_chars, unique},
     yaml::{Node, quote},
 };
 
 pub const MAX_TARGETS: usize = 32;
 pub const MAX_FAULTS: usize = 32;
 pub const MAX_CHECKS: usize = 32;
+/// Limits the CRD's schema also enforces (`maxLength`, `maxItems`).
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+pub const MAX_CHECK_NAME_CHARS: usize = 128;
+pub const MAX_URL_CHARS: usize = 2048;
+pub const MAX_NAMESPACES: usize = 64;
+pub const MAX_LABELS: usize = 32;
 
 /// A chaos experiment: faults injected into selected targets for a while,
 /// and the hypothesis that must hold meanwhile.
@@ -51,7 +57,7 @@ pub const MAX_CHECKS: usize = 32;
 pub struct ExperimentSpec {
     /// What the experiment proves, for people reading it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = MAX_DESCRIPTION_CHARS))]
     pub description: Option<String>,
     /// How long faults are active, from the start of the run (at most 24h).
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("the duration must be greater than 0s"))]
@@ -60,7 +66,8 @@ pub struct ExperimentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<CronSchedule>,
     /// Named selections of pods (or local services) that faults act on.
-    #[schemars(length(min = 1, max = 32))]
+    // schemars' `length` sets no minProperties/maxProperties on maps, so CEL bounds the size.
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 32").message("targets has 1 to 32 entries"))]
     pub targets: BTreeMap<String, TargetSelector>,
     /// What to break. Names are unique.
     #[schemars(length(min = 1, max = 32))]
@@ -101,10 +108,10 @@ string_enum! {
 pub struct TargetSelector {
     /// Namespaces to select from (default: the experiment's own namespace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = MAX_NAMESPACES))]
     pub namespaces: Vec<String>,
     /// Labels a pod must carry, all of them.
-    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 32").message("labels has 1 to 32 entries"))]
     pub labels: BTreeMap<String, String>,
     /// all (default), one, fixed (`value` pods) or percent (`value`% of pods, rounded up).
     #[serde(default)]
@@ -180,7 +187,7 @@ string_enum! {
 pub struct Check {
     /// Shown in reports (default: derived from the check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = MAX_CHECK_NAME_CHARS))]
     pub name: Option<String>,
     /// When a hypothesis check is evaluated (default depends on the kind; see docs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -265,12 +272,14 @@ pub struct ErrorRateCheck {
 }
 
 /// A latency percentile of a service, over a sliding window.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LatencyCheck {
     pub service: String,
     /// Greater than 0 and at most 100, e.g. 99 or 99.9.
     #[schemars(range(min = 0, max = 100))]
+    // OpenAPI's exclusiveMinimum is not generated; CEL says "greater than 0".
+    #[x_kube(validation = Rule::new("self > 0.0").message("the percentile must be greater than 0"))]
     pub percentile: f64,
     /// The highest acceptable latency at that percentile.
     pub max: Duration,
@@ -301,7 +310,7 @@ pub struct BreakerCheck {
 #[serde(rename_all = "camelCase")]
 pub struct HttpCheck {
     /// An http:// or https:// URL.
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(length(min = 1, max = MAX_URL_CHARS))]
     pub url: String,
     /// The expected status (default 200).
     #[serde(default = "default_status")]
@@ -602,32 +611,40 @@ impl ExperimentSpec {
     /// Every problem with an otherwise well-typed spec; paths start at `spec`.
     pub fn validate(&self, p: &mut Problems) {
         let spec = Path::root().key("spec");
+        if let Some(d) = &self.description
+            && let Err(e) = max_chars(d, MAX_DESCRIPTION_CHARS)
+        {
+            p.add(spec.key("description"), e);
+        }
         if self.duration.is_zero() {
             p.add(spec.key("duration"), "must be greater than 0s");
         }
         self.validate_targets(&spec, p);
         self.validate_faults(&spec, p);
+        // Over a list's limit, one report says it all and per-item checks are skipped.
         let checks = spec.key("hypothesis");
         if self.hypothesis.len() > MAX_CHECKS {
             p.add(checks.clone(), format!("has more than {MAX_CHECKS} checks"));
+        } else {
+            for (i, c) in self.hypothesis.iter().enumerate() {
+                self.validate_check(c, &checks.index(i), false, p);
+            }
+            unique(
+                p,
+                self.hypothesis
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| Some((checks.index(i).key("name"), c.name.as_deref()?))),
+                "check name",
+            );
         }
-        for (i, c) in self.hypothesis.iter().enumerate() {
-            self.validate_check(c, &checks.index(i), false, p);
-        }
-        unique(
-            p,
-            self.hypothesis
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| Some((checks.index(i).key("name"), c.name.as_deref()?))),
-            "check name",
-        );
         let abort = spec.key("abort");
         if self.abort.len() > MAX_CHECKS {
             p.add(abort.clone(), format!("has more than {MAX_CHECKS} checks"));
-        }
-        for (i, c) in self.abort.iter().enumerate() {
-            self.validate_check(c, &abort.index(i), true, p);
+        } else {
+            for (i, c) in self.abort.iter().enumerate() {
+                self.validate_check(c, &abort.index(i), true, p);
+            }
         }
         if let Some(Limits {
             max_targets: Some(0),
@@ -644,34 +661,48 @@ impl ExperimentSpec {
         }
         if self.targets.len() > MAX_TARGETS {
             p.add(path.clone(), format!("has more than {MAX_TARGETS} targets"));
+            return;
         }
         for (name, t) in &self.targets {
             let tp = path.key(name);
             if let Err(e) = dns_label(name) {
                 p.add(tp.clone(), format!("target name {e}"));
             }
-            for (i, ns) in t.namespaces.iter().enumerate() {
-                if let Err(e) = dns_label(ns) {
-                    p.add(tp.key("namespaces").index(i), format!("namespace {e}"));
+            if t.namespaces.len() > MAX_NAMESPACES {
+                p.add(
+                    tp.key("namespaces"),
+                    format!("has more than {MAX_NAMESPACES} namespaces"),
+                );
+            } else {
+                for (i, ns) in t.namespaces.iter().enumerate() {
+                    if let Err(e) = dns_label(ns) {
+                        p.add(tp.key("namespaces").index(i), format!("namespace {e}"));
+                    }
                 }
+                unique(
+                    p,
+                    t.namespaces
+                        .iter()
+                        .enumerate()
+                        .map(|(i, ns)| (tp.key("namespaces").index(i), ns.as_str())),
+                    "namespace",
+                );
             }
-            unique(
-                p,
-                t.namespaces
-                    .iter()
-                    .enumerate()
-                    .map(|(i, ns)| (tp.key("namespaces").index(i), ns.as_str())),
-                "namespace",
-            );
             if t.labels.is_empty() {
                 p.add(
                     tp.key("labels"),
                     "needs at least one label; an empty selector would select every pod",
                 );
-            }
-            for (k, v) in &t.labels {
-                if let Err(e) = label_key(k).and_then(|_| label_value(v)) {
-                    p.add(tp.key("labels").key(k), e);
+            } else if t.labels.len() > MAX_LABELS {
+                p.add(
+                    tp.key("labels"),
+                    format!("has more than {MAX_LABELS} labels"),
+                );
+            } else {
+                for (k, v) in &t.labels {
+                    if let Err(e) = label_key(k).and_then(|_| label_value(v)) {
+                        p.add(tp.key("labels").key(k), e);
+                    }
                 }
             }
             match (t.mode, t.value) {
@@ -705,6 +736,7 @@ impl ExperimentSpec {
         }
         if self.faults.len() > MAX_FAULTS {
             p.add(path.clone(), format!("has more than {MAX_FAULTS} faults"));
+            return;
         }
         unique(
             p,
@@ -784,6 +816,11 @@ impl ExperimentSpec {
     }
 
     fn validate_check(&self, c: &Check, path: &Path, abort: bool, p: &mut Problems) {
+        if let Some(name) = &c.name
+            && let Err(e) = max_chars(name, MAX_CHECK_NAME_CHARS)
+        {
+            p.add(path.key("name"), e);
+        }
         if abort && !c.when.is_empty() {
             p.add(
                 path.key("when"),
@@ -888,32 +925,112 @@ impl ExperimentSpec {
     }
 }
 
-/// An absolute http(s) URL with a host; no other parts are interpreted.
+/// An absolute http(s) URL with a host (a name, an IPv4 address or a
+/// bracketed IPv6 address) and an optional port; path, query and fragment
+/// are not interpreted.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("{} is not an http:// or https:// URL", quote(url)))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.rsplit_once('@') {
-        Some((_, h)) => h,
-        None => authority,
-    };
-    if host.is_empty() || host.starts_with(':') {
-        return Err(format!("{} has no host", quote(url)));
+    if let Err(e) = max_chars(url, MAX_URL_CHARS) {
+        return Err(format!("the URL {e}"));
     }
+    // Schemes are case-insensitive (RFC 3986 3.1).
+    let rest = url
+        .split_once("://")
+        .filter(|(scheme, _)| {
+            scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+        })
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("{} is not an http:// or https:// URL", quote(url)))?;
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
             "{} contains spaces or control characters",
             quote(url)
         ));
     }
-    if let Some((h, port)) = host.rsplit_once(':')
-        && !h.ends_with(']')
-        && !h.contains(':')
-        && port.parse::<u16>().is_err()
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = match authority.rsplit_once('@') {
+        Some((_, h)) => h,
+        None => authority,
+    };
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let Some((inner, after)) = bracketed.split_once(']') else {
+            return Err(format!("{} has an unclosed [ in its host", quote(url)));
+        };
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "{} has an invalid IPv6 address in its host",
+                quote(url)
+            ));
+        }
+        match after {
+            "" => (inner, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (inner, Some(port)),
+                None => return Err(format!("{} has an invalid port", quote(url))),
+            },
+        }
+    } else {
+        match host_port.split_once(':') {
+            Some((h, port)) => (h, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{} has no host", quote(url)));
+    }
+    if host.contains(['[', ']']) {
+        return Err(format!("{} has an invalid host", quote(url)));
+    }
+    // Digits only (no sign, no second colon), 1 to 65535.
+    if let Some(port) = port
+        && !(port.len() <= 5
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|p| p > 0))
     {
         return Err(format!("{} has an invalid port", quote(url)));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        for ok in [
+            "http://frontend.shop:8080/health",
+            "HTTPS://example.com",
+            "Http://example.com?x=1",
+            "http://user:pw@example.com:1/",
+            "http://[::1]/",
+            "http://[fd00::1]:65535/x",
+            "http://10.0.0.1:80",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("ftp://example.com", "is not an http:// or https:// URL"),
+            ("frontend:8080/health", "is not an http:// or https:// URL"),
+            ("http://", "has no host"),
+            ("http://:80/", "has no host"),
+            ("http://a:b:c/", "has an invalid port"),
+            ("http://x:+80/", "has an invalid port"),
+            ("http://x:0/", "has an invalid port"),
+            ("http://x:65536/", "has an invalid port"),
+            ("http://x:/", "has an invalid port"),
+            ("http://[::1/", "unclosed ["),
+            ("http://[::1]x/", "has an invalid port"),
+            ("http://[::1]:+1/", "has an invalid port"),
+            ("http://[::1]:99999/", "has an invalid port"),
+            ("http://[nope]/", "invalid IPv6 address"),
+            ("http://a]b/", "has an invalid host"),
+            ("http://a b/", "contains spaces"),
+        ] {
+            let err = check_url(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let long = format!("http://x/{}", "a".repeat(MAX_URL_CHARS));
+        assert!(check_url(&long).is_err());
+    }
 }

@@ -1,7 +1,7 @@
 //! Fault kinds shared by `Experiment` (where peers may be target names) and
 //! `NodeFaults` (where they are resolved to CIDRs).
 
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -111,7 +111,7 @@ pub struct Partition {
     pub peers: Vec<String>,
     /// Only these ports (the peer's port for egress, the target's for ingress); empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(range(min = 1)))]
     pub ports: Vec<u16>,
 }
 
@@ -195,19 +195,22 @@ impl FaultAction {
                     p.add(path.key("peers"), "needs at least one peer");
                 }
                 check_peers(&path.key("peers"), &part.peers, p, peer_ok);
+                // Over the limit, one report says it all; per-port checks would only add noise.
                 if part.ports.len() > MAX_PEERS {
                     p.add(
                         path.key("ports"),
                         format!("lists more than {MAX_PEERS} ports"),
                     );
+                    return;
                 }
+                let mut seen = HashSet::new();
                 for (i, port) in part.ports.iter().enumerate() {
                     if *port == 0 {
                         p.add(
                             path.key("ports").index(i),
                             "port 0 is not a port; use 1 to 65535",
                         );
-                    } else if part.ports[..i].contains(port) {
+                    } else if !seen.insert(*port) {
                         p.add(
                             path.key("ports").index(i),
                             format!("port {port} is listed twice"),
@@ -227,9 +230,11 @@ fn check_peers(
 ) {
     if peers.len() > MAX_PEERS {
         p.add(path.clone(), format!("lists more than {MAX_PEERS} entries"));
+        return;
     }
+    let mut seen = HashSet::new();
     for (i, peer) in peers.iter().enumerate() {
-        if peers[..i].contains(peer) {
+        if !seen.insert(peer.as_str()) {
             p.add(path.index(i), format!("{} is listed twice", quote(peer)));
         } else if parse_cidr(peer).is_none()
             && let Err(msg) = peer_ok(peer)

@@ -177,13 +177,59 @@ impl std::str::FromStr for Timestamp {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse::<jiff::Timestamp>().map(Timestamp).map_err(|_| {
+        let bad = || {
             format!(
                 "{} is not an RFC 3339 time (like 2026-11-22T10:02:00Z)",
                 quote(s)
             )
-        })
+        };
+        // jiff also accepts forms the apiserver refuses (a space for T,
+        // lowercase, offsets without a colon, named zones); check the shape first.
+        if !is_rfc3339(s) {
+            return Err(bad());
+        }
+        s.parse::<jiff::Timestamp>()
+            .map(Timestamp)
+            .map_err(|_| bad())
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, with 1 to 9 fraction digits.
+fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |from: usize, n: usize| {
+        b.get(from..from + n)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let date_time = digits(0, 4)
+        && at(4, b'-')
+        && digits(5, 2)
+        && at(7, b'-')
+        && digits(8, 2)
+        && at(10, b'T')
+        && digits(11, 2)
+        && at(13, b':')
+        && digits(14, 2)
+        && at(16, b':')
+        && digits(17, 2);
+    let Some(mut rest) = s.get(19..).filter(|_| date_time) else {
+        return false;
+    };
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=9).contains(&n) {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    let o = rest.as_bytes();
+    rest == "Z"
+        || (o.len() == 6
+            && matches!(o[0], b'+' | b'-')
+            && o[1..3].iter().all(u8::is_ascii_digit)
+            && o[3] == b':'
+            && o[4..6].iter().all(u8::is_ascii_digit))
 }
 
 impl Decode for Timestamp {
@@ -239,6 +285,7 @@ impl NodeFaultsSpec {
                 path.clone(),
                 format!("has more than {MAX_NODE_FAULTS} faults"),
             );
+            return;
         }
         unique(
             p,
@@ -378,5 +425,36 @@ mod tests {
         assert!(abs_path("/run/netns/x").is_ok());
         assert!(abs_path("run/netns/x").is_err());
         assert!(abs_path("/sys/fs/cgroup/../../etc").is_err());
+    }
+
+    #[test]
+    fn timestamps_are_strict_rfc3339() {
+        for ok in [
+            "2026-11-22T10:02:00Z",
+            "2026-11-22T10:02:00.5Z",
+            "2026-11-22T10:02:00.123456789Z",
+            "2026-11-22T10:02:00+01:00",
+            "2026-11-22T10:02:00.25-05:30",
+        ] {
+            assert!(ok.parse::<Timestamp>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "2026-11-22 10:02:00Z",
+            "2026-11-22t10:02:00z",
+            "2026-11-22T10:02:00",
+            "2026-11-22T10:02:00+0100",
+            "2026-11-22T10:02Z",
+            "2026-11-22T10:02:00.Z",
+            "2026-11-22T10:02:00.1234567890Z",
+            "2026-11-22T10:02:00Z[Europe/Paris]",
+            "2026-11-22T10:02:00+01:00[Europe/Paris]",
+            " 2026-11-22T10:02:00Z",
+            "2026-11-22T10:02:00Z ",
+            "2026-13-22T10:02:00Z",
+            "+002026-11-22T10:02:00Z",
+            "2026-11-22T10:02:00-01",
+        ] {
+            assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
+        }
     }
 }

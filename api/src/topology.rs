@@ -1,7 +1,7 @@
 //! The `Topology` kind (local mode only): services started as local processes,
 //! and the dependency edges a fault proxy is put on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
@@ -109,8 +109,11 @@ impl TopologySpec {
                 path.clone(),
                 format!("has more than {MAX_SERVICES} services"),
             );
+            return;
         }
+        // In order for suggestions (deterministic), and as a set for lookups.
         let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        let name_set: HashSet<&str> = names.iter().copied().collect();
         unique(
             p,
             self.services
@@ -119,11 +122,20 @@ impl TopologySpec {
                 .map(|(i, s)| (path.index(i).key("name"), s.name.as_str())),
             "service name",
         );
-        let mut ports: Vec<u16> = Vec::new();
+        let mut ports: HashSet<u16> = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let sp = path.index(i);
             if let Err(e) = dns_label(&s.name) {
                 p.add(sp.key("name"), format!("service name {e}"));
+            } else if !s.name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                p.add(
+                    sp.key("name"),
+                    format!(
+                        "service name {} must start with a letter: dependents find it at {}, which must be an environment variable name",
+                        quote(&s.name),
+                        s.addr_var()
+                    ),
+                );
             }
             for (k, v) in &s.labels {
                 if let Err(e) = label_key(k).and_then(|_| label_value(v)) {
@@ -144,13 +156,12 @@ impl TopologySpec {
             }
             if s.port == 0 {
                 p.add(sp.key("port"), "port 0 is not a port; use 1 to 65535");
-            } else if ports.contains(&s.port) {
+            } else if !ports.insert(s.port) {
                 p.add(
                     sp.key("port"),
                     format!("port {} is used by another service", s.port),
                 );
             }
-            ports.push(s.port);
             for (k, v) in &s.env {
                 let valid = k
                     .bytes()
@@ -166,11 +177,13 @@ impl TopologySpec {
                     p.add(sp.key("env").key(k), "contains a NUL byte");
                 }
             }
+            let mut deps_seen = HashSet::new();
             for (j, dep) in s.depends_on.iter().enumerate() {
                 let dp = sp.key("dependsOn").index(j);
+                let repeated = !deps_seen.insert(dep.as_str());
                 if dep == &s.name {
                     p.add(dp, "a service cannot depend on itself");
-                } else if !names.contains(&dep.as_str()) {
+                } else if !name_set.contains(dep.as_str()) {
                     let hint = did_you_mean(dep, names.iter().copied())
                         .map(|n| format!(" (did you mean {n}?)"))
                         .unwrap_or_default();
@@ -178,7 +191,7 @@ impl TopologySpec {
                         dp,
                         format!("{} is not a service of this topology{hint}", quote(dep)),
                     );
-                } else if s.depends_on[..j].contains(dep) {
+                } else if repeated {
                     p.add(dp, format!("{} is listed twice", quote(dep)));
                 } else if s.env.contains_key(&addr_var(dep)) {
                     p.add(

@@ -69,7 +69,8 @@ impl FromStr for Duration {
                 quote(s)
             ))
         };
-        let text = s.trim();
+        // No trimming: the CRD's pattern refuses surrounding spaces, so must this.
+        let text = s;
         if text.starts_with('-') && text.len() > 1 {
             return Err(UnitError(format!(
                 "{} is negative; durations cannot be",
@@ -164,40 +165,40 @@ impl FromStr for Percent {
     type Err = UnitError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let text = s.trim();
-        let Some(number) = text.strip_suffix('%') else {
-            return Err(UnitError(format!(
+        let malformed = || {
+            UnitError(format!(
                 "{} is not a percentage (write it like 5% or 0.5%)",
                 quote(s)
-            )));
+            ))
         };
-        let number = number.trim_end();
+        // No trimming: the parser accepts exactly what PERCENT_PATTERN does.
+        let number = s.strip_suffix('%').ok_or_else(malformed)?;
         if number.starts_with('-') {
             return Err(UnitError(format!(
                 "{} is negative; percentages must be 0% to 100%",
                 quote(s)
             )));
         }
-        let well_formed = {
-            let mut parts = number.splitn(2, '.');
-            let int = parts.next().unwrap_or("");
-            let frac = parts.next();
-            !int.is_empty()
-                && int.bytes().all(|b| b.is_ascii_digit())
-                && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        let (int, frac) = match number.split_once('.') {
+            Some((i, f)) => (i, Some(f)),
+            None => (number, None),
         };
-        let value: f64 = if well_formed {
-            number.parse().ok()
-        } else {
-            None
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+            return Err(malformed());
         }
-        .ok_or_else(|| {
-            UnitError(format!(
-                "{} is not a percentage (write it like 5% or 0.5%)",
-                quote(s)
-            ))
-        })?;
-        Percent::new(value).ok_or_else(|| UnitError(format!("{} is above 100%", quote(s))))
+        let above = || UnitError(format!("{} is above 100%", quote(s)));
+        // As the pattern: one or two digits, or 100 with an all-zero fraction.
+        if int.len() > 2 {
+            if int.starts_with('0') {
+                return Err(malformed());
+            }
+            if int != "100" || frac.is_some_and(|f| f.bytes().any(|b| b != b'0')) {
+                return Err(above());
+            }
+        }
+        let value: f64 = number.parse().map_err(|_| malformed())?;
+        Percent::new(value).ok_or_else(above)
     }
 }
 
@@ -295,6 +296,8 @@ mod tests {
         assert!(d("s").is_err());
         assert!(d("1.5s").is_err());
         assert!(d("").is_err());
+        assert!(d(" 1s").is_err());
+        assert!(d("1s ").is_err());
     }
 
     #[test]
@@ -332,6 +335,13 @@ mod tests {
         assert!(p("five%").is_err());
         assert!(p(".5%").is_err());
         assert!(p("1e2%").is_err());
+        assert!(
+            p("005%")
+                .expect_err("leading zeros")
+                .contains("not a percentage")
+        );
+        assert!(p("100.001%").expect_err("over").contains("above 100%"));
+        assert!(p(" 5%").is_err());
     }
 
     #[test]
@@ -342,17 +352,55 @@ mod tests {
         for ok in ["300ms", "1m30s", "24h", "0s", "1h2m3s4ms"] {
             assert!(ok.parse::<Duration>().is_ok() && dur.is_match(ok), "{ok}");
         }
-        for bad in ["5 minutes", "-5s", "30", "1.5s", ""] {
+        for bad in [
+            "5 minutes",
+            "-5s",
+            "30",
+            "1.5s",
+            "",
+            " 1s",
+            "1s ",
+            "1s\n",
+            "1 s",
+            "\u{a0}1s",
+        ] {
             assert!(
                 bad.parse::<Duration>().is_err() && !dur.is_match(bad),
                 "{bad}"
             );
         }
         let pct = regex::Regex::new(PERCENT_PATTERN).expect("pattern");
-        for ok in ["5%", "0.5%", "100%", "100.0%", "0%", "99.99%"] {
+        for ok in [
+            "5%",
+            "0.5%",
+            "100%",
+            "100.0%",
+            "100.000%",
+            "0%",
+            "05%",
+            "99.99%",
+            "99.99999999999999999999%",
+        ] {
             assert!(ok.parse::<Percent>().is_ok() && pct.is_match(ok), "{ok}");
         }
-        for bad in ["101%", "5", "-1%", "100.5%", ".5%", "5.%"] {
+        let tiny_over = format!("100.{}1%", "0".repeat(40));
+        for bad in [
+            "101%",
+            "5",
+            "-1%",
+            "100.5%",
+            ".5%",
+            "5.%",
+            "5 %",
+            "005%",
+            "0100%",
+            "000%",
+            tiny_over.as_str(),
+            " 5%",
+            "5% ",
+            "5%%",
+            "+5%",
+        ] {
             assert!(
                 bad.parse::<Percent>().is_err() && !pct.is_match(bad),
                 "{bad}"

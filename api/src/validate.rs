@@ -3,7 +3,7 @@
 //! Problems carry a field path; the document layer turns paths into line and
 //! column, and the controller can show them as they are at admission time.
 
-use std::fmt;
+use std::{collections::HashSet, fmt};
 
 use crate::{diag::Path, yaml::quote};
 
@@ -117,13 +117,21 @@ pub fn label_value(s: &str) -> Result<(), String> {
 
 /// Checks names are unique; reports every repeat at its own index.
 pub fn unique<'a>(p: &mut Problems, items: impl IntoIterator<Item = (Path, &'a str)>, what: &str) {
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     for (path, name) in items {
-        if seen.contains(&name) {
+        if !seen.insert(name) {
             p.add(path, format!("duplicate {what} {}", quote(name)));
-        } else {
-            seen.push(name);
         }
+    }
+}
+
+/// A string is at most `max` characters long (as the CRD's `maxLength`
+/// counts: characters, not bytes).
+pub fn max_chars(s: &str, max: usize) -> Result<(), String> {
+    if s.chars().nth(max).is_some() {
+        Err(format!("is longer than {max} characters"))
+    } else {
+        Ok(())
     }
 }
 

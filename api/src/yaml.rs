@@ -7,16 +7,21 @@
 
 use std::collections::HashMap;
 
-use granit_parser::{Event, Parser, ScalarStyle};
+use granit_parser::{Event, Parser, ScalarStyle, Tag};
 
 use crate::diag::{Diagnostic, Pos};
 
 /// Inputs above this size are refused before parsing: no Faultline file is
 /// anywhere near it, and it bounds the memory a hostile input can take.
 pub const MAX_INPUT_BYTES: usize = 8 << 20;
-/// Nodes per document, aliases expanded: stops "billion laughs" inputs.
+/// Nodes per document, aliases expanded (and anchored copies kept): stops
+/// "billion laughs" inputs.
 pub const MAX_NODES: usize = 200_000;
-/// Nesting depth; deeper input is refused rather than risking the stack.
+/// Scalar text per document, aliases expanded (and anchored copies kept):
+/// nodes alone do not bound memory when one large scalar is aliased many times.
+pub const MAX_EXPANDED_BYTES: usize = 32 << 20;
+/// Nesting depth, aliases expanded; deeper input is refused rather than
+/// risking the stack or building huge field paths.
 pub const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +32,10 @@ pub struct Node {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeKind {
-    /// `plain` is false for quoted, block and `!!str`-tagged scalars, which are
-    /// always strings; plain scalars may also be null, booleans or numbers.
+    /// `plain` is true when the text resolves under the core schema (plain
+    /// scalars, and any tagged `!!int`, `!!float`, `!!bool` or `!!null`), so it
+    /// may be null, a boolean or a number; quoted, block and `!!str`-tagged
+    /// scalars are always strings.
     Scalar {
         text: String,
         plain: bool,
@@ -65,12 +72,13 @@ impl Node {
         matches!(self.scalar(), Some(Scalar::Null))
     }
 
-    /// The value under `key` if this is a mapping that has it.
+    /// The value under `key` if this is a mapping that has it. Keys match by
+    /// their text, as decoding reads them (`{1: x}` has the key "1").
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.kind {
             NodeKind::Map(entries) => entries
                 .iter()
-                .find(|(k, _)| k.scalar() == Some(Scalar::Str(key)))
+                .find(|(k, _)| k.text() == Some(key))
                 .map(|(_, v)| v),
             _ => None,
         }
@@ -100,6 +108,29 @@ pub fn quote(text: &str) -> String {
     } else {
         format!("{text:?}")
     }
+}
+
+/// Plain words YAML 1.1 (what kubectl reads) resolves to booleans, besides
+/// the `true`/`false` forms YAML 1.2 shares.
+pub fn is_yaml11_bool(text: &str) -> bool {
+    matches!(
+        text,
+        "y" | "Y"
+            | "yes"
+            | "Yes"
+            | "YES"
+            | "n"
+            | "N"
+            | "no"
+            | "No"
+            | "NO"
+            | "on"
+            | "On"
+            | "ON"
+            | "off"
+            | "Off"
+            | "OFF"
+    )
 }
 
 fn resolve_plain(text: &str) -> Scalar<'_> {
@@ -174,11 +205,9 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Vec<Document>, Diagnostic> {
         return Err(Diagnostic::new(
             Pos::START,
             "",
-            format!(
-                "the input is {} bytes; Faultline reads files up to {} bytes",
-                bytes.len(),
-                MAX_INPUT_BYTES
-            ),
+            // Callers may stop reading one byte past the limit, so the
+            // length read is not the input's size.
+            format!("the input is larger than {MAX_INPUT_BYTES} bytes, the most Faultline reads"),
         ));
     }
     let text = match std::str::from_utf8(bytes) {
@@ -274,16 +303,40 @@ fn parser_skip_document<'a>(parser: &mut Parser<'a, granit_parser::StrInput<'a>>
 }
 
 enum Frame {
-    Seq(Pos, Vec<Node>, usize),
-    Map(Pos, Vec<(Node, Node)>, Option<Node>, usize),
+    Seq {
+        pos: Pos,
+        items: Vec<Node>,
+        anchor: usize,
+    },
+    Map {
+        pos: Pos,
+        entries: Vec<(Node, Node)>,
+        /// A key waiting for its value.
+        pending: Option<Node>,
+        anchor: usize,
+        /// Key text → line of its first occurrence; a set keeps the
+        /// duplicate check linear in the number of keys.
+        seen: HashMap<String, usize>,
+    },
+}
+
+/// An anchored node with its size measured once, so each alias is charged
+/// against the budgets before it is copied.
+struct Anchored {
+    node: Node,
+    nodes: usize,
+    bytes: usize,
+    depth: usize,
 }
 
 struct Builder {
     doc_pos: Pos,
     stack: Vec<Frame>,
     root: Option<Node>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
     nodes: usize,
+    /// Scalar text bytes, aliases expanded.
+    bytes: usize,
     failed: Option<Diagnostic>,
     /// Diagnostics that do not make the tree unusable (duplicate keys).
     errors: Vec<Diagnostic>,
@@ -297,6 +350,7 @@ impl Builder {
             root: None,
             anchors: HashMap::new(),
             nodes: 0,
+            bytes: 0,
             failed: None,
             errors: Vec::new(),
         }
@@ -308,12 +362,21 @@ impl Builder {
         }
     }
 
-    fn count(&mut self, n: usize, pos: Pos) -> bool {
-        self.nodes = self.nodes.saturating_add(n);
+    /// Charges `nodes` nodes and `bytes` text bytes; false (after failing) when over budget.
+    fn count(&mut self, nodes: usize, bytes: usize, pos: Pos) -> bool {
+        self.nodes = self.nodes.saturating_add(nodes);
+        self.bytes = self.bytes.saturating_add(bytes);
         if self.nodes > MAX_NODES {
             self.fail(
                 pos,
                 format!("the document has more than {MAX_NODES} nodes (aliases expanded)"),
+            );
+            return false;
+        }
+        if self.bytes > MAX_EXPANDED_BYTES {
+            self.fail(
+                pos,
+                format!("the document holds more than {MAX_EXPANDED_BYTES} bytes of text (aliases expanded)"),
             );
             return false;
         }
@@ -323,23 +386,14 @@ impl Builder {
     fn event(&mut self, event: Event<'_>, pos: Pos) {
         match event {
             Event::Scalar(text, style, anchor, tag) => {
-                if !self.count(1, pos) {
+                if !self.count(1, text.len(), pos) {
                     return;
                 }
                 let mut plain = style == ScalarStyle::Plain;
                 if let Some(tag) = tag {
-                    match tag.core_suffix() {
-                        Some("str") => plain = false,
-                        Some(_) => {}
-                        None => {
-                            return self.fail(
-                                pos,
-                                format!(
-                                    "custom YAML tags like {} are not supported",
-                                    tag.original()
-                                ),
-                            );
-                        }
+                    match scalar_tag(&tag, &text) {
+                        Ok(p) => plain = p,
+                        Err(msg) => return self.fail(pos, msg),
                     }
                 }
                 let node = Node {
@@ -351,81 +405,135 @@ impl Builder {
                 };
                 self.push(node, anchor);
             }
-            Event::SequenceStart(_, anchor, _) => {
+            Event::SequenceStart(_, anchor, tag) => {
+                if let Err(msg) = collection_tag(tag.as_deref(), "seq", "a list") {
+                    return self.fail(pos, msg);
+                }
                 if self.stack.len() >= MAX_DEPTH {
                     return self.fail(pos, format!("nesting deeper than {MAX_DEPTH} levels"));
                 }
-                self.stack.push(Frame::Seq(pos, Vec::new(), anchor));
+                self.stack.push(Frame::Seq {
+                    pos,
+                    items: Vec::new(),
+                    anchor,
+                });
             }
-            Event::MappingStart(_, anchor, _) => {
+            Event::MappingStart(_, anchor, tag) => {
+                if let Err(msg) = collection_tag(tag.as_deref(), "map", "a mapping") {
+                    return self.fail(pos, msg);
+                }
                 if self.stack.len() >= MAX_DEPTH {
                     return self.fail(pos, format!("nesting deeper than {MAX_DEPTH} levels"));
                 }
-                self.stack.push(Frame::Map(pos, Vec::new(), None, anchor));
+                self.stack.push(Frame::Map {
+                    pos,
+                    entries: Vec::new(),
+                    pending: None,
+                    anchor,
+                    seen: HashMap::new(),
+                });
             }
             Event::SequenceEnd => {
-                if let Some(Frame::Seq(p, items, anchor)) = self.stack.pop() {
+                if let Some(Frame::Seq { pos, items, anchor }) = self.stack.pop() {
                     let node = Node {
-                        pos: p,
+                        pos,
                         kind: NodeKind::Seq(items),
                     };
-                    self.count(1, p);
-                    self.push(node, anchor);
+                    if self.count(1, 0, pos) {
+                        self.push(node, anchor);
+                    }
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map(p, entries, _, anchor)) = self.stack.pop() {
+                if let Some(Frame::Map {
+                    pos,
+                    entries,
+                    anchor,
+                    ..
+                }) = self.stack.pop()
+                {
                     let node = Node {
-                        pos: p,
+                        pos,
                         kind: NodeKind::Map(entries),
                     };
-                    self.count(1, p);
-                    self.push(node, anchor);
+                    if self.count(1, 0, pos) {
+                        self.push(node, anchor);
+                    }
                 }
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(mut node) => {
-                    if !self.count(node_count(&node), pos) {
-                        return;
-                    }
+            Event::Alias(id) => {
+                let Some(a) = self.anchors.get(&id) else {
+                    return self.fail(pos, "alias to an anchor that is not defined before it");
+                };
+                let (nodes, bytes, depth) = (a.nodes, a.bytes, a.depth);
+                // Expanded, the alias nests its tree here; paths and the
+                // decoders' recursion rely on the depth limit holding.
+                if self.stack.len().saturating_add(depth) > MAX_DEPTH {
+                    return self.fail(
+                        pos,
+                        format!("nesting deeper than {MAX_DEPTH} levels (aliases expanded)"),
+                    );
+                }
+                if !self.count(nodes, bytes, pos) {
+                    return;
+                }
+                if let Some(mut node) = self.anchors.get(&id).map(|a| a.node.clone()) {
                     node.pos = pos;
                     self.push(node, 0);
                 }
-                None => self.fail(pos, "alias to an anchor that is not defined before it"),
-            },
+            }
             _ => {}
         }
     }
 
     fn push(&mut self, node: Node, anchor: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let (nodes, bytes, depth) = measure(&node);
+            // The anchor keeps a copy; nested anchors would otherwise copy
+            // the same text once per level, uncharged.
+            if !self.count(nodes, bytes, node.pos) {
+                return;
+            }
+            self.anchors.insert(
+                anchor,
+                Anchored {
+                    node: node.clone(),
+                    nodes,
+                    bytes,
+                    depth,
+                },
+            );
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
-            Some(Frame::Seq(_, items, _)) => items.push(node),
-            Some(Frame::Map(_, entries, pending, _)) => match pending.take() {
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map {
+                entries,
+                pending,
+                seen,
+                ..
+            }) => match pending.take() {
                 None => {
-                    if !matches!(node.kind, NodeKind::Scalar { .. }) {
+                    let NodeKind::Scalar { text, plain } = &node.kind else {
                         let pos = node.pos;
                         return self.fail(
                             pos,
                             "mapping keys must be plain values, not lists or mappings",
                         );
-                    }
-                    if node.get_key_text() == Some("<<") {
+                    };
+                    // Only a plain `<<` is a merge key; a quoted one is an ordinary key.
+                    if *plain && text == "<<" {
                         return self.fail(node.pos, "YAML merge keys (<<) are not supported");
                     }
-                    if let Some((first, _)) = entries
-                        .iter()
-                        .find(|(k, _)| k.get_key_text() == node.get_key_text())
-                    {
-                        let msg = format!(
-                            "duplicate key {} (first at line {})",
-                            quote(node.get_key_text().unwrap_or("")),
-                            first.pos.line
-                        );
-                        self.errors.push(Diagnostic::new(node.pos, "", msg));
+                    match seen.get(text.as_str()) {
+                        Some(first) => {
+                            let msg =
+                                format!("duplicate key {} (first at line {first})", quote(text));
+                            self.errors.push(Diagnostic::new(node.pos, "", msg));
+                        }
+                        None => {
+                            seen.insert(text.clone(), node.pos.line);
+                        }
                     }
                     *pending = Some(node);
                 }
@@ -452,8 +560,60 @@ impl Builder {
     }
 }
 
+/// What a tag makes of a scalar: whether it is resolved by the core schema
+/// (`true`) or a string (`false`), or why the tag does not fit.
+fn scalar_tag(tag: &Tag, text: &str) -> Result<bool, String> {
+    let core = tag.core_suffix();
+    let (fits, what) = match (core, resolve_plain(text)) {
+        (Some("str"), _) => return Ok(false),
+        (Some("int"), r) => (matches!(r, Scalar::Int(_)), "an integer"),
+        // A float may be written without a fraction (`!!float 1`).
+        (Some("float"), r) => (matches!(r, Scalar::Float(_) | Scalar::Int(_)), "a number"),
+        (Some("bool"), r) => (matches!(r, Scalar::Bool(_)), "true or false"),
+        (Some("null"), r) => (matches!(r, Scalar::Null), "null"),
+        (Some(other), _) => {
+            return Err(format!(
+                "the tag {} is for {}, not a single value",
+                tag.original(),
+                if other == "seq" { "lists" } else { "mappings" }
+            ));
+        }
+        (None, _) => {
+            return Err(format!(
+                "custom YAML tags like {} are not supported",
+                tag.original()
+            ));
+        }
+    };
+    if fits {
+        Ok(true)
+    } else {
+        Err(format!(
+            "{} is not {what}, as its tag {} says",
+            quote(text),
+            tag.original()
+        ))
+    }
+}
+
+/// Checks a collection's tag: none, or the core tag of its kind (`seq`, `map`).
+fn collection_tag(tag: Option<&Tag>, core: &str, what: &str) -> Result<(), String> {
+    let Some(tag) = tag else {
+        return Ok(());
+    };
+    match tag.core_suffix() {
+        Some(c) if c == core => Ok(()),
+        Some(_) => Err(format!("the tag {} does not fit {what}", tag.original())),
+        None => Err(format!(
+            "custom YAML tags like {} are not supported",
+            tag.original()
+        )),
+    }
+}
+
 impl Node {
-    fn get_key_text(&self) -> Option<&str> {
+    /// The text of a scalar (a mapping key, for instance), whatever it resolves to.
+    pub fn text(&self) -> Option<&str> {
         match &self.kind {
             NodeKind::Scalar { text, .. } => Some(text),
             _ => None,
@@ -461,17 +621,20 @@ impl Node {
     }
 }
 
-fn node_count(node: &Node) -> usize {
-    match &node.kind {
-        NodeKind::Scalar { .. } => 1,
-        NodeKind::Seq(items) => 1 + items.iter().map(node_count).sum::<usize>(),
-        NodeKind::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| node_count(k) + node_count(v))
-                .sum::<usize>()
-        }
-    }
+/// Nodes, scalar text bytes and collection nesting depth (0 for a scalar) of
+/// a tree. Recursion is bounded: trees are at most `MAX_DEPTH` deep.
+fn measure(node: &Node) -> (usize, usize, usize) {
+    let children: Vec<&Node> = match &node.kind {
+        NodeKind::Scalar { text, .. } => return (1, text.len(), 0),
+        NodeKind::Seq(items) => items.iter().collect(),
+        NodeKind::Map(entries) => entries.iter().flat_map(|(k, v)| [k, v]).collect(),
+    };
+    children
+        .into_iter()
+        .map(measure)
+        .fold((1, 0, 1), |(n, b, d), (cn, cb, cd)| {
+            (n.saturating_add(cn), b.saturating_add(cb), d.max(cd + 1))
+        })
 }
 
 #[cfg(test)]
@@ -547,6 +710,115 @@ mod tests {
         let docs = parse_str(&bomb);
         let err = docs[0].root.as_ref().expect_err("bomb refused");
         assert!(err[0].message.contains("more than"), "{err:?}");
+    }
+
+    #[test]
+    fn aliases_are_charged_for_bytes_and_depth() {
+        let big = format!(
+            "a: &a {}\nb: [{}]\n",
+            "x".repeat(1 << 20),
+            vec!["*a"; 5000].join(", ")
+        );
+        let docs = parse_str(&big);
+        let err = docs[0].root.as_ref().expect_err("too many bytes");
+        assert!(err[0].message.contains("bytes of text"), "{err:?}");
+        // Anchors are charged for the copy they keep: nested anchors around
+        // one large scalar would copy it once per level.
+        let nested = format!(
+            "a: {}{}{}\n",
+            (0..40).map(|i| format!("&n{i} [")).collect::<String>(),
+            "x".repeat(1 << 20),
+            "]".repeat(40)
+        );
+        let docs = parse_str(&nested);
+        let err = docs[0].root.as_ref().expect_err("too many bytes");
+        assert!(err[0].message.contains("bytes of text"), "{err:?}");
+        // Within the budget, the expanded tree is kept.
+        let r = root("a: &a [[x]]\nb: [*a, *a]\n");
+        assert_eq!(measure(&r), (13, 5, 4));
+        // An alias may not nest its tree past the depth limit.
+        let inner = format!("{}x{}", "[".repeat(40), "]".repeat(40));
+        let text = format!("a: &a {inner}\nb: {}*a{}\n", "[".repeat(30), "]".repeat(30));
+        let docs = parse_str(&text);
+        let err = docs[0].root.as_ref().expect_err("too deep");
+        assert_eq!(err[0].pos, Pos::new(2, 34));
+        assert!(err[0].message.contains("(aliases expanded)"), "{err:?}");
+    }
+
+    #[test]
+    fn many_keys_are_checked_in_linear_time() {
+        let text: String = (0..90_000).map(|i| format!("k{i}: {i}\n")).collect();
+        let r = root(&text);
+        assert_eq!(
+            r.get("k89999").and_then(Node::scalar),
+            Some(Scalar::Int(Some(89_999)))
+        );
+        let docs = parse_str(&format!("{text}k5: again\n"));
+        let err = docs[0].root.as_ref().expect_err("duplicate");
+        assert_eq!(err.len(), 1);
+        assert!(
+            err[0]
+                .message
+                .contains("duplicate key \"k5\" (first at line 6)")
+        );
+    }
+
+    #[test]
+    fn keys_are_found_by_their_text() {
+        let r = root("1: a\ntrue: b\n'x': c\n");
+        assert_eq!(r.get("1").and_then(Node::scalar), Some(Scalar::Str("a")));
+        assert_eq!(r.get("true").and_then(Node::scalar), Some(Scalar::Str("b")));
+        assert_eq!(r.get("x").and_then(Node::scalar), Some(Scalar::Str("c")));
+    }
+
+    #[test]
+    fn core_tags_must_fit() {
+        let r = root(
+            "a: !!int \"1\"\nb: !!float 1\nc: !!bool 'true'\nd: !!null ''\ne: !!str 1\nf: !!map {}\ng: !!seq []\n",
+        );
+        assert_eq!(
+            r.get("a").and_then(Node::scalar),
+            Some(Scalar::Int(Some(1)))
+        );
+        assert_eq!(
+            r.get("b").and_then(Node::scalar),
+            Some(Scalar::Int(Some(1)))
+        );
+        assert_eq!(r.get("c").and_then(Node::scalar), Some(Scalar::Bool(true)));
+        assert_eq!(r.get("d").and_then(Node::scalar), Some(Scalar::Null));
+        assert_eq!(r.get("e").and_then(Node::scalar), Some(Scalar::Str("1")));
+        for bad in [
+            "a: !!int x",
+            "a: !!int 1.5",
+            "a: !!float x",
+            "a: !!bool yes",
+            "a: !!null 0",
+            "a: !!map x",
+            "a: !!seq {}",
+            "a: !!map []",
+            "a: !!str []",
+            "a: !foo {}",
+            "a: !foo [x]",
+            "!!seq {a: 1}",
+        ] {
+            let docs = parse_str(bad);
+            assert!(docs[0].root.is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn only_plain_double_angle_is_a_merge_key() {
+        let docs = parse_str("a: &a {x: 1}\nb: {<<: *a}\n");
+        let err = docs[0].root.as_ref().expect_err("merge");
+        assert!(err[0].message.contains("merge keys"), "{err:?}");
+        for quoted in ["b: {\"<<\": 1}", "b: {'<<': 1}", "b: {!!str <<: 1}"] {
+            let r = root(quoted);
+            assert_eq!(
+                r.get("b").and_then(|b| b.get("<<")).and_then(Node::scalar),
+                Some(Scalar::Int(Some(1))),
+                "{quoted}"
+            );
+        }
     }
 
     #[test]

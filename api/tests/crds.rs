@@ -242,6 +242,113 @@ fn the_crd_refuses_at_apply_time_what_validate_refuses() {
 }
 
 #[test]
+fn the_crd_bounds_maps_ports_and_percentiles() {
+    let schema = schema_of(&Experiment::crd());
+    let base = base_experiment();
+    let refused_by_cel = |object: &Value, message: &str| {
+        let errors = cel_errors(&schema, object);
+        assert!(
+            errors.iter().any(|e| e.contains(message)),
+            "{message}: {errors:?}"
+        );
+    };
+
+    // spec.targets: 1 to 32 entries. An empty map also leaves faults without
+    // a target, which another rule reports; the size rule must fire too.
+    refused_by_cel(
+        &with(base.clone(), "/spec/targets", json!({})),
+        "targets has 1 to 32 entries",
+    );
+    let mut many_targets = base.clone();
+    for i in 0..30 {
+        many_targets["spec"]["targets"][format!("extra-{i}")] = json!({"labels": {"app": "x"}});
+    }
+    refused_by_cel(&many_targets, "targets has 1 to 32 entries");
+    let mut max_targets = base.clone();
+    for i in 0..29 {
+        max_targets["spec"]["targets"][format!("extra-{i}")] = json!({"labels": {"app": "x"}});
+    }
+    assert_eq!(cel_errors(&schema, &max_targets), Vec::<String>::new());
+
+    // A target's labels: 1 to 32.
+    refused_by_cel(
+        &with(base.clone(), "/spec/targets/cart/labels", json!({})),
+        "labels has 1 to 32 entries",
+    );
+    let labels: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("l{i}"), json!("x"))).collect();
+    refused_by_cel(
+        &with(
+            base.clone(),
+            "/spec/targets/cart/labels",
+            Value::Object(labels),
+        ),
+        "labels has 1 to 32 entries",
+    );
+
+    // Ports are 1 to 65535.
+    let mut port_zero = base.clone();
+    port_zero["spec"]["faults"][2]["partition"]["ports"] = json!([0]);
+    assert!(!openapi_errors(&schema, &port_zero).is_empty());
+    port_zero["spec"]["faults"][2]["partition"]["ports"] = json!([1, 65535]);
+    assert_eq!(openapi_errors(&schema, &port_zero), Vec::<String>::new());
+
+    // A latency percentile is greater than 0.
+    refused_by_cel(
+        &with(
+            base.clone(),
+            "/spec/hypothesis/2/latency/percentile",
+            json!(0.0),
+        ),
+        "the percentile must be greater than 0",
+    );
+    assert_eq!(
+        cel_errors(
+            &schema,
+            &with(base, "/spec/hypothesis/2/latency/percentile", json!(0.1))
+        ),
+        Vec::<String>::new()
+    );
+
+    // NodeFaults share the partition type: port 0 is refused there too.
+    let nf_schema = schema_of(&NodeFaults::crd());
+    let nf = json!({
+        "apiVersion": "faultline.dev/v1alpha1",
+        "kind": "NodeFaults",
+        "metadata": {"name": "node-1"},
+        "spec": {"faults": [{
+            "id": "a/b/c/0",
+            "target": {"pid": 1},
+            "expiresAt": "2026-11-22T10:02:00Z",
+            "partition": {"peers": ["10.0.0.0/8"], "ports": [0]}
+        }]}
+    });
+    assert!(!openapi_errors(&nf_schema, &nf).is_empty());
+}
+
+#[test]
+fn validate_refuses_what_the_crd_bounds_refuse() {
+    // The same bad objects, written as YAML, are refused by `faultline validate`.
+    let base = fs::read_to_string(repo().join("experiments/payments-slowdown.yaml")).expect("read");
+    let refused = |text: &str| {
+        parse_documents(text.as_bytes())
+            .iter()
+            .any(|d| d.result.is_err())
+    };
+    assert!(refused(&base.replace("labels: {app: cart}", "labels: {}")));
+    let labels: Vec<String> = (0..33).map(|i| format!("l{i}: x")).collect();
+    assert!(refused(&base.replace(
+        "labels: {app: cart}",
+        &format!("labels: {{{}}}", labels.join(", "))
+    )));
+    assert!(refused(&base.replace(
+        "peers: [payments]}",
+        "peers: [payments], ports: [0]}"
+    )));
+    assert!(refused(&base.replace("percentile: 99", "percentile: 0")));
+}
+
+#[test]
 fn node_faults_schema_accepts_valid_and_refuses_two_targets() {
     let text = "apiVersion: faultline.dev/v1alpha1
 kind: NodeFaults

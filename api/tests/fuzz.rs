@@ -12,7 +12,7 @@ const BASES: [&str; 4] = [
 ];
 
 /// Fragments that steer mutations towards interesting YAML.
-const TOKENS: [&str; 30] = [
+const TOKENS: [&str; 36] = [
     ":",
     "- ",
     "[",
@@ -43,6 +43,12 @@ const TOKENS: [&str; 30] = [
     "\t",
     "<<: ",
     "? ",
+    "yes",
+    "0x1F",
+    "017",
+    "!!int ",
+    "!!seq ",
+    "\"<<\": ",
 ];
 
 #[derive(Debug, Clone)]
@@ -165,4 +171,20 @@ fn every_base_round_trips() {
                 .all(|d| d.result.is_ok())
         );
     }
+}
+
+#[test]
+fn yaml_1_1_words_round_trip_quoted() {
+    // Accepted when quoted; the serializer must quote them again.
+    let base = BASES[0].replacen(
+        "labels: {app: cart}",
+        "labels: {app: cart, canary: \"yes\", \"on\": \"off\", v: \"017\", w: \"0x1F\", \"y\": \"N\"}",
+        1,
+    );
+    assert!(
+        parse_documents(base.as_bytes())
+            .iter()
+            .all(|d| d.result.is_ok())
+    );
+    check(base.as_bytes());
 }

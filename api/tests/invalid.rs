@@ -303,7 +303,7 @@ fn cron_and_signals() {
     assert_refused(
         &edit("\"0 10 * * 1-5\"", "\"0 10 * * 1-8\""),
         &[
-            "spec.schedule: \"0 10 * * 1-8\" is not a valid cron schedule: day of week field: 8 is out of range 0-7",
+            "spec.schedule: \"0 10 * * 1-8\" is not a valid cron schedule: day of week field: 8 is out of range 0-6",
         ],
     );
     assert_refused(
@@ -583,7 +583,7 @@ fn node_faults() {
     );
     // An empty desired state is valid: it tells the agent to remove everything.
     assert_eq!(
-        diagnostics(b"apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nmetadata: {name: n}\nspec: {faults: []}\n"),
+        diagnostics(b"apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nmetadata: {name: n1}\nspec: {faults: []}\n"),
         Vec::<String>::new()
     );
 }
@@ -678,5 +678,439 @@ fn several_documents_in_one_stream() {
         vec![format!(
             "{line}:13: spec.services[1].port: port 0 is not a port; use 1 to 65535"
         )]
+    );
+}
+
+// ---- review findings: limits, strict formats, YAML 1.1, tags, positions ----
+
+#[test]
+fn aliases_are_charged_for_their_bytes_and_depth() {
+    // A 1 MB scalar aliased 5000 times would expand to 5 GB.
+    let big = format!(
+        "a: &a {}\nb: [{}]\n",
+        "x".repeat(1_000_000),
+        vec!["*a"; 5000].join(", ")
+    );
+    assert_eq!(
+        diagnostics(big.as_bytes()),
+        vec!["2:129: the document holds more than 33554432 bytes of text (aliases expanded)"]
+    );
+    // Each level aliases the one before inside a new list: few nodes, deep nesting.
+    let mut deep = String::from("a0: &a0 [x]\n");
+    for i in 1..70 {
+        deep.push_str(&format!("a{i}: &a{i} [*a{}]\n", i - 1));
+    }
+    assert_eq!(
+        diagnostics(deep.as_bytes()),
+        vec!["64:12: nesting deeper than 64 levels (aliases expanded)"]
+    );
+}
+
+#[test]
+fn long_keys_are_shortened_in_paths() {
+    let key = "k".repeat(300);
+    let diags = diagnostics(
+        edit(
+            "labels: {app: cart}",
+            &format!("labels: {{app: cart, {key}: x}}"),
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        diags,
+        vec![format!(
+            "19:329: spec.targets.cart.labels[\"{}…\"]: \"{}\"… is not a valid label key (name or prefix/name; names are at most 63 letters, digits, '-', '_', '.')",
+            "k".repeat(64),
+            "k".repeat(60)
+        )]
+    );
+}
+
+#[test]
+fn diagnostics_are_capped_per_document() {
+    let namespaces = vec!["1"; 150].join(", ");
+    let text = edit("namespaces: [shop]", &format!("namespaces: [{namespaces}]"));
+    let diags = diagnostics(text.as_bytes());
+    assert_eq!(diags.len(), 101, "{diags:#?}");
+    assert_eq!(
+        diags[0],
+        "15:20: spec.targets.payments.namespaces[0]: expected a string, found the number 1 (quote it: \"1\")"
+    );
+    assert_eq!(diags[100], "15:320: … and 50 more problems");
+}
+
+#[test]
+fn list_limits_are_reported_once() {
+    let peers = (0..100)
+        .map(|i| format!("nope{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_eq!(
+        diagnostics(edit("peers: [payments]", &format!("peers: [{peers}]")).as_bytes()),
+        vec!["36:43: spec.faults[2].partition.peers: lists more than 64 entries"]
+    );
+    let ports = vec!["0"; 65].join(", ");
+    assert_eq!(
+        diagnostics(
+            edit(
+                "peers: [payments]}",
+                &format!("peers: [payments], ports: [{ports}]}}")
+            )
+            .as_bytes()
+        ),
+        vec!["36:62: spec.faults[2].partition.ports: lists more than 64 ports"]
+    );
+    let namespaces = (0..65)
+        .map(|i| format!("ns{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_eq!(
+        diagnostics(
+            edit(
+                "namespaces: [shop]",
+                &format!("namespaces: [{namespaces}, Bad]")
+            )
+            .as_bytes()
+        ),
+        vec!["15:19: spec.targets.payments.namespaces: has more than 64 namespaces"]
+    );
+    let labels = (0..33)
+        .map(|i| format!("l{i}: x"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_eq!(
+        diagnostics(edit("labels: {app: cart}", &format!("labels: {{{labels}}}")).as_bytes()),
+        vec!["19:15: spec.targets.cart.labels: has more than 32 labels"]
+    );
+    // Large but legal lists are checked in linear time.
+    let mut many = String::from(
+        "apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nmetadata: {name: node-1}\nspec:\n  faults:\n",
+    );
+    for i in 0..4097 {
+        many.push_str(&format!(
+            "    - {{id: f{i}, target: {{pid: 1}}, expiresAt: \"2026-11-22T10:02:00Z\", kill: {{}}}}\n"
+        ));
+    }
+    assert_eq!(
+        diagnostics(many.as_bytes()),
+        vec!["6:5: spec.faults: has more than 4096 faults"]
+    );
+}
+
+#[test]
+fn every_crd_limit_is_enforced() {
+    assert_refused(
+        &edit(
+            "description: Payments answers 300 ms slower; checkout must open its breaker and keep errors under 5%.",
+            &format!("description: {}", "d".repeat(1025)),
+        ),
+        &["10:16: spec.description: is longer than 1024 characters"],
+    );
+    assert_valid(&edit(
+        "description: Payments answers 300 ms slower; checkout must open its breaker and keep errors under 5%.",
+        &format!("description: {}", "é".repeat(1024)),
+    ));
+    assert_refused(
+        &edit(
+            "name: frontend answers",
+            &format!("name: {}", "n".repeat(129)),
+        ),
+        &["44:13: spec.hypothesis[3].name: is longer than 128 characters"],
+    );
+    assert_refused(
+        &edit(
+            "\"http://frontend.shop:8080/health\"",
+            &format!("\"http://frontend.shop/{}\"", "p".repeat(2048)),
+        ),
+        &["spec.hypothesis[3].http.url: the URL is longer than 2048 characters"],
+    );
+    assert_refused(
+        &edit(
+            "\"0 10 * * 1-5\"",
+            &format!("\"0 10 * * {}1\"", "1,".repeat(64)),
+        ),
+        &[
+            "12:13: spec.schedule: \"0 10 * * 1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1\"… is longer than 128 characters",
+        ],
+    );
+    assert_refused(
+        &edit("name: kill-a-cart", &format!("name: {}", "k".repeat(64))),
+        &[
+            "28:13: spec.faults[1].name: fault name \"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\"… is longer than 63 characters",
+        ],
+    );
+}
+
+#[test]
+fn values_match_the_crd_patterns_exactly() {
+    assert_refused(
+        &edit("max: 5%", "max: 5 %"),
+        &[
+            "39:43: spec.hypothesis[0].errorRate.max: \"5 %\" is not a percentage (write it like 5% or 0.5%)",
+        ],
+    );
+    assert_refused(
+        &edit("max: 5%", "max: 005%"),
+        &["\"005%\" is not a percentage"],
+    );
+    assert_refused(
+        &edit("max: 5%", "max: 100.0000000001%"),
+        &["\"100.0000000001%\" is above 100%"],
+    );
+    assert_refused(
+        &edit("max: 5%", "max: \" 5%\""),
+        &["\" 5%\" is not a percentage"],
+    );
+    assert_refused(
+        &edit("duration: 2m", "duration: \" 2m\""),
+        &["11:13: spec.duration: \" 2m\" is not a duration (use 300ms, 30s, 2m, 1h)"],
+    );
+    assert_refused(
+        &edit("duration: 2m", "duration: \"2m \""),
+        &["\"2m \" is not a duration"],
+    );
+    assert_refused(
+        &edit("\"0 10 * * 1-5\"", "\" @daily\""),
+        &["12:13: spec.schedule: \" @daily\" is not a cron schedule: remove the spaces around it"],
+    );
+    assert_refused(
+        &edit("\"0 10 * * 1-5\"", "\"0 10 * *\u{2003}1-5\""),
+        &["needs 5 fields"],
+    );
+    assert_refused(
+        &edit("\"0 10 * * 1-5\"", "\"0 10 * * 7\""),
+        &["day of week field: 7 is out of range 0-6"],
+    );
+    assert_valid(&edit("\"0 10 * * 1-5\"", "\"0 10 * * 0\""));
+}
+
+#[test]
+fn expires_at_is_strict_rfc3339() {
+    let e = |from: &str, to: &str| NODE_FAULTS.replacen(from, to, 1);
+    assert_refused(
+        &e("\"2026-11-22T10:02:00Z\"", "\"2026-11-22 10:02:00Z\""),
+        &[
+            "8:18: spec.faults[0].expiresAt: \"2026-11-22 10:02:00Z\" is not an RFC 3339 time (like 2026-11-22T10:02:00Z)",
+        ],
+    );
+    assert_refused(
+        &e("\"2026-11-22T10:02:00Z\"", "\"2026-11-22T10:02:00+0100\""),
+        &["is not an RFC 3339 time"],
+    );
+    assert_refused(
+        &e("\"2026-11-22T10:02:00Z\"", "\"2026-11-22T10:02:00Z[UTC]\""),
+        &["is not an RFC 3339 time"],
+    );
+    assert_valid(&e(
+        "\"2026-11-22T10:02:00Z\"",
+        "\"2026-11-22T11:02:00.5+01:00\"",
+    ));
+}
+
+#[test]
+fn yaml_1_1_booleans_and_non_decimal_numbers() {
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: {app: cart, canary: yes}"),
+        &[
+            "19:35: spec.targets.cart.labels.canary: kubectl reads yes as a boolean; quote it: \"yes\"",
+        ],
+    );
+    assert_valid(&edit(
+        "labels: {app: cart}",
+        "labels: {app: cart, canary: \"yes\"}",
+    ));
+    assert_valid(&edit(
+        "labels: {app: cart}",
+        "labels: {app: cart, canary: !!str yes}",
+    ));
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: {app: cart, on: x}"),
+        &["19:27: spec.targets.cart.labels.on: kubectl reads on as a boolean; quote it: \"on\""],
+    );
+    // A target named `no` would reach the apiserver as the key "false".
+    assert_refused(
+        &edit("    inventory:\n", "    no:\n").replace("target: inventory", "target: \"no\""),
+        &["22:5: spec.targets.no: kubectl reads no as a boolean; quote it: \"no\""],
+    );
+    assert_refused(
+        &edit("namespace: shop", "namespace: n"),
+        &["8:14: metadata.namespace: kubectl reads n as a boolean; quote it: \"n\""],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: 0x14"),
+        &[
+            "49:17: spec.limits.maxTargets: \"0x14\" is not decimal; write the number in decimal: 20",
+        ],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: 0o24"),
+        &["\"0o24\" is not decimal; write the number in decimal: 20"],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: 020"),
+        &[
+            "\"020\" has a leading zero, and kubectl reads it as an octal number; write the number in decimal: 20",
+        ],
+    );
+    assert_refused(
+        &edit("percentile: 99", "percentile: 0x63"),
+        &["spec.hypothesis[2].latency.percentile: \"0x63\" is not decimal"],
+    );
+    assert_valid(&edit("percentile: 99", "percentile: 99.0"));
+}
+
+#[test]
+fn metadata_generate_name_annotations_and_status() {
+    assert_valid(&edit(
+        "  name: payments-slowdown\n",
+        "  generateName: payments-slowdown-\n",
+    ));
+    assert_refused(
+        &edit("  name: payments-slowdown\n", "  generateName: Payments-\n"),
+        &["7:17: metadata.generateName: experiment name prefix \"Payments-\" must be lowercase"],
+    );
+    assert_refused(
+        &edit(
+            "  namespace: shop\n",
+            "  namespace: shop\n  annotations: {\"bad key\": x, \"example.com/ok\": \"any value at all\"}\n",
+        ),
+        &["9:28: metadata.annotations[\"bad key\"]: \"bad key\" is not a valid label key"],
+    );
+    assert_eq!(
+        diagnostics(
+            edit(
+                "  namespace: shop\n",
+                "  namespace: shop\n  annotations: {\"bad key\": x, \"example.com/ok\": \"any value at all\"}\n"
+            )
+            .as_bytes()
+        )
+        .len(),
+        1
+    );
+    // A numeric-looking key is found by its text for the position.
+    assert_refused(
+        &edit(
+            "  namespace: shop\n",
+            "  namespace: shop\n  labels: {1: \"-x\"}\n",
+        ),
+        &["9:15: metadata.labels.1: \"-x\" is not a valid label value"],
+    );
+    // `kubectl get -o yaml` output of an Experiment carries a status: ignored.
+    assert_valid(&format!("{BASE}status: {{phase: Running, targets: 3}}\n"));
+    assert_refused(
+        &format!("{TOPOLOGY}status: {{}}\n"),
+        &["16:1: status: unknown field; expected one of: apiVersion, kind, metadata, spec"],
+    );
+    assert_refused(
+        &edit(
+            "metadata:\n  name: payments-slowdown\n  namespace: shop\n",
+            "metadata:\n",
+        ),
+        &["6:1: metadata: is required (at least metadata.name)"],
+    );
+}
+
+#[test]
+fn urls_are_checked_strictly() {
+    let url = |u: &str| edit("\"http://frontend.shop:8080/health\"", &format!("\"{u}\""));
+    assert_valid(&url("HTTP://frontend.shop:8080/health"));
+    assert_valid(&url("http://[fd00::1]:8080/health"));
+    assert_refused(
+        &url("http://a:b:c/"),
+        &["45:19: spec.hypothesis[3].http.url: \"http://a:b:c/\" has an invalid port"],
+    );
+    assert_refused(
+        &url("http://x:+80/"),
+        &["\"http://x:+80/\" has an invalid port"],
+    );
+    assert_refused(
+        &url("http://[::1/"),
+        &["\"http://[::1/\" has an unclosed [ in its host"],
+    );
+    assert_refused(
+        &url("http://[::1]:0/"),
+        &["\"http://[::1]:0/\" has an invalid port"],
+    );
+}
+
+#[test]
+fn yaml_tags_must_fit_their_nodes() {
+    assert_valid(&edit("maxTargets: 20", "maxTargets: !!int \"20\""));
+    assert_valid(&edit("labels: {app: cart}", "labels: !!map {app: cart}"));
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: !!seq {app: cart}"),
+        &["19:21: the tag !!seq does not fit a mapping"],
+    );
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: !!str {app: cart}"),
+        &["19:21: the tag !!str does not fit a mapping"],
+    );
+    assert_refused(
+        &edit("labels: {app: cart}", "labels: !thing {app: cart}"),
+        &["19:22: custom YAML tags like !thing are not supported"],
+    );
+    assert_refused(
+        &edit("peers: [payments]", "peers: !!map [payments]"),
+        &["36:49: the tag !!map does not fit a list"],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: !!int twenty"),
+        &["49:23: \"twenty\" is not an integer, as its tag !!int says"],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: !!bool yes"),
+        &["\"yes\" is not true or false, as its tag !!bool says"],
+    );
+    assert_refused(
+        &edit("maxTargets: 20", "maxTargets: !!seq 20"),
+        &["49:23: the tag !!seq is for lists, not a single value"],
+    );
+}
+
+#[test]
+fn only_a_plain_merge_key_is_a_merge_key() {
+    let base = &edit("labels: {app: cart}", "labels: &l {app: cart}");
+    assert_refused(
+        &base.replacen("labels: {app: inventory}", "labels: {<<: *l}", 1),
+        &["23:16: YAML merge keys (<<) are not supported"],
+    );
+    // Quoted, it is an ordinary key (here, not a valid label key).
+    assert_refused(
+        &base.replacen("labels: {app: inventory}", "labels: {\"<<\": x}", 1),
+        &["23:22: spec.targets.inventory.labels[\"<<\"]: \"<<\" is not a valid label key"],
+    );
+}
+
+#[test]
+fn topology_is_read_as_yaml_1_2_only() {
+    // Only Faultline reads a Topology, never kubectl: YAML 1.1 readings do not apply.
+    assert_valid(
+        &TOPOLOGY
+            .replacen(
+                "--listen, \"127.0.0.1:7003\"",
+                "--listen, \"127.0.0.1:7003\", --verbose, yes",
+                1,
+            )
+            .replacen("{LOG: info}", "{LOG: on}", 1)
+            .replacen("port: 7003", "port: 07003", 1),
+    );
+    assert_refused(
+        &TOPOLOGY.replacen("port: 7003", "port: 0x1B5B", 1),
+        &[
+            "9:13: spec.services[0].port: \"0x1B5B\" is not decimal; write the number in decimal: 7003",
+        ],
+    );
+}
+
+#[test]
+fn topology_service_names_start_with_a_letter() {
+    let text = TOPOLOGY
+        .replace("name: payments", "name: 1payments")
+        .replace("dependsOn: [payments]", "dependsOn: [1payments]");
+    assert_refused(
+        &text,
+        &[
+            "6:13: spec.services[0].name: service name \"1payments\" must start with a letter: dependents find it at 1PAYMENTS_ADDR, which must be an environment variable name",
+        ],
     );
 }

@@ -1,12 +1,13 @@
 //! `faultline validate`: every problem of every input, located; exit 2 if any.
 
 use std::{
+    fs::File,
     io::Read,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
-use faultline_api::parse_documents;
+use faultline_api::{parse_documents, yaml::MAX_INPUT_BYTES};
 
 use crate::EXIT_INVALID;
 
@@ -18,7 +19,19 @@ struct Input {
 
 pub fn run(paths: &[PathBuf], quiet: bool) -> ExitCode {
     let mut inputs = Vec::new();
+    let mut stdin_read = false;
     for p in paths {
+        if p.as_os_str() == "-" {
+            // A second read would see an empty stream and report it as an empty input.
+            if stdin_read {
+                inputs.push(Input {
+                    name: "<stdin>".into(),
+                    bytes: Err("stdin given twice; pass - once".into()),
+                });
+                continue;
+            }
+            stdin_read = true;
+        }
         collect(p, true, &mut inputs);
     }
     let mut problems = 0usize;
@@ -74,16 +87,23 @@ pub fn run(paths: &[PathBuf], quiet: bool) -> ExitCode {
     }
 }
 
+/// Reads at most one byte past the input limit, so an endless source
+/// (`/dev/zero`, `yes |`) ends with the size error instead of filling memory.
+fn read_limited(source: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let limit = u64::try_from(MAX_INPUT_BYTES).map_or(u64::MAX, |n| n.saturating_add(1));
+    source.take(limit).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// `named` is true for paths given on the command line: an empty directory
-/// named there is a mistake, an empty subdirectory is not.
+/// named there is a mistake, an empty subdirectory is not. Symlinks named
+/// there are followed; symlinked directories met while walking are not,
+/// so a link loop cannot make the walk endless.
 fn collect(path: &Path, named: bool, out: &mut Vec<Input>) {
     if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        let bytes = std::io::stdin()
-            .lock()
-            .read_to_end(&mut buf)
-            .map(|_| buf)
-            .map_err(|e| format!("cannot read stdin: {e}"));
+        let bytes =
+            read_limited(std::io::stdin().lock()).map_err(|e| format!("cannot read stdin: {e}"));
         out.push(Input {
             name: "<stdin>".into(),
             bytes,
@@ -93,8 +113,14 @@ fn collect(path: &Path, named: bool, out: &mut Vec<Input>) {
     let name = path.display().to_string();
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {
-            let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
-                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            let mut entries: Vec<(PathBuf, std::fs::FileType)> = match std::fs::read_dir(path) {
+                Ok(rd) => rd
+                    .filter_map(|e| {
+                        let e = e.ok()?;
+                        // The entry's own type: a symlink is not followed here.
+                        Some((e.path(), e.file_type().ok()?))
+                    })
+                    .collect(),
                 Err(e) => {
                     out.push(Input {
                         name,
@@ -103,9 +129,9 @@ fn collect(path: &Path, named: bool, out: &mut Vec<Input>) {
                     return;
                 }
             };
-            entries.sort();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
             let before = out.len();
-            for entry in entries {
+            for (entry, file_type) in entries {
                 let is_yaml = entry.extension().is_some_and(|e| e == "yaml" || e == "yml");
                 // Hidden entries (.git, editor files) are not inputs.
                 let hidden = entry
@@ -114,7 +140,7 @@ fn collect(path: &Path, named: bool, out: &mut Vec<Input>) {
                 if hidden {
                     continue;
                 }
-                if entry.is_dir() || is_yaml {
+                if file_type.is_dir() || (is_yaml && is_regular_file(&entry, file_type)) {
                     collect(&entry, false, out);
                 }
             }
@@ -126,12 +152,26 @@ fn collect(path: &Path, named: bool, out: &mut Vec<Input>) {
             }
         }
         Ok(_) => out.push(Input {
-            bytes: std::fs::read(path).map_err(|e| format!("cannot read: {e}")),
+            bytes: File::open(path)
+                .and_then(read_limited)
+                .map_err(|e| format!("cannot read: {e}")),
             name,
         }),
         Err(e) => out.push(Input {
             name,
             bytes: Err(format!("cannot read: {e}")),
         }),
+    }
+}
+
+/// Whether a directory entry is a file to read: a regular file, or a symlink
+/// to one. Symlinks to directories (possible loops) and special files (a FIFO
+/// would block) found while walking are skipped.
+fn is_regular_file(path: &Path, file_type: std::fs::FileType) -> bool {
+    if file_type.is_symlink() {
+        // A dangling link is read, so it is reported rather than skipped silently.
+        std::fs::metadata(path).map_or(true, |m| m.is_file())
+    } else {
+        file_type.is_file()
     }
 }

@@ -183,3 +183,94 @@ fn crd_prints_the_checked_in_definitions() {
     .join("---\n");
     assert_eq!(printed, expected);
 }
+
+#[test]
+fn endless_inputs_end_with_the_size_error() {
+    let out = faultline(&["validate", "/dev/zero"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(
+            "/dev/zero:1:1: the input is larger than 8388608 bytes, the most Faultline reads"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // `yes | faultline validate -`: the writer never stops on its own.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["validate", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("faultline runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let chunk = b"y\n".repeat(32 * 1024);
+        // Ends when faultline closes the pipe (Rust ignores SIGPIPE, so this is an error).
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    let out = child.wait_with_output().expect("faultline exits");
+    writer.join().expect("writer");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("<stdin>:1:1: the input is larger than 8388608 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn stdin_given_twice_is_refused() {
+    let out = faultline(&["validate", "-", "-"], Some(VALID.as_bytes()));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("<stdin>: stdin given twice; pass - once"),
+        "{stderr}"
+    );
+    // The first `-` is still read and checked.
+    assert!(
+        text(&out.stdout).contains("<stdin>:5: Experiment shop/kill-one-payments-replica is valid"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinked_directories_are_not_followed_while_walking() {
+    use std::os::unix::fs::symlink;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("root");
+    write(&root, "a.yaml", VALID.as_bytes());
+    // A loop back to the walked directory, and a link into another tree.
+    symlink(&root, root.join("loop")).expect("symlink");
+    let other = dir.path().join("other");
+    write(&other, "b.yaml", b"not: valid");
+    symlink(&other, root.join("other")).expect("symlink");
+    symlink(&other, root.join("dir-link.yaml")).expect("symlink");
+    // A symlink to a file is still read.
+    let c = write(
+        dir.path(),
+        "c.yaml",
+        VALID.replace("kill-one-payments-replica", "c").as_bytes(),
+    );
+    symlink(&c, root.join("c.yaml")).expect("symlink");
+
+    let out = faultline(&["validate", root.to_str().expect("utf8")], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("2 documents valid"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A symlinked directory named on the command line is followed.
+    let named = dir.path().join("named");
+    symlink(&root, &named).expect("symlink");
+    let out = faultline(&["validate", named.to_str().expect("utf8")], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 documents valid"));
+}
