@@ -1,0 +1,187 @@
+//! The observer: receives the system's traces over OTLP (gRPC and HTTP),
+//! keeps sliding-window RED figures per service and per dependency edge and
+//! the state of every circuit breaker, and serves them to hypothesis checks,
+//! abort checks and the dashboard. Runs as `faultline-observer` or in-process.
+//!
+//! The store is pure and fed with the time; this crate adds the clock and the
+//! sockets. See `docs/observer.md` for the API.
+
+pub mod otlp;
+pub mod server;
+pub mod sketch;
+pub mod store;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tokio::{net::TcpListener, task::JoinSet};
+
+pub use store::{BreakerFigures, BreakerState, EdgeFigures, Limits, Red, ServiceFigures};
+use store::{Store, StoreStats};
+
+/// Counters about ingest, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub exports: AtomicU64,
+    pub spans: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+/// A handle on the figures; cheap to clone, shared by every endpoint.
+#[derive(Debug, Clone)]
+pub struct Observer {
+    store: Arc<Mutex<Store>>,
+    pub stats: Arc<IngestStats>,
+}
+
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Observer {
+    pub fn new(limits: Limits) -> Self {
+        Observer {
+            store: Arc::new(Mutex::new(Store::new(limits))),
+            stats: Arc::default(),
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one OTLP export.
+    pub fn ingest(&self, req: &ExportTraceServiceRequest) {
+        // Convert outside the lock; hold it once per export, not per span.
+        let records = otlp::records(req);
+        let now = now_nanos();
+        self.stats.exports.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .spans
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let mut store = self.store();
+        for r in &records {
+            store.record(now, r);
+        }
+    }
+
+    /// Figures of every service seen, over the last `window_secs`.
+    pub fn services(&self, window_secs: u64) -> Vec<ServiceFigures> {
+        self.store().services(now_nanos(), window_secs)
+    }
+
+    pub fn service(&self, name: &str, window_secs: u64) -> Option<ServiceFigures> {
+        self.store().service(name, now_nanos(), window_secs)
+    }
+
+    /// The share of `service`'s server requests that failed (hypothesis `errorRate`).
+    pub fn error_rate(&self, service: &str, window_secs: u64) -> Option<f64> {
+        self.service(service, window_secs)
+            .filter(|f| f.red.requests > 0)
+            .map(|f| f.red.error_rate)
+    }
+
+    /// A breaker's state and seconds since it entered it (hypothesis `breaker`).
+    pub fn breaker(&self, service: &str, name: &str) -> Option<(BreakerState, f64)> {
+        self.service(service, 1)?
+            .breakers
+            .into_iter()
+            .find(|b| b.name == name)
+            .map(|b| (b.state, b.for_seconds))
+    }
+
+    fn store_stats(&self) -> StoreStats {
+        self.store().stats()
+    }
+
+    fn store_bytes(&self) -> usize {
+        self.store().heap_bytes()
+    }
+}
+
+/// Where the observer listens.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Addresses {
+            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            api: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// A running observer; dropping it stops its servers.
+#[derive(Debug)]
+pub struct Running {
+    pub observer: Observer,
+    /// The bound addresses (port 0 in `Addresses` picks free ports).
+    pub addresses: Addresses,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Runs until a server fails (a bind that succeeded rarely does).
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        while let Some(r) = self.tasks.join_next().await {
+            r.map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds all three sockets, then serves them in the background.
+pub async fn start(addresses: &Addresses, limits: Limits) -> std::io::Result<Running> {
+    let observer = Observer::new(limits);
+    let grpc = TcpListener::bind(addresses.otlp_grpc).await?;
+    let http = TcpListener::bind(addresses.otlp_http).await?;
+    let api = TcpListener::bind(addresses.api).await?;
+    let bound = Addresses {
+        otlp_grpc: grpc.local_addr()?,
+        otlp_http: http.local_addr()?,
+        api: api.local_addr()?,
+    };
+    let mut tasks = JoinSet::new();
+    let routes = server::grpc_service(observer.clone());
+    tasks.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            eprintln!("faultline-observer: OTLP/gRPC server stopped: {e}");
+        }
+    });
+    let router = server::http_router(observer.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(http, router).await {
+            eprintln!("faultline-observer: OTLP/HTTP server stopped: {e}");
+        }
+    });
+    let router = server::api_router(observer.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(api, router).await {
+            eprintln!("faultline-observer: API server stopped: {e}");
+        }
+    });
+    Ok(Running {
+        observer,
+        addresses: bound,
+        tasks,
+    })
+}

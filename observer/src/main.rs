@@ -1,0 +1,60 @@
+//! `faultline-observer`: the observer as a process.
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::Parser;
+use faultline_observer::{Addresses, Limits};
+
+/// Receives OTLP traces and serves live RED figures and breaker states.
+#[derive(Debug, Parser)]
+#[command(name = "faultline-observer", version, about)]
+struct Cli {
+    /// OTLP over gRPC.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4317")]
+    otlp_grpc: SocketAddr,
+    /// OTLP over HTTP (POST /v1/traces).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4318")]
+    otlp_http: SocketAddr,
+    /// The live API (/api/v1/services, /api/v1/stream, /metrics).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    api: SocketAddr,
+    /// Services tracked at most; spans of others are dropped and counted.
+    #[arg(long, default_value_t = Limits::default().max_services)]
+    max_services: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let addresses = Addresses {
+        otlp_grpc: cli.otlp_grpc,
+        otlp_http: cli.otlp_http,
+        api: cli.api,
+    };
+    let limits = Limits {
+        max_services: cli.max_services,
+        ..Limits::default()
+    };
+    let running = match faultline_observer::start(&addresses, limits).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("faultline-observer: cannot listen: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    let a = &running.addresses;
+    eprintln!(
+        "faultline-observer: OTLP gRPC {} · OTLP HTTP {} · API http://{}/api/v1/services",
+        a.otlp_grpc, a.otlp_http, a.api
+    );
+    tokio::select! {
+        r = running.wait() => match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("faultline-observer: {e}");
+                ExitCode::from(4)
+            }
+        },
+        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+    }
+}

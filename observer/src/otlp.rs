@@ -1,0 +1,104 @@
+//! From OTLP trace exports to the span records the store keeps.
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    trace::v1::{span::SpanKind, status::StatusCode},
+};
+
+use crate::store::{BreakerState, Kind, SpanRecord};
+
+const UNKNOWN_SERVICE: &str = "unknown_service";
+
+fn str_value(v: &Option<AnyValue>) -> Option<&str> {
+    match v.as_ref()?.value.as_ref()? {
+        Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn int_value(v: &Option<AnyValue>) -> Option<i64> {
+    match v.as_ref()?.value.as_ref()? {
+        Value::IntValue(i) => Some(*i),
+        Value::StringValue(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Option<AnyValue>> {
+    attrs.iter().find(|kv| kv.key == key).map(|kv| &kv.value)
+}
+
+fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attr(attrs, key).and_then(str_value)
+}
+
+/// Every span of an export, as records. Spans are counted once each.
+pub fn records(req: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
+    let mut out = Vec::new();
+    for rs in &req.resource_spans {
+        let service = rs
+            .resource
+            .as_ref()
+            .and_then(|r| attr_str(&r.attributes, "service.name"))
+            .filter(|s| !s.is_empty())
+            .unwrap_or(UNKNOWN_SERVICE);
+        for ss in &rs.scope_spans {
+            for span in &ss.spans {
+                let kind = match SpanKind::try_from(span.kind) {
+                    Ok(SpanKind::Server) => Kind::Server,
+                    Ok(SpanKind::Client) => Kind::Client,
+                    _ => Kind::Other,
+                };
+                let status_error = span
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.code == StatusCode::Error as i32);
+                let http_status = attr(&span.attributes, "http.response.status_code")
+                    .or_else(|| attr(&span.attributes, "http.status_code"))
+                    .and_then(int_value);
+                let error =
+                    status_error || (kind == Kind::Server && http_status.is_some_and(|s| s >= 500));
+                let peer = match kind {
+                    Kind::Client => attr_str(&span.attributes, "peer.service")
+                        .or_else(|| attr_str(&span.attributes, "server.address"))
+                        .or_else(|| attr_str(&span.attributes, "net.peer.name"))
+                        .map(str::to_owned),
+                    _ => None,
+                };
+                let breaker_name = attr_str(&span.attributes, "circuit_breaker.name");
+                let breaker = breaker_name.map(|n| {
+                    let state = attr_str(&span.attributes, "circuit_breaker.state")
+                        .and_then(BreakerState::parse);
+                    (n.to_owned(), state)
+                });
+                let transitions = span
+                    .events
+                    .iter()
+                    .filter(|e| e.name == "circuit_breaker.state_change")
+                    .filter_map(|e| {
+                        let name =
+                            attr_str(&e.attributes, "circuit_breaker.name").or(breaker_name)?;
+                        let to = attr_str(&e.attributes, "circuit_breaker.state.to")
+                            .or_else(|| attr_str(&e.attributes, "to"))
+                            .and_then(BreakerState::parse)?;
+                        Some((e.time_unix_nano, name.to_owned(), to))
+                    })
+                    .collect();
+                out.push(SpanRecord {
+                    service: service.to_owned(),
+                    kind,
+                    end_nanos: span.end_time_unix_nano,
+                    duration_nanos: span
+                        .end_time_unix_nano
+                        .saturating_sub(span.start_time_unix_nano),
+                    error,
+                    peer,
+                    breaker,
+                    transitions,
+                });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,345 @@
+//! The observer's sockets: OTLP over gRPC and HTTP, and the live API.
+
+use std::{convert::Infallible, io::Read, sync::atomic::Ordering, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+use prost::Message;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::Observer;
+
+/// Largest request body accepted, compressed or not, and largest it may
+/// inflate to: a gzip bomb stops here.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
+#[derive(Clone)]
+struct Grpc(Observer);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.ingest(&request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// The gRPC OTLP endpoint; logs and metrics are not served, so their calls
+/// get UNIMPLEMENTED from tonic's router.
+pub fn grpc_service(observer: Observer) -> tonic::service::Routes {
+    let traces = TraceServiceServer::new(Grpc(observer))
+        .max_decoding_message_size(MAX_BODY_BYTES)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    tonic::service::Routes::new(traces)
+}
+
+/// OTLP over HTTP: `POST /v1/traces`, protobuf or JSON, optionally gzipped.
+pub fn http_router(observer: Observer) -> Router {
+    Router::new()
+        .route("/v1/traces", post(http_traces))
+        .route("/v1/logs", post(unimplemented))
+        .route("/v1/metrics", post(unimplemented))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(observer)
+}
+
+async fn unimplemented() -> (StatusCode, &'static str) {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "the Faultline observer takes traces only",
+    )
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, msg.into()).into_response()
+}
+
+async fn http_traces(
+    State(observer): State<Observer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    let body = match encoding {
+        "gzip" => {
+            let mut out = Vec::new();
+            let read = flate2::read::GzDecoder::new(&body[..])
+                .take(MAX_BODY_BYTES as u64 + 1)
+                .read_to_end(&mut out);
+            match read {
+                Ok(n) if n > MAX_BODY_BYTES => {
+                    observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    return bad_request(format!("body inflates past {MAX_BODY_BYTES} bytes"));
+                }
+                Ok(_) => Bytes::from(out),
+                Err(e) => {
+                    observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    return bad_request(format!("bad gzip body: {e}"));
+                }
+            }
+        }
+        "identity" => body,
+        other => {
+            observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content-encoding {other} is not supported"),
+            )
+                .into_response();
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let request = if content_type.starts_with("application/x-protobuf") {
+        ExportTraceServiceRequest::decode(body).map_err(|e| format!("bad protobuf: {e}"))
+    } else if content_type.starts_with("application/json") {
+        serde_json::from_slice::<ExportTraceServiceRequest>(&body)
+            .map_err(|e| format!("bad OTLP JSON: {e}"))
+    } else {
+        observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "use content-type application/x-protobuf or application/json",
+        )
+            .into_response();
+    };
+    match request {
+        Ok(req) => {
+            observer.ingest(&req);
+            let response = ExportTraceServiceResponse::default();
+            if content_type.starts_with("application/json") {
+                Json(json!({})).into_response()
+            } else {
+                (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    response.encode_to_vec(),
+                )
+                    .into_response()
+            }
+        }
+        Err(e) => {
+            observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            bad_request(e)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WindowQuery {
+    window: Option<String>,
+}
+
+/// `10s`, `30s`, `1m`, `5m` (1 s to 5 m); default 30 s.
+pub fn parse_window(w: Option<&str>) -> Result<u64, String> {
+    let Some(w) = w else { return Ok(30) };
+    let bad = || format!("window {w:?} is not a duration from 1s to 5m (like 10s, 30s, 1m, 5m)");
+    let split = w.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = w.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if (1..=crate::store::MAX_WINDOW_SECS).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(bad())
+    }
+}
+
+/// The live API: `/api/v1/services`, `/api/v1/services/{name}`,
+/// `/api/v1/stream` (server-sent events) and `/metrics`.
+pub fn api_router(observer: Observer) -> Router {
+    Router::new()
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{name}", get(service))
+        .route("/api/v1/stream", get(stream))
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(observer)
+}
+
+async fn services(State(observer): State<Observer>, Query(q): Query<WindowQuery>) -> Response {
+    match parse_window(q.window.as_deref()) {
+        Ok(window) => {
+            Json(json!({ "window": format!("{window}s"), "services": observer.services(window) }))
+                .into_response()
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn service(
+    State(observer): State<Observer>,
+    Path(name): Path<String>,
+    Query(q): Query<WindowQuery>,
+) -> Response {
+    let window = match parse_window(q.window.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return bad_request(e),
+    };
+    match observer.service(&name, window) {
+        Some(f) => Json(f).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no spans seen from service {name:?}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn stream(State(observer): State<Observer>, Query(q): Query<WindowQuery>) -> Response {
+    let window = match parse_window(q.window.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return bad_request(e),
+    };
+    let ticks = futures::stream::unfold(
+        tokio::time::interval(Duration::from_secs(1)),
+        move |mut interval| {
+            let observer = observer.clone();
+            async move {
+                interval.tick().await;
+                let data = json!({ "window": format!("{window}s"), "services": observer.services(window) });
+                Some((
+                    Ok::<Event, Infallible>(
+                        Event::default().event("snapshot").data(data.to_string()),
+                    ),
+                    interval,
+                ))
+            }
+        },
+    );
+    Sse::new(ticks)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn metrics(State(observer): State<Observer>) -> Response {
+    let mut out = String::new();
+    let stats = &observer.stats;
+    let store = observer.store_stats();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    metric(
+        "faultline_observer_exports_total",
+        "counter",
+        "OTLP trace exports received.",
+        stats.exports.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "faultline_observer_spans_total",
+        "counter",
+        "Spans ingested.",
+        stats.spans.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "faultline_observer_rejected_total",
+        "counter",
+        "Exports refused as malformed or too large.",
+        stats.rejected.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "faultline_observer_dropped_services_total",
+        "counter",
+        "Spans dropped because the service limit was reached.",
+        store.dropped_services.to_string(),
+    );
+    metric(
+        "faultline_observer_dropped_edges_total",
+        "counter",
+        "Spans dropped because the edge limit was reached.",
+        store.dropped_edges.to_string(),
+    );
+    metric(
+        "faultline_observer_dropped_breakers_total",
+        "counter",
+        "Breaker observations dropped because the breaker limit was reached.",
+        store.dropped_breakers.to_string(),
+    );
+    metric(
+        "faultline_observer_store_bytes",
+        "gauge",
+        "Approximate memory held by the sliding windows.",
+        observer.store_bytes().to_string(),
+    );
+    let figures = observer.services(30);
+    out.push_str("# HELP faultline_service_requests_per_second Server requests per second over the last 30 s.\n# TYPE faultline_service_requests_per_second gauge\n");
+    for f in &figures {
+        out.push_str(&format!(
+            "faultline_service_requests_per_second{{service=\"{}\"}} {}\n",
+            escape(&f.name),
+            f.red.requests_per_second
+        ));
+    }
+    out.push_str("# HELP faultline_service_error_rate Share of failed server requests over the last 30 s.\n# TYPE faultline_service_error_rate gauge\n");
+    for f in &figures {
+        out.push_str(&format!(
+            "faultline_service_error_rate{{service=\"{}\"}} {}\n",
+            escape(&f.name),
+            f.red.error_rate
+        ));
+    }
+    out.push_str("# HELP faultline_service_latency_seconds Server latency percentiles over the last 30 s.\n# TYPE faultline_service_latency_seconds gauge\n");
+    for f in &figures {
+        for (q, v) in [
+            ("0.5", f.red.latency_ms.p50),
+            ("0.95", f.red.latency_ms.p95),
+            ("0.99", f.red.latency_ms.p99),
+        ] {
+            out.push_str(&format!(
+                "faultline_service_latency_seconds{{service=\"{}\",quantile=\"{q}\"}} {}\n",
+                escape(&f.name),
+                v / 1000.0
+            ));
+        }
+    }
+    out.push_str("# HELP faultline_breaker_state Circuit breaker state: 0 closed, 1 open, 2 half-open.\n# TYPE faultline_breaker_state gauge\n");
+    for f in &figures {
+        for b in &f.breakers {
+            let v = match b.state {
+                crate::store::BreakerState::Closed => 0,
+                crate::store::BreakerState::Open => 1,
+                crate::store::BreakerState::HalfOpen => 2,
+            };
+            out.push_str(&format!(
+                "faultline_breaker_state{{service=\"{}\",breaker=\"{}\"}} {v}\n",
+                escape(&f.name),
+                escape(&b.name)
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Prometheus label value escaping.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,635 @@
+//! Sliding-window RED figures per service and per dependency edge, and
+//! circuit-breaker states, fed with span records and the current time.
+//! Pure: no clock, no I/O; memory is bounded by the configured limits.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::sketch::{Merged, Sketch};
+
+/// One-second slices kept per series: the longest window.
+pub const MAX_WINDOW_SECS: u64 = 300;
+const NANOS: u64 = 1_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn parse(s: &str) -> Option<BreakerState> {
+        match s {
+            "closed" => Some(BreakerState::Closed),
+            "open" => Some(BreakerState::Open),
+            "half_open" | "half-open" | "halfopen" => Some(BreakerState::HalfOpen),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Server,
+    Client,
+    Other,
+}
+
+/// What the store needs of one span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRecord {
+    pub service: String,
+    pub kind: Kind,
+    pub end_nanos: u64,
+    pub duration_nanos: u64,
+    pub error: bool,
+    /// For client spans: the service called.
+    pub peer: Option<String>,
+    /// `circuit_breaker.name` and `circuit_breaker.state` on the span.
+    pub breaker: Option<(String, Option<BreakerState>)>,
+    /// `circuit_breaker.state_change` events: (time, breaker name, to).
+    pub transitions: Vec<(u64, String, BreakerState)>,
+}
+
+/// Bounds on what is tracked; anything beyond is counted and dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_services: usize,
+    pub max_edges_per_service: usize,
+    pub max_breakers_per_service: usize,
+    pub max_name_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_services: 500,
+            max_edges_per_service: 50,
+            max_breakers_per_service: 50,
+            max_name_bytes: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    second: u64,
+    requests: u32,
+    errors: u32,
+    latency: Sketch,
+}
+
+/// Per-second slices of the last `MAX_WINDOW_SECS` seconds that saw traffic,
+/// oldest first: memory follows activity, not the number of series.
+#[derive(Debug, Clone, Default)]
+struct Series {
+    slots: VecDeque<Slot>,
+}
+
+impl Series {
+    fn new() -> Self {
+        Series::default()
+    }
+
+    fn record(&mut self, second: u64, error: bool, micros: f64) {
+        // Spans mostly arrive in order: look from the newest slice back.
+        let pos = self.slots.iter().rposition(|s| s.second <= second);
+        let slot = match pos {
+            Some(p) if self.slots[p].second == second => &mut self.slots[p],
+            Some(p) => {
+                self.slots.insert(
+                    p + 1,
+                    Slot {
+                        second,
+                        ..Slot::default()
+                    },
+                );
+                &mut self.slots[p + 1]
+            }
+            None => {
+                self.slots.push_front(Slot {
+                    second,
+                    ..Slot::default()
+                });
+                &mut self.slots[0]
+            }
+        };
+        slot.requests = slot.requests.saturating_add(1);
+        slot.errors = slot.errors.saturating_add(u32::from(error));
+        slot.latency.add_micros(micros);
+        let newest = self.slots.back().map_or(second, |s| s.second);
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.second + MAX_WINDOW_SECS <= newest)
+        {
+            self.slots.pop_front();
+        }
+    }
+
+    /// Slots of the `window` seconds ending at `now_second` (inclusive).
+    fn window(&self, now_second: u64, window: u64) -> impl Iterator<Item = &Slot> {
+        let from = now_second.saturating_sub(window.saturating_sub(1));
+        self.slots
+            .iter()
+            .filter(move |s| s.second >= from && s.second <= now_second && s.requests > 0)
+    }
+
+    fn figures(&self, now_second: u64, window: u64) -> Red {
+        let mut merged = Merged::default();
+        let (mut requests, mut errors) = (0u64, 0u64);
+        for s in self.window(now_second, window) {
+            requests += u64::from(s.requests);
+            errors += u64::from(s.errors);
+            merged.add(&s.latency);
+        }
+        let ms = |p| {
+            merged
+                .percentile_micros(p)
+                .map_or(0.0, |us| round(us / 1000.0))
+        };
+        Red {
+            requests,
+            requests_per_second: round(requests as f64 / window as f64),
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                round(errors as f64 / requests as f64)
+            },
+            latency_ms: Latencies {
+                p50: ms(50.0),
+                p95: ms(95.0),
+                p99: ms(99.0),
+            },
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self
+                .slots
+                .iter()
+                .map(|s| s.latency.heap_bytes())
+                .sum::<usize>()
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 10_000.0).round() / 10_000.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latencies {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Red {
+    pub requests: u64,
+    pub requests_per_second: f64,
+    pub error_rate: f64,
+    pub latency_ms: Latencies,
+}
+
+#[derive(Debug, Clone)]
+struct Breaker {
+    state: BreakerState,
+    /// When the current state was entered (or first seen), unix nanos.
+    since: u64,
+    /// Latest evidence of the state (span end or event time), unix nanos.
+    seen: u64,
+    transitions: VecDeque<u64>,
+    /// Calls seen while open, per second slot (short-circuited calls).
+    open_calls: Vec<(u64, u32)>,
+}
+
+const MAX_TRANSITIONS_KEPT: usize = 1024;
+
+impl Breaker {
+    fn observe(&mut self, at: u64, state: BreakerState) {
+        if at < self.seen {
+            return; // older evidence than what we have
+        }
+        if state != self.state {
+            // A state seen on a span without a state_change event (e.g. the
+            // event was sampled away): take it, and date the change now.
+            self.state = state;
+            self.since = at;
+        }
+        self.seen = at;
+    }
+
+    fn transition(&mut self, at: u64, to: BreakerState) {
+        if self.transitions.len() == MAX_TRANSITIONS_KEPT {
+            self.transitions.pop_front();
+        }
+        self.transitions.push_back(at);
+        if at >= self.seen {
+            self.state = to;
+            self.since = at;
+            self.seen = at;
+        }
+    }
+
+    fn open_call(&mut self, second: u64) {
+        let slot = (second % MAX_WINDOW_SECS) as usize;
+        if self.open_calls.is_empty() {
+            self.open_calls = vec![(0, 0); MAX_WINDOW_SECS as usize];
+        }
+        let s = &mut self.open_calls[slot];
+        if s.0 != second {
+            *s = (second, 0);
+        }
+        s.1 = s.1.saturating_add(1);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerFigures {
+    pub name: String,
+    pub state: BreakerState,
+    /// RFC 3339 time the current state was entered.
+    pub since: String,
+    /// Seconds in the current state at the time of the query.
+    pub for_seconds: f64,
+    pub transitions: u64,
+    pub short_circuited: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeFigures {
+    pub to: String,
+    #[serde(flatten)]
+    pub red: Red,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceFigures {
+    pub name: String,
+    #[serde(flatten)]
+    pub red: Red,
+    pub breakers: Vec<BreakerFigures>,
+    pub edges: Vec<EdgeFigures>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceEntry {
+    server: Option<Series>,
+    edges: HashMap<String, Series>,
+    breakers: HashMap<String, Breaker>,
+}
+
+/// Counters about the store itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStats {
+    pub spans: u64,
+    pub dropped_services: u64,
+    pub dropped_edges: u64,
+    pub dropped_breakers: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    limits: Limits,
+    services: HashMap<String, ServiceEntry>,
+    stats: StoreStats,
+}
+
+impl Store {
+    pub fn new(limits: Limits) -> Self {
+        Store {
+            limits,
+            services: HashMap::new(),
+            stats: StoreStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    /// Records one span. `now_nanos` is the receive time; spans dated more
+    /// than 5 minutes in the past or 10 s in the future (clock skew) are
+    /// counted at the receive time instead.
+    pub fn record(&mut self, now_nanos: u64, span: &SpanRecord) {
+        self.stats.spans += 1;
+        let limits = self.limits;
+        let end = if span.end_nanos + MAX_WINDOW_SECS * NANOS < now_nanos
+            || span.end_nanos > now_nanos + 10 * NANOS
+        {
+            now_nanos
+        } else {
+            span.end_nanos
+        };
+        let second = end / NANOS;
+        let micros = span.duration_nanos as f64 / 1000.0;
+        let service = truncate(&span.service, limits.max_name_bytes);
+        if !self.services.contains_key(service) && self.services.len() >= limits.max_services {
+            self.stats.dropped_services += 1;
+            return;
+        }
+        let entry = self.services.entry(service.to_owned()).or_default();
+        match span.kind {
+            Kind::Server => entry
+                .server
+                .get_or_insert_with(Series::new)
+                .record(second, span.error, micros),
+            Kind::Client => {
+                if let Some(peer) = &span.peer {
+                    let peer = truncate(peer, limits.max_name_bytes);
+                    if entry.edges.contains_key(peer)
+                        || entry.edges.len() < limits.max_edges_per_service
+                    {
+                        entry
+                            .edges
+                            .entry(peer.to_owned())
+                            .or_insert_with(Series::new)
+                            .record(second, span.error, micros);
+                    } else {
+                        self.stats.dropped_edges += 1;
+                    }
+                }
+            }
+            Kind::Other => {}
+        }
+        let breaker_slot =
+            |entry: &mut ServiceEntry, name: &str, first_state: BreakerState, at: u64| -> bool {
+                let name = truncate(name, limits.max_name_bytes);
+                if !entry.breakers.contains_key(name)
+                    && entry.breakers.len() >= limits.max_breakers_per_service
+                {
+                    return false;
+                }
+                entry
+                    .breakers
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Breaker {
+                        state: first_state,
+                        since: at,
+                        seen: at,
+                        transitions: VecDeque::new(),
+                        open_calls: Vec::new(),
+                    });
+                true
+            };
+        for (at, name, to) in &span.transitions {
+            if breaker_slot(entry, name, *to, *at) {
+                if let Some(b) = entry
+                    .breakers
+                    .get_mut(truncate(name, limits.max_name_bytes))
+                {
+                    b.transition(*at, *to);
+                }
+            } else {
+                self.stats.dropped_breakers += 1;
+            }
+        }
+        if let Some((name, Some(state))) = &span.breaker {
+            if breaker_slot(entry, name, *state, end) {
+                if let Some(b) = entry
+                    .breakers
+                    .get_mut(truncate(name, limits.max_name_bytes))
+                {
+                    // The state on the span is the one the call saw when it
+                    // started; a change it caused is in its events, recorded above.
+                    if span.transitions.is_empty() {
+                        b.observe(end, *state);
+                    }
+                    if *state == BreakerState::Open {
+                        b.open_call(second);
+                    }
+                }
+            } else {
+                self.stats.dropped_breakers += 1;
+            }
+        }
+    }
+
+    pub fn service_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.services.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The figures of one service over the `window` seconds up to `now`.
+    pub fn service(&self, name: &str, now_nanos: u64, window_secs: u64) -> Option<ServiceFigures> {
+        let entry = self.services.get(name)?;
+        let window = window_secs.clamp(1, MAX_WINDOW_SECS);
+        let now_second = now_nanos / NANOS;
+        let red = entry.server.as_ref().map_or_else(
+            || Series::new().figures(now_second, window),
+            |s| s.figures(now_second, window),
+        );
+        let mut edges: Vec<EdgeFigures> = entry
+            .edges
+            .iter()
+            .map(|(to, s)| EdgeFigures {
+                to: to.clone(),
+                red: s.figures(now_second, window),
+            })
+            .collect();
+        edges.sort_by(|a, b| a.to.cmp(&b.to));
+        let from_nanos = now_nanos.saturating_sub(window * NANOS);
+        let mut breakers: Vec<BreakerFigures> = entry
+            .breakers
+            .iter()
+            .map(|(n, b)| BreakerFigures {
+                name: n.clone(),
+                state: b.state,
+                since: rfc3339(b.since),
+                for_seconds: round(now_nanos.saturating_sub(b.since) as f64 / NANOS as f64),
+                transitions: b.transitions.iter().filter(|t| **t >= from_nanos).count() as u64,
+                short_circuited: b
+                    .open_calls
+                    .iter()
+                    .filter(|(s, _)| *s + window > now_second && *s <= now_second)
+                    .map(|(_, c)| u64::from(*c))
+                    .sum(),
+            })
+            .collect();
+        breakers.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(ServiceFigures {
+            name: name.to_owned(),
+            red,
+            breakers,
+            edges,
+        })
+    }
+
+    pub fn services(&self, now_nanos: u64, window_secs: u64) -> Vec<ServiceFigures> {
+        self.service_names()
+            .iter()
+            .filter_map(|n| self.service(n, now_nanos, window_secs))
+            .collect()
+    }
+
+    /// Approximate heap bytes held (for the memory benchmark and /metrics).
+    pub fn heap_bytes(&self) -> usize {
+        self.services
+            .iter()
+            .map(|(k, e)| {
+                k.capacity()
+                    + e.server.as_ref().map_or(0, Series::heap_bytes)
+                    + e.edges
+                        .iter()
+                        .map(|(k, s)| k.capacity() + s.heap_bytes())
+                        .sum::<usize>()
+                    + e.breakers
+                        .iter()
+                        .map(|(k, b)| {
+                            k.capacity()
+                                + b.transitions.capacity() * 8
+                                + b.open_calls.capacity() * 12
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+/// Cuts a name at a character boundary so a flood of huge names stays bounded.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+pub fn rfc3339(nanos: u64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(nanos))
+        .map(|t| t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_800_000_000 * NANOS;
+
+    fn server(service: &str, at: u64, ms: u64, error: bool) -> SpanRecord {
+        SpanRecord {
+            service: service.into(),
+            kind: Kind::Server,
+            end_nanos: at,
+            duration_nanos: ms * 1_000_000,
+            error,
+            peer: None,
+            breaker: None,
+            transitions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn red_over_windows() {
+        let mut s = Store::default();
+        // 100 requests over 10 s, 10 % errors, latencies 1..100 ms.
+        for i in 0..100u64 {
+            s.record(
+                T0 + 10 * NANOS,
+                &server("checkout", T0 + i * NANOS / 10, i + 1, i % 10 == 0),
+            );
+        }
+        let now = T0 + 10 * NANOS;
+        let f = s.service("checkout", now, 30).expect("known");
+        assert_eq!(f.red.requests, 100);
+        assert!((f.red.error_rate - 0.1).abs() < 1e-9);
+        assert!((f.red.requests_per_second - 100.0 / 30.0).abs() < 1e-3);
+        assert!(
+            (f.red.latency_ms.p50 - 50.0).abs() <= 0.5 + 0.01 * 50.0,
+            "{:?}",
+            f.red.latency_ms
+        );
+        assert!((f.red.latency_ms.p99 - 99.0).abs() <= 0.01 * 99.0 + 0.5);
+        // A 5 s window only sees the last 5 seconds' requests (t = 5.0 … 9.9 s, plus the 10 s slot).
+        let f5 = s.service("checkout", now, 5).expect("known");
+        assert_eq!(f5.red.requests, 40);
+        // Ten minutes later the window is empty.
+        let later = s.service("checkout", now + 600 * NANOS, 30).expect("known");
+        assert_eq!(later.red.requests, 0);
+    }
+
+    #[test]
+    fn breakers_follow_events_and_span_states() {
+        let mut s = Store::default();
+        let mut span = server("checkout", T0, 5, false);
+        span.kind = Kind::Client;
+        span.peer = Some("payments".into());
+        span.breaker = Some(("payments".into(), Some(BreakerState::Closed)));
+        s.record(T0, &span);
+        let mut tripping = span.clone();
+        tripping.end_nanos = T0 + NANOS;
+        tripping.transitions = vec![(T0 + NANOS, "payments".into(), BreakerState::Open)];
+        s.record(T0 + NANOS, &tripping);
+        for i in 2..5 {
+            let mut refused = span.clone();
+            refused.end_nanos = T0 + i * NANOS;
+            refused.breaker = Some(("payments".into(), Some(BreakerState::Open)));
+            s.record(T0 + i * NANOS, &refused);
+        }
+        let f = s.service("checkout", T0 + 5 * NANOS, 30).expect("known");
+        let b = &f.breakers[0];
+        assert_eq!((b.name.as_str(), b.state), ("payments", BreakerState::Open));
+        assert_eq!(b.transitions, 1);
+        assert_eq!(b.short_circuited, 3);
+        assert!((b.for_seconds - 4.0).abs() < 1e-9);
+        assert_eq!(f.edges[0].to, "payments");
+        assert_eq!(f.edges[0].red.requests, 5);
+        // Older evidence does not roll the state back.
+        s.record(T0 + 6 * NANOS, &span);
+        assert_eq!(
+            s.service("checkout", T0 + 6 * NANOS, 30)
+                .expect("known")
+                .breakers[0]
+                .state,
+            BreakerState::Open
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_limits() {
+        let mut s = Store::new(Limits {
+            max_services: 10,
+            ..Limits::default()
+        });
+        for i in 0..1000 {
+            s.record(T0, &server(&format!("svc-{i}"), T0, 1, false));
+        }
+        assert_eq!(s.service_names().len(), 10);
+        assert_eq!(s.stats().dropped_services, 990);
+        let huge = "x".repeat(1 << 20);
+        s.record(T0, &server(&huge, T0, 1, false));
+        assert!(s.service_names().iter().all(|n| n.len() <= 200));
+    }
+
+    #[test]
+    fn skewed_clocks_count_at_receive_time() {
+        let mut s = Store::default();
+        s.record(T0, &server("a", T0 + 3600 * NANOS, 1, false));
+        s.record(T0, &server("a", 0, 1, false));
+        assert_eq!(s.service("a", T0, 10).expect("known").red.requests, 2);
+    }
+}

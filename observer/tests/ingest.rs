@@ -1,0 +1,417 @@
+//! Real OTLP from the official OpenTelemetry Rust exporter, over gRPC and
+//! HTTP, into an in-process observer; figures read back through the live API.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+use faultline_observer::{Addresses, Limits};
+use opentelemetry::{
+    KeyValue,
+    trace::{Span, SpanKind, Status, Tracer, TracerProvider as _},
+};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn observer() -> faultline_observer::Running {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    faultline_observer::start(
+        &Addresses {
+            otlp_grpc: any,
+            otlp_http: any,
+            api: any,
+        },
+        Limits::default(),
+    )
+    .await
+    .expect("observer starts")
+}
+
+/// A minimal HTTP/1.1 exchange: (status, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body_at = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |i| i + 4);
+    let mut body = out[body_at..].to_vec();
+    if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + size]);
+        b = &b[i + 2 + size + 2..];
+    }
+    out
+}
+
+async fn get_json(api: SocketAddr, path: &str) -> Value {
+    let (status, body) = http(api, "GET", path, &[], b"").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("json")
+}
+
+/// A batch exporter: it exports from its own thread, so a test may block on
+/// `force_flush` (from a blocking task) without stalling the runtime that
+/// serves the observer and drives the gRPC channel.
+fn provider(service: &str, exporter: opentelemetry_otlp::SpanExporter) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .with_batch_exporter(exporter)
+        .build()
+}
+
+async fn flush(p: &SdkTracerProvider) {
+    let p = p.clone();
+    tokio::task::spawn_blocking(move || p.force_flush())
+        .await
+        .expect("flush task")
+        .expect("flushed");
+}
+
+/// A finished span with an exact duration, ending now.
+fn span(
+    tracer: &impl Tracer,
+    name: &str,
+    kind: SpanKind,
+    ms: u64,
+    error: bool,
+    attrs: Vec<KeyValue>,
+) {
+    let end = SystemTime::now();
+    let start = end - Duration::from_millis(ms);
+    let mut s = tracer
+        .span_builder(name.to_owned())
+        .with_kind(kind)
+        .with_start_time(start)
+        .with_attributes(attrs)
+        .start(tracer);
+    if error {
+        s.set_status(Status::error("failed"));
+    }
+    s.end_with_timestamp(end);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_gives_exact_counts_percentiles_and_breakers() {
+    let obs = observer().await;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{}", obs.addresses.otlp_grpc))
+        .build()
+        .expect("exporter");
+    let p = provider("checkout", exporter);
+    let tracer = p.tracer("test");
+    // 100 server spans of 1..100 ms, every 20th failed.
+    for i in 1..=100u64 {
+        span(
+            &tracer,
+            "POST /checkout",
+            SpanKind::Server,
+            i,
+            i % 20 == 0,
+            vec![],
+        );
+    }
+    // 20 calls to payments, half failed; the 11th trips the breaker, 9 more are refused.
+    let call = |state: &str| {
+        vec![
+            KeyValue::new("peer.service", "payments"),
+            KeyValue::new("circuit_breaker.name", "payments"),
+            KeyValue::new("circuit_breaker.state", state.to_owned()),
+        ]
+    };
+    for i in 0..10 {
+        span(
+            &tracer,
+            "POST /pay",
+            SpanKind::Client,
+            250,
+            i % 2 == 0,
+            call("closed"),
+        );
+    }
+    {
+        let mut s = tracer
+            .span_builder("POST /pay")
+            .with_kind(SpanKind::Client)
+            .with_attributes(call("closed"))
+            .start(&tracer);
+        s.add_event(
+            "circuit_breaker.state_change",
+            vec![
+                KeyValue::new("circuit_breaker.name", "payments"),
+                KeyValue::new("circuit_breaker.state.from", "closed"),
+                KeyValue::new("circuit_breaker.state.to", "open"),
+            ],
+        );
+        s.set_status(Status::error("timeout"));
+        s.end();
+    }
+    for _ in 0..9 {
+        span(
+            &tracer,
+            "POST /pay",
+            SpanKind::Client,
+            0,
+            true,
+            call("open"),
+        );
+    }
+    flush(&p).await;
+
+    let f = get_json(obs.addresses.api, "/api/v1/services/checkout?window=30s").await;
+    assert_eq!(f["name"], "checkout");
+    assert_eq!(f["requests"], 100);
+    assert_eq!(f["errorRate"], 0.05);
+    let p50 = f["latencyMs"]["p50"].as_f64().expect("p50");
+    let p99 = f["latencyMs"]["p99"].as_f64().expect("p99");
+    assert!((p50 - 50.0).abs() <= 0.5, "p50 {p50}");
+    assert!((p99 - 99.0).abs() <= 0.99, "p99 {p99}");
+    let edge = &f["edges"][0];
+    assert_eq!(edge["to"], "payments");
+    assert_eq!(edge["requests"], 20);
+    assert_eq!(edge["errorRate"], 0.75);
+    let b = &f["breakers"][0];
+    assert_eq!(b["name"], "payments");
+    assert_eq!(b["state"], "open");
+    assert_eq!(b["transitions"], 1);
+    assert_eq!(b["shortCircuited"], 9);
+    assert!(b["since"].as_str().is_some_and(|s| s.ends_with('Z')));
+    assert_eq!(
+        obs.observer.breaker("checkout", "payments").map(|(s, _)| s),
+        Some(faultline_observer::BreakerState::Open)
+    );
+    assert_eq!(obs.observer.error_rate("checkout", 30), Some(0.05));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_and_the_services_list() {
+    let obs = observer().await;
+    let addr = obs.addresses.otlp_http;
+    let p = tokio::task::spawn_blocking(move || {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("http://{addr}/v1/traces"))
+            .build()
+            .expect("exporter");
+        let p = provider("frontend", exporter);
+        let tracer = p.tracer("test");
+        for i in 0..40u64 {
+            span(
+                &tracer,
+                "GET /order",
+                SpanKind::Server,
+                10,
+                false,
+                vec![KeyValue::new(
+                    "http.response.status_code",
+                    if i < 4 { 503 } else { 200 },
+                )],
+            );
+        }
+        p
+    })
+    .await
+    .expect("export");
+    flush(&p).await;
+    let all = get_json(obs.addresses.api, "/api/v1/services?window=10s").await;
+    assert_eq!(all["window"], "10s");
+    let frontend = &all["services"][0];
+    assert_eq!(frontend["name"], "frontend");
+    assert_eq!(frontend["requests"], 40);
+    // HTTP 5xx on server spans count as errors even without an ERROR status.
+    assert_eq!(frontend["errorRate"], 0.1);
+    assert_eq!(frontend["requestsPerSecond"], 4.0);
+    drop(p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_gzip_and_malformed_payloads() {
+    let obs = observer().await;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("time")
+        .as_nanos();
+    let json = format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"inventory"}}}}]}},
+        "scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+        "name":"POST /reserve","kind":2,"startTimeUnixNano":"{}","endTimeUnixNano":"{}","status":{{"code":2}}}}]}}]}}]}}"#,
+        now - 3_000_000,
+        now
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, json.as_bytes()).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let (status, body) = http(
+        obs.addresses.otlp_http,
+        "POST",
+        "/v1/traces",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        &gz,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let f = get_json(obs.addresses.api, "/api/v1/services/inventory").await;
+    assert_eq!(
+        (f["requests"].as_u64(), f["errorRate"].as_f64()),
+        (Some(1), Some(1.0))
+    );
+
+    let post = |ct: &'static str, enc: Option<&'static str>, body: Vec<u8>| {
+        let addr = obs.addresses.otlp_http;
+        async move {
+            let mut h = vec![("content-type", ct)];
+            if let Some(e) = enc {
+                h.push(("content-encoding", e));
+            }
+            http(addr, "POST", "/v1/traces", &h, &body).await.0
+        }
+    };
+    // Truncated protobuf.
+    assert_eq!(
+        post("application/x-protobuf", None, vec![0x0a, 0xff, 0xff, 0x01]).await,
+        400
+    );
+    // Not OTLP JSON.
+    assert_eq!(
+        post("application/json", None, b"{\"resourceSpans\": 7}".to_vec()).await,
+        400
+    );
+    // Wrong content type.
+    assert_eq!(post("text/plain", None, b"hello".to_vec()).await, 415);
+    // A gzip bomb: 64 MiB of zeros in a few KiB.
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut bomb, &vec![0u8; 64 << 20]).expect("gzip");
+    let bomb = bomb.finish().expect("gzip");
+    assert!(bomb.len() < 1 << 20);
+    assert_eq!(
+        post("application/x-protobuf", Some("gzip"), bomb).await,
+        400
+    );
+    assert_eq!(
+        post("application/x-protobuf", Some("gzip"), b"not gzip".to_vec()).await,
+        400
+    );
+    // Logs and metrics are answered, not failed.
+    let (status, _) = http(
+        obs.addresses.otlp_http,
+        "POST",
+        "/v1/metrics",
+        &[("content-type", "application/x-protobuf")],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 501);
+
+    let (status, body) = http(obs.addresses.api, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("faultline_observer_rejected_total 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_service_error_rate{service=\"inventory\"} 1"),
+        "{text}"
+    );
+    let (status, _) = http(
+        obs.addresses.api,
+        "GET",
+        "/api/v1/services?window=forever",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = http(
+        obs.addresses.api,
+        "GET",
+        "/api/v1/services/nobody",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_sends_a_snapshot_every_second() {
+    let obs = observer().await;
+    let mut s = tokio::net::TcpStream::connect(obs.addresses.api)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /api/v1/stream?window=10s HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while String::from_utf8_lossy(&got)
+        .matches("event: snapshot")
+        .count()
+        < 2
+    {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("two snapshots in time")
+            .expect("read");
+        assert!(n > 0, "stream ended");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(
+        text.contains("data: {\"services\":[],\"window\":\"10s\"}")
+            || text.contains("\"window\":\"10s\""),
+        "{text}"
+    );
+}
