@@ -10,7 +10,7 @@ mkdir -p "$peers"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "python peers (kubernetes-validate)"
+step "python peers (kubernetes-validate, OpenTelemetry SDK)"
 if [ ! -x "$peers/venv/bin/pip" ]; then
     python3 -m venv "$peers/venv"
 fi
@@ -18,6 +18,7 @@ fi
 
 export FAULTLINE_REQUIRE_PEERS=1
 export FAULTLINE_KUBERNETES_VALIDATE="$peers/venv/bin/kubernetes-validate"
+export FAULTLINE_PYTHON="$peers/venv/bin/python"
 
 step "formatting"
 cargo fmt --all -- --check

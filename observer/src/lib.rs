@@ -6,6 +6,7 @@
 //! The store is pure and fed with the time; this crate adds the clock and the
 //! sockets. See `docs/observer.md` for the API.
 
+pub mod forward;
 pub mod otlp;
 pub mod server;
 pub mod sketch;
@@ -38,6 +39,7 @@ pub struct IngestStats {
 pub struct Observer {
     store: Arc<Mutex<Store>>,
     pub stats: Arc<IngestStats>,
+    forwarder: Option<forward::Forwarder>,
 }
 
 pub fn now_nanos() -> u64 {
@@ -51,7 +53,18 @@ impl Observer {
         Observer {
             store: Arc::new(Mutex::new(Store::new(limits))),
             stats: Arc::default(),
+            forwarder: None,
         }
+    }
+
+    /// Passes every export on to another receiver (starts a sending task).
+    pub fn forward_to(mut self, config: forward::ForwardConfig) -> Self {
+        self.forwarder = Some(forward::Forwarder::start(config));
+        self
+    }
+
+    pub fn forward_stats(&self) -> Option<&forward::ForwardStats> {
+        self.forwarder.as_ref().map(|f| f.stats.as_ref())
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -61,6 +74,9 @@ impl Observer {
     /// Takes one OTLP export.
     pub fn ingest(&self, req: &ExportTraceServiceRequest) {
         // Convert outside the lock; hold it once per export, not per span.
+        if let Some(f) = &self.forwarder {
+            f.offer(req);
+        }
         let records = otlp::records(req);
         let now = now_nanos();
         self.stats.exports.fetch_add(1, Ordering::Relaxed);
@@ -146,7 +162,11 @@ impl Running {
 
 /// Binds all three sockets, then serves them in the background.
 pub async fn start(addresses: &Addresses, limits: Limits) -> std::io::Result<Running> {
-    let observer = Observer::new(limits);
+    start_with(addresses, Observer::new(limits)).await
+}
+
+/// Serves an observer built by the caller (e.g. one that forwards).
+pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::Result<Running> {
     let grpc = TcpListener::bind(addresses.otlp_grpc).await?;
     let http = TcpListener::bind(addresses.otlp_http).await?;
     let api = TcpListener::bind(addresses.api).await?;

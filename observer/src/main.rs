@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use faultline_observer::{Addresses, Limits};
+use faultline_observer::{
+    Addresses, Limits,
+    forward::{ForwardConfig, ForwardProtocol},
+};
 
 /// Receives OTLP traces and serves live RED figures and breaker states.
 #[derive(Debug, Parser)]
@@ -18,6 +21,15 @@ struct Cli {
     /// The live API (/api/v1/services, /api/v1/stream, /metrics).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     api: SocketAddr,
+    /// Pass every span on to this OTLP receiver too (e.g. Jaeger at http://jaeger:4317).
+    #[arg(long, value_name = "URL")]
+    forward: Option<String>,
+    /// grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc).
+    #[arg(long, value_name = "PROTOCOL")]
+    forward_protocol: Option<String>,
+    /// Spans queued for forwarding at most; more are dropped and counted.
+    #[arg(long, default_value_t = 100_000)]
+    forward_queue: usize,
     /// Services tracked at most; spans of others are dropped and counted.
     #[arg(long, default_value_t = Limits::default().max_services)]
     max_services: usize,
@@ -35,7 +47,25 @@ async fn main() -> ExitCode {
         max_services: cli.max_services,
         ..Limits::default()
     };
-    let running = match faultline_observer::start(&addresses, limits).await {
+    let mut observer = faultline_observer::Observer::new(limits);
+    if let Some(endpoint) = cli.forward {
+        let protocol = match cli.forward_protocol.as_deref() {
+            None => ForwardProtocol::from_env(),
+            Some(p) => match ForwardProtocol::parse(p) {
+                Some(p) => p,
+                None => {
+                    eprintln!(
+                        "faultline-observer: --forward-protocol {p:?}: use grpc or http/protobuf"
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        let mut config = ForwardConfig::new(endpoint, protocol);
+        config.queue_spans = cli.forward_queue;
+        observer = observer.forward_to(config);
+    }
+    let running = match faultline_observer::start_with(&addresses, observer).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("faultline-observer: cannot listen: {e}");

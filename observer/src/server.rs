@@ -282,6 +282,38 @@ async fn metrics(State(observer): State<Observer>) -> Response {
         "Breaker observations dropped because the breaker limit was reached.",
         store.dropped_breakers.to_string(),
     );
+    if let Some(f) = observer.forward_stats() {
+        metric(
+            "faultline_observer_forwarded_spans_total",
+            "counter",
+            "Spans passed on downstream.",
+            f.forwarded.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "faultline_observer_forward_dropped_queue_full_total",
+            "counter",
+            "Spans not forwarded because the queue was full.",
+            f.dropped_queue_full.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "faultline_observer_forward_dropped_failed_total",
+            "counter",
+            "Spans not forwarded because every attempt failed.",
+            f.dropped_failed.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "faultline_observer_forward_queue_spans",
+            "gauge",
+            "Spans waiting to be forwarded.",
+            f.queued.load(Ordering::Relaxed).to_string(),
+        );
+    }
+    metric(
+        "faultline_observer_dropped_memory_total",
+        "counter",
+        "Spans dropped because the windows reached their memory bound.",
+        store.dropped_memory.to_string(),
+    );
     metric(
         "faultline_observer_store_bytes",
         "gauge",

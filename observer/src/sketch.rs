@@ -45,13 +45,27 @@ pub struct Sketch {
 }
 
 impl Sketch {
-    pub fn add_micros(&mut self, micros: f64) {
+    /// Adds a value; true when it took a new bucket (the sketch grew).
+    pub fn add_micros(&mut self, micros: f64) -> bool {
         let i = index_of(micros);
-        match self.buckets.binary_search_by_key(&i, |(b, _)| *b) {
-            Ok(p) => self.buckets[p].1 = self.buckets[p].1.saturating_add(1),
-            Err(p) => self.buckets.insert(p, (i, 1)),
-        }
         self.count += 1;
+        match self.buckets.binary_search_by_key(&i, |(b, _)| *b) {
+            Ok(p) => {
+                self.buckets[p].1 = self.buckets[p].1.saturating_add(1);
+                false
+            }
+            Err(p) => {
+                self.buckets.insert(p, (i, 1));
+                true
+            }
+        }
+    }
+
+    /// Bytes of one bucket, for memory accounting.
+    pub const BUCKET_BYTES: usize = std::mem::size_of::<(u16, u32)>();
+
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
     }
 
     pub fn count(&self) -> u64 {

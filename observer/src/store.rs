@@ -69,6 +69,8 @@ pub struct Limits {
     pub max_edges_per_service: usize,
     pub max_breakers_per_service: usize,
     pub max_name_bytes: usize,
+    /// Bytes the sliding windows may hold; beyond, spans are dropped and counted.
+    pub max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -78,9 +80,12 @@ impl Default for Limits {
             max_edges_per_service: 50,
             max_breakers_per_service: 50,
             max_name_bytes: 200,
+            max_bytes: 256 << 20,
         }
     }
 }
+
+const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 
 #[derive(Debug, Clone, Default)]
 struct Slot {
@@ -98,15 +103,14 @@ struct Series {
 }
 
 impl Series {
-    fn new() -> Self {
-        Series::default()
-    }
-
-    fn record(&mut self, second: u64, error: bool, micros: f64) {
+    /// Records a call; returns the bytes the series grew by (negative when
+    /// old slices were let go).
+    fn record(&mut self, second: u64, error: bool, micros: f64) -> isize {
+        let mut delta = 0isize;
         // Spans mostly arrive in order: look from the newest slice back.
         let pos = self.slots.iter().rposition(|s| s.second <= second);
-        let slot = match pos {
-            Some(p) if self.slots[p].second == second => &mut self.slots[p],
+        let at = match pos {
+            Some(p) if self.slots[p].second == second => p,
             Some(p) => {
                 self.slots.insert(
                     p + 1,
@@ -115,27 +119,35 @@ impl Series {
                         ..Slot::default()
                     },
                 );
-                &mut self.slots[p + 1]
+                delta += SLOT_BYTES as isize;
+                p + 1
             }
             None => {
                 self.slots.push_front(Slot {
                     second,
                     ..Slot::default()
                 });
-                &mut self.slots[0]
+                delta += SLOT_BYTES as isize;
+                0
             }
         };
+        let slot = &mut self.slots[at];
         slot.requests = slot.requests.saturating_add(1);
         slot.errors = slot.errors.saturating_add(u32::from(error));
-        slot.latency.add_micros(micros);
+        if slot.latency.add_micros(micros) {
+            delta += Sketch::BUCKET_BYTES as isize;
+        }
         let newest = self.slots.back().map_or(second, |s| s.second);
         while self
             .slots
             .front()
             .is_some_and(|s| s.second + MAX_WINDOW_SECS <= newest)
         {
-            self.slots.pop_front();
+            if let Some(old) = self.slots.pop_front() {
+                delta -= (SLOT_BYTES + old.latency.buckets() * Sketch::BUCKET_BYTES) as isize;
+            }
         }
+        delta
     }
 
     /// Slots of the `window` seconds ending at `now_second` (inclusive).
@@ -305,6 +317,8 @@ pub struct StoreStats {
     pub dropped_services: u64,
     pub dropped_edges: u64,
     pub dropped_breakers: u64,
+    /// Spans dropped because the windows reached their memory bound.
+    pub dropped_memory: u64,
 }
 
 #[derive(Debug, Default)]
@@ -312,6 +326,8 @@ pub struct Store {
     limits: Limits,
     services: HashMap<String, ServiceEntry>,
     stats: StoreStats,
+    /// Bytes held by the windows' slices and sketches.
+    window_bytes: usize,
 }
 
 impl Store {
@@ -320,6 +336,7 @@ impl Store {
             limits,
             services: HashMap::new(),
             stats: StoreStats::default(),
+            window_bytes: 0,
         }
     }
 
@@ -342,19 +359,25 @@ impl Store {
         };
         let second = end / NANOS;
         let micros = span.duration_nanos as f64 / 1000.0;
+        if self.window_bytes >= limits.max_bytes && matches!(span.kind, Kind::Server | Kind::Client)
+        {
+            // Shed load rather than grow: figures go on from what is held.
+            self.stats.dropped_memory += 1;
+            return;
+        }
         let service = truncate(&span.service, limits.max_name_bytes);
         if !self.services.contains_key(service) && self.services.len() >= limits.max_services {
             self.stats.dropped_services += 1;
             return;
         }
         let entry = self.services.entry(service.to_owned()).or_default();
-        match span.kind {
+        let delta = match span.kind {
             Kind::Server => entry
                 .server
-                .get_or_insert_with(Series::new)
+                .get_or_insert_default()
                 .record(second, span.error, micros),
-            Kind::Client => {
-                if let Some(peer) = &span.peer {
+            Kind::Client => match &span.peer {
+                Some(peer) => {
                     let peer = truncate(peer, limits.max_name_bytes);
                     if entry.edges.contains_key(peer)
                         || entry.edges.len() < limits.max_edges_per_service
@@ -362,15 +385,18 @@ impl Store {
                         entry
                             .edges
                             .entry(peer.to_owned())
-                            .or_insert_with(Series::new)
-                            .record(second, span.error, micros);
+                            .or_default()
+                            .record(second, span.error, micros)
                     } else {
                         self.stats.dropped_edges += 1;
+                        0
                     }
                 }
-            }
-            Kind::Other => {}
-        }
+                None => 0,
+            },
+            Kind::Other => 0,
+        };
+        self.window_bytes = self.window_bytes.saturating_add_signed(delta);
         let breaker_slot =
             |entry: &mut ServiceEntry, name: &str, first_state: BreakerState, at: u64| -> bool {
                 let name = truncate(name, limits.max_name_bytes);
@@ -436,7 +462,7 @@ impl Store {
         let window = window_secs.clamp(1, MAX_WINDOW_SECS);
         let now_second = now_nanos / NANOS;
         let red = entry.server.as_ref().map_or_else(
-            || Series::new().figures(now_second, window),
+            || Series::default().figures(now_second, window),
             |s| s.figures(now_second, window),
         );
         let mut edges: Vec<EdgeFigures> = entry
@@ -623,6 +649,27 @@ mod tests {
         let huge = "x".repeat(1 << 20);
         s.record(T0, &server(&huge, T0, 1, false));
         assert!(s.service_names().iter().all(|n| n.len() <= 200));
+    }
+
+    #[test]
+    fn the_windows_stay_under_their_memory_bound() {
+        let mut s = Store::new(Limits {
+            max_bytes: 64 << 10,
+            ..Limits::default()
+        });
+        // Many seconds of widely spread latencies for many services.
+        for sec in 0..300u64 {
+            for svc in 0..20 {
+                for ms in [1u64, 7, 40, 300, 2000, 9000] {
+                    s.record(
+                        T0 + sec * NANOS,
+                        &server(&format!("s{svc}"), T0 + sec * NANOS, ms + sec, false),
+                    );
+                }
+            }
+        }
+        assert!(s.window_bytes <= (64 << 10) + 1024, "{}", s.window_bytes);
+        assert!(s.stats().dropped_memory > 0);
     }
 
     #[test]
