@@ -6,7 +6,19 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind, status::StatusCode},
 };
 
-use crate::store::{BreakerState, Kind, SpanRecord};
+use crate::store::{BreakerState, Kind, SpanIds, SpanRecord};
+
+/// A trace (16 bytes) or span (8 bytes) id as a number; None when empty or malformed.
+fn id(bytes: &[u8]) -> Option<u128> {
+    if bytes.is_empty() || bytes.len() > 16 {
+        return None;
+    }
+    Some(
+        bytes
+            .iter()
+            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b)),
+    )
+}
 
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
@@ -96,6 +108,11 @@ pub fn records(req: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
                     peer,
                     breaker,
                     transitions,
+                    ids: SpanIds {
+                        trace: id(&span.trace_id).unwrap_or(0),
+                        span: id(&span.span_id).map_or(0, |v| v as u64),
+                        parent: id(&span.parent_span_id).map_or(0, |v| v as u64),
+                    },
                 });
             }
         }

@@ -237,121 +237,164 @@ async fn stream(State(observer): State<Observer>, Query(q): Query<WindowQuery>) 
         .into_response()
 }
 
+/// Prometheus text exposition: a family header, then its samples.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        self.0
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        if labels.is_empty() {
+            self.0.push_str(&format!("{name} {value}\n"));
+        } else {
+            self.0
+                .push_str(&format!("{name}{{{}}} {value}\n", labels.join(",")));
+        }
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
 async fn metrics(State(observer): State<Observer>) -> Response {
-    let mut out = String::new();
+    let mut out = Exposition(String::new());
     let stats = &observer.stats;
     let store = observer.store_stats();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    };
-    metric(
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    out.single(
         "faultline_observer_exports_total",
         "counter",
         "OTLP trace exports received.",
-        stats.exports.load(Ordering::Relaxed).to_string(),
+        load(&stats.exports),
     );
-    metric(
+    out.single(
         "faultline_observer_spans_total",
         "counter",
         "Spans ingested.",
-        stats.spans.load(Ordering::Relaxed).to_string(),
+        load(&stats.spans),
     );
-    metric(
+    out.single(
         "faultline_observer_rejected_total",
         "counter",
         "Exports refused as malformed or too large.",
-        stats.rejected.load(Ordering::Relaxed).to_string(),
+        load(&stats.rejected),
     );
-    metric(
+    out.single(
         "faultline_observer_dropped_services_total",
         "counter",
         "Spans dropped because the service limit was reached.",
-        store.dropped_services.to_string(),
+        store.dropped_services,
     );
-    metric(
+    out.single(
         "faultline_observer_dropped_edges_total",
         "counter",
         "Spans dropped because the edge limit was reached.",
-        store.dropped_edges.to_string(),
+        store.dropped_edges,
     );
-    metric(
+    out.single(
         "faultline_observer_dropped_breakers_total",
         "counter",
         "Breaker observations dropped because the breaker limit was reached.",
-        store.dropped_breakers.to_string(),
+        store.dropped_breakers,
     );
-    if let Some(f) = observer.forward_stats() {
-        metric(
-            "faultline_observer_forwarded_spans_total",
-            "counter",
-            "Spans passed on downstream.",
-            f.forwarded.load(Ordering::Relaxed).to_string(),
-        );
-        metric(
-            "faultline_observer_forward_dropped_queue_full_total",
-            "counter",
-            "Spans not forwarded because the queue was full.",
-            f.dropped_queue_full.load(Ordering::Relaxed).to_string(),
-        );
-        metric(
-            "faultline_observer_forward_dropped_failed_total",
-            "counter",
-            "Spans not forwarded because every attempt failed.",
-            f.dropped_failed.load(Ordering::Relaxed).to_string(),
-        );
-        metric(
-            "faultline_observer_forward_queue_spans",
-            "gauge",
-            "Spans waiting to be forwarded.",
-            f.queued.load(Ordering::Relaxed).to_string(),
-        );
-    }
-    metric(
+    out.single(
         "faultline_observer_dropped_memory_total",
         "counter",
         "Spans dropped because the windows reached their memory bound.",
-        store.dropped_memory.to_string(),
+        store.dropped_memory,
     );
-    metric(
+    out.single(
+        "faultline_observer_unattributed_client_spans_total",
+        "counter",
+        "Client spans naming no peer whose child server span never came.",
+        store.unattributed_client_spans,
+    );
+    out.single(
         "faultline_observer_store_bytes",
         "gauge",
         "Approximate memory held by the sliding windows.",
-        observer.store_bytes().to_string(),
+        observer.store_bytes(),
     );
+    if let Some(f) = observer.forward_stats() {
+        out.single(
+            "faultline_observer_forwarded_spans_total",
+            "counter",
+            "Spans passed on downstream.",
+            load(&f.forwarded),
+        );
+        out.single(
+            "faultline_observer_forward_dropped_queue_full_total",
+            "counter",
+            "Spans not forwarded because the queue was full.",
+            load(&f.dropped_queue_full),
+        );
+        out.single(
+            "faultline_observer_forward_dropped_failed_total",
+            "counter",
+            "Spans not forwarded because every attempt failed.",
+            load(&f.dropped_failed),
+        );
+        out.single(
+            "faultline_observer_forward_queue_spans",
+            "gauge",
+            "Spans waiting to be forwarded.",
+            f.queued.load(Ordering::Relaxed),
+        );
+    }
     let figures = observer.services(30);
-    out.push_str("# HELP faultline_service_requests_per_second Server requests per second over the last 30 s.\n# TYPE faultline_service_requests_per_second gauge\n");
+    out.family(
+        "faultline_service_requests_per_second",
+        "gauge",
+        "Server requests per second over the last 30 s.",
+    );
     for f in &figures {
-        out.push_str(&format!(
-            "faultline_service_requests_per_second{{service=\"{}\"}} {}\n",
-            escape(&f.name),
-            f.red.requests_per_second
-        ));
+        out.sample(
+            "faultline_service_requests_per_second",
+            &[("service", &f.name)],
+            f.red.requests_per_second,
+        );
     }
-    out.push_str("# HELP faultline_service_error_rate Share of failed server requests over the last 30 s.\n# TYPE faultline_service_error_rate gauge\n");
+    out.family(
+        "faultline_service_error_rate",
+        "gauge",
+        "Share of failed server requests over the last 30 s.",
+    );
     for f in &figures {
-        out.push_str(&format!(
-            "faultline_service_error_rate{{service=\"{}\"}} {}\n",
-            escape(&f.name),
-            f.red.error_rate
-        ));
+        out.sample(
+            "faultline_service_error_rate",
+            &[("service", &f.name)],
+            f.red.error_rate,
+        );
     }
-    out.push_str("# HELP faultline_service_latency_seconds Server latency percentiles over the last 30 s.\n# TYPE faultline_service_latency_seconds gauge\n");
+    out.family(
+        "faultline_service_latency_seconds",
+        "gauge",
+        "Server latency percentiles over the last 30 s.",
+    );
     for f in &figures {
-        for (q, v) in [
-            ("0.5", f.red.latency_ms.p50),
-            ("0.95", f.red.latency_ms.p95),
-            ("0.99", f.red.latency_ms.p99),
-        ] {
-            out.push_str(&format!(
-                "faultline_service_latency_seconds{{service=\"{}\",quantile=\"{q}\"}} {}\n",
-                escape(&f.name),
-                v / 1000.0
-            ));
+        let l = &f.red.latency_ms;
+        for (q, v) in [("0.5", l.p50), ("0.95", l.p95), ("0.99", l.p99)] {
+            out.sample(
+                "faultline_service_latency_seconds",
+                &[("service", &f.name), ("quantile", q)],
+                v / 1000.0,
+            );
         }
     }
-    out.push_str("# HELP faultline_breaker_state Circuit breaker state: 0 closed, 1 open, 2 half-open.\n# TYPE faultline_breaker_state gauge\n");
+    out.family(
+        "faultline_breaker_state",
+        "gauge",
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+    );
     for f in &figures {
         for b in &f.breakers {
             let v = match b.state {
@@ -359,14 +402,14 @@ async fn metrics(State(observer): State<Observer>) -> Response {
                 crate::store::BreakerState::Open => 1,
                 crate::store::BreakerState::HalfOpen => 2,
             };
-            out.push_str(&format!(
-                "faultline_breaker_state{{service=\"{}\",breaker=\"{}\"}} {v}\n",
-                escape(&f.name),
-                escape(&b.name)
-            ));
+            out.sample(
+                "faultline_breaker_state",
+                &[("service", &f.name), ("breaker", &b.name)],
+                v,
+            );
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.0).into_response()
 }
 
 /// Prometheus label value escaping.

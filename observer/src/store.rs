@@ -60,6 +60,28 @@ pub struct SpanRecord {
     pub breaker: Option<(String, Option<BreakerState>)>,
     /// `circuit_breaker.state_change` events: (time, breaker name, to).
     pub transitions: Vec<(u64, String, BreakerState)>,
+    pub ids: SpanIds,
+}
+
+/// Span identity (0 when absent), to attribute a client span that names no
+/// peer to the service of its child server span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SpanIds {
+    pub trace: u128,
+    pub span: u64,
+    pub parent: u64,
+}
+
+/// Client spans waiting for their child server span (and server spans for
+/// their parent) at most; older ones are let go.
+const MAX_JOIN: usize = 20_000;
+
+#[derive(Debug)]
+struct PendingClient {
+    service: String,
+    second: u64,
+    error: bool,
+    micros: f64,
 }
 
 /// Bounds on what is tracked; anything beyond is counted and dropped.
@@ -319,6 +341,8 @@ pub struct StoreStats {
     pub dropped_breakers: u64,
     /// Spans dropped because the windows reached their memory bound.
     pub dropped_memory: u64,
+    /// Client spans naming no peer whose child server span never came.
+    pub unattributed_client_spans: u64,
 }
 
 #[derive(Debug, Default)]
@@ -328,6 +352,14 @@ pub struct Store {
     stats: StoreStats,
     /// Bytes held by the windows' slices and sketches.
     window_bytes: usize,
+    /// Peerless client spans by (trace, span), awaiting a child server span.
+    join_clients: HashMap<(u128, u64), PendingClient>,
+    /// Server spans by (trace, parent span), awaiting a peerless parent.
+    join_servers: HashMap<(u128, u64), String>,
+    join_order: VecDeque<(u128, u64)>,
+    /// When a peerless client span was last seen: server spans are indexed
+    /// for joining only while that is recent.
+    peerless_seen: u64,
 }
 
 impl Store {
@@ -337,6 +369,10 @@ impl Store {
             services: HashMap::new(),
             stats: StoreStats::default(),
             window_bytes: 0,
+            join_clients: HashMap::new(),
+            join_servers: HashMap::new(),
+            join_order: VecDeque::new(),
+            peerless_seen: 0,
         }
     }
 
@@ -447,6 +483,71 @@ impl Store {
             } else {
                 self.stats.dropped_breakers += 1;
             }
+        }
+        let service = service.to_owned();
+        self.join(span, &service, second, micros, now_nanos);
+    }
+
+    /// Edges from client spans that name no peer: matched with the child
+    /// server span (same trace, parent = the client span), in either order.
+    fn join(&mut self, span: &SpanRecord, service: &str, second: u64, micros: f64, now_nanos: u64) {
+        let ids = span.ids;
+        if ids.trace == 0 {
+            return;
+        }
+        match span.kind {
+            Kind::Client if span.peer.is_none() && ids.span != 0 => {
+                self.peerless_seen = now_nanos;
+                let key = (ids.trace, ids.span);
+                if let Some(callee) = self.join_servers.remove(&key) {
+                    self.record_edge(service, &callee, second, span.error, micros);
+                } else {
+                    let pending = PendingClient {
+                        service: service.to_owned(),
+                        second,
+                        error: span.error,
+                        micros,
+                    };
+                    self.join_clients.insert(key, pending);
+                    self.join_order.push_back(key);
+                }
+            }
+            Kind::Server if ids.parent != 0 => {
+                let key = (ids.trace, ids.parent);
+                if let Some(p) = self.join_clients.remove(&key) {
+                    self.record_edge(&p.service, service, p.second, p.error, p.micros);
+                } else if self.peerless_seen + MAX_WINDOW_SECS * NANOS > now_nanos {
+                    self.join_servers.insert(key, service.to_owned());
+                    self.join_order.push_back(key);
+                }
+            }
+            _ => {}
+        }
+        while self.join_order.len() > MAX_JOIN {
+            if let Some(k) = self.join_order.pop_front() {
+                if self.join_clients.remove(&k).is_some() {
+                    self.stats.unattributed_client_spans += 1;
+                }
+                self.join_servers.remove(&k);
+            }
+        }
+    }
+
+    fn record_edge(&mut self, from: &str, to: &str, second: u64, error: bool, micros: f64) {
+        let limits = self.limits;
+        let Some(entry) = self.services.get_mut(from) else {
+            return;
+        };
+        let to = truncate(to, limits.max_name_bytes);
+        if entry.edges.contains_key(to) || entry.edges.len() < limits.max_edges_per_service {
+            let delta = entry
+                .edges
+                .entry(to.to_owned())
+                .or_default()
+                .record(second, error, micros);
+            self.window_bytes = self.window_bytes.saturating_add_signed(delta);
+        } else {
+            self.stats.dropped_edges += 1;
         }
     }
 
@@ -566,6 +667,7 @@ mod tests {
             peer: None,
             breaker: None,
             transitions: Vec::new(),
+            ids: SpanIds::default(),
         }
     }
 
@@ -670,6 +772,51 @@ mod tests {
         }
         assert!(s.window_bytes <= (64 << 10) + 1024, "{}", s.window_bytes);
         assert!(s.stats().dropped_memory > 0);
+    }
+
+    #[test]
+    fn a_client_span_without_peer_takes_its_child_server_spans_service() {
+        let mut s = Store::default();
+        let client = |span: u64| SpanRecord {
+            kind: Kind::Client,
+            ids: SpanIds {
+                trace: 7,
+                span,
+                parent: 1,
+            },
+            ..server("frontend", T0, 20, false)
+        };
+        let child = |parent: u64, err: bool| SpanRecord {
+            ids: SpanIds {
+                trace: 7,
+                span: 100 + parent,
+                parent,
+            },
+            ..server("checkout", T0, 15, err)
+        };
+        // Client first, then its child; and the other way round.
+        s.record(T0, &client(2));
+        s.record(T0, &child(2, false));
+        s.record(T0, &child(3, false));
+        s.record(
+            T0,
+            &SpanRecord {
+                error: true,
+                ..client(3)
+            },
+        );
+        // A child of some other span does not count.
+        s.record(T0, &child(9, false));
+        let f = s.service("frontend", T0, 10).expect("known");
+        assert_eq!(f.edges.len(), 1);
+        assert_eq!(
+            (
+                f.edges[0].to.as_str(),
+                f.edges[0].red.requests,
+                f.edges[0].red.error_rate
+            ),
+            ("checkout", 2, 0.5)
+        );
     }
 
     #[test]

@@ -415,3 +415,92 @@ async fn the_stream_sends_a_snapshot_every_second() {
         "{text}"
     );
 }
+
+/// Sends raw bytes as a gRPC message, to exercise what the official clients never send.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug)]
+struct RawEncoder;
+
+#[derive(Debug)]
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
+    let obs = observer().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", obs.addresses.otlp_grpc))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let send = |body: Vec<u8>| {
+        let channel = channel.clone();
+        let path = path.clone();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+            grpc.ready().await.expect("ready");
+            grpc.unary(tonic::Request::new(body), path, RawCodec).await
+        }
+    };
+    // A truncated message: gRPC's status-code guide has servers answer a
+    // request they cannot parse with INTERNAL, which tonic follows.
+    let err = send(vec![0x0a, 0xff, 0xff, 0x01])
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Internal, "{err}");
+    // Past the 16 MiB limit.
+    let err = send(vec![0u8; 17 << 20]).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    // The observer is unharmed and keeps ingesting.
+    let ok = send(Vec::new()).await;
+    assert!(ok.is_ok(), "an empty export is valid: {ok:?}");
+    let (status, _) = http(obs.addresses.api, "GET", "/health", &[], b"").await;
+    assert_eq!(status, 200);
+}
