@@ -9,7 +9,6 @@
 pub mod http;
 pub mod load;
 pub mod shop;
-pub mod telemetry;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -82,7 +81,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs one role until it is done (load) or until SIGINT/SIGTERM (services).
 pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
-    let _telemetry = telemetry::init(args.role.name())?;
+    let _telemetry = faultline_telemetry::init(args.role.name())?;
     let router = match args.role {
         Role::Load => {
             let target = match args.target.clone() {

@@ -13,6 +13,10 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use opentelemetry::{
+    KeyValue, global,
+    trace::{Span as _, SpanKind, Status, Tracer},
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
 };
@@ -217,9 +221,22 @@ async fn send_loop(
                 Err(_) => break,
             }
         }
+        // The observer's own span for each batch (exported only when the
+        // OTEL_* variables say where; DESIGN.md telemetry conventions).
+        let tracer = global::tracer("faultline-observer");
+        let mut span = tracer
+            .span_builder("forward")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("faultline.forward.spans", spans as i64),
+                KeyValue::new("url.full", config.endpoint.clone()),
+            ])
+            .start(&tracer);
         let mut backoff = Duration::from_millis(100);
         let mut sent = false;
+        let mut attempts = 0;
         for attempt in 1..=config.attempts.max(1) {
+            attempts = attempt;
             match sender.send(&batch).await {
                 Ok(()) => {
                     sent = true;
@@ -229,6 +246,7 @@ async fn send_loop(
                     eprintln!(
                         "faultline-observer: forwarding {spans} spans failed {attempt} times, dropping them: {e}"
                     );
+                    span.set_status(Status::error(e));
                 }
                 Err(_) => {
                     tokio::time::sleep(backoff).await;
@@ -236,6 +254,11 @@ async fn send_loop(
                 }
             }
         }
+        span.set_attribute(KeyValue::new(
+            "faultline.forward.attempts",
+            i64::from(attempts),
+        ));
+        span.end();
         stats.queued.fetch_sub(spans, Ordering::AcqRel);
         if sent {
             stats.forwarded.fetch_add(spans as u64, Ordering::Relaxed);

@@ -38,6 +38,15 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Our own spans go where OTEL_EXPORTER_OTLP_ENDPOINT says (not to this
+    // observer itself, or forwarding would feed on its own spans).
+    let _telemetry = match faultline_telemetry::init("faultline-observer") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("faultline-observer: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let addresses = Addresses {
         otlp_grpc: cli.otlp_grpc,
         otlp_http: cli.otlp_http,

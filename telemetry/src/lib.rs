@@ -1,5 +1,7 @@
-//! Trace export through the standard `OTEL_*` variables: nothing is exported
-//! (and nothing is logged about it) unless an OTLP endpoint is set.
+//! Trace export for every Faultline process through the standard `OTEL_*`
+//! variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `..._PROTOCOL`,
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`): nothing is exported, and
+//! nothing is logged about it, unless an OTLP endpoint is set.
 
 use std::time::Duration;
 
@@ -10,6 +12,14 @@ use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0} is not supported; use grpc or http/protobuf")]
+    Protocol(String),
+    #[error("cannot set up the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
 
 /// Flushes and stops export when dropped.
 #[derive(Debug)]
@@ -32,7 +42,7 @@ fn env(key: &str) -> Option<String> {
 /// Installs W3C trace-context propagation and, when an endpoint is set, an
 /// OTLP trace exporter. `default_service` is the `service.name` unless
 /// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` name one.
-pub fn init(default_service: &str) -> anyhow::Result<Telemetry> {
+pub fn init(default_service: &str) -> Result<Telemetry, Error> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     if env("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
         && env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
@@ -50,9 +60,7 @@ pub fn init(default_service: &str) -> anyhow::Result<Telemetry> {
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .build()?,
-        other => anyhow::bail!(
-            "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported; use grpc or http/protobuf"
-        ),
+        other => return Err(Error::Protocol(other.to_owned())),
     };
     let named_elsewhere = env("OTEL_SERVICE_NAME").is_some()
         || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
