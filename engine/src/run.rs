@@ -1,0 +1,495 @@
+//! One run of an experiment as a state machine fed with time offsets,
+//! candidate targets and check observations; it answers with the actions to
+//! take (inject, remove, signal) and the checks to evaluate now.
+//!
+//! Phases: Pending (steady-state checks) → Injecting/Running → Recovering →
+//! Completed with a verdict; or Aborted (abort check, user, failed
+//! injection, blast radius) → Recovered. Every fault is removed before a run
+//! ends, whichever way it ends.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use faultline_api::{
+    experiment::{CheckKind, CheckPhase, ExperimentSpec, Phase, Verdict},
+    fault::{FaultAction, Signal},
+};
+
+use crate::{
+    check::{Evaluation, Observed, evaluate},
+    select::{Candidate, Plan, plan},
+};
+
+/// One fault applied to one selected target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instance {
+    pub fault: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Inject(Instance),
+    Remove(Instance),
+    /// A kill fault's signal, due now.
+    Signal(Instance, Signal),
+}
+
+/// A check to evaluate now: index into the spec's `hypothesis` or `abort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CheckRef {
+    pub abort: bool,
+    pub index: usize,
+}
+
+/// An entry of the run's journal (what `--json` writes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub at: Duration,
+    pub event: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct CheckState {
+    /// Phases in which it has been evaluated at least once.
+    done: BTreeSet<CheckPhase>,
+    evaluations: u32,
+    /// The first failure, as a message.
+    failure: Option<String>,
+    last: Option<Evaluation>,
+    /// A breaker check with `within` has reached its state.
+    reached: bool,
+}
+
+/// What a check came to, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    pub name: String,
+    pub abort: bool,
+    pub passed: bool,
+    pub evaluations: u32,
+    pub last: Option<Evaluation>,
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Run {
+    spec: ExperimentSpec,
+    namespace: String,
+    seed: u64,
+    phase: Phase,
+    plan: Plan,
+    active: BTreeSet<Instance>,
+    signals_sent: BTreeMap<Instance, u64>,
+    hypothesis: Vec<CheckState>,
+    aborts: Vec<CheckState>,
+    verdict: Option<Verdict>,
+    message: Option<String>,
+    journal: Vec<Entry>,
+}
+
+impl Run {
+    /// A run of a validated experiment; `namespace` is the experiment's own
+    /// (the default for targets), `seed` fixes target choices.
+    pub fn new(spec: ExperimentSpec, namespace: &str, seed: u64) -> Run {
+        let hypothesis = vec![CheckState::default(); spec.hypothesis.len()];
+        let aborts = vec![CheckState::default(); spec.abort.len()];
+        Run {
+            spec,
+            namespace: namespace.to_owned(),
+            seed,
+            phase: Phase::Pending,
+            plan: Plan::new(),
+            active: BTreeSet::new(),
+            signals_sent: BTreeMap::new(),
+            hypothesis,
+            aborts,
+            verdict: None,
+            message: None,
+            journal: Vec::new(),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.verdict
+    }
+
+    /// Why the run was aborted, or failed before starting.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+
+    pub fn active(&self) -> &BTreeSet<Instance> {
+        &self.active
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn journal(&self) -> &[Entry] {
+        &self.journal
+    }
+
+    pub fn spec(&self) -> &ExperimentSpec {
+        &self.spec
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Completed | Phase::Recovered)
+    }
+
+    fn log(&mut self, at: Duration, event: impl Into<String>) {
+        self.journal.push(Entry {
+            at,
+            event: event.into(),
+        });
+    }
+
+    fn set_phase(&mut self, at: Duration, phase: Phase) {
+        if self.phase != phase {
+            self.log(at, format!("phase {} -> {}", self.phase, phase));
+            self.phase = phase;
+        }
+    }
+
+    /// When a fault is active, as offsets from the run's start.
+    pub fn window(&self, fault: &str) -> Option<(Duration, Duration)> {
+        let f = self.spec.faults.iter().find(|f| f.name == fault)?;
+        Some((f.start().as_std(), f.end(self.spec.duration).as_std()))
+    }
+
+    /// Stops the run at once: the next step removes every fault.
+    pub fn abort(&mut self, at: Duration, reason: impl Into<String>) {
+        if self.is_finished() || self.phase == Phase::Aborted {
+            return;
+        }
+        let reason = reason.into();
+        self.log(at, format!("abort: {reason}"));
+        self.message = Some(reason);
+        self.verdict = Some(Verdict::Aborted);
+        self.set_phase(at, Phase::Aborted);
+    }
+
+    /// Advances the run to `now` (time since the run started) with the
+    /// targets that exist now; returns what to do.
+    pub fn step(&mut self, now: Duration, candidates: &[Candidate]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.phase == Phase::Pending {
+            if !self.due(now).is_empty() {
+                return actions; // steady-state checks first
+            }
+            match plan(&self.spec, &self.namespace, candidates, self.seed) {
+                Ok(p) => {
+                    self.log(
+                        now,
+                        format!(
+                            "planned {} targets",
+                            p.values().map(Vec::len).sum::<usize>()
+                        ),
+                    );
+                    self.plan = p;
+                    self.set_phase(now, Phase::Injecting);
+                }
+                Err(e) => {
+                    self.abort(now, e.to_string());
+                }
+            }
+        }
+        let duration = self.spec.duration.as_std();
+        if matches!(self.phase, Phase::Injecting | Phase::Running) && now >= duration {
+            self.set_phase(now, Phase::Recovering);
+        }
+        match self.phase {
+            Phase::Injecting | Phase::Running => {
+                // Re-plan so a replaced target (a killed pod's successor) is covered.
+                if let Ok(p) = plan(&self.spec, &self.namespace, candidates, self.seed) {
+                    self.plan = p;
+                }
+                let desired = self.desired(now);
+                for gone in self
+                    .active
+                    .difference(&desired)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                {
+                    self.active.remove(&gone);
+                    self.log(now, format!("remove {} from {}", gone.fault, gone.target));
+                    actions.push(Action::Remove(gone));
+                }
+                let mut injected = false;
+                for new in desired
+                    .difference(&self.active)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                {
+                    self.active.insert(new.clone());
+                    self.log(now, format!("inject {} into {}", new.fault, new.target));
+                    actions.push(Action::Inject(new));
+                    injected = true;
+                }
+                actions.extend(self.signals(now));
+                self.set_phase(
+                    now,
+                    if injected {
+                        Phase::Injecting
+                    } else {
+                        Phase::Running
+                    },
+                );
+            }
+            Phase::Recovering | Phase::Aborted => {
+                for gone in std::mem::take(&mut self.active) {
+                    self.log(now, format!("remove {} from {}", gone.fault, gone.target));
+                    actions.push(Action::Remove(gone));
+                }
+                if self.phase == Phase::Aborted {
+                    self.set_phase(now, Phase::Recovered);
+                } else if self.due(now).is_empty() {
+                    self.complete(now);
+                }
+            }
+            Phase::Pending | Phase::Completed | Phase::Recovered => {}
+        }
+        actions
+    }
+
+    /// The instances that should be applied at `now`.
+    fn desired(&self, now: Duration) -> BTreeSet<Instance> {
+        let duration = self.spec.duration;
+        self.spec
+            .faults
+            .iter()
+            .filter(|f| !matches!(f.action, FaultAction::Kill(_)))
+            .filter(|f| f.start().as_std() <= now && now < f.end(duration).as_std())
+            .flat_map(|f| {
+                self.plan
+                    .get(&f.target)
+                    .into_iter()
+                    .flatten()
+                    .map(|t| Instance {
+                        fault: f.name.clone(),
+                        target: t.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Kill signals due at `now`: at the fault's start, then every `every`
+    /// while it is active; at most one per target and step.
+    fn signals(&mut self, now: Duration) -> Vec<Action> {
+        let duration = self.spec.duration;
+        let mut out = Vec::new();
+        for f in &self.spec.faults {
+            let FaultAction::Kill(k) = &f.action else {
+                continue;
+            };
+            let (start, end) = (f.start().as_std(), f.end(duration).as_std());
+            if now < start || now >= end {
+                continue;
+            }
+            let due = match k.every {
+                Some(every) if !every.is_zero() => {
+                    (now - start).as_millis() as u64 / every.as_millis() + 1
+                }
+                _ => 1,
+            };
+            for t in self.plan.get(&f.target).into_iter().flatten() {
+                let instance = Instance {
+                    fault: f.name.clone(),
+                    target: t.clone(),
+                };
+                let sent = self.signals_sent.entry(instance.clone()).or_insert(0);
+                if *sent < due {
+                    *sent = due;
+                    out.push(Action::Signal(instance, k.signal));
+                }
+            }
+        }
+        for a in &out {
+            if let Action::Signal(i, s) = a {
+                self.journal.push(Entry {
+                    at: now,
+                    event: format!("signal {s} to {} ({})", i.target, i.fault),
+                });
+            }
+        }
+        out
+    }
+
+    /// The checks to evaluate now, for the current phase.
+    pub fn due(&self, _now: Duration) -> Vec<CheckRef> {
+        let hypothesis = |phase: CheckPhase, once: bool| {
+            self.spec
+                .hypothesis
+                .iter()
+                .enumerate()
+                .filter(move |(i, c)| {
+                    c.phases().contains(&phase)
+                        && !(once && self.hypothesis[*i].done.contains(&phase))
+                })
+                .map(|(index, _)| CheckRef {
+                    abort: false,
+                    index,
+                })
+        };
+        match self.phase {
+            Phase::Pending => hypothesis(CheckPhase::Before, true).collect(),
+            Phase::Injecting | Phase::Running => hypothesis(CheckPhase::During, false)
+                .chain((0..self.spec.abort.len()).map(|index| CheckRef { abort: true, index }))
+                .collect(),
+            Phase::Recovering if self.active.is_empty() => {
+                hypothesis(CheckPhase::After, true).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// When the fault a breaker check's `within` counts from starts.
+    fn breaker_origin(&self, fault: Option<&str>) -> Duration {
+        match fault {
+            Some(name) => self.window(name).map_or(Duration::ZERO, |(s, _)| s),
+            None => self
+                .spec
+                .faults
+                .iter()
+                .map(|f| f.start().as_std())
+                .min()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Takes an observation for a due check and judges it. A failed abort
+    /// check aborts the run; a failed steady-state check ends it before any
+    /// fault is injected.
+    pub fn observe(&mut self, now: Duration, check: CheckRef, observed: &Observed) -> Evaluation {
+        let spec_check = if check.abort {
+            &self.spec.abort[check.index]
+        } else {
+            &self.spec.hypothesis[check.index]
+        };
+        let name = spec_check.display_name();
+        let kind = spec_check.kind.clone();
+        let phase = match self.phase {
+            Phase::Pending => CheckPhase::Before,
+            Phase::Recovering | Phase::Completed => CheckPhase::After,
+            _ => CheckPhase::During,
+        };
+        let mut evaluation = evaluate(&kind, observed);
+        let within = match &kind {
+            CheckKind::Breaker(b) if phase == CheckPhase::During => {
+                b.within.map(|w| (w.as_std(), b.fault.clone()))
+            }
+            _ => None,
+        };
+        let origin = within
+            .as_ref()
+            .map(|(_, fault)| self.breaker_origin(fault.as_deref()));
+        let state = if check.abort {
+            &mut self.aborts[check.index]
+        } else {
+            &mut self.hypothesis[check.index]
+        };
+        state.evaluations += 1;
+        state.done.insert(phase);
+        if let (Some((within, _)), Some(origin)) = (within, origin) {
+            if evaluation.passed {
+                state.reached = true;
+            }
+            // Reaching the state once within the limit is what counts; before
+            // the limit, not having reached it yet is no failure.
+            if state.reached || now.saturating_sub(origin) <= within {
+                evaluation.passed = true;
+            }
+        }
+        state.last = Some(evaluation.clone());
+        if !evaluation.passed && state.failure.is_none() {
+            state.failure = Some(format!(
+                "{name}: observed {}, expected {} ({phase})",
+                evaluation.observed, evaluation.expected
+            ));
+        }
+        self.journal.push(Entry {
+            at: now,
+            event: format!(
+                "check {name} ({phase}): {} (observed {}, expected {})",
+                if evaluation.passed { "ok" } else { "FAILED" },
+                evaluation.observed,
+                evaluation.expected
+            ),
+        });
+        if !evaluation.passed {
+            if check.abort {
+                self.abort(
+                    now,
+                    format!(
+                        "abort check {name} failed: observed {}",
+                        evaluation.observed
+                    ),
+                );
+            } else if phase == CheckPhase::Before {
+                self.message = Some(format!("steady state not met before injection: {name}"));
+                self.verdict = Some(Verdict::Failed);
+                self.set_phase(now, Phase::Completed);
+            }
+        }
+        evaluation
+    }
+
+    fn complete(&mut self, now: Duration) {
+        // A breaker check with `within` that never reached its state fails.
+        for (i, c) in self.spec.hypothesis.iter().enumerate() {
+            if let CheckKind::Breaker(b) = &c.kind
+                && b.within.is_some()
+                && c.phases().contains(&CheckPhase::During)
+                && !self.hypothesis[i].reached
+                && self.hypothesis[i].failure.is_none()
+            {
+                self.hypothesis[i].failure = Some(format!(
+                    "{}: never {} within {}",
+                    c.display_name(),
+                    b.state,
+                    b.within.map(|w| w.to_string()).unwrap_or_default()
+                ));
+            }
+        }
+        let failed = self.hypothesis.iter().any(|s| s.failure.is_some());
+        self.verdict = Some(if failed {
+            Verdict::Failed
+        } else {
+            Verdict::Passed
+        });
+        self.set_phase(now, Phase::Completed);
+    }
+
+    /// Every check with what it came to.
+    pub fn report(&self) -> Vec<CheckReport> {
+        let one = |abort: bool, c: &faultline_api::experiment::Check, s: &CheckState| CheckReport {
+            name: c.display_name(),
+            abort,
+            passed: s.failure.is_none(),
+            evaluations: s.evaluations,
+            last: s.last.clone(),
+            failure: s.failure.clone(),
+        };
+        self.spec
+            .hypothesis
+            .iter()
+            .zip(&self.hypothesis)
+            .map(|(c, s)| one(false, c, s))
+            .chain(
+                self.spec
+                    .abort
+                    .iter()
+                    .zip(&self.aborts)
+                    .map(|(c, s)| one(true, c, s)),
+            )
+            .collect()
+    }
+}

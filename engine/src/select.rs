@@ -1,0 +1,211 @@
+//! Target planning: which candidates each named target selects.
+//!
+//! Choices are deterministic for a seed and stable under churn: candidates
+//! are ranked by a hash of (seed, target name, candidate id) — rendezvous
+//! hashing — so when a selected pod goes away its replacement is the next in
+//! rank, and the other selections do not move.
+
+use std::collections::BTreeMap;
+
+use faultline_api::experiment::{ExperimentSpec, SelectionMode, TargetSelector};
+
+/// Something a target can select: a pod, or a local service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Candidate {
+    /// Unique: a pod UID, or a local service's name.
+    pub id: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Candidate {
+    pub fn new(id: &str, namespace: &str, labels: &[(&str, &str)]) -> Self {
+        Candidate {
+            id: id.into(),
+            namespace: namespace.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        }
+    }
+}
+
+/// Target name → selected candidate ids (sorted).
+pub type Plan = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "the targets select {selected} pods, more than limits.maxTargets = {max}; nothing was injected"
+    )]
+    TooManyTargets { selected: usize, max: u32 },
+}
+
+pub fn matches(sel: &TargetSelector, default_namespace: &str, c: &Candidate) -> bool {
+    let ns_ok = if sel.namespaces.is_empty() {
+        c.namespace == default_namespace
+    } else {
+        sel.namespaces.contains(&c.namespace)
+    };
+    ns_ok && sel.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+}
+
+/// How many of `matching` candidates a selector takes.
+pub fn count(sel: &TargetSelector, matching: usize) -> usize {
+    let wanted = match sel.mode {
+        SelectionMode::All => matching,
+        SelectionMode::One => 1,
+        SelectionMode::Fixed => sel.value.unwrap_or(1) as usize,
+        // Rounded up: 10 % of 3 pods is 1 pod, not 0.
+        SelectionMode::Percent => (matching * sel.value.unwrap_or(100) as usize).div_ceil(100),
+    };
+    wanted.min(matching)
+}
+
+/// FNV-1a over the parts, separated so ("ab","c") ≠ ("a","bc").
+fn rank(seed: u64, target: &str, id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for part in [target.as_bytes(), &[0xff], id.as_bytes()] {
+        for b in part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The candidates one target selects.
+pub fn select(
+    name: &str,
+    sel: &TargetSelector,
+    default_namespace: &str,
+    candidates: &[Candidate],
+    seed: u64,
+) -> Vec<String> {
+    let mut matching: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| matches(sel, default_namespace, c))
+        .collect();
+    matching.sort_by_key(|c| (rank(seed, name, &c.id), c.id.clone()));
+    matching.dedup_by(|a, b| a.id == b.id);
+    let n = count(sel, matching.len());
+    let mut ids: Vec<String> = matching.into_iter().take(n).map(|c| c.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// Plans every target and checks the blast radius before anything is injected.
+pub fn plan(
+    spec: &ExperimentSpec,
+    default_namespace: &str,
+    candidates: &[Candidate],
+    seed: u64,
+) -> Result<Plan, PlanError> {
+    let plan: Plan = spec
+        .targets
+        .iter()
+        .map(|(name, sel)| {
+            (
+                name.clone(),
+                select(name, sel, default_namespace, candidates, seed),
+            )
+        })
+        .collect();
+    if let Some(max) = spec.limits.as_ref().and_then(|l| l.max_targets) {
+        // A pod selected by two targets counts once: it is one pod at risk.
+        let mut all: Vec<&String> = plan.values().flatten().collect();
+        all.sort();
+        all.dedup();
+        if all.len() > max as usize {
+            return Err(PlanError::TooManyTargets {
+                selected: all.len(),
+                max,
+            });
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(mode: SelectionMode, value: Option<u32>) -> TargetSelector {
+        TargetSelector {
+            namespaces: vec![],
+            labels: [("app".to_owned(), "payments".to_owned())].into(),
+            mode,
+            value,
+        }
+    }
+
+    fn pods(n: usize) -> Vec<Candidate> {
+        (0..n)
+            .map(|i| Candidate::new(&format!("pod-{i}"), "shop", &[("app", "payments")]))
+            .chain([
+                Candidate::new("other", "shop", &[("app", "cart")]),
+                Candidate::new("elsewhere", "prod", &[("app", "payments")]),
+            ])
+            .collect()
+    }
+
+    #[test]
+    fn modes() {
+        let c = pods(10);
+        assert_eq!(
+            select("t", &sel(SelectionMode::All, None), "shop", &c, 1).len(),
+            10
+        );
+        assert_eq!(
+            select("t", &sel(SelectionMode::One, None), "shop", &c, 1).len(),
+            1
+        );
+        assert_eq!(
+            select("t", &sel(SelectionMode::Fixed, Some(3)), "shop", &c, 1).len(),
+            3
+        );
+        assert_eq!(
+            select("t", &sel(SelectionMode::Fixed, Some(30)), "shop", &c, 1).len(),
+            10
+        );
+        assert_eq!(
+            select("t", &sel(SelectionMode::Percent, Some(25)), "shop", &c, 1).len(),
+            3
+        );
+        assert_eq!(
+            select("t", &sel(SelectionMode::Percent, Some(1)), "shop", &c, 1).len(),
+            1
+        );
+        assert!(
+            select("t", &sel(SelectionMode::All, None), "shop", &c, 1)
+                .iter()
+                .all(|id| id.starts_with("pod-"))
+        );
+        let mut in_prod = sel(SelectionMode::All, None);
+        in_prod.namespaces = vec!["prod".into()];
+        assert_eq!(
+            select("t", &in_prod, "shop", &c, 1),
+            vec!["elsewhere".to_owned()]
+        );
+    }
+
+    #[test]
+    fn deterministic_per_seed_and_stable_under_churn() {
+        let c = pods(20);
+        let s = sel(SelectionMode::Fixed, Some(5));
+        let a = select("t", &s, "shop", &c, 42);
+        assert_eq!(a, select("t", &s, "shop", &c, 42));
+        assert_ne!(
+            a,
+            select("t", &s, "shop", &c, 43),
+            "another seed, another choice (almost surely)"
+        );
+        // The first chosen pod dies: exactly one replacement, the rest stay.
+        let gone = a[0].clone();
+        let remaining: Vec<Candidate> = c.into_iter().filter(|p| p.id != gone).collect();
+        let b = select("t", &s, "shop", &remaining, 42);
+        assert_eq!(b.len(), 5);
+        assert_eq!(a.iter().filter(|id| b.contains(id)).count(), 4);
+    }
+}

@@ -1,0 +1,432 @@
+//! The lifecycle, phase by phase, and properties over random experiments and
+//! event orders: nothing is injected after the end, every abort ends in full
+//! recovery, and no fault is active outside its window.
+
+use std::time::Duration;
+
+use faultline_api::{
+    Experiment, ExperimentSpec,
+    experiment::{
+        BreakerState, Check, CheckKind, ErrorRateCheck, Fault, Phase, SelectionMode,
+        TargetSelector, Verdict,
+    },
+    fault::{Direction, FaultAction, Kill, Latency, Partition, Signal},
+    parse_one,
+};
+use faultline_engine::{Action, Candidate, CheckRef, Instance, Observed, Run};
+use proptest::prelude::*;
+
+fn spec(yaml: &str) -> ExperimentSpec {
+    let text = format!(
+        "apiVersion: faultline.dev/v1alpha1\nkind: Experiment\nmetadata: {{name: t, namespace: shop}}\nspec:\n{yaml}"
+    );
+    match parse_one::<Experiment>(text.as_bytes()) {
+        Ok(e) => e.spec,
+        Err(d) => panic!("{d:?}\n{text}"),
+    }
+}
+
+fn s(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+fn shop() -> Vec<Candidate> {
+    vec![
+        Candidate::new("payments-1", "shop", &[("app", "payments")]),
+        Candidate::new("payments-2", "shop", &[("app", "payments")]),
+        Candidate::new("cart-1", "shop", &[("app", "cart")]),
+    ]
+}
+
+const SLOW: &str = "  duration: 60s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - name: slow
+      target: payments
+      start: 10s
+      duration: 30s
+      latency: {delay: 300ms}
+  hypothesis:
+    - name: steady
+      when: [before]
+      errorRate: {service: checkout, max: 1%}
+    - name: healthy
+      errorRate: {service: checkout, max: 5%}
+    - name: opens
+      breaker: {service: checkout, name: payments, state: open, within: 20s}
+    - name: answers after
+      when: [after]
+      http: {url: \"http://frontend/health\"}
+  abort:
+    - errorRate: {service: frontend, max: 50%}
+";
+
+fn injects(a: &[Action]) -> Vec<&Instance> {
+    a.iter()
+        .filter_map(|a| {
+            if let Action::Inject(i) = a {
+                Some(i)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn removes(a: &[Action]) -> Vec<&Instance> {
+    a.iter()
+        .filter_map(|a| {
+            if let Action::Remove(i) = a {
+                Some(i)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Answers every due check with what `f` says.
+fn answer(run: &mut Run, now: Duration, f: impl Fn(CheckRef) -> Observed) {
+    for c in run.due(now) {
+        run.observe(now, c, &f(c));
+    }
+}
+
+#[test]
+fn a_passing_run_from_steady_state_to_verdict() {
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    // Pending: the steady-state check comes first; nothing is injected before it.
+    assert_eq!(
+        run.due(s(0)),
+        vec![CheckRef {
+            abort: false,
+            index: 0
+        }]
+    );
+    assert!(run.step(s(0), &shop()).is_empty());
+    assert_eq!(run.phase(), Phase::Pending);
+    run.observe(
+        s(0),
+        CheckRef {
+            abort: false,
+            index: 0,
+        },
+        &Observed::Rate(0.0),
+    );
+    // Before the fault's window nothing is active.
+    assert!(run.step(s(1), &shop()).is_empty());
+    assert_eq!(run.phase(), Phase::Running);
+    // The window opens: both payments pods.
+    let a = run.step(s(10), &shop());
+    assert_eq!(injects(&a).len(), 2);
+    assert_eq!(run.phase(), Phase::Injecting);
+    answer(&mut run, s(12), |c| match (c.abort, c.index) {
+        (true, _) => Observed::Rate(0.01),
+        (false, 1) => Observed::Rate(0.02),
+        _ => Observed::Breaker {
+            state: BreakerState::Closed,
+            for_secs: 12.0,
+        },
+    });
+    assert!(run.step(s(15), &shop()).is_empty());
+    assert_eq!(run.phase(), Phase::Running);
+    answer(&mut run, s(16), |c| match (c.abort, c.index) {
+        (false, 2) => Observed::Breaker {
+            state: BreakerState::Open,
+            for_secs: 1.0,
+        },
+        _ => Observed::Rate(0.02),
+    });
+    // The window closes at 40 s, the experiment at 60 s.
+    assert_eq!(removes(&run.step(s(40), &shop())).len(), 2);
+    assert!(run.active().is_empty());
+    let a = run.step(s(60), &shop());
+    assert!(a.is_empty());
+    assert_eq!(run.phase(), Phase::Recovering);
+    assert_eq!(
+        run.due(s(60)),
+        vec![CheckRef {
+            abort: false,
+            index: 3
+        }]
+    );
+    run.observe(
+        s(61),
+        CheckRef {
+            abort: false,
+            index: 3,
+        },
+        &Observed::Http(Some(200)),
+    );
+    run.step(s(61), &shop());
+    assert_eq!(
+        (run.phase(), run.verdict()),
+        (Phase::Completed, Some(Verdict::Passed))
+    );
+    assert!(run.report().iter().all(|r| r.passed));
+}
+
+#[test]
+fn a_breaker_that_never_opens_within_its_limit_fails_the_run() {
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    answer(&mut run, s(0), |_| Observed::Rate(0.0));
+    for t in [10, 20, 30, 31, 35] {
+        run.step(s(t), &shop());
+        answer(&mut run, s(t), |c| {
+            if !c.abort && c.index == 2 {
+                Observed::Breaker {
+                    state: BreakerState::Closed,
+                    for_secs: 30.0,
+                }
+            } else {
+                Observed::Rate(0.0)
+            }
+        });
+    }
+    run.step(s(60), &shop());
+    answer(&mut run, s(60), |_| Observed::Http(Some(200)));
+    run.step(s(61), &shop());
+    assert_eq!(run.verdict(), Some(Verdict::Failed));
+    let failed: Vec<String> = run
+        .report()
+        .into_iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(failed, vec!["opens".to_owned()]);
+}
+
+#[test]
+fn an_abort_check_stops_the_run_and_removes_everything() {
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    answer(&mut run, s(0), |_| Observed::Rate(0.0));
+    assert_eq!(injects(&run.step(s(10), &shop())).len(), 2);
+    answer(&mut run, s(11), |c| {
+        if c.abort {
+            Observed::Rate(0.6)
+        } else {
+            Observed::Rate(0.0)
+        }
+    });
+    assert_eq!(run.phase(), Phase::Aborted);
+    let a = run.step(s(11), &shop());
+    assert_eq!(removes(&a).len(), 2);
+    assert_eq!(
+        (run.phase(), run.verdict()),
+        (Phase::Recovered, Some(Verdict::Aborted))
+    );
+    assert!(run.message().is_some_and(|m| m.contains("abort check")));
+    assert!(
+        run.step(s(20), &shop()).is_empty(),
+        "nothing after recovery"
+    );
+}
+
+#[test]
+fn a_failed_steady_state_never_injects() {
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    run.observe(
+        s(0),
+        CheckRef {
+            abort: false,
+            index: 0,
+        },
+        &Observed::Rate(0.2),
+    );
+    assert_eq!(
+        (run.phase(), run.verdict()),
+        (Phase::Completed, Some(Verdict::Failed))
+    );
+    assert!(run.step(s(10), &shop()).is_empty());
+}
+
+#[test]
+fn blast_radius_is_refused_before_anything_is_injected() {
+    let text = SLOW.replace("  abort:", "  limits: {maxTargets: 1}\n  abort:");
+    let mut run = Run::new(spec(&text), "shop", 7);
+    answer(&mut run, s(0), |_| Observed::Rate(0.0));
+    let a = run.step(s(0), &shop());
+    assert!(injects(&a).is_empty());
+    assert_eq!(run.phase(), Phase::Recovered);
+    assert!(
+        run.message().is_some_and(|m| m.contains("maxTargets = 1")),
+        "{:?}",
+        run.message()
+    );
+}
+
+#[test]
+fn kills_repeat_and_replacements_are_covered() {
+    let mut run = Run::new(
+        spec(
+            "  duration: 60s
+  targets:
+    one: {labels: {app: payments}, mode: one}
+  faults:
+    - name: kill
+      target: one
+      kill: {signal: SIGTERM, every: 20s}
+",
+        ),
+        "shop",
+        3,
+    );
+    let signals = |a: &[Action]| {
+        a.iter()
+            .filter(|a| matches!(a, Action::Signal(_, Signal::Term)))
+            .count()
+    };
+    assert_eq!(signals(&run.step(s(0), &shop())), 1);
+    assert_eq!(signals(&run.step(s(5), &shop())), 0);
+    let first = run.plan()["one"][0].clone();
+    assert_eq!(signals(&run.step(s(20), &shop())), 1);
+    // The killed pod is replaced by a new one: the plan moves to it.
+    let replaced: Vec<Candidate> = shop()
+        .into_iter()
+        .filter(|c| c.id != first)
+        .chain([Candidate::new("payments-3", "shop", &[("app", "payments")])])
+        .collect();
+    let a = run.step(s(40), &replaced);
+    assert_eq!(signals(&a), 1);
+    assert_ne!(run.plan()["one"][0], first);
+    assert_eq!(signals(&run.step(s(59), &replaced)), 0);
+    run.step(s(60), &replaced);
+    assert_eq!(run.verdict(), Some(Verdict::Passed));
+}
+
+// ---- properties ----
+
+fn dur(ms: u64) -> faultline_api::Duration {
+    faultline_api::Duration::from_millis(ms).expect("under 24h")
+}
+
+prop_compose! {
+    fn experiment()(
+        duration in 10u64..120,
+        faults in proptest::collection::vec((0u64..100, proptest::option::of(1u64..100), 0u8..3, 0usize..2), 1..5),
+        modes in proptest::collection::vec((0u8..4, 1u32..4), 2),
+        with_abort in any::<bool>(),
+    ) -> ExperimentSpec {
+        let targets = modes.iter().enumerate().map(|(i, (m, v))| {
+            let (mode, value) = match m {
+                0 => (SelectionMode::All, None),
+                1 => (SelectionMode::One, None),
+                2 => (SelectionMode::Fixed, Some(*v)),
+                _ => (SelectionMode::Percent, Some(*v * 30)),
+            };
+            (format!("t{i}"), TargetSelector {
+                namespaces: vec![],
+                labels: [("app".to_owned(), if i == 0 { "payments" } else { "cart" }.to_owned())].into(),
+                mode,
+                value,
+            })
+        }).collect();
+        let faults = faults.iter().enumerate().map(|(i, (start, len, kind, target))| {
+            let start = start % duration;
+            let len = len.map(|l| 1 + l % (duration - start));
+            let action = match kind {
+                0 => FaultAction::Latency(Latency { delay: dur(100), jitter: None, correlation: None, loss: None, to: vec![] }),
+                1 => FaultAction::Partition(Partition { direction: Direction::Both, peers: vec!["10.0.0.0/8".into()], ports: vec![] }),
+                _ => FaultAction::Kill(Kill { signal: Signal::Kill, every: Some(dur(3000)) }),
+            };
+            Fault {
+                name: format!("f{i}"),
+                target: format!("t{target}"),
+                start: Some(dur(start * 1000)),
+                duration: len.map(|l| dur(l * 1000)),
+                action,
+            }
+        }).collect();
+        let check = Check {
+            name: None,
+            when: vec![],
+            kind: CheckKind::ErrorRate(ErrorRateCheck { service: "x".into(), max: "50%".parse().expect("pct"), window: dur(10_000) }),
+        };
+        ExperimentSpec {
+            description: None,
+            duration: dur(duration * 1000),
+            schedule: None,
+            targets,
+            faults,
+            hypothesis: vec![check.clone()],
+            abort: if with_abort { vec![check] } else { vec![] },
+            limits: None,
+        }
+    }
+}
+
+fn candidates(n: usize, generation: u64) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| {
+            let app = if i % 2 == 0 { "payments" } else { "cart" };
+            Candidate::new(&format!("{app}-{generation}-{i}"), "shop", &[("app", app)])
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_for_any_experiment_and_event_order(
+        spec in experiment(),
+        times in proptest::collection::vec(0u64..150_000, 1..40),
+        churn in proptest::collection::vec((1usize..8, 0u64..3), 40),
+        abort_at in proptest::option::of(0u64..150_000),
+        rates in proptest::collection::vec(0.0f64..1.0, 80),
+        seed in any::<u64>(),
+    ) {
+        let mut times = times;
+        times.sort();
+        let end = spec.duration.as_std();
+        let mut run = Run::new(spec.clone(), "shop", seed);
+        let mut aborted = false;
+        let mut applied: std::collections::BTreeSet<Instance> = Default::default();
+        for (k, t) in times.iter().enumerate() {
+            let now = Duration::from_millis(*t);
+            if let Some(a) = abort_at && !aborted && *t >= a {
+                run.abort(now, "user");
+                aborted = true;
+            }
+            for c in run.due(now) {
+                run.observe(now, c, &Observed::Rate(rates[k % rates.len()]));
+            }
+            let (n, generation) = churn[k % churn.len()];
+            let actions = run.step(now, &candidates(n, generation));
+            for a in &actions {
+                match a {
+                    Action::Inject(i) => {
+                        prop_assert!(now < end, "injected after the end");
+                        prop_assert!(applied.insert(i.clone()), "injected twice: {i:?}");
+                    }
+                    Action::Remove(i) => prop_assert!(applied.remove(i), "removed what was not applied: {i:?}"),
+                    Action::Signal(i, _) => {
+                        let (s, e) = run.window(&i.fault).expect("fault");
+                        prop_assert!(s <= now && now < e, "signal outside the window");
+                    }
+                }
+            }
+            prop_assert_eq!(&applied, run.active());
+            // No fault active outside its window.
+            for i in run.active() {
+                let (s, e) = run.window(&i.fault).expect("fault");
+                prop_assert!(s <= now && now < e, "{i:?} active at {now:?} outside {s:?}..{e:?}");
+            }
+            if aborted {
+                prop_assert!(run.active().is_empty(), "an abort removes everything in the next step");
+                prop_assert!(matches!(run.phase(), Phase::Recovered | Phase::Completed));
+            }
+        }
+        // Past the end, a final step leaves nothing applied, whatever happened.
+        let last = end + Duration::from_secs(1);
+        for c in run.due(last) {
+            run.observe(last, c, &Observed::Http(Some(200)));
+        }
+        run.step(last, &candidates(4, 0));
+        prop_assert!(run.active().is_empty());
+        if run.phase() != Phase::Pending {
+            prop_assert!(run.is_finished() || run.phase() == Phase::Recovering, "{:?}", run.phase());
+        }
+    }
+}
