@@ -120,6 +120,9 @@ impl Forwarder {
     /// Queues an export without waiting; drops it when the queue is full.
     pub fn offer(&self, req: &ExportTraceServiceRequest) {
         let n = span_count(req);
+        if n == 0 {
+            return; // nothing to pass on
+        }
         let queued = self.stats.queued.fetch_add(n, Ordering::AcqRel);
         if queued + n > self.limit || self.tx.send((req.clone(), n)).is_err() {
             self.stats.queued.fetch_sub(n, Ordering::AcqRel);
@@ -212,7 +215,8 @@ async fn send_loop(
     while let Some((first, n)) = rx.recv().await {
         let mut batch = first;
         let mut spans = n;
-        while spans < 2000 {
+        // Batches stay well under the 4 MiB receivers accept by default.
+        while spans < 2000 && batch.encoded_len() < (2 << 20) {
             match rx.try_recv() {
                 Ok((more, m)) => {
                     batch.resource_spans.extend(more.resource_spans);

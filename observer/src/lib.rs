@@ -26,6 +26,10 @@ use tokio::{net::TcpListener, task::JoinSet};
 pub use store::{BreakerFigures, BreakerState, EdgeFigures, Limits, Red, ServiceFigures};
 use store::{Store, StoreStats};
 
+/// Spans one export may carry: bounds the time the store is locked and the
+/// memory a tiny, highly compressible body can expand into.
+pub const MAX_SPANS_PER_EXPORT: usize = 100_000;
+
 /// Counters about ingest, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct IngestStats {
@@ -71,8 +75,15 @@ impl Observer {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one OTLP export.
-    pub fn ingest(&self, req: &ExportTraceServiceRequest) {
+    /// Takes one OTLP export, or refuses it whole (too many spans).
+    pub fn ingest(&self, req: &ExportTraceServiceRequest) -> Result<(), String> {
+        let spans = forward::span_count(req);
+        if spans > MAX_SPANS_PER_EXPORT {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(format!(
+                "{spans} spans in one export; the observer takes at most {MAX_SPANS_PER_EXPORT}"
+            ));
+        }
         // Convert outside the lock; hold it once per export, not per span.
         if let Some(f) = &self.forwarder {
             f.offer(req);
@@ -87,6 +98,7 @@ impl Observer {
         for r in &records {
             store.record(now, r);
         }
+        Ok(())
     }
 
     /// Figures of every service seen, over the last `window_secs`.

@@ -25,7 +25,7 @@ use crate::Observer;
 
 /// Largest request body accepted, compressed or not, and largest it may
 /// inflate to: a gzip bomb stops here.
-pub const MAX_BODY_BYTES: usize = 16 << 20;
+pub const MAX_BODY_BYTES: usize = 8 << 20;
 
 #[derive(Clone)]
 struct Grpc(Observer);
@@ -36,7 +36,9 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.ingest(&request.into_inner());
+        self.0
+            .ingest(&request.into_inner())
+            .map_err(tonic::Status::invalid_argument)?;
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -127,7 +129,9 @@ async fn http_traces(
     };
     match request {
         Ok(req) => {
-            observer.ingest(&req);
+            if let Err(e) = observer.ingest(&req) {
+                return bad_request(e);
+            }
             let response = ExportTraceServiceResponse::default();
             if content_type.starts_with("application/json") {
                 Json(json!({})).into_response()

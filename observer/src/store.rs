@@ -172,6 +172,22 @@ impl Series {
         delta
     }
 
+    /// Drops slices that left the longest window; returns the bytes freed
+    /// (negative) and whether the series is now empty.
+    fn trim(&mut self, now_second: u64) -> (isize, bool) {
+        let mut delta = 0isize;
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.second + MAX_WINDOW_SECS <= now_second)
+        {
+            if let Some(old) = self.slots.pop_front() {
+                delta -= (SLOT_BYTES + old.latency.buckets() * Sketch::BUCKET_BYTES) as isize;
+            }
+        }
+        (delta, self.slots.is_empty())
+    }
+
     /// Slots of the `window` seconds ending at `now_second` (inclusive).
     fn window(&self, now_second: u64, window: u64) -> impl Iterator<Item = &Slot> {
         let from = now_second.saturating_sub(window.saturating_sub(1));
@@ -180,7 +196,10 @@ impl Series {
             .filter(move |s| s.second >= from && s.second <= now_second && s.requests > 0)
     }
 
-    fn figures(&self, now_second: u64, window: u64) -> Red {
+    /// Figures over the last `window` one-second slices, the current (partial)
+    /// one included; rates are over the time those slices actually cover.
+    fn figures(&self, now_nanos: u64, window: u64) -> Red {
+        let now_second = now_nanos / NANOS;
         let mut merged = Merged::default();
         let (mut requests, mut errors) = (0u64, 0u64);
         for s in self.window(now_second, window) {
@@ -195,7 +214,7 @@ impl Series {
         };
         Red {
             requests,
-            requests_per_second: round(requests as f64 / window as f64),
+            requests_per_second: round(requests as f64 / covered_secs(now_nanos, window)),
             error_rate: if requests == 0 {
                 0.0
             } else {
@@ -216,6 +235,25 @@ impl Series {
                 .iter()
                 .map(|s| s.latency.heap_bytes())
                 .sum::<usize>()
+    }
+}
+
+/// Seconds covered by a window of `window` one-second slices ending with the
+/// current one, of which only the elapsed part counts.
+fn covered_secs(now_nanos: u64, window: u64) -> f64 {
+    let elapsed = (now_nanos % NANOS) as f64 / NANOS as f64;
+    ((window - 1) as f64 + elapsed).max(1e-3)
+}
+
+/// Times outside [now − 5 m, now + 10 s] come from skewed clocks (or
+/// hostile input): count them at arrival time instead.
+fn sane_time(t: u64, now_nanos: u64) -> u64 {
+    if t.saturating_add(MAX_WINDOW_SECS * NANOS) < now_nanos
+        || t > now_nanos.saturating_add(10 * NANOS)
+    {
+        now_nanos
+    } else {
+        t
     }
 }
 
@@ -252,7 +290,8 @@ struct Breaker {
     open_calls: Vec<(u64, u32)>,
 }
 
-const MAX_TRANSITIONS_KEPT: usize = 1024;
+/// A hard cap besides age, so a breaker flapping absurdly fast stays bounded.
+const MAX_TRANSITIONS_KEPT: usize = 100_000;
 
 impl Breaker {
     fn observe(&mut self, at: u64, state: BreakerState) {
@@ -269,6 +308,13 @@ impl Breaker {
     }
 
     fn transition(&mut self, at: u64, to: BreakerState) {
+        while self
+            .transitions
+            .front()
+            .is_some_and(|t| t.saturating_add(MAX_WINDOW_SECS * NANOS) < at)
+        {
+            self.transitions.pop_front();
+        }
         if self.transitions.len() == MAX_TRANSITIONS_KEPT {
             self.transitions.pop_front();
         }
@@ -286,6 +332,9 @@ impl Breaker {
             self.open_calls = vec![(0, 0); MAX_WINDOW_SECS as usize];
         }
         let s = &mut self.open_calls[slot];
+        if s.0 > second {
+            return; // the slot already holds a later second
+        }
         if s.0 != second {
             *s = (second, 0);
         }
@@ -357,6 +406,8 @@ pub struct Store {
     /// Server spans by (trace, parent span), awaiting a peerless parent.
     join_servers: HashMap<(u128, u64), String>,
     join_order: VecDeque<(u128, u64)>,
+    /// The second of the last sweep.
+    swept_second: u64,
     /// When a peerless client span was last seen: server spans are indexed
     /// for joining only while that is recent.
     peerless_seen: u64,
@@ -372,6 +423,7 @@ impl Store {
             join_clients: HashMap::new(),
             join_servers: HashMap::new(),
             join_order: VecDeque::new(),
+            swept_second: 0,
             peerless_seen: 0,
         }
     }
@@ -386,13 +438,9 @@ impl Store {
     pub fn record(&mut self, now_nanos: u64, span: &SpanRecord) {
         self.stats.spans += 1;
         let limits = self.limits;
-        let end = if span.end_nanos + MAX_WINDOW_SECS * NANOS < now_nanos
-            || span.end_nanos > now_nanos + 10 * NANOS
-        {
-            now_nanos
-        } else {
-            span.end_nanos
-        };
+        self.sweep(now_nanos);
+        let end = sane_time(span.end_nanos, now_nanos);
+        let start = end.saturating_sub(span.duration_nanos);
         let second = end / NANOS;
         let micros = span.duration_nanos as f64 / 1000.0;
         if self.window_bytes >= limits.max_bytes && matches!(span.kind, Kind::Server | Kind::Client)
@@ -454,6 +502,7 @@ impl Store {
                 true
             };
         for (at, name, to) in &span.transitions {
+            let at = &sane_time(*at, now_nanos);
             if breaker_slot(entry, name, *to, *at) {
                 if let Some(b) = entry
                     .breakers
@@ -472,9 +521,10 @@ impl Store {
                     .get_mut(truncate(name, limits.max_name_bytes))
                 {
                     // The state on the span is the one the call saw when it
-                    // started; a change it caused is in its events, recorded above.
-                    if span.transitions.is_empty() {
-                        b.observe(end, *state);
+                    // started, so it is evidence as of the start; a change
+                    // the call caused is in its events, recorded above.
+                    if !span.transitions.iter().any(|(_, n, _)| n == name) {
+                        b.observe(start, *state);
                     }
                     if *state == BreakerState::Open {
                         b.open_call(second);
@@ -486,6 +536,36 @@ impl Store {
         }
         let service = service.to_owned();
         self.join(span, &service, second, micros, now_nanos);
+    }
+
+    /// Once a second: lets go of slices older than the longest window, and of
+    /// series, breakers and services that saw nothing for that long, so
+    /// memory follows recent activity and the bounds free up again.
+    fn sweep(&mut self, now_nanos: u64) {
+        let now_second = now_nanos / NANOS;
+        if now_second <= self.swept_second {
+            return;
+        }
+        self.swept_second = now_second;
+        let mut freed = 0isize;
+        self.services.retain(|_, e| {
+            if let Some(s) = &mut e.server {
+                let (d, empty) = s.trim(now_second);
+                freed += d;
+                if empty {
+                    e.server = None;
+                }
+            }
+            e.edges.retain(|_, s| {
+                let (d, empty) = s.trim(now_second);
+                freed += d;
+                !empty
+            });
+            e.breakers
+                .retain(|_, b| b.seen.saturating_add(MAX_WINDOW_SECS * NANOS) > now_nanos);
+            e.server.is_some() || !e.edges.is_empty() || !e.breakers.is_empty()
+        });
+        self.window_bytes = self.window_bytes.saturating_add_signed(freed);
     }
 
     /// Edges from client spans that name no peer: matched with the child
@@ -563,19 +643,21 @@ impl Store {
         let window = window_secs.clamp(1, MAX_WINDOW_SECS);
         let now_second = now_nanos / NANOS;
         let red = entry.server.as_ref().map_or_else(
-            || Series::default().figures(now_second, window),
-            |s| s.figures(now_second, window),
+            || Series::default().figures(now_nanos, window),
+            |s| s.figures(now_nanos, window),
         );
         let mut edges: Vec<EdgeFigures> = entry
             .edges
             .iter()
             .map(|(to, s)| EdgeFigures {
                 to: to.clone(),
-                red: s.figures(now_second, window),
+                red: s.figures(now_nanos, window),
             })
             .collect();
         edges.sort_by(|a, b| a.to.cmp(&b.to));
-        let from_nanos = now_nanos.saturating_sub(window * NANOS);
+        // The same one-second slices as the RED figures.
+        let from_second = now_second.saturating_sub(window - 1);
+        let in_window = |second: u64| second >= from_second && second <= now_second;
         let mut breakers: Vec<BreakerFigures> = entry
             .breakers
             .iter()
@@ -584,11 +666,15 @@ impl Store {
                 state: b.state,
                 since: rfc3339(b.since),
                 for_seconds: round(now_nanos.saturating_sub(b.since) as f64 / NANOS as f64),
-                transitions: b.transitions.iter().filter(|t| **t >= from_nanos).count() as u64,
+                transitions: b
+                    .transitions
+                    .iter()
+                    .filter(|t| in_window(**t / NANOS))
+                    .count() as u64,
                 short_circuited: b
                     .open_calls
                     .iter()
-                    .filter(|(s, _)| *s + window > now_second && *s <= now_second)
+                    .filter(|(s, _)| in_window(*s))
                     .map(|(_, c)| u64::from(*c))
                     .sum(),
             })
@@ -685,16 +771,42 @@ mod tests {
         let f = s.service("checkout", now, 30).expect("known");
         assert_eq!(f.red.requests, 100);
         assert!((f.red.error_rate - 0.1).abs() < 1e-9);
-        assert!((f.red.requests_per_second - 100.0 / 30.0).abs() < 1e-3);
+        // The 30 one-second slices ending now cover 29 s (the current second has just begun).
+        assert!((f.red.requests_per_second - 100.0 / 29.0).abs() < 1e-3);
         assert!(
             (f.red.latency_ms.p50 - 50.0).abs() <= 0.5 + 0.01 * 50.0,
             "{:?}",
             f.red.latency_ms
         );
         assert!((f.red.latency_ms.p99 - 99.0).abs() <= 0.01 * 99.0 + 0.5);
-        // A 5 s window only sees the last 5 seconds' requests (t = 5.0 … 9.9 s, plus the 10 s slot).
+        // A 5 s window holds the slices of seconds 6 to 10: 4 full seconds of
+        // 10 requests each, and the current one, just begun.
         let f5 = s.service("checkout", now, 5).expect("known");
         assert_eq!(f5.red.requests, 40);
+        assert!((f5.red.requests_per_second - 10.0).abs() < 1e-9);
+        // Half a second later, a steady 10 requests/s reads as 10/s.
+        s.record(
+            now + NANOS / 2,
+            &server("checkout", now + NANOS / 4, 1, false),
+        );
+        s.record(
+            now + NANOS / 2,
+            &server("checkout", now + NANOS / 3, 1, false),
+        );
+        s.record(
+            now + NANOS / 2,
+            &server("checkout", now + NANOS / 3, 1, false),
+        );
+        s.record(
+            now + NANOS / 2,
+            &server("checkout", now + NANOS / 3, 1, false),
+        );
+        s.record(
+            now + NANOS / 2,
+            &server("checkout", now + NANOS / 3, 1, false),
+        );
+        let f5 = s.service("checkout", now + NANOS / 2, 5).expect("known");
+        assert!((f5.red.requests_per_second - 45.0 / 4.5).abs() < 1e-9);
         // Ten minutes later the window is empty.
         let later = s.service("checkout", now + 600 * NANOS, 30).expect("known");
         assert_eq!(later.red.requests, 0);
@@ -817,6 +929,76 @@ mod tests {
             ),
             ("checkout", 2, 0.5)
         );
+    }
+
+    #[test]
+    fn idle_series_and_services_are_let_go() {
+        let mut s = Store::new(Limits {
+            max_services: 2,
+            ..Limits::default()
+        });
+        s.record(T0, &server("a", T0, 5, false));
+        s.record(T0, &server("b", T0, 5, false));
+        s.record(T0, &server("c", T0, 5, false));
+        assert_eq!(s.stats().dropped_services, 1);
+        assert!(s.window_bytes > 0);
+        // Five minutes of silence later, the old services are gone and the
+        // bound has room again.
+        let later = T0 + (MAX_WINDOW_SECS + 1) * NANOS;
+        s.record(later, &server("c", later, 5, false));
+        assert_eq!(s.service_names(), vec!["c".to_owned()]);
+        assert_eq!(s.stats().dropped_services, 1);
+    }
+
+    #[test]
+    fn a_slow_call_that_started_before_a_trip_does_not_close_the_breaker() {
+        let mut s = Store::default();
+        let call = |at: u64, ms: u64, state: BreakerState, trip: bool| SpanRecord {
+            kind: Kind::Client,
+            peer: Some("payments".into()),
+            breaker: Some(("payments".into(), Some(state))),
+            transitions: if trip {
+                vec![(at, "payments".into(), BreakerState::Open)]
+            } else {
+                vec![]
+            },
+            ..server("checkout", at, ms, false)
+        };
+        // B trips the breaker at 1.0 s; A started closed at 0.9 s and ends at 1.15 s.
+        s.record(
+            T0 + 2 * NANOS,
+            &call(T0 + NANOS, 1, BreakerState::Closed, true),
+        );
+        s.record(
+            T0 + 2 * NANOS,
+            &call(
+                T0 + NANOS + NANOS * 15 / 100,
+                250,
+                BreakerState::Closed,
+                false,
+            ),
+        );
+        let b = &s
+            .service("checkout", T0 + 2 * NANOS, 30)
+            .expect("known")
+            .breakers[0];
+        assert_eq!(b.state, BreakerState::Open);
+        assert_eq!(b.since, rfc3339(T0 + NANOS));
+    }
+
+    #[test]
+    fn absurd_times_neither_panic_nor_stick() {
+        let mut s = Store::default();
+        let mut span = server("a", u64::MAX, 5, false);
+        span.breaker = Some(("b".into(), Some(BreakerState::Closed)));
+        span.transitions = vec![
+            (u64::MAX, "b".into(), BreakerState::Open),
+            (0, "b".into(), BreakerState::Open),
+        ];
+        s.record(T0, &span);
+        let f = s.service("a", T0, 10).expect("known");
+        assert_eq!(f.red.requests, 1);
+        assert_eq!(f.breakers[0].since, rfc3339(T0));
     }
 
     #[test]

@@ -267,7 +267,10 @@ async fn http_protobuf_export_and_the_services_list() {
     assert_eq!(frontend["requests"], 40);
     // HTTP 5xx on server spans count as errors even without an ERROR status.
     assert_eq!(frontend["errorRate"], 0.1);
-    assert_eq!(frontend["requestsPerSecond"], 4.0);
+    // 40 requests over the time the 10 one-second slices cover: 9 s and the
+    // elapsed part of the current second.
+    let rps = frontend["requestsPerSecond"].as_f64().expect("rate");
+    assert!((40.0 / 10.0..=40.0 / 9.0).contains(&rps), "{rps}");
     drop(p);
 }
 
@@ -341,6 +344,25 @@ async fn json_gzip_and_malformed_payloads() {
         post("application/x-protobuf", Some("gzip"), b"not gzip".to_vec()).await,
         400
     );
+    // 100 001 empty spans fit in a small body but are refused whole.
+    let flood = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+            scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                spans: vec![Default::default(); 100_001],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    assert_eq!(
+        post(
+            "application/x-protobuf",
+            None,
+            prost::Message::encode_to_vec(&flood)
+        )
+        .await,
+        400
+    );
     // Logs and metrics are answered, not failed.
     let (status, _) = http(
         obs.addresses.otlp_http,
@@ -356,7 +378,7 @@ async fn json_gzip_and_malformed_payloads() {
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(
-        text.contains("faultline_observer_rejected_total 5"),
+        text.contains("faultline_observer_rejected_total 6"),
         "{text}"
     );
     assert!(
@@ -495,7 +517,7 @@ async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
         .await
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::Internal, "{err}");
-    // Past the 16 MiB limit.
+    // Past the 8 MiB limit.
     let err = send(vec![0u8; 17 << 20]).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
     // The observer is unharmed and keeps ingesting.

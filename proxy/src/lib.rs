@@ -137,7 +137,12 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((client, _)) = accepted else { continue };
+                let Ok((client, _)) = accepted else {
+                    // Out of file descriptors fails at once, every time:
+                    // back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 stats.accepted.fetch_add(1, Ordering::Relaxed);
                 let now = *faults.borrow();
                 if now.partition == Some(Partition::Reset) {

@@ -157,6 +157,7 @@ pub struct Core {
     half_open_started: u32,
     half_open_done: u32,
     half_open_failures: u32,
+    half_open_slow: u32,
     counts: Counts,
 }
 
@@ -172,6 +173,7 @@ impl Core {
             half_open_started: 0,
             half_open_done: 0,
             half_open_failures: 0,
+            half_open_slow: 0,
             counts: Counts::default(),
         }
     }
@@ -274,20 +276,20 @@ impl Core {
             }
             State::HalfOpen => {
                 self.half_open_done += 1;
-                if failed || slow {
-                    self.half_open_failures += 1;
-                }
+                self.half_open_failures += u32::from(failed);
+                self.half_open_slow += u32::from(slow);
                 let trials = self.config.half_open_calls.max(1);
                 if self.half_open_done < trials {
                     return None;
                 }
-                let rate = f64::from(self.half_open_failures) / f64::from(self.half_open_done);
-                let threshold = self
-                    .config
-                    .failure_rate_threshold
-                    .min(self.config.slow_call_rate_threshold);
-                Some(if rate >= threshold {
-                    self.go(State::Open, Reason::TrialsFailed(rate), now)
+                // Each rate against its own threshold, as when closed.
+                let done = f64::from(self.half_open_done);
+                let failure_rate = f64::from(self.half_open_failures) / done;
+                let slow_rate = f64::from(self.half_open_slow) / done;
+                Some(if failure_rate >= self.config.failure_rate_threshold {
+                    self.go(State::Open, Reason::TrialsFailed(failure_rate), now)
+                } else if slow_rate >= self.config.slow_call_rate_threshold {
+                    self.go(State::Open, Reason::SlowCallRate(slow_rate), now)
                 } else {
                     self.go(State::Closed, Reason::TrialsSucceeded, now)
                 })
@@ -326,6 +328,7 @@ impl Core {
         self.half_open_started = 0;
         self.half_open_done = 0;
         self.half_open_failures = 0;
+        self.half_open_slow = 0;
         if to == State::Closed || to == State::Disabled {
             self.window.clear();
         }
@@ -449,6 +452,21 @@ mod tests {
         assert_eq!((t.from, t.to), (State::HalfOpen, State::Open));
         assert!(matches!(t.reason, Reason::TrialsFailed(r) if (r - 2.0 / 3.0).abs() < 1e-9));
         assert_eq!(c.since(), now);
+    }
+
+    #[test]
+    fn half_open_judges_failures_and_slowness_separately() {
+        let (mut c, t0) = core(Config::default());
+        for _ in 0..10 {
+            call(&mut c, t0, Outcome::Failure, secs(0.01));
+        }
+        let now = t0 + secs(5.0);
+        // One failure, one slow success, one fast success: 1/3 failed (< 50 %)
+        // and 1/3 slow (< 100 %), so the breaker closes.
+        call(&mut c, now, Outcome::Failure, secs(0.01));
+        call(&mut c, now, Outcome::Success, secs(1.5));
+        let (_, t) = call(&mut c, now, Outcome::Success, secs(0.01));
+        assert_eq!(t.map(|t| t.to), Some(State::Closed));
     }
 
     #[test]

@@ -249,11 +249,16 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let otel = OtelContext::current();
         let started = now();
-        let (ticket, transition) = self.shared.lock().try_acquire(started);
+        // The state reported is the one the decision was made in, under the
+        // same lock: another call may change it right after.
+        let (ticket, transition, state) = {
+            let mut core = self.shared.lock();
+            let (ticket, transition) = core.try_acquire(started);
+            (ticket, transition, core.state())
+        };
         if let Some(t) = &transition {
             self.shared.report(&otel, t);
         }
-        let state = self.shared.lock().state();
         let span = otel.span();
         span.set_attribute(KeyValue::new(
             "circuit_breaker.name",
