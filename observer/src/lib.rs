@@ -118,6 +118,13 @@ impl Observer {
     }
 
     /// A breaker's state and seconds since it entered it (hypothesis `breaker`).
+    /// A latency percentile (0–100] of `service`'s server requests, in
+    /// milliseconds (hypothesis `latency`).
+    pub fn latency_ms(&self, service: &str, percentile: f64, window_secs: u64) -> Option<f64> {
+        self.store()
+            .latency_ms(service, None, percentile, now_nanos(), window_secs)
+    }
+
     pub fn breaker(&self, service: &str, name: &str) -> Option<(BreakerState, f64)> {
         self.service(service, 1)?
             .breakers

@@ -688,6 +688,32 @@ impl Store {
         })
     }
 
+    /// Any latency percentile (0–100] of a service's server requests, or of
+    /// one of its edges, over the window: what a `latency` check compares.
+    /// None without requests in the window.
+    pub fn latency_ms(
+        &self,
+        service: &str,
+        edge: Option<&str>,
+        percentile: f64,
+        now_nanos: u64,
+        window_secs: u64,
+    ) -> Option<f64> {
+        let entry = self.services.get(service)?;
+        let series = match edge {
+            Some(to) => entry.edges.get(to)?,
+            None => entry.server.as_ref()?,
+        };
+        let window = window_secs.clamp(1, MAX_WINDOW_SECS);
+        let mut merged = Merged::default();
+        for s in series.window(now_nanos / NANOS, window) {
+            merged.add(&s.latency);
+        }
+        merged
+            .percentile_micros(percentile)
+            .map(|us| round(us / 1000.0))
+    }
+
     pub fn services(&self, now_nanos: u64, window_secs: u64) -> Vec<ServiceFigures> {
         self.service_names()
             .iter()
@@ -929,6 +955,18 @@ mod tests {
             ),
             ("checkout", 2, 0.5)
         );
+    }
+
+    #[test]
+    fn any_percentile_for_latency_checks() {
+        let mut s = Store::default();
+        for ms in 1..=1000u64 {
+            s.record(T0, &server("a", T0, ms, false));
+        }
+        let p999 = s.latency_ms("a", None, 99.9, T0, 30).expect("requests");
+        assert!((p999 - 999.0).abs() <= 999.0 * 0.01, "{p999}");
+        assert_eq!(s.latency_ms("a", Some("nobody"), 50.0, T0, 30), None);
+        assert_eq!(s.latency_ms("a", None, 50.0, T0 + 600 * NANOS, 30), None);
     }
 
     #[test]

@@ -227,6 +227,11 @@ async fn grpc_export_gives_exact_counts_percentiles_and_breakers() {
         Some(faultline_observer::BreakerState::Open)
     );
     assert_eq!(obs.observer.error_rate("checkout", 30), Some(0.05));
+    let p90 = obs
+        .observer
+        .latency_ms("checkout", 90.0, 30)
+        .expect("latency");
+    assert!((p90 - 90.0).abs() <= 0.9, "p90 {p90}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
