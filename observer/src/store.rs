@@ -810,27 +810,13 @@ mod tests {
         let f5 = s.service("checkout", now, 5).expect("known");
         assert_eq!(f5.red.requests, 40);
         assert!((f5.red.requests_per_second - 10.0).abs() < 1e-9);
-        // Half a second later, a steady 10 requests/s reads as 10/s.
-        s.record(
-            now + NANOS / 2,
-            &server("checkout", now + NANOS / 4, 1, false),
-        );
-        s.record(
-            now + NANOS / 2,
-            &server("checkout", now + NANOS / 3, 1, false),
-        );
-        s.record(
-            now + NANOS / 2,
-            &server("checkout", now + NANOS / 3, 1, false),
-        );
-        s.record(
-            now + NANOS / 2,
-            &server("checkout", now + NANOS / 3, 1, false),
-        );
-        s.record(
-            now + NANOS / 2,
-            &server("checkout", now + NANOS / 3, 1, false),
-        );
+        // Half a second later (5 more requests), a steady 10 requests/s reads as 10/s.
+        for k in 1..=5 {
+            s.record(
+                now + NANOS / 2,
+                &server("checkout", now + k * NANOS / 11, 1, false),
+            );
+        }
         let f5 = s.service("checkout", now + NANOS / 2, 5).expect("known");
         assert!((f5.red.requests_per_second - 45.0 / 4.5).abs() < 1e-9);
         // Ten minutes later the window is empty.
