@@ -192,21 +192,46 @@ async fn connection(
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
-    let (up_read, up_write, down) = tokio::join!(
-        read_delayed(&mut client_read, tx, faults.clone(), seed),
-        write_delayed(rx, &mut server_write, faults.clone(), &stats),
-        pump(&mut server_read, &mut client_write, faults.clone(), &stats),
-    );
+    // A reset partition ends the connection at once, even while a copy loop
+    // is stuck writing to a peer that stopped reading or sleeping on a delay.
+    let copy = async {
+        let (up_read, up_write, down) = tokio::join!(
+            read_delayed(&mut client_read, tx, faults.clone(), seed),
+            write_delayed(rx, &mut server_write, faults.clone(), &stats),
+            pump(&mut server_read, &mut client_write, faults.clone(), &stats),
+        );
+        up_read.is_err() || up_write.is_err() || down.is_err()
+    };
+    let reset_requested = tokio::select! {
+        r = copy => r,
+        () = reset_arrives(faults.clone()) => true,
+    };
     let (Ok(client), Ok(server)) = (
         client_read.reunite(client_write),
         server_read.reunite(server_write),
     ) else {
         return;
     };
-    if up_read.is_err() || up_write.is_err() || down.is_err() {
+    if reset_requested {
         reset(client);
         reset(server);
     }
+}
+
+/// Completes when a reset partition is in force (never, if the proxy stops).
+async fn reset_arrives(mut faults: watch::Receiver<Faults>) {
+    loop {
+        if faults.borrow_and_update().partition == Some(Partition::Reset) {
+            return;
+        }
+        if faults.changed().await.is_err() {
+            return futures_pending().await;
+        }
+    }
+}
+
+async fn futures_pending() {
+    std::future::pending::<()>().await
 }
 
 /// Returned by a pump when a reset partition ends the connection.

@@ -228,6 +228,60 @@ async fn reset_closes_open_connections_and_refuses_new_ones() {
         .await;
 }
 
+/// A server that floods every connection without reading; counts the
+/// connections it is still writing to.
+async fn flood_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let open = Arc::new(AtomicUsize::new(0));
+    let counter = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let counter = counter.clone();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let chunk = vec![7u8; 64 * 1024];
+                while conn.write_all(&chunk).await.is_ok() {}
+                counter.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_ends_a_connection_stuck_on_a_client_that_stopped_reading() {
+    let (upstream, open) = flood_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
+        .await
+        .expect("proxy");
+    let _stalled = TcpStream::connect(proxy.local_addr())
+        .await
+        .expect("connect");
+    // Let the buffers fill: the proxy is now blocked writing to a client that
+    // does not read, and the upstream is blocked writing to the proxy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open.load(std::sync::atomic::Ordering::SeqCst), 1);
+    proxy.set_faults(Faults {
+        latency: None,
+        partition: Some(Partition::Reset),
+    });
+    // The reset tears the connection down on both sides at once: the upstream
+    // sees its connection reset although nobody read anything.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while open.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck connection was not reset"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_drops_that_share_of_connections() {
     let upstream = echo_server().await;
