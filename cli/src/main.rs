@@ -1,5 +1,6 @@
 //! `faultline`: the user's binary.
 
+mod local;
 mod validate;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -29,6 +30,37 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Run an experiment; with --local, against a topology of local processes.
+    ///
+    /// Exit 0 when the hypothesis held, 1 when it did not, 2 on invalid
+    /// input (nothing started), 3 when aborted (every fault removed), 4 when
+    /// the run itself broke.
+    Run {
+        /// The Experiment file.
+        experiment: PathBuf,
+        /// The Topology file of the local services.
+        #[arg(long, value_name = "TOPOLOGY")]
+        local: Option<PathBuf>,
+        /// Fixes which targets are chosen (modes one, fixed, percent).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run the demo shop with payments slowed by 300 ms: checkout's breaker
+    /// must open and frontend's error rate stay under 5 %.
+    Demo {
+        /// How long the experiment runs (at least 30s).
+        #[arg(long, default_value = "60s", value_parser = faultline_demo::parse_duration)]
+        duration: std::time::Duration,
+        /// Run checkout without its circuit breaker (the hypothesis fails).
+        #[arg(long)]
+        no_breaker: bool,
+    },
+    /// One service of the demo shop (used by `faultline demo` and demo topologies).
+    #[command(hide = true)]
+    DemoRole {
+        #[command(flatten)]
+        args: faultline_demo::RoleArgs,
+    },
     /// Print the CustomResourceDefinitions, for `kubectl apply -f -`.
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -45,6 +77,22 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { paths, quiet } => Ok(validate::run(&paths, quiet)),
         Command::Crd { out_dir } => crd(out_dir),
+        Command::Run {
+            experiment,
+            local: Some(topology),
+            seed,
+        } => Ok(local::run_files(&experiment, &topology, seed)),
+        Command::Run { local: None, .. } => {
+            eprintln!(
+                "faultline run: only --local TOPOLOGY runs for now; on Kubernetes, kubectl apply the Experiment"
+            );
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+        Command::Demo {
+            duration,
+            no_breaker,
+        } => Ok(local::demo(duration, no_breaker)),
+        Command::DemoRole { args } => demo_role(args),
     };
     match result {
         Ok(code) => code,
@@ -53,6 +101,14 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn demo_role(args: faultline_demo::RoleArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(faultline_demo::run(args))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn crd(out_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -89,6 +89,16 @@ pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
                 None => std::env::var("FRONTEND_ADDR")
                     .map_err(|_| anyhow::anyhow!("load needs --target or FRONTEND_ADDR"))?,
             };
+            // With --listen, answer /health meanwhile, so a runtime that
+            // waits for every service's port can run load as a service.
+            if let Some(listen) = args.listen {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("load cannot listen on {listen}: {e}"))?;
+                let health =
+                    axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+                tokio::spawn(async move { axum::serve(listener, health).await });
+            }
             let summary = load::run(&load::LoadOptions {
                 target,
                 path: "/order".into(),

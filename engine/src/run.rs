@@ -398,7 +398,8 @@ impl Run {
         };
         state.evaluations += 1;
         state.done.insert(phase);
-        if let (Some((within, _)), Some(origin)) = (within, origin) {
+        let observed_reached = within.is_some() && evaluation.passed;
+        if let (Some((within, _)), Some(origin)) = (within.clone(), origin) {
             if evaluation.passed {
                 state.reached = true;
             }
@@ -408,7 +409,11 @@ impl Run {
                 evaluation.passed = true;
             }
         }
-        state.last = Some(evaluation.clone());
+        // A breaker check that reached its state keeps showing the
+        // observation that decided it.
+        if !(state.reached && within.is_some() && !observed_reached) || state.last.is_none() {
+            state.last = Some(evaluation.clone());
+        }
         if !evaluation.passed && state.failure.is_none() {
             state.failure = Some(format!(
                 "{name}: observed {}, expected {} ({phase})",

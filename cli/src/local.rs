@@ -1,0 +1,278 @@
+//! `faultline run --local` and `faultline demo`: game days on local processes.
+
+use std::{path::Path, process::ExitCode, time::Duration};
+
+use faultline_api::{
+    Experiment, Topology,
+    experiment::{Phase, Verdict},
+    parse_one,
+};
+use faultline_runtime::{Options, Outcome, Progress};
+
+/// Exit codes of `faultline run` (DESIGN.md).
+pub const EXIT_PASSED: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+pub const EXIT_ABORTED: u8 = 3;
+pub const EXIT_BROKE: u8 = 4;
+
+fn load<T: faultline_api::document::FromResource>(path: &Path) -> Result<T, ExitCode> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| {
+        eprintln!("{name}: cannot read: {e}");
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    parse_one::<T>(&bytes).map_err(|diags| {
+        for d in &diags {
+            eprintln!("{}", d.display_in(&name));
+        }
+        eprintln!("faultline run: {name} is invalid; nothing was started");
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+/// `faultline run EXPERIMENT --local TOPOLOGY`.
+pub fn run_files(experiment: &Path, topology: &Path, seed: u64) -> ExitCode {
+    let experiment: Experiment = match load(experiment) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let topology: Topology = match load(topology) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    run(&experiment, &topology, seed, None)
+}
+
+/// Runs to the end on a runtime of its own; Ctrl-C aborts with recovery.
+pub fn run(
+    experiment: &Experiment,
+    topology: &Topology,
+    seed: u64,
+    load: Option<(String, Duration)>,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("faultline: cannot start: {e}");
+            return ExitCode::from(EXIT_BROKE);
+        }
+    };
+    rt.block_on(async {
+        let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: removing every fault…");
+                let _ = cancel_tx.send(true);
+            }
+        });
+        let name = experiment.metadata.name.clone().unwrap_or_default();
+        println!(
+            "faultline: running {name} against {} local services ({}s)",
+            topology.spec.services.len(),
+            experiment.spec.duration.as_millis() / 1000
+        );
+        let load_task = load.map(|(target, duration)| {
+            tokio::spawn(async move {
+                // Give the services a moment to come up before traffic starts.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                faultline_demo::load::run(&faultline_demo::load::LoadOptions {
+                    target,
+                    path: "/order".into(),
+                    rate: 20.0,
+                    duration,
+                    timeout: Duration::from_secs(5),
+                })
+                .await
+            })
+        });
+        let mut printer = Printer::default();
+        let outcome = faultline_runtime::run(
+            experiment,
+            topology,
+            &Options {
+                seed,
+                ..Options::default()
+            },
+            cancel,
+            &mut |p| printer.show(p),
+        )
+        .await;
+        if let Some(t) = load_task {
+            t.abort();
+        }
+        match outcome {
+            Ok(o) => summary(&o),
+            Err(e) => {
+                eprintln!("faultline: the run broke: {e}");
+                ExitCode::from(EXIT_BROKE)
+            }
+        }
+    })
+}
+
+/// Plain progress lines: one on each phase change and one every 5 s.
+#[derive(Default)]
+struct Printer {
+    phase: Option<Phase>,
+    last: Option<Duration>,
+}
+
+impl Printer {
+    fn show(&mut self, p: Progress<'_>) {
+        let phase = p.run.phase();
+        let periodic = self
+            .last
+            .is_none_or(|t| p.now.saturating_sub(t) >= Duration::from_secs(5));
+        if Some(phase) == self.phase && !periodic {
+            return;
+        }
+        self.phase = Some(phase);
+        self.last = Some(p.now);
+        let checks: Vec<String> = p
+            .run
+            .report()
+            .iter()
+            .filter_map(|r| {
+                r.last
+                    .as_ref()
+                    .map(|e| format!("{}: {}", r.name, e.observed))
+            })
+            .collect();
+        println!(
+            "[{:>6.1}s] {:<10} faults active: {:<3} {}",
+            p.now.as_secs_f64(),
+            phase.as_str(),
+            p.run.active().len(),
+            checks.join(" · ")
+        );
+    }
+}
+
+fn summary(o: &Outcome) -> ExitCode {
+    println!();
+    println!(
+        "{:<48} {:<8} {:<16} expected",
+        "check", "result", "observed"
+    );
+    for r in &o.report {
+        let (observed, expected) = r
+            .last
+            .as_ref()
+            .map_or(("-".to_owned(), "-".to_owned()), |e| {
+                (e.observed.clone(), e.expected.clone())
+            });
+        let result = match (r.abort, r.passed, r.evaluations) {
+            (_, _, 0) => "not run",
+            (true, true, _) => "held",
+            (true, false, _) => "TRIPPED",
+            (false, true, _) => "passed",
+            (false, false, _) => "FAILED",
+        };
+        println!(
+            "{:<48} {:<8} {:<16} {}",
+            truncate(&r.name, 48),
+            result,
+            observed,
+            expected
+        );
+        if let Some(f) = &r.failure {
+            println!("    {f}");
+        }
+    }
+    for (service, n) in o.restarts.iter().filter(|(_, n)| **n > 0) {
+        println!(
+            "{service} restarted {n} time{}",
+            if *n == 1 { "" } else { "s" }
+        );
+    }
+    if let Some(m) = &o.message {
+        println!("{m}");
+    }
+    let (word, code) = match o.verdict {
+        Verdict::Passed => ("PASSED: the hypothesis held", EXIT_PASSED),
+        Verdict::Failed => ("FAILED: the hypothesis did not hold", EXIT_FAILED),
+        Verdict::Aborted => ("ABORTED: every fault was removed", EXIT_ABORTED),
+    };
+    println!("{word}");
+    ExitCode::from(code)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(n - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+/// `faultline demo`: the demo shop from this very binary, with payments
+/// slowed by 300 ms; checkout's breaker must open and frontend's error rate
+/// stay under 5 %.
+pub fn demo(duration: Duration, no_breaker: bool) -> ExitCode {
+    let secs = duration.as_secs().max(30);
+    let fault_secs = secs - 20;
+    let (f, c, p, i) = (free_port(), free_port(), free_port(), free_port());
+    let breaker = if no_breaker { ", --no-breaker" } else { "" };
+    let topology = format!(
+        "apiVersion: faultline.dev/v1alpha1
+kind: Topology
+metadata: {{name: shop}}
+spec:
+  services:
+    - {{name: payments, labels: {{app: payments}}, port: {p}, command: [faultline, demo-role, payments, --listen, \"127.0.0.1:{p}\"]}}
+    - {{name: inventory, labels: {{app: inventory}}, port: {i}, command: [faultline, demo-role, inventory, --listen, \"127.0.0.1:{i}\"]}}
+    - {{name: checkout, labels: {{app: checkout}}, port: {c}, dependsOn: [payments, inventory],
+        command: [faultline, demo-role, checkout, --listen, \"127.0.0.1:{c}\"{breaker}]}}
+    - {{name: frontend, labels: {{app: frontend}}, port: {f}, dependsOn: [checkout],
+        command: [faultline, demo-role, frontend, --listen, \"127.0.0.1:{f}\"]}}
+"
+    );
+    let experiment = format!(
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: payments-slowdown, namespace: demo}}
+spec:
+  description: Payments answers 300 ms slower; checkout must open its breaker and keep frontend's errors under 5%.
+  duration: {secs}s
+  targets:
+    payments: {{labels: {{app: payments}}}}
+  faults:
+    - name: slow-payments
+      target: payments
+      start: 10s
+      duration: {fault_secs}s
+      latency: {{delay: 300ms}}
+  hypothesis:
+    - name: checkout opens its payments breaker
+      breaker: {{service: checkout, name: payments, state: open, within: 15s, fault: slow-payments}}
+    - name: frontend error rate under 5%
+      errorRate: {{service: frontend, max: 5%, window: 10s}}
+  abort:
+    - errorRate: {{service: frontend, max: 50%, window: 10s}}
+"
+    );
+    let (Ok(topology), Ok(experiment)) = (
+        parse_one::<Topology>(topology.as_bytes()),
+        parse_one::<Experiment>(experiment.as_bytes()),
+    ) else {
+        eprintln!("faultline demo: the built-in experiment is invalid (a bug)");
+        return ExitCode::from(EXIT_BROKE);
+    };
+    run(
+        &experiment,
+        &topology,
+        0,
+        Some((format!("127.0.0.1:{f}"), Duration::from_secs(secs + 10))),
+    )
+}

@@ -1,0 +1,8 @@
+//! Local mode: an experiment run against a topology of local processes. The
+//! runtime starts and supervises the services, puts a userspace fault proxy
+//! on every dependency edge, embeds the observer, and drives the engine.
+
+pub mod local;
+pub mod processes;
+
+pub use local::{Options, Outcome, Progress, run};

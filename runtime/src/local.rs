@@ -1,0 +1,366 @@
+//! A game day on local processes: the topology's services under supervision,
+//! a fault proxy on every dependency edge, the observer in-process, and the
+//! engine deciding what to inject and judging the hypothesis.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use faultline_api::{
+    Experiment, Topology,
+    experiment::{BreakerState, CheckKind, Phase, Verdict},
+    fault::{Direction, FaultAction},
+    topology::addr_var,
+};
+use faultline_engine::{Action, Candidate, CheckReport, Entry, Instance, Observed, Run};
+use faultline_observer::{Addresses, Limits};
+use faultline_proxy::{Faults, Latency, Partition, Proxy};
+use http_body_util::{BodyExt, Empty};
+use tokio::sync::watch;
+
+use crate::processes::{Launch, Supervised, supervise, wait_for_port};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Fixes target choices.
+    pub seed: u64,
+    /// How often the engine steps.
+    pub tick: Duration,
+    /// How often due checks are evaluated.
+    pub check_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            seed: 0,
+            tick: Duration::from_millis(200),
+            check_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub phase: Phase,
+    pub message: Option<String>,
+    pub report: Vec<CheckReport>,
+    pub journal: Vec<Entry>,
+    /// Service restarts during the run, and supervisor messages.
+    pub restarts: BTreeMap<String, u64>,
+    pub log: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start the observer: {0}")]
+    Observer(std::io::Error),
+    #[error("cannot start the proxy from {from} to {to}: {source}")]
+    Proxy {
+        from: String,
+        to: String,
+        source: std::io::Error,
+    },
+    #[error("{0} did not listen on its port within 15 s")]
+    NotReady(String),
+}
+
+/// What the progress display is given at each tick.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    pub now: Duration,
+    pub run: &'a Run,
+}
+
+/// Runs `experiment` against `topology` until it completes or is aborted
+/// (`cancel` set to true aborts it, with full recovery).
+pub async fn run(
+    experiment: &Experiment,
+    topology: &Topology,
+    options: &Options,
+    mut cancel: watch::Receiver<bool>,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Outcome, Error> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let observer = faultline_observer::start(
+        &Addresses {
+            otlp_grpc: any,
+            otlp_http: any,
+            api: any,
+        },
+        Limits::default(),
+    )
+    .await
+    .map_err(Error::Observer)?;
+
+    // A proxy on every edge; a service reaches each dependency through one.
+    let ports: HashMap<&str, u16> = topology
+        .spec
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.port))
+        .collect();
+    let mut proxies: BTreeMap<(String, String), Proxy> = BTreeMap::new();
+    for s in &topology.spec.services {
+        for dep in &s.depends_on {
+            let upstream = SocketAddr::from((
+                [127, 0, 0, 1],
+                ports.get(dep.as_str()).copied().unwrap_or(0),
+            ));
+            let proxy = Proxy::start(any, upstream)
+                .await
+                .map_err(|source| Error::Proxy {
+                    from: s.name.clone(),
+                    to: dep.clone(),
+                    source,
+                })?;
+            proxies.insert((s.name.clone(), dep.clone()), proxy);
+        }
+    }
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut procs: BTreeMap<String, Supervised> = BTreeMap::new();
+    for s in start_order(topology) {
+        let mut env = BTreeMap::new();
+        for dep in &s.depends_on {
+            if let Some(p) = proxies.get(&(s.name.clone(), dep.clone())) {
+                env.insert(addr_var(dep), p.local_addr().to_string());
+            }
+        }
+        env.insert(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            format!("http://{}", observer.addresses.otlp_grpc),
+        );
+        env.insert("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into());
+        env.insert("OTEL_SERVICE_NAME".into(), s.name.clone());
+        let launch = Launch::from_service(s, env);
+        procs.insert(s.name.clone(), supervise(launch, log.clone()));
+        if !wait_for_port(s.port, Duration::from_secs(15)).await {
+            stop_all(procs).await;
+            return Err(Error::NotReady(s.name.clone()));
+        }
+    }
+
+    let namespace = experiment
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let candidates: Vec<Candidate> = topology
+        .spec
+        .services
+        .iter()
+        .map(|s| Candidate {
+            id: s.name.clone(),
+            namespace: namespace.clone(),
+            labels: s.labels.clone(),
+        })
+        .collect();
+    let mut run = Run::new(experiment.spec.clone(), &namespace, options.seed);
+    let started = tokio::time::Instant::now();
+    let mut last_checks: Option<Duration> = None;
+    let mut ticker = tokio::time::interval(options.tick);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() {
+                    run.abort(started.elapsed(), "interrupted by the user");
+                }
+            }
+        }
+        let now = started.elapsed();
+        if last_checks.is_none_or(|t| now.saturating_sub(t) >= options.check_every) {
+            last_checks = Some(now);
+            for c in run.due(now) {
+                let check = if c.abort {
+                    &run.spec().abort[c.index]
+                } else {
+                    &run.spec().hypothesis[c.index]
+                };
+                let observed = observe(&observer.observer, &check.kind).await;
+                run.observe(now, c, &observed);
+            }
+        }
+        let actions = run.step(now, &candidates);
+        for a in &actions {
+            if let Action::Signal(i, sig) = a
+                && let Some(p) = procs.get(&i.target)
+                && let Err(e) = p.signal(sig.number())
+            {
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("signal to {}: {e}", i.target));
+            }
+        }
+        if actions.iter().any(|a| !matches!(a, Action::Signal(..))) {
+            apply_faults(&run, &proxies);
+        }
+        progress(Progress { now, run: &run });
+        if run.is_finished() {
+            break;
+        }
+    }
+    // Every fault is removed by the run itself; clear the proxies anyway.
+    for p in proxies.values() {
+        p.set_faults(Faults::default());
+    }
+    let restarts = procs
+        .iter()
+        .map(|(n, p)| (n.clone(), p.restarts()))
+        .collect();
+    stop_all(procs).await;
+    let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(Outcome {
+        verdict: run.verdict().unwrap_or(Verdict::Aborted),
+        phase: run.phase(),
+        message: run.message().map(str::to_owned),
+        report: run.report(),
+        journal: run.journal().to_vec(),
+        restarts,
+        log,
+    })
+}
+
+/// Dependencies before their dependents (validation refused cycles).
+fn start_order(topology: &Topology) -> Vec<&faultline_api::topology::Service> {
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut order = Vec::new();
+    while order.len() < topology.spec.services.len() {
+        let before = order.len();
+        for s in &topology.spec.services {
+            if !done.contains(s.name.as_str())
+                && s.depends_on.iter().all(|d| done.contains(d.as_str()))
+            {
+                done.insert(&s.name);
+                order.push(s);
+            }
+        }
+        if order.len() == before {
+            break; // a cycle slipped through: start the rest anyway
+        }
+    }
+    for s in &topology.spec.services {
+        if !done.contains(s.name.as_str()) {
+            order.push(s);
+        }
+    }
+    order
+}
+
+async fn stop_all(procs: BTreeMap<String, Supervised>) {
+    futures::future::join_all(procs.into_values().map(Supervised::stop)).await;
+}
+
+/// Sets every proxy's faults from the active instances: latency and
+/// partitions apply to traffic reaching their target (`latency.to` narrows
+/// latency to the target's calls to those targets).
+fn apply_faults(run: &Run, proxies: &BTreeMap<(String, String), Proxy>) {
+    let mut wanted: BTreeMap<(String, String), Faults> = BTreeMap::new();
+    let services_of =
+        |target: &str| -> Vec<String> { run.plan().get(target).cloned().unwrap_or_default() };
+    for Instance { fault, target } in run.active() {
+        let Some(f) = run.spec().faults.iter().find(|f| &f.name == fault) else {
+            continue;
+        };
+        match &f.action {
+            FaultAction::Latency(l) => {
+                let latency = Latency {
+                    delay: l.delay.as_std(),
+                    jitter: l.jitter.unwrap_or_default().as_std(),
+                    loss: l.loss.map_or(0.0, |p| p.fraction()),
+                };
+                let edges: Vec<(String, String)> = if l.to.is_empty() {
+                    proxies
+                        .keys()
+                        .filter(|(_, to)| to == target)
+                        .cloned()
+                        .collect()
+                } else {
+                    let to: Vec<String> = l.to.iter().flat_map(|t| services_of(t)).collect();
+                    proxies
+                        .keys()
+                        .filter(|(from, t)| from == target && to.contains(t))
+                        .cloned()
+                        .collect()
+                };
+                for e in edges {
+                    let w = wanted.entry(e).or_default();
+                    if w.latency.is_none_or(|old| old.delay < latency.delay) {
+                        w.latency = Some(latency);
+                    }
+                }
+            }
+            FaultAction::Partition(p) => {
+                let peers: Vec<String> = p.peers.iter().flat_map(|t| services_of(t)).collect();
+                for ((from, to), _) in proxies.iter() {
+                    let ingress = to == target && peers.contains(from);
+                    let egress = from == target && peers.contains(to);
+                    let cut = match p.direction {
+                        Direction::Ingress => ingress,
+                        Direction::Egress => egress,
+                        Direction::Both => ingress || egress,
+                    };
+                    if cut {
+                        wanted
+                            .entry((from.clone(), to.clone()))
+                            .or_default()
+                            .partition = Some(Partition::Blackhole);
+                    }
+                }
+            }
+            FaultAction::Kill(_) => {}
+        }
+    }
+    for (edge, proxy) in proxies {
+        let faults = wanted.get(edge).copied().unwrap_or_default();
+        if proxy.faults() != faults {
+            proxy.set_faults(faults);
+        }
+    }
+}
+
+/// The figure a check compares, from the observer or an HTTP request.
+async fn observe(observer: &faultline_observer::Observer, kind: &CheckKind) -> Observed {
+    let secs = |d: faultline_api::Duration| (d.as_millis() / 1000).max(1);
+    match kind {
+        CheckKind::ErrorRate(c) => observer
+            .error_rate(&c.service, secs(c.window))
+            .map_or(Observed::NoData, Observed::Rate),
+        CheckKind::Latency(c) => observer
+            .latency_ms(&c.service, c.percentile, secs(c.window))
+            .map_or(Observed::NoData, Observed::LatencyMs),
+        CheckKind::Breaker(c) => match observer.breaker(&c.service, &c.name) {
+            Some((state, for_secs)) => Observed::Breaker {
+                state: match state {
+                    faultline_observer::BreakerState::Closed => BreakerState::Closed,
+                    faultline_observer::BreakerState::Open => BreakerState::Open,
+                    faultline_observer::BreakerState::HalfOpen => BreakerState::HalfOpen,
+                },
+                for_secs,
+            },
+            None => Observed::NoData,
+        },
+        CheckKind::Http(c) => Observed::Http(http_get(&c.url, c.timeout.as_std()).await),
+    }
+}
+
+/// GET `url`; the status, or None when nothing answered in time.
+async fn http_get(url: &str, timeout: Duration) -> Option<u16> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let req = hyper::Request::get(url).body(Empty::new()).ok()?;
+    let response = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status().as_u16();
+    let _ = tokio::time::timeout(timeout, response.into_body().collect()).await;
+    Some(status)
+}
