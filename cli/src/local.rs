@@ -32,7 +32,14 @@ fn load<T: faultline_api::document::FromResource>(path: &Path) -> Result<T, Exit
 }
 
 /// `faultline run EXPERIMENT --local TOPOLOGY`.
-pub fn run_files(experiment: &Path, topology: &Path, seed: u64) -> ExitCode {
+/// Where to write reports of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Reports {
+    pub junit: Option<std::path::PathBuf>,
+    pub json: Option<std::path::PathBuf>,
+}
+
+pub fn run_files(experiment: &Path, topology: &Path, seed: u64, reports: &Reports) -> ExitCode {
     let experiment: Experiment = match load(experiment) {
         Ok(e) => e,
         Err(code) => return code,
@@ -41,7 +48,7 @@ pub fn run_files(experiment: &Path, topology: &Path, seed: u64) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
-    run(&experiment, &topology, seed, None)
+    run(&experiment, &topology, seed, None, reports)
 }
 
 /// Runs to the end on a runtime of its own; Ctrl-C aborts with recovery.
@@ -50,6 +57,7 @@ pub fn run(
     topology: &Topology,
     seed: u64,
     load: Option<(String, Duration)>,
+    reports: &Reports,
 ) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,7 +113,23 @@ pub fn run(
             t.abort();
         }
         match outcome {
-            Ok(o) => summary(&o),
+            Ok(o) => {
+                let code = summary(&o);
+                let seconds = o.journal.last().map_or(0.0, |e| e.at.as_secs_f64());
+                let write = |path: &Option<std::path::PathBuf>, text: String| -> bool {
+                    let Some(path) = path else { return true };
+                    match std::fs::write(path, text) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            eprintln!("faultline: cannot write {}: {e}", path.display());
+                            false
+                        }
+                    }
+                };
+                let ok = write(&reports.junit, crate::report::junit(&name, &o, seconds))
+                    & write(&reports.json, crate::report::journal(&name, &o));
+                if ok { code } else { ExitCode::from(EXIT_BROKE) }
+            }
             Err(e) => {
                 eprintln!("faultline: the run broke: {e}");
                 ExitCode::from(EXIT_BROKE)
@@ -114,20 +138,36 @@ pub fn run(
     })
 }
 
-/// Plain progress lines: one on each phase change and one every 5 s.
-#[derive(Default)]
+/// Progress: on a terminal, one status line redrawn in place (a new line on
+/// each phase change); otherwise plain lines, one per phase change and one
+/// every 5 s.
 struct Printer {
     phase: Option<Phase>,
     last: Option<Duration>,
+    tty: bool,
+}
+
+impl Default for Printer {
+    fn default() -> Self {
+        Printer {
+            phase: None,
+            last: None,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        }
+    }
 }
 
 impl Printer {
     fn show(&mut self, p: Progress<'_>) {
         let phase = p.run.phase();
-        let periodic = self
-            .last
-            .is_none_or(|t| p.now.saturating_sub(t) >= Duration::from_secs(5));
-        if Some(phase) == self.phase && !periodic {
+        let every = if self.tty {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        let periodic = self.last.is_none_or(|t| p.now.saturating_sub(t) >= every);
+        let changed = Some(phase) != self.phase;
+        if !changed && !periodic {
             return;
         }
         self.phase = Some(phase);
@@ -142,13 +182,28 @@ impl Printer {
                     .map(|e| format!("{}: {}", r.name, e.observed))
             })
             .collect();
-        println!(
+        let line = format!(
             "[{:>6.1}s] {:<10} faults active: {:<3} {}",
             p.now.as_secs_f64(),
             phase.as_str(),
             p.run.active().len(),
             checks.join(" · ")
         );
+        if self.tty {
+            use std::io::Write as _;
+            // Keep the finished line of a phase; redraw within one.
+            print!(
+                "{}\r\x1b[2K{line}",
+                if changed && self.last.is_some() {
+                    "\n"
+                } else {
+                    ""
+                }
+            );
+            let _ = std::io::stdout().flush();
+        } else {
+            println!("{line}");
+        }
     }
 }
 
@@ -219,7 +274,7 @@ fn free_port() -> u16 {
 /// `faultline demo`: the demo shop from this very binary, with payments
 /// slowed by 300 ms; checkout's breaker must open and frontend's error rate
 /// stay under 5 %.
-pub fn demo(duration: Duration, no_breaker: bool) -> ExitCode {
+pub fn demo(duration: Duration, no_breaker: bool, reports: &Reports) -> ExitCode {
     let secs = duration.as_secs().max(30);
     let fault_secs = secs - 20;
     let (f, c, p, i) = (free_port(), free_port(), free_port(), free_port());
@@ -274,5 +329,6 @@ spec:
         &topology,
         0,
         Some((format!("127.0.0.1:{f}"), Duration::from_secs(secs + 10))),
+        reports,
     )
 }

@@ -1,6 +1,7 @@
 //! `faultline`: the user's binary.
 
 mod local;
+mod report;
 mod validate;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -44,6 +45,12 @@ enum Command {
         /// Fixes which targets are chosen (modes one, fixed, percent).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Write a JUnit XML report (one test case per check).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Write the run's journal as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Run the demo shop with payments slowed by 300 ms: checkout's breaker
     /// must open and frontend's error rate stay under 5 %.
@@ -54,6 +61,12 @@ enum Command {
         /// Run checkout without its circuit breaker (the hypothesis fails).
         #[arg(long)]
         no_breaker: bool,
+        /// Write a JUnit XML report (one test case per check).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Write the run's journal as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// One service of the demo shop (used by `faultline demo` and demo topologies).
     #[command(hide = true)]
@@ -81,7 +94,14 @@ fn main() -> ExitCode {
             experiment,
             local: Some(topology),
             seed,
-        } => Ok(local::run_files(&experiment, &topology, seed)),
+            junit,
+            json,
+        } => Ok(local::run_files(
+            &experiment,
+            &topology,
+            seed,
+            &local::Reports { junit, json },
+        )),
         Command::Run { local: None, .. } => {
             eprintln!(
                 "faultline run: only --local TOPOLOGY runs for now; on Kubernetes, kubectl apply the Experiment"
@@ -91,7 +111,13 @@ fn main() -> ExitCode {
         Command::Demo {
             duration,
             no_breaker,
-        } => Ok(local::demo(duration, no_breaker)),
+            junit,
+            json,
+        } => Ok(local::demo(
+            duration,
+            no_breaker,
+            &local::Reports { junit, json },
+        )),
         Command::DemoRole { args } => demo_role(args),
     };
     match result {

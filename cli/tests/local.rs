@@ -55,8 +55,15 @@ fn the_demo_passes_and_without_a_breaker_fails() {
         "{stdout}"
     );
 
+    let dir = tempfile::tempdir().expect("tmp");
+    let junit = dir.path().join("report.xml");
+    let journal = dir.path().join("run.json");
     let out = faultline("pass-fail")
         .args(["demo", "--duration", "30s", "--no-breaker"])
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--json")
+        .arg(&journal)
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -67,7 +74,163 @@ fn the_demo_passes_and_without_a_breaker_fails() {
         .unwrap_or("");
     assert!(failing.contains("FAILED"), "{stdout}");
     assert!(stdout.contains("FAILED: the hypothesis did not hold"));
+    // The JUnit report names the failing check with what was observed, and a
+    // real JUnit parser reads it.
+    let xml = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(
+        xml.contains("name=\"checkout opens its payments breaker\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(
+            "<failure type=\"hypothesis\" message=\"observed breaker not seen, expected open\""
+        ),
+        "{xml}"
+    );
+    junitparser_reads(&junit, 3, 1);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).expect("journal")).expect("json");
+    assert_eq!(json["verdict"], "Failed");
+    let events: Vec<String> = json["journal"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["event"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e == "inject slow-payments into payments"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e == "remove slow-payments from payments"),
+        "{events:?}"
+    );
     assert_eq!(left_behind("pass-fail"), 0, "no process left behind");
+}
+
+/// experiments/demo/topology.yaml on free ports, so tests running at the
+/// same time do not fight over the file's fixed ports.
+fn private_topology(dir: &std::path::Path) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut text =
+        std::fs::read_to_string(root.join("experiments/demo/topology.yaml")).expect("topology");
+    for fixed in 17101..=17105u16 {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        text = text.replace(&fixed.to_string(), &free.to_string());
+    }
+    let path = dir.join("topology.yaml");
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// Parses a JUnit file with the Python `junitparser` package (installed by
+/// scripts/test.sh) and checks its counts.
+fn junitparser_reads(path: &std::path::Path, tests: usize, failures: usize) {
+    let python = match std::env::var("FAULTLINE_PYTHON") {
+        Ok(p) => p,
+        Err(_) if std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some() => {
+            panic!("FAULTLINE_PYTHON is required")
+        }
+        Err(_) => return eprintln!("skipped junitparser: FAULTLINE_PYTHON not set"),
+    };
+    let script = "import sys\nfrom junitparser import JUnitXml, Failure\nxml = JUnitXml.fromfile(sys.argv[1])\ncases = [c for s in xml for c in s]\nfailed = [c for c in cases if any(isinstance(r, Failure) for r in c.result)]\nprint(len(cases), len(failed))\n";
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{tests} {failures}")
+    );
+}
+
+#[test]
+fn an_abort_check_that_trips_recovers_with_exit_3() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let experiment = dir.path().join("abort.yaml");
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: trips, namespace: demo}
+spec:
+  duration: 40s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - name: slow-payments
+      target: payments
+      start: 3s
+      latency: {delay: 300ms}
+  abort:
+    - name: frontend answers in 1ms
+      latency: {service: frontend, percentile: 50, max: 1ms, window: 5s}
+",
+    )
+    .expect("write");
+    let journal = dir.path().join("run.json");
+    let out = faultline("abort")
+        .arg("run")
+        .arg(&experiment)
+        .arg("--local")
+        .arg(private_topology(dir.path()))
+        .arg("--json")
+        .arg(&journal)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("TRIPPED"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).expect("journal")).expect("json");
+    assert_eq!(
+        (json["verdict"].as_str(), json["phase"].as_str()),
+        (Some("Aborted"), Some("Recovered"))
+    );
+    assert_eq!(left_behind("abort"), 0);
+}
+
+#[test]
+fn a_kill_fault_kills_and_the_service_comes_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = faultline("kill")
+        .args(["run", "experiments/demo/payments-kill.yaml", "--local"])
+        .arg(private_topology(dir.path()))
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Killed at 10, 15, 20 and 25 s, restarted each time by the runtime.
+    assert!(stdout.contains("payments restarted 4 times"), "{stdout}");
+    assert!(
+        !stdout.contains("checkout restarted"),
+        "only payments was killed: {stdout}"
+    );
+    assert_eq!(left_behind("kill"), 0);
 }
 
 #[test]

@@ -1,0 +1,104 @@
+//! Reports of a local run: JUnit XML for CI systems (one test case per
+//! check) and the JSON journal of everything that happened.
+
+use std::fmt::Write as _;
+
+use faultline_api::experiment::Verdict;
+use faultline_runtime::Outcome;
+use serde_json::json;
+
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 cannot carry most control characters at all.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JUnit XML: a test case per hypothesis and abort check; a failed check
+/// carries the observed value and the threshold; an aborted run adds an
+/// erroring `run` case with the reason.
+pub fn junit(experiment: &str, outcome: &Outcome, seconds: f64) -> String {
+    let mut cases = String::new();
+    let mut failures = 0;
+    let mut errors = 0;
+    for r in &outcome.report {
+        let class = if r.abort { "abort" } else { "hypothesis" };
+        let _ = write!(
+            cases,
+            "    <testcase classname=\"faultline.{}.{class}\" name=\"{}\" time=\"0\">",
+            xml(experiment),
+            xml(&r.name)
+        );
+        if !r.passed {
+            failures += 1;
+            let (observed, expected) =
+                r.last.as_ref().map_or((String::new(), String::new()), |e| {
+                    (e.observed.clone(), e.expected.clone())
+                });
+            let _ = write!(
+                cases,
+                "\n      <failure type=\"{class}\" message=\"observed {}, expected {}\">{}</failure>\n    ",
+                xml(&observed),
+                xml(&expected),
+                xml(r.failure.as_deref().unwrap_or(""))
+            );
+        } else if r.evaluations == 0 {
+            let _ = write!(
+                cases,
+                "\n      <skipped message=\"never evaluated\"/>\n    "
+            );
+        }
+        cases.push_str("</testcase>\n");
+    }
+    if outcome.verdict == Verdict::Aborted {
+        errors += 1;
+        let _ = writeln!(
+            cases,
+            "    <testcase classname=\"faultline.{}\" name=\"run\" time=\"{seconds:.3}\">\n      <error type=\"aborted\" message=\"{}\"/>\n    </testcase>",
+            xml(experiment),
+            xml(outcome.message.as_deref().unwrap_or("aborted"))
+        );
+    }
+    let tests = outcome.report.len() + errors;
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"faultline\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{seconds:.3}\">\n  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{seconds:.3}\">\n{cases}  </testsuite>\n</testsuites>\n",
+        xml(experiment)
+    )
+}
+
+/// The run's journal: every injection, recovery, signal, restart and check
+/// evaluation with its time since the start, and the final figures.
+pub fn journal(experiment: &str, outcome: &Outcome) -> String {
+    let doc = json!({
+        "experiment": experiment,
+        "verdict": outcome.verdict.as_str(),
+        "phase": outcome.phase.as_str(),
+        "message": outcome.message,
+        "checks": outcome.report.iter().map(|r| json!({
+            "name": r.name,
+            "abort": r.abort,
+            "passed": r.passed,
+            "evaluations": r.evaluations,
+            "observed": r.last.as_ref().map(|e| e.observed.clone()),
+            "expected": r.last.as_ref().map(|e| e.expected.clone()),
+            "failure": r.failure,
+        })).collect::<Vec<_>>(),
+        "restarts": outcome.restarts,
+        "supervisor": outcome.log,
+        "journal": outcome.journal.iter().map(|e| json!({
+            "atMs": e.at.as_millis() as u64,
+            "event": e.event,
+        })).collect::<Vec<_>>(),
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}

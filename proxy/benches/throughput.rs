@@ -1,0 +1,166 @@
+//! Proxy benchmark: prints its figures, asserts nothing.
+//!
+//!   cargo bench -p faultline-proxy --bench throughput
+//!
+//! In one run, against the same loopback echo server: round-trip latency
+//! direct and through the proxy (added p50/p99; target < 50 µs at p50),
+//! bulk throughput direct and through the proxy (target >= 70 % of direct),
+//! and 1 000 concurrent connections through the proxy.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use faultline_proxy::Proxy;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const ROUND_TRIPS: usize = 5_000;
+const BULK_BYTES: usize = 512 << 20;
+
+/// Echoes every byte back.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let _ = conn.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads and discards everything, then answers with the byte count.
+async fn sink_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 << 10];
+                let mut total = 0u64;
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = conn.write_all(&total.to_be_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn round_trips(addr: SocketAddr) -> Vec<Duration> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let msg = [42u8; 64];
+    let mut back = [0u8; 64];
+    let mut out = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..ROUND_TRIPS {
+        let t = Instant::now();
+        s.write_all(&msg).await.expect("write");
+        s.read_exact(&mut back).await.expect("read");
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+async fn bulk(addr: SocketAddr) -> f64 {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let chunk = vec![7u8; 256 << 10];
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < BULK_BYTES {
+        s.write_all(&chunk).await.expect("write");
+        sent += chunk.len();
+    }
+    s.shutdown().await.expect("shutdown");
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count).await.expect("count");
+    assert_eq!(u64::from_be_bytes(count) as usize, sent);
+    sent as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let echo = echo_server().await;
+    let echo_proxy = Proxy::start(any, echo).await.expect("proxy");
+    // Warm up both paths.
+    round_trips(echo).await;
+    round_trips(echo_proxy.local_addr()).await;
+    let direct = round_trips(echo).await;
+    let proxied = round_trips(echo_proxy.local_addr()).await;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("round trips of 64 bytes ({ROUND_TRIPS} each, one connection):");
+    println!(
+        "  direct:   p50 {:>7.1} µs  p99 {:>7.1} µs",
+        us(pct(&direct, 0.5)),
+        us(pct(&direct, 0.99))
+    );
+    println!(
+        "  proxied:  p50 {:>7.1} µs  p99 {:>7.1} µs",
+        us(pct(&proxied, 0.5)),
+        us(pct(&proxied, 0.99))
+    );
+    println!(
+        "  added:    p50 {:>7.1} µs  p99 {:>7.1} µs   (target < 50 µs at p50)",
+        us(pct(&proxied, 0.5)) - us(pct(&direct, 0.5)),
+        us(pct(&proxied, 0.99)) - us(pct(&direct, 0.99))
+    );
+
+    let sink = sink_server().await;
+    let sink_proxy = Proxy::start(any, sink).await.expect("proxy");
+    let direct = bulk(sink).await;
+    let proxied = bulk(sink_proxy.local_addr()).await;
+    println!(
+        "bulk transfer of {} MiB (one connection):",
+        BULK_BYTES >> 20
+    );
+    println!(
+        "  direct {direct:.0} MiB/s, proxied {proxied:.0} MiB/s = {:.0} % of direct   (target >= 70 %)",
+        proxied / direct * 100.0
+    );
+
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let addr = echo_proxy.local_addr();
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await?;
+                let mut back = [0u8; 16];
+                for _ in 0..10 {
+                    s.write_all(&[1u8; 16]).await?;
+                    s.read_exact(&mut back).await?;
+                }
+                Ok::<_, std::io::Error>(s)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut open = Vec::new();
+    for task in tasks {
+        if let Ok(Ok(s)) = task.await {
+            ok += 1;
+            open.push(s);
+        }
+    }
+    println!(
+        "1 000 concurrent connections through the proxy, 10 round trips each: {ok} succeeded, all open at once, in {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+}
