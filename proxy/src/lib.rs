@@ -27,7 +27,7 @@ use tokio::{
         TcpListener, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{mpsc, watch},
+    sync::watch,
     task::JoinHandle,
     time::Instant,
 };
@@ -191,16 +191,20 @@ async fn connection(
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
     // A reset partition ends the connection at once, even while a copy loop
     // is stuck writing to a peer that stopped reading or sleeping on a delay.
     let copy = async {
-        let (up_read, up_write, down) = tokio::join!(
-            read_delayed(&mut client_read, tx, faults.clone(), seed),
-            write_delayed(rx, &mut server_write, faults.clone(), &stats),
+        let (up, down) = tokio::join!(
+            upstream_copy(
+                &mut client_read,
+                &mut server_write,
+                faults.clone(),
+                &stats,
+                seed
+            ),
             pump(&mut server_read, &mut client_write, faults.clone(), &stats),
         );
-        up_read.is_err() || up_write.is_err() || down.is_err()
+        up.is_err() || down.is_err()
     };
     let reset_requested = tokio::select! {
         r = copy => r,
@@ -284,62 +288,76 @@ async fn pump(
     Ok(())
 }
 
-/// Client → upstream, reading side: stamps each chunk with when it is due,
-/// from the latency in force when it arrived, never earlier than the chunk
-/// before it (no reordering).
-async fn read_delayed(
+/// Bytes held back for a delay, per connection, before reading pauses.
+const MAX_DELAYED_BYTES: usize = 16 << 20;
+
+/// Client → upstream: each chunk is due after the latency in force when it
+/// arrived, never before the chunk ahead of it (no reordering). Without
+/// latency and with nothing held back, chunks are written straight through.
+async fn upstream_copy(
     from: &mut OwnedReadHalf,
-    tx: mpsc::Sender<(Instant, Vec<u8>)>,
+    to: &mut OwnedWriteHalf,
     mut faults: watch::Receiver<Faults>,
+    stats: &Stats,
     seed: u64,
 ) -> Result<(), Reset> {
     let mut rng = Rng(seed | 1);
+    let mut held: std::collections::VecDeque<(Instant, Vec<u8>)> =
+        std::collections::VecDeque::new();
+    let mut held_bytes = 0usize;
     let mut last_due = Instant::now();
     let mut buf = vec![0u8; BUFFER];
+    let mut eof = false;
     loop {
         if !wait_while_blackholed(&mut faults).await {
             return Err(Reset);
         }
+        if eof && held.is_empty() {
+            break;
+        }
+        let next_due = held.front().map(|(due, _)| *due);
         tokio::select! {
-            read = from.read(&mut buf) => {
-                let n = match read { Ok(0) | Err(_) => break, Ok(n) => n };
+            read = from.read(&mut buf), if !eof && held_bytes < MAX_DELAYED_BYTES => {
+                let n = match read { Ok(0) | Err(_) => { eof = true; continue } Ok(n) => n };
                 let delay = match faults.borrow().latency {
                     Some(l) => jittered(l, &mut rng),
                     None => Duration::ZERO,
                 };
-                let due = (Instant::now() + delay).max(last_due);
-                last_due = due;
-                if tx.send((due, buf[..n].to_vec())).await.is_err() {
-                    break;
+                if delay.is_zero() && held.is_empty() {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                } else {
+                    let due = (Instant::now() + delay).max(last_due);
+                    last_due = due;
+                    held_bytes += n;
+                    held.push_back((due, buf[..n].to_vec()));
+                }
+            }
+            () = sleep_until_opt(next_due), if next_due.is_some() => {
+                if let Some((_, chunk)) = held.pop_front() {
+                    held_bytes -= chunk.len();
+                    if to.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                    stats.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }
             }
             changed = faults.changed() => if changed.is_err() { break },
         }
     }
+    let _ = to.shutdown().await;
     Ok(())
 }
 
-/// Client → upstream, writing side: sleeps until each chunk is due.
-async fn write_delayed(
-    mut rx: mpsc::Receiver<(Instant, Vec<u8>)>,
-    to: &mut OwnedWriteHalf,
-    mut faults: watch::Receiver<Faults>,
-    stats: &Stats,
-) -> Result<(), Reset> {
-    while let Some((due, chunk)) = rx.recv().await {
-        tokio::time::sleep_until(due).await;
-        if !wait_while_blackholed(&mut faults).await {
-            return Err(Reset);
-        }
-        if to.write_all(&chunk).await.is_err() {
-            break;
-        }
-        stats
-            .bytes_up
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+/// Sleeps until `due`, without a timer when it has already passed (timers
+/// tick in milliseconds, which would delay every chunk).
+async fn sleep_until_opt(due: Option<Instant>) {
+    match due {
+        Some(d) if d > Instant::now() => tokio::time::sleep_until(d).await,
+        _ => {}
     }
-    let _ = to.shutdown().await;
-    Ok(())
 }
 
 fn jittered(l: Latency, rng: &mut Rng) -> Duration {
