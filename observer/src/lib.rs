@@ -150,6 +150,18 @@ pub struct Addresses {
     pub api: SocketAddr,
 }
 
+impl Addresses {
+    /// Free loopback ports for all three (embedding, tests).
+    pub fn ephemeral() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Addresses {
+            otlp_grpc: any,
+            otlp_http: any,
+            api: any,
+        }
+    }
+}
+
 impl Default for Addresses {
     fn default() -> Self {
         Addresses {

@@ -3,7 +3,6 @@
 //! the queue, and ingest keeps its pace.
 
 use std::{
-    net::SocketAddr,
     sync::atomic::Ordering,
     time::{Duration, Instant, SystemTime},
 };
@@ -79,13 +78,8 @@ fn export(service: &str, trace: u8, n: usize) -> ExportTraceServiceRequest {
 }
 
 async fn observer_forwarding(config: ForwardConfig) -> faultline_observer::Running {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
     faultline_observer::start_with(
-        &Addresses {
-            otlp_grpc: any,
-            otlp_http: any,
-            api: any,
-        },
+        &Addresses::ephemeral(),
         Observer::new(Limits::default()).forward_to(config),
     )
     .await
@@ -136,7 +130,13 @@ async fn forwards_intact(protocol: Protocol, forward: ForwardProtocol) {
             && s.resource_attrs()
                 .contains(&kv("deployment.environment", "test"))
     }));
+    // The counter moves once the downstream has acknowledged, just after
+    // it holds the spans.
     let stats = obs.observer.forward_stats().expect("forwarding");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stats.forwarded.load(Ordering::Relaxed) < 100 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(stats.forwarded.load(Ordering::Relaxed), 100);
 }
 

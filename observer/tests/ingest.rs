@@ -17,17 +17,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn observer() -> faultline_observer::Running {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    faultline_observer::start(
-        &Addresses {
-            otlp_grpc: any,
-            otlp_http: any,
-            api: any,
-        },
-        Limits::default(),
-    )
-    .await
-    .expect("observer starts")
+    faultline_observer::start(&Addresses::ephemeral(), Limits::default())
+        .await
+        .expect("observer starts")
 }
 
 /// A minimal HTTP/1.1 exchange: (status, body).

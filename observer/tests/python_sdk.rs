@@ -3,7 +3,7 @@
 //! script installs the SDK and sets FAULTLINE_PYTHON; without it the test
 //! skips, unless FAULTLINE_REQUIRE_PEERS says it must run.
 
-use std::{net::SocketAddr, path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command};
 
 use faultline_observer::{Addresses, BreakerState, Limits};
 
@@ -24,17 +24,9 @@ fn python() -> Option<String> {
 
 async fn check(protocol: &'static str) {
     let Some(python) = python() else { return };
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let obs = faultline_observer::start(
-        &Addresses {
-            otlp_grpc: any,
-            otlp_http: any,
-            api: any,
-        },
-        Limits::default(),
-    )
-    .await
-    .expect("observer");
+    let obs = faultline_observer::start(&Addresses::ephemeral(), Limits::default())
+        .await
+        .expect("observer");
     let endpoint = match protocol {
         "grpc" => format!("http://{}", obs.addresses.otlp_grpc),
         _ => format!("http://{}", obs.addresses.otlp_http),

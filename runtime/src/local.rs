@@ -88,16 +88,9 @@ pub async fn run(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Outcome, Error> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let observer = faultline_observer::start(
-        &Addresses {
-            otlp_grpc: any,
-            otlp_http: any,
-            api: any,
-        },
-        Limits::default(),
-    )
-    .await
-    .map_err(Error::Observer)?;
+    let observer = faultline_observer::start(&Addresses::ephemeral(), Limits::default())
+        .await
+        .map_err(Error::Observer)?;
 
     // A proxy on every edge; a service reaches each dependency through one.
     let ports: HashMap<&str, u16> = topology
