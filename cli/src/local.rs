@@ -109,6 +109,7 @@ pub fn run(
             &mut |p| printer.show(p),
         )
         .await;
+        printer.finish();
         if let Some(t) = load_task {
             t.abort();
         }
@@ -145,6 +146,8 @@ struct Printer {
     phase: Option<Phase>,
     last: Option<Duration>,
     tty: bool,
+    /// A line is on the terminal, not yet ended.
+    drawn: bool,
 }
 
 impl Default for Printer {
@@ -153,11 +156,19 @@ impl Default for Printer {
             phase: None,
             last: None,
             tty: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            drawn: false,
         }
     }
 }
 
 impl Printer {
+    /// Ends the status line being redrawn, so what follows starts below it.
+    fn finish(&self) {
+        if self.drawn {
+            println!();
+        }
+    }
+
     fn show(&mut self, p: Progress<'_>) {
         let phase = p.run.phase();
         let every = if self.tty {
@@ -194,13 +205,10 @@ impl Printer {
             // Keep the finished line of a phase; redraw within one.
             print!(
                 "{}\r\x1b[2K{line}",
-                if changed && self.last.is_some() {
-                    "\n"
-                } else {
-                    ""
-                }
+                if changed && self.drawn { "\n" } else { "" }
             );
             let _ = std::io::stdout().flush();
+            self.drawn = true;
         } else {
             println!("{line}");
         }

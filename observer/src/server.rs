@@ -5,7 +5,8 @@ use std::{convert::Infallible, io::Read, sync::atomic::Ordering, time::Duration}
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State},
+    extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State},
+    http::request::Parts,
     http::{HeaderMap, StatusCode, header},
     response::{
         IntoResponse, Response,
@@ -186,25 +187,33 @@ pub fn api_router(observer: Observer) -> Router {
         .with_state(observer)
 }
 
-async fn services(State(observer): State<Observer>, Query(q): Query<WindowQuery>) -> Response {
-    match parse_window(q.window.as_deref()) {
-        Ok(window) => {
-            Json(json!({ "window": format!("{window}s"), "services": observer.services(window) }))
-                .into_response()
-        }
-        Err(e) => bad_request(e),
+/// The `?window=` of a request, in seconds; a bad one is answered with 400
+/// before the handler runs.
+struct Window(u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Window {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Query(q) = Query::<WindowQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        parse_window(q.window.as_deref())
+            .map(Window)
+            .map_err(bad_request)
     }
+}
+
+async fn services(State(observer): State<Observer>, Window(window): Window) -> Response {
+    Json(json!({ "window": format!("{window}s"), "services": observer.services(window) }))
+        .into_response()
 }
 
 async fn service(
     State(observer): State<Observer>,
     Path(name): Path<String>,
-    Query(q): Query<WindowQuery>,
+    Window(window): Window,
 ) -> Response {
-    let window = match parse_window(q.window.as_deref()) {
-        Ok(w) => w,
-        Err(e) => return bad_request(e),
-    };
     match observer.service(&name, window) {
         Some(f) => Json(f).into_response(),
         None => (
@@ -215,11 +224,7 @@ async fn service(
     }
 }
 
-async fn stream(State(observer): State<Observer>, Query(q): Query<WindowQuery>) -> Response {
-    let window = match parse_window(q.window.as_deref()) {
-        Ok(w) => w,
-        Err(e) => return bad_request(e),
-    };
+async fn stream(State(observer): State<Observer>, Window(window): Window) -> Response {
     let ticks = futures::stream::unfold(
         tokio::time::interval(Duration::from_secs(1)),
         move |mut interval| {
