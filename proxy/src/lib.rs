@@ -33,6 +33,8 @@ use tokio::{
 };
 
 const BUFFER: usize = 64 * 1024;
+mod splice;
+use splice::Mover;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -257,30 +259,25 @@ async fn wait_while_blackholed(faults: &mut watch::Receiver<Faults>) -> bool {
     }
 }
 
-/// Upstream → client: copies as fast as it can, pausing in a blackhole.
+/// Upstream → client: as fast as it can, pausing in a blackhole.
 async fn pump(
     from: &mut OwnedReadHalf,
     to: &mut OwnedWriteHalf,
     mut faults: watch::Receiver<Faults>,
     stats: &Stats,
 ) -> Result<(), Reset> {
-    let mut buf = vec![0u8; BUFFER];
+    let mut mover = Mover::new();
     loop {
         if !wait_while_blackholed(&mut faults).await {
             return Err(Reset);
         }
+        // A partition arriving mid-transfer cancels it; bytes already taken
+        // wait in the pipe until the partition lifts.
         tokio::select! {
-            read = from.read(&mut buf) => {
-                let n = match read { Ok(0) | Err(_) => break, Ok(n) => n };
-                // A partition that arrived while reading holds these bytes back.
-                if !wait_while_blackholed(&mut faults).await {
-                    return Err(Reset);
-                }
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-                stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            moved = mover.transfer(from, to) => match moved {
+                Ok(0) | Err(_) => break,
+                Ok(n) => { stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed); }
+            },
             changed = faults.changed() => if changed.is_err() { break },
         }
     }
@@ -293,7 +290,7 @@ const MAX_DELAYED_BYTES: usize = 16 << 20;
 
 /// Client → upstream: each chunk is due after the latency in force when it
 /// arrived, never before the chunk ahead of it (no reordering). Without
-/// latency and with nothing held back, chunks are written straight through.
+/// latency and with nothing held back, bytes are spliced straight through.
 async fn upstream_copy(
     from: &mut OwnedReadHalf,
     to: &mut OwnedWriteHalf,
@@ -307,12 +304,27 @@ async fn upstream_copy(
     let mut held_bytes = 0usize;
     let mut last_due = Instant::now();
     let mut buf = vec![0u8; BUFFER];
+    let mut mover = Mover::new();
     let mut eof = false;
     loop {
         if !wait_while_blackholed(&mut faults).await {
             return Err(Reset);
         }
         if eof && held.is_empty() {
+            break;
+        }
+        if !eof && held.is_empty() && faults.borrow().latency.is_none() {
+            tokio::select! {
+                moved = mover.transfer(from, to) => match moved {
+                    Ok(0) | Err(_) => eof = true,
+                    Ok(n) => { stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed); }
+                },
+                changed = faults.changed() => if changed.is_err() { break },
+            }
+            continue;
+        }
+        // Bytes taken before the latency arrived go first, undelayed.
+        if mover.drain(to).await.is_err() {
             break;
         }
         let next_due = held.front().map(|(due, _)| *due);
