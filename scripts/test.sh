@@ -16,6 +16,12 @@ if [ ! -x "$peers/venv/bin/pip" ]; then
 fi
 "$peers/venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 
+step "kernel peers (nftables, for the node agent's kernel tests)"
+if ! command -v nft >/dev/null 2>&1; then
+    apt-get update -qq
+    apt-get install -y -qq nftables
+fi
+
 export FAULTLINE_REQUIRE_PEERS=1
 export FAULTLINE_KUBERNETES_VALIDATE="$peers/venv/bin/kubernetes-validate"
 export FAULTLINE_PYTHON="$peers/venv/bin/python"

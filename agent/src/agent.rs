@@ -1,0 +1,509 @@
+//! The agent's loop: the pure reconciler driven by desired-state events and
+//! deadlines, with the journal written around every kernel change.
+//!
+//! The loop is synchronous on its own thread: it waits on a channel with a
+//! timeout set to the next deadline, so a fault is removed at its
+//! `expiresAt` to the millisecond whatever the sources do, and any number of
+//! sources (the standalone file, the Kubernetes API) feed it the same events.
+
+use std::{
+    collections::BTreeMap,
+    sync::mpsc::{Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use faultline_api::{FaultAction, NodeFault};
+use jiff::Timestamp;
+
+use crate::{
+    backend::{Backend, BackendError},
+    journal::{Journal, Record, RecordState},
+    log,
+    metrics::Metrics,
+    reconcile::{Action, Desired, Receipt, State, deadline, expired},
+    spans,
+};
+
+/// What sources tell the loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Desired(Desired),
+    /// SIGTERM/SIGINT: remove everything and stop.
+    Shutdown,
+}
+
+/// Wall-clock time, injectable for tests.
+pub trait Clock: Send {
+    fn now(&self) -> Timestamp;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Longest wait when nothing is due, so a stalled clock source cannot park the loop forever.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct Agent<B: Backend> {
+    backend: B,
+    journal: Journal,
+    state: State,
+    desired: Desired,
+    metrics: Metrics,
+}
+
+impl<B: Backend> Agent<B> {
+    /// Loads the journal and, before anything else, removes every journaled
+    /// fault that is expired or no longer in `desired` (including those that
+    /// were only about to be applied when the last agent died).
+    pub fn start(
+        backend: B,
+        journal: Journal,
+        desired: Desired,
+        metrics: Metrics,
+        now: Timestamp,
+    ) -> Self {
+        let state = State::from_journal(journal.records().map(|r| {
+            (
+                r.fault.clone(),
+                r.receipt.clone(),
+                r.state == RecordState::Applied,
+            )
+        }));
+        let mut agent = Agent {
+            backend,
+            journal,
+            state,
+            desired,
+            metrics,
+        };
+        if let Desired::Unknown(why) = &agent.desired {
+            log(format_args!(
+                "desired state unusable at start, keeping journaled faults until their deadlines: {why}"
+            ));
+        }
+        let found = agent.state.applied().count();
+        let removals: Vec<Action> = agent
+            .state
+            .plan(&agent.desired, now)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Remove { .. }))
+            .collect();
+        let n = removals.len();
+        for a in removals {
+            agent.execute(a, now);
+        }
+        log(format_args!(
+            "started: {found} fault(s) in the journal, {n} stale removed before anything else"
+        ));
+        agent
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn set_desired(&mut self, d: Desired) {
+        if let Desired::Unknown(why) = &d {
+            log(format_args!(
+                "desired state unusable, keeping {} applied fault(s) until their deadlines: {why}",
+                self.state.applied().count()
+            ));
+        }
+        self.state.prune_failures(&d);
+        self.desired = d;
+    }
+
+    /// Brings the kernel to the desired state as of `now`.
+    pub fn reconcile(&mut self, now: Timestamp) {
+        for a in self.state.plan(&self.desired, now) {
+            self.execute(a, now);
+        }
+        let mut active: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for a in self.state.applied() {
+            *active.entry(a.fault.action.kind()).or_default() += 1;
+        }
+        self.metrics.set_active(active);
+    }
+
+    /// When the loop must next run without any event.
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        self.state.next_wakeup(&self.desired)
+    }
+
+    /// Removes everything applied; true when nothing is left.
+    pub fn shutdown(&mut self, now: Timestamp) -> bool {
+        self.desired = Desired::Faults(Vec::new());
+        // Failed removals are retried a few times, a short while apart.
+        for attempt in 0..3 {
+            let removals: Vec<Action> = self
+                .state
+                .applied()
+                .map(|a| Action::Remove {
+                    fault: a.fault.clone(),
+                    receipt: a.receipt.clone(),
+                })
+                .collect();
+            for a in removals {
+                self.execute(a, now);
+            }
+            if self.state.is_empty() {
+                return true;
+            }
+            if attempt < 2 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        let left: Vec<&str> = self.state.applied().map(|a| a.fault.id.as_str()).collect();
+        log(format_args!(
+            "could not remove {} (kept in the journal for the next start)",
+            left.join(", ")
+        ));
+        false
+    }
+
+    /// Runs until a Shutdown event (or every sender is gone); returns
+    /// whether everything was removed.
+    pub fn run(mut self, events: &Receiver<Event>, clock: &dyn Clock) -> bool {
+        loop {
+            let now = clock.now();
+            self.reconcile(now);
+            let wait = self.next_wakeup().map_or(IDLE_WAIT, |t| {
+                let ms = t
+                    .duration_since(clock.now())
+                    .as_millis()
+                    .clamp(0, IDLE_WAIT.as_millis() as i128);
+                // One millisecond late rather than a spin of early wake-ups.
+                Duration::from_millis(ms as u64 + 1)
+            });
+            match events.recv_timeout(wait) {
+                Ok(Event::Desired(d)) => self.set_desired(d),
+                Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    return self.shutdown(clock.now());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn execute(&mut self, action: Action, now: Timestamp) {
+        match action {
+            Action::Apply { fault } => self.apply(&fault, now),
+            Action::Remove { fault, receipt } => self.remove(&fault, &receipt, now),
+            Action::Repeat { fault } => {
+                let r = self.backend.repeat(&fault);
+                let why = r.as_ref().err().map(ToString::to_string);
+                spans::record("inject", &fault, why.as_deref().map_or(Ok(()), Err));
+                if let Err(e) = r {
+                    self.metrics.failed(fault.action.kind(), "repeat");
+                    log(format_args!("{}: repeat failed: {e}", fault.id));
+                }
+                self.state.repeated(&fault.id, now);
+            }
+            Action::Update { fault } => {
+                let receipt = self
+                    .state
+                    .get(&fault.id)
+                    .map(|a| a.receipt.clone())
+                    .unwrap_or_default();
+                match self.journal.put(Record {
+                    state: RecordState::Applied,
+                    fault: fault.clone(),
+                    receipt,
+                }) {
+                    Ok(()) => self.state.updated(&fault),
+                    Err(e) => log(format_args!("{}: keeping the old deadline: {e}", fault.id)),
+                }
+            }
+        }
+    }
+
+    fn receipt_for(&self, fault: &NodeFault) -> Result<Receipt, String> {
+        if let Some(a) = self.state.get(&fault.id) {
+            // A half-applied fault being applied again keeps its band.
+            return Ok(a.receipt.clone());
+        }
+        match fault.action {
+            FaultAction::Latency(_) => self
+                .state
+                .free_band(&fault.target)
+                .map(|band| Receipt::Latency { band })
+                .ok_or_else(|| {
+                    "every netem band of this target is taken (15 latency faults)".into()
+                }),
+            _ => Ok(Receipt::None),
+        }
+    }
+
+    fn apply(&mut self, fault: &NodeFault, now: Timestamp) {
+        let kind = fault.action.kind();
+        let started = Instant::now();
+        let receipt = match self.receipt_for(fault) {
+            Ok(r) => r,
+            Err(why) => return self.apply_refused(fault, now, &why),
+        };
+        if let Err(e) = self.journal.put(Record {
+            state: RecordState::Applying,
+            fault: fault.clone(),
+            receipt: receipt.clone(),
+        }) {
+            // Nothing is applied that the journal does not know of.
+            return self.apply_refused(fault, now, &e.to_string());
+        }
+        self.state.applying(fault, receipt.clone());
+        match self.backend.apply(fault, &receipt) {
+            Ok(()) => {
+                if let Err(e) = self.journal.put(Record {
+                    state: RecordState::Applied,
+                    fault: fault.clone(),
+                    receipt,
+                }) {
+                    // The record still says "applying", which a restart also undoes.
+                    log(format_args!(
+                        "{}: applied, but the journal still says applying: {e}",
+                        fault.id
+                    ));
+                }
+                self.state.apply_succeeded(fault, now);
+                self.metrics.applied(kind, started.elapsed());
+                spans::record("inject", fault, Ok(()));
+                log(format_args!(
+                    "{}: applied {kind} on {} until {}",
+                    fault.id,
+                    spans::target_name(&fault.target),
+                    deadline(fault)
+                ));
+            }
+            Err(e) => {
+                let why = e.to_string();
+                // Undo whatever part was applied before the error.
+                match self.backend.remove(fault, &receipt) {
+                    Ok(()) | Err(BackendError::Gone(_)) => {
+                        if let Err(je) = self.journal.delete(&fault.id) {
+                            log(format_args!("{}: {je}", fault.id));
+                        }
+                        self.state.apply_failed(fault, now);
+                    }
+                    Err(undo) => {
+                        log(format_args!(
+                            "{}: undoing the failed apply failed too: {undo}",
+                            fault.id
+                        ));
+                        self.state.apply_failed_dirty(fault, now);
+                    }
+                }
+                self.metrics.failed(kind, "apply");
+                spans::record("inject", fault, Err(&why));
+                log(format_args!(
+                    "{}: cannot apply {kind}: {why} (retrying in 1s)",
+                    fault.id
+                ));
+            }
+        }
+    }
+
+    fn apply_refused(&mut self, fault: &NodeFault, now: Timestamp, why: &str) {
+        self.state.apply_failed(fault, now);
+        self.metrics.failed(fault.action.kind(), "apply");
+        spans::record("inject", fault, Err(why));
+        log(format_args!("{}: not applied: {why}", fault.id));
+    }
+
+    fn remove(&mut self, fault: &NodeFault, receipt: &Receipt, now: Timestamp) {
+        let kind = fault.action.kind();
+        match self.backend.remove(fault, receipt) {
+            Ok(()) | Err(BackendError::Gone(_)) => {
+                if let Err(e) = self.journal.delete(&fault.id) {
+                    // The kernel is clean; a restart would only remove it again.
+                    log(format_args!("{}: removed, but {e}", fault.id));
+                }
+                self.state.removed(&fault.id);
+                let late =
+                    expired(fault, now).then(|| now.duration_since(deadline(fault)).unsigned_abs());
+                self.metrics.removed(kind, late);
+                spans::record("recover", fault, Ok(()));
+                match late {
+                    Some(l) => log(format_args!(
+                        "{}: removed {kind} at its deadline (+{} ms)",
+                        fault.id,
+                        l.as_millis()
+                    )),
+                    None => log(format_args!("{}: removed {kind}", fault.id)),
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                self.state.remove_failed(&fault.id, now);
+                self.metrics.failed(kind, "remove");
+                spans::record("recover", fault, Err(&why));
+                log(format_args!(
+                    "{}: cannot remove {kind}: {why} (retrying in 1s)",
+                    fault.id
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        backend::{Call, Recording},
+        reconcile::tests::{partition, t},
+    };
+
+    fn agent(
+        dir: &std::path::Path,
+        rec: &Recording,
+        d: Desired,
+        now: Timestamp,
+    ) -> Agent<Recording> {
+        let j = Journal::open(dir).expect("journal");
+        Agent::start(rec.clone(), j, d, Metrics::default(), now)
+    }
+
+    fn journal_ids(dir: &std::path::Path) -> Vec<(String, RecordState)> {
+        Journal::open(dir)
+            .expect("journal")
+            .records()
+            .map(|r| (r.fault.id.clone(), r.state))
+            .collect()
+    }
+
+    #[test]
+    fn journals_around_applies_and_removals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recording::default();
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let mut ag = agent(dir.path(), &rec, Desired::Faults(vec![a.clone()]), t(0));
+        ag.reconcile(t(0));
+        assert_eq!(rec.calls(), [Call::Apply("a".into())]);
+        assert_eq!(
+            journal_ids(dir.path()),
+            [("a".into(), RecordState::Applied)]
+        );
+        ag.reconcile(t(1));
+        assert_eq!(rec.calls().len(), 1, "idempotent");
+        assert_eq!(ag.next_wakeup(), Some(t(10)));
+        ag.reconcile(t(10));
+        assert_eq!(rec.calls()[1], Call::Remove("a".into()));
+        assert!(journal_ids(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn restart_removes_stale_before_anything_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recording::default();
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let b = partition("b", "/n", "10.0.0.2", 10);
+        let mut ag = agent(
+            dir.path(),
+            &rec,
+            Desired::Faults(vec![a.clone(), b.clone()]),
+            t(0),
+        );
+        ag.reconcile(t(0));
+        drop(ag); // as after SIGKILL: nothing removed
+        let rec2 = Recording::default();
+        let c = partition("c", "/n", "10.0.0.3", 10);
+        let mut ag = agent(dir.path(), &rec2, Desired::Faults(vec![b.clone(), c]), t(1));
+        assert_eq!(
+            rec2.calls(),
+            [Call::Remove("a".into())],
+            "only the stale one, before any apply"
+        );
+        ag.reconcile(t(1));
+        assert_eq!(rec2.calls()[1..], [Call::Apply("c".into())]);
+        assert!(ag.shutdown(t(2)));
+        assert!(journal_ids(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn failed_apply_is_undone_and_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recording::default();
+        rec.fail(Call::Apply("a".into()), BackendError::Failed("nope".into()));
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let mut ag = agent(dir.path(), &rec, Desired::Faults(vec![a]), t(0));
+        ag.reconcile(t(0));
+        assert_eq!(
+            rec.calls(),
+            [Call::Apply("a".into()), Call::Remove("a".into())]
+        );
+        assert!(journal_ids(dir.path()).is_empty());
+        assert_eq!(ag.next_wakeup(), Some(t(1)));
+        ag.reconcile(t(0));
+        assert_eq!(rec.calls().len(), 2, "waits before retrying");
+    }
+
+    #[test]
+    fn failed_removal_stays_journaled_and_shutdown_reports_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recording::default();
+        rec.fail(
+            Call::Remove("a".into()),
+            BackendError::Failed("busy".into()),
+        );
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let mut ag = agent(dir.path(), &rec, Desired::Faults(vec![a]), t(0));
+        ag.reconcile(t(0));
+        ag.set_desired(Desired::Faults(vec![]));
+        ag.reconcile(t(1));
+        assert_eq!(
+            journal_ids(dir.path()),
+            [("a".into(), RecordState::Applied)]
+        );
+        assert!(!ag.shutdown(t(2)));
+    }
+
+    #[test]
+    fn gone_target_counts_as_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recording::default();
+        rec.fail(
+            Call::Remove("a".into()),
+            BackendError::Gone("netns gone".into()),
+        );
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let mut ag = agent(dir.path(), &rec, Desired::Faults(vec![a]), t(0));
+        ag.reconcile(t(0));
+        assert!(ag.shutdown(t(1)));
+        assert!(journal_ids(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn run_removes_at_deadline_and_on_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recording::default();
+        let soon = Timestamp::now() + jiff::SignedDuration::from_millis(150);
+        let mut a = partition("a", "/n", "10.0.0.1", 0);
+        a.expires_at = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(soon);
+        let b = partition("b", "/n", "10.0.0.2", 1_000_000);
+        let ag = agent(
+            dir.path(),
+            &rec,
+            Desired::Faults(vec![a, b]),
+            Timestamp::now(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || ag.run(&rx, &SystemClock));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!rec.calls().contains(&Call::Remove("a".into())));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            rec.calls().contains(&Call::Remove("a".into())),
+            "{:?}",
+            rec.calls()
+        );
+        tx.send(Event::Shutdown).expect("send");
+        assert!(h.join().expect("join"));
+        assert_eq!(rec.calls().last(), Some(&Call::Remove("b".into())));
+    }
+}

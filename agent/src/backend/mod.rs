@@ -1,0 +1,179 @@
+//! Fault backends: the only code that changes the kernel, behind one small
+//! trait so the agent's loop runs against a recording backend in tests.
+
+pub mod kill;
+pub mod netem;
+pub mod nft;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use faultline_api::{FaultAction, NodeFault};
+
+use crate::{
+    netns::NetnsError,
+    reconcile::Receipt,
+    target::{Resolver, TargetError},
+};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// The target is gone: nothing can be applied to it, and nothing of the
+    /// fault is left to remove.
+    #[error("target gone: {0}")]
+    Gone(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<TargetError> for BackendError {
+    fn from(e: TargetError) -> Self {
+        match e {
+            TargetError::Gone(m) => BackendError::Gone(m),
+            other => BackendError::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<NetnsError> for BackendError {
+    fn from(e: NetnsError) -> Self {
+        match e {
+            NetnsError::Gone { .. } => BackendError::Gone(e.to_string()),
+            other => BackendError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Applies and removes faults. Both are idempotent: applying twice leaves
+/// one copy, removing what is not there succeeds.
+pub trait Backend: Send {
+    fn apply(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError>;
+    fn remove(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError>;
+    /// Fires a repeating fault (kill with `every`) again.
+    fn repeat(&mut self, fault: &NodeFault) -> Result<(), BackendError>;
+}
+
+/// Where the external programs are; plain names are looked up in `PATH`.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub nft: PathBuf,
+    pub tc: PathBuf,
+    pub ip: PathBuf,
+}
+
+impl Default for Programs {
+    fn default() -> Self {
+        Programs {
+            nft: "nft".into(),
+            tc: "tc".into(),
+            ip: "ip".into(),
+        }
+    }
+}
+
+/// The real kernel.
+#[derive(Debug, Clone, Default)]
+pub struct Kernel {
+    pub resolver: Resolver,
+    pub programs: Programs,
+}
+
+impl Backend for Kernel {
+    fn apply(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError> {
+        match &fault.action {
+            FaultAction::Partition(p) => {
+                let ns = self.resolver.netns(&fault.target)?;
+                nft::apply(&self.programs.nft, &ns, &fault.id, p)
+            }
+            FaultAction::Kill(k) => kill::signal_all(&self.resolver, &fault.target, k.signal),
+            FaultAction::Latency(l) => {
+                let Receipt::Latency { band } = receipt else {
+                    return Err(BackendError::Failed(
+                        "latency fault without a band in its journal record".into(),
+                    ));
+                };
+                let ns = self.resolver.netns(&fault.target)?;
+                netem::apply(&self.programs, &ns, *band, l)
+            }
+        }
+    }
+
+    fn remove(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError> {
+        match &fault.action {
+            FaultAction::Partition(_) => {
+                let ns = self.resolver.netns(&fault.target)?;
+                nft::remove(&self.programs.nft, &ns, &fault.id)
+            }
+            // A signal cannot be taken back; stopping the repeats is the removal.
+            FaultAction::Kill(_) => Ok(()),
+            FaultAction::Latency(_) => {
+                let Receipt::Latency { band } = receipt else {
+                    // Journaled without a band means nothing was ever applied.
+                    return Ok(());
+                };
+                let ns = self.resolver.netns(&fault.target)?;
+                netem::remove(&self.programs, &ns, *band)
+            }
+        }
+    }
+
+    fn repeat(&mut self, fault: &NodeFault) -> Result<(), BackendError> {
+        match &fault.action {
+            FaultAction::Kill(k) => kill::signal_all(&self.resolver, &fault.target, k.signal),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One call a [`Recording`] backend saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Apply(String),
+    Remove(String),
+    Repeat(String),
+}
+
+/// Records calls and answers from a script of failures; for unit tests.
+#[derive(Debug, Clone, Default)]
+pub struct Recording {
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    /// Calls that fail, with the error they return.
+    pub failures: Arc<Mutex<Vec<(Call, BackendError)>>>,
+}
+
+impl Recording {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn fail(&self, call: Call, err: BackendError) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.push((call, err));
+        }
+    }
+
+    fn record(&self, call: Call) -> Result<(), BackendError> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(call.clone());
+        }
+        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        match failures.into_iter().find(|(c, _)| *c == call) {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Backend for Recording {
+    fn apply(&mut self, fault: &NodeFault, _: &Receipt) -> Result<(), BackendError> {
+        self.record(Call::Apply(fault.id.clone()))
+    }
+    fn remove(&mut self, fault: &NodeFault, _: &Receipt) -> Result<(), BackendError> {
+        self.record(Call::Remove(fault.id.clone()))
+    }
+    fn repeat(&mut self, fault: &NodeFault) -> Result<(), BackendError> {
+        self.record(Call::Repeat(fault.id.clone()))
+    }
+}

@@ -1,0 +1,165 @@
+//! Running a program (nft, tc) inside another network namespace.
+//!
+//! A network namespace belongs to a thread, not a process, and a child
+//! inherits the namespaces of the thread that forks it. So a fresh thread
+//! opens the namespace file, `setns`es into it, spawns the program by
+//! argument vector and exits; the agent's other threads never change
+//! namespace, no `pre_exec` hook or `unsafe` is needed, and no shell sees any
+//! value.
+
+use std::{
+    ffi::OsString,
+    fs::File,
+    io::{self, Write},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path} is gone: {source}")]
+    Gone { path: PathBuf, source: io::Error },
+    #[error("cannot enter network namespace {path}: {source}")]
+    Enter { path: PathBuf, source: io::Error },
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// A program run to completion: what it printed.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub stdout: Vec<u8>,
+}
+
+/// Runs `program args…` inside the network namespace at `ns` (a file such as
+/// `/run/netns/NAME` or `/proc/PID/ns/net`), feeding `stdin`, and returns its
+/// output when it exits 0.
+pub fn run_in(
+    ns: &Path,
+    program: &Path,
+    args: &[OsString],
+    stdin: Option<&[u8]>,
+) -> Result<Ran, NetnsError> {
+    let ns = ns.to_owned();
+    let program = program.to_owned();
+    let args = args.to_vec();
+    let stdin = stdin.map(<[u8]>::to_vec);
+    let worker = std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || run_here(&ns, &program, &args, stdin.as_deref()));
+    match worker {
+        Ok(h) => h.join().unwrap_or_else(|_| {
+            Err(NetnsError::Spawn {
+                program: "netns worker".into(),
+                source: io::Error::other("the worker thread panicked"),
+            })
+        }),
+        Err(source) => Err(NetnsError::Spawn {
+            program: "netns worker thread".into(),
+            source,
+        }),
+    }
+}
+
+// Runs on a thread that exits afterwards, so the namespace change dies with it.
+fn run_here(
+    ns: &Path,
+    program: &Path,
+    args: &[OsString],
+    stdin: Option<&[u8]>,
+) -> Result<Ran, NetnsError> {
+    let file = File::open(ns).map_err(|source| NetnsError::Gone {
+        path: ns.to_owned(),
+        source,
+    })?;
+    move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network)).map_err(|e| {
+        NetnsError::Enter {
+            path: ns.to_owned(),
+            source: e.into(),
+        }
+    })?;
+    run_program(program, args, stdin)
+}
+
+/// Runs a program in the caller's namespaces.
+pub fn run_program(
+    program: &Path,
+    args: &[OsString],
+    stdin: Option<&[u8]>,
+) -> Result<Ran, NetnsError> {
+    let name = program.display().to_string();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| NetnsError::Spawn {
+        program: name.clone(),
+        source,
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // nft and tc read all input before writing much, so writing first cannot deadlock.
+        pipe.write_all(input).map_err(|source| NetnsError::Spawn {
+            program: name.clone(),
+            source,
+        })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| NetnsError::Spawn {
+            program: name.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(Ran { stdout: out.stdout })
+    } else {
+        Err(NetnsError::Failed {
+            program: name,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_namespace_is_gone() {
+        let e = run_in(
+            Path::new("/nonexistent/netns"),
+            Path::new("true"),
+            &[],
+            None,
+        )
+        .expect_err("gone");
+        assert!(matches!(e, NetnsError::Gone { .. }), "{e}");
+    }
+
+    #[test]
+    fn failures_carry_stderr() {
+        let e = run_program(
+            Path::new("ls"),
+            &["/nonexistent-faultline".into()],
+            Some(b"x"),
+        )
+        .expect_err("fails");
+        assert!(e.to_string().contains("nonexistent-faultline"), "{e}");
+        let ok = run_program(Path::new("cat"), &[], Some(b"hello")).expect("cat");
+        assert_eq!(ok.stdout, b"hello");
+    }
+}

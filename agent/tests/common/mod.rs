@@ -1,0 +1,394 @@
+//! Helpers for kernel tests: network namespaces, cgroups and agent processes
+//! that belong to one test and are cleaned up even when it fails.
+
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::Read,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test (in this or another process) uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{:x}{:x}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// True when this test can run: root, with `ip` and `nft`. In CI
+/// (FAULTLINE_REQUIRE_PEERS set by scripts/test.sh) a missing piece fails
+/// the test instead of skipping it.
+pub fn kernel_ready() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let missing: Vec<&str> = [("root", root), ("ip", have("ip")), ("nft", have("nft"))]
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| n)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("kernel test needs {}", missing.join(", "));
+    if std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some() {
+        panic!("{msg} (FAULTLINE_REQUIRE_PEERS is set; scripts/test.sh installs nftables)");
+    }
+    eprintln!("skipping: {msg}");
+    false
+}
+
+pub fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a thread inside the network namespace file `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        let file = File::open(&ns).expect("open netns");
+        move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network)).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+pub const TARGET_IP: &str = "10.77.0.1";
+pub const PEER_IP: &str = "10.77.0.2";
+
+/// Two namespaces joined by a veth pair: the target (10.77.0.1) and a peer
+/// (10.77.0.2). Their traffic never leaves them; both go on drop.
+#[derive(Debug)]
+pub struct NetPair {
+    pub target: String,
+    pub peer: String,
+}
+
+impl NetPair {
+    pub fn new() -> NetPair {
+        let target = unique("flt-t-");
+        let peer = unique("flt-p-");
+        let pair = NetPair {
+            target: target.clone(),
+            peer: peer.clone(),
+        };
+        run("ip", &["netns", "add", &target]);
+        run("ip", &["netns", "add", &peer]);
+        let va = unique("fva");
+        let vb = unique("fvb");
+        run(
+            "ip",
+            &[
+                "link", "add", &va, "netns", &target, "type", "veth", "peer", "name", &vb, "netns",
+                &peer,
+            ],
+        );
+        run(
+            "ip",
+            &["-n", &target, "addr", "add", "10.77.0.1/30", "dev", &va],
+        );
+        run(
+            "ip",
+            &["-n", &peer, "addr", "add", "10.77.0.2/30", "dev", &vb],
+        );
+        for (ns, dev) in [(&target, &va), (&peer, &vb)] {
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    pub fn target_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.target))
+    }
+
+    pub fn peer_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.peer))
+    }
+
+    /// A TCP listener in the target that accepts (and drops) connections forever.
+    pub fn listen(&self) -> SocketAddr {
+        let l = in_netns(&self.target_path(), || {
+            TcpListener::bind((TARGET_IP, 0)).expect("bind in target")
+        });
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                drop(c);
+            }
+        });
+        addr
+    }
+
+    /// Whether the peer can open a TCP connection to `addr` in the target.
+    pub fn reachable(&self, addr: SocketAddr) -> bool {
+        in_netns(&self.peer_path(), move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(250)).is_ok()
+        })
+    }
+
+    /// `nft list ruleset` in the target.
+    pub fn ruleset(&self) -> String {
+        in_netns(&self.target_path(), || {
+            let out = Command::new("nft")
+                .args(["list", "ruleset"])
+                .output()
+                .expect("nft");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    }
+
+    pub fn nft(&self, script_args: &[&'static str]) {
+        let args: Vec<&'static str> = script_args.to_vec();
+        in_netns(&self.target_path(), move || run("nft", &args));
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.target, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `within` passes; returns how long it took.
+pub fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An RFC 3339 time `ms` milliseconds from now (negative: in the past).
+pub fn in_ms(ms: i64) -> (jiff::Timestamp, String) {
+    let t = jiff::Timestamp::now() + jiff::SignedDuration::from_millis(ms);
+    // Whole milliseconds: the API accepts 1 to 9 fraction digits.
+    let t = t.round(jiff::Unit::Millisecond).expect("round");
+    (t, t.to_string())
+}
+
+/// A desired file and a state directory in a temporary directory, and the
+/// agent process following them.
+#[derive(Debug)]
+pub struct AgentProc {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+}
+
+impl AgentProc {
+    pub fn new() -> AgentProc {
+        AgentProc {
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        }
+    }
+
+    pub fn desired(&self) -> PathBuf {
+        self.dir.path().join("desired.yaml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Replaces the desired file atomically with these fault entries (YAML
+    /// list items, already indented by six spaces).
+    pub fn write_faults(&self, faults: &[String]) {
+        let mut s = String::from(
+            "apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nmetadata: {name: test-node}\nspec:\n  faults:",
+        );
+        if faults.is_empty() {
+            s.push_str(" []\n");
+        } else {
+            s.push('\n');
+            for f in faults {
+                s.push_str(f);
+            }
+        }
+        self.write_raw(&s);
+    }
+
+    pub fn write_raw(&self, content: &str) {
+        let tmp = self.dir.path().join("desired.yaml.tmp");
+        std::fs::write(&tmp, content).expect("write desired");
+        std::fs::rename(&tmp, self.desired()).expect("rename desired");
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_faultline-agent"))
+            .arg("standalone")
+            .arg("--desired")
+            .arg(self.desired())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(self.log_path()) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits for the agent's log to contain `text`.
+    pub fn wait_log(&self, text: &str, within: Duration) {
+        assert!(
+            wait_for(within, || self.log().contains(text)).is_some(),
+            "agent never logged {text:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_child(&c);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "agent ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            // SIGTERM first so it removes what it applied; then make sure it is gone.
+            let pid = rustix::process::Pid::from_child(c);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = wait_for(Duration::from_secs(3), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A partition fault entry for the desired file.
+pub fn partition(id: &str, netns: &Path, expires: &str, extra: &str) -> String {
+    format!(
+        "    - id: {id}\n      target: {{netns: {}}}\n      expiresAt: \"{expires}\"\n      partition: {{peers: [{PEER_IP}/32]{extra}}}\n",
+        netns.display()
+    )
+}
+
+/// A cgroup v2 directory owned by one test, removed on drop with its processes killed.
+#[derive(Debug)]
+pub struct TestCgroup {
+    pub path: PathBuf,
+    pub children: Vec<Child>,
+}
+
+impl TestCgroup {
+    pub fn new() -> TestCgroup {
+        let root = cgroup2_root();
+        let path = root.join(unique("faultline-test-"));
+        std::fs::create_dir(&path).expect("create cgroup");
+        TestCgroup {
+            path,
+            children: Vec::new(),
+        }
+    }
+
+    /// Starts `sleep 60` and moves it into this cgroup; returns its index.
+    pub fn spawn_sleep(&mut self) -> usize {
+        let child = Command::new("sleep").arg("60").spawn().expect("sleep");
+        std::fs::write(self.path.join("cgroup.procs"), child.id().to_string())
+            .expect("move into cgroup");
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// The signal that ended child `i`, once it has ended.
+    pub fn ended_by(&mut self, i: usize) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.children[i]
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|st| st.signal().unwrap_or(0))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = wait_for(Duration::from_secs(2), || {
+            std::fs::remove_dir(&self.path).is_ok()
+        });
+    }
+}
+
+pub fn cgroup2_root() -> PathBuf {
+    faultline_agent::target::cgroup2_mount().expect("a cgroup v2 mount")
+}

@@ -1,0 +1,294 @@
+//! The real agent binary against the host kernel: partitions in network
+//! namespaces and kills in cgroups that each test creates for itself.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use faultline_agent::backend::nft::chain_names;
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn partition_cuts_exactly_while_active_and_leaves_other_tables() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let addr = net.listen();
+    // Someone else's table in the target: the agent must never touch it.
+    net.nft(&["add", "table", "inet", "theirs"]);
+    net.nft(&[
+        "add",
+        "chain",
+        "inet",
+        "theirs",
+        "c",
+        "{ type filter hook input priority 0 ; policy accept ; }",
+    ]);
+    assert!(net.reachable(addr), "baseline connectivity");
+
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
+    agent.start();
+    assert!(
+        wait_for(3 * SEC, || !net.reachable(addr)).is_some(),
+        "partition never took effect; log:\n{}",
+        agent.log()
+    );
+    let rules = net.ruleset();
+    assert!(
+        rules.contains("table inet faultline") && rules.contains("table inet theirs"),
+        "{rules}"
+    );
+
+    // Removed from the desired file: reachable again, only our table gone.
+    agent.write_faults(&[]);
+    assert!(
+        wait_for(3 * SEC, || net.reachable(addr)).is_some(),
+        "still cut; log:\n{}",
+        agent.log()
+    );
+    let rules = net.ruleset();
+    assert!(
+        !rules.contains("faultline") && rules.contains("table inet theirs"),
+        "{rules}"
+    );
+
+    // Expiry without touching the file.
+    let (deadline, soon) = in_ms(1500);
+    agent.write_faults(&[partition("cut2", &net.target_path(), &soon, "")]);
+    assert!(
+        wait_for(SEC, || !net.reachable(addr)).is_some(),
+        "second partition never took effect"
+    );
+    assert!(wait_for(3 * SEC, || !net.ruleset().contains("faultline")).is_some());
+    let late = jiff::Timestamp::now().duration_since(deadline);
+    // The agent removes within a few ms of the deadline (it logs how late);
+    // the margin covers this test's own polling on a loaded machine.
+    assert!(
+        late < jiff::SignedDuration::from_millis(300),
+        "removed {late:?} after the deadline; log:\n{}",
+        agent.log()
+    );
+    assert!(net.reachable(addr));
+    agent.wait_log("cut2: removed partition at its deadline", SEC);
+
+    let status = agent.sigterm();
+    assert!(status.success(), "{status:?}");
+    assert!(net.ruleset().contains("table inet theirs"));
+}
+
+#[test]
+fn partition_by_port_and_direction_and_two_faults_coexist() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let cut = net.listen();
+    let open = net.listen();
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    let ingress_port = format!(", direction: ingress, ports: [{}]", cut.port());
+    agent.write_faults(&[partition("port", &net.target_path(), &far, &ingress_port)]);
+    agent.start();
+    assert!(
+        wait_for(3 * SEC, || !net.reachable(cut)).is_some(),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(net.reachable(open), "other ports stay open");
+
+    // A second fault on the same target cuts everything; removing it leaves the first.
+    agent.write_faults(&[
+        partition("port", &net.target_path(), &far, &ingress_port),
+        partition("all", &net.target_path(), &far, ", direction: egress"),
+    ]);
+    assert!(wait_for(3 * SEC, || !net.reachable(open)).is_some());
+    let [all_in, all_out] = chain_names("all");
+    let rules = net.ruleset();
+    assert!(
+        rules.contains(&all_out) && !rules.contains(&all_in),
+        "{rules}"
+    );
+    agent.write_faults(&[partition("port", &net.target_path(), &far, &ingress_port)]);
+    assert!(wait_for(3 * SEC, || net.reachable(open)).is_some());
+    assert!(
+        !net.reachable(cut),
+        "the first fault survives the second's removal"
+    );
+    assert!(agent.sigterm().success());
+    assert!(
+        !net.ruleset().contains("faultline"),
+        "SIGTERM removes everything"
+    );
+    assert!(net.reachable(cut));
+}
+
+#[test]
+fn expired_faults_are_never_applied() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let mut agent = AgentProc::new();
+    let (_, past) = in_ms(-1000);
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[
+        partition("old", &net.target_path(), &past, ""),
+        partition("new", &net.target_path(), &far, ""),
+    ]);
+    agent.start();
+    agent.wait_log("new: applied partition", 3 * SEC);
+    let rules = net.ruleset();
+    let [old_in, _] = chain_names("old");
+    let [new_in, _] = chain_names("new");
+    assert!(
+        rules.contains(&new_in) && !rules.contains(&old_in),
+        "{rules}"
+    );
+    assert!(!agent.log().contains("old: applied"));
+    assert!(agent.sigterm().success());
+}
+
+#[test]
+fn crash_recovery_removes_what_is_no_longer_desired_first() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let addr = net.listen();
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
+    agent.start();
+    assert!(
+        wait_for(3 * SEC, || !net.reachable(addr)).is_some(),
+        "log:\n{}",
+        agent.log()
+    );
+    agent.sigkill();
+    assert!(
+        net.ruleset().contains("table inet faultline"),
+        "SIGKILL left the rule, as a crash does"
+    );
+    agent.write_faults(&[]);
+    agent.start();
+    agent.wait_log(
+        "started: 1 fault(s) in the journal, 1 stale removed before anything else",
+        3 * SEC,
+    );
+    assert!(!net.ruleset().contains("faultline"), "{}", net.ruleset());
+    assert!(net.reachable(addr));
+    assert!(agent.sigterm().success());
+}
+
+#[test]
+fn crash_recovery_keeps_what_is_still_desired() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let addr = net.listen();
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
+    agent.start();
+    assert!(wait_for(3 * SEC, || !net.reachable(addr)).is_some());
+    agent.sigkill();
+    agent.start();
+    agent.wait_log("started: 1 fault(s) in the journal, 0 stale", 3 * SEC);
+    assert!(!net.reachable(addr));
+    assert!(agent.sigterm().success());
+    assert!(net.reachable(addr));
+}
+
+#[test]
+fn malformed_desired_file_keeps_faults_until_their_deadline() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let addr = net.listen();
+    let mut agent = AgentProc::new();
+    let (deadline, soon) = in_ms(2500);
+    agent.write_faults(&[partition("cut", &net.target_path(), &soon, "")]);
+    agent.start();
+    assert!(
+        wait_for(2 * SEC, || !net.reachable(addr)).is_some(),
+        "log:\n{}",
+        agent.log()
+    );
+    agent.write_raw(
+        "apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nspec: {faults: [{id: 1}\n",
+    );
+    agent.wait_log(
+        "desired state unusable, keeping 1 applied fault(s)",
+        2 * SEC,
+    );
+    assert!(
+        agent.log().contains("desired.yaml:"),
+        "problems are located: {}",
+        agent.log()
+    );
+    std::fs::remove_file(agent.desired()).expect("rm");
+    agent.wait_log("cannot read", 2 * SEC);
+    assert!(
+        jiff::Timestamp::now() < deadline,
+        "the test is too slow to check the interval"
+    );
+    assert!(
+        net.ruleset().contains("table inet faultline"),
+        "kept while the file is bad"
+    );
+    assert!(
+        wait_for(4 * SEC, || net.reachable(addr)).is_some(),
+        "removed at its deadline anyway"
+    );
+    assert!(jiff::Timestamp::now() >= deadline);
+    assert!(agent.sigterm().success());
+}
+
+#[test]
+fn kill_signals_every_process_repeatedly_until_the_deadline() {
+    if !kernel_ready() {
+        return;
+    }
+    let mut cg = TestCgroup::new();
+    let first = cg.spawn_sleep();
+    let mut agent = AgentProc::new();
+    let (deadline, soon) = in_ms(2500);
+    agent.write_faults(&[format!(
+        "    - id: kill\n      target: {{cgroup: {}}}\n      expiresAt: \"{soon}\"\n      kill: {{signal: SIGKILL, every: 300ms}}\n",
+        cg.path.display()
+    )]);
+    agent.start();
+    assert!(
+        wait_for(2 * SEC, || cg.ended_by(first).is_some()).is_some(),
+        "log:\n{}",
+        agent.log()
+    );
+    assert_eq!(cg.ended_by(first), Some(9));
+    // Repeated: a process that joins later is killed at the next round.
+    let second = cg.spawn_sleep();
+    assert!(
+        wait_for(SEC, || cg.ended_by(second).is_some()).is_some(),
+        "no repeat; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(cg.ended_by(second), Some(9));
+    // After the deadline nothing is signalled any more.
+    let wait = deadline
+        .duration_since(jiff::Timestamp::now())
+        .as_millis()
+        .max(0) as u64
+        + 200;
+    std::thread::sleep(Duration::from_millis(wait));
+    let third = cg.spawn_sleep();
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(cg.ended_by(third), None, "signalled after its deadline");
+    agent.wait_log("kill: removed kill at its deadline", SEC);
+    assert!(agent.sigterm().success());
+}
