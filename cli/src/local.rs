@@ -31,7 +31,6 @@ fn load<T: faultline_api::document::FromResource>(path: &Path) -> Result<T, Exit
     })
 }
 
-/// `faultline run EXPERIMENT --local TOPOLOGY`.
 /// Where to write reports of a run.
 #[derive(Debug, Default, Clone)]
 pub struct Reports {
@@ -39,7 +38,23 @@ pub struct Reports {
     pub json: Option<std::path::PathBuf>,
 }
 
-pub fn run_files(experiment: &Path, topology: &Path, seed: u64, reports: &Reports) -> ExitCode {
+/// `--follow-schedule`: wait for each start time of the experiment's
+/// schedule instead of running once now.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Follow {
+    /// Stop after this many runs (None: until Ctrl-C or an abort).
+    pub runs: Option<u32>,
+}
+
+/// `faultline run EXPERIMENT --local TOPOLOGY`.
+pub fn run_files(
+    experiment: &Path,
+    topology: &Path,
+    seed: u64,
+    reports: &Reports,
+    follow: Option<Follow>,
+) -> ExitCode {
+    let name = experiment.display().to_string();
     let experiment: Experiment = match load(experiment) {
         Ok(e) => e,
         Err(code) => return code,
@@ -48,16 +63,25 @@ pub fn run_files(experiment: &Path, topology: &Path, seed: u64, reports: &Report
         Ok(t) => t,
         Err(code) => return code,
     };
-    run(&experiment, &topology, seed, None, reports)
+    if follow.is_some() && experiment.spec.schedule.is_none() {
+        eprintln!(
+            "{name}: spec.schedule: --follow-schedule needs a schedule; without one the experiment runs once (drop the flag)"
+        );
+        eprintln!("faultline run: nothing was started");
+        return ExitCode::from(EXIT_INVALID);
+    }
+    run(&experiment, &topology, seed, None, reports, follow)
 }
 
-/// Runs to the end on a runtime of its own; Ctrl-C aborts with recovery.
+/// Runs to the end on a runtime of its own (once, or at each start time of
+/// the schedule with `follow`); Ctrl-C aborts with recovery.
 pub fn run(
     experiment: &Experiment,
     topology: &Topology,
     seed: u64,
     load: Option<(String, Duration)>,
     reports: &Reports,
+    follow: Option<Follow>,
 ) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -69,74 +93,189 @@ pub fn run(
             return ExitCode::from(EXIT_BROKE);
         }
     };
-    rt.block_on(async {
+    let code = rt.block_on(async {
         let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        // Registered before anything is printed or started, so a Ctrl-C at
+        // any moment is caught rather than killing the process mid-run.
+        let mut interrupt =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("faultline: cannot watch for Ctrl-C: {e}");
+                    return EXIT_BROKE;
+                }
+            };
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupt.recv().await.is_some() {
                 eprintln!("\ninterrupted: removing every fault…");
                 let _ = cancel_tx.send(true);
             }
         });
-        let name = experiment.metadata.name.clone().unwrap_or_default();
+        let once = || run_once(experiment, topology, seed, load.clone(), reports, cancel.clone());
+        match (follow, &experiment.spec.schedule) {
+            (Some(follow), Some(schedule)) => {
+                follow_schedule(schedule, follow, cancel.clone(), once).await
+            }
+            (_, schedule) => {
+                if let Some(at) = schedule
+                    .as_ref()
+                    .and_then(|s| s.next_after(jiff::Timestamp::now()))
+                {
+                    println!(
+                        "faultline: the schedule would start the next run at {at}; running once now (--follow-schedule waits for it)"
+                    );
+                }
+                once().await
+            }
+        }
+    });
+    ExitCode::from(code)
+}
+
+/// Runs at each start time of `schedule` until `follow.runs` runs are done,
+/// a run is aborted or breaks, or Ctrl-C. The exit code is the worst of the
+/// runs' (an abort or a broken run ends the loop with its own code).
+async fn follow_schedule<F, Fut>(
+    schedule: &faultline_api::CronSchedule,
+    follow: Follow,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+    mut once: F,
+) -> u8
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u8>,
+{
+    let mut previous = None;
+    let mut worst = EXIT_PASSED;
+    let mut done = 0u32;
+    loop {
+        let Some(next) = faultline_engine::next_start(schedule, previous, jiff::Timestamp::now())
+        else {
+            println!("faultline: the schedule \"{schedule}\" never fires again");
+            return worst;
+        };
+        if next.missed > 0 {
+            println!(
+                "faultline: {} scheduled start{} passed while the last run went on; runs never overlap",
+                next.missed,
+                if next.missed == 1 { "" } else { "s" }
+            );
+        }
         println!(
-            "faultline: running {name} against {} local services ({}s)",
-            topology.spec.services.len(),
-            experiment.spec.duration.as_millis() / 1000
+            "faultline: following \"{schedule}\" (UTC): next run at {} — Ctrl-C to stop",
+            next.at
         );
-        let load_task = load.map(|(target, duration)| {
-            tokio::spawn(async move {
-                // Give the services a moment to come up before traffic starts.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                faultline_demo::load::run(&faultline_demo::load::LoadOptions {
-                    target,
-                    path: "/order".into(),
-                    rate: 20.0,
-                    duration,
-                    timeout: Duration::from_secs(5),
-                })
-                .await
+        if !wait_until(next.at, &mut cancel).await {
+            println!("ABORTED while waiting for the next run: nothing was injected");
+            return EXIT_ABORTED;
+        }
+        previous = Some(next.at);
+        let code = once().await;
+        done += 1;
+        if code == EXIT_ABORTED || code == EXIT_BROKE {
+            return code;
+        }
+        worst = worst.max(code);
+        if follow.runs.is_some_and(|n| done >= n) {
+            return worst;
+        }
+    }
+}
+
+/// Sleeps until the wall clock reaches `at`, in steps so that a clock change
+/// or a suspended machine is noticed; false when cancelled first.
+async fn wait_until(at: jiff::Timestamp, cancel: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    loop {
+        if *cancel.borrow() {
+            return false;
+        }
+        let left = jiff::Timestamp::now().duration_until(at);
+        if left <= jiff::SignedDuration::ZERO {
+            return true;
+        }
+        let step = Duration::try_from(left)
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(30));
+        tokio::select! {
+            () = tokio::time::sleep(step) => {}
+            changed = cancel.changed() => {
+                if changed.is_err() {
+                    // The Ctrl-C watcher is gone: nothing can cancel any more.
+                    tokio::time::sleep(step).await;
+                }
+            }
+        }
+    }
+}
+
+/// One run with its progress display, summary and reports; the exit code.
+async fn run_once(
+    experiment: &Experiment,
+    topology: &Topology,
+    seed: u64,
+    load: Option<(String, Duration)>,
+    reports: &Reports,
+    cancel: tokio::sync::watch::Receiver<bool>,
+) -> u8 {
+    let name = experiment.metadata.name.clone().unwrap_or_default();
+    println!(
+        "faultline: running {name} against {} local services ({}s)",
+        topology.spec.services.len(),
+        experiment.spec.duration.as_millis() / 1000
+    );
+    let load_task = load.map(|(target, duration)| {
+        tokio::spawn(async move {
+            // Give the services a moment to come up before traffic starts.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            faultline_demo::load::run(&faultline_demo::load::LoadOptions {
+                target,
+                path: "/order".into(),
+                rate: 20.0,
+                duration,
+                timeout: Duration::from_secs(5),
             })
-        });
-        let mut printer = Printer::default();
-        let outcome = faultline_runtime::run(
-            experiment,
-            topology,
-            &Options {
-                seed,
-                ..Options::default()
-            },
-            cancel,
-            &mut |p| printer.show(p),
-        )
-        .await;
-        printer.finish();
-        if let Some(t) = load_task {
-            t.abort();
-        }
-        match outcome {
-            Ok(o) => {
-                let code = summary(&o);
-                let seconds = o.journal.last().map_or(0.0, |e| e.at.as_secs_f64());
-                let write = |path: &Option<std::path::PathBuf>, text: String| -> bool {
-                    let Some(path) = path else { return true };
-                    match std::fs::write(path, text) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            eprintln!("faultline: cannot write {}: {e}", path.display());
-                            false
-                        }
+            .await
+        })
+    });
+    let mut printer = Printer::default();
+    let outcome = faultline_runtime::run(
+        experiment,
+        topology,
+        &Options {
+            seed,
+            ..Options::default()
+        },
+        cancel,
+        &mut |p| printer.show(p),
+    )
+    .await;
+    printer.finish();
+    if let Some(t) = load_task {
+        t.abort();
+    }
+    match outcome {
+        Ok(o) => {
+            let code = summary(&o);
+            let seconds = o.journal.last().map_or(0.0, |e| e.at.as_secs_f64());
+            let write = |path: &Option<std::path::PathBuf>, text: String| -> bool {
+                let Some(path) = path else { return true };
+                match std::fs::write(path, text) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        eprintln!("faultline: cannot write {}: {e}", path.display());
+                        false
                     }
-                };
-                let ok = write(&reports.junit, crate::report::junit(&name, &o, seconds))
-                    & write(&reports.json, crate::report::journal(&name, &o));
-                if ok { code } else { ExitCode::from(EXIT_BROKE) }
-            }
-            Err(e) => {
-                eprintln!("faultline: the run broke: {e}");
-                ExitCode::from(EXIT_BROKE)
-            }
+                }
+            };
+            let ok = write(&reports.junit, crate::report::junit(&name, &o, seconds))
+                & write(&reports.json, crate::report::journal(&name, &o));
+            if ok { code } else { EXIT_BROKE }
         }
-    })
+        Err(e) => {
+            eprintln!("faultline: the run broke: {e}");
+            EXIT_BROKE
+        }
+    }
 }
 
 /// Progress: on a terminal, one status line redrawn in place (a new line on
@@ -193,10 +332,12 @@ impl Printer {
                     .map(|e| format!("{}: {}", r.name, e.observed))
             })
             .collect();
+        let left = p.run.spec().duration.as_std().saturating_sub(p.now);
         let line = format!(
-            "[{:>6.1}s] {:<10} faults active: {:<3} {}",
+            "[{:>6.1}s] {:<10} {:>4}s left  faults active: {:<3} {}",
             p.now.as_secs_f64(),
             phase.as_str(),
+            left.as_secs() + u64::from(left.subsec_nanos() > 0),
             p.run.active().len(),
             checks.join(" · ")
         );
@@ -215,7 +356,7 @@ impl Printer {
     }
 }
 
-fn summary(o: &Outcome) -> ExitCode {
+fn summary(o: &Outcome) -> u8 {
     println!();
     println!(
         "{:<48} {:<8} {:<16} expected",
@@ -261,7 +402,7 @@ fn summary(o: &Outcome) -> ExitCode {
         Verdict::Aborted => ("ABORTED: every fault was removed", EXIT_ABORTED),
     };
     println!("{word}");
-    ExitCode::from(code)
+    code
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -338,5 +479,6 @@ spec:
         0,
         Some((format!("127.0.0.1:{f}"), Duration::from_secs(secs + 10))),
         reports,
+        None,
     )
 }

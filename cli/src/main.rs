@@ -51,6 +51,16 @@ enum Command {
         /// Write the run's journal as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Wait for each start time of the experiment's `schedule` (UTC) and
+        /// run then, until Ctrl-C, instead of running once now. Runs never
+        /// overlap: start times passing during a run are skipped. Reports are
+        /// rewritten after each run.
+        #[arg(long)]
+        follow_schedule: bool,
+        /// With --follow-schedule: stop after this many runs; the exit code
+        /// is then the worst of theirs.
+        #[arg(long, value_name = "N", requires = "follow_schedule", value_parser = clap::value_parser!(u32).range(1..))]
+        runs: Option<u32>,
     },
     /// Run the demo shop with payments slowed by 300 ms: checkout's breaker
     /// must open and frontend's error rate stay under 5 %.
@@ -96,11 +106,14 @@ fn main() -> ExitCode {
             seed,
             junit,
             json,
+            follow_schedule,
+            runs,
         } => Ok(local::run_files(
             &experiment,
             &topology,
             seed,
             &local::Reports { junit, json },
+            follow_schedule.then_some(local::Follow { runs }),
         )),
         Command::Run { local: None, .. } => {
             eprintln!(

@@ -1,6 +1,7 @@
 //! Game days on local processes, end to end: `faultline demo` passes, the
 //! same experiment without checkout's breaker fails, Ctrl-C recovers and
-//! leaves no process behind, invalid input starts nothing.
+//! leaves no process behind, invalid input starts nothing, a scheduled
+//! experiment waits for its start time.
 
 use std::{
     path::PathBuf,
@@ -35,8 +36,11 @@ fn left_behind(mark: &str) -> usize {
 
 #[test]
 fn the_demo_passes_and_without_a_breaker_fails() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let passing = dir.path().join("pass.xml");
     let out = faultline("pass-fail")
-        .args(["demo", "--duration", "30s"])
+        .args(["demo", "--duration", "30s", "--junit"])
+        .arg(&passing)
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -54,8 +58,11 @@ fn the_demo_passes_and_without_a_breaker_fails() {
         stdout.contains("Injecting") && stdout.contains("Completed"),
         "{stdout}"
     );
+    // Progress lines say how much of the run is left.
+    assert!(stdout.contains("s left"), "{stdout}");
+    // Two hypothesis checks and the abort check, none failing.
+    junitparser_reads(&passing, 3, 0);
 
-    let dir = tempfile::tempdir().expect("tmp");
     let junit = dir.path().join("report.xml");
     let journal = dir.path().join("run.json");
     let out = faultline("pass-fail")
@@ -291,4 +298,141 @@ fn invalid_input_starts_nothing() {
         "{stderr}"
     );
     assert!(stderr.contains("nothing was started"), "{stderr}");
+}
+
+/// A one-service topology (payments of the demo shop) on a free port.
+fn payments_only(dir: &std::path::Path) -> PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let path = dir.join("payments.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: faultline.dev/v1alpha1
+kind: Topology
+metadata: {{name: one}}
+spec:
+  services:
+    - {{name: payments, labels: {{app: payments}}, port: {port}, command: [faultline, demo-role, payments, --listen, \"127.0.0.1:{port}\"]}}
+"
+        ),
+    )
+    .expect("write");
+    path
+}
+
+fn scheduled_experiment(dir: &std::path::Path, schedule: Option<&str>) -> PathBuf {
+    let path = dir.join("scheduled.yaml");
+    let schedule = schedule.map_or(String::new(), |s| format!("  schedule: \"{s}\"\n"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: every-minute, namespace: demo}}
+spec:
+  duration: 3s
+{schedule}  targets:
+    payments: {{labels: {{app: payments}}}}
+  faults:
+    - {{name: slow, target: payments, start: 1s, latency: {{delay: 50ms}}}}
+"
+        ),
+    )
+    .expect("write");
+    path
+}
+
+#[test]
+fn follow_schedule_waits_for_the_start_time_then_runs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let experiment = scheduled_experiment(dir.path(), Some("* * * * *"));
+    let junit = dir.path().join("report.xml");
+    let out = faultline("follow")
+        .arg("run")
+        .arg(&experiment)
+        .arg("--local")
+        .arg(payments_only(dir.path()))
+        .args(["--follow-schedule", "--runs", "1", "--junit"])
+        .arg(&junit)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at: jiff::Timestamp = stdout
+        .lines()
+        .find_map(|l| l.split("next run at ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no start time announced: {stdout}"));
+    // On a whole minute, and the run only began once it had come.
+    assert_eq!(at.as_second() % 60, 0, "{at}");
+    assert_eq!(at.subsec_nanosecond(), 0, "{at}");
+    let finished = jiff::Timestamp::now();
+    assert!(
+        finished.duration_since(at) >= jiff::SignedDuration::from_secs(3),
+        "the 3 s run ended at {finished}, before {at} + 3 s: {stdout}"
+    );
+    assert!(stdout.contains("PASSED"), "{stdout}");
+    assert!(junit.exists(), "the report is written after the run");
+    assert_eq!(left_behind("follow"), 0);
+}
+
+#[test]
+fn ctrl_c_while_waiting_for_the_schedule_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // 1 January at midnight: never reached while this test runs.
+    let experiment = scheduled_experiment(dir.path(), Some("0 0 1 1 *"));
+    let mut child = faultline("follow-int")
+        .arg("run")
+        .arg(&experiment)
+        .arg("--local")
+        .arg(payments_only(dir.path()))
+        .arg("--follow-schedule")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("a line");
+    assert!(
+        first.contains("next run at") && first.contains("-01-01T00:00:00Z"),
+        "{first}"
+    );
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(3), "{first}{rest}");
+    assert!(rest.contains("nothing was injected"), "{rest}");
+    assert_eq!(left_behind("follow-int"), 0);
+}
+
+#[test]
+fn follow_schedule_without_a_schedule_is_invalid() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = faultline("follow-none")
+        .arg("run")
+        .arg(scheduled_experiment(dir.path(), None))
+        .arg("--local")
+        .arg(payments_only(dir.path()))
+        .arg("--follow-schedule")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.schedule: --follow-schedule needs a schedule")
+            && stderr.contains("nothing was started"),
+        "{stderr}"
+    );
 }

@@ -1,13 +1,16 @@
 //! The experiment lifecycle, pure: given a validated experiment, the time
 //! since the run started, the candidate targets and the figures observed, it
 //! decides what to inject, remove and signal, which checks to evaluate, and
-//! the run's phase and verdict. No I/O, no clock, no sleeping — the local
-//! runtime and the controller drive it.
+//! the run's phase and verdict; and when a scheduled experiment starts next.
+//! No I/O, no clock, no sleeping — the local runtime and the controller
+//! drive it.
 
 pub mod check;
 pub mod run;
+pub mod schedule;
 pub mod select;
 
 pub use check::{Evaluation, Observed, evaluate};
 pub use run::{Action, CheckRef, CheckReport, Entry, Instance, Run};
+pub use schedule::{NextStart, next_start, upcoming};
 pub use select::{Candidate, Plan, PlanError, plan};
