@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultline_api::{FaultAction, NodeFault};
+use faultline_api::{
+    FaultAction, NodeFault,
+    nodefaults::{FaultState, NodeFaultsStatus},
+};
 use jiff::Timestamp;
 
 use crate::{
@@ -22,12 +25,19 @@ use crate::{
     metrics::Metrics,
     reconcile::{Action, Desired, Receipt, State, deadline, expired},
     spans,
+    status::{self, Outcomes},
 };
 
 /// What sources tell the loop.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Desired(Desired),
+    /// The desired state of one generation of a NodeFaults object (kube
+    /// mode): the status reports which generation the agent converged to.
+    Versioned {
+        desired: Desired,
+        generation: i64,
+    },
     /// SIGTERM/SIGINT: remove everything and stop.
     Shutdown,
 }
@@ -56,7 +66,15 @@ pub struct Agent<B: Backend> {
     state: State,
     desired: Desired,
     metrics: Metrics,
+    outcomes: Outcomes,
+    generation: Option<i64>,
+    observed: Option<i64>,
+    status: Option<StatusSink>,
 }
+
+/// Where the agent publishes its status after every change (kube mode
+/// writes it to the API); it holds None until the first status.
+pub type StatusSink = tokio::sync::watch::Sender<Option<NodeFaultsStatus>>;
 
 impl<B: Backend> Agent<B> {
     /// Loads the journal and, before anything else, removes every journaled
@@ -82,6 +100,10 @@ impl<B: Backend> Agent<B> {
             state,
             desired,
             metrics,
+            outcomes: Outcomes::default(),
+            generation: None,
+            observed: None,
+            status: None,
         };
         if let Desired::Unknown(why) = &agent.desired {
             log(format_args!(
@@ -109,6 +131,43 @@ impl<B: Backend> Agent<B> {
         &self.state
     }
 
+    /// Publishes a status to `sink` after every change from now on.
+    pub fn report_to(&mut self, sink: StatusSink) {
+        self.status = Some(sink);
+    }
+
+    /// The status of the desired faults as of `now` (None while the desired
+    /// state is unknown: the last status stands).
+    pub fn status(&self, now: Timestamp) -> Option<NodeFaultsStatus> {
+        match &self.desired {
+            Desired::Faults(list) => Some(status::build(
+                list,
+                self.generation,
+                self.observed,
+                &self.outcomes,
+                now,
+            )),
+            Desired::Unknown(_) => None,
+        }
+    }
+
+    fn publish(&mut self, now: Timestamp) {
+        let Some(status) = self.status(now) else {
+            return;
+        };
+        self.observed = status.observed_generation;
+        if let Some(sink) = &self.status {
+            sink.send_if_modified(|current| {
+                if current.as_ref() == Some(&status) {
+                    false
+                } else {
+                    *current = Some(status);
+                    true
+                }
+            });
+        }
+    }
+
     pub fn set_desired(&mut self, d: Desired) {
         if let Desired::Unknown(why) = &d {
             log(format_args!(
@@ -117,7 +176,18 @@ impl<B: Backend> Agent<B> {
             ));
         }
         self.state.prune_failures(&d);
+        if let Desired::Faults(list) = &d {
+            self.outcomes.retain_desired(list);
+        }
         self.desired = d;
+    }
+
+    /// A desired state that came with its object's generation.
+    pub fn set_versioned(&mut self, d: Desired, generation: i64) {
+        if matches!(d, Desired::Faults(_)) {
+            self.generation = Some(generation);
+        }
+        self.set_desired(d);
     }
 
     /// Brings the kernel to the desired state as of `now`.
@@ -130,6 +200,7 @@ impl<B: Backend> Agent<B> {
             *active.entry(a.fault.action.kind()).or_default() += 1;
         }
         self.metrics.set_active(active);
+        self.publish(now);
     }
 
     /// When the loop must next run without any event.
@@ -184,6 +255,10 @@ impl<B: Backend> Agent<B> {
             });
             match events.recv_timeout(wait) {
                 Ok(Event::Desired(d)) => self.set_desired(d),
+                Ok(Event::Versioned {
+                    desired,
+                    generation,
+                }) => self.set_versioned(desired, generation),
                 Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     return self.shutdown(clock.now());
                 }
@@ -271,6 +346,7 @@ impl<B: Backend> Agent<B> {
                     ));
                 }
                 self.state.apply_succeeded(fault, now);
+                self.outcomes.record(fault, FaultState::Applied, None, now);
                 self.metrics.applied(kind, started.elapsed());
                 spans::record("inject", fault, Ok(()));
                 log(format_args!(
@@ -299,6 +375,8 @@ impl<B: Backend> Agent<B> {
                     }
                 }
                 self.metrics.failed(kind, "apply");
+                self.outcomes
+                    .record(fault, FaultState::Failed, Some(why.clone()), now);
                 spans::record("inject", fault, Err(&why));
                 log(format_args!(
                     "{}: cannot apply {kind}: {why} (retrying in 1s)",
@@ -311,6 +389,8 @@ impl<B: Backend> Agent<B> {
     fn apply_refused(&mut self, fault: &NodeFault, now: Timestamp, why: &str) {
         self.state.apply_failed(fault, now);
         self.metrics.failed(fault.action.kind(), "apply");
+        self.outcomes
+            .record(fault, FaultState::Failed, Some(why.to_owned()), now);
         spans::record("inject", fault, Err(why));
         log(format_args!("{}: not applied: {why}", fault.id));
     }
@@ -326,6 +406,13 @@ impl<B: Backend> Agent<B> {
                 self.state.removed(&fault.id);
                 let late =
                     expired(fault, now).then(|| now.duration_since(deadline(fault)).unsigned_abs());
+                let reason = if late.is_some() {
+                    "expired"
+                } else {
+                    "no longer desired"
+                };
+                self.outcomes
+                    .record(fault, FaultState::Removed, Some(reason.into()), now);
                 self.metrics.removed(kind, late);
                 spans::record("recover", fault, Ok(()));
                 match late {
@@ -341,6 +428,12 @@ impl<B: Backend> Agent<B> {
                 let why = e.to_string();
                 self.state.remove_failed(&fault.id, now);
                 self.metrics.failed(kind, "remove");
+                self.outcomes.record(
+                    fault,
+                    FaultState::Failed,
+                    Some(format!("cannot remove: {why}")),
+                    now,
+                );
                 spans::record("recover", fault, Err(&why));
                 log(format_args!(
                     "{}: cannot remove {kind}: {why} (retrying in 1s)",

@@ -4,7 +4,9 @@
 //! - [`reconcile`] is the pure core: desired faults + applied set + now →
 //!   actions. [`agent`] drives it from events and deadlines and writes the
 //!   [`journal`] around every change; [`source`] is the standalone file
-//!   source (a Kubernetes source feeds the same [`agent::Event`]s).
+//!   source and [`cluster`] the Kubernetes one (a watch on the node's
+//!   NodeFaults object, status by server-side apply); both feed the same
+//!   [`agent::Event`]s, and [`status`] builds what is reported.
 //! - [`backend`] holds the only code that changes the kernel, behind the
 //!   [`backend::Backend`] trait with a real ([`backend::Kernel`]) and a
 //!   recording implementation.
@@ -23,12 +25,14 @@
 
 pub mod agent;
 pub mod backend;
+pub mod cluster;
 pub mod journal;
 pub mod metrics;
 pub mod netns;
 pub mod reconcile;
 pub mod source;
 pub mod spans;
+pub mod status;
 pub mod target;
 
 /// Logs one line to stderr, with the time, for people and log collectors.

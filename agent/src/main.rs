@@ -7,12 +7,15 @@ use clap::{Parser, Subcommand};
 use faultline_agent::{
     agent::{Agent, Event, SystemClock},
     backend::{Kernel, Programs},
+    cluster,
     journal::Journal,
     log,
     metrics::Metrics,
+    reconcile::Desired,
     source::{FileSource, read_desired},
     target::Resolver,
 };
+use faultline_api::NodeFaults;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -37,18 +40,33 @@ enum Mode {
         /// The NodeFaults YAML file to follow.
         #[arg(long)]
         desired: PathBuf,
-        /// Where the journal lives; keep it across restarts.
-        #[arg(long)]
-        state_dir: PathBuf,
-        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
-        #[arg(long)]
-        metrics: Option<SocketAddr>,
         /// How often the desired file is checked, in milliseconds.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=10_000))]
         poll_ms: u64,
         #[command(flatten)]
-        kernel: KernelArgs,
+        common: Common,
     },
+    /// Follow the NodeFaults object named after this node through the
+    /// Kubernetes API (in-cluster config or kubeconfig) and write its status.
+    Kube {
+        /// This node's name (the NodeFaults object's name).
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Where the journal lives; keep it across restarts.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,40 +96,69 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the desired state comes from.
+enum Source {
+    File {
+        path: PathBuf,
+        bytes: Option<Vec<u8>>,
+        poll: Duration,
+    },
+    Kube {
+        node: String,
+    },
+}
+
 fn run() -> anyhow::Result<bool> {
     let cli = Cli::parse();
-    let Mode::Standalone {
-        desired,
-        state_dir,
-        metrics,
-        poll_ms,
-        kernel,
-    } = cli.mode;
+    let (common, source, initial) = match cli.mode {
+        Mode::Standalone {
+            desired,
+            poll_ms,
+            common,
+        } => {
+            let (initial, bytes) = read_desired(&desired);
+            let source = Source::File {
+                path: desired,
+                bytes,
+                poll: Duration::from_millis(poll_ms),
+            };
+            (common, source, initial)
+        }
+        // Until the API answers, journaled faults stay until their deadlines.
+        Mode::Kube { node, common } => (
+            common,
+            Source::Kube { node },
+            Desired::Unknown("waiting for the Kubernetes API".into()),
+        ),
+    };
     let _telemetry =
         faultline_telemetry::init("faultline-agent").context("cannot set up telemetry")?;
     let mut resolver = Resolver::default();
-    if let Some(root) = kernel.cgroup_root {
+    if let Some(root) = common.kernel.cgroup_root {
         resolver.cgroup_root = root;
     }
     let backend = Kernel {
         resolver,
         programs: Programs {
-            nft: kernel.nft,
-            tc: kernel.tc,
-            ip: kernel.ip,
+            nft: common.kernel.nft,
+            tc: common.kernel.tc,
+            ip: common.kernel.ip,
         },
     };
-    let journal = Journal::open(&state_dir)?;
-    let (initial, bytes) = read_desired(&desired);
+    let journal = Journal::open(&common.state_dir)?;
     let registry = Metrics::default();
     // The stale sweep runs here, before any source, signal handler or listener starts.
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         backend,
         journal,
         initial,
         registry.clone(),
         jiff::Timestamp::now(),
     );
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    if matches!(source, Source::Kube { .. }) {
+        agent.report_to(status_tx);
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -123,31 +170,45 @@ fn run() -> anyhow::Result<bool> {
         .name("reconcile".into())
         .spawn(move || agent.run(&rx, &SystemClock))
         .context("cannot start the reconcile thread")?;
-    rt.block_on(async move {
+    let source_tx = tx.clone();
+    let served = rt.block_on(async move {
         let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        if let Some(addr) = metrics {
+        if let Some(addr) = common.metrics {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
             log(format_args!("metrics on http://{addr}/metrics"));
             tokio::spawn(serve_metrics(listener, registry));
         }
-        tokio::spawn(
-            FileSource::new(desired, bytes).follow(Duration::from_millis(poll_ms), tx.clone()),
-        );
+        match source {
+            Source::File { path, bytes, poll } => {
+                tokio::spawn(FileSource::new(path, bytes).follow(poll, source_tx));
+            }
+            Source::Kube { node } => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot set up a Kubernetes client (in-cluster or kubeconfig)")?;
+                let api: kube::Api<NodeFaults> = kube::Api::all(client);
+                log(format_args!("following NodeFaults {node}"));
+                tokio::spawn(cluster::follow(api.clone(), node.clone(), source_tx));
+                tokio::spawn(cluster::write_status(api, node, status_rx));
+            }
+        }
         tokio::select! {
             _ = term.recv() => log("SIGTERM: removing every fault"),
             _ = int.recv() => log("SIGINT: removing every fault"),
         }
-        let _ = tx.send(Event::Shutdown);
         anyhow::Ok(())
-    })?;
+    });
+    // Whatever stopped the serving side, the loop removes everything it applied.
+    let _ = tx.send(Event::Shutdown);
     let clean = looper
         .join()
         .map_err(|_| anyhow::anyhow!("the reconcile thread panicked"))?;
-    // The follower task holds a sender; dropping the runtime stops it.
+    // The source tasks hold senders; dropping the runtime stops them.
     drop(rt);
+    served?;
     if clean {
         log("every fault removed; exiting");
     }

@@ -1,0 +1,189 @@
+//! What the agent reports about each desired fault (kube mode writes it to
+//! the NodeFaults object's status subresource), built from outcomes the
+//! agent records as it applies and removes. Pure: no clock, no I/O.
+
+use std::collections::BTreeMap;
+
+use faultline_api::{
+    NodeFault,
+    nodefaults::{FaultState, NodeFaultStatus, NodeFaultsStatus},
+};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::reconcile::{expired, spec_key};
+
+/// The last thing that happened to one fault id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Which version of the fault (target and parameters) it happened to.
+    pub key: String,
+    pub state: FaultState,
+    pub reason: Option<String>,
+    pub since: Timestamp,
+}
+
+/// Outcomes by fault id, kept for the faults still desired.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcomes(BTreeMap<String, Outcome>);
+
+impl Outcomes {
+    pub fn record(
+        &mut self,
+        fault: &NodeFault,
+        state: FaultState,
+        reason: Option<String>,
+        now: Timestamp,
+    ) {
+        let key = spec_key(fault);
+        // A repeated failure keeps the time it started failing.
+        if let Some(o) = self.0.get(&fault.id)
+            && o.key == key
+            && o.state == state
+            && o.reason == reason
+        {
+            return;
+        }
+        self.0.insert(
+            fault.id.clone(),
+            Outcome {
+                key,
+                state,
+                reason,
+                since: now,
+            },
+        );
+    }
+
+    /// Forgets faults no longer desired, so memory follows the desired list.
+    pub fn retain_desired(&mut self, desired: &[NodeFault]) {
+        self.0
+            .retain(|id, _| desired.iter().any(|f| f.id == id.as_str()));
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Outcome> {
+        self.0.get(id)
+    }
+}
+
+/// The status for `desired` (the faults of object generation `generation`).
+/// `observedGeneration` is `generation` once every desired fault has an
+/// outcome (applied, failed or removed), and `previous_observed` until then.
+pub fn build(
+    desired: &[NodeFault],
+    generation: Option<i64>,
+    previous_observed: Option<i64>,
+    outcomes: &Outcomes,
+    now: Timestamp,
+) -> NodeFaultsStatus {
+    let mut faults = Vec::with_capacity(desired.len());
+    let mut converged = true;
+    for f in desired {
+        let key = spec_key(f);
+        let entry = match outcomes.get(&f.id).filter(|o| o.key == key) {
+            Some(o) => Some((o.state, o.reason.clone(), o.since)),
+            // Never applied because its deadline had passed: that is its end.
+            None if expired(f, now) => Some((
+                FaultState::Removed,
+                Some("expired before it was applied".to_owned()),
+                f.expires_at.0,
+            )),
+            None => None,
+        };
+        match entry {
+            Some((state, reason, since)) => faults.push(NodeFaultStatus {
+                id: f.id.clone(),
+                state,
+                reason,
+                since: Some(Time(since)),
+            }),
+            None => converged = false,
+        }
+    }
+    let applied = faults
+        .iter()
+        .filter(|s| s.state == FaultState::Applied)
+        .count();
+    NodeFaultsStatus {
+        observed_generation: if converged {
+            generation.or(previous_observed)
+        } else {
+            previous_observed
+        },
+        applied: Some(u32::try_from(applied).unwrap_or(u32::MAX)),
+        faults,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::tests::{partition, t};
+
+    #[test]
+    fn converged_only_when_every_fault_has_an_outcome() {
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let b = partition("b", "/n", "10.0.0.2", 10);
+        let desired = vec![a.clone(), b.clone()];
+        let mut o = Outcomes::default();
+        o.record(&a, FaultState::Applied, None, t(1));
+        let s = build(&desired, Some(3), Some(2), &o, t(1));
+        assert_eq!(s.observed_generation, Some(2), "b has no outcome yet");
+        assert_eq!(s.applied, Some(1));
+        assert_eq!(s.faults.len(), 1);
+
+        o.record(
+            &b,
+            FaultState::Failed,
+            Some("nft: no such table".into()),
+            t(2),
+        );
+        let s = build(&desired, Some(3), Some(2), &o, t(2));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.applied, Some(1));
+        let fb = &s.faults[1];
+        assert_eq!(
+            (fb.id.as_str(), fb.state, fb.reason.as_deref()),
+            ("b", FaultState::Failed, Some("nft: no such table"))
+        );
+    }
+
+    #[test]
+    fn an_outcome_of_an_older_version_does_not_count() {
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let mut o = Outcomes::default();
+        o.record(&a, FaultState::Applied, None, t(1));
+        let changed = partition("a", "/n", "10.0.0.9", 10);
+        let s = build(&[changed], Some(2), Some(1), &o, t(2));
+        assert_eq!((s.observed_generation, s.faults.len()), (Some(1), 0));
+    }
+
+    #[test]
+    fn expired_without_outcome_reads_as_removed() {
+        let a = partition("a", "/n", "10.0.0.1", 5);
+        let s = build(
+            std::slice::from_ref(&a),
+            Some(4),
+            None,
+            &Outcomes::default(),
+            t(6),
+        );
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(s.faults[0].state, FaultState::Removed);
+        assert_eq!(s.faults[0].since, Some(Time(t(5))));
+        assert_eq!(s.applied, Some(0));
+    }
+
+    #[test]
+    fn repeated_failures_keep_their_first_time_and_pruning_follows_desired() {
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let b = partition("b", "/n", "10.0.0.2", 10);
+        let mut o = Outcomes::default();
+        o.record(&a, FaultState::Failed, Some("x".into()), t(1));
+        o.record(&a, FaultState::Failed, Some("x".into()), t(2));
+        assert_eq!(o.get("a").map(|o| o.since), Some(t(1)));
+        o.record(&b, FaultState::Applied, None, t(2));
+        o.retain_desired(std::slice::from_ref(&b));
+        assert!(o.get("a").is_none() && o.get("b").is_some());
+    }
+}
