@@ -22,6 +22,11 @@ if ! command -v nft >/dev/null 2>&1; then
     apt-get install -y -qq nftables
 fi
 
+step "kernel lab (qemu, busybox and a Debian cloud kernel, for the agent's netem tests)"
+# Installs what is missing and caches the kernel under target/kernel-lab/;
+# agent/tests/kernel_lab.rs then only builds the initramfs and boots.
+scripts/kernel-lab.sh --prepare
+
 export FAULTLINE_REQUIRE_PEERS=1
 export FAULTLINE_KUBERNETES_VALIDATE="$peers/venv/bin/kubernetes-validate"
 export FAULTLINE_PYTHON="$peers/venv/bin/python"

@@ -7,9 +7,15 @@
 //! root fa00: prio bands 16, priomap all → band fa00:1 (untouched traffic)
 //!   fa00:N  (N = the fault's band, 2..=16) → netem, handle (fb00+N):
 //!   filters on fa00: send each fault's traffic to its band:
-//!     with `to`: u32 `ip dst`/`ip6 dst` CIDR matches, filter prio N
+//!     with `to`: u32 `ip dst` CIDR matches at filter prio N,
+//!                u32 `ip6 dst` CIDR matches at filter prio 32+N
 //!     without:  matchall, filter prio 100+N (so specific faults win)
 //! ```
+//!
+//! IPv4 and IPv6 matches need prios of their own: the kernel keeps one
+//! protocol per filter prio, so an `ipv6` filter at a prio that already holds
+//! `ip` filters is refused ("Filter with specified priority/protocol not
+//! found").
 //!
 //! The band is chosen before applying and journaled, so removal after a
 //! crash deletes exactly that fault's filters and netem. The root is only
@@ -31,6 +37,9 @@ use crate::netns::{self, NetnsError};
 pub const FIRST_BAND: u8 = 2;
 pub const LAST_BAND: u8 = 16;
 pub const ROOT: &str = "fa00:";
+/// Filter prio offsets from the band: IPv4 `to` at +0, IPv6 `to` at
+/// +32, catch-all at +100 (tried last).
+const IPV6_PRIO: u32 = 32;
 const CATCH_ALL_PRIO: u32 = 100;
 
 fn class(band: u8) -> String {
@@ -87,57 +96,62 @@ pub fn netem_cmd(dev: &str, band: u8, l: &Latency) -> Vec<String> {
     c
 }
 
-fn prio(band: u8, l: &Latency) -> u32 {
-    if l.to.is_empty() {
-        CATCH_ALL_PRIO + u32::from(band)
-    } else {
-        u32::from(band)
-    }
+/// Every filter prio a fault in `band` may use.
+fn prios(band: u8) -> [u32; 3] {
+    let b = u32::from(band);
+    [b, IPV6_PRIO + b, CATCH_ALL_PRIO + b]
 }
 
 /// Filters steering the fault's traffic to its band.
 pub fn filter_cmds(dev: &str, band: u8, l: &Latency) -> Result<Vec<Vec<String>>, BackendError> {
-    let p = prio(band, l).to_string();
+    let [v4, v6, all] = prios(band).map(|p| p.to_string());
     let flow = class(band);
     if l.to.is_empty() {
         return Ok(vec![v(&[
-            "filter", "add", "dev", dev, "parent", ROOT, "protocol", "all", "prio", &p, "matchall",
-            "flowid", &flow,
+            "filter", "add", "dev", dev, "parent", ROOT, "protocol", "all", "prio", &all,
+            "matchall", "flowid", &flow,
         ])]);
     }
     l.to.iter()
         .map(|cidr| {
             let (addr, len) = parse_cidr(cidr)
                 .ok_or_else(|| BackendError::Failed(format!("{cidr:?} is not a CIDR")))?;
-            let (proto, m) = if addr.is_ipv4() {
-                ("ip", "ip")
+            let (proto, m, p) = if addr.is_ipv4() {
+                ("ip", "ip", v4.as_str())
             } else {
-                ("ipv6", "ip6")
+                ("ipv6", "ip6", v6.as_str())
             };
             let dst = format!("{addr}/{len}");
             Ok(v(&[
-                "filter", "add", "dev", dev, "parent", ROOT, "protocol", proto, "prio", &p, "u32",
+                "filter", "add", "dev", dev, "parent", ROOT, "protocol", proto, "prio", p, "u32",
                 "match", m, "dst", &dst, "flowid", &flow,
             ]))
         })
         .collect()
 }
 
-/// Deletes the fault's filters (every protocol at its prio) and its netem.
+/// Deletes the fault's filters (every protocol at each of its prios).
+pub fn filter_remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
+    prios(band)
+        .iter()
+        .map(|p| {
+            v(&[
+                "filter",
+                "del",
+                "dev",
+                dev,
+                "parent",
+                ROOT,
+                "prio",
+                &p.to_string(),
+            ])
+        })
+        .collect()
+}
+
+/// Deletes the fault's filters and its netem.
 pub fn remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for p in [u32::from(band), CATCH_ALL_PRIO + u32::from(band)] {
-        out.push(v(&[
-            "filter",
-            "del",
-            "dev",
-            dev,
-            "parent",
-            ROOT,
-            "prio",
-            &p.to_string(),
-        ]));
-    }
+    let mut out = filter_remove_cmds(dev, band);
     out.push(v(&[
         "qdisc",
         "del",
@@ -252,7 +266,7 @@ pub fn apply(p: &Programs, ns: &Path, band: u8, l: &Latency) -> Result<(), Backe
         }
         tc(p, ns, &netem_cmd(&dev, band, l))?;
         // Filters of an earlier, half-done apply go first, so there is one set.
-        for cmd in remove_cmds(&dev, band).into_iter().take(2) {
+        for cmd in filter_remove_cmds(&dev, band) {
             let _ = tc(p, ns, &cmd);
         }
         for cmd in filter_cmds(&dev, band, l)? {
@@ -381,6 +395,24 @@ mod tests {
         );
         assert_eq!(f[1][7], "ipv6");
         assert_eq!(f[1][12], "ip6");
+        // The kernel holds one protocol per filter prio: a v6 filter at the
+        // v4 filters' prio is refused, so a dual-stack `to` needs two prios.
+        assert_eq!(f[1][9], "35");
+        assert_eq!(f[1][14], "fd00::/8");
+        let dual = filter_cmds(
+            "eth0",
+            2,
+            &lat(&["10.1.0.0/16", "fd00::1/128", "10.2.0.0/16", "fd00::2/128"]),
+        )
+        .expect("filters");
+        let prio_of = |proto: &str| -> Vec<&str> {
+            dual.iter()
+                .filter(|c| c[7] == proto)
+                .map(|c| c[9].as_str())
+                .collect()
+        };
+        assert_eq!(prio_of("ip"), ["2", "2"]);
+        assert_eq!(prio_of("ipv6"), ["34", "34"]);
         let all = filter_cmds("eth0", 4, &lat(&[])).expect("filters");
         assert_eq!(
             all,
@@ -391,10 +423,25 @@ mod tests {
         );
         assert!(filter_cmds("eth0", 4, &lat(&["x"])).is_err());
         let r = remove_cmds("eth0", 4);
+        assert_eq!(r.len(), 4);
         assert_eq!(r[0][7], "4");
-        assert_eq!(r[1][7], "104");
+        assert_eq!(r[1][7], "36");
+        assert_eq!(r[2][7], "104");
+        assert_eq!(filter_remove_cmds("eth0", 4), r[..3]);
+        // Every prio a filter of the band is added at is deleted again.
+        for l in [lat(&["10.0.0.0/8", "fd00::/8"]), lat(&[])] {
+            for add in filter_cmds("eth0", 4, &l).expect("filters") {
+                assert!(r.iter().any(|del| del[7] == add[9]), "{add:?}");
+            }
+        }
+        // No prio is shared between bands (2..=16).
+        let mut all: Vec<u32> = (FIRST_BAND..=LAST_BAND).flat_map(prios).collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
         assert_eq!(
-            r[2],
+            r[3],
             [
                 "qdisc", "del", "dev", "eth0", "parent", "fa00:4", "handle", "fb04:"
             ]

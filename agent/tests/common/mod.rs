@@ -255,6 +255,11 @@ impl AgentProc {
     }
 
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the agent with extra arguments after the standard ones.
+    pub fn start_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -266,6 +271,7 @@ impl AgentProc {
             .arg(self.desired())
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -288,6 +294,10 @@ impl AgentProc {
             "agent never logged {text:?}; log:\n{}",
             self.log()
         );
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn sigkill(&mut self) {

@@ -1,0 +1,299 @@
+//! Node agent benchmark on the host kernel (root, `ip`, `nft`): prints its
+//! figures, asserts nothing.
+//!
+//!   cargo bench -p faultline-agent --bench agent
+//!
+//! The real agent binary follows a desired file; a partition cuts a veth
+//! pair between two namespaces this run creates. "Active" is observed from
+//! outside, as a user would: a probe thread in the peer namespace opens TCP
+//! connections to a listener in the target (2 ms timeout each) until the
+//! connection fails (cut) or succeeds (restored).
+//!
+//! - desired change → rule active (and → rule removed), p50/p99 over 200
+//!   changes (target p99 < 5 ms);
+//! - resident memory idle and with 100 active faults (target < 16 MiB), and
+//!   CPU while idle;
+//! - removal lateness after `expiresAt`, observed by the probe (target < 100 ms).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+const CHANGES: usize = 200;
+const EXPIRIES: usize = 20;
+const PROBE_TIMEOUT: Duration = Duration::from_millis(2);
+
+/// Asks the probe thread to wait until the target is (un)reachable; it
+/// answers with when that was first seen.
+struct Probe {
+    ask: mpsc::Sender<bool>,
+    seen: mpsc::Receiver<Option<Instant>>,
+}
+
+impl Probe {
+    fn start(net: &NetPair, addr: SocketAddr) -> Probe {
+        let (ask, asks) = mpsc::channel::<bool>();
+        let (tell, seen) = mpsc::channel();
+        let peer = net.peer_path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&peer).expect("peer netns");
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&file),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns");
+            for want_reachable in asks {
+                let start = Instant::now();
+                let at = loop {
+                    let mut ok = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok();
+                    // A connection slower than the timeout on a busy host is
+                    // not a cut: a second attempt must fail too.
+                    if !ok && !want_reachable {
+                        ok = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok();
+                    }
+                    if ok == want_reachable {
+                        break Some(Instant::now());
+                    }
+                    if start.elapsed() > Duration::from_secs(10) {
+                        break None;
+                    }
+                };
+                if tell.send(at).is_err() {
+                    return;
+                }
+            }
+        });
+        Probe { ask, seen }
+    }
+
+    fn until(&self, reachable: bool) -> Option<Instant> {
+        self.ask.send(reachable).ok()?;
+        self.seen.recv().ok().flatten()
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of the process (all threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+fn idle_cpu_percent(pid: u32, over: Duration) -> f64 {
+    let ticks_per_s = rustix::param::clock_ticks_per_second() as f64;
+    let before = cpu_ticks(pid);
+    std::thread::sleep(over);
+    let used = cpu_ticks(pid).saturating_sub(before) as f64 / ticks_per_s;
+    used / over.as_secs_f64() * 100.0
+}
+
+fn journal_len(agent: &AgentProc) -> usize {
+    std::fs::read_to_string(agent.dir.path().join("state/journal.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| {
+            v.get("records")
+                .and_then(|r| r.as_array().map(Vec::len))
+                .or_else(|| v.as_array().map(Vec::len))
+        })
+        .unwrap_or(0)
+}
+
+/// The agent's apply histogram: (sum in seconds, count).
+fn scrape(addr: SocketAddr) -> Option<(f64, f64)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    Some((
+        value("faultline_agent_apply_seconds_sum")?,
+        value("faultline_agent_apply_seconds_count")?,
+    ))
+}
+
+fn main() {
+    if !kernel_ready() {
+        eprintln!("the agent benchmark needs root, ip and nft");
+        return;
+    }
+    let net = NetPair::new();
+    let addr = net.listen();
+    let probe = Probe::start(&net, addr);
+    assert!(probe.until(true).is_some(), "baseline connectivity");
+
+    let mut agent = AgentProc::new();
+    agent.write_faults(&[]);
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    agent.start_with(&["--metrics", &metrics_addr.to_string()]);
+    agent.wait_log("started:", Duration::from_secs(5));
+    let pid = agent.pid().expect("running");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Desired change → rule active / removed.
+    let (_, far) = in_ms(3_600_000);
+    let mut on = Vec::with_capacity(CHANGES / 2);
+    let mut off = Vec::with_capacity(CHANGES / 2);
+    // Each change starts from an idle agent: the previous one's journal
+    // write is done (a removal's nft also waits out an RCU grace period
+    // after the rule is already gone).
+    let settle = |agent: &AgentProc, n: usize| {
+        let _ = wait_for(Duration::from_secs(5), || journal_len(agent) == n);
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    for i in 0..CHANGES / 2 {
+        settle(&agent, 0);
+        let start = Instant::now();
+        agent.write_faults(&[partition(&format!("cut-{i}"), &net.target_path(), &far, "")]);
+        let Some(cut) = probe.until(false) else {
+            panic!("change {i} never took effect; log:\n{}", agent.log());
+        };
+        on.push(cut.duration_since(start));
+        settle(&agent, 1);
+        let start = Instant::now();
+        agent.write_faults(&[]);
+        let Some(back) = probe.until(true) else {
+            panic!("removal {i} never took effect; log:\n{}", agent.log());
+        };
+        off.push(back.duration_since(start));
+    }
+    on.sort();
+    off.sort();
+    let applying = scrape(metrics_addr);
+    println!(
+        "desired change → kernel rule, partition on the host ({CHANGES} changes, probe timeout {} ms):",
+        PROBE_TIMEOUT.as_millis()
+    );
+    println!(
+        "  to active:  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms   (target p99 < 5 ms)",
+        ms(pct(&on, 0.5)),
+        ms(pct(&on, 0.99)),
+        ms(on[on.len() - 1])
+    );
+    println!(
+        "  to removed: p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms",
+        ms(pct(&off, 0.5)),
+        ms(pct(&off, 0.99)),
+        ms(off[off.len() - 1])
+    );
+    if let Some((sum, count)) = applying {
+        println!(
+            "  of which applying (nft and journal, the agent's own histogram): mean {:.2} ms over {count}",
+            sum / count * 1e3
+        );
+    }
+
+    // Memory and CPU, idle and with 100 faults.
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_idle = rss_kib(pid);
+    let cpu_idle = idle_cpu_percent(pid, Duration::from_secs(5));
+    let faults: Vec<String> = (0..100)
+        .map(|i| partition(&format!("many-{i}"), &net.target_path(), &far, ""))
+        .collect();
+    agent.write_faults(&faults);
+    let applied = wait_for(Duration::from_secs(60), || journal_len(&agent) == 100);
+    let rss_100 = rss_kib(pid);
+    let cpu_100 = idle_cpu_percent(pid, Duration::from_secs(3));
+    println!("resident memory and CPU of the agent process:");
+    println!(
+        "  idle:                 {:>6.1} MiB  CPU {:.2} % of a core over 5 s   (target < 16 MiB)",
+        rss_idle as f64 / 1024.0,
+        cpu_idle
+    );
+    println!(
+        "  100 active faults:    {:>6.1} MiB  CPU {:.2} % of a core over 3 s  (all applied in {})",
+        rss_100 as f64 / 1024.0,
+        cpu_100,
+        applied.map_or("— not all applied".to_owned(), |d| format!(
+            "{:.0} ms",
+            ms(d)
+        ))
+    );
+    agent.write_faults(&[]);
+    assert!(
+        wait_for(Duration::from_secs(60), || journal_len(&agent) == 0).is_some(),
+        "the 100 faults were not removed; log:\n{}",
+        agent.log()
+    );
+
+    // Removal lateness after expiresAt, seen from outside.
+    let mut late = Vec::with_capacity(EXPIRIES);
+    for i in 0..EXPIRIES {
+        let (deadline, soon) = in_ms(300);
+        agent.write_faults(&[partition(
+            &format!("exp-{i}"),
+            &net.target_path(),
+            &soon,
+            "",
+        )]);
+        if probe.until(false).is_none() {
+            panic!("expiring fault {i} never took effect");
+        }
+        let Some(back) = probe.until(true) else {
+            panic!(
+                "expiring fault {i} was never removed; log:\n{}",
+                agent.log()
+            );
+        };
+        // The probe's Instant, placed on the wall clock through "now".
+        let back_wall = jiff::Timestamp::now()
+            - jiff::SignedDuration::try_from(back.elapsed()).unwrap_or_default();
+        late.push(
+            back_wall
+                .duration_since(deadline)
+                .max(jiff::SignedDuration::ZERO)
+                .unsigned_abs(),
+        );
+        agent.write_faults(&[]);
+    }
+    late.sort();
+    println!("removal after expiresAt, seen by the probe ({EXPIRIES} faults):");
+    println!(
+        "  late by:    p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms   (target < 100 ms)",
+        ms(pct(&late, 0.5)),
+        ms(pct(&late, 0.99)),
+        ms(late[late.len() - 1])
+    );
+    let status = agent.sigterm();
+    println!("agent stopped with {status}");
+}
