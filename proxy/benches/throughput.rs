@@ -80,9 +80,23 @@ fn pct(v: &[Duration], p: f64) -> Duration {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
-async fn bulk(addr: SocketAddr) -> f64 {
+/// CPU time of this whole process (client, proxy and server alike).
+fn cpu_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// One bulk transfer: MiB/s, and the CPU the process spent per GiB.
+struct Bulk {
+    mib_s: f64,
+    cpu_per_gib: Duration,
+    cores: f64,
+}
+
+async fn bulk(addr: SocketAddr) -> Bulk {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let chunk = vec![7u8; 256 << 10];
+    let cpu = cpu_now();
     let t = Instant::now();
     let mut sent = 0;
     while sent < BULK_BYTES {
@@ -93,7 +107,13 @@ async fn bulk(addr: SocketAddr) -> f64 {
     let mut count = [0u8; 8];
     s.read_exact(&mut count).await.expect("count");
     assert_eq!(u64::from_be_bytes(count) as usize, sent);
-    sent as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64
+    let wall = t.elapsed();
+    let used = cpu_now().saturating_sub(cpu);
+    Bulk {
+        mib_s: sent as f64 / wall.as_secs_f64() / (1 << 20) as f64,
+        cpu_per_gib: used.mul_f64((1u64 << 30) as f64 / sent as f64),
+        cores: used.as_secs_f64() / wall.as_secs_f64(),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -130,12 +150,18 @@ async fn main() {
     let sink_proxy = Proxy::start(any, sink).await.expect("proxy");
     let mut ratios = Vec::new();
     let (mut directs, mut proxieds) = (Vec::new(), Vec::new());
+    let (mut cpu_direct, mut cpu_proxied) = (Vec::new(), Vec::new());
+    let (mut cores_direct, mut cores_proxied) = (Vec::new(), Vec::new());
     for _ in 0..BULK_ROUNDS {
         let direct = bulk(sink).await;
         let proxied = bulk(sink_proxy.local_addr()).await;
-        ratios.push(proxied / direct);
-        directs.push(direct);
-        proxieds.push(proxied);
+        ratios.push(proxied.mib_s / direct.mib_s);
+        directs.push(direct.mib_s);
+        proxieds.push(proxied.mib_s);
+        cpu_direct.push(direct.cpu_per_gib.as_secs_f64() * 1e3);
+        cpu_proxied.push(proxied.cpu_per_gib.as_secs_f64() * 1e3);
+        cores_direct.push(direct.cores);
+        cores_proxied.push(proxied.cores);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -156,6 +182,16 @@ async fn main() {
         median(&mut ratios) * 100.0,
         lo * 100.0,
         hi * 100.0
+    );
+    // Throughput on a machine this small is bounded by CPU: what each path
+    // costs per byte says how much of the gap is the proxy's own work.
+    println!(
+        "  CPU per GiB (median): direct {:.0} ms, proxied {:.0} ms; cores busy: direct {:.2}, proxied {:.2} (of {})",
+        median(&mut cpu_direct),
+        median(&mut cpu_proxied),
+        median(&mut cores_direct),
+        median(&mut cores_proxied),
+        std::thread::available_parallelism().map_or(0, usize::from)
     );
 
     let t = Instant::now();
