@@ -343,6 +343,9 @@ impl Printer {
         );
         if self.tty {
             use std::io::Write as _;
+            // A line wider than the terminal wraps, and `\r` would then
+            // redraw only its last row: keep it to one row.
+            let line = fit(&line, terminal_columns());
             // Keep the finished line of a phase; redraw within one.
             print!(
                 "{}\r\x1b[2K{line}",
@@ -353,6 +356,26 @@ impl Printer {
         } else {
             println!("{line}");
         }
+    }
+}
+
+/// The width of the terminal on stdout (80 when it cannot be told).
+fn terminal_columns() -> usize {
+    rustix::termios::tcgetwinsize(std::io::stdout())
+        .map(|w| usize::from(w.ws_col))
+        .ok()
+        .filter(|c| *c > 0)
+        .unwrap_or(80)
+}
+
+/// `line` cut to fit in `columns - 1` characters (the last column stays
+/// free so the cursor never wraps), with `…` where it was cut.
+fn fit(line: &str, columns: usize) -> String {
+    let room = columns.saturating_sub(1).max(1);
+    if line.chars().count() <= room {
+        line.to_owned()
+    } else {
+        truncate(line, room)
     }
 }
 
@@ -481,4 +504,20 @@ spec:
         reports,
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_fit_one_terminal_row() {
+        assert_eq!(fit("short", 80), "short");
+        let cut = fit("abcdefghij", 6);
+        assert_eq!(cut, "abcd…");
+        assert_eq!(cut.chars().count(), 5);
+        // Wide enough for exactly the line minus the last column.
+        assert_eq!(fit("abcde", 6), "abcde");
+        assert_eq!(fit("abc", 0), "…");
+    }
 }
