@@ -31,11 +31,13 @@ fn load<T: faultline_api::document::FromResource>(path: &Path) -> Result<T, Exit
     })
 }
 
-/// Where to write reports of a run.
+/// Where to write what a run produces.
 #[derive(Debug, Default, Clone)]
 pub struct Reports {
     pub junit: Option<std::path::PathBuf>,
     pub json: Option<std::path::PathBuf>,
+    /// A directory for each service's output (`<service>.log`).
+    pub logs: Option<std::path::PathBuf>,
 }
 
 /// `--follow-schedule`: wait for each start time of the experiment's
@@ -243,6 +245,7 @@ async fn run_once(
         topology,
         &Options {
             seed,
+            logs: reports.logs.clone(),
             ..Options::default()
         },
         cancel,

@@ -51,6 +51,11 @@ enum Command {
         /// Write the run's journal as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Write each service's output to DIR/<service>.log (appended, a
+        /// header at each start). Without it, the last lines are shown when
+        /// a service dies or never comes up.
+        #[arg(long, value_name = "DIR")]
+        logs: Option<PathBuf>,
         /// Wait for each start time of the experiment's `schedule` (UTC) and
         /// run then, until Ctrl-C, instead of running once now. Runs never
         /// overlap: start times passing during a run are skipped. Reports are
@@ -77,6 +82,11 @@ enum Command {
         /// Write the run's journal as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Write each service's output to DIR/<service>.log (appended, a
+        /// header at each start). Without it, the last lines are shown when
+        /// a service dies or never comes up.
+        #[arg(long, value_name = "DIR")]
+        logs: Option<PathBuf>,
     },
     /// One service of the demo shop (used by `faultline demo` and demo topologies).
     #[command(hide = true)]
@@ -106,13 +116,14 @@ fn main() -> ExitCode {
             seed,
             junit,
             json,
+            logs,
             follow_schedule,
             runs,
         } => Ok(local::run_files(
             &experiment,
             &topology,
             seed,
-            &local::Reports { junit, json },
+            &local::Reports { junit, json, logs },
             follow_schedule.then_some(local::Follow { runs }),
         )),
         Command::Run { local: None, .. } => {
@@ -126,10 +137,11 @@ fn main() -> ExitCode {
             no_breaker,
             junit,
             json,
+            logs,
         } => Ok(local::demo(
             duration,
             no_breaker,
-            &local::Reports { junit, json },
+            &local::Reports { junit, json, logs },
         )),
         Command::DemoRole { args } => demo_role(args),
     };

@@ -436,3 +436,37 @@ fn follow_schedule_without_a_schedule_is_invalid() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_service_that_never_listens_is_reported_with_its_output() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topo = dir.path().join("broken.yaml");
+    std::fs::write(
+        &topo,
+        "apiVersion: faultline.dev/v1alpha1\nkind: Topology\nmetadata: {name: broken}\nspec:\n  services:\n    - {name: lister, labels: {app: payments}, port: 7998, command: [ls, /nonexistent-faultline-dir]}\n",
+    )
+    .expect("write");
+    let logs = dir.path().join("logs");
+    let out = faultline("never-listens")
+        .arg("run")
+        .arg(scheduled_experiment(dir.path(), None))
+        .arg("--local")
+        .arg(&topo)
+        .arg("--logs")
+        .arg(&logs)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("lister did not listen on port 7998 within 15 s; its last output:")
+            && stderr.contains("/nonexistent-faultline-dir"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(logs.join("lister.log")).expect("service log");
+    assert!(
+        log.contains("--- lister started at") && log.contains("/nonexistent-faultline-dir"),
+        "{log}"
+    );
+    assert_eq!(left_behind("never-listens"), 0);
+}

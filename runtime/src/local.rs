@@ -32,6 +32,8 @@ pub struct Options {
     pub tick: Duration,
     /// How often due checks are evaluated.
     pub check_every: Duration,
+    /// Write each service's output to `DIR/<service>.log`.
+    pub logs: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -40,6 +42,7 @@ impl Default for Options {
             seed: 0,
             tick: Duration::from_millis(200),
             check_every: Duration::from_secs(1),
+            logs: None,
         }
     }
 }
@@ -67,8 +70,21 @@ pub enum Error {
         to: String,
         source: std::io::Error,
     },
-    #[error("{0} did not listen on its port within 15 s")]
-    NotReady(String),
+    #[error("{service} did not listen on port {port} within 15 s{}", said(.output))]
+    NotReady {
+        service: String,
+        port: u16,
+        /// Its last lines of output.
+        output: Vec<String>,
+    },
+}
+
+fn said(output: &[String]) -> String {
+    if output.is_empty() {
+        "; it printed nothing".to_owned()
+    } else {
+        format!("; its last output:\n  {}", output.join("\n  "))
+    }
 }
 
 /// What the progress display is given at each tick.
@@ -132,11 +148,23 @@ pub async fn run(
         );
         env.insert("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into());
         env.insert("OTEL_SERVICE_NAME".into(), s.name.clone());
-        let launch = Launch::from_service(s, env);
+        let mut launch = Launch::from_service(s, env);
+        launch.log_file = options
+            .logs
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.log", s.name)));
         procs.insert(s.name.clone(), supervise(launch, log.clone()));
         if !wait_for_port(s.port, Duration::from_secs(15)).await {
+            let output = procs
+                .get(&s.name)
+                .map(|p| p.last_output(10))
+                .unwrap_or_default();
             stop_all(procs).await;
-            return Err(Error::NotReady(s.name.clone()));
+            return Err(Error::NotReady {
+                service: s.name.clone(),
+                port: s.port,
+                output,
+            });
         }
     }
 

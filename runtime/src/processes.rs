@@ -1,12 +1,15 @@
 //! Services of a topology as supervised local processes: started from an
 //! argument vector (never a shell) in their own process group, waited for
 //! on their port, restarted with backoff when they die (as kubelet would),
-//! and stopped with their whole group.
+//! and stopped with their whole group. What they print is kept: the last
+//! lines in memory (shown when a service dies or never comes up) and, when
+//! asked, everything in a log file per service.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
+    io::Write as _,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     sync::{
         Arc, Mutex,
@@ -17,7 +20,58 @@ use std::{
 
 use faultline_api::topology::Service;
 use rustix::process::{Pid, Signal, kill_process_group};
-use tokio::{process::Command, sync::watch, task::JoinHandle};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    process::Command,
+    sync::watch,
+    task::JoinHandle,
+};
+
+/// Lines of output kept per service, and the longest line kept whole.
+const TAIL_LINES: usize = 20;
+const TAIL_LINE_BYTES: usize = 512;
+
+/// The last lines a service printed on stdout and stderr, bounded in lines
+/// and line length whatever it prints.
+#[derive(Debug, Default)]
+pub struct Tail {
+    lines: VecDeque<String>,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    pub fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.end_line();
+            } else if self.partial.len() < TAIL_LINE_BYTES {
+                self.partial.push(b);
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let line = String::from_utf8_lossy(&self.partial).trim_end().to_owned();
+        self.partial.clear();
+        if line.is_empty() {
+            return;
+        }
+        if self.lines.len() == TAIL_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+    }
+
+    /// The last `n` lines, oldest first (an unfinished line included).
+    pub fn last(&self, n: usize) -> Vec<String> {
+        let mut all: Vec<String> = self.lines.iter().cloned().collect();
+        if !self.partial.is_empty() {
+            all.push(String::from_utf8_lossy(&self.partial).trim_end().to_owned());
+        }
+        let skip = all.len().saturating_sub(n);
+        all.split_off(skip)
+    }
+}
 
 /// How a service's process is launched.
 #[derive(Debug, Clone)]
@@ -27,6 +81,8 @@ pub struct Launch {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub port: u16,
+    /// Append everything the service prints to this file.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Launch {
@@ -48,6 +104,7 @@ impl Launch {
             args: service.command.iter().skip(1).cloned().collect(),
             env: all_env,
             port: service.port,
+            log_file: None,
         }
     }
 }
@@ -58,6 +115,7 @@ pub struct Supervised {
     pub name: String,
     pid: Arc<AtomicU32>,
     restarts: Arc<AtomicU64>,
+    tail: Arc<Mutex<Tail>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -70,6 +128,11 @@ impl Supervised {
 
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::SeqCst)
+    }
+
+    /// The last lines the service printed.
+    pub fn last_output(&self, n: usize) -> Vec<String> {
+        self.tail.lock().map(|t| t.last(n)).unwrap_or_default()
     }
 
     /// Sends a signal to the service's whole process group.
@@ -96,9 +159,23 @@ impl Supervised {
 pub fn supervise(launch: Launch, log: Arc<Mutex<Vec<String>>>) -> Supervised {
     let pid = Arc::new(AtomicU32::new(0));
     let restarts = Arc::new(AtomicU64::new(0));
+    let tail = Arc::new(Mutex::new(Tail::default()));
     let (stop, mut stopped) = watch::channel(false);
-    let (p, r) = (pid.clone(), restarts.clone());
+    let (p, r, t) = (pid.clone(), restarts.clone(), tail.clone());
     let name = launch.name.clone();
+    let file = launch
+        .log_file
+        .as_deref()
+        .and_then(|path| match open_log(path) {
+            Ok(f) => Some(Arc::new(Mutex::new(f))),
+            Err(e) => {
+                push(
+                    &log,
+                    format!("{}: cannot write {}: {e}", launch.name, path.display()),
+                );
+                None
+            }
+        });
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -107,8 +184,8 @@ pub fn supervise(launch: Launch, log: Arc<Mutex<Vec<String>>>) -> Supervised {
                 .envs(&launch.env)
                 .process_group(0)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .kill_on_drop(true);
             let started = tokio::time::Instant::now();
             let mut child = match cmd.spawn() {
@@ -131,14 +208,45 @@ pub fn supervise(launch: Launch, log: Arc<Mutex<Vec<String>>>) -> Supervised {
                 }
             };
             p.store(child.id().unwrap_or(0), Ordering::SeqCst);
+            if let Some(f) = &file
+                && let Ok(mut f) = f.lock()
+            {
+                let _ = writeln!(
+                    f,
+                    "--- {} started at {} (pid {}) ---",
+                    launch.name,
+                    jiff::Timestamp::now(),
+                    child.id().unwrap_or(0)
+                );
+            }
+            let readers = [
+                child
+                    .stdout
+                    .take()
+                    .map(|o| tokio::spawn(keep_output(o, t.clone(), file.clone()))),
+                child
+                    .stderr
+                    .take()
+                    .map(|e| tokio::spawn(keep_output(e, t.clone(), file.clone()))),
+            ];
             tokio::select! {
                 status = child.wait() => {
                     p.store(0, Ordering::SeqCst);
+                    // What it printed last, before saying why it ended.
+                    for reader in readers.into_iter().flatten() {
+                        let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
+                    }
                     if *stopped.borrow() {
                         return;
                     }
                     r.fetch_add(1, Ordering::SeqCst);
-                    push(&log, format!("{} exited ({}); restarting in {:?}", launch.name,
+                    let last = t.lock().map(|t| t.last(3)).unwrap_or_default();
+                    let said = if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its last output: {}", last.join(" | "))
+                    };
+                    push(&log, format!("{} exited ({}); restarting in {:?}{said}", launch.name,
                         status.map_or("unknown".into(), |s| s.to_string()), backoff));
                     // A process that ran a while gets a fresh backoff.
                     if started.elapsed() > Duration::from_secs(10) {
@@ -168,8 +276,44 @@ pub fn supervise(launch: Launch, log: Arc<Mutex<Vec<String>>>) -> Supervised {
         name,
         pid,
         restarts,
+        tail,
         stop,
         task,
+    }
+}
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Reads one output stream of a service to its end, into the tail and the
+/// log file. Reading never stops early, so a chatty service never blocks on
+/// a full pipe.
+async fn keep_output(
+    mut from: impl AsyncRead + Unpin,
+    tail: Arc<Mutex<Tail>>,
+    file: Option<Arc<Mutex<std::fs::File>>>,
+) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Ok(mut t) = tail.lock() {
+            t.push(&buf[..n]);
+        }
+        if let Some(f) = &file
+            && let Ok(mut f) = f.lock()
+        {
+            let _ = f.write_all(&buf[..n]);
+        }
     }
 }
 
@@ -188,4 +332,24 @@ pub async fn wait_for_port(port: u16, timeout: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_is_bounded_in_lines_and_length() {
+        let mut t = Tail::default();
+        for i in 0..50 {
+            t.push(format!("line {i}\n").as_bytes());
+        }
+        assert_eq!(t.last(2), ["line 48", "line 49"]);
+        assert_eq!(t.last(100).len(), TAIL_LINES);
+        t.push(&[b'x'; 5000]);
+        t.push(b"\n\n\nhalf");
+        let last = t.last(2);
+        assert_eq!(last[0].len(), TAIL_LINE_BYTES);
+        assert_eq!(last[1], "half", "an unfinished line counts");
+    }
 }
