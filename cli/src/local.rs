@@ -220,6 +220,9 @@ async fn run_once(
     cancel: tokio::sync::watch::Receiver<bool>,
 ) -> u8 {
     let name = experiment.metadata.name.clone().unwrap_or_default();
+    for note in faultline_runtime::local_mode_notes(experiment) {
+        println!("note: {note}");
+    }
     println!(
         "faultline: running {name} against {} local services ({}s)",
         topology.spec.services.len(),

@@ -5,4 +5,4 @@
 pub mod local;
 pub mod processes;
 
-pub use local::{Options, Outcome, Progress, run};
+pub use local::{Options, Outcome, Progress, local_mode_notes, run};

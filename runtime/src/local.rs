@@ -87,6 +87,33 @@ fn said(output: &[String]) -> String {
     }
 }
 
+/// What of an experiment local mode cannot do, for the user to read before
+/// the run: CIDR peers and destinations match nothing here, since services
+/// reach each other only through the proxies, named by target.
+pub fn local_mode_notes(experiment: &Experiment) -> Vec<String> {
+    let mut notes = Vec::new();
+    for f in &experiment.spec.faults {
+        let (field, list) = match &f.action {
+            FaultAction::Latency(l) => ("latency.to", &l.to),
+            FaultAction::Partition(p) => ("partition.peers", &p.peers),
+            FaultAction::Kill(_) => continue,
+        };
+        let cidrs: Vec<&str> = list
+            .iter()
+            .filter(|p| faultline_api::fault::parse_cidr(p).is_some())
+            .map(String::as_str)
+            .collect();
+        if !cidrs.is_empty() {
+            notes.push(format!(
+                "fault {}: {field} {} are addresses; in local mode only target names are matched, so they are ignored",
+                f.name,
+                cidrs.join(", ")
+            ));
+        }
+    }
+    notes
+}
+
 /// What the progress display is given at each tick.
 #[derive(Debug)]
 pub struct Progress<'a> {
@@ -221,7 +248,7 @@ pub async fn run(
             }
         }
         if actions.iter().any(|a| !matches!(a, Action::Signal(..))) {
-            apply_faults(&run, &proxies);
+            apply_faults(&run, &proxies, &ports);
         }
         progress(Progress { now, run: &run });
         if run.is_finished() {
@@ -282,7 +309,11 @@ async fn stop_all(procs: BTreeMap<String, Supervised>) {
 /// Sets every proxy's faults from the active instances: latency and
 /// partitions apply to traffic reaching their target (`latency.to` narrows
 /// latency to the target's calls to those targets).
-fn apply_faults(run: &Run, proxies: &BTreeMap<(String, String), Proxy>) {
+fn apply_faults(
+    run: &Run,
+    proxies: &BTreeMap<(String, String), Proxy>,
+    ports: &HashMap<&str, u16>,
+) {
     let mut wanted: BTreeMap<(String, String), Faults> = BTreeMap::new();
     let services_of =
         |target: &str| -> Vec<String> { run.plan().get(target).cloned().unwrap_or_default() };
@@ -321,8 +352,14 @@ fn apply_faults(run: &Run, proxies: &BTreeMap<(String, String), Proxy>) {
             FaultAction::Partition(p) => {
                 let peers: Vec<String> = p.peers.iter().flat_map(|t| services_of(t)).collect();
                 for ((from, to), _) in proxies.iter() {
-                    let ingress = to == target && peers.contains(from);
-                    let egress = from == target && peers.contains(to);
+                    // Every edge ends at `to`'s port: the target's for
+                    // ingress, the peer's for egress — what `ports` names.
+                    let port_ok = p.ports.is_empty()
+                        || ports
+                            .get(to.as_str())
+                            .is_some_and(|port| p.ports.contains(port));
+                    let ingress = to == target && peers.contains(from) && port_ok;
+                    let egress = from == target && peers.contains(to) && port_ok;
                     let cut = match p.direction {
                         Direction::Ingress => ingress,
                         Direction::Egress => egress,
@@ -384,4 +421,77 @@ async fn http_get(url: &str, timeout: Duration) -> Option<u16> {
     let status = response.status().as_u16();
     let _ = tokio::time::timeout(timeout, response.into_body().collect()).await;
     Some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn partition_ports_cut_only_edges_to_those_ports() {
+        let e: Experiment = faultline_api::parse_one(
+            b"apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: x, namespace: demo}
+spec:
+  duration: 10s
+  targets:
+    a: {labels: {app: a}}
+    b: {labels: {app: b}}
+    c: {labels: {app: c}}
+  faults:
+    - {name: cut, target: a, partition: {direction: egress, peers: [b, c], ports: [1002]}}
+",
+        )
+        .expect("valid");
+        let candidates: Vec<Candidate> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Candidate {
+                id: (*n).into(),
+                namespace: "demo".into(),
+                labels: [("app".to_owned(), (*n).to_owned())].into(),
+            })
+            .collect();
+        let mut run = Run::new(e.spec.clone(), "demo", 0);
+        for ms in [0, 500, 1000] {
+            run.step(Duration::from_millis(ms), &candidates);
+        }
+        assert_eq!(run.active().len(), 1, "{:?}", run.phase());
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut proxies = BTreeMap::new();
+        for to in ["b", "c"] {
+            let proxy = Proxy::start(any, any).await.expect("proxy");
+            proxies.insert(("a".to_owned(), to.to_owned()), proxy);
+        }
+        let ports: HashMap<&str, u16> = [("a", 1001), ("b", 1002), ("c", 1003)].into();
+        apply_faults(&run, &proxies, &ports);
+        let cut = |to: &str| proxies[&("a".to_owned(), to.to_owned())].faults().partition;
+        assert_eq!(cut("b"), Some(Partition::Blackhole), "b listens on 1002");
+        assert_eq!(cut("c"), None, "c's port is not listed");
+    }
+
+    #[test]
+    fn cidr_peers_are_called_out() {
+        let e: Experiment = faultline_api::parse_one(
+            b"apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: x, namespace: demo}
+spec:
+  duration: 10s
+  targets:
+    a: {labels: {app: a}}
+    b: {labels: {app: b}}
+  faults:
+    - {name: cut, target: a, partition: {peers: [b, 10.0.0.0/8]}}
+    - {name: slow, target: a, latency: {delay: 10ms, to: [b]}}
+",
+        )
+        .expect("valid");
+        assert_eq!(
+            local_mode_notes(&e),
+            [
+                "fault cut: partition.peers 10.0.0.0/8 are addresses; in local mode only target names are matched, so they are ignored"
+            ]
+        );
+    }
 }
