@@ -18,6 +18,19 @@ fn faultline(mark: &str) -> Command {
     c
 }
 
+/// Asserts the exit code (showing both streams when it differs) and
+/// returns stdout.
+fn exited_with(out: &std::process::Output, code: i32) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Processes carrying `mark` still alive.
 fn left_behind(mark: &str) -> usize {
     let needle = format!("FAULTLINE_TEST_MARK={mark}");
@@ -43,13 +56,7 @@ fn the_demo_passes_and_without_a_breaker_fails() {
         .arg(&passing)
         .output()
         .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = exited_with(&out, 0);
     assert!(
         stdout.contains("checkout opens its payments breaker") && stdout.contains("PASSED"),
         "{stdout}"
@@ -199,13 +206,7 @@ spec:
         .arg(&journal)
         .output()
         .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = exited_with(&out, 3);
     assert!(stdout.contains("TRIPPED"), "{stdout}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&journal).expect("journal")).expect("json");
@@ -224,13 +225,7 @@ fn a_kill_fault_kills_and_the_service_comes_back() {
         .arg(private_topology(dir.path()))
         .output()
         .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = exited_with(&out, 0);
     // Killed at 10, 15, 20 and 25 s, restarted each time by the runtime.
     assert!(stdout.contains("payments restarted 4 times"), "{stdout}");
     assert!(
@@ -254,13 +249,7 @@ fn ctrl_c_recovers_and_leaves_nothing_behind() {
     rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
     let started = Instant::now();
     let out = child.wait_with_output().expect("exits");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = exited_with(&out, 3);
     assert!(
         stdout.contains("ABORTED: every fault was removed"),
         "{stdout}"
@@ -359,13 +348,7 @@ fn follow_schedule_waits_for_the_start_time_then_runs() {
         .arg(&junit)
         .output()
         .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = exited_with(&out, 0);
     let at: jiff::Timestamp = stdout
         .lines()
         .find_map(|l| l.split("next run at ").nth(1))

@@ -427,23 +427,30 @@ async fn http_get(url: &str, timeout: Duration) -> Option<u16> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn partition_ports_cut_only_edges_to_those_ports() {
-        let e: Experiment = faultline_api::parse_one(
-            b"apiVersion: faultline.dev/v1alpha1
+    /// A 10 s experiment in namespace demo; `rest` continues under `targets:`.
+    fn experiment(rest: &str) -> Experiment {
+        let doc = format!(
+            "apiVersion: faultline.dev/v1alpha1
 kind: Experiment
-metadata: {name: x, namespace: demo}
+metadata: {{name: x, namespace: demo}}
 spec:
   duration: 10s
   targets:
-    a: {labels: {app: a}}
+{rest}"
+        );
+        faultline_api::parse_one(doc.as_bytes()).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn partition_ports_cut_only_edges_to_those_ports() {
+        let e = experiment(
+            "    a: {labels: {app: a}}
     b: {labels: {app: b}}
     c: {labels: {app: c}}
   faults:
     - {name: cut, target: a, partition: {direction: egress, peers: [b, c], ports: [1002]}}
 ",
-        )
-        .expect("valid");
+        );
         let candidates: Vec<Candidate> = ["a", "b", "c"]
             .iter()
             .map(|n| Candidate {
@@ -472,21 +479,14 @@ spec:
 
     #[test]
     fn cidr_peers_are_called_out() {
-        let e: Experiment = faultline_api::parse_one(
-            b"apiVersion: faultline.dev/v1alpha1
-kind: Experiment
-metadata: {name: x, namespace: demo}
-spec:
-  duration: 10s
-  targets:
-    a: {labels: {app: a}}
+        let e = experiment(
+            "    a: {labels: {app: a}}
     b: {labels: {app: b}}
   faults:
     - {name: cut, target: a, partition: {peers: [b, 10.0.0.0/8]}}
     - {name: slow, target: a, latency: {delay: 10ms, to: [b]}}
 ",
-        )
-        .expect("valid");
+        );
         assert_eq!(
             local_mode_notes(&e),
             [
