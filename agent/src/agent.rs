@@ -87,6 +87,12 @@ impl<B: Backend> Agent<B> {
         metrics: Metrics,
         now: Timestamp,
     ) -> Self {
+        if journal.set_aside() > 0 {
+            log(format_args!(
+                "the journal is from an earlier boot: its {} fault(s) ended with that boot",
+                journal.set_aside()
+            ));
+        }
         let state = State::from_journal(journal.records().map(|r| {
             (
                 r.fault.clone(),

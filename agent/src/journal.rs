@@ -2,15 +2,26 @@
 //! applied, so an agent killed with SIGKILL can undo them when it restarts.
 //!
 //! The whole journal is one small JSON file rewritten atomically on every
-//! change (write a temporary file, fsync it, rename it over the old one,
-//! fsync the directory): a reader after any crash sees either the old or the
-//! new version, never a torn one, and a rename that returned is durable.
+//! change (write a temporary file, rename it over the old one): after the
+//! agent dies, however it dies, the next agent reads either the old or the
+//! new version, never a torn one.
+//!
+//! It is not fsynced, on purpose. What it records — nftables rules, qdiscs,
+//! signals due — lives in the running kernel and ends with it, and within
+//! one boot the page cache is what every process reads, so a write that
+//! returned is what the next agent sees. Across a reboot there is nothing
+//! left to undo: the journal carries the boot id it was written in, and one
+//! from an earlier boot is set aside on open (as is one left unreadable by a
+//! power loss, when the file predates the boot). Syncing each change to the
+//! disk would only add the disk's latency, milliseconds on a busy node, to
+//! every fault applied.
 
 use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use faultline_api::NodeFault;
@@ -54,51 +65,113 @@ pub struct Record {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct OnDisk {
     version: u32,
+    /// The boot it was written in (absent in journals of older agents,
+    /// which count as this boot's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
     records: Vec<Record>,
+}
+
+/// Which boot of the kernel this is, to tell a journal of an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    /// `/proc/sys/kernel/random/boot_id`.
+    pub id: String,
+    /// When it booted, from `/proc/stat`'s `btime`.
+    pub at: SystemTime,
+}
+
+impl Boot {
+    /// This machine's current boot.
+    pub fn current() -> Result<Boot, io::Error> {
+        let id = fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+            .trim()
+            .to_owned();
+        let stat = fs::read_to_string("/proc/stat")?;
+        let secs = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+            .ok_or_else(|| io::Error::other("/proc/stat has no btime"))?;
+        Ok(Boot {
+            id,
+            at: UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        })
+    }
 }
 
 /// The journal, kept in memory and written through on every change.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
+    boot_id: String,
     records: BTreeMap<String, Record>,
+    /// Faults a journal of an earlier boot held, set aside on open.
+    set_aside: usize,
 }
 
 impl Journal {
     /// Opens (creating the directory if needed) and reads the journal.
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+        let boot = Boot::current().map_err(|source| JournalError::Read {
+            path: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+            source,
+        })?;
+        Journal::open_in_boot(dir, &boot)
+    }
+
+    /// Opens the journal as seen from `boot`.
+    pub fn open_in_boot(dir: &Path, boot: &Boot) -> Result<Journal, JournalError> {
         fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
             path: dir.to_owned(),
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let records = match fs::read(&path) {
-            Ok(bytes) => {
-                let disk: OnDisk =
-                    serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                if disk.version != VERSION {
-                    return Err(JournalError::Corrupt {
-                        path,
-                        message: format!("version {} is not {VERSION}", disk.version),
-                    });
-                }
-                disk.records
-                    .into_iter()
-                    .map(|r| (r.fault.id.clone(), r))
-                    .collect()
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+        let mut journal = Journal {
+            dir: dir.to_owned(),
+            boot_id: boot.id.clone(),
+            records: BTreeMap::new(),
+            set_aside: 0,
+        };
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(journal),
             Err(source) => return Err(JournalError::Read { path, source }),
         };
-        Ok(Journal {
-            dir: dir.to_owned(),
-            records,
-        })
+        let disk: OnDisk = match serde_json::from_slice(&bytes) {
+            Ok(d) => d,
+            // Torn by a power loss before this boot: nothing it named survived.
+            Err(_) if modified_before(&path, boot.at) => return Ok(journal),
+            Err(e) => {
+                return Err(JournalError::Corrupt {
+                    path,
+                    message: e.to_string(),
+                });
+            }
+        };
+        if disk.version != VERSION {
+            return Err(JournalError::Corrupt {
+                path,
+                message: format!("version {} is not {VERSION}", disk.version),
+            });
+        }
+        if disk.boot_id.as_deref().is_some_and(|b| b != boot.id) {
+            journal.set_aside = disk.records.len();
+            return Ok(journal);
+        }
+        journal.records = disk
+            .records
+            .into_iter()
+            .map(|r| (r.fault.id.clone(), r))
+            .collect();
+        Ok(journal)
+    }
+
+    /// How many faults a journal of an earlier boot held (they ended with it).
+    pub fn set_aside(&self) -> usize {
+        self.set_aside
     }
 
     pub fn records(&self) -> impl Iterator<Item = &Record> {
@@ -109,7 +182,7 @@ impl Journal {
         self.dir.join(FILE_NAME)
     }
 
-    /// Records a fault (replacing any record of the same id), durably.
+    /// Records a fault (replacing any record of the same id).
     pub fn put(&mut self, record: Record) -> Result<(), JournalError> {
         let old = self.records.insert(record.fault.id.clone(), record.clone());
         self.persist().inspect_err(|_| {
@@ -121,7 +194,7 @@ impl Journal {
         })
     }
 
-    /// Forgets a fault, durably.
+    /// Forgets a fault.
     pub fn delete(&mut self, id: &str) -> Result<(), JournalError> {
         let Some(old) = self.records.remove(id) else {
             return Ok(());
@@ -139,20 +212,23 @@ impl Journal {
         };
         let disk = OnDisk {
             version: VERSION,
+            boot_id: Some(self.boot_id.clone()),
             records: self.records.values().cloned().collect(),
         };
         let bytes = serde_json::to_vec(&disk).map_err(|e| err(io::Error::other(e)))?;
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         let mut f = File::create(&tmp).map_err(err)?;
         f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
         drop(f);
         fs::rename(&tmp, &path).map_err(err)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
         Ok(())
     }
+}
+
+fn modified_before(path: &Path, t: SystemTime) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| m < t)
 }
 
 #[cfg(test)]
@@ -194,6 +270,49 @@ mod tests {
             .collect();
         assert_eq!(ids, ["b"]);
         assert!(!dir.path().join("journal.json.tmp").exists());
+    }
+
+    fn boot(id: &str, at_secs: u64) -> Boot {
+        Boot {
+            id: id.into(),
+            at: UNIX_EPOCH + std::time::Duration::from_secs(at_secs),
+        }
+    }
+
+    #[test]
+    fn a_journal_of_an_earlier_boot_is_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = boot("boot-1", 0);
+        let mut j = Journal::open_in_boot(dir.path(), &first).expect("open");
+        j.put(Record {
+            state: RecordState::Applied,
+            fault: partition("a", "/run/netns/x", "10.0.0.1", 5),
+            receipt: Receipt::None,
+        })
+        .expect("put");
+        let same = Journal::open_in_boot(dir.path(), &first).expect("same boot");
+        assert_eq!((same.records().count(), same.set_aside()), (1, 0));
+        let later = Journal::open_in_boot(dir.path(), &boot("boot-2", 0)).expect("later boot");
+        assert_eq!((later.records().count(), later.set_aside()), (0, 1));
+        // A journal of an older agent (no boot id) counts as this boot's.
+        fs::write(dir.path().join(FILE_NAME), br#"{"version":1,"records":[]}"#).expect("write");
+        let old = Journal::open_in_boot(dir.path(), &boot("boot-2", 0)).expect("old format");
+        assert_eq!(old.set_aside(), 0);
+    }
+
+    #[test]
+    fn a_journal_torn_before_this_boot_is_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(FILE_NAME), b"").expect("write");
+        // Booted after the file was written: a power loss left it empty.
+        let far_future = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 3600;
+        let j = Journal::open_in_boot(dir.path(), &boot("b", far_future)).expect("set aside");
+        assert_eq!(j.records().count(), 0);
+        // Written during this boot, it is refused as before.
+        assert!(Journal::open_in_boot(dir.path(), &boot("b", 0)).is_err());
     }
 
     #[test]

@@ -11,17 +11,25 @@
 //!   [`backend::Backend`] trait with a real ([`backend::Kernel`]) and a
 //!   recording implementation.
 //!
-//! **How the kernel is changed.** Partitions are nftables rules written by
-//! running `nft -j -f -` with a JSON batch on stdin; latency is netem set up
-//! by running `tc` with argument vectors. Both programs are started inside the
-//! target's network namespace from a short-lived thread that `setns`es first
-//! (see [`netns`]); no shell is ever involved, and no value reaches anything
-//! but a JSON string or a single argument. We chose the `nft`/`tc` programs
-//! over netlink crates because the nftables netlink crates (rustables, nftnl)
-//! are thinly maintained and their expression coverage lags nft's, while
-//! nft's JSON interface is nft's own stable, documented contract and gives
-//! atomic transactions; `tc`'s argument syntax for prio/u32/netem has been
-//! stable for decades. Kill faults use `kill(2)` through rustix.
+//! **How the kernel is changed.** Partitions are nftables rules written
+//! over nf_tables netlink by the agent itself ([`backend::nfnl`], a small
+//! client on rustix sockets: one batch per change, acked message by
+//! message); latency is netem set up by running `tc` with argument vectors.
+//! Both happen inside the target's network namespace from a short-lived
+//! thread that `setns`es first (see [`netns`]): for nftables only to create
+//! the socket, which stays bound to that namespace and is kept while the
+//! target holds partitions. No shell is ever
+//! involved, and no value reaches anything but a netlink attribute or a
+//! single argument. nftables used to go through `nft -j -f -`, but starting
+//! nft costs ~5 ms and a removal took two runs (list, then delete), which
+//! kept a change from reaching the kernel within a few milliseconds; the
+//! nftables netlink crates (rustables, nftnl) are thinly maintained or bind
+//! libnftnl, while the few messages partitions need (table, base chain,
+//! rule, anonymous set, chain dump) are a small, stable part of the kernel
+//! ABI that nft itself decodes, which the kernel tests use to check the
+//! encoding. `tc`'s argument syntax for prio/u32/netem has been stable for
+//! decades and latency changes are rare. Kill faults use `kill(2)` through
+//! rustix.
 
 pub mod agent;
 pub mod backend;

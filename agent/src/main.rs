@@ -71,9 +71,6 @@ struct Common {
 
 #[derive(clap::Args, Debug)]
 struct KernelArgs {
-    /// The nft program.
-    #[arg(long, default_value = "nft")]
-    nft: PathBuf,
     /// The tc program.
     #[arg(long, default_value = "tc")]
     tc: PathBuf,
@@ -140,10 +137,10 @@ fn run() -> anyhow::Result<bool> {
     let backend = Kernel {
         resolver,
         programs: Programs {
-            nft: common.kernel.nft,
             tc: common.kernel.tc,
             ip: common.kernel.ip,
         },
+        partitions: Default::default(),
     };
     let journal = Journal::open(&common.state_dir)?;
     let registry = Metrics::default();

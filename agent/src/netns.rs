@@ -1,11 +1,12 @@
-//! Running a program (nft, tc) inside another network namespace.
+//! Doing something inside another network namespace: running a program
+//! (tc) or opening a socket (nftables' netlink).
 //!
-//! A network namespace belongs to a thread, not a process, and a child
-//! inherits the namespaces of the thread that forks it. So a fresh thread
-//! opens the namespace file, `setns`es into it, spawns the program by
-//! argument vector and exits; the agent's other threads never change
-//! namespace, no `pre_exec` hook or `unsafe` is needed, and no shell sees any
-//! value.
+//! A network namespace belongs to a thread, not a process; a child inherits
+//! the namespaces of the thread that forks it, and a socket stays in the
+//! namespace it was created in. So a fresh thread opens the namespace file,
+//! `setns`es into it, spawns the program by argument vector (or creates the
+//! socket) and exits; the agent's other threads never change namespace, no
+//! `pre_exec` hook or `unsafe` is needed, and no shell sees any value.
 
 use std::{
     ffi::OsString,
@@ -49,13 +50,27 @@ pub fn run_in(
     args: &[OsString],
     stdin: Option<&[u8]>,
 ) -> Result<Ran, NetnsError> {
-    let ns = ns.to_owned();
     let program = program.to_owned();
     let args = args.to_vec();
     let stdin = stdin.map(<[u8]>::to_vec);
+    within(ns, move |_| run_program(&program, &args, stdin.as_deref()))?
+}
+
+/// Runs `f` on a short-lived thread inside the network namespace at `ns`
+/// and returns what it returns; the namespace change dies with the thread.
+/// `f` gets the namespace file that was entered (to tell which namespace
+/// it was, should the path be reused).
+pub fn within<T: Send + 'static>(
+    ns: &Path,
+    f: impl FnOnce(&File) -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let ns = ns.to_owned();
     let worker = std::thread::Builder::new()
         .name("netns".into())
-        .spawn(move || run_here(&ns, &program, &args, stdin.as_deref()));
+        .spawn(move || {
+            let file = enter(&ns)?;
+            Ok(f(&file))
+        });
     match worker {
         Ok(h) => h.join().unwrap_or_else(|_| {
             Err(NetnsError::Spawn {
@@ -70,13 +85,8 @@ pub fn run_in(
     }
 }
 
-// Runs on a thread that exits afterwards, so the namespace change dies with it.
-fn run_here(
-    ns: &Path,
-    program: &Path,
-    args: &[OsString],
-    stdin: Option<&[u8]>,
-) -> Result<Ran, NetnsError> {
+/// Moves the calling thread into the network namespace at `ns`.
+fn enter(ns: &Path) -> Result<File, NetnsError> {
     let file = File::open(ns).map_err(|source| NetnsError::Gone {
         path: ns.to_owned(),
         source,
@@ -87,7 +97,23 @@ fn run_here(
             source: e.into(),
         }
     })?;
-    run_program(program, args, stdin)
+    Ok(file)
+}
+
+/// Which namespace a namespace file is: its nsfs device and inode. The
+/// inode is unique while the namespace lives, and a namespace lives at
+/// least as long as a socket in it.
+pub type NsId = (u64, u64);
+
+/// The namespace the file at `ns` is now.
+pub fn id_of(ns: &Path) -> Result<NsId, NetnsError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(ns)
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|source| NetnsError::Gone {
+            path: ns.to_owned(),
+            source,
+        })
 }
 
 /// Runs a program in the caller's namespaces.
@@ -111,11 +137,19 @@ pub fn run_program(
         source,
     })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // nft and tc read all input before writing much, so writing first cannot deadlock.
-        pipe.write_all(input).map_err(|source| NetnsError::Spawn {
-            program: name.clone(),
-            source,
-        })?;
+        // The program reads all input before writing much, so writing first
+        // cannot deadlock. One that exits without reading (bad arguments)
+        // closes the pipe: its exit status and stderr say why, not EPIPE.
+        match pipe.write_all(input) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            Err(source) => {
+                return Err(NetnsError::Spawn {
+                    program: name.clone(),
+                    source,
+                });
+            }
+        }
     }
     let out = child
         .wait_with_output()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use faultline_agent::backend::nft::chain_names;
+use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -43,6 +44,49 @@ fn partition_cuts_exactly_while_active_and_leaves_other_tables() {
         rules.contains("table inet faultline") && rules.contains("table inet theirs"),
         "{rules}"
     );
+    // nft itself decodes what the agent wrote over netlink: both chains
+    // (direction both), each with one rule matching the peer, then drop.
+    let [cut_in, cut_out] = chain_names("cut");
+    for (chain, field) in [(&cut_in, "saddr"), (&cut_out, "daddr")] {
+        let rules = net.our_rules(chain);
+        assert_eq!(rules.len(), 1, "{chain}: {rules:?}");
+        let r = &rules[0];
+        assert_eq!(r["comment"], json!("faultline cut"), "{r}");
+        assert_eq!(
+            r["expr"],
+            json!([
+                {"match": {"op": "==",
+                    "left": {"payload": {"protocol": "ip", "field": field}},
+                    "right": PEER_IP}},
+                {"drop": null}
+            ]),
+            "{r}"
+        );
+    }
+    let chains: Vec<Value> = net.our_table_json()["nftables"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|i| i.get("chain").cloned())
+        .collect();
+    assert_eq!(chains.len(), 2, "{chains:?}");
+    for c in &chains {
+        let hook = if c["name"] == json!(cut_in) {
+            "input"
+        } else {
+            "output"
+        };
+        assert_eq!(
+            (&c["type"], &c["hook"], &c["prio"], &c["policy"]),
+            (
+                &json!("filter"),
+                &json!(hook),
+                &json!(-10),
+                &json!("accept")
+            ),
+            "{c}"
+        );
+    }
 
     // Removed from the desired file: reachable again, only our table gone.
     agent.write_faults(&[]);
@@ -100,6 +144,34 @@ fn partition_by_port_and_direction_and_two_faults_coexist() {
         agent.log()
     );
     assert!(net.reachable(open), "other ports stay open");
+    // As nft decodes it: from the peer, TCP/UDP/SCTP, to the cut port, drop.
+    let [port_in, port_out] = chain_names("port");
+    let rules = net.our_rules(&port_in);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let expr = rules[0]["expr"].as_array().expect("expr");
+    assert_eq!(expr.len(), 4, "{expr:?}");
+    assert_eq!(
+        expr[0],
+        json!({"match": {"op": "==",
+            "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": PEER_IP}})
+    );
+    assert_eq!(
+        expr[1],
+        json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
+            "right": {"set": ["tcp", "udp", "sctp"]}}})
+    );
+    let dport = &expr[2]["match"];
+    assert_eq!(
+        dport["left"],
+        json!({"payload": {"protocol": "th", "field": "dport"}})
+    );
+    // A one-element set may print as its element.
+    assert!(
+        dport["right"] == json!({"set": [cut.port()]}) || dport["right"] == json!(cut.port()),
+        "{dport}"
+    );
+    assert_eq!(expr[3], json!({"drop": null}));
+    assert!(net.our_rules(&port_out).is_empty(), "ingress only");
 
     // A second fault on the same target cuts everything; removing it leaves the first.
     agent.write_faults(&[
@@ -125,6 +197,55 @@ fn partition_by_port_and_direction_and_two_faults_coexist() {
         "SIGTERM removes everything"
     );
     assert!(net.reachable(cut));
+}
+
+/// How many sockets the process holds.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn netlink_sockets_live_only_while_their_target_holds_partitions() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let mut agent = AgentProc::new();
+    agent.write_faults(&[]);
+    agent.start();
+    agent.wait_log("started:", 3 * SEC);
+    let pid = agent.pid().expect("running");
+    let idle = sockets(pid);
+    let (_, far) = in_ms(60_000);
+    let a = partition("a", &net.target_path(), &far, "");
+    let b = partition("b", &net.target_path(), &far, ", direction: ingress");
+    agent.write_faults(&[a.clone(), b]);
+    agent.wait_log("b: applied partition", 3 * SEC);
+    assert_eq!(sockets(pid), idle + 1, "one socket per target");
+    agent.write_faults(&[a]);
+    agent.wait_log("b: removed partition", 3 * SEC);
+    assert_eq!(sockets(pid), idle + 1, "kept for the other fault");
+    // The target vanishes: its removal counts as done, and the socket,
+    // which would keep the dead namespace alive, is closed (after a
+    // 2-second linger, off the loop).
+    run("ip", &["netns", "del", &net.target]);
+    agent.write_faults(&[]);
+    agent.wait_log("a: removed partition", 3 * SEC);
+    assert!(
+        wait_for(4 * SEC, || sockets(pid) == idle).is_some(),
+        "{} sockets, {idle} when idle",
+        sockets(pid)
+    );
+    assert!(agent.sigterm().success());
 }
 
 #[test]

@@ -69,6 +69,8 @@ const CHECKS: &[&str] = &[
     "partition-baseline",
     "agent-applied-partition",
     "partition-table",
+    "partition-rule-in",
+    "partition-rule-out",
     "partition-cuts",
     "partition-scoped",
     "agent-removed-partition",

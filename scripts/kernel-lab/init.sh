@@ -45,7 +45,7 @@ AGENT_PID=
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-# udev's links; nft -f - opens /dev/stdin.
+# udev's links, for programs that open /dev/stdin and the like.
 ln -sf /proc/self/fd /dev/fd
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
@@ -102,6 +102,8 @@ ruleset() { in_tgt $NFT list ruleset; }
 has_netem() { qdiscs | grep -q "netem"; }
 has_netem_delay() { qdiscs | grep -q "netem .*delay ${DELAY_MS}ms"; }
 has_table() { ruleset | grep -q "table inet faultline"; }
+# has_rule TEXT: nft, decoding what the agent wrote over netlink, prints TEXT.
+has_rule() { ruleset | grep -qF "$1"; }
 
 # rtt PHASE DST: SAMPLES pings from the target, one line per reply.
 rtt() {
@@ -144,7 +146,7 @@ partition() { entry "$1" "partition: {peers: [\"$OTHER_LINK/32\"]}"; }
 
 start_agent() {
     $AGENT standalone --desired $DESIRED --state-dir $STATE --poll-ms 20 \
-        --tc $TC --ip $IP --nft $NFT 2>>$LOG &
+        --tc $TC --ip $IP 2>>$LOG &
     AGENT_PID=$!
 }
 # logged TEXT: waits up to 10 s for the agent to log TEXT.
@@ -230,6 +232,10 @@ check partition-baseline "$OTHER_LINK reachable before the partition" reachable 
 desired "$(partition part)"
 check agent-applied-partition "the agent logged part: applied partition" logged "part: applied partition"
 check partition-table "table inet faultline exists in the target" has_table
+check partition-rule-in "nft lists ip saddr $OTHER_LINK drop comment \"faultline part\"" \
+    has_rule "ip saddr $OTHER_LINK drop comment \"faultline part\""
+check partition-rule-out "nft lists ip daddr $OTHER_LINK drop comment \"faultline part\"" \
+    has_rule "ip daddr $OTHER_LINK drop comment \"faultline part\""
 check partition-cuts "$OTHER_LINK unreachable while partitioned" not reachable $OTHER_LINK
 check partition-scoped "$DELAYED still reachable while $OTHER_LINK is partitioned" reachable $DELAYED
 desired

@@ -3,6 +3,7 @@
 
 pub mod kill;
 pub mod netem;
+pub mod nfnl;
 pub mod nft;
 
 use std::{
@@ -55,10 +56,10 @@ pub trait Backend: Send {
     fn repeat(&mut self, fault: &NodeFault) -> Result<(), BackendError>;
 }
 
-/// Where the external programs are; plain names are looked up in `PATH`.
+/// Where the external programs are (netem's); plain names are looked up in
+/// `PATH`. nftables needs none: the agent speaks its netlink protocol.
 #[derive(Debug, Clone)]
 pub struct Programs {
-    pub nft: PathBuf,
     pub tc: PathBuf,
     pub ip: PathBuf,
 }
@@ -66,7 +67,6 @@ pub struct Programs {
 impl Default for Programs {
     fn default() -> Self {
         Programs {
-            nft: "nft".into(),
             tc: "tc".into(),
             ip: "ip".into(),
         }
@@ -74,10 +74,12 @@ impl Default for Programs {
 }
 
 /// The real kernel.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Kernel {
     pub resolver: Resolver,
     pub programs: Programs,
+    /// Netlink sockets of targets with applied partitions.
+    pub partitions: nft::Partitions,
 }
 
 impl Backend for Kernel {
@@ -85,7 +87,7 @@ impl Backend for Kernel {
         match &fault.action {
             FaultAction::Partition(p) => {
                 let ns = self.resolver.netns(&fault.target)?;
-                nft::apply(&self.programs.nft, &ns, &fault.id, p)
+                self.partitions.apply(&ns, &fault.id, p)
             }
             FaultAction::Kill(k) => kill::signal_all(&self.resolver, &fault.target, k.signal),
             FaultAction::Latency(l) => {
@@ -102,10 +104,18 @@ impl Backend for Kernel {
 
     fn remove(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError> {
         match &fault.action {
-            FaultAction::Partition(_) => {
-                let ns = self.resolver.netns(&fault.target)?;
-                nft::remove(&self.programs.nft, &ns, &fault.id)
-            }
+            FaultAction::Partition(_) => match self.resolver.netns(&fault.target) {
+                Ok(ns) => self.partitions.remove(&ns, &fault.id),
+                Err(e) => {
+                    let e = BackendError::from(e);
+                    if matches!(e, BackendError::Gone(_)) {
+                        // Nothing left to remove; the socket must not keep
+                        // the dead namespace alive.
+                        self.partitions.forget(&fault.id);
+                    }
+                    Err(e)
+                }
+            },
             // A signal cannot be taken back; stopping the repeats is the removal.
             FaultAction::Kill(_) => Ok(()),
             FaultAction::Latency(_) => {

@@ -171,6 +171,35 @@ impl NetPair {
         })
     }
 
+    /// `nft -j list table inet faultline` in the target: how nft decodes
+    /// what the agent wrote over netlink.
+    pub fn our_table_json(&self) -> serde_json::Value {
+        in_netns(&self.target_path(), || {
+            let out = Command::new("nft")
+                .args(["-j", "list", "table", "inet", "faultline"])
+                .output()
+                .expect("nft");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).expect("nft prints JSON")
+        })
+    }
+
+    /// The rules of `chain` in our table, as nft's JSON objects.
+    pub fn our_rules(&self, chain: &str) -> Vec<serde_json::Value> {
+        self.our_table_json()["nftables"]
+            .as_array()
+            .expect("nftables array")
+            .iter()
+            .filter_map(|i| i.get("rule"))
+            .filter(|r| r["chain"] == chain)
+            .cloned()
+            .collect()
+    }
+
     pub fn nft(&self, script_args: &[&'static str]) {
         let args: Vec<&'static str> = script_args.to_vec();
         in_netns(&self.target_path(), move || run("nft", &args));
