@@ -14,7 +14,8 @@
 # all its traffic stays inside namespaces it creates.
 #
 # Environment: FLTLAB_DELAY_MS (default 50) and FLTLAB_SAMPLES (default 20)
-# are passed to /init on the kernel command line; FLTLAB_TIMEOUT (seconds,
+# are passed to /init on the kernel command line, as is FLTLAB_BENCH (run only
+# the benchmark of agent/benches/kernel_lab.rs, that many times); FLTLAB_TIMEOUT (seconds,
 # default 300) bounds the boot. FLTLAB_QEMU_ARGS (default
 # "-icount shift=0,sleep=off") are extra qemu options: by default the guest
 # clock counts instructions (1 ns each) and jumps over idle time, so RTTs
@@ -183,7 +184,7 @@ cat "$kdir/modules.cpio.gz" "$run/run.cpio.gz" >"$run/initrd.gz"
 
 # --- boot ----------------------------------------------------------------------
 
-append="console=ttyS0 quiet panic=-1 fltlab.delay_ms=${FLTLAB_DELAY_MS:-50} fltlab.samples=${FLTLAB_SAMPLES:-20}"
+append="console=ttyS0 quiet panic=-1 fltlab.delay_ms=${FLTLAB_DELAY_MS:-50} fltlab.samples=${FLTLAB_SAMPLES:-20} fltlab.bench=${FLTLAB_BENCH:-0}"
 say "booting $version ($(du -k "$run/initrd.gz" | cut -f1) KiB initramfs)"
 # No network device (-nic none): nothing the guest does reaches the host's network.
 # shellcheck disable=SC2086 # FLTLAB_QEMU_ARGS is a list of words

@@ -128,8 +128,17 @@ fn run() -> anyhow::Result<bool> {
             Desired::Unknown("waiting for the Kubernetes API".into()),
         ),
     };
-    let _telemetry =
-        faultline_telemetry::init("faultline-agent").context("cannot set up telemetry")?;
+    // The OTLP exporter (tonic, hyper) needs a runtime to exist when it is
+    // built and while it exports, so the runtime comes first and outlives it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let telemetry = {
+        let _in_runtime = rt.enter();
+        faultline_telemetry::init("faultline-agent").context("cannot set up telemetry")?
+    };
     let mut resolver = Resolver::default();
     if let Some(root) = common.kernel.cgroup_root {
         resolver.cgroup_root = root;
@@ -157,11 +166,6 @@ fn run() -> anyhow::Result<bool> {
         agent.report_to(status_tx);
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let (tx, rx) = mpsc::channel::<Event>();
     let looper = std::thread::Builder::new()
         .name("reconcile".into())
@@ -203,6 +207,11 @@ fn run() -> anyhow::Result<bool> {
     let clean = looper
         .join()
         .map_err(|_| anyhow::anyhow!("the reconcile thread panicked"))?;
+    // The last spans (the removals) are exported while the runtime still runs.
+    {
+        let _in_runtime = rt.enter();
+        drop(telemetry);
+    }
     // The source tasks hold senders; dropping the runtime stops them.
     drop(rt);
     served?;

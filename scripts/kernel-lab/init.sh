@@ -10,6 +10,10 @@
 #   FLTLAB check name=NAME ok|fail detail=TEXT      one per boolean check
 #   FLTLAB done                                     /init reached its end
 #
+# With fltlab.bench=N on the command line, only the benchmark runs (see
+# agent/benches/kernel_lab.rs): FLTLAB bench i=I op=apply|remove at_us=TIME
+# lines, then the agent's log as FLTLAB agentlog LINE.
+#
 # RTT phases: baseline (no fault), to (latency to 10.201.1.2 only), restored
 # (after its removal), all (latency without `to`), dual (latency to
 # 10.201.1.2 and fd00:201:1::2), recovered (after a SIGKILL and a restart
@@ -168,6 +172,37 @@ check net-setup "three namespaces joined by two veth pairs" netup
 uname -r | info kernel
 qdiscs >/tmp/qdisc.before
 info "qdisc before" </tmp/qdisc.before
+
+# --- benchmark (fltlab.bench=N: only this, then power off) ---------------------
+# N adds and removals of a latency fault. Before each desired file is
+# written, the time is printed (microseconds, from adjtimex: file times and
+# busybox date are coarser); the agent's log, whose lines say when each apply
+# and removal was done, is copied to the console at the end.
+BENCH=$(arg bench)
+now_us() { adjtimex | awk '/tv_sec/ { s = $2 } /tv_usec/ { u = $2 } END { printf "%d%06d", s, u }'; }
+if [ -n "$BENCH" ] && [ "$BENCH" -gt 0 ]; then
+    stamp bench
+    desired
+    start_agent
+    logged "started:" || out "check name=bench-agent fail detail=the agent did not start"
+    n=1 # not i: logged() counts with i
+    while [ "$n" -le "$BENCH" ]; do
+        out "bench i=$n op=apply at_us=$(now_us)"
+        desired "$(latency_to "b$n")"
+        logged "b$n: applied latency" || out "check name=bench-apply-$n fail detail=never applied"
+        out "bench i=$n op=remove at_us=$(now_us)"
+        desired
+        logged "b$n: removed latency" || out "check name=bench-remove-$n fail detail=never removed"
+        n=$((n + 1))
+    done
+    kill -TERM "$AGENT_PID"
+    wait "$AGENT_PID"
+    sed 's/^/FLTLAB agentlog /' $LOG
+    stamp done
+    out done
+    sync
+    poweroff -f
+fi
 
 stamp baseline
 rtt_all baseline

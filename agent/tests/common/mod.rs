@@ -242,6 +242,8 @@ pub fn in_ms(ms: i64) -> (jiff::Timestamp, String) {
 pub struct AgentProc {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
+    /// Extra environment for the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentProc {
@@ -249,6 +251,7 @@ impl AgentProc {
         AgentProc {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -301,6 +304,7 @@ impl AgentProc {
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
