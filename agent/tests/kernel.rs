@@ -34,11 +34,7 @@ fn partition_cuts_exactly_while_active_and_leaves_other_tables() {
     let (_, far) = in_ms(60_000);
     agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
     agent.start();
-    assert!(
-        wait_for(3 * SEC, || !net.reachable(addr)).is_some(),
-        "partition never took effect; log:\n{}",
-        agent.log()
-    );
+    net.expect_reachable(addr, false, 3 * SEC, &agent);
     let rules = net.ruleset();
     assert!(
         rules.contains("table inet faultline") && rules.contains("table inet theirs"),
@@ -90,11 +86,7 @@ fn partition_cuts_exactly_while_active_and_leaves_other_tables() {
 
     // Removed from the desired file: reachable again, only our table gone.
     agent.write_faults(&[]);
-    assert!(
-        wait_for(3 * SEC, || net.reachable(addr)).is_some(),
-        "still cut; log:\n{}",
-        agent.log()
-    );
+    net.expect_reachable(addr, true, 3 * SEC, &agent);
     let rules = net.ruleset();
     assert!(
         !rules.contains("faultline") && rules.contains("table inet theirs"),
@@ -138,11 +130,7 @@ fn partition_by_port_and_direction_and_two_faults_coexist() {
     let ingress_port = format!(", direction: ingress, ports: [{}]", cut.port());
     agent.write_faults(&[partition("port", &net.target_path(), &far, &ingress_port)]);
     agent.start();
-    assert!(
-        wait_for(3 * SEC, || !net.reachable(cut)).is_some(),
-        "log:\n{}",
-        agent.log()
-    );
+    net.expect_reachable(cut, false, 3 * SEC, &agent);
     assert!(net.reachable(open), "other ports stay open");
     // As nft decodes it: from the peer, TCP/UDP/SCTP, to the cut port, drop.
     let [port_in, port_out] = chain_names("port");
@@ -285,11 +273,7 @@ fn crash_recovery_removes_what_is_no_longer_desired_first() {
     let (_, far) = in_ms(60_000);
     agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
     agent.start();
-    assert!(
-        wait_for(3 * SEC, || !net.reachable(addr)).is_some(),
-        "log:\n{}",
-        agent.log()
-    );
+    net.expect_reachable(addr, false, 3 * SEC, &agent);
     agent.sigkill();
     assert!(
         net.ruleset().contains("table inet faultline"),
@@ -337,11 +321,7 @@ fn malformed_desired_file_keeps_faults_until_their_deadline() {
     let (deadline, soon) = in_ms(2500);
     agent.write_faults(&[partition("cut", &net.target_path(), &soon, "")]);
     agent.start();
-    assert!(
-        wait_for(2 * SEC, || !net.reachable(addr)).is_some(),
-        "log:\n{}",
-        agent.log()
-    );
+    net.expect_reachable(addr, false, 2 * SEC, &agent);
     agent.write_raw(
         "apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nspec: {faults: [{id: 1}\n",
     );

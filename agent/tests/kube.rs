@@ -179,6 +179,36 @@ async fn status_where(
     }
 }
 
+type Batches = tmpsc::UnboundedSender<(Option<Value>, Vec<Value>)>;
+
+/// The object becomes generation `generation` holding `ids`, announced by a
+/// MODIFIED watch event; returns the status write for that generation.
+async fn modified(
+    batches: &Batches,
+    writes: &mut tmpsc::UnboundedReceiver<StatusWrite>,
+    generation: i64,
+    ids: &[&str],
+) -> StatusWrite {
+    let o = object(generation, &format!("{}", 10 + generation), ids);
+    batches
+        .send((
+            Some(o.clone()),
+            vec![json!({"type": "MODIFIED", "object": o})],
+        ))
+        .expect("script");
+    status_where(writes, &format!("generation {generation}"), |s| {
+        s["observedGeneration"] == generation
+    })
+    .await
+}
+
+/// `wait_for` off the async workers, which serve the mocked API meanwhile.
+async fn wait_blocking(what: &'static str, f: impl FnMut() -> Option<()> + Send + 'static) {
+    tokio::task::spawn_blocking(move || wait_for(what, Duration::from_secs(10), f))
+        .await
+        .expect("wait");
+}
+
 fn states(status: &Value) -> Vec<(String, String)> {
     status["faults"]
         .as_array()
@@ -255,17 +285,7 @@ async fn watch_events_drive_faults_and_status_is_server_side_applied() {
     assert_eq!(rec.calls(), [Call::Apply("a".into())]);
 
     // A watch event adds b and c; c fails with its reason in the status.
-    let g2 = object(2, "11", &["a", "b", "c"]);
-    batch_tx
-        .send((
-            Some(g2.clone()),
-            vec![json!({"type": "MODIFIED", "object": g2})],
-        ))
-        .expect("script");
-    let w = status_where(&mut writes, "generation 2", |s| {
-        s["observedGeneration"] == 2
-    })
-    .await;
+    let w = modified(&batch_tx, &mut writes, 2, &["a", "b", "c"]).await;
     assert_eq!(
         states(&w.body["status"]),
         pairs(&[("a", "applied"), ("b", "applied"), ("c", "failed")])
@@ -287,17 +307,12 @@ async fn watch_events_drive_faults_and_status_is_server_side_applied() {
         ))
         .expect("script");
     let lists_before = 1;
-    tokio::task::spawn_blocking({
-        let state = state.clone();
-        move || {
-            wait_for("a re-list", Duration::from_secs(10), || {
-                let s = state.lock().expect("state");
-                (s.lists > lists_before && s.watches >= 3).then_some(())
-            })
-        }
+    let listed = state.clone();
+    wait_blocking("a re-list", move || {
+        let s = listed.lock().expect("state");
+        (s.lists > lists_before && s.watches >= 3).then_some(())
     })
-    .await
-    .expect("wait");
+    .await;
     let applies = |rec: &Recording, id: &str| {
         rec.calls()
             .iter()
@@ -312,17 +327,7 @@ async fn watch_events_drive_faults_and_status_is_server_side_applied() {
     );
 
     // a leaves the object: removed, and gone from the status.
-    let g3 = object(3, "12", &["b"]);
-    batch_tx
-        .send((
-            Some(g3.clone()),
-            vec![json!({"type": "MODIFIED", "object": g3})],
-        ))
-        .expect("script");
-    let w = status_where(&mut writes, "generation 3", |s| {
-        s["observedGeneration"] == 3
-    })
-    .await;
+    let w = modified(&batch_tx, &mut writes, 3, &["b"]).await;
     assert_eq!(states(&w.body["status"]), pairs(&[("b", "applied")]));
     assert!(rec.calls().contains(&Call::Remove("a".into())));
     assert_eq!(applies(&rec, "b"), 1, "{:?}", rec.calls());
@@ -376,15 +381,12 @@ async fn an_unreachable_api_keeps_applied_faults_and_recovers() {
                 "metadata": {"resourceVersion": "5"}, "items": [object(1, "5", &["a"])]}),
     ));
     let rec2 = rec.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_for("a applied", Duration::from_secs(10), || {
-            rec2.calls()
-                .contains(&Call::Apply("a".into()))
-                .then_some(())
-        })
+    wait_blocking("a applied", move || {
+        rec2.calls()
+            .contains(&Call::Apply("a".into()))
+            .then_some(())
     })
-    .await
-    .expect("wait");
+    .await;
     // The watch fails (the API server went away), twice.
     for _ in 0..2 {
         let (_, send) = handle.next_request().await.expect("watch");
@@ -412,15 +414,12 @@ async fn an_unreachable_api_keeps_applied_faults_and_recovers() {
             .expect("response"),
     );
     let rec2 = rec.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_for("b applied", Duration::from_secs(10), || {
-            rec2.calls()
-                .contains(&Call::Apply("b".into()))
-                .then_some(())
-        })
+    wait_blocking("b applied", move || {
+        rec2.calls()
+            .contains(&Call::Apply("b".into()))
+            .then_some(())
     })
-    .await
-    .expect("wait");
+    .await;
     assert_eq!(
         rec.calls(),
         [Call::Apply("a".into()), Call::Apply("b".into())]

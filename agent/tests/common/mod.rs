@@ -155,6 +155,27 @@ impl NetPair {
         })
     }
 
+    /// Waits up to `within` until the peer can (or cannot) reach `addr`;
+    /// on a timeout the agent's log goes with the failure.
+    pub fn expect_reachable(
+        &self,
+        addr: SocketAddr,
+        reachable: bool,
+        within: Duration,
+        agent: &AgentProc,
+    ) {
+        assert!(
+            wait_for(within, || self.reachable(addr) == reachable).is_some(),
+            "{addr} never became {}; log:\n{}",
+            if reachable {
+                "reachable"
+            } else {
+                "unreachable"
+            },
+            agent.log()
+        );
+    }
+
     /// `nft list ruleset` in the target.
     pub fn ruleset(&self) -> String {
         in_netns(&self.target_path(), || {
