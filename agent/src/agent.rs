@@ -56,8 +56,9 @@ impl Clock for SystemClock {
     }
 }
 
-/// Longest wait when nothing is due, so a stalled clock source cannot park the loop forever.
-const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// Longest wait when nothing is due: a stalled clock source cannot park the
+/// loop, and the backend lets go of idle resources (see `Backend::tidy`).
+const IDLE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct Agent<B: Backend> {
@@ -207,6 +208,7 @@ impl<B: Backend> Agent<B> {
         }
         self.metrics.set_active(active);
         self.publish(now);
+        self.backend.tidy();
     }
 
     /// When the loop must next run without any event.

@@ -229,9 +229,19 @@ impl DirWatch {
             failed: Arc::new(Mutex::new(None)),
         };
         let (woken, failed) = (watch.woken.clone(), watch.failed.clone());
+        // Only events about the file itself wake the follower (a writer's
+        // temporary file in the same directory would make it read the
+        // unchanged file again), and about `..data`, whose swap replaces
+        // what a ConfigMap's symlinks point to.
+        let names: Vec<Vec<u8>> = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes().to_vec())
+            .into_iter()
+            .chain([b"..data".to_vec()])
+            .collect();
         let spawned = std::thread::Builder::new()
             .name("inotify".into())
-            .spawn(move || read_events(&fd, &woken, &failed));
+            .spawn(move || read_events(&fd, &names, &woken, &failed));
         match spawned {
             Ok(_) => Some(watch),
             Err(e) => {
@@ -259,26 +269,40 @@ impl DirWatch {
 
 /// Blocks on the inotify descriptor, waking the follower after each batch of
 /// events, until the follower is gone.
-fn read_events(fd: &OwnedFd, woken: &Arc<Notify>, failed: &Mutex<Option<String>>) {
+fn read_events(
+    fd: &OwnedFd,
+    names: &[Vec<u8>],
+    woken: &Arc<Notify>,
+    failed: &Mutex<Option<String>>,
+) {
     let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
     let mut events = inotify::Reader::new(fd, &mut buf);
+    let mut relevant = false;
     loop {
-        if let Err(e) = events.next() {
-            if e == rustix::io::Errno::INTR {
-                continue;
+        match events.next() {
+            Ok(e) => {
+                // No name: the event is about the directory itself.
+                relevant |= e
+                    .file_name()
+                    .is_none_or(|n| names.iter().any(|w| w.as_slice() == n.to_bytes()));
             }
-            if let Ok(mut f) = failed.lock() {
-                *f = Some(e.to_string());
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                if let Ok(mut f) = failed.lock() {
+                    *f = Some(e.to_string());
+                }
+                woken.notify_one();
+                return;
             }
-            woken.notify_one();
-            return;
         }
         // The rest of a batch is already in the buffer: one wake-up for all.
         if events.is_buffer_empty() {
             if Arc::strong_count(woken) == 1 {
                 return;
             }
-            woken.notify_one();
+            if std::mem::take(&mut relevant) {
+                woken.notify_one();
+            }
         }
     }
 }

@@ -54,6 +54,9 @@ pub trait Backend: Send {
     fn remove(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError>;
     /// Fires a repeating fault (kill with `every`) again.
     fn repeat(&mut self, fault: &NodeFault) -> Result<(), BackendError>;
+    /// Lets go of what no fault needs any more (idle sockets); called on
+    /// every turn of the loop.
+    fn tidy(&mut self) {}
 }
 
 /// Where the external programs are (netem's); plain names are looked up in
@@ -134,6 +137,10 @@ impl Backend for Kernel {
             FaultAction::Kill(k) => kill::signal_all(&self.resolver, &fault.target, k.signal),
             _ => Ok(()),
         }
+    }
+
+    fn tidy(&mut self) {
+        self.partitions.prune();
     }
 }
 

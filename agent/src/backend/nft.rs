@@ -24,7 +24,8 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
+    time::Instant,
 };
 
 use faultline_api::{Direction, Partition, fault::MAX_PEERS, fault::parse_cidr};
@@ -243,13 +244,15 @@ fn failed(e: NfnlError) -> BackendError {
     BackendError::Failed(e.to_string())
 }
 
-/// The netlink sockets of targets that hold applied partitions, so that a
-/// change needs no thread to enter the namespace, and no socket is closed
-/// on the way: closing a netfilter socket after a deletion waits out an RCU
-/// grace period in the kernel (nf_tables flushes its destroy work on
-/// release), 10–20 ms here. A socket pins its namespace, so it is closed
-/// (off the loop, see [`close_later`]) with the last partition of its
-/// target, or when the target is gone.
+/// The netlink sockets of targets with partitions, so that a change needs
+/// no thread to enter the namespace, and no socket is closed on the way:
+/// closing a netfilter socket after a deletion waits out an RCU grace
+/// period in the kernel (nf_tables flushes its destroy work on release),
+/// 10–20 ms here, holding the namespace's commit lock — a close per change
+/// stalled one change in four. So a socket stays while its target's faults
+/// come and go, and is closed (off the loop, see [`close_later`]) [`IDLE`]
+/// after the target's last partition went, or as soon as the namespace is
+/// gone, since a socket would keep it alive.
 #[derive(Debug, Default)]
 pub struct Partitions {
     open: HashMap<NsId, Held>,
@@ -260,6 +263,10 @@ struct Held {
     sock: Socket,
     /// Ids of the faults applied through it.
     faults: BTreeSet<String>,
+    /// The namespace file it was opened for, to see the namespace go.
+    path: PathBuf,
+    /// Since when no fault has used it.
+    idle_since: Option<Instant>,
 }
 
 impl Partitions {
@@ -275,6 +282,8 @@ impl Partitions {
             self.open.entry(id).or_insert(Held {
                 sock,
                 faults: BTreeSet::new(),
+                path: ns.to_owned(),
+                idle_since: Some(Instant::now()),
             });
         }
         match self.open.get_mut(&id) {
@@ -292,12 +301,20 @@ impl Partitions {
         }
     }
 
-    /// Closes the sockets no applied fault uses.
-    fn prune(&mut self) {
+    /// Closes the sockets no applied fault has used for [`IDLE`], and at
+    /// once those whose namespace is gone (a socket would keep it alive).
+    /// Closing is what costs (see [`close_later`]): a target whose faults
+    /// come and go keeps its socket.
+    pub fn prune(&mut self) {
+        let now = Instant::now();
         let unused: Vec<NsId> = self
             .open
             .iter()
-            .filter(|(_, h)| h.faults.is_empty())
+            .filter(|(id, h)| {
+                h.faults.is_empty()
+                    && (h.idle_since.is_some_and(|t| now.duration_since(t) >= IDLE)
+                        || netns::id_of(&h.path).ok() != Some(**id))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in unused {
@@ -321,9 +338,10 @@ impl Partitions {
         for (other, h) in &mut self.open {
             if *other == nsid {
                 h.faults.insert(id.to_owned());
-            } else {
+                h.idle_since = None;
+            } else if h.faults.remove(id) && h.faults.is_empty() {
                 // Its target's path now names another namespace.
-                h.faults.remove(id);
+                h.idle_since = Some(Instant::now());
             }
         }
         self.prune();
@@ -348,10 +366,12 @@ impl Partitions {
     }
 
     /// The fault is gone from the kernel (removed, or its target is): its
-    /// socket is closed unless another fault still uses it.
+    /// socket idles unless another fault still uses it.
     pub fn forget(&mut self, id: &str) {
         for h in self.open.values_mut() {
-            h.faults.remove(id);
+            if h.faults.remove(id) && h.faults.is_empty() {
+                h.idle_since = Some(Instant::now());
+            }
         }
         self.prune();
     }
@@ -359,6 +379,8 @@ impl Partitions {
 
 /// How long a socket no fault uses stays open before it is closed.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a socket of a live namespace stays open without faults.
+pub const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Closes a socket on a thread of its own, a little later: the release
 /// waits out an RCU grace period while holding the namespace's nf_tables
