@@ -50,7 +50,7 @@ enum Mode {
     /// Kubernetes API (in-cluster config or kubeconfig) and write its status.
     Kube {
         /// This node's name (the NodeFaults object's name).
-        #[arg(long, env = "NODE_NAME")]
+        #[arg(long, env = "NODE_NAME", value_parser = node_name)]
         node: String,
         #[command(flatten)]
         common: Common,
@@ -59,7 +59,8 @@ enum Mode {
 
 #[derive(clap::Args, Debug)]
 struct Common {
-    /// Where the journal lives; keep it across restarts.
+    /// Where the journal lives; keep it across the agent's restarts (it
+    /// only matters until the node reboots: /run/faultline-agent is fine).
     #[arg(long)]
     state_dir: PathBuf,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
@@ -80,6 +81,13 @@ struct KernelArgs {
     /// The cgroup v2 mount (found in /proc/self/mountinfo when not given).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+}
+
+/// A node name as Kubernetes accepts it (a DNS subdomain).
+fn node_name(s: &str) -> Result<String, String> {
+    faultline_api::validate::dns_subdomain(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| format!("{s:?} is not a node name: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -187,9 +195,12 @@ fn run() -> anyhow::Result<bool> {
                 tokio::spawn(FileSource::new(path, bytes).follow(poll, source_tx));
             }
             Source::Kube { node } => {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("cannot set up a Kubernetes client (in-cluster or kubeconfig)")?;
+                // kube's errors already carry their causes in their text.
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot set up a Kubernetes client (in-cluster or kubeconfig): {e}"
+                    )
+                })?;
                 let api: kube::Api<NodeFaults> = kube::Api::all(client);
                 log(format_args!("following NodeFaults {node}"));
                 tokio::spawn(cluster::follow(api.clone(), node.clone(), source_tx));
