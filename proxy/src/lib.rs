@@ -34,6 +34,7 @@ use tokio::{
 
 const BUFFER: usize = 64 * 1024;
 mod splice;
+mod timer;
 use splice::Mover;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -363,11 +364,11 @@ async fn upstream_copy(
     Ok(())
 }
 
-/// Sleeps until `due`, without a timer when it has already passed (timers
-/// tick in milliseconds, which would delay every chunk).
+/// Sleeps until `due`, at once when it has passed, on the precise timer
+/// (tokio's ticks in milliseconds, rounding every delay up).
 async fn sleep_until_opt(due: Option<Instant>) {
     match due {
-        Some(d) if d > Instant::now() => tokio::time::sleep_until(d).await,
+        Some(d) if d > Instant::now() => timer::sleep_until(d.into_std()).await,
         _ => {}
     }
 }
