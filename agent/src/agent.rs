@@ -280,12 +280,28 @@ impl<B: Backend> Agent<B> {
             Action::Apply { fault } => self.apply(&fault, now),
             Action::Remove { fault, receipt } => self.remove(&fault, &receipt, now),
             Action::Repeat { fault } => {
-                let r = self.backend.repeat(&fault);
-                let why = r.as_ref().err().map(ToString::to_string);
-                spans::record("inject", &fault, why.as_deref().map_or(Ok(()), Err));
-                if let Err(e) = r {
-                    self.metrics.failed(fault.action.kind(), "repeat");
-                    log(format_args!("{}: repeat failed: {e}", fault.id));
+                let receipt = self
+                    .state
+                    .get(&fault.id)
+                    .map(|a| a.receipt.clone())
+                    .unwrap_or_default();
+                match self.backend.repeat(&fault, &receipt) {
+                    Ok(true) => {
+                        spans::record("inject", &fault, Ok(()));
+                        if matches!(fault.action, FaultAction::Latency(_)) {
+                            log(format_args!(
+                                "{}: latency extended to interfaces created since",
+                                fault.id
+                            ));
+                        }
+                    }
+                    // A refresh that found everything in place.
+                    Ok(false) => {}
+                    Err(e) => {
+                        spans::record("inject", &fault, Err(&e.to_string()));
+                        self.metrics.failed(fault.action.kind(), "repeat");
+                        log(format_args!("{}: repeat failed: {e}", fault.id));
+                    }
                 }
                 self.state.repeated(&fault.id, now);
             }

@@ -101,12 +101,17 @@ pub fn expired(f: &NodeFault, now: Timestamp) -> bool {
     deadline(f) <= now
 }
 
+/// How often an applied latency fault is refreshed, so that interfaces
+/// created in its target since (or qdiscs someone deleted) are covered.
+pub const LATENCY_REFRESH: SignedDuration = SignedDuration::from_secs(2);
+
 fn repeat_every(f: &NodeFault) -> Option<SignedDuration> {
     match &f.action {
         FaultAction::Kill(k) => k
             .every
             .map(|e| SignedDuration::from_millis(e.as_millis().min(i64::MAX as u64) as i64)),
-        _ => None,
+        FaultAction::Latency(_) => Some(LATENCY_REFRESH),
+        FaultAction::Partition(_) => None,
     }
 }
 

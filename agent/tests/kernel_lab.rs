@@ -59,6 +59,8 @@ const CHECKS: &[&str] = &[
     "qdisc-restored-to",
     "agent-applied-all",
     "netem-present-all",
+    "agent-refreshed-all",
+    "netem-on-new-interface",
     "agent-removed-all",
     "qdisc-restored-all",
     "agent-applied-dual",

@@ -105,6 +105,7 @@ qdiscs() { $TC -n tgt qdisc show; }
 ruleset() { in_tgt $NFT list ruleset; }
 has_netem() { qdiscs | grep -q "netem"; }
 has_netem_delay() { qdiscs | grep -q "netem .*delay ${DELAY_MS}ms"; }
+has_netem_delay_on() { $TC -n tgt qdisc show dev "$1" | grep -q "netem .*delay ${DELAY_MS}ms"; }
 has_table() { ruleset | grep -q "table inet faultline"; }
 # has_rule TEXT: nft, decoding what the agent wrote over netlink, prints TEXT.
 has_rule() { ruleset | grep -qF "$1"; }
@@ -230,6 +231,18 @@ check agent-applied-all "the agent logged lat-all: applied latency" logged "lat-
 check netem-present-all "tc shows netem delay ${DELAY_MS}ms in the target" has_netem_delay
 stamp all
 rtt_all all
+# An interface created while the fault is active is covered at the next
+# refresh (every 2 s); it goes again before the removal is checked.
+$IP netns add pc
+$IP link add t3 netns tgt type veth peer name p3 netns pc
+$IP -n tgt link set t3 up
+$IP -n pc link set p3 up
+check agent-refreshed-all "the agent logged lat-all: latency extended to interfaces created since" \
+    logged "lat-all: latency extended to interfaces created since"
+check netem-on-new-interface "tc shows netem delay ${DELAY_MS}ms on t3, created after lat-all" \
+    has_netem_delay_on t3
+$IP -n tgt link del t3
+$IP netns del pc
 desired
 check agent-removed-all "the agent logged lat-all: removed latency" logged "lat-all: removed latency"
 qdiscs >/tmp/qdisc.after

@@ -52,8 +52,9 @@ impl From<NetnsError> for BackendError {
 pub trait Backend: Send {
     fn apply(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError>;
     fn remove(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError>;
-    /// Fires a repeating fault (kill with `every`) again.
-    fn repeat(&mut self, fault: &NodeFault) -> Result<(), BackendError>;
+    /// Fires a repeating fault again (kill with `every`) or refreshes it
+    /// (latency: interfaces created since); true when it changed something.
+    fn repeat(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<bool, BackendError>;
     /// Lets go of what no fault needs any more (idle sockets); called on
     /// every turn of the loop.
     fn tidy(&mut self) {}
@@ -132,10 +133,19 @@ impl Backend for Kernel {
         }
     }
 
-    fn repeat(&mut self, fault: &NodeFault) -> Result<(), BackendError> {
+    fn repeat(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<bool, BackendError> {
         match &fault.action {
-            FaultAction::Kill(k) => kill::signal_all(&self.resolver, &fault.target, k.signal),
-            _ => Ok(()),
+            FaultAction::Kill(k) => {
+                kill::signal_all(&self.resolver, &fault.target, k.signal).map(|()| true)
+            }
+            FaultAction::Latency(l) => match receipt {
+                Receipt::Latency { band } => {
+                    let ns = self.resolver.netns(&fault.target)?;
+                    netem::refresh(&self.programs, &ns, *band, l)
+                }
+                Receipt::None => Ok(false),
+            },
+            FaultAction::Partition(_) => Ok(false),
         }
     }
 
@@ -190,7 +200,7 @@ impl Backend for Recording {
     fn remove(&mut self, fault: &NodeFault, _: &Receipt) -> Result<(), BackendError> {
         self.record(Call::Remove(fault.id.clone()))
     }
-    fn repeat(&mut self, fault: &NodeFault) -> Result<(), BackendError> {
-        self.record(Call::Repeat(fault.id.clone()))
+    fn repeat(&mut self, fault: &NodeFault, _: &Receipt) -> Result<bool, BackendError> {
+        self.record(Call::Repeat(fault.id.clone())).map(|()| true)
     }
 }

@@ -276,6 +276,33 @@ pub fn apply(p: &Programs, ns: &Path, band: u8, l: &Latency) -> Result<(), Backe
     Ok(())
 }
 
+/// Covers the interfaces of the target that lack this fault's netem (made
+/// after it was applied, or cleared by someone): set up as `apply` would,
+/// leaving the interfaces that have it alone, so a refresh never interrupts
+/// the delay. Interfaces with someone else's root qdisc are not touched.
+/// True when an interface was set up.
+pub fn refresh(p: &Programs, ns: &Path, band: u8, l: &Latency) -> Result<bool, BackendError> {
+    let mut changed = false;
+    for dev in links(p, ns)? {
+        let show = json_of(&p.tc, ns, &v(&["-j", "qdisc", "show", "dev", &dev]))?;
+        match classify_root(&show) {
+            Root::Ours if bands_in_use(&show).contains(&band) => continue,
+            Root::Ours => {}
+            Root::Default => tc(p, ns, &root_cmd(&dev))?,
+            Root::Foreign(_) => continue,
+        }
+        tc(p, ns, &netem_cmd(&dev, band, l))?;
+        for cmd in filter_remove_cmds(&dev, band) {
+            let _ = tc(p, ns, &cmd);
+        }
+        for cmd in filter_cmds(&dev, band, l)? {
+            tc(p, ns, &cmd)?;
+        }
+        changed = true;
+    }
+    Ok(changed)
+}
+
 pub fn remove(p: &Programs, ns: &Path, band: u8) -> Result<(), BackendError> {
     for dev in links(p, ns)? {
         if classify_root(&json_of(
