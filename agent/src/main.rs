@@ -157,7 +157,7 @@ fn run() -> anyhow::Result<bool> {
             tc: common.kernel.tc,
             ip: common.kernel.ip,
         },
-        partitions: Default::default(),
+        ..Kernel::default()
     };
     let journal = Journal::open(&common.state_dir)?;
     let registry = Metrics::default();

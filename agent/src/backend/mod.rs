@@ -84,6 +84,8 @@ pub struct Kernel {
     pub programs: Programs,
     /// Netlink sockets of targets with applied partitions.
     pub partitions: nft::Partitions,
+    /// Interfaces each applied latency fault was last seen to cover.
+    pub latency_links: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl Backend for Kernel {
@@ -101,7 +103,9 @@ impl Backend for Kernel {
                     ));
                 };
                 let ns = self.resolver.netns(&fault.target)?;
-                netem::apply(&self.programs, &ns, *band, l)
+                let devs = netem::apply(&self.programs, &ns, *band, l)?;
+                self.latency_links.insert(fault.id.clone(), devs);
+                Ok(())
             }
         }
     }
@@ -127,6 +131,7 @@ impl Backend for Kernel {
                     // Journaled without a band means nothing was ever applied.
                     return Ok(());
                 };
+                self.latency_links.remove(&fault.id);
                 let ns = self.resolver.netns(&fault.target)?;
                 netem::remove(&self.programs, &ns, *band)
             }
@@ -141,7 +146,16 @@ impl Backend for Kernel {
             FaultAction::Latency(l) => match receipt {
                 Receipt::Latency { band } => {
                     let ns = self.resolver.netns(&fault.target)?;
-                    netem::refresh(&self.programs, &ns, *band, l)
+                    // Applied by an earlier agent: the first refresh looks at every interface.
+                    let known = self
+                        .latency_links
+                        .get(&fault.id)
+                        .map_or(&[][..], Vec::as_slice);
+                    let (devs, changed) = netem::refresh(&self.programs, &ns, *band, l, known)?;
+                    if let Some(devs) = devs {
+                        self.latency_links.insert(fault.id.clone(), devs);
+                    }
+                    Ok(changed)
                 }
                 Receipt::None => Ok(false),
             },

@@ -249,58 +249,72 @@ fn links(p: &Programs, ns: &Path) -> Result<Vec<String>, BackendError> {
     )?))
 }
 
-pub fn apply(p: &Programs, ns: &Path, band: u8, l: &Latency) -> Result<(), BackendError> {
-    for dev in links(p, ns)? {
+/// Applies on every interface; returns the interfaces it saw, for
+/// [`refresh`] to tell new ones.
+pub fn apply(p: &Programs, ns: &Path, band: u8, l: &Latency) -> Result<Vec<String>, BackendError> {
+    let devs = links(p, ns)?;
+    for dev in &devs {
         match classify_root(&json_of(
             &p.tc,
             ns,
-            &v(&["-j", "qdisc", "show", "dev", &dev, "root"]),
+            &v(&["-j", "qdisc", "show", "dev", dev, "root"]),
         )?) {
             Root::Ours => {}
-            Root::Default => tc(p, ns, &root_cmd(&dev))?,
+            Root::Default => tc(p, ns, &root_cmd(dev))?,
             Root::Foreign(what) => {
                 return Err(BackendError::Failed(format!(
                     "interface {dev} has root qdisc {what}, which the agent could not restore; not changing it"
                 )));
             }
         }
-        tc(p, ns, &netem_cmd(&dev, band, l))?;
+        tc(p, ns, &netem_cmd(dev, band, l))?;
         // Filters of an earlier, half-done apply go first, so there is one set.
-        for cmd in filter_remove_cmds(&dev, band) {
+        for cmd in filter_remove_cmds(dev, band) {
             let _ = tc(p, ns, &cmd);
         }
-        for cmd in filter_cmds(&dev, band, l)? {
+        for cmd in filter_cmds(dev, band, l)? {
             tc(p, ns, &cmd)?;
         }
     }
-    Ok(())
+    Ok(devs)
 }
 
-/// Covers the interfaces of the target that lack this fault's netem (made
-/// after it was applied, or cleared by someone): set up as `apply` would,
-/// leaving the interfaces that have it alone, so a refresh never interrupts
-/// the delay. Interfaces with someone else's root qdisc are not touched.
-/// True when an interface was set up.
-pub fn refresh(p: &Programs, ns: &Path, band: u8, l: &Latency) -> Result<bool, BackendError> {
+/// Covers interfaces created in the target since `known` was seen: set up
+/// as `apply` would, leaving the interfaces that have this fault's netem
+/// alone, so a refresh never interrupts the delay. Interfaces with someone
+/// else's root qdisc are not touched. When the interfaces are still `known`
+/// it costs one `ip` run and nothing else. Returns the interfaces when they
+/// changed, and whether one was set up.
+pub fn refresh(
+    p: &Programs,
+    ns: &Path,
+    band: u8,
+    l: &Latency,
+    known: &[String],
+) -> Result<(Option<Vec<String>>, bool), BackendError> {
+    let devs = links(p, ns)?;
+    if devs == known {
+        return Ok((None, false));
+    }
     let mut changed = false;
-    for dev in links(p, ns)? {
-        let show = json_of(&p.tc, ns, &v(&["-j", "qdisc", "show", "dev", &dev]))?;
+    for dev in &devs {
+        let show = json_of(&p.tc, ns, &v(&["-j", "qdisc", "show", "dev", dev]))?;
         match classify_root(&show) {
             Root::Ours if bands_in_use(&show).contains(&band) => continue,
             Root::Ours => {}
-            Root::Default => tc(p, ns, &root_cmd(&dev))?,
+            Root::Default => tc(p, ns, &root_cmd(dev))?,
             Root::Foreign(_) => continue,
         }
-        tc(p, ns, &netem_cmd(&dev, band, l))?;
-        for cmd in filter_remove_cmds(&dev, band) {
+        tc(p, ns, &netem_cmd(dev, band, l))?;
+        for cmd in filter_remove_cmds(dev, band) {
             let _ = tc(p, ns, &cmd);
         }
-        for cmd in filter_cmds(&dev, band, l)? {
+        for cmd in filter_cmds(dev, band, l)? {
             tc(p, ns, &cmd)?;
         }
         changed = true;
     }
-    Ok(changed)
+    Ok((Some(devs), changed))
 }
 
 pub fn remove(p: &Programs, ns: &Path, band: u8) -> Result<(), BackendError> {
