@@ -183,6 +183,9 @@ fn run() -> anyhow::Result<bool> {
     let served = rt.block_on(async move {
         let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        // A closed terminal would otherwise end the agent with its faults
+        // in place until the next start.
+        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         if let Some(addr) = common.metrics {
             let listener = TcpListener::bind(addr)
                 .await
@@ -210,6 +213,7 @@ fn run() -> anyhow::Result<bool> {
         tokio::select! {
             _ = term.recv() => log("SIGTERM: removing every fault"),
             _ = int.recv() => log("SIGINT: removing every fault"),
+            _ = hup.recv() => log("SIGHUP: removing every fault"),
         }
         anyhow::Ok(())
     });

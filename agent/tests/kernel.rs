@@ -393,3 +393,21 @@ fn kill_signals_every_process_repeatedly_until_the_deadline() {
     agent.wait_log("kill: removed kill at its deadline", SEC);
     assert!(agent.sigterm().success());
 }
+
+#[test]
+fn sighup_removes_everything_like_sigterm() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let addr = net.listen();
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
+    agent.start();
+    net.expect_reachable(addr, false, 3 * SEC, &agent);
+    let status = agent.stop_with(rustix::process::Signal::HUP);
+    assert!(status.success(), "{status:?}; log:\n{}", agent.log());
+    assert!(net.reachable(addr), "the partition went with the agent");
+    assert!(!net.ruleset().contains("faultline"));
+}

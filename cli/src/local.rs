@@ -98,20 +98,33 @@ pub fn run(
     let code = rt.block_on(async {
         let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
         // Registered before anything is printed or started, so a Ctrl-C at
-        // any moment is caught rather than killing the process mid-run.
-        let mut interrupt =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("faultline: cannot watch for Ctrl-C: {e}");
-                    return EXIT_BROKE;
-                }
-            };
-        tokio::spawn(async move {
-            if interrupt.recv().await.is_some() {
-                eprintln!("\ninterrupted: removing every fault…");
-                let _ = cancel_tx.send(true);
+        // any moment is caught rather than killing the process mid-run; and
+        // so are SIGTERM (a CI job cancelled, `kill`) and SIGHUP (the
+        // terminal closed), whose default would end faultline without
+        // stopping the services it started.
+        use tokio::signal::unix::{SignalKind, signal};
+        let watched = (|| {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })();
+        let (mut int, mut term, mut hup) = match watched {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("faultline: cannot watch for Ctrl-C, SIGTERM and SIGHUP: {e}");
+                return EXIT_BROKE;
             }
+        };
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = int.recv() => "interrupted",
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
+            };
+            eprintln!("\n{name}: removing every fault…");
+            let _ = cancel_tx.send(true);
         });
         let once = || run_once(experiment, topology, seed, load.clone(), reports, cancel.clone());
         match (follow, &experiment.spec.schedule) {

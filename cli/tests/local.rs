@@ -453,3 +453,41 @@ fn a_service_that_never_listens_is_reported_with_its_output() {
     );
     assert_eq!(left_behind("never-listens"), 0);
 }
+
+/// A CI job cancelled (SIGTERM) or a closed terminal (SIGHUP) recovers like
+/// Ctrl-C: exit 3, every service stopped.
+#[test]
+fn sigterm_and_sighup_recover_and_leave_nothing_behind() {
+    for (signal, mark) in [
+        (rustix::process::Signal::TERM, "sigterm"),
+        (rustix::process::Signal::HUP, "sighup"),
+    ] {
+        let mut child = faultline(mark)
+            .args(["demo", "--duration", "30s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs");
+        // Wait until the services are up: the first progress line.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut seen = String::new();
+        while !seen.contains("] ") {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut stdout, &mut line).expect("read") == 0 {
+                break;
+            }
+            seen.push_str(&line);
+        }
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
+        let status = child.wait().expect("exits");
+        assert_eq!(status.code(), Some(3), "{mark}: {seen}{rest}");
+        assert!(
+            rest.contains("ABORTED: every fault was removed"),
+            "{mark}: {rest}"
+        );
+        assert_eq!(left_behind(mark), 0, "{mark}: no process left behind");
+    }
+}

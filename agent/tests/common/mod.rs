@@ -363,9 +363,14 @@ impl AgentProc {
 
     /// Sends SIGTERM and returns the exit status.
     pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        self.stop_with(rustix::process::Signal::TERM)
+    }
+
+    /// Sends `signal` and returns the exit status.
+    pub fn stop_with(&mut self, signal: rustix::process::Signal) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
         let pid = rustix::process::Pid::from_child(&c);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        rustix::process::kill_process(pid, signal).expect("signal");
         let start = Instant::now();
         loop {
             if let Some(st) = c.try_wait().expect("wait") {
@@ -373,7 +378,7 @@ impl AgentProc {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "agent ignored SIGTERM"
+                "agent ignored {signal:?}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
