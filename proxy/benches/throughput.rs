@@ -60,6 +60,64 @@ async fn sink_server() -> SocketAddr {
     addr
 }
 
+/// HAProxy forwarding to `to`, stopped on drop.
+struct Reference {
+    addr: SocketAddr,
+    child: std::process::Child,
+    _dir: std::path::PathBuf,
+}
+
+impl Reference {
+    async fn start(to: SocketAddr) -> Option<Reference> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("faultline-bench-haproxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option splice-auto\n\
+                 listen bench\n  bind 127.0.0.1:{port}\n  server sink {to}\n"
+            ),
+        )
+        .ok()?;
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut reference = Reference {
+            addr,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return Some(reference);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = reference.child.kill();
+        None
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
 async fn round_trips(addr: SocketAddr) -> Vec<Duration> {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
@@ -148,6 +206,11 @@ async fn main() {
     // ratios: the machine is shared and its load shifts within seconds.
     let sink = sink_server().await;
     let sink_proxy = Proxy::start(any, sink).await.expect("proxy");
+    // A reference proxy in the same rounds, when installed: HAProxy in TCP
+    // mode with splice, so the ratio reads against what a mature proxy gets
+    // on the same machine at the same moment.
+    let reference = Reference::start(sink).await;
+    let mut reference_ratios = Vec::new();
     let mut ratios = Vec::new();
     let (mut directs, mut proxieds) = (Vec::new(), Vec::new());
     let (mut cpu_direct, mut cpu_proxied) = (Vec::new(), Vec::new());
@@ -162,6 +225,9 @@ async fn main() {
         cpu_proxied.push(proxied.cpu_per_gib.as_secs_f64() * 1e3);
         cores_direct.push(direct.cores);
         cores_proxied.push(proxied.cores);
+        if let Some(r) = &reference {
+            reference_ratios.push(bulk(r.addr).await.mib_s / direct.mib_s);
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -183,6 +249,14 @@ async fn main() {
         lo * 100.0,
         hi * 100.0
     );
+    if reference.is_some() {
+        println!(
+            "  HAProxy (tcp, splice) through the same rounds: median {:.0} % of direct",
+            median(&mut reference_ratios) * 100.0
+        );
+    } else {
+        println!("  (install haproxy for a reference proxy's ratio in the same rounds)");
+    }
     // Throughput on a machine this small is bounded by CPU: what each path
     // costs per byte says how much of the gap is the proxy's own work.
     println!(
