@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The node agent's kernel lab: boots a stock Debian cloud kernel under qemu
-# with the agent inside and runs scripts/kernel-lab/init.sh as /init, which
-# exercises netem latency, nftables partitions and crash recovery in network
-# namespaces of the guest (see docs/agent.md, "Kernel lab").
+# with the agent inside and runs faultline-kernel-lab (agent/lab/main.rs) as
+# /init, which exercises netem latency, nftables partitions and crash
+# recovery in network namespaces of the guest (see docs/agent.md, "Kernel
+# lab"). This script only packs and boots; what runs in the guest runs every
+# command as an argument vector.
 #
-#   scripts/kernel-lab.sh --prepare     install packages, fetch and unpack the kernel
-#   scripts/kernel-lab.sh AGENT_BINARY  prepare (reusing the cache), build the
-#                                       initramfs, boot; the serial console goes
-#                                       to stdout, progress to stderr
+#   scripts/kernel-lab.sh --prepare          install packages, fetch and unpack the kernel
+#   scripts/kernel-lab.sh AGENT LAB_INIT     prepare (reusing the cache), build the
+#                                            initramfs, boot; the serial console goes
+#                                            to stdout, progress to stderr
+#
+# AGENT and LAB_INIT are the faultline-agent and faultline-kernel-lab binaries
+# (target/debug/ after `cargo build -p faultline-agent`).
 #
 # The kernel and its module archive are cached under target/kernel-lab/
 # (FAULTLINE_KERNEL_LAB_DIR overrides). The guest has no network device:
@@ -39,18 +44,18 @@ cannot() {
 }
 
 usage() {
-    say "usage: $0 --prepare | $0 AGENT_BINARY"
+    say "usage: $0 --prepare | $0 AGENT_BINARY LAB_INIT_BINARY"
     exit 2
 }
 
 prepare_only=0
 agent=""
+init=""
 case "${1:-}" in
---prepare) prepare_only=1 ;;
+--prepare) [ $# -eq 1 ] || usage; prepare_only=1 ;;
 "" | -*) usage ;;
-*) agent="$1" ;;
+*) [ $# -eq 2 ] || usage; agent="$1" init="$2" ;;
 esac
-[ $# -le 1 ] || usage
 
 [ "$(id -u)" = 0 ] || cannot "needs root (apt-get, and the initramfs holds root-owned files)"
 
@@ -143,7 +148,7 @@ fi
 
 # --- the initramfs -----------------------------------------------------------
 
-[ -x "$agent" ] || usage
+[ -x "$agent" ] && [ -x "$init" ] || usage
 run="$(mktemp -d "$lab/run.XXXXXX")"
 trap 'rm -rf "$run"' EXIT
 root="$run/root"
@@ -173,10 +178,10 @@ program "$(command -v ip)" ip
 program "$(command -v tc)" tc
 program "$(command -v nft)" nft
 program "$agent" faultline-agent
+program "$init" init
+mv "$root/lab/bin/init" "$root/init"
 # Debug info is most of a dev build; the guest only runs it.
-strip --strip-debug "$root/lab/bin/faultline-agent" 2>/dev/null || true
-cp scripts/kernel-lab/init.sh "$root/init"
-chmod 755 "$root/init"
+strip --strip-debug "$root/lab/bin/faultline-agent" "$root/init" 2>/dev/null || true
 
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) >"$run/run.cpio.gz"
 # The kernel unpacks concatenated archives in order.

@@ -29,6 +29,7 @@ fn main() {
         .unwrap_or(100);
     let out = Command::new(root.join("scripts/kernel-lab.sh"))
         .arg(env!("CARGO_BIN_EXE_faultline-agent"))
+        .arg(env!("CARGO_BIN_EXE_faultline-kernel-lab"))
         .env("FLTLAB_BENCH", changes.to_string())
         .env("FLTLAB_TIMEOUT", "900")
         .output();

@@ -1,0 +1,714 @@
+//! `/init` of the kernel lab (scripts/kernel-lab.sh builds the initramfs and
+//! boots it under qemu): runs the real faultline-agent against a stock
+//! kernel and prints one machine-readable line per result on the console,
+//! parsed by agent/tests/kernel_lab.rs and agent/benches/kernel_lab.rs:
+//!
+//! ```text
+//! FLTLAB config delay_ms=50 samples=20
+//! FLTLAB rtt phase=PHASE dst=ADDR ms=0.412        one per ping reply
+//! FLTLAB check name=NAME ok|fail detail=TEXT      one per boolean check
+//! FLTLAB bench i=I op=apply|remove at_us=TIME     with fltlab.bench=N only
+//! FLTLAB agentlog LINE                            with fltlab.bench=N only
+//! FLTLAB done                                     the end was reached
+//! ```
+//!
+//! RTT phases: baseline (no fault), to (latency to 10.201.1.2 only),
+//! restored (after its removal), all (latency without `to`), dual (latency to
+//! 10.201.1.2 and fd00:201:1::2), recovered (after a SIGKILL and a restart
+//! that swept the journal).
+//!
+//! Network, all inside the guest (which has no network device of its own):
+//!
+//! ```text
+//! tgt t1 10.201.1.1/24 fd00:201:1::1/64 ── p1 pa: 10.201.1.2 10.201.1.3 fd00:201:1::2 fd00:201:1::3
+//! tgt t2 10.201.2.1/24                  ── p2 pb: 10.201.2.2
+//! ```
+//!
+//! Every command runs as an argument vector (the real ip/tc/nft under
+//! /lab/bin, busybox applets by `/bin/busybox NAME`): no shell anywhere,
+//! as in the agent itself.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write as _,
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+const IP: &str = "/lab/bin/ip";
+const TC: &str = "/lab/bin/tc";
+const NFT: &str = "/lab/bin/nft";
+const AGENT: &str = "/lab/bin/faultline-agent";
+const BUSYBOX: &str = "/bin/busybox";
+const DESIRED: &str = "/tmp/desired.yaml";
+const STATE: &str = "/tmp/agent-state";
+const LOG: &str = "/tmp/agent.log";
+const DELAYED: &str = "10.201.1.2";
+const SAME_LINK: &str = "10.201.1.3";
+const OTHER_LINK: &str = "10.201.2.2";
+const DELAYED6: &str = "fd00:201:1::2";
+const SAME_LINK6: &str = "fd00:201:1::3";
+const ALL: [&str; 5] = [DELAYED, SAME_LINK, OTHER_LINK, DELAYED6, SAME_LINK6];
+
+/// Runs a command; true when it exits 0. Its output is discarded; a
+/// failure is noted on the console for people reading it.
+fn run(argv: &[&str]) -> bool {
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            println!(
+                "# {} ({}): {}",
+                argv.join(" "),
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            println!("# {}: {e}", argv.join(" "));
+            false
+        }
+    }
+}
+
+/// A command's stdout (empty when it cannot run).
+fn output(argv: &[&str]) -> String {
+    let Some((program, args)) = argv.split_first() else {
+        return String::new();
+    };
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn in_tgt<'a>(argv: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![IP, "netns", "exec", "tgt"];
+    v.extend_from_slice(argv);
+    v
+}
+
+fn out(line: &str) {
+    println!("FLTLAB {line}");
+}
+
+fn check(name: &str, detail: &str, ok: bool) {
+    out(&format!(
+        "check name={name} {} detail={detail}",
+        if ok { "ok" } else { "fail" }
+    ));
+}
+
+/// Lines for people reading the console, not for the parser.
+fn info(label: &str, text: &str) {
+    for line in text.lines() {
+        println!("# {label}: {line}");
+    }
+}
+
+fn stamp(what: &str) {
+    let up = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    println!("# t={} {what}", up.split_whitespace().next().unwrap_or("?"));
+}
+
+/// `fltlab.NAME=N` from the kernel command line.
+fn arg(name: &str) -> Option<u64> {
+    let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("fltlab.{name}="))?.parse().ok())
+}
+
+fn setup_filesystems() {
+    // /dev first, with the console inherited: `run` opens /dev/null, which
+    // only exists once devtmpfs is mounted.
+    let dev = Command::new(BUSYBOX)
+        .args(["mount", "-t", "devtmpfs", "dev", "/dev"])
+        .status();
+    if !dev.as_ref().is_ok_and(|s| s.success()) {
+        println!("# cannot mount /dev: {dev:?}");
+    }
+    for (kind, what, at) in [
+        ("proc", "proc", "/proc"),
+        ("sysfs", "sys", "/sys"),
+        ("tmpfs", "tmp", "/tmp"),
+        ("tmpfs", "run", "/run"),
+    ] {
+        run(&[BUSYBOX, "mount", "-t", kind, what, at]);
+    }
+    // udev's links, for programs that open /dev/stdin and the like.
+    for (link, to) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(to, link);
+    }
+    let _ = fs::create_dir_all("/run/netns");
+    let _ = fs::create_dir_all("/sys/fs/cgroup");
+    run(&[
+        BUSYBOX,
+        "mount",
+        "-t",
+        "cgroup2",
+        "cgroup2",
+        "/sys/fs/cgroup",
+    ]);
+}
+
+fn netup() -> bool {
+    let steps: &[&[&str]] = &[
+        &[IP, "netns", "add", "tgt"],
+        &[IP, "netns", "add", "pa"],
+        &[IP, "netns", "add", "pb"],
+        &[
+            IP, "link", "add", "t1", "netns", "tgt", "type", "veth", "peer", "name", "p1", "netns",
+            "pa",
+        ],
+        &[
+            IP, "link", "add", "t2", "netns", "tgt", "type", "veth", "peer", "name", "p2", "netns",
+            "pb",
+        ],
+        &[IP, "-n", "tgt", "addr", "add", "10.201.1.1/24", "dev", "t1"],
+        &[IP, "-n", "tgt", "addr", "add", "10.201.2.1/24", "dev", "t2"],
+        &[IP, "-n", "pa", "addr", "add", "10.201.1.2/24", "dev", "p1"],
+        &[IP, "-n", "pa", "addr", "add", "10.201.1.3/24", "dev", "p1"],
+        &[IP, "-n", "pb", "addr", "add", "10.201.2.2/24", "dev", "p2"],
+        &[
+            IP,
+            "-n",
+            "tgt",
+            "addr",
+            "add",
+            "fd00:201:1::1/64",
+            "dev",
+            "t1",
+            "nodad",
+        ],
+        &[
+            IP,
+            "-n",
+            "pa",
+            "addr",
+            "add",
+            "fd00:201:1::2/64",
+            "dev",
+            "p1",
+            "nodad",
+        ],
+        &[
+            IP,
+            "-n",
+            "pa",
+            "addr",
+            "add",
+            "fd00:201:1::3/64",
+            "dev",
+            "p1",
+            "nodad",
+        ],
+    ];
+    let links = [
+        ("tgt", "t1"),
+        ("tgt", "t2"),
+        ("pa", "p1"),
+        ("pb", "p2"),
+        ("tgt", "lo"),
+        ("pa", "lo"),
+        ("pb", "lo"),
+    ];
+    steps.iter().all(|s| run(s))
+        && links
+            .iter()
+            .all(|(ns, dev)| run(&[IP, "-n", ns, "link", "set", dev, "up"]))
+}
+
+fn reachable(dst: &str) -> bool {
+    run(&in_tgt(&[
+        BUSYBOX, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-w", "3", dst,
+    ]))
+}
+
+fn qdiscs() -> String {
+    output(&[TC, "-n", "tgt", "qdisc", "show"])
+}
+
+fn ruleset() -> String {
+    output(&in_tgt(&[NFT, "list", "ruleset"]))
+}
+
+/// A `netem … delay Nms` line in `tc qdisc show` output.
+fn netem_delay(show: &str, delay_ms: u64) -> bool {
+    let want = format!("delay {delay_ms}ms");
+    show.lines()
+        .any(|l| l.contains("netem") && l.contains(&want))
+}
+
+fn has_table() -> bool {
+    ruleset().contains("table inet faultline")
+}
+
+/// `samples` pings from the target, one line per reply.
+fn rtt(phase: &str, dst: &str, samples: u64) {
+    // The neighbour entry first, so no sample pays for it.
+    run(&in_tgt(&[BUSYBOX, "ping", "-c", "1", "-W", "2", dst]));
+    let n = samples.to_string();
+    let replies = output(&in_tgt(&[
+        BUSYBOX, "ping", "-c", &n, "-i", "0.05", "-W", "3", dst,
+    ]));
+    for line in replies.lines() {
+        if let Some(ms) = line
+            .split_once("time=")
+            .and_then(|(_, r)| r.split_whitespace().next())
+        {
+            out(&format!("rtt phase={phase} dst={dst} ms={ms}"));
+        }
+    }
+}
+
+fn rtt_all(phase: &str, samples: u64) {
+    for d in ALL {
+        rtt(phase, d, samples);
+    }
+}
+
+/// The desired file, replaced atomically, with these fault entries.
+fn desired(entries: &[String]) {
+    let mut doc =
+        "apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nmetadata: {name: kernel-lab}\nspec:\n"
+            .to_owned();
+    if entries.is_empty() {
+        doc.push_str("  faults: []\n");
+    } else {
+        doc.push_str("  faults:\n");
+        for e in entries {
+            doc.push_str(e);
+        }
+    }
+    let tmp = format!("{DESIRED}.tmp");
+    if fs::write(&tmp, doc).is_ok() {
+        let _ = fs::rename(&tmp, DESIRED);
+    }
+}
+
+struct Faults {
+    expires: String,
+    delay_ms: u64,
+}
+
+impl Faults {
+    fn entry(&self, id: &str, action: &str) -> String {
+        format!(
+            "    - id: {id}\n      target: {{netns: /run/netns/tgt}}\n      expiresAt: \"{}\"\n      {action}\n",
+            self.expires
+        )
+    }
+    fn latency_to(&self, id: &str) -> String {
+        let d = self.delay_ms;
+        self.entry(
+            id,
+            &format!("latency: {{delay: {d}ms, to: [\"{DELAYED}/32\"]}}"),
+        )
+    }
+    fn latency_dual(&self, id: &str) -> String {
+        let d = self.delay_ms;
+        self.entry(
+            id,
+            &format!("latency: {{delay: {d}ms, to: [\"{DELAYED}/32\", \"{DELAYED6}/128\"]}}"),
+        )
+    }
+    fn latency_all(&self, id: &str) -> String {
+        let d = self.delay_ms;
+        self.entry(id, &format!("latency: {{delay: {d}ms}}"))
+    }
+    fn partition(&self, id: &str) -> String {
+        self.entry(id, &format!("partition: {{peers: [\"{OTHER_LINK}/32\"]}}"))
+    }
+}
+
+fn start_agent() -> Option<Child> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(LOG)
+        .ok()?;
+    Command::new(AGENT)
+        .args([
+            "standalone",
+            "--desired",
+            DESIRED,
+            "--state-dir",
+            STATE,
+            "--poll-ms",
+            "20",
+            "--tc",
+            TC,
+            "--ip",
+            IP,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .ok()
+}
+
+/// Waits up to 10 s for the agent to log `text`.
+fn logged(text: &str) -> bool {
+    for _ in 0..100 {
+        if fs::read_to_string(LOG).is_ok_and(|l| l.contains(text)) {
+            return true;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn sigterm(agent: &mut Child) -> Option<i32> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(agent.id()).ok()?)?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).ok()?;
+    agent.wait().ok()?.code()
+}
+
+fn same_qdiscs(before: &str) -> bool {
+    qdiscs() == before
+}
+
+fn bench(f: &Faults, n: u64) {
+    stamp("bench");
+    desired(&[]);
+    let agent = start_agent();
+    check(
+        "bench-agent",
+        "the agent started",
+        agent.is_some() && logged("started:"),
+    );
+    let now_us = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    };
+    for i in 1..=n {
+        out(&format!("bench i={i} op=apply at_us={}", now_us()));
+        desired(&[f.latency_to(&format!("b{i}"))]);
+        if !logged(&format!("b{i}: applied latency")) {
+            check(&format!("bench-apply-{i}"), "never applied", false);
+        }
+        out(&format!("bench i={i} op=remove at_us={}", now_us()));
+        desired(&[]);
+        if !logged(&format!("b{i}: removed latency")) {
+            check(&format!("bench-remove-{i}"), "never removed", false);
+        }
+    }
+    if let Some(mut a) = agent {
+        let _ = sigterm(&mut a);
+    }
+    for line in fs::read_to_string(LOG).unwrap_or_default().lines() {
+        out(&format!("agentlog {line}"));
+    }
+}
+
+fn scenarios(f: &Faults, samples: u64) {
+    let d = f.delay_ms;
+    let before = qdiscs();
+    info("qdisc before", &before);
+
+    stamp("baseline");
+    rtt_all("baseline", samples);
+
+    // Latency to one destination.
+    desired(&[f.latency_to("lat-to")]);
+    let mut agent = start_agent();
+    check(
+        "agent-applied-to",
+        "the agent logged lat-to: applied latency",
+        logged("lat-to: applied latency"),
+    );
+    check(
+        "netem-present-to",
+        &format!("tc shows netem delay {d}ms in the target"),
+        netem_delay(&qdiscs(), d),
+    );
+    info("qdisc with lat-to", &qdiscs());
+    info(
+        "filters on t1",
+        &output(&[TC, "-n", "tgt", "filter", "show", "dev", "t1"]),
+    );
+    stamp("to");
+    rtt_all("to", samples);
+    desired(&[]);
+    check(
+        "agent-removed-to",
+        "the agent logged lat-to: removed latency",
+        logged("lat-to: removed latency"),
+    );
+    check(
+        "qdisc-restored-to",
+        "tc qdisc show equals what was there before lat-to",
+        same_qdiscs(&before),
+    );
+    stamp("restored");
+    rtt_all("restored", samples);
+
+    // Latency to every destination, on every interface; an interface made
+    // while it is active is covered at the next refresh (every 2 s).
+    desired(&[f.latency_all("lat-all")]);
+    check(
+        "agent-applied-all",
+        "the agent logged lat-all: applied latency",
+        logged("lat-all: applied latency"),
+    );
+    check(
+        "netem-present-all",
+        &format!("tc shows netem delay {d}ms in the target"),
+        netem_delay(&qdiscs(), d),
+    );
+    stamp("all");
+    rtt_all("all", samples);
+    let new_link = run(&[IP, "netns", "add", "pc"])
+        && run(&[
+            IP, "link", "add", "t3", "netns", "tgt", "type", "veth", "peer", "name", "p3", "netns",
+            "pc",
+        ])
+        && run(&[IP, "-n", "tgt", "link", "set", "t3", "up"])
+        && run(&[IP, "-n", "pc", "link", "set", "p3", "up"]);
+    check(
+        "agent-refreshed-all",
+        "the agent logged lat-all: latency extended to interfaces created since",
+        new_link && logged("lat-all: latency extended to interfaces created since"),
+    );
+    check(
+        "netem-on-new-interface",
+        &format!("tc shows netem delay {d}ms on t3, created after lat-all"),
+        netem_delay(&output(&[TC, "-n", "tgt", "qdisc", "show", "dev", "t3"]), d),
+    );
+    run(&[IP, "-n", "tgt", "link", "del", "t3"]);
+    run(&[IP, "netns", "del", "pc"]);
+    desired(&[]);
+    check(
+        "agent-removed-all",
+        "the agent logged lat-all: removed latency",
+        logged("lat-all: removed latency"),
+    );
+    check(
+        "qdisc-restored-all",
+        "tc qdisc show equals what was there before lat-all",
+        same_qdiscs(&before),
+    );
+
+    // One IPv4 and one IPv6 destination (the kernel wants one filter prio
+    // per protocol).
+    desired(&[f.latency_dual("lat-dual")]);
+    check(
+        "agent-applied-dual",
+        "the agent logged lat-dual: applied latency",
+        logged("lat-dual: applied latency"),
+    );
+    info(
+        "filters on t1",
+        &output(&[TC, "-n", "tgt", "filter", "show", "dev", "t1"]),
+    );
+    stamp("dual");
+    rtt_all("dual", samples);
+    desired(&[]);
+    check(
+        "agent-removed-dual",
+        "the agent logged lat-dual: removed latency",
+        logged("lat-dual: removed latency"),
+    );
+    check(
+        "qdisc-restored-dual",
+        "tc qdisc show equals what was there before lat-dual",
+        same_qdiscs(&before),
+    );
+
+    // A root qdisc someone else configured is refused, and what was done on
+    // the other interface before the refusal is undone.
+    run(&[
+        TC, "-n", "tgt", "qdisc", "add", "dev", "t2", "root", "handle", "1:", "pfifo",
+    ]);
+    let foreign = qdiscs();
+    desired(&[f.latency_all("lat-foreign")]);
+    check(
+        "foreign-refused",
+        "the agent refused lat-foreign (t2 has root pfifo 1:)",
+        logged("lat-foreign: cannot apply latency: interface t2 has root qdisc pfifo 1:"),
+    );
+    desired(&[]);
+    sleep(Duration::from_secs(1)); // a retry in flight finishes (apply, then its undo)
+    check(
+        "foreign-untouched",
+        "tc qdisc show unchanged: nothing left on t1, pfifo 1: kept on t2",
+        same_qdiscs(&foreign),
+    );
+    run(&[TC, "-n", "tgt", "qdisc", "del", "dev", "t2", "root"]);
+
+    // Partition (nftables over netlink).
+    stamp("partition");
+    check(
+        "partition-baseline",
+        &format!("{OTHER_LINK} reachable before the partition"),
+        reachable(OTHER_LINK),
+    );
+    desired(&[f.partition("part")]);
+    check(
+        "agent-applied-partition",
+        "the agent logged part: applied partition",
+        logged("part: applied partition"),
+    );
+    check(
+        "partition-table",
+        "table inet faultline exists in the target",
+        has_table(),
+    );
+    for (name, dir) in [
+        ("partition-rule-in", "saddr"),
+        ("partition-rule-out", "daddr"),
+    ] {
+        let rule = format!("ip {dir} {OTHER_LINK} drop comment \"faultline part\"");
+        check(
+            name,
+            &format!("nft lists {rule}"),
+            ruleset().contains(&rule),
+        );
+    }
+    check(
+        "partition-cuts",
+        &format!("{OTHER_LINK} unreachable while partitioned"),
+        !reachable(OTHER_LINK),
+    );
+    check(
+        "partition-scoped",
+        &format!("{DELAYED} still reachable while {OTHER_LINK} is partitioned"),
+        reachable(DELAYED),
+    );
+    desired(&[]);
+    check(
+        "agent-removed-partition",
+        "the agent logged part: removed partition",
+        logged("part: removed partition"),
+    );
+    check(
+        "partition-table-gone",
+        "no table inet faultline after removal",
+        !has_table(),
+    );
+    check(
+        "partition-healed",
+        &format!("{OTHER_LINK} reachable after removal"),
+        reachable(OTHER_LINK),
+    );
+
+    // Crash recovery: SIGKILL with latency and partition applied, nothing
+    // desired any more, restart with the same state directory.
+    stamp("crash");
+    desired(&[f.latency_to("crash-lat"), f.partition("crash-part")]);
+    check(
+        "crash-applied-latency",
+        "the agent logged crash-lat: applied latency",
+        logged("crash-lat: applied latency"),
+    );
+    check(
+        "crash-applied-partition",
+        "the agent logged crash-part: applied partition",
+        logged("crash-part: applied partition"),
+    );
+    if let Some(a) = agent.as_mut() {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    check(
+        "crash-left-netem",
+        "SIGKILL left the netem qdisc, as a crash does",
+        qdiscs().contains("netem"),
+    );
+    check(
+        "crash-left-table",
+        "SIGKILL left table inet faultline, as a crash does",
+        has_table(),
+    );
+    desired(&[]);
+    agent = start_agent();
+    check(
+        "crash-restart-swept",
+        "the restarted agent removed both from its journal first",
+        logged("started: 2 fault(s) in the journal, 2 stale removed before anything else"),
+    );
+    check(
+        "crash-no-netem",
+        "no netem qdisc left after the restart",
+        !qdiscs().contains("netem"),
+    );
+    check(
+        "crash-qdisc-restored",
+        "tc qdisc show equals what was there before any fault",
+        same_qdiscs(&before),
+    );
+    check(
+        "crash-no-table",
+        "no table inet faultline left after the restart",
+        !has_table(),
+    );
+    check(
+        "crash-peer-reachable",
+        &format!("{OTHER_LINK} reachable after the restart"),
+        reachable(OTHER_LINK),
+    );
+    rtt("recovered", DELAYED, samples);
+    rtt("recovered", DELAYED6, samples);
+
+    let rc = agent.as_mut().and_then(sigterm);
+    check(
+        "agent-sigterm",
+        &format!("the agent exits 0 on SIGTERM (exit {rc:?})"),
+        rc == Some(0),
+    );
+    info("lsmod", &output(&[BUSYBOX, "lsmod"]));
+    info("agent log", &fs::read_to_string(LOG).unwrap_or_default());
+}
+
+fn main() {
+    setup_filesystems();
+    let delay_ms = arg("delay_ms").unwrap_or(50);
+    let samples = arg("samples").unwrap_or(20);
+    let expires = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let faults = Faults { expires, delay_ms };
+
+    stamp("init");
+    out(&format!("config delay_ms={delay_ms} samples={samples}"));
+    check(
+        "net-setup",
+        "three namespaces joined by two veth pairs",
+        netup(),
+    );
+    info("kernel", &output(&[BUSYBOX, "uname", "-r"]));
+    match arg("bench") {
+        Some(n) if n > 0 => bench(&faults, n),
+        _ => scenarios(&faults, samples),
+    }
+    stamp("done");
+    out("done");
+    let _ = std::io::stdout().flush();
+    run(&[BUSYBOX, "sync"]);
+    run(&[BUSYBOX, "poweroff", "-f"]);
+    // PID 1 must not exit (the kernel would panic); poweroff ends us.
+    loop {
+        sleep(Duration::from_secs(60));
+    }
+}
