@@ -11,6 +11,19 @@ use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// A target, a listener in it and an agent that has cut the peer off from
+/// it with one partition (`cut`, a minute long).
+fn cut_by_a_running_agent() -> (NetPair, std::net::SocketAddr, AgentProc) {
+    let net = NetPair::new();
+    let addr = net.listen();
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
+    agent.start();
+    net.expect_reachable(addr, false, 3 * SEC, &agent);
+    (net, addr, agent)
+}
+
 #[test]
 fn partition_cuts_exactly_while_active_and_leaves_other_tables() {
     if !kernel_ready() {
@@ -267,13 +280,7 @@ fn crash_recovery_removes_what_is_no_longer_desired_first() {
     if !kernel_ready() {
         return;
     }
-    let net = NetPair::new();
-    let addr = net.listen();
-    let mut agent = AgentProc::new();
-    let (_, far) = in_ms(60_000);
-    agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
-    agent.start();
-    net.expect_reachable(addr, false, 3 * SEC, &agent);
+    let (net, addr, mut agent) = cut_by_a_running_agent();
     agent.sigkill();
     assert!(
         net.ruleset().contains("table inet faultline"),
@@ -295,13 +302,7 @@ fn crash_recovery_keeps_what_is_still_desired() {
     if !kernel_ready() {
         return;
     }
-    let net = NetPair::new();
-    let addr = net.listen();
-    let mut agent = AgentProc::new();
-    let (_, far) = in_ms(60_000);
-    agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
-    agent.start();
-    assert!(wait_for(3 * SEC, || !net.reachable(addr)).is_some());
+    let (net, addr, mut agent) = cut_by_a_running_agent();
     agent.sigkill();
     agent.start();
     agent.wait_log("started: 1 fault(s) in the journal, 0 stale", 3 * SEC);
@@ -399,13 +400,7 @@ fn sighup_removes_everything_like_sigterm() {
     if !kernel_ready() {
         return;
     }
-    let net = NetPair::new();
-    let addr = net.listen();
-    let mut agent = AgentProc::new();
-    let (_, far) = in_ms(60_000);
-    agent.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
-    agent.start();
-    net.expect_reachable(addr, false, 3 * SEC, &agent);
+    let (net, addr, mut agent) = cut_by_a_running_agent();
     let status = agent.stop_with(rustix::process::Signal::HUP);
     assert!(status.success(), "{status:?}; log:\n{}", agent.log());
     assert!(net.reachable(addr), "the partition went with the agent");
