@@ -1,10 +1,12 @@
 //! The agent's loop: the pure reconciler driven by desired-state events and
 //! deadlines, with the journal written around every kernel change.
 //!
-//! The loop is synchronous on its own thread: it waits on a channel with a
-//! timeout set to the next deadline, so a fault is removed at its
-//! `expiresAt` to the millisecond whatever the sources do, and any number of
-//! sources (the standalone file, the Kubernetes API) feed it the same events.
+//! The loop is synchronous on its own thread: it waits for the next event
+//! with a timeout set to the next deadline, so a fault is removed at its
+//! `expiresAt` to the millisecond whatever the sources do. Sources (the
+//! standalone file, the Kubernetes API) feed it the same [`Event`]s through
+//! [`Events`]: a channel, or the file source itself, which the loop's thread
+//! waits on directly so a change to the file wakes one thread, not a chain.
 
 use std::{
     collections::BTreeMap,
@@ -40,6 +42,31 @@ pub enum Event {
     },
     /// SIGTERM/SIGINT: remove everything and stop.
     Shutdown,
+}
+
+/// What waiting for an event gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wait {
+    Event(Event),
+    Timeout,
+    /// No event can come any more (every sender is gone).
+    Closed,
+}
+
+/// Where the loop's events come from.
+pub trait Events {
+    /// Waits at most `timeout` for the next event.
+    fn wait(&mut self, timeout: Duration) -> Wait;
+}
+
+impl Events for Receiver<Event> {
+    fn wait(&mut self, timeout: Duration) -> Wait {
+        match self.recv_timeout(timeout) {
+            Ok(e) => Wait::Event(e),
+            Err(RecvTimeoutError::Timeout) => Wait::Timeout,
+            Err(RecvTimeoutError::Disconnected) => Wait::Closed,
+        }
+    }
 }
 
 /// Wall-clock time, injectable for tests.
@@ -249,7 +276,7 @@ impl<B: Backend> Agent<B> {
 
     /// Runs until a Shutdown event (or every sender is gone); returns
     /// whether everything was removed.
-    pub fn run(mut self, events: &Receiver<Event>, clock: &dyn Clock) -> bool {
+    pub fn run(mut self, events: &mut dyn Events, clock: &dyn Clock) -> bool {
         loop {
             let now = clock.now();
             self.reconcile(now);
@@ -261,16 +288,16 @@ impl<B: Backend> Agent<B> {
                 // One millisecond late rather than a spin of early wake-ups.
                 Duration::from_millis(ms as u64 + 1)
             });
-            match events.recv_timeout(wait) {
-                Ok(Event::Desired(d)) => self.set_desired(d),
-                Ok(Event::Versioned {
+            match events.wait(wait) {
+                Wait::Event(Event::Desired(d)) => self.set_desired(d),
+                Wait::Event(Event::Versioned {
                     desired,
                     generation,
                 }) => self.set_versioned(desired, generation),
-                Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                Wait::Event(Event::Shutdown) | Wait::Closed => {
                     return self.shutdown(clock.now());
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Wait::Timeout => {}
             }
         }
     }
@@ -609,8 +636,8 @@ mod tests {
             Desired::Faults(vec![a, b]),
             Timestamp::now(),
         );
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = std::thread::spawn(move || ag.run(&rx, &SystemClock));
+        let (tx, mut rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || ag.run(&mut rx, &SystemClock));
         std::thread::sleep(Duration::from_millis(100));
         assert!(!rec.calls().contains(&Call::Remove("a".into())));
         std::thread::sleep(Duration::from_millis(150));

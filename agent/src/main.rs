@@ -5,14 +5,14 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::mpsc, time::D
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use faultline_agent::{
-    agent::{Agent, Event, SystemClock},
+    agent::{Agent, Event, Events, SystemClock},
     backend::{Kernel, Programs},
     cluster,
     journal::Journal,
     log,
     metrics::Metrics,
     reconcile::Desired,
-    source::{FileSource, read_desired},
+    source::{Doorbell, FileEvents, FileSource, read_desired},
     target::Resolver,
 };
 use faultline_api::NodeFaults;
@@ -101,6 +101,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// How the loop is told to stop.
+enum Stop {
+    Doorbell(Doorbell),
+    Channel(mpsc::Sender<Event>),
+}
+
+impl Stop {
+    fn send(&self) {
+        match self {
+            Stop::Doorbell(bell) => {
+                bell.send(Event::Shutdown);
+            }
+            Stop::Channel(tx) => {
+                let _ = tx.send(Event::Shutdown);
+            }
+        }
+    }
+}
+
 /// Where the desired state comes from.
 enum Source {
     File {
@@ -174,12 +193,23 @@ fn run() -> anyhow::Result<bool> {
         agent.report_to(status_tx);
     }
 
-    let (tx, rx) = mpsc::channel::<Event>();
+    // The file source is waited on by the loop's thread itself; the
+    // Kubernetes source runs as tasks that send to the loop over a channel.
+    let (mut events, stop, kube): (Box<dyn Events + Send>, Stop, _) = match source {
+        Source::File { path, bytes, poll } => {
+            let (events, bell) = FileEvents::new(FileSource::new(path, bytes), poll)
+                .context("cannot set up the desired-file source")?;
+            (Box::new(events), Stop::Doorbell(bell), None)
+        }
+        Source::Kube { node } => {
+            let (tx, rx) = mpsc::channel::<Event>();
+            (Box::new(rx), Stop::Channel(tx.clone()), Some((node, tx)))
+        }
+    };
     let looper = std::thread::Builder::new()
         .name("reconcile".into())
-        .spawn(move || agent.run(&rx, &SystemClock))
+        .spawn(move || agent.run(&mut *events, &SystemClock))
         .context("cannot start the reconcile thread")?;
-    let source_tx = tx.clone();
     let served = rt.block_on(async move {
         let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -193,22 +223,15 @@ fn run() -> anyhow::Result<bool> {
             log(format_args!("metrics on http://{addr}/metrics"));
             tokio::spawn(serve_metrics(listener, registry));
         }
-        match source {
-            Source::File { path, bytes, poll } => {
-                tokio::spawn(FileSource::new(path, bytes).follow(poll, source_tx));
-            }
-            Source::Kube { node } => {
-                // kube's errors already carry their causes in their text.
-                let client = kube::Client::try_default().await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot set up a Kubernetes client (in-cluster or kubeconfig): {e}"
-                    )
-                })?;
-                let api: kube::Api<NodeFaults> = kube::Api::all(client);
-                log(format_args!("following NodeFaults {node}"));
-                tokio::spawn(cluster::follow(api.clone(), node.clone(), source_tx));
-                tokio::spawn(cluster::write_status(api, node, status_rx));
-            }
+        if let Some((node, tx)) = kube {
+            // kube's errors already carry their causes in their text.
+            let client = kube::Client::try_default().await.map_err(|e| {
+                anyhow::anyhow!("cannot set up a Kubernetes client (in-cluster or kubeconfig): {e}")
+            })?;
+            let api: kube::Api<NodeFaults> = kube::Api::all(client);
+            log(format_args!("following NodeFaults {node}"));
+            tokio::spawn(cluster::follow(api.clone(), node.clone(), tx));
+            tokio::spawn(cluster::write_status(api, node, status_rx));
         }
         tokio::select! {
             _ = term.recv() => log("SIGTERM: removing every fault"),
@@ -218,7 +241,7 @@ fn run() -> anyhow::Result<bool> {
         anyhow::Ok(())
     });
     // Whatever stopped the serving side, the loop removes everything it applied.
-    let _ = tx.send(Event::Shutdown);
+    stop.send();
     let clean = looper
         .join()
         .map_err(|_| anyhow::anyhow!("the reconcile thread panicked"))?;

@@ -260,8 +260,8 @@ async fn watch_events_drive_faults_and_status_is_server_side_applied() {
     );
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
     agent.report_to(status_tx);
-    let (tx, rx) = mpsc::channel::<Event>();
-    let looper = std::thread::spawn(move || agent.run(&rx, &SystemClock));
+    let (tx, mut rx) = mpsc::channel::<Event>();
+    let looper = std::thread::spawn(move || agent.run(&mut rx, &SystemClock));
     let follower = tokio::spawn(cluster::follow(api.clone(), NODE.into(), tx.clone()));
     let writer = tokio::spawn(cluster::write_status(api, NODE.into(), status_rx));
 
@@ -368,8 +368,8 @@ async fn an_unreachable_api_keeps_applied_faults_and_recovers() {
         Metrics::default(),
         jiff::Timestamp::now(),
     );
-    let (tx, rx) = mpsc::channel::<Event>();
-    let looper = std::thread::spawn(move || agent.run(&rx, &SystemClock));
+    let (tx, mut rx) = mpsc::channel::<Event>();
+    let looper = std::thread::spawn(move || agent.run(&mut rx, &SystemClock));
     let follower = tokio::spawn(cluster::follow(api, NODE.into(), tx.clone()));
 
     // First list: a is desired and applied.

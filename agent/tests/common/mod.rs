@@ -287,6 +287,12 @@ impl AgentProc {
     /// Replaces the desired file atomically with these fault entries (YAML
     /// list items, already indented by six spaces).
     pub fn write_faults(&self, faults: &[String]) {
+        self.write_faults_at(faults);
+    }
+
+    /// Writes the desired faults; returns when the change became visible
+    /// (just before the rename that puts the new file in place).
+    pub fn write_faults_at(&self, faults: &[String]) -> Instant {
         let mut s = String::from(
             "apiVersion: faultline.dev/v1alpha1\nkind: NodeFaults\nmetadata: {name: test-node}\nspec:\n  faults:",
         );
@@ -298,13 +304,19 @@ impl AgentProc {
                 s.push_str(f);
             }
         }
-        self.write_raw(&s);
+        self.write_raw_at(&s)
     }
 
     pub fn write_raw(&self, content: &str) {
+        self.write_raw_at(content);
+    }
+
+    fn write_raw_at(&self, content: &str) -> Instant {
         let tmp = self.dir.path().join("desired.yaml.tmp");
         std::fs::write(&tmp, content).expect("write desired");
+        let at = Instant::now();
         std::fs::rename(&tmp, self.desired()).expect("rename desired");
+        at
     }
 
     pub fn start(&mut self) {
