@@ -145,15 +145,7 @@ fn idle_cpu_percent(pid: u32, over: Duration) -> f64 {
 }
 
 fn journal_len(agent: &AgentProc) -> usize {
-    std::fs::read_to_string(agent.dir.path().join("state/journal.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| {
-            v.get("records")
-                .and_then(|r| r.as_array().map(Vec::len))
-                .or_else(|| v.as_array().map(Vec::len))
-        })
-        .unwrap_or(0)
+    faultline_agent::journal::Journal::peek(&agent.dir.path().join("state")).map_or(0, |r| r.len())
 }
 
 /// `/proc/stat`'s aggregate cpu line: (steal, total) in ticks.
@@ -409,7 +401,7 @@ fn breakdown(net: &NetPair) {
         assert!(matches!(sock, Ok(Ok(_))), "socket in the target");
     }
     println!("where the time goes, step by step in this process ({ROUNDS} rounds):");
-    summary("journal write (write, rename)", put);
+    summary("journal append (one write)", put);
     summary("partition apply (netlink batch)", apply);
     summary("partition removal (dump + batch)", remove);
     summary("socket in the target (thread, setns)", open);

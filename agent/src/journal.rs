@@ -1,10 +1,22 @@
 //! The on-disk journal: which faults the agent is about to apply or has
 //! applied, so an agent killed with SIGKILL can undo them when it restarts.
 //!
-//! The whole journal is one small JSON file rewritten atomically on every
-//! change (write a temporary file, rename it over the old one): after the
-//! agent dies, however it dies, the next agent reads either the old or the
-//! new version, never a torn one.
+//! The journal is a log of JSON lines, `journal.log`: a header with the
+//! version and boot id, then one line per change (`put` a record, `delete`
+//! an id), each appended with one `write`. Reading replays the lines. A kill
+//! can only tear the last line, which then has no newline and is ignored,
+//! and ignoring it is safe whatever it was: a torn `applying` record was
+//! never followed by a kernel change (that waits for the write to return), a
+//! torn `applied` leaves the `applying` record standing, and a torn `delete`
+//! leaves a record whose removal the next agent repeats. A complete line
+//! that does not parse is corruption, and the agent refuses to start.
+//!
+//! Appending is what keeps the journal off the apply path's clock: a
+//! rewrite-and-rename per change made ext4 start writing the new file out at
+//! every rename (its `auto_da_alloc` safeguard), twice per apply. The log is
+//! rewritten (temporary file, rename) only when it is opened and when
+//! removed records outweigh live ones, from [`Journal::tidy`], which the
+//! agent calls once its changes are done.
 //!
 //! It is not fsynced, on purpose. What it records — nftables rules, qdiscs,
 //! signals due — lives in the running kernel and ends with it, and within
@@ -15,10 +27,14 @@
 //! power loss, when the file predates the boot). Syncing each change to the
 //! disk would only add the disk's latency, milliseconds on a busy node, to
 //! every fault applied.
+//!
+//! `journal.json`, the single-document journal of earlier agents, is read
+//! when no log exists yet and replaced by one, so an agent upgraded while
+//! faults are active still removes them.
 
 use std::{
     collections::BTreeMap,
-    fs::{self, File},
+    fs::{self, File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -29,8 +45,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::reconcile::Receipt;
 
-pub const FILE_NAME: &str = "journal.json";
-const VERSION: u32 = 1;
+pub const FILE_NAME: &str = "journal.log";
+/// The single-document journal written by earlier agents.
+pub const OLD_FILE_NAME: &str = "journal.json";
+const VERSION: u32 = 2;
+const OLD_VERSION: u32 = 1;
+/// Lines of removed records tolerated before [`Journal::tidy`] rewrites.
+const SLACK_LINES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -39,7 +60,7 @@ pub enum JournalError {
     #[error("cannot read journal {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error(
-        "journal {path} is not readable JSON ({message}); refusing to start, since the faults it records could not be removed"
+        "journal {path} is not readable ({message}); refusing to start, since the faults it records could not be removed"
     )]
     Corrupt { path: PathBuf, message: String },
     #[error("cannot write journal {path}: {source}")]
@@ -64,13 +85,29 @@ pub struct Record {
     pub receipt: Receipt,
 }
 
+/// The log's first line.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct OnDisk {
+struct Header {
     version: u32,
-    /// The boot it was written in (absent in journals of older agents,
-    /// which count as this boot's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: String,
+}
+
+/// Every later line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Line {
+    Put(Box<Record>),
+    Delete(String),
+}
+
+/// The journal of earlier agents: one JSON document.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OldJournal {
+    version: u32,
+    /// Absent in the oldest journals, which count as this boot's.
+    #[serde(default)]
     boot_id: Option<String>,
     records: Vec<Record>,
 }
@@ -102,71 +139,74 @@ impl Boot {
     }
 }
 
-/// The journal, kept in memory and written through on every change.
+/// What a journal file held, as read.
+struct Contents {
+    records: BTreeMap<String, Record>,
+    /// Faults of an earlier boot's journal, which ended with that boot.
+    set_aside: usize,
+}
+
+/// The journal, kept in memory and appended to on every change.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     boot_id: String,
     records: BTreeMap<String, Record>,
-    /// Faults a journal of an earlier boot held, set aside on open.
     set_aside: usize,
+    /// The log, opened for appending.
+    file: File,
+    /// Bytes of whole lines in the log: a failed append is cut back to it.
+    len: u64,
+    /// Lines in the log after the header.
+    lines: usize,
+    /// No rewrite before the log has this many lines (pushed on after a
+    /// failed rewrite, so it is not retried on every turn of the loop).
+    tidy_after: usize,
 }
 
 impl Journal {
     /// Opens (creating the directory if needed) and reads the journal.
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
-        let boot = Boot::current().map_err(|source| JournalError::Read {
-            path: PathBuf::from("/proc/sys/kernel/random/boot_id"),
-            source,
-        })?;
-        Journal::open_in_boot(dir, &boot)
+        Journal::open_in_boot(dir, &current_boot()?)
     }
 
-    /// Opens the journal as seen from `boot`.
+    /// Opens the journal as seen from `boot`, and rewrites it compactly
+    /// under this boot's id.
     pub fn open_in_boot(dir: &Path, boot: &Boot) -> Result<Journal, JournalError> {
         fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
             path: dir.to_owned(),
             source,
         })?;
-        let path = dir.join(FILE_NAME);
-        let mut journal = Journal {
+        let old = dir.join(OLD_FILE_NAME);
+        let found = read_in_boot(dir, boot)?;
+        let (records, set_aside) = (found.records, found.set_aside);
+        let (file, len) = rewrite(dir, &boot.id, &records)?;
+        let records_len = records.len();
+        // The log now holds what the old journal did.
+        match fs::remove_file(&old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(JournalError::Write { path: old, source }),
+        }
+        Ok(Journal {
             dir: dir.to_owned(),
             boot_id: boot.id.clone(),
-            records: BTreeMap::new(),
-            set_aside: 0,
-        };
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(journal),
-            Err(source) => return Err(JournalError::Read { path, source }),
-        };
-        let disk: OnDisk = match serde_json::from_slice(&bytes) {
-            Ok(d) => d,
-            // Torn by a power loss before this boot: nothing it named survived.
-            Err(_) if modified_before(&path, boot.at) => return Ok(journal),
-            Err(e) => {
-                return Err(JournalError::Corrupt {
-                    path,
-                    message: e.to_string(),
-                });
-            }
-        };
-        if disk.version != VERSION {
-            return Err(JournalError::Corrupt {
-                path,
-                message: format!("version {} is not {VERSION}", disk.version),
-            });
-        }
-        if disk.boot_id.as_deref().is_some_and(|b| b != boot.id) {
-            journal.set_aside = disk.records.len();
-            return Ok(journal);
-        }
-        journal.records = disk
+            records,
+            set_aside,
+            file,
+            len,
+            lines: records_len,
+            tidy_after: 0,
+        })
+    }
+
+    /// The records a journal holds, read without changing it (for tools
+    /// and tests looking at a running agent's journal).
+    pub fn peek(dir: &Path) -> Result<Vec<Record>, JournalError> {
+        Ok(read_in_boot(dir, &current_boot()?)?
             .records
-            .into_iter()
-            .map(|r| (r.fault.id.clone(), r))
-            .collect();
-        Ok(journal)
+            .into_values()
+            .collect())
     }
 
     /// How many faults a journal of an earlier boot held (they ended with it).
@@ -184,45 +224,207 @@ impl Journal {
 
     /// Records a fault (replacing any record of the same id).
     pub fn put(&mut self, record: Record) -> Result<(), JournalError> {
-        let old = self.records.insert(record.fault.id.clone(), record.clone());
-        self.persist().inspect_err(|_| {
-            // Memory must not claim what the disk does not say.
-            match old {
-                Some(o) => self.records.insert(record.fault.id.clone(), o),
-                None => self.records.remove(&record.fault.id),
-            };
-        })
+        self.append(&Line::Put(Box::new(record.clone())))?;
+        self.records.insert(record.fault.id.clone(), record);
+        Ok(())
     }
 
     /// Forgets a fault.
     pub fn delete(&mut self, id: &str) -> Result<(), JournalError> {
-        let Some(old) = self.records.remove(id) else {
+        if !self.records.contains_key(id) {
             return Ok(());
-        };
-        self.persist().inspect_err(|_| {
-            self.records.insert(id.to_owned(), old);
-        })
+        }
+        self.append(&Line::Delete(id.to_owned()))?;
+        self.records.remove(id);
+        Ok(())
     }
 
-    fn persist(&self) -> Result<(), JournalError> {
+    /// Rewrites the log when lines of removed records outweigh the live
+    /// ones; cheap to call after every batch of changes.
+    pub fn tidy(&mut self) -> Result<(), JournalError> {
+        if self.lines <= (2 * self.records.len() + SLACK_LINES).max(self.tidy_after) {
+            return Ok(());
+        }
+        match rewrite(&self.dir, &self.boot_id, &self.records) {
+            Ok((file, len)) => {
+                (self.file, self.len, self.lines) = (file, len, self.records.len());
+                Ok(())
+            }
+            Err(e) => {
+                self.tidy_after = self.lines + SLACK_LINES;
+                Err(e)
+            }
+        }
+    }
+
+    /// One line, one `write`. Memory changes only after it succeeded, so it
+    /// never claims what the disk does not say.
+    fn append(&mut self, line: &Line) -> Result<(), JournalError> {
         let path = self.path();
         let err = |source| JournalError::Write {
             path: path.clone(),
             source,
         };
-        let disk = OnDisk {
-            version: VERSION,
-            boot_id: Some(self.boot_id.clone()),
-            records: self.records.values().cloned().collect(),
-        };
-        let bytes = serde_json::to_vec(&disk).map_err(|e| err(io::Error::other(e)))?;
-        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
-        let mut f = File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(err)?;
+        let mut bytes = serde_json::to_vec(line).map_err(|e| err(io::Error::other(e)))?;
+        bytes.push(b'\n');
+        if let Err(e) = self.file.write_all(&bytes) {
+            // A partial line would swallow the next one: cut it off.
+            let _ = self.file.set_len(self.len);
+            return Err(err(e));
+        }
+        self.len += bytes.len() as u64;
+        self.lines += 1;
         Ok(())
     }
+}
+
+fn current_boot() -> Result<Boot, JournalError> {
+    Boot::current().map_err(|source| JournalError::Read {
+        path: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+        source,
+    })
+}
+
+/// What the journal in `dir` holds as seen from `boot`: the log, or the old
+/// single-document journal when there is no log yet.
+fn read_in_boot(dir: &Path, boot: &Boot) -> Result<Contents, JournalError> {
+    let empty = Contents {
+        records: BTreeMap::new(),
+        set_aside: 0,
+    };
+    let path = dir.join(FILE_NAME);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return read_old(&dir.join(OLD_FILE_NAME), boot);
+        }
+        Err(source) => return Err(JournalError::Read { path, source }),
+    };
+    let corrupt = |message: String| JournalError::Corrupt {
+        path: path.clone(),
+        message,
+    };
+    // Only whole lines count: a kill mid-append leaves a tail without a newline.
+    let whole = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &bytes[..end],
+        None => &[][..],
+    };
+    let mut lines = whole.split(|&b| b == b'\n');
+    // The log is only ever put in place whole (see `rewrite`), so a
+    // missing or unreadable header is corruption, unless the file predates
+    // this boot and a power loss cut it short.
+    let header = match serde_json::from_slice::<Header>(lines.next().unwrap_or_default()) {
+        Ok(h) => h,
+        Err(_) if modified_before(&path, boot.at) => return Ok(empty),
+        Err(e) => return Err(corrupt(format!("line 1: {e}"))),
+    };
+    if header.version != VERSION {
+        return Err(corrupt(format!(
+            "version {} is not {VERSION}",
+            header.version
+        )));
+    }
+    let mut records = BTreeMap::new();
+    for (n, l) in lines.enumerate() {
+        match serde_json::from_slice::<Line>(l) {
+            Ok(Line::Put(r)) => {
+                records.insert(r.fault.id.clone(), *r);
+            }
+            Ok(Line::Delete(id)) => {
+                records.remove(&id);
+            }
+            Err(_) if modified_before(&path, boot.at) => return Ok(empty),
+            Err(e) => return Err(corrupt(format!("line {}: {e}", n + 2))),
+        }
+    }
+    if header.boot_id != boot.id {
+        return Ok(Contents {
+            set_aside: records.len(),
+            records: BTreeMap::new(),
+        });
+    }
+    Ok(Contents {
+        records,
+        set_aside: 0,
+    })
+}
+
+fn read_old(path: &Path, boot: &Boot) -> Result<Contents, JournalError> {
+    let empty = Contents {
+        records: BTreeMap::new(),
+        set_aside: 0,
+    };
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(empty),
+        Err(source) => {
+            return Err(JournalError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let old: OldJournal = match serde_json::from_slice(&bytes) {
+        Ok(d) => d,
+        // Torn by a power loss before this boot: nothing it named survived.
+        Err(_) if modified_before(path, boot.at) => return Ok(empty),
+        Err(e) => {
+            return Err(JournalError::Corrupt {
+                path: path.to_owned(),
+                message: e.to_string(),
+            });
+        }
+    };
+    if old.version != OLD_VERSION {
+        return Err(JournalError::Corrupt {
+            path: path.to_owned(),
+            message: format!("version {} is not {OLD_VERSION}", old.version),
+        });
+    }
+    if old.boot_id.as_deref().is_some_and(|b| b != boot.id) {
+        return Ok(Contents {
+            set_aside: old.records.len(),
+            records: BTreeMap::new(),
+        });
+    }
+    Ok(Contents {
+        records: old
+            .records
+            .into_iter()
+            .map(|r| (r.fault.id.clone(), r))
+            .collect(),
+        set_aside: 0,
+    })
+}
+
+/// Writes a log holding just `records` (temporary file, rename: a kill
+/// leaves the old log or the new one) and opens it for appending.
+fn rewrite(
+    dir: &Path,
+    boot_id: &str,
+    records: &BTreeMap<String, Record>,
+) -> Result<(File, u64), JournalError> {
+    let path = dir.join(FILE_NAME);
+    let err = |source| JournalError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut bytes = serde_json::to_vec(&Header {
+        version: VERSION,
+        boot_id: boot_id.to_owned(),
+    })
+    .map_err(|e| err(io::Error::other(e)))?;
+    bytes.push(b'\n');
+    for r in records.values() {
+        serde_json::to_writer(&mut bytes, &Line::Put(Box::new(r.clone())))
+            .map_err(|e| err(io::Error::other(e)))?;
+        bytes.push(b'\n');
+    }
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    fs::write(&tmp, &bytes).map_err(err)?;
+    fs::rename(&tmp, &path).map_err(err)?;
+    let file = OpenOptions::new().append(true).open(&path).map_err(err)?;
+    Ok((file, bytes.len() as u64))
 }
 
 fn modified_before(path: &Path, t: SystemTime) -> bool {
@@ -255,21 +457,24 @@ mod tests {
             receipt: Receipt::Latency { band: 3 },
         })
         .expect("put");
-        let j2 = Journal::open(dir.path()).expect("reopen");
-        let got: Vec<_> = j2.records().cloned().collect();
+        let got = Journal::peek(dir.path()).expect("peek");
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].fault, a);
         assert_eq!(got[0].state, RecordState::Applying);
         assert_eq!(got[1].receipt, Receipt::Latency { band: 3 });
         j.delete("a").expect("delete");
         j.delete("nope").expect("absent is fine");
-        let ids: Vec<_> = Journal::open(dir.path())
-            .expect("reopen")
-            .records()
-            .map(|r| r.fault.id.clone())
+        let ids: Vec<_> = Journal::peek(dir.path())
+            .expect("peek")
+            .into_iter()
+            .map(|r| r.fault.id)
             .collect();
         assert_eq!(ids, ["b"]);
-        assert!(!dir.path().join("journal.json.tmp").exists());
+        drop(j);
+        // Reopened, the same records (and a compacted log).
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.records().count(), 1);
+        assert!(!dir.path().join("journal.log.tmp").exists());
     }
 
     fn boot(id: &str, at_secs: u64) -> Boot {
@@ -290,14 +495,122 @@ mod tests {
             receipt: Receipt::None,
         })
         .expect("put");
+        drop(j);
         let same = Journal::open_in_boot(dir.path(), &first).expect("same boot");
         assert_eq!((same.records().count(), same.set_aside()), (1, 0));
+        drop(same);
         let later = Journal::open_in_boot(dir.path(), &boot("boot-2", 0)).expect("later boot");
         assert_eq!((later.records().count(), later.set_aside()), (0, 1));
-        // A journal of an older agent (no boot id) counts as this boot's.
-        fs::write(dir.path().join(FILE_NAME), br#"{"version":1,"records":[]}"#).expect("write");
-        let old = Journal::open_in_boot(dir.path(), &boot("boot-2", 0)).expect("old format");
-        assert_eq!(old.set_aside(), 0);
+        drop(later);
+        // Set aside for good: the log was rewritten under the new boot.
+        let again = Journal::open_in_boot(dir.path(), &boot("boot-2", 0)).expect("again");
+        assert_eq!((again.records().count(), again.set_aside()), (0, 0));
+    }
+
+    const OLD_JOURNAL: &str = r#"{"version":1,"records":[{"state":"applied","fault":{"id":"a","target":{"netns":"/run/netns/x"},"expiresAt":"2030-01-01T00:00:00Z","partition":{"peers":["10.0.0.1/32"]}}}]}"#;
+
+    /// An agent upgraded while faults are active: its predecessor's
+    /// journal.json is read and replaced by the log.
+    #[test]
+    fn the_old_single_document_journal_is_taken_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(OLD_FILE_NAME), OLD_JOURNAL).expect("write");
+        let j = Journal::open_in_boot(dir.path(), &boot("boot-1", 0)).expect("open");
+        let ids: Vec<_> = j.records().map(|r| r.fault.id.as_str()).collect();
+        assert_eq!(ids, ["a"]);
+        assert!(!dir.path().join(OLD_FILE_NAME).exists());
+        drop(j);
+        let j = Journal::open_in_boot(dir.path(), &boot("boot-1", 0)).expect("reopen");
+        assert_eq!(j.records().count(), 1, "now in the log");
+        // With a boot id of another boot, it is set aside.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(
+            dir.path().join(OLD_FILE_NAME),
+            OLD_JOURNAL.replace(r#""version":1,"#, r#""version":1,"bootId":"boot-0","#),
+        )
+        .expect("write");
+        let j = Journal::open_in_boot(dir.path(), &boot("boot-1", 0)).expect("open");
+        assert_eq!((j.records().count(), j.set_aside()), (0, 1));
+    }
+
+    fn put(j: &mut Journal, id: &str, state: RecordState) {
+        j.put(Record {
+            state,
+            fault: partition(id, "/run/netns/x", "10.0.0.1", 5),
+            receipt: Receipt::None,
+        })
+        .expect("put");
+    }
+
+    /// A kill in the middle of an append leaves a line without its newline:
+    /// it is ignored, and what came before stands.
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        put(&mut j, "a", RecordState::Applying);
+        put(&mut j, "a", RecordState::Applied);
+        put(&mut j, "b", RecordState::Applied);
+        drop(j);
+        let path = dir.path().join(FILE_NAME);
+        let full = fs::read(&path).expect("read");
+        // Tear a `delete b` and an `applying c` at every length short of whole.
+        let applying_c = serde_json::to_vec(&Line::Put(Box::new(Record {
+            state: RecordState::Applying,
+            fault: partition("c", "/run/netns/x", "10.0.0.3", 5),
+            receipt: Receipt::None,
+        })))
+        .expect("line");
+        for line in [br#"{"delete":"b"}"#.to_vec(), applying_c] {
+            for cut in 0..=line.len() {
+                let mut torn = full.clone();
+                torn.extend_from_slice(&line[..cut]);
+                fs::write(&path, &torn).expect("write");
+                let got = Journal::peek(dir.path()).expect("a torn tail is no corruption");
+                let states: Vec<_> = got.iter().map(|r| (r.fault.id.as_str(), r.state)).collect();
+                assert_eq!(
+                    states,
+                    [("a", RecordState::Applied), ("b", RecordState::Applied)],
+                    "cut at {cut}"
+                );
+            }
+        }
+        // A whole line that does not parse is corruption.
+        let mut bad = full.clone();
+        bad.extend_from_slice(b"{\"put\":1}\n");
+        fs::write(&path, &bad).expect("write");
+        let e = Journal::open(dir.path()).expect_err("corrupt");
+        assert!(e.to_string().contains("line 5"), "{e}");
+    }
+
+    /// Removed records are dropped from the log once they outweigh the
+    /// live ones, and nothing live is lost on the way.
+    #[test]
+    fn tidy_compacts_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        put(&mut j, "keep", RecordState::Applied);
+        for i in 0..100 {
+            let id = format!("f{i}");
+            put(&mut j, &id, RecordState::Applying);
+            put(&mut j, &id, RecordState::Applied);
+            j.delete(&id).expect("delete");
+            j.tidy().expect("tidy");
+        }
+        let lines = fs::read_to_string(dir.path().join(FILE_NAME))
+            .expect("read")
+            .lines()
+            .count();
+        assert!(lines <= 2 + SLACK_LINES + 3, "{lines} lines");
+        let ids: Vec<_> = Journal::peek(dir.path())
+            .expect("peek")
+            .into_iter()
+            .map(|r| r.fault.id)
+            .collect();
+        assert_eq!(ids, ["keep"]);
+        // Appends after a rewrite go to the new log.
+        j.delete("keep").expect("delete");
+        assert!(Journal::peek(dir.path()).expect("peek").is_empty());
     }
 
     #[test]
@@ -311,14 +624,16 @@ mod tests {
             + 3600;
         let j = Journal::open_in_boot(dir.path(), &boot("b", far_future)).expect("set aside");
         assert_eq!(j.records().count(), 0);
-        // Written during this boot, it is refused as before.
+        // Written during this boot, it is refused.
+        drop(j);
+        fs::write(dir.path().join(FILE_NAME), b"").expect("write");
         assert!(Journal::open_in_boot(dir.path(), &boot("b", 0)).is_err());
     }
 
     #[test]
     fn corrupt_journal_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(dir.path().join(FILE_NAME), b"{not json").expect("write");
+        fs::write(dir.path().join(FILE_NAME), b"{not json\n").expect("write");
         let e = Journal::open(dir.path()).expect_err("corrupt");
         assert!(e.to_string().contains("refusing to start"), "{e}");
     }
@@ -327,8 +642,8 @@ mod tests {
     fn failed_write_leaves_memory_as_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = Journal::open(dir.path()).expect("open");
-        // A directory where the temporary file goes makes the write fail.
-        fs::create_dir(dir.path().join("journal.json.tmp")).expect("mkdir");
+        // A log opened read-only makes every append fail.
+        j.file = File::open(j.path()).expect("open read-only");
         let a = partition("a", "/n", "10.0.0.1", 5);
         let r = j.put(Record {
             state: RecordState::Applying,
@@ -337,5 +652,11 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(j.records().count(), 0);
+        // A rewrite that fails (a directory where its temporary file goes)
+        // is not retried at once.
+        fs::create_dir(dir.path().join("journal.log.tmp")).expect("mkdir");
+        j.lines = 1000;
+        assert!(j.tidy().is_err());
+        assert!(j.tidy().is_ok(), "waits for more lines");
     }
 }
