@@ -5,9 +5,9 @@
 //!
 //! The agent follows a desired file inside the guest; /init adds and removes
 //! a latency fault (netem with a `to` filter) FLTLAB_BENCH times (default
-//! 100, so 200 changes) and prints the time just before each desired file is
-//! written; the
-//! agent logs when each fault was applied or removed, after `tc` returned.
+//! 200: 200 changes each way) and prints the time just before each desired
+//! file is written; the agent logs when each fault was applied or removed,
+//! after `tc` returned.
 //! Both times come from the guest's clock, which under the lab's default
 //! `-icount shift=0` counts one nanosecond per guest instruction: the
 //! figures are the work the change costs on a 1-instruction-per-ns machine,
@@ -26,7 +26,7 @@ fn main() {
     let changes: usize = std::env::var("FLTLAB_BENCH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(200);
     let out = Command::new(root.join("scripts/kernel-lab.sh"))
         .arg(env!("CARGO_BIN_EXE_faultline-agent"))
         .arg(env!("CARGO_BIN_EXE_faultline-kernel-lab"))

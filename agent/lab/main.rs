@@ -14,8 +14,10 @@
 //!
 //! RTT phases: baseline (no fault), to (latency to 10.201.1.2 only),
 //! restored (after its removal), all (latency without `to`), dual (latency to
-//! 10.201.1.2 and fd00:201:1::2), recovered (after a SIGKILL and a restart
-//! that swept the journal).
+//! 10.201.1.2 and fd00:201:1::2), pair (two faults on the target: the delay
+//! to 10.201.1.2, half of it to 10.201.1.3 and fd00:201:1::3, on the same
+//! interface), pair-one (the first of them removed), recovered (after a
+//! SIGKILL and a restart that swept the journal).
 //!
 //! Network, all inside the guest (which has no network device of its own):
 //!
@@ -331,6 +333,14 @@ impl Faults {
             &format!("latency: {{delay: {d}ms, to: [\"{DELAYED}/32\", \"{DELAYED6}/128\"]}}"),
         )
     }
+    /// Latency of `delay_ms` to these destinations only.
+    fn latency_of(&self, id: &str, delay_ms: u64, to: &[&str]) -> String {
+        let to: Vec<String> = to.iter().map(|d| format!("\"{d}\"")).collect();
+        self.entry(
+            id,
+            &format!("latency: {{delay: {delay_ms}ms, to: [{}]}}", to.join(", ")),
+        )
+    }
     fn latency_all(&self, id: &str) -> String {
         let d = self.delay_ms;
         self.entry(id, &format!("latency: {{delay: {d}ms}}"))
@@ -533,6 +543,47 @@ fn scenarios(f: &Faults, samples: u64) {
     check(
         "qdisc-restored-dual",
         "tc qdisc show equals what was there before lat-dual",
+        same_qdiscs(&before),
+    );
+
+    // Two latency faults on one target with different `to` sets (and
+    // delays) coexist, on the same interface; removing one leaves the other.
+    let pair_a = f.latency_of("lat-pair-a", d, &[&format!("{DELAYED}/32")]);
+    let pair_b = f.latency_of(
+        "lat-pair-b",
+        d / 2,
+        &[&format!("{SAME_LINK}/32"), &format!("{SAME_LINK6}/128")],
+    );
+    desired(&[pair_a, pair_b.clone()]);
+    check(
+        "agent-applied-pair",
+        "the agent logged lat-pair-a and lat-pair-b: applied latency",
+        logged("lat-pair-a: applied latency") && logged("lat-pair-b: applied latency"),
+    );
+    info("qdisc with the pair", &qdiscs());
+    info(
+        "filters on t1",
+        &output(&[TC, "-n", "tgt", "filter", "show", "dev", "t1"]),
+    );
+    stamp("pair");
+    rtt_all("pair", samples);
+    desired(&[pair_b]);
+    check(
+        "agent-removed-pair-a",
+        "the agent logged lat-pair-a: removed latency",
+        logged("lat-pair-a: removed latency"),
+    );
+    stamp("pair-one");
+    rtt_all("pair-one", samples);
+    desired(&[]);
+    check(
+        "agent-removed-pair-b",
+        "the agent logged lat-pair-b: removed latency",
+        logged("lat-pair-b: removed latency"),
+    );
+    check(
+        "qdisc-restored-pair",
+        "tc qdisc show equals what was there before the pair",
         same_qdiscs(&before),
     );
 

@@ -406,3 +406,126 @@ fn sighup_removes_everything_like_sigterm() {
     assert!(net.reachable(addr), "the partition went with the agent");
     assert!(!net.ruleset().contains("faultline"));
 }
+
+/// A cgroup tree laid out as the kubelet lays out pods (one pod per cgroup
+/// driver), each pod's process in a namespace this test made; removed
+/// deepest first on drop, its processes killed.
+struct KubeletTree {
+    root: std::path::PathBuf,
+    leaves: Vec<std::path::PathBuf>,
+    children: Vec<std::process::Child>,
+}
+
+impl KubeletTree {
+    fn new() -> KubeletTree {
+        let root = cgroup2_root().join(unique("faultline-test-"));
+        std::fs::create_dir(&root).expect("cgroup root");
+        KubeletTree {
+            root,
+            leaves: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Creates `rel` under the root and starts a `sleep` in it, inside the
+    /// network namespace `netns` (by name); returns the child's index.
+    fn pod_process(&mut self, rel: &str, netns: &str) -> usize {
+        let leaf = self.root.join(rel);
+        std::fs::create_dir_all(&leaf).expect("pod cgroup");
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "sleep", "60"])
+            .spawn()
+            .expect("sleep in the namespace");
+        std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).expect("join cgroup");
+        self.leaves.push(leaf);
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn ended_by(&mut self, i: usize) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.children[i]
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|st| st.signal().unwrap_or(0))
+    }
+}
+
+impl Drop for KubeletTree {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for leaf in &self.leaves {
+            let mut dir = leaf.as_path();
+            while dir != self.root {
+                let _ = wait_for(Duration::from_secs(2), || {
+                    std::fs::remove_dir(dir).is_ok() || !dir.exists()
+                });
+                dir = dir.parent().unwrap_or(&self.root);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+/// `pod: {uid}` targets, found through real cgroups in the layouts of the
+/// systemd driver (containerd) and the cgroupfs driver (Docker's ids):
+/// a partition enters the pod's network namespace, a kill reaches its
+/// processes.
+#[test]
+fn pod_targets_resolve_through_the_kubelets_cgroup_layouts() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let addr = net.listen();
+    let mut tree = KubeletTree::new();
+    let systemd_uid = "0b9a3c1e-5f3d-4b7a-9c1e-2d4f6a8b0c1d";
+    tree.pod_process(
+        &format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-4f1c.scope",
+            systemd_uid.replace('-', "_")
+        ),
+        &net.target,
+    );
+    let cgroupfs_uid = "7e2d9f40-1a6b-4c3e-8d5f-0a1b2c3d4e5f";
+    let victim = tree.pod_process(
+        &format!("kubepods/besteffort/pod{cgroupfs_uid}/9d8e7f6a5b4c"),
+        &net.peer,
+    );
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[
+        format!(
+            "    - id: pod-cut\n      target: {{pod: {{uid: {systemd_uid}}}}}\n      expiresAt: \"{far}\"\n      partition: {{peers: [{PEER_IP}/32]}}\n"
+        ),
+        format!(
+            "    - id: pod-kill\n      target: {{pod: {{uid: {cgroupfs_uid}}}}}\n      expiresAt: \"{far}\"\n      kill: {{signal: SIGTERM}}\n"
+        ),
+    ]);
+    let root = tree.root.display().to_string();
+    agent.start_with(&["--cgroup-root", &root]);
+    net.expect_reachable(addr, false, 3 * SEC, &agent);
+    assert!(
+        wait_for(3 * SEC, || tree.ended_by(victim).is_some()).is_some(),
+        "the pod's process was not signalled; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(tree.ended_by(victim), Some(15));
+    // The rule is in the pod's namespace (the target), not the host's.
+    assert!(agent.log().contains("pod-cut: applied partition"));
+    agent.write_faults(&[]);
+    net.expect_reachable(addr, true, 3 * SEC, &agent);
+    // A pod that is not on this node is reported, not guessed at.
+    agent.write_faults(&[format!(
+        "    - id: elsewhere\n      target: {{pod: {{uid: 11111111-2222-3333-4444-555555555555}}}}\n      expiresAt: \"{far}\"\n      partition: {{peers: [{PEER_IP}/32]}}\n"
+    )]);
+    agent.wait_log(
+        "no cgroup for pod 11111111-2222-3333-4444-555555555555",
+        3 * SEC,
+    );
+    assert!(agent.sigterm().success());
+}

@@ -24,30 +24,70 @@ const OTHER_LINK: &str = "10.201.2.2";
 const DELAYED6: &str = "fd00:201:1::2";
 const SAME_LINK6: &str = "fd00:201:1::3";
 
-/// Per RTT phase: the destinations that carry the delay, and those that
-/// must stay at their baseline.
-const PHASES: &[(&str, &[&str], &[&str])] = &[
+/// Per RTT phase, each destination with the share of the delay it must
+/// carry over its baseline (0: none, it stays at its baseline).
+const PHASES: &[(&str, &[(&str, f64)])] = &[
     (
         "to",
-        &[DELAYED],
-        &[SAME_LINK, OTHER_LINK, DELAYED6, SAME_LINK6],
+        &[
+            (DELAYED, 1.0),
+            (SAME_LINK, 0.0),
+            (OTHER_LINK, 0.0),
+            (DELAYED6, 0.0),
+            (SAME_LINK6, 0.0),
+        ],
     ),
     (
         "restored",
-        &[],
-        &[DELAYED, SAME_LINK, OTHER_LINK, DELAYED6, SAME_LINK6],
+        &[
+            (DELAYED, 0.0),
+            (SAME_LINK, 0.0),
+            (OTHER_LINK, 0.0),
+            (DELAYED6, 0.0),
+            (SAME_LINK6, 0.0),
+        ],
     ),
     (
         "all",
-        &[DELAYED, SAME_LINK, OTHER_LINK, DELAYED6, SAME_LINK6],
-        &[],
+        &[
+            (DELAYED, 1.0),
+            (SAME_LINK, 1.0),
+            (OTHER_LINK, 1.0),
+            (DELAYED6, 1.0),
+            (SAME_LINK6, 1.0),
+        ],
     ),
     (
         "dual",
-        &[DELAYED, DELAYED6],
-        &[SAME_LINK, OTHER_LINK, SAME_LINK6],
+        &[
+            (DELAYED, 1.0),
+            (DELAYED6, 1.0),
+            (SAME_LINK, 0.0),
+            (OTHER_LINK, 0.0),
+            (SAME_LINK6, 0.0),
+        ],
     ),
-    ("recovered", &[], &[DELAYED, DELAYED6]),
+    // Two faults: the delay to DELAYED, half of it to the SAME_LINK pair.
+    (
+        "pair",
+        &[
+            (DELAYED, 1.0),
+            (SAME_LINK, 0.5),
+            (SAME_LINK6, 0.5),
+            (OTHER_LINK, 0.0),
+            (DELAYED6, 0.0),
+        ],
+    ),
+    (
+        "pair-one",
+        &[
+            (DELAYED, 0.0),
+            (SAME_LINK, 0.5),
+            (SAME_LINK6, 0.5),
+            (OTHER_LINK, 0.0),
+        ],
+    ),
+    ("recovered", &[(DELAYED, 0.0), (DELAYED6, 0.0)]),
 ];
 
 /// Checks the guest must report (each ok); a missing one fails the test.
@@ -66,6 +106,10 @@ const CHECKS: &[&str] = &[
     "agent-applied-dual",
     "agent-removed-dual",
     "qdisc-restored-dual",
+    "agent-applied-pair",
+    "agent-removed-pair-a",
+    "agent-removed-pair-b",
+    "qdisc-restored-pair",
     "foreign-refused",
     "foreign-untouched",
     "partition-baseline",
@@ -336,17 +380,19 @@ fn judge(lab: &Lab, delay_ms: f64) -> (String, Vec<String>) {
             }
         }
     };
-    for (phase, delayed, undelayed) in PHASES {
-        let all = delayed.iter().map(|d| (d, true));
-        for (dst, is_delayed) in all.chain(undelayed.iter().map(|d| (d, false))) {
+    for (phase, dsts) in PHASES {
+        for &(dst, share) in *dsts {
             let (Some(base), Some(got)) = (
                 stats_of("baseline", dst, &mut problems),
                 stats_of(phase, dst, &mut problems),
             ) else {
                 continue;
             };
+            let is_delayed = share > 0.0;
+            // The lab asks for whole milliseconds: half of 50 is 25.
+            let want = (delay_ms * share).floor();
             let verdict = if is_delayed {
-                judge_delayed(base, got, delay_ms)
+                judge_delayed(base, got, want)
             } else {
                 judge_undelayed(base, got, delay_ms)
             };
@@ -357,7 +403,7 @@ fn judge(lab: &Lab, delay_ms: f64) -> (String, Vec<String>) {
                 got.min,
                 got.median,
                 match (&verdict, is_delayed) {
-                    (Ok(()), true) => format!("+{delay_ms} ms ok"),
+                    (Ok(()), true) => format!("+{want} ms ok"),
                     (Ok(()), false) => "undelayed ok".to_owned(),
                     (Err(_), _) => "FAIL".to_owned(),
                 },
@@ -466,7 +512,8 @@ mod judging {
     fn console(delayed_by: impl Fn(&str, &str) -> f64, done: bool) -> String {
         let mut c = String::from("FLTLAB config delay_ms=50 samples=20\n");
         let dsts = [DELAYED, SAME_LINK, OTHER_LINK, DELAYED6, SAME_LINK6];
-        for phase in ["baseline", "to", "restored", "all", "dual", "recovered"] {
+        let phases = PHASES.iter().map(|(p, _)| *p);
+        for phase in std::iter::once("baseline").chain(phases) {
             for dst in dsts {
                 for i in 0..20 {
                     let ms = 0.04 + f64::from(i % 3) * 0.001 + delayed_by(phase, dst);
@@ -486,9 +533,9 @@ mod judging {
     fn right(phase: &str, dst: &str) -> f64 {
         PHASES
             .iter()
-            .find(|(p, ..)| *p == phase)
-            .filter(|(_, delayed, _)| delayed.contains(&dst))
-            .map_or(0.0, |_| 50.03)
+            .find(|(p, _)| *p == phase)
+            .and_then(|(_, dsts)| dsts.iter().find(|(d, _)| *d == dst))
+            .map_or(0.0, |(_, share)| 50.0 * share + 0.03)
     }
 
     #[test]
@@ -519,14 +566,20 @@ mod judging {
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("to 10.201.1.3 (undelayed)"), "{p:?}");
 
-        // IPv6 not delayed by the dual-stack fault; removal not restoring.
+        // IPv6 not delayed by the dual-stack fault; removal not restoring;
+        // the second fault of the pair given the first one's delay.
         let broken = |phase: &str, dst: &str| match (phase, dst) {
             ("dual", DELAYED6) => 0.0,
             ("restored", DELAYED) => 50.03,
+            ("pair", SAME_LINK) => 50.03,
             _ => right(phase, dst),
         };
         let (_, p) = judge(&parse(&console(broken, true)).expect("parse"), 50.0);
-        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[2].starts_with("pair 10.201.1.3 (delayed): added 50.0"),
+            "{p:?}"
+        );
 
         let mut c = console(right, true).replace(
             "name=partition-cuts ok detail=d",
