@@ -421,6 +421,17 @@ spec:
         assert_eq!(src.poll(), None, "said once");
     }
 
+    /// A desired file holding FILE, followed with a tick of `every`.
+    fn followed(every: Duration) -> (tempfile::TempDir, PathBuf, FileEvents, Doorbell) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("desired.yaml");
+        std::fs::write(&p, FILE).expect("write");
+        let (_, bytes) = read_desired(&p);
+        let (events, bell) =
+            FileEvents::new(FileSource::new(p.clone(), bytes), every).expect("events");
+        (dir, p, events, bell)
+    }
+
     fn next_id(events: &mut FileEvents) -> String {
         match events.wait(Duration::from_secs(20)) {
             Wait::Event(Event::Desired(Desired::Faults(f))) => f[0].id.clone(),
@@ -432,13 +443,7 @@ spec:
     /// the changes: a rename into place and an in-place write.
     #[test]
     fn inotify_delivers_changes_between_polls() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("desired.yaml");
-        std::fs::write(&p, FILE).expect("write");
-        let (_, bytes) = read_desired(&p);
-        let (mut events, _bell) =
-            FileEvents::new(FileSource::new(p.clone(), bytes), Duration::from_secs(3600))
-                .expect("events");
+        let (dir, p, mut events, _bell) = followed(Duration::from_secs(3600));
         // The first (immediate) check finds the file unchanged.
         assert_eq!(events.wait(Duration::from_millis(50)), Wait::Timeout);
         let tmp = dir.path().join(".desired.tmp");
@@ -457,13 +462,7 @@ spec:
     /// bind mounts), the poll tick alone finds the change.
     #[test]
     fn the_tick_finds_changes_without_inotify() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("desired.yaml");
-        std::fs::write(&p, FILE).expect("write");
-        let (_, bytes) = read_desired(&p);
-        let (mut events, _bell) =
-            FileEvents::new(FileSource::new(p.clone(), bytes), Duration::from_millis(20))
-                .expect("events");
+        let (_dir, p, mut events, _bell) = followed(Duration::from_millis(20));
         events.watch = None;
         std::fs::write(&p, FILE.replace("id: a", "id: bb")).expect("write");
         assert_eq!(next_id(&mut events), "bb");
@@ -473,12 +472,7 @@ spec:
     /// loop sees the event; once the doorbell is gone the wait says closed.
     #[test]
     fn the_doorbell_wakes_the_wait() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("desired.yaml");
-        std::fs::write(&p, FILE).expect("write");
-        let (_, bytes) = read_desired(&p);
-        let (mut events, bell) =
-            FileEvents::new(FileSource::new(p, bytes), Duration::from_secs(3600)).expect("events");
+        let (_dir, _, mut events, bell) = followed(Duration::from_secs(3600));
         let ringer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             assert!(bell.send(Event::Shutdown));

@@ -443,12 +443,7 @@ impl KubeletTree {
     }
 
     fn ended_by(&mut self, i: usize) -> Option<i32> {
-        use std::os::unix::process::ExitStatusExt;
-        self.children[i]
-            .try_wait()
-            .ok()
-            .flatten()
-            .map(|st| st.signal().unwrap_or(0))
+        ended_by(&mut self.children[i])
     }
 }
 

@@ -449,13 +449,18 @@ impl TestCgroup {
 
     /// The signal that ended child `i`, once it has ended.
     pub fn ended_by(&mut self, i: usize) -> Option<i32> {
-        use std::os::unix::process::ExitStatusExt;
-        self.children[i]
-            .try_wait()
-            .ok()
-            .flatten()
-            .map(|st| st.signal().unwrap_or(0))
+        ended_by(&mut self.children[i])
     }
+}
+
+/// The signal that ended `child` (0 for a plain exit), once it has ended.
+pub fn ended_by(child: &mut Child) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    child
+        .try_wait()
+        .ok()
+        .flatten()
+        .map(|st| st.signal().unwrap_or(0))
 }
 
 impl Drop for TestCgroup {
