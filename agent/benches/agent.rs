@@ -145,7 +145,9 @@ fn idle_cpu_percent(pid: u32, over: Duration) -> f64 {
 }
 
 fn journal_len(agent: &AgentProc) -> usize {
-    faultline_agent::journal::Journal::peek(&agent.dir.path().join("state")).map_or(0, |r| r.len())
+    // An unreadable journal matches no count a settle waits for.
+    faultline_agent::journal::Journal::peek(&agent.dir.path().join("state"))
+        .map_or(usize::MAX, |r| r.len())
 }
 
 /// `/proc/stat`'s aggregate cpu line: (steal, total) in ticks.
@@ -427,7 +429,7 @@ fn changes(agent: &AgentProc, net: &NetPair, probe: &Probe, metrics_addr: Socket
     }
     if !stalls.is_empty() {
         println!(
-            "    a thread waking every 1 ms meanwhile woke late by p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms ({} wake-ups)",
+            "    a thread waking every 1 ms meanwhile (itself a little load) woke late by p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms ({} wake-ups)",
             ms(pct(&stalls, 0.5)),
             ms(pct(&stalls, 0.99)),
             ms(stalls[stalls.len() - 1]),

@@ -551,7 +551,7 @@ fn scenarios(f: &Faults, samples: u64) {
     let pair_a = f.latency_of("lat-pair-a", d, &[&format!("{DELAYED}/32")]);
     let pair_b = f.latency_of(
         "lat-pair-b",
-        d / 2,
+        (d / 2).max(1),
         &[&format!("{SAME_LINK}/32"), &format!("{SAME_LINK6}/128")],
     );
     desired(&[pair_a, pair_b.clone()]);

@@ -14,9 +14,11 @@
 //! Appending is what keeps the journal off the apply path's clock: a
 //! rewrite-and-rename per change made ext4 start writing the new file out at
 //! every rename (its `auto_da_alloc` safeguard), twice per apply. The log is
-//! rewritten (temporary file, rename) only when it is opened and when
-//! removed records outweigh live ones, from [`Journal::tidy`], which the
-//! agent calls once its changes are done.
+//! rewritten (temporary file, rename) only when it is opened and when it
+//! holds more than twice as many lines as live records plus 64, from
+//! [`Journal::tidy`], which the agent calls once its changes are done. An
+//! append that fails is cut back to the last whole line; if even that
+//! fails, the next append rewrites the log from memory first.
 //!
 //! It is not fsynced, on purpose. What it records — nftables rules, qdiscs,
 //! signals due — lives in the running kernel and ends with it, and within
@@ -29,8 +31,12 @@
 //! every fault applied.
 //!
 //! `journal.json`, the single-document journal of earlier agents, is read
-//! when no log exists yet and replaced by one, so an agent upgraded while
-//! faults are active still removes them.
+//! when no log exists yet, or when it is the newer of the two (after a
+//! rollback to an older agent), and replaced by the log, so an agent
+//! upgraded while faults are active still removes them.
+//!
+//! One agent per state directory: a second one would rewrite the log
+//! under the first.
 
 use std::{
     collections::BTreeMap,
@@ -162,6 +168,9 @@ pub struct Journal {
     /// No rewrite before the log has this many lines (pushed on after a
     /// failed rewrite, so it is not retried on every turn of the loop).
     tidy_after: usize,
+    /// A failed append could not be cut back: the log may end in a partial
+    /// line, so it is rewritten from memory before anything is appended.
+    torn: bool,
 }
 
 impl Journal {
@@ -197,6 +206,7 @@ impl Journal {
             len,
             lines: records_len,
             tidy_after: 0,
+            torn: false,
         })
     }
 
@@ -239,8 +249,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Rewrites the log when lines of removed records outweigh the live
-    /// ones; cheap to call after every batch of changes.
+    /// Rewrites the log when it holds more than twice as many lines as live
+    /// records plus SLACK_LINES; cheap to call after every batch of changes.
     pub fn tidy(&mut self) -> Result<(), JournalError> {
         if self.lines <= (2 * self.records.len() + SLACK_LINES).max(self.tidy_after) {
             return Ok(());
@@ -248,6 +258,7 @@ impl Journal {
         match rewrite(&self.dir, &self.boot_id, &self.records) {
             Ok((file, len)) => {
                 (self.file, self.len, self.lines) = (file, len, self.records.len());
+                (self.tidy_after, self.torn) = (0, false);
                 Ok(())
             }
             Err(e) => {
@@ -267,9 +278,14 @@ impl Journal {
         };
         let mut bytes = serde_json::to_vec(line).map_err(|e| err(io::Error::other(e)))?;
         bytes.push(b'\n');
+        if self.torn {
+            let (file, len) = rewrite(&self.dir, &self.boot_id, &self.records)?;
+            (self.file, self.len, self.lines, self.torn) = (file, len, self.records.len(), false);
+        }
         if let Err(e) = self.file.write_all(&bytes) {
-            // A partial line would swallow the next one: cut it off.
-            let _ = self.file.set_len(self.len);
+            // A partial line would swallow the next one: cut it off, or
+            // failing that, rewrite the log before the next append.
+            self.torn = self.file.set_len(self.len).is_err();
             return Err(err(e));
         }
         self.len += bytes.len() as u64;
@@ -293,11 +309,19 @@ fn read_in_boot(dir: &Path, boot: &Boot) -> Result<Contents, JournalError> {
         set_aside: 0,
     };
     let path = dir.join(FILE_NAME);
+    let old = dir.join(OLD_FILE_NAME);
+    // Both exist after a kill between taking the old journal over and
+    // deleting it (the log then holds the same), or after a rollback to an
+    // older agent, which wrote only the old file: the newer one is the truth.
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(log), Some(json)) = (modified(&path), modified(&old))
+        && json > log
+    {
+        return read_old(&old, boot);
+    }
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return read_old(&dir.join(OLD_FILE_NAME), boot);
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return read_old(&old, boot),
         Err(source) => return Err(JournalError::Read { path, source }),
     };
     let corrupt = |message: String| JournalError::Corrupt {
@@ -324,6 +348,8 @@ fn read_in_boot(dir: &Path, boot: &Boot) -> Result<Contents, JournalError> {
             header.version
         )));
     }
+    // A log of an earlier boot is not replayed: what it names ended with it.
+    let earlier = header.boot_id != boot.id;
     let mut records = BTreeMap::new();
     for (n, l) in lines.enumerate() {
         match serde_json::from_slice::<Line>(l) {
@@ -333,11 +359,12 @@ fn read_in_boot(dir: &Path, boot: &Boot) -> Result<Contents, JournalError> {
             Ok(Line::Delete(id)) => {
                 records.remove(&id);
             }
+            Err(_) if earlier => break,
             Err(_) if modified_before(&path, boot.at) => return Ok(empty),
             Err(e) => return Err(corrupt(format!("line {}: {e}", n + 2))),
         }
     }
-    if header.boot_id != boot.id {
+    if earlier {
         return Ok(Contents {
             set_aside: records.len(),
             records: BTreeMap::new(),
@@ -398,32 +425,44 @@ fn read_old(path: &Path, boot: &Boot) -> Result<Contents, JournalError> {
 }
 
 /// Writes a log holding just `records` (temporary file, rename: a kill
-/// leaves the old log or the new one) and opens it for appending.
+/// leaves the old log or the new one) and returns it open for appending.
+/// The handle is the temporary file's own, so it follows the rename: no
+/// open after it can fail and leave appends going to a file with no name.
 fn rewrite(
     dir: &Path,
     boot_id: &str,
     records: &BTreeMap<String, Record>,
 ) -> Result<(File, u64), JournalError> {
     let path = dir.join(FILE_NAME);
-    let err = |source| JournalError::Write {
-        path: path.clone(),
-        source,
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| JournalError::Write { path, source }
     };
     let mut bytes = serde_json::to_vec(&Header {
         version: VERSION,
         boot_id: boot_id.to_owned(),
     })
-    .map_err(|e| err(io::Error::other(e)))?;
+    .map_err(|e| err(&tmp)(io::Error::other(e)))?;
     bytes.push(b'\n');
     for r in records.values() {
         serde_json::to_writer(&mut bytes, &Line::Put(Box::new(r.clone())))
-            .map_err(|e| err(io::Error::other(e)))?;
+            .map_err(|e| err(&tmp)(io::Error::other(e)))?;
         bytes.push(b'\n');
     }
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    fs::write(&tmp, &bytes).map_err(err)?;
-    fs::rename(&tmp, &path).map_err(err)?;
-    let file = OpenOptions::new().append(true).open(&path).map_err(err)?;
+    // A temporary file left by a killed agent is only an unfinished rewrite.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(&tmp)(e)),
+    }
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(err(&tmp))?;
+    file.write_all(&bytes).map_err(err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(err(&path))?;
     Ok((file, bytes.len() as u64))
 }
 
@@ -520,8 +559,17 @@ mod tests {
         assert_eq!(ids, ["a"]);
         assert!(!dir.path().join(OLD_FILE_NAME).exists());
         drop(j);
-        let j = Journal::open_in_boot(dir.path(), &boot("boot-1", 0)).expect("reopen");
+        let mut j = Journal::open_in_boot(dir.path(), &boot("boot-1", 0)).expect("reopen");
         assert_eq!(j.records().count(), 1, "now in the log");
+        j.delete("a").expect("delete");
+        drop(j);
+        // Rolled back to an older agent, which wrote only journal.json: the
+        // newer of the two files is read.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(dir.path().join(OLD_FILE_NAME), OLD_JOURNAL).expect("write");
+        let j = Journal::open_in_boot(dir.path(), &boot("boot-1", 0)).expect("after rollback");
+        assert_eq!(j.records().count(), 1, "the older agent's record");
+        assert!(!dir.path().join(OLD_FILE_NAME).exists());
         // With a boot id of another boot, it is set aside.
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(
@@ -658,5 +706,16 @@ mod tests {
         j.lines = 1000;
         assert!(j.tidy().is_err());
         assert!(j.tidy().is_ok(), "waits for more lines");
+        // The failed append could not be cut back (a read-only handle):
+        // the next one rewrites the log from memory first.
+        assert!(j.torn);
+        fs::remove_dir(dir.path().join("journal.log.tmp")).expect("rmdir");
+        put(&mut j, "b", RecordState::Applied);
+        let ids: Vec<_> = Journal::peek(dir.path())
+            .expect("peek")
+            .into_iter()
+            .map(|r| r.fault.id)
+            .collect();
+        assert_eq!(ids, ["b"]);
     }
 }

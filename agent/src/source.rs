@@ -181,6 +181,14 @@ pub struct Doorbell {
     bell: Arc<OwnedFd>,
 }
 
+impl Drop for Doorbell {
+    /// The last doorbell gone means nobody can stop the loop: ringing lets
+    /// it see that at once rather than at its next tick.
+    fn drop(&mut self) {
+        let _ = rustix::io::write(&*self.bell, &1u64.to_ne_bytes());
+    }
+}
+
 impl Doorbell {
     /// False when the loop is gone.
     pub fn send(&self, e: Event) -> bool {
@@ -212,7 +220,8 @@ impl FileEvents {
         let watch = DirWatch::new(&source.path);
         let events = FileEvents {
             source,
-            every,
+            // A zero period would make every wait a spin.
+            every: every.clamp(Duration::from_millis(1), Duration::from_secs(3600)),
             // The first check comes at once, as the first tick of a timer would.
             next_poll: Instant::now(),
             watch,
@@ -269,7 +278,8 @@ enum Woke {
 
 impl Events for FileEvents {
     fn wait(&mut self, timeout: Duration) -> Wait {
-        let until = Instant::now() + timeout;
+        // Waits past what an Instant can hold are a wait for an event.
+        let until = Instant::now().checked_add(timeout);
         loop {
             match self.inbox.try_recv() {
                 Ok(e) => return Wait::Event(e),
@@ -284,10 +294,12 @@ impl Events for FileEvents {
                     return Wait::Event(Event::Desired(d));
                 }
             }
-            if now >= until {
+            if until.is_some_and(|u| now >= u) {
                 return Wait::Timeout;
             }
-            let wait = until.min(self.next_poll).saturating_duration_since(now);
+            let wait = until
+                .map_or(self.next_poll, |u| u.min(self.next_poll))
+                .saturating_duration_since(now);
             match self.block(wait) {
                 Woke::FileChanged => {
                     if let Some(d) = self.source.check(true) {
@@ -453,9 +465,12 @@ spec:
         // Same length as before: the metadata may look unchanged, the content is read anyway.
         std::fs::write(&p, FILE.replace("id: a", "id: c")).expect("write");
         assert_eq!(next_id(&mut events), "c");
-        // Another file in the directory wakes nothing.
+        // Another file in the directory wakes the wait, but is no change of ours.
         std::fs::write(dir.path().join("other"), "x").expect("write");
-        assert_eq!(events.wait(Duration::from_millis(100)), Wait::Timeout);
+        assert!(matches!(
+            events.block(Duration::from_secs(20)),
+            Woke::Nothing
+        ));
     }
 
     /// Without inotify's help (a directory it cannot see into, such as some
@@ -464,6 +479,8 @@ spec:
     fn the_tick_finds_changes_without_inotify() {
         let (_dir, p, mut events, _bell) = followed(Duration::from_millis(20));
         events.watch = None;
+        // The immediate first check has passed: only a tick can see what follows.
+        assert_eq!(events.wait(Duration::from_millis(50)), Wait::Timeout);
         std::fs::write(&p, FILE.replace("id: a", "id: bb")).expect("write");
         assert_eq!(next_id(&mut events), "bb");
     }
@@ -477,12 +494,13 @@ spec:
             std::thread::sleep(Duration::from_millis(50));
             assert!(bell.send(Event::Shutdown));
         });
+        // Without the ring the wait would end in a timeout, well after the ring.
         assert_eq!(
-            events.wait(Duration::from_secs(3600)),
+            events.wait(Duration::from_secs(30)),
             Wait::Event(Event::Shutdown)
         );
         ringer.join().expect("ringer");
-        assert_eq!(events.wait(Duration::from_secs(3600)), Wait::Closed);
+        assert_eq!(events.wait(Duration::from_secs(30)), Wait::Closed);
     }
 
     #[test]

@@ -436,6 +436,17 @@ impl KubeletTree {
             .args(["netns", "exec", netns, "sleep", "60"])
             .spawn()
             .expect("sleep in the namespace");
+        // In the cgroup only once `ip` has entered the namespace (and exec'd
+        // sleep), so the agent cannot find it in the host's namespace.
+        let ns_id = |p: &str| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok()
+        };
+        let want = ns_id(&format!("/run/netns/{netns}"));
+        let entered = wait_for(Duration::from_secs(5), || {
+            ns_id(&format!("/proc/{}/ns/net", child.id())) == want
+        });
+        assert!(entered.is_some(), "the pod process never entered {netns}");
         std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).expect("join cgroup");
         self.leaves.push(leaf);
         self.children.push(child);
@@ -510,7 +521,7 @@ fn pod_targets_resolve_through_the_kubelets_cgroup_layouts() {
         agent.log()
     );
     assert_eq!(tree.ended_by(victim), Some(15));
-    // The rule is in the pod's namespace (the target), not the host's.
+    // The peer was cut off above, so the rule is in the pod's namespace.
     assert!(agent.log().contains("pod-cut: applied partition"));
     agent.write_faults(&[]);
     net.expect_reachable(addr, true, 3 * SEC, &agent);

@@ -85,6 +85,7 @@ const PHASES: &[(&str, &[(&str, f64)])] = &[
             (SAME_LINK, 0.5),
             (SAME_LINK6, 0.5),
             (OTHER_LINK, 0.0),
+            (DELAYED6, 0.0),
         ],
     ),
     ("recovered", &[(DELAYED, 0.0), (DELAYED6, 0.0)]),
@@ -390,7 +391,7 @@ fn judge(lab: &Lab, delay_ms: f64) -> (String, Vec<String>) {
             };
             let is_delayed = share > 0.0;
             // The lab asks for whole milliseconds: half of 50 is 25.
-            let want = (delay_ms * share).floor();
+            let want = (delay_ms * share).floor().max(1.0);
             let verdict = if is_delayed {
                 judge_delayed(base, got, want)
             } else {
