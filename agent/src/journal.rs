@@ -503,11 +503,7 @@ mod tests {
         assert_eq!(got[1].receipt, Receipt::Latency { band: 3 });
         j.delete("a").expect("delete");
         j.delete("nope").expect("absent is fine");
-        let ids: Vec<_> = Journal::peek(dir.path())
-            .expect("peek")
-            .into_iter()
-            .map(|r| r.fault.id)
-            .collect();
+        let ids = peek_ids(dir.path());
         assert_eq!(ids, ["b"]);
         drop(j);
         // Reopened, the same records (and a compacted log).
@@ -581,6 +577,14 @@ mod tests {
         assert_eq!((j.records().count(), j.set_aside()), (0, 1));
     }
 
+    fn peek_ids(dir: &Path) -> Vec<String> {
+        Journal::peek(dir)
+            .expect("peek")
+            .into_iter()
+            .map(|r| r.fault.id)
+            .collect()
+    }
+
     fn put(j: &mut Journal, id: &str, state: RecordState) {
         j.put(Record {
             state,
@@ -650,11 +654,7 @@ mod tests {
             .lines()
             .count();
         assert!(lines <= 2 + SLACK_LINES + 3, "{lines} lines");
-        let ids: Vec<_> = Journal::peek(dir.path())
-            .expect("peek")
-            .into_iter()
-            .map(|r| r.fault.id)
-            .collect();
+        let ids = peek_ids(dir.path());
         assert_eq!(ids, ["keep"]);
         // Appends after a rewrite go to the new log.
         j.delete("keep").expect("delete");
@@ -711,11 +711,7 @@ mod tests {
         assert!(j.torn);
         fs::remove_dir(dir.path().join("journal.log.tmp")).expect("rmdir");
         put(&mut j, "b", RecordState::Applied);
-        let ids: Vec<_> = Journal::peek(dir.path())
-            .expect("peek")
-            .into_iter()
-            .map(|r| r.fault.id)
-            .collect();
+        let ids = peek_ids(dir.path());
         assert_eq!(ids, ["b"]);
     }
 }
