@@ -1,5 +1,5 @@
 //! Node agent benchmark in the kernel lab (a stock Debian kernel under qemu,
-//! see scripts/kernel-lab.sh): prints its figures, asserts nothing.
+//! see agent/lab/boot.rs): prints its figures, asserts nothing.
 //!
 //!   cargo bench -p faultline-agent --bench kernel_lab      # as root
 //!
@@ -22,12 +22,11 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let changes: usize = std::env::var("FLTLAB_BENCH")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let out = Command::new(root.join("scripts/kernel-lab.sh"))
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline-kernel-lab-boot"))
         .arg(env!("CARGO_BIN_EXE_faultline-agent"))
         .arg(env!("CARGO_BIN_EXE_faultline-kernel-lab"))
         .env("FLTLAB_BENCH", changes.to_string())
@@ -42,7 +41,7 @@ fn main() {
             return;
         }
         Ok(o) => o,
-        Err(e) => return eprintln!("cannot run scripts/kernel-lab.sh: {e}"),
+        Err(e) => return eprintln!("cannot run faultline-kernel-lab-boot: {e}"),
     };
     let console = String::from_utf8_lossy(&out.stdout);
     // Desired-file write times, and the agent's log times, by fault id and op.

@@ -1,4 +1,4 @@
-//! `/init` of the kernel lab (scripts/kernel-lab.sh builds the initramfs and
+//! `/init` of the kernel lab (agent/lab/boot.rs builds the initramfs and
 //! boots it under qemu): runs the real faultline-agent against a stock
 //! kernel and prints one machine-readable line per result on the console,
 //! parsed by agent/tests/kernel_lab.rs and agent/benches/kernel_lab.rs:

@@ -166,9 +166,9 @@ fn run_lab() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return skip("needs root".into());
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kernel-lab.sh");
+    let script = Path::new(env!("CARGO_BIN_EXE_faultline-kernel-lab-boot"));
     let started = Instant::now();
-    let out = match Command::new(&script)
+    let out = match Command::new(script)
         .arg(env!("CARGO_BIN_EXE_faultline-agent"))
         .arg(env!("CARGO_BIN_EXE_faultline-kernel-lab"))
         .env("FLTLAB_DELAY_MS", DELAY_MS.to_string())
@@ -187,7 +187,7 @@ fn run_lab() -> Option<String> {
     );
     match out.status.code() {
         Some(0) => Some(console),
-        // The script's "cannot run here" (not root, apt unreachable, …).
+        // The boot program's "cannot run here" (not root, apt unreachable, …).
         Some(3) => skip(stderr.trim().to_owned()),
         _ => panic!(
             "kernel lab broke ({}):\n{stderr}\nconsole:\n{console}",

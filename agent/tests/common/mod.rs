@@ -176,37 +176,29 @@ impl NetPair {
         );
     }
 
-    /// `nft list ruleset` in the target.
-    pub fn ruleset(&self) -> String {
-        in_netns(&self.target_path(), || {
-            let out = Command::new("nft")
-                .args(["list", "ruleset"])
-                .output()
-                .expect("nft");
+    /// What `nft ARGS` prints in the target (it must succeed).
+    fn nft_in_target(&self, args: &'static [&'static str]) -> Vec<u8> {
+        in_netns(&self.target_path(), move || {
+            let out = Command::new("nft").args(args).output().expect("nft");
             assert!(
                 out.status.success(),
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            out.stdout
         })
+    }
+
+    /// `nft list ruleset` in the target.
+    pub fn ruleset(&self) -> String {
+        String::from_utf8_lossy(&self.nft_in_target(&["list", "ruleset"])).into_owned()
     }
 
     /// `nft -j list table inet faultline` in the target: how nft decodes
     /// what the agent wrote over netlink.
     pub fn our_table_json(&self) -> serde_json::Value {
-        in_netns(&self.target_path(), || {
-            let out = Command::new("nft")
-                .args(["-j", "list", "table", "inet", "faultline"])
-                .output()
-                .expect("nft");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            serde_json::from_slice(&out.stdout).expect("nft prints JSON")
-        })
+        let out = self.nft_in_target(&["-j", "list", "table", "inet", "faultline"]);
+        serde_json::from_slice(&out).expect("nft prints JSON")
     }
 
     /// The rules of `chain` in our table, as nft's JSON objects.
