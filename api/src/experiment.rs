@@ -341,6 +341,8 @@ string_enum! {
         Completed = "Completed",
         Aborted = "Aborted",
         Recovered = "Recovered",
+        /// Refused by validation (a spec that got past the CRD's checks); nothing injected.
+        Invalid = "Invalid",
     }
 }
 
@@ -379,6 +381,17 @@ pub struct ExperimentStatus {
     pub finished_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_at: Option<Time>,
+    /// Runs started so far (a scheduled experiment runs many times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<u32>,
+    /// Start times of the schedule that passed while a run was going on,
+    /// or while the controller was away (never run late, never overlapped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_runs: Option<u32>,
+    /// W3C trace context of the current run's `experiment` span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 55))]
+    pub traceparent: Option<String>,
     /// The latest result of each check, one entry per check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckStatus>,
@@ -395,6 +408,15 @@ pub struct CheckStatus {
     /// The last observed value, e.g. "3.2%" or "open".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed: Option<String>,
+    /// What the check wants, e.g. "<= 5%" or "open".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// How often it has been evaluated in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluations: Option<u32>,
+    /// An abort check (it stops the run when it fails).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abort: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

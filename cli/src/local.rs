@@ -16,7 +16,7 @@ pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_ABORTED: u8 = 3;
 pub const EXIT_BROKE: u8 = 4;
 
-fn load<T: faultline_api::document::FromResource>(path: &Path) -> Result<T, ExitCode> {
+pub(crate) fn load<T: faultline_api::document::FromResource>(path: &Path) -> Result<T, ExitCode> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| {
         eprintln!("{name}: cannot read: {e}");
@@ -276,25 +276,33 @@ async fn run_once(
         Ok(o) => {
             let code = summary(&o);
             let seconds = o.journal.last().map_or(0.0, |e| e.at.as_secs_f64());
-            let write = |path: &Option<std::path::PathBuf>, text: String| -> bool {
-                let Some(path) = path else { return true };
-                match std::fs::write(path, text) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        eprintln!("faultline: cannot write {}: {e}", path.display());
-                        false
-                    }
-                }
-            };
-            let ok = write(&reports.junit, crate::report::junit(&name, &o, seconds))
-                & write(&reports.json, crate::report::journal(&name, &o));
-            if ok { code } else { EXIT_BROKE }
+            if write_reports(&name, &o, reports, seconds) {
+                code
+            } else {
+                EXIT_BROKE
+            }
         }
         Err(e) => {
             eprintln!("faultline: the run broke: {e}");
             EXIT_BROKE
         }
     }
+}
+
+/// Writes `--junit` and `--json`; false (said on stderr) when one could not be written.
+pub(crate) fn write_reports(name: &str, o: &Outcome, reports: &Reports, seconds: f64) -> bool {
+    let write = |path: &Option<std::path::PathBuf>, text: String| -> bool {
+        let Some(path) = path else { return true };
+        match std::fs::write(path, text) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("faultline: cannot write {}: {e}", path.display());
+                false
+            }
+        }
+    };
+    write(&reports.junit, crate::report::junit(name, o, seconds))
+        & write(&reports.json, crate::report::journal(name, o))
 }
 
 /// Progress: on a terminal, one status line redrawn in place (a new line on
@@ -398,7 +406,7 @@ fn fit(line: &str, columns: usize) -> String {
     }
 }
 
-fn summary(o: &Outcome) -> u8 {
+pub(crate) fn summary(o: &Outcome) -> u8 {
     println!();
     println!(
         "{:<48} {:<8} {:<16} expected",

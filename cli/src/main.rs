@@ -1,5 +1,6 @@
 //! `faultline`: the user's binary.
 
+mod cluster;
 mod local;
 mod report;
 mod validate;
@@ -31,20 +32,28 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Run an experiment; with --local, against a topology of local processes.
+    /// Run an experiment: on the cluster of the current kubeconfig (the
+    /// controller runs it; this follows its status), or with --local against
+    /// a topology of local processes.
     ///
     /// Exit 0 when the hypothesis held, 1 when it did not, 2 on invalid
-    /// input (nothing started), 3 when aborted (every fault removed), 4 when
-    /// the run itself broke.
+    /// input (nothing started), 3 when aborted (every fault removed; Ctrl-C
+    /// aborts), 4 when the run itself broke (no cluster, no controller).
     Run {
         /// The Experiment file.
         experiment: PathBuf,
         /// The Topology file of the local services.
         #[arg(long, value_name = "TOPOLOGY")]
         local: Option<PathBuf>,
-        /// Fixes which targets are chosen (modes one, fixed, percent).
+        /// Fixes which targets are chosen (modes one, fixed, percent) in
+        /// local mode; in a cluster the controller seeds from the
+        /// experiment's uid.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// On a cluster: how long to wait for the controller to take the
+        /// experiment up before giving up (exit 4).
+        #[arg(long, default_value = "60s", value_parser = faultline_demo::parse_duration)]
+        start_timeout: std::time::Duration,
         /// Write a JUnit XML report (one test case per check).
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
@@ -94,6 +103,21 @@ enum Command {
         #[command(flatten)]
         args: faultline_demo::RoleArgs,
     },
+    /// Stop a running experiment on the cluster at once: every fault it
+    /// placed is removed. Exit 0 once the controller confirms.
+    Abort {
+        /// The Experiment's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Why, for its status and Events.
+        #[arg(long, default_value = "aborted with faultline abort")]
+        reason: String,
+        /// How long to wait for the controller to confirm.
+        #[arg(long, default_value = "60s", value_parser = faultline_demo::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Print the CustomResourceDefinitions, for `kubectl apply -f -`.
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -119,6 +143,7 @@ fn main() -> ExitCode {
             logs,
             follow_schedule,
             runs,
+            ..
         } => Ok(local::run_files(
             &experiment,
             &topology,
@@ -126,12 +151,37 @@ fn main() -> ExitCode {
             &local::Reports { junit, json, logs },
             follow_schedule.then_some(local::Follow { runs }),
         )),
-        Command::Run { local: None, .. } => {
+        Command::Run {
+            local: None,
+            follow_schedule: true,
+            ..
+        } => {
             eprintln!(
-                "faultline run: only --local TOPOLOGY runs for now; on Kubernetes, kubectl apply the Experiment"
+                "faultline run: --follow-schedule is for local mode; on a cluster the controller runs a scheduled experiment at each start time (kubectl apply it)"
             );
             Ok(ExitCode::from(EXIT_INVALID))
         }
+        Command::Run {
+            experiment,
+            local: None,
+            junit,
+            json,
+            logs,
+            start_timeout,
+            ..
+        } => Ok(cluster::run_file(
+            &experiment,
+            &local::Reports { junit, json, logs },
+            cluster::Waits {
+                start: start_timeout,
+            },
+        )),
+        Command::Abort {
+            name,
+            namespace,
+            reason,
+            wait,
+        } => Ok(cluster::abort(&name, namespace.as_deref(), &reason, wait)),
         Command::Demo {
             duration,
             no_breaker,

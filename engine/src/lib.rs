@@ -11,6 +11,8 @@ pub mod schedule;
 pub mod select;
 
 pub use check::{Evaluation, Observed, evaluate};
-pub use run::{Action, CheckRef, CheckReport, Entry, Instance, Run};
+pub use run::{
+    Action, CheckRef, CheckReport, Entry, Instance, Resolved, Resume, ResumedCheck, Run,
+};
 pub use schedule::{NextStart, next_start, upcoming};
 pub use select::{Candidate, Plan, PlanError, plan};

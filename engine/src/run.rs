@@ -13,7 +13,7 @@ use std::{
 };
 
 use faultline_api::{
-    experiment::{CheckKind, CheckPhase, ExperimentSpec, Phase, Verdict},
+    experiment::{CheckKind, CheckPhase, ExperimentSpec, Fault, Phase, Verdict},
     fault::{FaultAction, Signal},
 };
 
@@ -35,6 +35,34 @@ pub enum Action {
     Remove(Instance),
     /// A kill fault's signal, due now.
     Signal(Instance, Signal),
+}
+
+/// One fault instance as the run holds it now, with the end of its window
+/// (an offset from the run's start): what a level-triggered writer applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resolved<'a> {
+    pub fault: &'a Fault,
+    pub target: &'a str,
+    pub until: Duration,
+}
+
+/// What a run had come to when its driver stopped, to continue it from
+/// (a restarted controller reads this back from the Experiment's status).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Resume {
+    pub phase: Option<Phase>,
+    pub verdict: Option<Verdict>,
+    pub message: Option<String>,
+    /// One per check, hypothesis first then abort checks, as `report` lists them.
+    pub checks: Vec<ResumedCheck>,
+}
+
+/// A check's state as reports carry it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResumedCheck {
+    pub evaluations: u32,
+    pub failure: Option<String>,
+    pub last: Option<Evaluation>,
 }
 
 /// A check to evaluate now: index into the spec's `hypothesis` or `abort`.
@@ -82,12 +110,18 @@ pub struct Run {
     phase: Phase,
     plan: Plan,
     active: BTreeSet<Instance>,
+    /// Kill faults in their window, per target (signals are actions; this
+    /// is the level a node agent repeats them from).
+    killing: BTreeSet<Instance>,
     signals_sent: BTreeMap<Instance, u64>,
     hypothesis: Vec<CheckState>,
     aborts: Vec<CheckState>,
     verdict: Option<Verdict>,
     message: Option<String>,
     journal: Vec<Entry>,
+    /// When a resumed run was taken over: kill signals due by then count
+    /// as sent, so a restarted driver never repeats one.
+    resumed_at: Option<Duration>,
 }
 
 impl Run {
@@ -103,13 +137,66 @@ impl Run {
             phase: Phase::Pending,
             plan: Plan::new(),
             active: BTreeSet::new(),
+            killing: BTreeSet::new(),
             signals_sent: BTreeMap::new(),
             hypothesis,
             aborts,
             verdict: None,
             message: None,
             journal: Vec::new(),
+            resumed_at: None,
         }
+    }
+
+    /// Continues a run another driver began, at `now` (time since the run
+    /// started): phase, verdict and check results as `resume` says. Faults
+    /// are not in it: the next `step` re-plans and `resolved` then names
+    /// what should be applied, which a level-triggered writer compares with
+    /// what is.
+    pub fn resume(
+        spec: ExperimentSpec,
+        namespace: &str,
+        seed: u64,
+        now: Duration,
+        resume: &Resume,
+    ) -> Run {
+        let mut run = Run::new(spec, namespace, seed);
+        let phase = resume.phase.unwrap_or(Phase::Pending);
+        run.phase = phase;
+        run.verdict = resume.verdict;
+        run.message = resume.message.clone();
+        run.resumed_at = Some(now);
+        let mut done = BTreeSet::new();
+        if phase != Phase::Pending {
+            done.insert(CheckPhase::Before);
+        }
+        if matches!(phase, Phase::Completed | Phase::Recovered) {
+            done.insert(CheckPhase::After);
+        }
+        let kinds: Vec<CheckKind> = run
+            .spec
+            .hypothesis
+            .iter()
+            .chain(&run.spec.abort)
+            .map(|c| c.kind.clone())
+            .collect();
+        let states = run.hypothesis.iter_mut().chain(run.aborts.iter_mut());
+        for ((state, kind), saved) in states.zip(&kinds).zip(&resume.checks) {
+            state.evaluations = saved.evaluations;
+            state.failure = saved.failure.clone();
+            state.last = saved.last.clone();
+            if saved.evaluations > 0 {
+                state.done = done.clone();
+            }
+            // A breaker check keeps showing the observation that decided it.
+            state.reached = matches!(kind, CheckKind::Breaker(_))
+                && saved
+                    .last
+                    .as_ref()
+                    .is_some_and(|e| e.observed == e.expected);
+        }
+        run.log(now, format!("resumed in phase {phase}"));
+        run
     }
 
     pub fn phase(&self) -> Phase {
@@ -142,7 +229,10 @@ impl Run {
     }
 
     pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Completed | Phase::Recovered)
+        matches!(
+            self.phase,
+            Phase::Completed | Phase::Recovered | Phase::Invalid
+        )
     }
 
     fn log(&mut self, at: Duration, event: impl Into<String>) {
@@ -234,6 +324,7 @@ impl Run {
                     actions.push(Action::Inject(new));
                     injected = true;
                 }
+                self.killing = self.kill_window(now);
                 actions.extend(self.signals(now));
                 self.set_phase(
                     now,
@@ -245,6 +336,7 @@ impl Run {
                 );
             }
             Phase::Recovering | Phase::Aborted => {
+                self.killing.clear();
                 for gone in std::mem::take(&mut self.active) {
                     self.log(now, format!("remove {} from {}", gone.fault, gone.target));
                     actions.push(Action::Remove(gone));
@@ -255,7 +347,7 @@ impl Run {
                     self.complete(now);
                 }
             }
-            Phase::Pending | Phase::Completed | Phase::Recovered => {}
+            Phase::Pending | Phase::Completed | Phase::Recovered | Phase::Invalid => {}
         }
         actions
     }
@@ -281,6 +373,47 @@ impl Run {
             .collect()
     }
 
+    /// Kill faults whose window holds `now`, per planned target.
+    fn kill_window(&self, now: Duration) -> BTreeSet<Instance> {
+        let duration = self.spec.duration;
+        self.spec
+            .faults
+            .iter()
+            .filter(|f| matches!(f.action, FaultAction::Kill(_)))
+            .filter(|f| f.start().as_std() <= now && now < f.end(duration).as_std())
+            .flat_map(|f| {
+                self.plan
+                    .get(&f.target)
+                    .into_iter()
+                    .flatten()
+                    .map(|t| Instance {
+                        fault: f.name.clone(),
+                        target: t.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Every fault instance the run holds now — latency and partitions
+    /// applied, kill faults inside their window — with the end of its
+    /// window. Level-based: drivers apply this set, whatever actions led
+    /// to it.
+    pub fn resolved(&self) -> Vec<Resolved<'_>> {
+        let duration = self.spec.duration;
+        self.active
+            .iter()
+            .chain(&self.killing)
+            .filter_map(|i| {
+                let fault = self.spec.faults.iter().find(|f| f.name == i.fault)?;
+                Some(Resolved {
+                    fault,
+                    target: &i.target,
+                    until: fault.end(duration).as_std(),
+                })
+            })
+            .collect()
+    }
+
     /// Kill signals due at `now`: at the fault's start, then every `every`
     /// while it is active; at most one per target and step.
     fn signals(&mut self, now: Duration) -> Vec<Action> {
@@ -294,18 +427,23 @@ impl Run {
             if now < start || now >= end {
                 continue;
             }
-            let due = match k.every {
+            let due_at = |t: Duration| match k.every {
                 Some(every) if !every.is_zero() => {
-                    (now - start).as_millis() as u64 / every.as_millis() + 1
+                    t.saturating_sub(start).as_millis() as u64 / every.as_millis() + 1
                 }
                 _ => 1,
             };
+            let due = due_at(now);
+            let taken_over = self.resumed_at.filter(|r| *r >= start).map(due_at);
             for t in self.plan.get(&f.target).into_iter().flatten() {
                 let instance = Instance {
                     fault: f.name.clone(),
                     target: t.clone(),
                 };
-                let sent = self.signals_sent.entry(instance.clone()).or_insert(0);
+                let sent = self
+                    .signals_sent
+                    .entry(instance.clone())
+                    .or_insert(taken_over.unwrap_or(0));
                 if *sent < due {
                     *sent = due;
                     out.push(Action::Signal(instance, k.signal));

@@ -209,13 +209,32 @@ async fn services(State(observer): State<Observer>, Window(window): Window) -> R
         .into_response()
 }
 
+/// `?percentile=` of one service's figures: a latency percentile besides
+/// p50/p95/p99, as a latency check asks for (0 < p <= 100).
+#[derive(Debug, serde::Deserialize)]
+struct PercentileQuery {
+    percentile: Option<f64>,
+}
+
 async fn service(
     State(observer): State<Observer>,
     Path(name): Path<String>,
     Window(window): Window,
+    Query(q): Query<PercentileQuery>,
 ) -> Response {
+    if let Some(p) = q.percentile
+        && !(p > 0.0 && p <= 100.0)
+    {
+        return bad_request(format!("percentile {p} is not in (0, 100]"));
+    }
     match observer.service(&name, window) {
-        Some(f) => Json(f).into_response(),
+        Some(f) => {
+            let mut body = json!(f);
+            if let Some(p) = q.percentile {
+                body["percentile"] = json!({"p": p, "ms": observer.latency_ms(&name, p, window)});
+            }
+            Json(body).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": format!("no spans seen from service {name:?}")})),

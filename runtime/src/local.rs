@@ -16,7 +16,7 @@ use faultline_api::{
     fault::{Direction, FaultAction},
     topology::addr_var,
 };
-use faultline_engine::{Action, Candidate, CheckReport, Entry, Instance, Observed, Run};
+use faultline_engine::{Action, Candidate, CheckReport, Entry, Observed, Resolved, Run};
 use faultline_observer::{Addresses, Limits};
 use faultline_proxy::{Faults, Latency, Partition, Proxy};
 use http_body_util::{BodyExt, Empty};
@@ -317,10 +317,10 @@ fn apply_faults(
     let mut wanted: BTreeMap<(String, String), Faults> = BTreeMap::new();
     let services_of =
         |target: &str| -> Vec<String> { run.plan().get(target).cloned().unwrap_or_default() };
-    for Instance { fault, target } in run.active() {
-        let Some(f) = run.spec().faults.iter().find(|f| &f.name == fault) else {
-            continue;
-        };
+    for Resolved {
+        fault: f, target, ..
+    } in run.resolved()
+    {
         match &f.action {
             FaultAction::Latency(l) => {
                 let latency = Latency {

@@ -1,0 +1,384 @@
+//! `faultline run EXPERIMENT` against a cluster (the current kubeconfig)
+//! and `faultline abort NAME`: the CLI applies the Experiment, follows the
+//! status the controller writes, and exits as local mode does.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use faultline_api::{
+    Experiment, ExperimentStatus,
+    experiment::{Phase, Verdict},
+};
+use faultline_engine::{CheckReport, Entry, Evaluation};
+use faultline_runtime::Outcome;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+};
+
+use crate::local::{EXIT_ABORTED, EXIT_BROKE, EXIT_INVALID, Reports, load, summary};
+
+/// The field manager of the Experiments the CLI applies.
+const FIELD_MANAGER: &str = "faultline-cli";
+/// The annotation the controller reads to abort a run.
+const ABORT_ANNOTATION: &str = "faultline.dev/abort";
+/// How often the status is read.
+const POLL: Duration = Duration::from_millis(500);
+
+/// How long to wait for things the cluster does.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// For the controller to take the experiment up (a status phase).
+    pub start: Duration,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("faultline: cannot start: {e}");
+            ExitCode::from(EXIT_BROKE)
+        })
+}
+
+async fn client() -> Result<Client, ExitCode> {
+    Client::try_default().await.map_err(|e| {
+        eprintln!(
+            "faultline: cannot reach the cluster (kubeconfig or in-cluster config): {}",
+            chain(&e)
+        );
+        ExitCode::from(EXIT_BROKE)
+    })
+}
+
+/// An error with its causes (kube's errors print theirs already).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+fn is_final(phase: Option<Phase>) -> bool {
+    matches!(
+        phase,
+        Some(Phase::Completed | Phase::Recovered | Phase::Invalid)
+    )
+}
+
+/// `faultline run EXPERIMENT` without `--local`.
+pub fn run_file(path: &Path, reports: &Reports, waits: Waits) -> ExitCode {
+    let file = path.display().to_string();
+    let experiment: Experiment = match load(path) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let client = match client().await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        match run(client, experiment, &file, reports, waits).await {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("faultline run: {message}");
+                ExitCode::from(EXIT_BROKE)
+            }
+        }
+    })
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
+async fn run(
+    client: Client,
+    mut experiment: Experiment,
+    file: &str,
+    reports: &Reports,
+    waits: Waits,
+) -> Result<ExitCode, String> {
+    let namespace = experiment
+        .namespace()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let name = experiment.name_any();
+    let api = Api::<Experiment>::namespaced(client, &namespace);
+    let what = format!("experiment {namespace}/{name}");
+
+    // A finished run of the same experiment (yesterday's game day) makes
+    // way for this one; a running one is left alone.
+    if let Some(old) = api.get_opt(&name).await.map_err(|e| chain(&e))? {
+        let phase = old.status.as_ref().and_then(|s| s.phase);
+        if !is_final(phase) {
+            return Err(format!(
+                "{what} exists and has not finished (phase {}); `faultline abort {name}` stops it",
+                phase.map_or("none yet", Phase::as_str)
+            ));
+        }
+        println!(
+            "{what}: removing the finished run of {}",
+            old.creation_timestamp()
+                .map_or("earlier".into(), |t| t.0.to_string())
+        );
+        api.delete(&name, &DeleteParams::default())
+            .await
+            .map_err(|e| chain(&e))?;
+        let deadline = Instant::now() + waits.start;
+        while api.get_opt(&name).await.map_err(|e| chain(&e))?.is_some() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{what}: the finished run was not removed within {:?}",
+                    waits.start
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    experiment.metadata.namespace = Some(namespace.clone());
+    experiment.status = None;
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&experiment),
+        )
+        .await
+        .map_err(|e| format!("{what}: cannot apply it: {}", chain(&e)))?;
+    let uid = applied.uid().unwrap_or_default();
+    println!("{what}: applied from {file}; following its status (Ctrl-C aborts it)");
+
+    let begun = Instant::now();
+    let mut journal: Vec<Entry> = Vec::new();
+    let mut last_line = String::new();
+    let mut abort_sent = false;
+    let interrupt = interrupted();
+    tokio::pin!(interrupt);
+    loop {
+        let current = match api.get_opt(&name).await {
+            Ok(Some(e)) if e.uid().unwrap_or_default() == uid => e,
+            Ok(_) => return Err(format!("{what} was deleted before it finished")),
+            Err(e) => {
+                // Transient: the controller and the agents hold their own deadlines.
+                eprintln!("faultline run: reading {what}: {}", chain(&e));
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        let status = current.status.clone().unwrap_or_default();
+        let line = progress_line(&status);
+        if line != last_line {
+            println!("{:>6.1}s {line}", begun.elapsed().as_secs_f64());
+            journal.push(Entry {
+                at: begun.elapsed(),
+                event: line.clone(),
+            });
+            last_line = line;
+        }
+        if is_final(status.phase) {
+            return Ok(finish(&name, &status, journal, reports, begun.elapsed()));
+        }
+        if status.phase.is_none() && begun.elapsed() > waits.start {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+            return Err(format!(
+                "{what}: no controller took it up within {:?} (is faultline-controller running?); it was deleted",
+                waits.start
+            ));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = &mut interrupt, if !abort_sent => {
+                abort_sent = true;
+                println!("{what}: aborting (every fault is being removed)");
+                if let Err(e) = annotate_abort(&api, &name, "interrupted by the user").await {
+                    eprintln!("faultline run: cannot abort {what}: {}", chain(&e));
+                }
+            }
+        }
+    }
+}
+
+async fn annotate_abort(
+    api: &Api<Experiment>,
+    name: &str,
+    reason: &str,
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({"metadata": {"annotations": {ABORT_ANNOTATION: reason}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// One line of what the status says now.
+fn progress_line(s: &ExperimentStatus) -> String {
+    let mut line = format!(
+        "{:<10} targets {}  injected {}  failed {}",
+        s.phase
+            .map_or("(waiting for the controller)", Phase::as_str),
+        s.targets.unwrap_or(0),
+        s.injected.unwrap_or(0),
+        s.failed.unwrap_or(0)
+    );
+    for c in &s.checks {
+        let verdict = match c.passed {
+            Some(true) => "ok",
+            Some(false) => "FAILED",
+            None => "-",
+        };
+        line.push_str(&format!(
+            "  | {} {} {verdict}",
+            c.name,
+            c.observed.as_deref().unwrap_or("-")
+        ));
+    }
+    line
+}
+
+/// The run as the local mode's reports read it, built from the status.
+fn outcome_of(status: &ExperimentStatus, journal: Vec<Entry>) -> Outcome {
+    let report = status
+        .checks
+        .iter()
+        .map(|c| CheckReport {
+            name: c.name.clone(),
+            abort: c.abort,
+            passed: c.passed != Some(false),
+            evaluations: c.evaluations.unwrap_or(0),
+            last: match (&c.observed, &c.expected) {
+                (Some(observed), Some(expected)) => Some(Evaluation {
+                    passed: c.passed == Some(true),
+                    observed: observed.clone(),
+                    expected: expected.clone(),
+                }),
+                _ => None,
+            },
+            failure: c.message.clone(),
+        })
+        .collect();
+    Outcome {
+        verdict: status.verdict.unwrap_or(Verdict::Aborted),
+        phase: status.phase.unwrap_or(Phase::Recovered),
+        message: status.message.clone(),
+        report,
+        journal,
+        restarts: BTreeMap::new(),
+        log: Vec::new(),
+    }
+}
+
+fn finish(
+    name: &str,
+    status: &ExperimentStatus,
+    journal: Vec<Entry>,
+    reports: &Reports,
+    took: Duration,
+) -> ExitCode {
+    if status.phase == Some(Phase::Invalid) {
+        eprintln!(
+            "faultline run: the controller refused {name}: {}",
+            status.message.as_deref().unwrap_or("invalid")
+        );
+        return ExitCode::from(EXIT_INVALID);
+    }
+    let outcome = outcome_of(status, journal);
+    let code = summary(&outcome);
+    if !crate::local::write_reports(name, &outcome, reports, took.as_secs_f64()) {
+        return ExitCode::from(EXIT_BROKE);
+    }
+    if outcome.verdict == Verdict::Aborted {
+        return ExitCode::from(EXIT_ABORTED);
+    }
+    ExitCode::from(code)
+}
+
+/// `faultline abort NAME`: stops a running experiment at once.
+pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let client = match client().await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let namespace = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
+        let api = Api::<Experiment>::namespaced(client, &namespace);
+        let what = format!("experiment {namespace}/{name}");
+        match api.get_opt(name).await {
+            Ok(Some(e)) if is_final(e.status.as_ref().and_then(|s| s.phase)) => {
+                println!("{what} has already finished; nothing to abort");
+                return ExitCode::SUCCESS;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!("faultline abort: {what} does not exist");
+                return ExitCode::from(EXIT_INVALID);
+            }
+            Err(e) => {
+                eprintln!("faultline abort: reading {what}: {}", chain(&e));
+                return ExitCode::from(EXIT_BROKE);
+            }
+        }
+        if let Err(e) = annotate_abort(&api, name, reason).await {
+            eprintln!("faultline abort: cannot abort {what}: {}", chain(&e));
+            return ExitCode::from(EXIT_BROKE);
+        }
+        println!("{what}: abort requested; waiting for its faults to be removed");
+        let deadline = Instant::now() + wait;
+        loop {
+            match api.get_opt(name).await {
+                Ok(Some(e)) if is_final(e.status.as_ref().and_then(|s| s.phase)) => {
+                    let s = e.status.unwrap_or_default();
+                    println!(
+                        "{what}: {} ({})",
+                        s.phase.map_or("", Phase::as_str),
+                        s.message.as_deref().unwrap_or("aborted")
+                    );
+                    return ExitCode::SUCCESS;
+                }
+                Ok(None) => {
+                    println!("{what}: deleted");
+                    return ExitCode::SUCCESS;
+                }
+                _ if Instant::now() > deadline => {
+                    eprintln!(
+                        "faultline abort: {what} has not confirmed within {wait:?}; the agents still remove each fault at its deadline"
+                    );
+                    return ExitCode::from(EXIT_BROKE);
+                }
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    })
+}

@@ -1,0 +1,12 @@
+//! Faultline's Kubernetes controller: Experiments become NodeFaults entries
+//! for the node agents, checks are judged against the observer, and the
+//! verdict, phase and counts go to the Experiment's status.
+//!
+//! `plan` and `status` are pure (pods, time and the engine's run in,
+//! entries and status out); `reconcile` does the API calls.
+
+pub mod metrics;
+pub mod observe;
+pub mod plan;
+pub mod reconcile;
+pub mod status;

@@ -1,0 +1,234 @@
+//! `faultline-controller`: runs in the cluster (the Helm chart's
+//! Deployment), turns Experiments into NodeFaults entries and judges them.
+
+use std::{
+    net::SocketAddr,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+use clap::Parser;
+use faultline_controller::{
+    metrics::Metrics,
+    observe::ObserverClient,
+    reconcile::{self, Context, Settings},
+};
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::registry::Registry;
+
+/// Faultline's controller: Experiments become faults on the nodes' agents.
+#[derive(Debug, Parser)]
+#[command(name = "faultline-controller", version, about)]
+struct Args {
+    /// The observer's live API, read by hypothesis and abort checks
+    /// (e.g. http://faultline-observer.faultline:9464). Without it, checks
+    /// other than `http` are not evaluated.
+    #[arg(long, env = "FAULTLINE_OBSERVER", value_name = "URL")]
+    observer: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "FAULTLINE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Take a coordination.k8s.io Lease before acting, so that of several
+    /// replicas only one writes.
+    #[arg(long, env = "FAULTLINE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// The Lease's namespace (the controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "faultline")]
+    lease_namespace: String,
+    /// The Lease's name.
+    #[arg(long, default_value = "faultline-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in Events (its pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease holds without renewal, in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// How often a running experiment is stepped (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    tick: Duration,
+    /// How often due checks read the observer.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    check_every: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<faultline_api::Duration>()
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "faultline-controller stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // The telemetry guard flushes spans when the controller stops.
+    let _telemetry = faultline_telemetry::init("faultline-controller")?;
+    let client = Client::try_default()
+        .await
+        .context("cannot set up a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    tokio::spawn(serve(listener, Arc::new(registry), ready.clone()));
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("faultline-controller-{}", std::process::id()));
+    let mut leadership = None;
+    if args.leader_elect {
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_seconds)
+            .with_grace((args.lease_seconds / 3).max(1))
+            .build()
+            .await
+            .context("cannot set up leader election")?;
+        let (mut leader, task) = manager.watch().await;
+        tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting to lead");
+        tokio::select! {
+            r = leader.wait_for(|l| *l) => { r.context("leader election stopped")?; }
+            _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+        }
+        tracing::info!(%identity, "leading");
+        leadership = Some((leader, task));
+    }
+    metrics.leader.set(1);
+
+    let (stores, driver) = reconcile::watches(&client);
+    let ready_flag = ready.clone();
+    let waiting = stores.clone();
+    tokio::spawn(async move {
+        waiting.ready().await;
+        ready_flag.store(true, Ordering::Relaxed);
+    });
+    let ctx = Arc::new(Context::new(
+        client,
+        stores,
+        ObserverClient::new(args.observer.clone()),
+        Arc::new(jiff::Timestamp::now),
+        Settings {
+            tick: args.tick,
+            check_every: args.check_every,
+        },
+        metrics.clone(),
+        Some(identity),
+    ));
+
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_flag = lost.clone();
+    let stop = async move {
+        match leadership {
+            Some((mut leader, _task)) => tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = leader.wait_for(|l| !*l) => lost_flag.store(true, Ordering::Relaxed),
+            },
+            None => shutdown_signal().await,
+        }
+    };
+    reconcile::run(ctx, driver, stop).await;
+    metrics.leader.set(0);
+    if lost.load(Ordering::Relaxed) {
+        // Another replica may lead now: stop writing at once; the
+        // Deployment restarts this one as a candidate.
+        tracing::warn!("lost the leader lease; exiting");
+        return Ok(ExitCode::FAILURE);
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>, ready: Arc<AtomicBool>) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        )
+                            .into_response(),
+                        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the watches have not listed yet",
+                        )
+                    }
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics server stopped");
+    }
+}

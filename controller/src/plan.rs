@@ -1,0 +1,434 @@
+//! From an experiment's run to the entries each node's agent must hold:
+//! pure, fed with the pods and namespaces the watches hold and the time.
+//!
+//! A target name in `partition.peers` or `latency.to` stands for the pods
+//! that target selects now, written as their addresses (`/32`, `/128`);
+//! CIDRs pass through. Every entry expires at the end of its fault's
+//! window, so an agent removes it on its own if the controller is gone.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use faultline_api::{
+    FaultAction, NodeFault, NodeTarget, experiment::ExperimentSpec, fault::parse_cidr,
+    nodefaults::PodRef,
+};
+use faultline_engine::{Candidate, Plan, Resolved};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Pod},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+
+/// The label a namespace must carry, with value `true`, before any of its
+/// pods can be a target.
+pub const OPT_IN_LABEL: &str = "faultline.dev/enabled";
+
+/// What the planner needs of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+}
+
+impl PodInfo {
+    /// A pod that can take a fault now: scheduled, running, not being
+    /// deleted. Others are not candidates (their successor will be).
+    pub fn from_pod(pod: &Pod) -> Option<PodInfo> {
+        let meta = &pod.metadata;
+        if meta.deletion_timestamp.is_some() {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        if status.phase.as_deref() != Some("Running") {
+            return None;
+        }
+        let node = pod.spec.as_ref()?.node_name.clone()?;
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty()
+            && let Some(ip) = status.pod_ip.as_ref().and_then(|ip| ip.parse().ok())
+        {
+            ips.push(ip);
+        }
+        Some(PodInfo {
+            uid: meta.uid.clone()?,
+            name: meta.name.clone()?,
+            namespace: meta.namespace.clone()?,
+            labels: meta.labels.clone().unwrap_or_default(),
+            node,
+            ips,
+        })
+    }
+}
+
+/// The namespaces an experiment's targets select from.
+pub fn target_namespaces<'a>(spec: &'a ExperimentSpec, own: &'a str) -> BTreeSet<&'a str> {
+    spec.targets
+        .values()
+        .flat_map(|t| {
+            if t.namespaces.is_empty() {
+                vec![own]
+            } else {
+                t.namespaces.iter().map(String::as_str).collect()
+            }
+        })
+        .collect()
+}
+
+/// Whether a namespace object carries the opt-in label.
+pub fn opted_in(ns: &Namespace) -> bool {
+    ns.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(OPT_IN_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// Why the run must not start: the target namespaces that have not opted
+/// in (missing ones included), or None when all have.
+pub fn opt_in_refusal(
+    spec: &ExperimentSpec,
+    own: &str,
+    is_opted_in: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let refused: Vec<&str> = target_namespaces(spec, own)
+        .into_iter()
+        .filter(|ns| !is_opted_in(ns))
+        .collect();
+    (!refused.is_empty()).then(|| {
+        format!(
+            "namespace{} {} {} not opted in to faults (label it {OPT_IN_LABEL}=true); nothing was injected",
+            if refused.len() == 1 { "" } else { "s" },
+            refused.join(", "),
+            if refused.len() == 1 { "is" } else { "are" },
+        )
+    })
+}
+
+/// The candidates of an experiment: pods in the namespaces its targets
+/// select from (the rest cannot match, and copying 150 000 pods' labels
+/// every tick would be the planner's whole cost).
+pub fn candidates<'a>(
+    spec: &ExperimentSpec,
+    own: &str,
+    pods: impl IntoIterator<Item = &'a PodInfo>,
+) -> Vec<Candidate> {
+    let namespaces = target_namespaces(spec, own);
+    let mut out: Vec<Candidate> = pods
+        .into_iter()
+        .filter(|p| namespaces.contains(p.namespace.as_str()))
+        .filter(|p| {
+            spec.targets.values().any(|t| {
+                t.labels
+                    .iter()
+                    .all(|(k, v)| p.labels.get(k).is_some_and(|pv| pv == v))
+            })
+        })
+        .map(|p| Candidate {
+            id: p.uid.clone(),
+            namespace: p.namespace.clone(),
+            labels: p.labels.clone(),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Which experiment entries belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExperimentRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl ExperimentRef {
+    /// Every entry id of this experiment starts with this.
+    pub fn id_prefix(&self) -> String {
+        format!("{}/{}/", self.namespace, self.name)
+    }
+
+    /// `NAMESPACE/EXPERIMENT/FAULT/POD-UID`: unique per node object, and
+    /// readable in `kubectl get nf -o yaml`.
+    pub fn entry_id(&self, fault: &str, pod_uid: &str) -> String {
+        format!("{}{fault}/{pod_uid}", self.id_prefix())
+    }
+
+    /// The server-side-apply field manager of this experiment's entries:
+    /// one per experiment, so experiments sharing a node never take each
+    /// other's entries away (a field manager is at most 128 characters;
+    /// a uid keeps it short and tells a re-created experiment apart).
+    pub fn field_manager(&self) -> String {
+        format!("faultline.dev/experiment-{}", self.uid)
+    }
+
+    /// Whether an entry id is this experiment's.
+    pub fn owns(&self, id: &str) -> bool {
+        id.starts_with(&self.id_prefix())
+    }
+}
+
+/// Resolves target names to the addresses of the pods they select.
+fn addresses(names: &[String], plan: &Plan, pods: &HashMap<&str, &PodInfo>) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for n in names {
+        if parse_cidr(n).is_some() {
+            out.insert(n.clone());
+            continue;
+        }
+        for uid in plan.get(n).into_iter().flatten() {
+            for ip in pods.get(uid.as_str()).map(|p| &p.ips[..]).unwrap_or(&[]) {
+                let bits = if ip.is_ipv4() { 32 } else { 128 };
+                out.insert(format!("{ip}/{bits}"));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The entries of a run on each node, sorted by id. A partition whose
+/// peers select no pod with an address yet has nothing to cut and is left
+/// out until they do; a latency `to` likewise.
+pub fn node_entries(
+    exp: &ExperimentRef,
+    resolved: &[Resolved<'_>],
+    plan: &Plan,
+    pods: &HashMap<&str, &PodInfo>,
+    started_at: Timestamp,
+    traceparent: Option<&str>,
+) -> BTreeMap<String, Vec<NodeFault>> {
+    let mut out: BTreeMap<String, Vec<NodeFault>> = BTreeMap::new();
+    for r in resolved {
+        let Some(pod) = pods.get(r.target) else {
+            continue; // gone since the plan: the next plan replaces it
+        };
+        let action = match &r.fault.action {
+            FaultAction::Partition(p) => {
+                let peers = addresses(&p.peers, plan, pods);
+                if peers.is_empty() {
+                    continue;
+                }
+                FaultAction::Partition(faultline_api::Partition { peers, ..p.clone() })
+            }
+            FaultAction::Latency(l) => {
+                let to = if l.to.is_empty() {
+                    Vec::new()
+                } else {
+                    let to = addresses(&l.to, plan, pods);
+                    if to.is_empty() {
+                        continue;
+                    }
+                    to
+                };
+                FaultAction::Latency(faultline_api::Latency { to, ..l.clone() })
+            }
+            FaultAction::Kill(k) => FaultAction::Kill(k.clone()),
+        };
+        let until = SignedDuration::try_from(r.until).unwrap_or(SignedDuration::MAX);
+        let expires = started_at.checked_add(until).unwrap_or(Timestamp::MAX);
+        out.entry(pod.node.clone()).or_default().push(NodeFault {
+            id: exp.entry_id(&r.fault.name, &pod.uid),
+            target: NodeTarget::Pod(PodRef {
+                uid: pod.uid.clone(),
+            }),
+            expires_at: Time(expires),
+            traceparent: traceparent.map(str::to_owned),
+            action,
+        });
+    }
+    for entries in out.values_mut() {
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faultline_engine::Run;
+    use std::time::Duration;
+
+    pub(crate) fn pod(uid: &str, ns: &str, app: &str, node: &str, ip: &str) -> PodInfo {
+        PodInfo {
+            uid: uid.into(),
+            name: format!("{app}-{}", &uid[uid.len() - 4..]),
+            namespace: ns.into(),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            node: node.into(),
+            ips: vec![ip.parse().expect("ip")],
+        }
+    }
+
+    fn experiment(faults: &str) -> faultline_api::Experiment {
+        let doc = format!(
+            "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: x, namespace: shop}}
+spec:
+  duration: 60s
+  targets:
+    payments: {{labels: {{app: payments}}}}
+    checkout: {{labels: {{app: checkout}}}}
+  faults:
+{faults}"
+        );
+        faultline_api::parse_one(doc.as_bytes()).expect("valid")
+    }
+
+    #[test]
+    fn peers_become_the_selected_pods_addresses_and_entries_land_on_their_nodes() {
+        let e = experiment(
+            "    - {name: cut, target: checkout, partition: {peers: [payments, 192.168.0.0/16]}}
+    - {name: slow, target: payments, start: 10s, duration: 20s, latency: {delay: 300ms}}
+",
+        );
+        let pods = [
+            pod(
+                "00000000-0000-4000-8000-000000000001",
+                "shop",
+                "payments",
+                "n1",
+                "10.0.0.1",
+            ),
+            pod(
+                "00000000-0000-4000-8000-000000000002",
+                "shop",
+                "payments",
+                "n2",
+                "fd00::2",
+            ),
+            pod(
+                "00000000-0000-4000-8000-000000000009",
+                "shop",
+                "checkout",
+                "n1",
+                "10.0.0.9",
+            ),
+            pod(
+                "00000000-0000-4000-8000-000000000007",
+                "prod",
+                "payments",
+                "n1",
+                "10.9.0.1",
+            ),
+        ];
+        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+        let cands = candidates(&e.spec, "shop", &pods);
+        assert_eq!(cands.len(), 3, "the pod in prod is not a candidate");
+        let mut run = Run::new(e.spec.clone(), "shop", 1);
+        run.step(Duration::from_secs(0), &cands);
+        run.step(Duration::from_secs(11), &cands);
+        let exp = ExperimentRef {
+            namespace: "shop".into(),
+            name: "x".into(),
+            uid: "u".into(),
+        };
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+        let by_node = node_entries(
+            &exp,
+            &run.resolved(),
+            run.plan(),
+            &index,
+            t0,
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        let ids = |n: &str| -> Vec<&str> { by_node[n].iter().map(|f| f.id.as_str()).collect() };
+        assert_eq!(
+            ids("n1"),
+            [
+                "shop/x/cut/00000000-0000-4000-8000-000000000009",
+                "shop/x/slow/00000000-0000-4000-8000-000000000001"
+            ]
+        );
+        assert_eq!(
+            ids("n2"),
+            ["shop/x/slow/00000000-0000-4000-8000-000000000002"]
+        );
+        let cut = &by_node["n1"][0];
+        let FaultAction::Partition(p) = &cut.action else {
+            panic!("{cut:?}")
+        };
+        assert_eq!(p.peers, ["10.0.0.1/32", "192.168.0.0/16", "fd00::2/128"]);
+        assert_eq!(cut.expires_at.0.to_string(), "2026-01-01T00:01:00Z");
+        assert_eq!(
+            by_node["n2"][0].expires_at.0.to_string(),
+            "2026-01-01T00:00:30Z"
+        );
+        assert!(cut.traceparent.is_some());
+        assert!(exp.owns(&cut.id) && !exp.owns("shop/xy/cut/c1"));
+        // Every entry is what an agent accepts.
+        for entries in by_node.values() {
+            let nf = faultline_api::NodeFaults::new(
+                "n",
+                faultline_api::NodeFaultsSpec {
+                    faults: entries.clone(),
+                },
+            );
+            let yaml = serde_saphyr::to_string(&nf).expect("yaml");
+            faultline_api::parse_one::<faultline_api::NodeFaults>(yaml.as_bytes())
+                .unwrap_or_else(|e| panic!("{e:?}\n{yaml}"));
+        }
+    }
+
+    #[test]
+    fn a_partition_with_no_addressable_peer_is_left_out() {
+        let e = experiment("    - {name: cut, target: checkout, partition: {peers: [payments]}}\n");
+        let pods = [pod(
+            "00000000-0000-4000-8000-000000000009",
+            "shop",
+            "checkout",
+            "n1",
+            "10.0.0.9",
+        )];
+        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+        let cands = candidates(&e.spec, "shop", &pods);
+        let mut run = Run::new(e.spec.clone(), "shop", 1);
+        run.step(Duration::ZERO, &cands);
+        let exp = ExperimentRef {
+            namespace: "shop".into(),
+            name: "x".into(),
+            uid: "u".into(),
+        };
+        let by_node = node_entries(
+            &exp,
+            &run.resolved(),
+            run.plan(),
+            &index,
+            Timestamp::UNIX_EPOCH,
+            None,
+        );
+        assert!(by_node.is_empty(), "{by_node:?}");
+    }
+
+    #[test]
+    fn opt_in_names_every_refused_namespace() {
+        let mut e = experiment("    - {name: cut, target: checkout, kill: {}}\n");
+        e.spec
+            .targets
+            .get_mut("payments")
+            .expect("target")
+            .namespaces = vec!["prod".into(), "shop".into()];
+        assert_eq!(opt_in_refusal(&e.spec, "shop", |_| true), None);
+        assert_eq!(
+            opt_in_refusal(&e.spec, "shop", |ns| ns == "shop").as_deref(),
+            Some(
+                "namespace prod is not opted in to faults (label it faultline.dev/enabled=true); nothing was injected"
+            )
+        );
+        assert!(
+            opt_in_refusal(&e.spec, "shop", |_| false)
+                .is_some_and(|m| m.starts_with("namespaces prod, shop are"))
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! Reconcile scenarios against a mocked API server (faultline-testkit): the
+//! real controller (watches, finalizer, planning, server-side apply, status,
+//! Events) runs; the test plays the user and the cluster, and moves the
+//! controller's clock by hand.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use faultline_controller::{
+    metrics::Metrics,
+    observe::ObserverClient,
+    reconcile::{self, Context, Settings},
+};
+use faultline_testkit::kube::{ApiServer, Write, until};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running controller on the mocked API server.
+struct Controller {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Controller {
+    async fn start(server: &ApiServer, clock: &Arc<Mutex<Timestamp>>) -> Controller {
+        // Spans get real ids (nothing is exported), so entries carry a traceparent.
+        opentelemetry::global::set_tracer_provider(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
+        );
+        // The controller's log shows with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "faultline_controller=debug".into()),
+            )
+            .try_init();
+        let client = server.client();
+        let (stores, driver) = reconcile::watches(&client);
+        let clock = clock.clone();
+        let ctx = Arc::new(Context::new(
+            client,
+            stores.clone(),
+            ObserverClient::new(None),
+            Arc::new(move || *clock.lock().expect("clock")),
+            Settings {
+                tick: Duration::from_millis(40),
+                check_every: Duration::from_millis(40),
+            },
+            Metrics::default(),
+            Some("test".into()),
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(reconcile::run(ctx, driver, async {
+            let _ = stopped.await;
+        }));
+        tokio::time::timeout(WAIT, stores.ready())
+            .await
+            .expect("stores listed");
+        Controller {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+fn clock() -> Arc<Mutex<Timestamp>> {
+    Arc::new(Mutex::new("2026-03-01T10:00:00Z".parse().expect("time")))
+}
+
+fn advance(clock: &Arc<Mutex<Timestamp>>, secs: i64) {
+    let mut c = clock.lock().expect("clock");
+    *c += SignedDuration::from_secs(secs);
+}
+
+fn namespace(name: &str, opted_in: bool) -> Value {
+    let labels = if opted_in {
+        json!({"faultline.dev/enabled": "true"})
+    } else {
+        json!({})
+    };
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(name: &str, ns: &str, app: &str, node: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+           "spec": {"nodeName": node, "containers": [{"name": "main", "image": "shop"}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+fn experiment(name: &str, ns: &str, duration: &str, faults: Value) -> Value {
+    json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "Experiment",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"duration": duration,
+                    "targets": {"payments": {"labels": {"app": "payments"}},
+                                "checkout": {"labels": {"app": "checkout"}}},
+                    "faults": faults}})
+}
+
+fn slow_payments() -> Value {
+    json!([{"name": "slow", "target": "payments", "latency": {"delay": "300ms"}}])
+}
+
+/// A shop: an opted-in namespace, two payments pods on node-a and node-b,
+/// a checkout pod on node-a.
+fn shop(server: &ApiServer) -> (String, String, String) {
+    server.apply(namespace("shop", true));
+    let p1 = server.apply(pod("payments-1", "shop", "payments", "node-a", "10.0.0.1"));
+    let p2 = server.apply(pod("payments-2", "shop", "payments", "node-b", "10.0.0.2"));
+    let c1 = server.apply(pod("checkout-1", "shop", "checkout", "node-a", "10.0.0.9"));
+    let uid = |p: &Value| p["metadata"]["uid"].as_str().expect("uid").to_owned();
+    (uid(&p1), uid(&p2), uid(&c1))
+}
+
+fn ids(server: &ApiServer, node: &str) -> Vec<String> {
+    server
+        .get("NodeFaults", None, node)
+        .map(|nf| {
+            nf["spec"]["faults"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| f["id"].as_str().expect("id").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn status(server: &ApiServer, ns: &str, name: &str) -> Value {
+    server
+        .get("Experiment", Some(ns), name)
+        .map(|e| e["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn phase(server: &ApiServer, ns: &str, name: &str) -> String {
+    status(server, ns, name)["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn reasons(server: &ApiServer) -> Vec<String> {
+    server
+        .events()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+fn nodefaults_writes(server: &ApiServer) -> Vec<Write> {
+    server
+        .writes()
+        .into_iter()
+        .filter(|w| w.path.contains("/nodefaults/"))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_experiment_places_entries_on_its_targets_nodes_and_removes_them_at_the_end() {
+    let server = ApiServer::new();
+    let clock = clock();
+    let (p1, p2, _) = shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    let exp = server.apply(experiment("slow", "shop", "60s", slow_payments()));
+    let uid = exp["metadata"]["uid"].as_str().expect("uid").to_owned();
+
+    until("entries on node-a and node-b", WAIT, || {
+        ids(&server, "node-a") == [format!("shop/slow/slow/{p1}")]
+            && ids(&server, "node-b") == [format!("shop/slow/slow/{p2}")]
+    })
+    .await;
+    let object = server
+        .get("Experiment", Some("shop"), "slow")
+        .expect("experiment");
+    assert_eq!(
+        object["metadata"]["finalizers"],
+        json!(["faultline.dev/cleanup"])
+    );
+    // Written by server-side apply, forced, under the experiment's own manager.
+    let writes = nodefaults_writes(&server);
+    assert!(!writes.is_empty());
+    for w in &writes {
+        assert_eq!(w.method, "PATCH");
+        assert_eq!(w.content_type, "application/apply-patch+yaml");
+        assert_eq!(
+            w.field_manager().as_deref(),
+            Some(format!("faultline.dev/experiment-{uid}").as_str())
+        );
+        assert!(w.query.contains("force=true"), "{}", w.query);
+    }
+    let entry = &server.get("NodeFaults", None, "node-a").expect("node-a")["spec"]["faults"][0];
+    assert_eq!(entry["target"], json!({"pod": {"uid": p1}}));
+    assert_eq!(entry["latency"]["delay"], json!("300ms"));
+    assert_eq!(
+        entry["expiresAt"],
+        json!("2026-03-01T10:01:00Z"),
+        "start + the fault's window"
+    );
+    let tp = entry["traceparent"].as_str().expect("traceparent");
+    assert!(tp.starts_with("00-") && tp.len() == 55, "{tp}");
+
+    until("status running", WAIT, || {
+        let s = status(&server, "shop", "slow");
+        s["phase"] == "Running" && s["injected"] == 2 && s["targets"] == 2
+    })
+    .await;
+    assert!(reasons(&server).contains(&"Started".to_owned()));
+    until("an Injected event", WAIT, || {
+        reasons(&server).contains(&"Injected".to_owned())
+    })
+    .await;
+
+    advance(&clock, 61);
+    until("entries removed", WAIT, || {
+        ids(&server, "node-a").is_empty() && ids(&server, "node-b").is_empty()
+    })
+    .await;
+    until("verdict", WAIT, || {
+        status(&server, "shop", "slow")["verdict"] == "Passed"
+    })
+    .await;
+    let s = status(&server, "shop", "slow");
+    assert_eq!(s["phase"], "Completed");
+    assert_eq!(s["injected"], 0);
+    assert_eq!(s["startedAt"], "2026-03-01T10:00:00Z");
+    let succeeded = s["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Succeeded")
+        .expect("Succeeded condition");
+    assert_eq!(succeeded["status"], "True");
+    until("a Passed event", WAIT, || {
+        reasons(&server).contains(&"Passed".to_owned())
+    })
+    .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_pod_created_during_the_window_gets_the_fault_too() {
+    let server = ApiServer::new();
+    let clock = clock();
+    shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    server.apply(experiment("slow", "shop", "60s", slow_payments()));
+    until("first entries", WAIT, || ids(&server, "node-b").len() == 1).await;
+    advance(&clock, 10);
+    let p3 = server.apply(pod("payments-3", "shop", "payments", "node-c", "10.0.0.3"));
+    let uid = p3["metadata"]["uid"].as_str().expect("uid").to_owned();
+    until("the new pod's entry", WAIT, || {
+        ids(&server, "node-c") == [format!("shop/slow/slow/{uid}")]
+    })
+    .await;
+    // A deleted pod's entry goes (its replacement has its own).
+    server.delete("Pod", Some("shop"), "payments-2");
+    until("the deleted pod's entry removed", WAIT, || {
+        ids(&server, "node-b").is_empty()
+    })
+    .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_abort_removes_every_entry_at_once() {
+    let server = ApiServer::new();
+    let clock = clock();
+    shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    let mut exp = experiment("slow", "shop", "60s", slow_payments());
+    server.apply(exp.clone());
+    until("entries", WAIT, || {
+        ids(&server, "node-a").len() == 1 && ids(&server, "node-b").len() == 1
+    })
+    .await;
+    exp["metadata"]["annotations"] = json!({"faultline.dev/abort": "game day called off"});
+    server.apply(exp);
+    until("entries removed", WAIT, || {
+        ids(&server, "node-a").is_empty() && ids(&server, "node-b").is_empty()
+    })
+    .await;
+    until("aborted", WAIT, || {
+        status(&server, "shop", "slow")["verdict"] == "Aborted"
+    })
+    .await;
+    let s = status(&server, "shop", "slow");
+    assert_eq!(s["phase"], "Recovered");
+    assert!(
+        s["message"]
+            .as_str()
+            .expect("message")
+            .contains("game day called off"),
+        "{s}"
+    );
+    until("an Aborted event", WAIT, || {
+        reasons(&server).contains(&"Aborted".to_owned())
+    })
+    .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_an_experiment_removes_its_entries_before_it_goes() {
+    let server = ApiServer::new();
+    let clock = clock();
+    shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    server.apply(experiment("slow", "shop", "60s", slow_payments()));
+    until("entries", WAIT, || ids(&server, "node-a").len() == 1).await;
+    server.delete("Experiment", Some("shop"), "slow");
+    until("experiment gone", WAIT, || {
+        server.get("Experiment", Some("shop"), "slow").is_none()
+    })
+    .await;
+    assert!(ids(&server, "node-a").is_empty() && ids(&server, "node-b").is_empty());
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_controller_continues_the_run_without_writing_anything_twice() {
+    let server = ApiServer::new();
+    let clock = clock();
+    shop(&server);
+    let first = Controller::start(&server, &clock).await;
+    server.apply(experiment("slow", "shop", "60s", slow_payments()));
+    until("entries", WAIT, || {
+        ids(&server, "node-a").len() == 1 && ids(&server, "node-b").len() == 1
+    })
+    .await;
+    until("status running", WAIT, || {
+        phase(&server, "shop", "slow") == "Running"
+    })
+    .await;
+    first.stop().await;
+    let before = nodefaults_writes(&server).len();
+    let node_a = server.get("NodeFaults", None, "node-a").expect("node-a");
+
+    advance(&clock, 20);
+    let second = Controller::start(&server, &clock).await;
+    // The second controller steps the run (its status says so) and leaves
+    // the entries as they are.
+    let status_writes = |server: &ApiServer| {
+        server
+            .writes()
+            .iter()
+            .filter(|w| w.path.ends_with("/status"))
+            .count()
+    };
+    let seen = status_writes(&server);
+    until("the second controller at work", WAIT, || {
+        status_writes(&server) > seen
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        nodefaults_writes(&server).len(),
+        before,
+        "no entry written again"
+    );
+    assert_eq!(
+        server.get("NodeFaults", None, "node-a").expect("node-a")["spec"],
+        node_a["spec"]
+    );
+    assert_eq!(status(&server, "shop", "slow")["runs"], 1, "the same run");
+
+    advance(&clock, 41);
+    until("entries removed by the second controller", WAIT, || {
+        ids(&server, "node-a").is_empty() && ids(&server, "node-b").is_empty()
+    })
+    .await;
+    until("verdict", WAIT, || {
+        status(&server, "shop", "slow")["verdict"] == "Passed"
+    })
+    .await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn two_experiments_on_one_node_keep_each_others_entries() {
+    let server = ApiServer::new();
+    let clock = clock();
+    let (p1, _, c1) = shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    server.apply(experiment("slow", "shop", "30s", slow_payments()));
+    server.apply(experiment(
+        "cut",
+        "shop",
+        "60s",
+        json!([{"name": "cut", "target": "checkout", "partition": {"peers": ["payments"]}}]),
+    ));
+    until("both entries on node-a", WAIT, || {
+        ids(&server, "node-a") == [format!("shop/cut/cut/{c1}"), format!("shop/slow/slow/{p1}")]
+    })
+    .await;
+    let node_a = server.get("NodeFaults", None, "node-a").expect("node-a");
+    let cut = &node_a["spec"]["faults"][0];
+    assert_eq!(
+        cut["partition"]["peers"],
+        json!(["10.0.0.1/32", "10.0.0.2/32"])
+    );
+    advance(&clock, 31);
+    until("slow's entry gone, cut's kept", WAIT, || {
+        ids(&server, "node-a") == [format!("shop/cut/cut/{c1}")]
+    })
+    .await;
+    until("slow passed", WAIT, || {
+        status(&server, "shop", "slow")["verdict"] == "Passed"
+    })
+    .await;
+    assert_eq!(phase(&server, "shop", "cut"), "Running");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_namespace_not_opted_in_is_refused_with_nothing_injected() {
+    let server = ApiServer::new();
+    let clock = clock();
+    server.apply(namespace("prod", false));
+    server.apply(pod("payments-1", "prod", "payments", "node-a", "10.0.0.1"));
+    let controller = Controller::start(&server, &clock).await;
+    server.apply(experiment("slow", "prod", "60s", slow_payments()));
+    until("refused", WAIT, || {
+        status(&server, "prod", "slow")["verdict"] == "Aborted"
+    })
+    .await;
+    let s = status(&server, "prod", "slow");
+    let message = s["message"].as_str().expect("message");
+    assert!(
+        message.contains("namespace prod is not opted in"),
+        "{message}"
+    );
+    assert!(message.contains("faultline.dev/enabled=true"), "{message}");
+    assert!(server.list("NodeFaults").is_empty(), "nothing written");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_experiment_that_got_past_the_crd_is_marked_invalid() {
+    let server = ApiServer::new();
+    let clock = clock();
+    shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    // The real API server's CEL rules refuse this; an older CRD would not.
+    server.apply(experiment(
+        "broken",
+        "shop",
+        "60s",
+        json!([{"name": "slow", "target": "nobody", "latency": {"delay": "300ms"}}]),
+    ));
+    until("invalid", WAIT, || {
+        phase(&server, "shop", "broken") == "Invalid"
+    })
+    .await;
+    let s = status(&server, "shop", "broken");
+    let message = s["message"].as_str().expect("message");
+    assert!(message.contains("spec.faults[0].target"), "{message}");
+    assert!(server.list("NodeFaults").is_empty(), "nothing injected");
+    until("an Invalid event", WAIT, || {
+        reasons(&server).contains(&"Invalid".to_owned())
+    })
+    .await;
+    controller.stop().await;
+}
