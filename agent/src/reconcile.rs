@@ -405,6 +405,7 @@ pub(crate) mod tests {
             expires_at: Time(t(expires)),
             traceparent: None,
             action: FaultAction::Kill(Kill {
+                method: Default::default(),
                 signal: Signal::Kill,
                 every: every_ms.and_then(Duration::from_millis),
             }),

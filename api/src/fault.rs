@@ -87,13 +87,37 @@ pub struct Latency {
     pub to: Vec<String>,
 }
 
-/// Send a signal to every process of the target, once or repeatedly.
+string_enum! {
+    /// How a kill fault kills.
+    #[derive(Default)]
+    pub enum KillMethod ("a kill method") {
+        /// A signal to every process of the target (through the node agent).
+        #[default]
+        Signal = "signal",
+        /// The pod is deleted through the Kubernetes API (by the controller),
+        /// so its owner replaces it; in local mode, the service gets SIGKILL
+        /// and its supervisor restarts it.
+        Delete = "delete",
+    }
+}
+
+impl KillMethod {
+    fn is_signal(&self) -> bool {
+        *self == KillMethod::Signal
+    }
+}
+
+/// Send a signal to every process of the target (or delete the pod), once
+/// or repeatedly.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Kill {
     /// The signal to send (default SIGKILL).
     #[serde(default)]
     pub signal: Signal,
+    /// signal (default) or delete (Experiments only: the controller deletes the pod).
+    #[serde(default, skip_serializing_if = "KillMethod::is_signal")]
+    pub method: KillMethod,
     /// Repeat this often until the fault ends; without it, the signal is sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<Duration>,
@@ -287,11 +311,13 @@ impl Decode for Latency {
 
 impl Decode for Kill {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
-        let f = Fields::new(cx, node, path, &["signal", "every"])?;
+        let f = Fields::new(cx, node, path, &["signal", "method", "every"])?;
         let signal = f.opt(cx, "signal");
+        let method = f.opt(cx, "method");
         let every = f.opt(cx, "every");
         Some(Kill {
             signal: signal?.unwrap_or_default(),
+            method: method?.unwrap_or_default(),
             every: every?,
         })
     }

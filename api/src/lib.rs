@@ -22,7 +22,7 @@ pub use cron::CronSchedule;
 pub use diag::{Diagnostic, Pos};
 pub use document::{API_VERSION, Parsed, Resource, parse_documents, parse_one};
 pub use experiment::{Experiment, ExperimentSpec, ExperimentStatus};
-pub use fault::{Direction, FaultAction, Kill, Latency, Partition, Signal};
+pub use fault::{Direction, FaultAction, Kill, KillMethod, Latency, Partition, Signal};
 pub use nodefaults::{NodeFault, NodeFaults, NodeFaultsSpec, NodeTarget};
 pub use topology::{Service, Topology, TopologySpec};
 pub use units::{Duration, Percent};

@@ -344,6 +344,14 @@ impl NodeFaultsSpec {
                 ))
             };
             f.action.validate(&fp, p, &cidr_only);
+            if let FaultAction::Kill(k) = &f.action
+                && k.method == crate::fault::KillMethod::Delete
+            {
+                p.add(
+                    fp.key("kill").key("method"),
+                    "delete is done by the controller through the Kubernetes API; a node agent only sends signals",
+                );
+            }
         }
     }
 }

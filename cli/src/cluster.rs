@@ -104,20 +104,31 @@ pub fn run_file(path: &Path, reports: &Reports, waits: Waits) -> ExitCode {
     })
 }
 
-/// Ctrl-C, SIGTERM or SIGHUP.
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
+/// Ctrl-C, SIGTERM and SIGHUP, caught from the moment this is made (a
+/// signal between applying and following must abort, not kill the CLI).
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> Result<Interrupts, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let on = |kind| signal(kind).map_err(|e| format!("cannot catch signals: {e}"));
+        Ok(Interrupts {
+            int: on(SignalKind::interrupt())?,
+            term: on(SignalKind::terminate())?,
+            hup: on(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
     }
 }
 
@@ -165,6 +176,7 @@ async fn run(
         }
     }
 
+    let mut interrupts = Interrupts::new()?;
     experiment.metadata.namespace = Some(namespace.clone());
     experiment.status = None;
     let applied = api
@@ -181,20 +193,33 @@ async fn run(
     let begun = Instant::now();
     let mut journal: Vec<Entry> = Vec::new();
     let mut last_line = String::new();
-    let mut abort_sent = false;
-    let interrupt = interrupted();
-    tokio::pin!(interrupt);
+    let mut abort_sent: Option<Instant> = None;
+    let mut failing_since: Option<Instant> = None;
     loop {
         let current = match api.get_opt(&name).await {
             Ok(Some(e)) if e.uid().unwrap_or_default() == uid => e,
-            Ok(_) => return Err(format!("{what} was deleted before it finished")),
+            Ok(_) => {
+                eprintln!(
+                    "faultline run: {what} was deleted before it finished (its finalizer removed its faults)"
+                );
+                return Ok(ExitCode::from(EXIT_ABORTED));
+            }
             Err(e) => {
-                // Transient: the controller and the agents hold their own deadlines.
+                // Transient, for a while: the agents hold their own deadlines.
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > waits.start {
+                    return Err(format!(
+                        "{what}: the cluster has not answered for {:?}: {}; the agents remove each fault at its deadline",
+                        waits.start,
+                        chain(&e)
+                    ));
+                }
                 eprintln!("faultline run: reading {what}: {}", chain(&e));
                 tokio::time::sleep(POLL).await;
                 continue;
             }
         };
+        failing_since = None;
         let status = current.status.clone().unwrap_or_default();
         let line = progress_line(&status);
         if line != last_line {
@@ -205,21 +230,51 @@ async fn run(
             });
             last_line = line;
         }
-        if is_final(status.phase) {
+        // A scheduled experiment waits for its start time (nextRunAt) with
+        // no phase yet; its run is over once one has ended.
+        if is_final(status.phase) && status.runs.unwrap_or(0) >= 1 {
             return Ok(finish(&name, &status, journal, reports, begun.elapsed()));
         }
-        if status.phase.is_none() && begun.elapsed() > waits.start {
+        let taken_up = status.phase.is_some() || status.next_run_at.is_some();
+        if !taken_up && begun.elapsed() > waits.start {
             let _ = api.delete(&name, &DeleteParams::default()).await;
             return Err(format!(
                 "{what}: no controller took it up within {:?} (is faultline-controller running?); it was deleted",
                 waits.start
             ));
         }
+        if let Some(since) = abort_sent
+            && since.elapsed() > waits.start
+        {
+            return Err(format!(
+                "{what}: the abort was not confirmed within {:?}; the agents remove each fault at its deadline",
+                waits.start
+            ));
+        }
+        // A run that outlives its duration by far has lost its controller.
+        if let Some(started) = &status.started_at {
+            let limit = experiment.spec.duration.as_std() + Duration::from_secs(300);
+            let running_for = jiff::Timestamp::now().duration_since(started.0);
+            if running_for
+                > jiff::SignedDuration::try_from(limit).unwrap_or(jiff::SignedDuration::MAX)
+            {
+                return Err(format!(
+                    "{what} has run {:.0} s past its duration without ending; is faultline-controller running?",
+                    running_for.as_secs_f64() - experiment.spec.duration.as_std().as_secs_f64()
+                ));
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = &mut interrupt, if !abort_sent => {
-                abort_sent = true;
-                println!("{what}: aborting (every fault is being removed)");
+            _ = interrupts.next() => {
+                if abort_sent.is_some() {
+                    eprintln!(
+                        "faultline run: stopped following {what} before its abort was confirmed; the agents remove each fault at its deadline"
+                    );
+                    return Ok(ExitCode::from(EXIT_ABORTED));
+                }
+                abort_sent = Some(Instant::now());
+                println!("{what}: aborting (every fault is being removed; interrupt again to stop waiting)");
                 if let Err(e) = annotate_abort(&api, &name, "interrupted by the user").await {
                     eprintln!("faultline run: cannot abort {what}: {}", chain(&e));
                 }

@@ -22,23 +22,31 @@ async fn controller(server: &ApiServer) -> oneshot::Sender<()> {
     let (stores, driver) = reconcile::watches(&client);
     let ctx = Arc::new(Context::new(
         client,
-        stores.clone(),
+        stores,
         ObserverClient::new(None),
         Arc::new(jiff::Timestamp::now),
         Settings {
             tick: Duration::from_millis(100),
             check_every: Duration::from_millis(200),
+            max_wait: Duration::from_millis(100),
         },
         Metrics::default(),
         None,
     ));
     let (stop, stopped) = oneshot::channel::<()>();
+    let started = ctx.clone();
     tokio::spawn(reconcile::run(ctx, driver, async {
         let _ = stopped.await;
     }));
-    tokio::time::timeout(WAIT, stores.ready())
-        .await
-        .expect("stores listed");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !started.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the controller never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     stop
 }
 

@@ -5,7 +5,10 @@
 //! `plan` and `status` are pure (pods, time and the engine's run in,
 //! entries and status out); `reconcile` does the API calls.
 
+mod context;
+mod live;
 pub mod metrics;
+mod nodes;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;

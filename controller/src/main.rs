@@ -146,12 +146,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     metrics.leader.set(1);
 
     let (stores, driver) = reconcile::watches(&client);
-    let ready_flag = ready.clone();
-    let waiting = stores.clone();
-    tokio::spawn(async move {
-        waiting.ready().await;
-        ready_flag.store(true, Ordering::Relaxed);
-    });
     let ctx = Arc::new(Context::new(
         client,
         stores,
@@ -160,10 +154,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Settings {
             tick: args.tick,
             check_every: args.check_every,
+            ..Settings::default()
         },
         metrics.clone(),
         Some(identity),
     ));
+    let watching = ctx.clone();
+    tokio::spawn(async move {
+        // /readyz: once the watches have listed and reconciling has begun.
+        while !watching.is_ready() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ready.store(true, Ordering::Relaxed);
+    });
 
     let lost = Arc::new(AtomicBool::new(false));
     let lost_flag = lost.clone();

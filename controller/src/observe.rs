@@ -70,6 +70,11 @@ impl ObserverClient {
         }
     }
 
+    /// Whether an observer was given (checks other than `http` need one).
+    pub fn is_configured(&self) -> bool {
+        self.base.is_some()
+    }
+
     /// GET `url`: the status and body, or why nothing came back in time.
     async fn get(&self, url: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
         let req = hyper::Request::get(url)

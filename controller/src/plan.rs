@@ -12,7 +12,7 @@ use std::{
 };
 
 use faultline_api::{
-    FaultAction, NodeFault, NodeTarget, experiment::ExperimentSpec, fault::parse_cidr,
+    FaultAction, KillMethod, NodeFault, NodeTarget, experiment::ExperimentSpec, fault::parse_cidr,
     nodefaults::PodRef,
 };
 use faultline_engine::{Candidate, Plan, Resolved};
@@ -233,6 +233,8 @@ pub fn node_entries(
                 };
                 FaultAction::Latency(faultline_api::Latency { to, ..l.clone() })
             }
+            // Pods are deleted by the controller itself, not by an agent.
+            FaultAction::Kill(k) if k.method == KillMethod::Delete => continue,
             FaultAction::Kill(k) => FaultAction::Kill(k.clone()),
         };
         let until = SignedDuration::try_from(r.until).unwrap_or(SignedDuration::MAX);

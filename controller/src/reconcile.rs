@@ -1,60 +1,60 @@
 //! The Kubernetes side: one reconcile per Experiment, level-triggered.
 //!
-//! Each turn reads the experiment, the pods and namespaces (reflector
-//! stores, one cluster-wide watch each) and the NodeFaults objects, steps
-//! the engine's run to now, and writes the difference: this experiment's
-//! entries on each node by server-side apply under its own field manager,
-//! then its status. Nothing here is remembered that cannot be read back:
-//! a restarted controller resumes a run from its status and the NodeFaults
-//! objects, and writes only what differs.
+//! Each turn reads the experiment, the pods and namespaces and the
+//! NodeFaults objects (reflector stores, one cluster-wide watch each),
+//! steps the engine's run to now, and writes the difference: this
+//! experiment's entries on each node by server-side apply under its own
+//! field manager, then its status. Nothing is remembered that cannot be
+//! read back: a restarted controller resumes a run from its status and the
+//! NodeFaults objects, and writes only what differs.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
 use faultline_api::{
-    Experiment, ExperimentStatus, NodeFault, NodeFaults, NodeFaultsSpec,
-    experiment::{Phase, Verdict},
-    nodefaults::FaultState,
+    Experiment, ExperimentStatus, FaultAction, KillMethod, NodeFault,
+    experiment::{CheckKind, Phase, Verdict},
 };
 use faultline_engine::{Run, next_start};
 use futures::StreamExt;
-use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use jiff::{SignedDuration, Timestamp, Unit};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
-        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        events::EventType,
         finalizer::{Event as Finalize, finalizer},
-        reflector::{self, Store},
-        watcher::{self, Config},
+        reflector,
+        watcher::Config,
     },
 };
-use opentelemetry::{
-    Context as OtelContext, KeyValue, global,
-    trace::{Span as _, SpanKind, TraceContextExt, Tracer},
-};
 
+pub use crate::context::{Clock, Context, Settings, Stores, watches};
 use crate::{
-    metrics::Metrics,
-    observe::ObserverClient,
+    live::{Live, elapsed},
+    nodes::{self, converge},
     plan::{self, ExperimentRef, PodInfo},
     status::{self, RunFacts},
 };
 
 /// Held on every Experiment until its faults are gone.
 pub const FINALIZER: &str = "faultline.dev/cleanup";
-/// Set (to a reason) to stop a run at once: `faultline abort` writes it.
+/// Set (to a reason) to stop a run at once: `faultline abort` writes it,
+/// and the controller removes it when the run has ended.
 pub const ABORT_ANNOTATION: &str = "faultline.dev/abort";
 /// The field manager of the status the controller writes.
 pub const STATUS_MANAGER: &str = "faultline-controller";
 /// A scheduled start this late is still taken; later ones count as missed.
 const START_SLACK: SignedDuration = SignedDuration::from_secs(30);
+/// How long checks due before or after the faults may go unreadable
+/// before they count as failed (the run would otherwise wait forever).
+const CHECK_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,247 +84,47 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// The time, as the controller reads it (tests move it by hand).
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// How often a running experiment is stepped.
-    pub tick: Duration,
-    /// How often due checks are evaluated.
-    pub check_every: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            tick: Duration::from_secs(1),
-            check_every: Duration::from_secs(2),
-        }
-    }
-}
-
-/// A run this controller is driving.
-struct Live {
-    run: Run,
-    started_at: Timestamp,
-    runs: u32,
-    missed_runs: u32,
-    last_check: Option<Duration>,
-    span: global::BoxedSpan,
-    traceparent: Option<String>,
-    /// One span per fault while it has entries, with its traceparent.
-    fault_spans: BTreeMap<String, (global::BoxedSpan, Option<String>)>,
-    /// What was last written per node (so unchanged nodes cost nothing).
-    written: BTreeMap<String, Vec<NodeFault>>,
-    told_injected: bool,
-}
-
-impl std::fmt::Debug for Live {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Live")
-            .field("phase", &self.run.phase())
-            .field("started_at", &self.started_at)
-            .field("runs", &self.runs)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Everything a reconcile reads besides the experiment.
-pub struct Context {
-    pub client: Client,
-    pub pods: Store<Pod>,
-    pub namespaces: Store<Namespace>,
-    pub nodefaults: Store<NodeFaults>,
-    pub observer: ObserverClient,
-    pub recorder: Recorder,
-    pub clock: Clock,
-    pub settings: Settings,
-    pub metrics: Metrics,
-    runs: Mutex<HashMap<String, Live>>,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Keeps what a pod watch stores to what planning reads: 150 000 pods'
-/// container specs and managed fields would be most of the memory.
-fn slim(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.metadata.owner_references = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        *spec = k8s_openapi::api::core::v1::PodSpec {
-            node_name: spec.node_name.take(),
-            ..Default::default()
-        };
-    }
-    if let Some(status) = pod.status.as_mut() {
-        *status = k8s_openapi::api::core::v1::PodStatus {
-            phase: status.phase.take(),
-            pod_ip: status.pod_ip.take(),
-            pod_ips: status.pod_ips.take(),
-            ..Default::default()
-        };
-    }
-}
-
-/// The stores the controller reads from.
-#[derive(Clone)]
-pub struct Stores {
-    pub pods: Store<Pod>,
-    pub namespaces: Store<Namespace>,
-    pub nodefaults: Store<NodeFaults>,
-}
-
-impl std::fmt::Debug for Stores {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stores").finish_non_exhaustive()
-    }
-}
-
-impl Stores {
-    /// Waits until every store has listed: before that a plan sees no pods.
-    pub async fn ready(&self) {
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.namespaces.wait_until_ready().await;
-        let _ = self.nodefaults.wait_until_ready().await;
-    }
-}
-
-/// The watches the controller reads from, on `client`: the stores, and the
-/// future that drives the three watches (run it until shutdown).
-pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, ()>) {
-    let (pods, pod_writer) = reflector::store();
-    let (namespaces, ns_writer) = reflector::store();
-    let (nodefaults, nf_writer) = reflector::store();
-    let pod_stream = watcher(Api::<Pod>::all(client.clone()), Config::default())
-        .default_backoff()
-        .modify(slim)
-        .reflect(pod_writer)
-        .touched_objects();
-    let ns_stream = watcher(Api::<Namespace>::all(client.clone()), Config::default())
-        .default_backoff()
-        .reflect(ns_writer)
-        .touched_objects();
-    let nf_stream = watcher(Api::<NodeFaults>::all(client.clone()), Config::default())
-        .default_backoff()
-        .reflect(nf_writer)
-        .touched_objects();
-    let driver = async move {
-        futures::join!(
-            pod_stream.for_each(|_| async {}),
-            ns_stream.for_each(|_| async {}),
-            nf_stream.for_each(|_| async {}),
-        );
-    };
-    (
-        Stores {
-            pods,
-            namespaces,
-            nodefaults,
-        },
-        Box::pin(driver),
-    )
-}
-
-fn watcher<K>(
-    api: Api<K>,
-    config: Config,
-) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watcher::watcher(api, config)
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        stores: Stores,
-        observer: ObserverClient,
-        clock: Clock,
-        settings: Settings,
-        metrics: Metrics,
-        instance: Option<String>,
-    ) -> Context {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "faultline-controller".into(),
-                instance,
-            },
-        );
-        Context {
-            client,
-            pods: stores.pods,
-            namespaces: stores.namespaces,
-            nodefaults: stores.nodefaults,
-            observer,
-            recorder,
-            clock,
-            settings,
-            metrics,
-            runs: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn take_run(&self, uid: &str) -> Option<Live> {
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid)
-    }
-
-    fn keep_run(&self, uid: &str, live: Live) {
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid.to_owned(), live);
-    }
-
-    /// Runs being driven now.
-    pub fn running(&self) -> usize {
-        self.runs.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    async fn event(&self, exp: &Experiment, type_: EventType, reason: &str, note: String) {
-        let ev = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &exp.object_ref(&())).await {
-            tracing::warn!(experiment = %exp.name_any(), reason, error = %chain(&e), "cannot record an event");
-        }
-    }
-}
-
 /// Runs the controller, and the watches its stores read (`driver`, from
 /// [`watches`]), until `shutdown` resolves; reconciles under way finish.
+/// Nothing is reconciled before every store has listed: an empty store
+/// would read as "no pods, no namespace opted in, no entries placed".
 pub async fn run(
     ctx: Arc<Context>,
     driver: futures::future::BoxFuture<'static, ()>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let experiments = Api::<Experiment>::all(ctx.client.clone());
-    let controller = Controller::new(experiments, Config::default())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %chain(&e), "reconcile");
-            }
-        });
+    let stores = Stores {
+        pods: ctx.pods.clone(),
+        namespaces: ctx.namespaces.clone(),
+        nodefaults: ctx.nodefaults.clone(),
+    };
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let work = async move {
+        tokio::select! {
+            _ = stores.ready() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        let experiments = Api::<Experiment>::all(ctx.client.clone());
+        Controller::new(experiments, Config::default())
+            .graceful_shutdown_on(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %chain(&e), "reconcile");
+                }
+            })
+            .await;
+    };
+    // The watches stop with the controller.
     tokio::select! {
-        _ = controller => {}
+        _ = work => {}
         _ = driver => {}
     }
 }
@@ -332,7 +132,7 @@ pub async fn run(
 fn error_policy(exp: Arc<Experiment>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.inc();
     tracing::warn!(experiment = %key(&exp), error = %chain(error), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(Duration::from_secs(2))
 }
 
 fn key(exp: &Experiment) -> String {
@@ -382,114 +182,10 @@ fn validate(exp: &Experiment) -> Result<(), String> {
         })
 }
 
-/// This experiment's entries in the NodeFaults objects, per node.
-fn entries_in_store(ctx: &Context, r: &ExperimentRef) -> BTreeMap<String, Vec<NodeFault>> {
-    let mut out = BTreeMap::new();
-    for nf in ctx.nodefaults.state() {
-        let ours: Vec<NodeFault> = nf
-            .spec
-            .faults
-            .iter()
-            .filter(|f| r.owns(&f.id))
-            .cloned()
-            .collect();
-        if !ours.is_empty() {
-            out.insert(nf.name_any(), ours);
-        }
-    }
-    out
-}
-
-/// How many of this experiment's entries the agents report as failed.
-fn failed_in_store(ctx: &Context, r: &ExperimentRef) -> u32 {
-    ctx.nodefaults
-        .state()
-        .iter()
-        .flat_map(|nf| nf.status.iter().flat_map(|s| s.faults.iter()))
-        .filter(|f| f.state == FaultState::Failed && r.owns(&f.id))
-        .count() as u32
-}
-
-/// Writes this experiment's entries on one node (an empty list removes
-/// them; other experiments' entries are other managers' and stay).
-async fn write_node(
-    ctx: &Context,
-    r: &ExperimentRef,
-    node: &str,
-    entries: &[NodeFault],
-) -> Result<()> {
-    let api = Api::<NodeFaults>::all(ctx.client.clone());
-    let object = serde_json::json!({
-        "apiVersion": "faultline.dev/v1alpha1",
-        "kind": "NodeFaults",
-        "metadata": {"name": node},
-        "spec": NodeFaultsSpec { faults: entries.to_vec() },
-    });
-    let params = PatchParams::apply(&r.field_manager()).force();
-    api.patch(node, &params, &Patch::Apply(&object))
-        .await
-        .map_err(Error::Kube)?;
-    ctx.metrics.nodefaults_writes.inc();
-    Ok(())
-}
-
-/// Brings every node to `desired`: writes the nodes whose entries differ
-/// from what was last written (or, after a restart, from what the objects
-/// hold). Returns how many nodes were written.
-async fn converge(
-    ctx: &Context,
-    r: &ExperimentRef,
-    desired: &BTreeMap<String, Vec<NodeFault>>,
-    written: &mut BTreeMap<String, Vec<NodeFault>>,
-) -> Result<usize> {
-    let in_store = entries_in_store(ctx, r);
-    let nodes: BTreeSet<&String> = desired
-        .keys()
-        .chain(in_store.keys())
-        .chain(written.keys())
-        .collect();
-    let mut writes = Vec::new();
-    for node in nodes {
-        let want = desired.get(node).map_or(&[][..], Vec::as_slice);
-        let have = written
-            .get(node)
-            .or_else(|| in_store.get(node))
-            .map_or(&[][..], Vec::as_slice);
-        // A node whose object lags behind what was written is left alone.
-        if want != have
-            || (want.is_empty() && in_store.contains_key(node) && !written.contains_key(node))
-        {
-            writes.push((node.clone(), want.to_vec()));
-        }
-    }
-    let count = writes.len();
-    // Bounded concurrency: thousands of nodes at the start of a run.
-    let results: Vec<(String, Vec<NodeFault>, Result<()>)> = futures::stream::iter(writes)
-        .map(|(node, want)| async move {
-            let result = write_node(ctx, r, &node, &want).await;
-            (node, want, result)
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mut first_error = None;
-    for (node, want, result) in results {
-        match result {
-            Ok(()) if want.is_empty() => {
-                written.remove(&node);
-            }
-            Ok(()) => {
-                written.insert(node, want);
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(count),
-    }
+/// Times in status and deadlines are whole seconds, as the API stores
+/// them: a sub-second time would never compare equal to what comes back.
+fn second(t: Timestamp) -> Timestamp {
+    t.round(Unit::Second).unwrap_or(t)
 }
 
 async fn write_status(ctx: &Context, exp: &Experiment, status: &ExperimentStatus) -> Result<()> {
@@ -513,178 +209,8 @@ async fn write_status(ctx: &Context, exp: &Experiment, status: &ExperimentStatus
     Ok(())
 }
 
-/// The W3C traceparent of a span; None when nothing records spans (no
-/// exporter configured), whose ids are all zero.
-fn traceparent_of(span: &global::BoxedSpan) -> Option<String> {
-    let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
-}
-
-fn parent_from(traceparent: Option<&str>) -> OtelContext {
-    match traceparent {
-        Some(tp) => {
-            let carrier = HashMap::from([("traceparent".to_owned(), tp.to_owned())]);
-            global::get_text_map_propagator(|p| p.extract(&carrier))
-        }
-        None => OtelContext::new(),
-    }
-}
-
-fn experiment_span(r: &ExperimentRef, parent: Option<&str>) -> (global::BoxedSpan, Option<String>) {
-    let tracer = global::tracer("faultline-controller");
-    let span = tracer
-        .span_builder("experiment")
-        .with_kind(SpanKind::Internal)
-        .with_attributes([
-            KeyValue::new(
-                "faultline.experiment",
-                format!("{}/{}", r.namespace, r.name),
-            ),
-            KeyValue::new("k8s.namespace.name", r.namespace.clone()),
-        ])
-        .start_with_context(&tracer, &parent_from(parent));
-    let tp = traceparent_of(&span);
-    (span, tp)
-}
-
-impl Live {
-    fn start(
-        r: &ExperimentRef,
-        exp: &Experiment,
-        now: Timestamp,
-        runs: u32,
-        missed_runs: u32,
-    ) -> Live {
-        let (span, traceparent) = experiment_span(r, None);
-        Live {
-            run: Run::new(exp.spec.clone(), &r.namespace, seed(&r.uid, runs)),
-            started_at: now,
-            runs,
-            missed_runs,
-            last_check: None,
-            span,
-            traceparent,
-            fault_spans: BTreeMap::new(),
-            written: BTreeMap::new(),
-            told_injected: false,
-        }
-    }
-
-    fn resume(
-        r: &ExperimentRef,
-        exp: &Experiment,
-        status: &ExperimentStatus,
-        started_at: Timestamp,
-        now: Timestamp,
-    ) -> Live {
-        let runs = status.runs.unwrap_or(1).max(1);
-        let elapsed = elapsed(started_at, now);
-        let (span, traceparent) = experiment_span(r, status.traceparent.as_deref());
-        Live {
-            run: Run::resume(
-                exp.spec.clone(),
-                &r.namespace,
-                seed(&r.uid, runs),
-                elapsed,
-                &status::resume_of(status),
-            ),
-            started_at,
-            runs,
-            missed_runs: status.missed_runs.unwrap_or(0),
-            last_check: None,
-            span,
-            traceparent,
-            fault_spans: BTreeMap::new(),
-            written: BTreeMap::new(),
-            told_injected: status.injected.unwrap_or(0) > 0,
-        }
-    }
-
-    /// Opens a span for each fault that has entries now and ends the
-    /// spans of faults that have none any more.
-    /// A resumed run keeps the traceparent its entries already carry (so
-    /// a restart rewrites nothing); `existing` finds it by fault.
-    fn fault_spans(
-        &mut self,
-        r: &ExperimentRef,
-        active: &BTreeSet<String>,
-        existing: &dyn Fn(&str) -> Option<String>,
-    ) {
-        let tracer = global::tracer("faultline-controller");
-        let parent = OtelContext::new().with_remote_span_context(self.span.span_context().clone());
-        for fault in active {
-            if !self.fault_spans.contains_key(fault) {
-                let kind = self
-                    .run
-                    .spec()
-                    .faults
-                    .iter()
-                    .find(|f| &f.name == fault)
-                    .map_or("", |f| f.action.kind());
-                let span = tracer
-                    .span_builder("fault")
-                    .with_attributes([
-                        KeyValue::new(
-                            "faultline.experiment",
-                            format!("{}/{}", r.namespace, r.name),
-                        ),
-                        KeyValue::new("faultline.fault", fault.clone()),
-                        KeyValue::new("faultline.fault.kind", kind),
-                    ])
-                    .start_with_context(&tracer, &parent);
-                let tp = existing(fault).or_else(|| traceparent_of(&span));
-                self.fault_spans.insert(fault.clone(), (span, tp));
-            }
-        }
-        let ended: Vec<String> = self
-            .fault_spans
-            .keys()
-            .filter(|f| !active.contains(*f))
-            .cloned()
-            .collect();
-        for f in ended {
-            if let Some((mut span, _)) = self.fault_spans.remove(&f) {
-                span.end();
-            }
-        }
-    }
-
-    fn end_spans(&mut self) {
-        for (_, (mut span, _)) in std::mem::take(&mut self.fault_spans) {
-            span.end();
-        }
-        if let Some(v) = self.run.verdict() {
-            self.span
-                .set_attribute(KeyValue::new("faultline.verdict", v.as_str()));
-        }
-        self.span.end();
-    }
-}
-
-/// Target choices are fixed per experiment and run, so a restarted
-/// controller picks the same pods.
-fn seed(uid: &str, run: u32) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in uid.bytes().chain(run.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
-    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
-}
-
-/// When a scheduled experiment should start its next run, and how many
-/// start times were missed since `previous`.
+/// When a scheduled experiment should start its next run after `previous`
+/// (exclusive), and how many start times in between passed.
 fn next_run(
     exp: &Experiment,
     previous: Option<Timestamp>,
@@ -694,27 +220,30 @@ fn next_run(
     next_start(schedule, previous, now).map(|n| (n.at, n.missed))
 }
 
+fn until(at: Timestamp, now: Timestamp) -> Duration {
+    elapsed(now, at).max(Duration::from_millis(100))
+}
+
 async fn apply(exp: &Experiment, ctx: &Context) -> Result<Action> {
     let now = (ctx.clock)();
     let r = experiment_ref(exp)?;
     let previous = exp.status.clone().unwrap_or_default();
 
     if let Err(message) = validate(exp) {
-        if let Some(mut live) = ctx.take_run(&r.uid) {
-            live.end_spans();
-        }
         let mut written = BTreeMap::new();
+        if let Some(mut live) = ctx.take_run(&r.uid) {
+            live.run
+                .abort(elapsed(live.started_at, now), "the spec became invalid");
+            live.end_spans();
+            written = live.written;
+        }
         converge(ctx, &r, &BTreeMap::new(), &mut written).await?;
         if previous.phase != Some(Phase::Invalid) || previous.message.as_deref() != Some(&message) {
             ctx.event(exp, EventType::Warning, "Invalid", message.clone())
                 .await;
         }
-        write_status(
-            ctx,
-            exp,
-            &status::invalid(message, exp.metadata.generation, &previous, now),
-        )
-        .await?;
+        let status = status::invalid(message, exp.metadata.generation, &previous, second(now));
+        write_status(ctx, exp, &status).await?;
         return Ok(Action::await_change());
     }
 
@@ -725,11 +254,15 @@ async fn apply(exp: &Experiment, ctx: &Context) -> Result<Action> {
             Err(action) => return Ok(action),
         },
     };
+    if live.closed {
+        return ended(exp, ctx, &r, live, &previous, now).await;
+    }
     step(exp, ctx, &r, live, &previous, now).await
 }
 
-/// A run to drive now, or what to do instead (wait for a scheduled start,
-/// nothing at all after the one run of an unscheduled experiment).
+/// No run in memory: resume the one the status says is going on, or start
+/// one (now for an unscheduled experiment never run, at its start time for
+/// a scheduled one), or make sure an ended one left nothing behind.
 async fn start_or_resume(
     exp: &Experiment,
     ctx: &Context,
@@ -743,45 +276,121 @@ async fn start_or_resume(
         tracing::info!(experiment = %key(exp), phase = ?phase, "resuming a run");
         return Ok(Ok(Live::resume(r, exp, previous, started.0, now)));
     }
+    // Whatever ended before (a restart after the end, a removal that
+    // failed) must have left nothing on the nodes.
+    converge(ctx, r, &BTreeMap::new(), &mut BTreeMap::new()).await?;
     let runs = previous.runs.unwrap_or(0);
     if exp.spec.schedule.is_none() {
         if phase.is_none() || phase == Some(Phase::Invalid) {
-            return Ok(Ok(Live::start(r, exp, now, runs + 1, 0)));
+            return Ok(Ok(Live::start(r, exp, second(now), runs + 1, 0)));
         }
-        // Done: make sure nothing of it is left (a restart after the end).
-        let mut written = BTreeMap::new();
-        converge(ctx, r, &BTreeMap::new(), &mut written).await?;
         return Ok(Err(Action::await_change()));
     }
-    // Scheduled: start at the next start time, never late.
     let missed_before = previous.missed_runs.unwrap_or(0);
     match previous.next_run_at.as_ref().map(|t| t.0) {
-        Some(at) if now >= at && now.duration_since(at) <= START_SLACK => {
-            Ok(Ok(Live::start(r, exp, now, runs + 1, missed_before)))
-        }
-        Some(at) if now < at => Ok(Err(Action::requeue(until(at, now)))),
+        Some(at) if now >= at && now.duration_since(at) <= START_SLACK => Ok(Ok(Live::start(
+            r,
+            exp,
+            second(now),
+            runs + 1,
+            missed_before,
+        ))),
+        Some(at) if now < at => Ok(Err(Action::requeue(
+            until(at, now).min(ctx.settings.max_wait),
+        ))),
         stale => {
-            let previous_start = previous.started_at.as_ref().map(|t| t.0).or(stale);
-            let Some((at, missed)) = next_run(exp, previous_start, now) else {
+            // Misses count from the start time that passed unseen (itself
+            // one); the ones during the last run were counted at its end.
+            let Some((at, missed)) = next_run(exp, stale, now) else {
                 return Ok(Err(Action::await_change()));
             };
-            // A stale start time (the controller was away) is one more miss.
-            let missed = missed_before
-                + missed
-                + u32::from(stale.is_some() && previous.started_at.is_none());
+            let missed = missed_before + missed + u32::from(stale.is_some());
             let status = ExperimentStatus {
-                next_run_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at)),
+                next_run_at: Some(Time(at)),
                 missed_runs: (missed > 0).then_some(missed),
                 ..previous.clone()
             };
             write_status(ctx, exp, &status).await?;
-            Ok(Err(Action::requeue(until(at, now))))
+            Ok(Err(Action::requeue(
+                until(at, now).min(ctx.settings.max_wait),
+            )))
         }
     }
 }
 
-fn until(at: Timestamp, now: Timestamp) -> Duration {
-    elapsed(now, at).max(Duration::from_millis(100))
+/// A run that ended stays in memory: its entries stay removed, its final
+/// status stays written, and a scheduled experiment's next run starts here.
+async fn ended(
+    exp: &Experiment,
+    ctx: &Context,
+    r: &ExperimentRef,
+    mut live: Live,
+    previous: &ExperimentStatus,
+    now: Timestamp,
+) -> Result<Action> {
+    if let Err(e) = converge(ctx, r, &BTreeMap::new(), &mut live.written).await {
+        ctx.keep_run(&r.uid, live);
+        return Err(e);
+    }
+    let facts = facts(ctx, r, &live, 0, 0);
+    let status = status::of_run(&live.run, &facts, live.generation, previous, second(now));
+    if let Err(e) = write_status(ctx, exp, &status).await {
+        ctx.keep_run(&r.uid, live);
+        return Err(e);
+    }
+    let Some(at) = live.next_run_at else {
+        ctx.keep_run(&r.uid, live);
+        return Ok(Action::await_change());
+    };
+    if now < at {
+        ctx.keep_run(&r.uid, live);
+        return Ok(Action::requeue(until(at, now).min(ctx.settings.max_wait)));
+    }
+    if now.duration_since(at) <= START_SLACK {
+        let next = Live::start(r, exp, second(now), live.runs + 1, live.missed_runs);
+        return step(exp, ctx, r, next, previous, now).await;
+    }
+    // The start time passed unseen (the controller was busy or away).
+    match next_run(exp, Some(at), now) {
+        Some((next, missed)) => {
+            live.missed_runs += 1 + missed;
+            live.next_run_at = Some(next);
+            ctx.keep_run(&r.uid, live);
+            Ok(Action::requeue(
+                Duration::ZERO.max(Duration::from_millis(10)),
+            ))
+        }
+        None => {
+            live.next_run_at = None;
+            ctx.keep_run(&r.uid, live);
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn facts(ctx: &Context, r: &ExperimentRef, live: &Live, targets: u32, injected: u32) -> RunFacts {
+    RunFacts {
+        started_at: Some(live.started_at),
+        finished_at: live.finished_at,
+        next_run_at: live.next_run_at,
+        runs: live.runs,
+        missed_runs: live.missed_runs,
+        traceparent: live.traceparent.clone(),
+        targets,
+        injected,
+        failed: nodes::failed(ctx, r),
+    }
+}
+
+/// Checks other than `http` read the observer.
+fn needs_observer(run: &Run) -> Vec<String> {
+    run.spec()
+        .hypothesis
+        .iter()
+        .chain(&run.spec().abort)
+        .filter(|c| !matches!(c.kind, CheckKind::Http(_)))
+        .map(|c| c.display_name())
+        .collect()
 }
 
 async fn step(
@@ -794,6 +403,7 @@ async fn step(
 ) -> Result<Action> {
     let elapsed = elapsed(live.started_at, now);
     let before = live.run.phase();
+    let spec = live.run.spec().clone();
 
     if let Some(reason) = exp.annotations().get(ABORT_ANNOTATION) {
         let reason = if reason.is_empty() {
@@ -803,8 +413,26 @@ async fn step(
         };
         live.run.abort(elapsed, format!("aborted: {reason}"));
     }
+    if exp.metadata.generation != live.generation {
+        live.run.abort(
+            elapsed,
+            "the spec changed during the run; every fault was removed (the new spec runs when applied anew)",
+        );
+    }
+    if before == Phase::Pending && !ctx.observer.is_configured() {
+        let checks = needs_observer(&live.run);
+        if !checks.is_empty() {
+            live.run.abort(
+                elapsed,
+                format!(
+                    "checks {} read the observer, and this controller has none (--observer URL); nothing was injected",
+                    checks.join(", ")
+                ),
+            );
+        }
+    }
     if !live.run.is_finished()
-        && let Some(why) = plan::opt_in_refusal(&exp.spec, &r.namespace, |ns| {
+        && let Some(why) = plan::opt_in_refusal(&spec, &r.namespace, |ns| {
             ctx.namespaces
                 .get(&reflector::ObjectRef::new(ns))
                 .is_some_and(|n| plan::opted_in(&n))
@@ -813,7 +441,7 @@ async fn step(
         live.run.abort(elapsed, why);
     }
 
-    let namespaces = plan::target_namespaces(&exp.spec, &r.namespace);
+    let namespaces = plan::target_namespaces(&spec, &r.namespace);
     let pods: Vec<PodInfo> = ctx
         .pods
         .state()
@@ -826,7 +454,7 @@ async fn step(
         })
         .filter_map(|p| PodInfo::from_pod(p))
         .collect();
-    let candidates = plan::candidates(&exp.spec, &r.namespace, &pods);
+    let candidates = plan::candidates(&spec, &r.namespace, &pods);
 
     if live
         .last_check
@@ -834,7 +462,6 @@ async fn step(
     {
         live.last_check = Some(elapsed);
         for c in live.run.due(elapsed) {
-            let spec = live.run.spec();
             let check = if c.abort {
                 &spec.abort[c.index]
             } else {
@@ -850,53 +477,38 @@ async fn step(
                 }
             }
         }
-    }
-
-    live.run.step(elapsed, &candidates);
-    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
-    let resolved = live.run.resolved();
-    let active: BTreeSet<String> = resolved.iter().map(|x| x.fault.name.clone()).collect();
-    drop(resolved);
-    let in_store = entries_in_store(ctx, r);
-    live.fault_spans(r, &active, &|fault| {
-        let prefix = format!("{}{fault}/", r.id_prefix());
-        in_store
-            .values()
-            .flatten()
-            .find(|f| f.id.starts_with(&prefix))
-            .and_then(|f| f.traceparent.clone())
-    });
-    let resolved = live.run.resolved();
-    let mut desired = BTreeMap::new();
-    for fault in &active {
-        let tp = live
-            .fault_spans
-            .get(fault)
-            .and_then(|(_, tp)| tp.as_deref());
-        let of_fault: Vec<_> = resolved
-            .iter()
-            .filter(|x| &x.fault.name == fault)
-            .copied()
-            .collect();
-        for (node, entries) in
-            plan::node_entries(r, &of_fault, live.run.plan(), &index, live.started_at, tp)
-        {
-            desired.entry(node).or_insert_with(Vec::new).extend(entries);
+        let waited_too_long = match live.run.phase() {
+            Phase::Pending => elapsed > CHECK_PATIENCE,
+            Phase::Recovering => elapsed > spec.duration.as_std() + CHECK_PATIENCE,
+            _ => false,
+        };
+        if waited_too_long {
+            live.run
+                .give_up_due(elapsed, "its figures could not be read for 60 s");
         }
     }
-    for entries in desired.values_mut() {
-        entries.sort_by(|a: &NodeFault, b: &NodeFault| a.id.cmp(&b.id));
+
+    let actions = live.run.step(elapsed, &candidates);
+    delete_pods(ctx, exp, &live.run, &actions, &pods).await;
+    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+    let mut desired = desired_entries(ctx, r, &mut live, &index);
+    if let Some(why) = nodes::refused(&desired) {
+        live.run.abort(elapsed, why);
+        live.run.step(elapsed, &candidates);
+        desired = desired_entries(ctx, r, &mut live, &index);
     }
-    drop(resolved);
-    let written = converge(ctx, r, &desired, &mut live.written).await;
+    // Nothing of the status is written before the nodes hold what the run
+    // wants: a status that says "ended" means the faults are gone.
+    if let Err(e) = converge(ctx, r, &desired, &mut live.written).await {
+        ctx.keep_run(&r.uid, live);
+        return Err(e);
+    }
 
     let injected: u32 = desired.values().map(|v| v.len() as u32).sum();
     // Pods that faults act on (a target only named as peers is not one).
     let targets = {
         let plan = live.run.plan();
-        let all: BTreeSet<&String> = live
-            .run
-            .spec()
+        let all: BTreeSet<&String> = spec
             .faults
             .iter()
             .flat_map(|f| plan.get(&f.target).into_iter().flatten())
@@ -904,29 +516,23 @@ async fn step(
         all.len() as u32
     };
     let finished = live.run.is_finished();
-    let next = if finished {
-        next_run(exp, Some(live.started_at), now)
-    } else {
-        None
-    };
-    let facts = RunFacts {
-        started_at: Some(live.started_at),
-        finished_at: finished
-            .then_some(previous.finished_at.as_ref().map_or(now, |t| t.0))
-            .filter(|_| finished),
-        next_run_at: next.map(|(at, _)| at),
-        runs: live.runs,
-        missed_runs: live.missed_runs + next.map_or(0, |(_, m)| m),
-        traceparent: live.traceparent.clone(),
-        targets,
-        injected,
-        failed: failed_in_store(ctx, r),
-    };
-    let new_status = status::of_run(&live.run, &facts, exp.metadata.generation, previous, now);
+    if finished {
+        live.finished_at = Some(second(now));
+        if let Some((at, missed)) = next_run(exp, Some(live.started_at), now) {
+            live.next_run_at = Some(at);
+            live.missed_runs += missed;
+        }
+    }
+    let facts = facts(ctx, r, &live, targets, injected);
+    let new_status = status::of_run(&live.run, &facts, live.generation, previous, second(now));
+    if let Err(e) = write_status(ctx, exp, &new_status).await {
+        ctx.keep_run(&r.uid, live);
+        return Err(e);
+    }
 
     // Events on what changed.
     let after = live.run.phase();
-    if before == Phase::Pending && after != Phase::Pending && !finished_without_start(&live.run) {
+    if before == Phase::Pending && after != Phase::Pending && !live.run.plan().is_empty() {
         ctx.event(
             exp,
             EventType::Normal,
@@ -951,60 +557,127 @@ async fn step(
         ctx.event(exp, EventType::Warning, "Aborted", why).await;
     }
 
-    if let Err(e) = written {
-        // Status first, so what the run decided is not lost; retried next turn.
-        write_status(ctx, exp, &new_status).await?;
+    if !finished {
         ctx.keep_run(&r.uid, live);
-        return Err(e);
+        return Ok(Action::requeue(ctx.settings.tick));
     }
-
-    if finished && live.written.is_empty() {
-        let verdict = live.run.verdict().unwrap_or(Verdict::Aborted);
-        let type_ = if verdict == Verdict::Passed {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        let mut note = format!("verdict {verdict}");
-        if let Some(m) = live.run.message() {
-            note.push_str(&format!(": {m}"));
-        }
-        write_status(ctx, exp, &new_status).await?;
-        ctx.event(exp, type_, verdict.as_str(), note).await;
-        live.end_spans();
-        ctx.metrics.runs_finished.inc();
-        return Ok(match next {
-            Some((at, _)) => Action::requeue(until(at, now)),
-            None => Action::await_change(),
-        });
+    let verdict = live.run.verdict().unwrap_or(Verdict::Aborted);
+    let type_ = if verdict == Verdict::Passed {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    let mut note = format!("verdict {verdict}");
+    if let Some(m) = live.run.message() {
+        note.push_str(&format!(": {m}"));
     }
-    write_status(ctx, exp, &new_status).await?;
+    ctx.event(exp, type_, verdict.as_str(), note).await;
+    live.end_spans();
+    live.closed = true;
+    ctx.metrics.runs_finished.inc();
+    if exp.annotations().contains_key(ABORT_ANNOTATION) {
+        clear_abort(ctx, exp).await;
+    }
+    let action = match live.next_run_at {
+        Some(at) => Action::requeue(until(at, now).min(ctx.settings.max_wait)),
+        None => Action::await_change(),
+    };
     ctx.keep_run(&r.uid, live);
-    Ok(Action::requeue(ctx.settings.tick))
+    Ok(action)
 }
 
-/// A run that ended before injecting anything (refused by its limits,
-/// its namespaces, or its steady-state checks).
-fn finished_without_start(run: &Run) -> bool {
-    run.is_finished() && run.plan().is_empty()
+/// The abort annotation stops one run; once it has ended, it goes, so a
+/// scheduled experiment's next run (or a fixed spec) is not aborted too.
+async fn clear_abort(ctx: &Context, exp: &Experiment) {
+    let Some(ns) = exp.namespace() else { return };
+    let api = Api::<Experiment>::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {ABORT_ANNOTATION: null}}});
+    if let Err(e) = api
+        .patch(
+            &exp.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::warn!(experiment = %key(exp), error = %chain(&e), "cannot remove the abort annotation");
+    }
 }
 
-/// The experiment is being deleted: remove every entry it placed.
+/// The entries the run wants now on each node, each fault's carrying its
+/// span's traceparent (a resumed run keeps the one its entries carry, so a
+/// restart rewrites nothing).
+fn desired_entries(
+    ctx: &Context,
+    r: &ExperimentRef,
+    live: &mut Live,
+    index: &HashMap<&str, &PodInfo>,
+) -> BTreeMap<String, Vec<NodeFault>> {
+    let active: BTreeSet<String> = live
+        .run
+        .resolved()
+        .iter()
+        .map(|x| x.fault.name.clone())
+        .collect();
+    let cached = nodes::in_store(ctx, r);
+    live.fault_spans(r, &active, &|fault| {
+        let prefix = format!("{}{fault}/", r.id_prefix());
+        cached
+            .values()
+            .flat_map(|(entries, _)| entries)
+            .find(|f| f.id.starts_with(&prefix))
+            .and_then(|f| f.traceparent.clone())
+    });
+    let resolved = live.run.resolved();
+    let mut desired: BTreeMap<String, Vec<NodeFault>> = BTreeMap::new();
+    for fault in &active {
+        let of_fault: Vec<_> = resolved
+            .iter()
+            .filter(|x| &x.fault.name == fault)
+            .copied()
+            .collect();
+        let tp = live.fault_traceparent(fault);
+        for (node, entries) in
+            plan::node_entries(r, &of_fault, live.run.plan(), index, live.started_at, tp)
+        {
+            desired.entry(node).or_default().extend(entries);
+        }
+    }
+    for entries in desired.values_mut() {
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    desired
+}
+
+/// The experiment is being deleted: remove every entry it placed before
+/// the finalizer lets it go.
 async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
     let r = experiment_ref(exp)?;
-    let mut written = match ctx.take_run(&r.uid) {
+    let (mut written, live) = match ctx.take_run(&r.uid) {
         Some(mut live) => {
-            live.run.abort(
-                elapsed(live.started_at, (ctx.clock)()),
-                "the experiment was deleted",
-            );
-            live.end_spans();
-            live.written
+            if !live.closed {
+                live.run.abort(
+                    elapsed(live.started_at, (ctx.clock)()),
+                    "the experiment was deleted",
+                );
+                live.end_spans();
+            }
+            (std::mem::take(&mut live.written), Some(live))
         }
-        None => BTreeMap::new(),
+        None => (BTreeMap::new(), None),
     };
-    let removed: usize = entries_in_store(ctx, &r).values().map(Vec::len).sum();
-    converge(ctx, &r, &BTreeMap::new(), &mut written).await?;
+    let removed: usize = nodes::in_store(ctx, &r)
+        .values()
+        .map(|(e, _)| e.len())
+        .sum();
+    if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written).await {
+        if let Some(mut live) = live {
+            live.written = written;
+            live.closed = true;
+            ctx.keep_run(&r.uid, live);
+        }
+        return Err(e);
+    }
     if removed > 0 {
         ctx.event(
             exp,
@@ -1015,4 +688,52 @@ async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
         .await;
     }
     Ok(Action::await_change())
+}
+
+async fn delete_pods(
+    ctx: &Context,
+    exp: &Experiment,
+    run: &Run,
+    actions: &[faultline_engine::Action],
+    pods: &[PodInfo],
+) {
+    for action in actions {
+        let faultline_engine::Action::Signal(instance, _) = action else {
+            continue;
+        };
+        let deletes = run.spec().faults.iter().any(|f| {
+            f.name == instance.fault
+                && matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete)
+        });
+        let Some(pod) = pods.iter().find(|p| p.uid == instance.target) else {
+            continue;
+        };
+        if !deletes {
+            continue;
+        }
+        let api = Api::<Pod>::namespaced(ctx.client.clone(), &pod.namespace);
+        // The uid precondition: never delete a successor that took the name.
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(pod.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pod.name, &params).await {
+            Ok(_) => {
+                tracing::info!(experiment = %key(exp), pod = %format!("{}/{}", pod.namespace, pod.name), fault = %instance.fault, "deleted a pod");
+                ctx.event(
+                    exp,
+                    EventType::Normal,
+                    "PodDeleted",
+                    format!("{} deleted {}/{}", instance.fault, pod.namespace, pod.name),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(experiment = %key(exp), pod = %pod.name, error = %chain(&e), "cannot delete a pod");
+            }
+        }
+    }
 }

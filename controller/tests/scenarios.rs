@@ -45,23 +45,31 @@ impl Controller {
         let clock = clock.clone();
         let ctx = Arc::new(Context::new(
             client,
-            stores.clone(),
+            stores,
             ObserverClient::new(None),
             Arc::new(move || *clock.lock().expect("clock")),
             Settings {
                 tick: Duration::from_millis(40),
                 check_every: Duration::from_millis(40),
+                max_wait: Duration::from_millis(100),
             },
             Metrics::default(),
             Some("test".into()),
         ));
         let (stop, stopped) = oneshot::channel::<()>();
+        let started = ctx.clone();
         let task = tokio::spawn(reconcile::run(ctx, driver, async {
             let _ = stopped.await;
         }));
-        tokio::time::timeout(WAIT, stores.ready())
-            .await
-            .expect("stores listed");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !started.is_ready() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the controller never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
         Controller {
             stop: Some(stop),
             task,
@@ -352,20 +360,18 @@ async fn a_restarted_controller_continues_the_run_without_writing_anything_twice
 
     advance(&clock, 20);
     let second = Controller::start(&server, &clock).await;
-    // The second controller steps the run (its status says so) and leaves
-    // the entries as they are.
-    let status_writes = |server: &ApiServer| {
+    // The second controller steps the run and finds nothing to change:
+    // not an entry, not the status.
+    let statuses = |server: &ApiServer| {
         server
             .writes()
             .iter()
             .filter(|w| w.path.ends_with("/status"))
             .count()
     };
-    let seen = status_writes(&server);
-    until("the second controller at work", WAIT, || {
-        status_writes(&server) > seen
-    })
-    .await;
+    let seen = statuses(&server);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(statuses(&server), seen, "the status stands as written");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         nodefaults_writes(&server).len(),
@@ -474,5 +480,211 @@ async fn an_invalid_experiment_that_got_past_the_crd_is_marked_invalid() {
         reasons(&server).contains(&"Invalid".to_owned())
     })
     .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_delete_kill_deletes_pods_through_the_api_each_period() {
+    let server = ApiServer::new();
+    let clock = clock();
+    let (p1, p2, _) = shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    server.apply(experiment(
+        "kill",
+        "shop",
+        "60s",
+        json!([{"name": "kill", "target": "payments", "kill": {"method": "delete", "every": "20s"}}]),
+    ));
+    let deletes = |server: &ApiServer| -> Vec<Write> {
+        server
+            .writes()
+            .into_iter()
+            .filter(|w| w.method == "DELETE" && w.path.contains("/pods/"))
+            .collect()
+    };
+    until("both pods deleted", WAIT, || deletes(&server).len() == 2).await;
+    let uids: Vec<String> = deletes(&server)
+        .iter()
+        .map(|w| {
+            w.body["preconditions"]["uid"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        uids.contains(&p1) && uids.contains(&p2),
+        "uid preconditions: {uids:?}"
+    );
+    assert!(
+        server.list("NodeFaults").is_empty(),
+        "no agent entry for a delete kill"
+    );
+    until("a PodDeleted event", WAIT, || {
+        reasons(&server).contains(&"PodDeleted".to_owned())
+    })
+    .await;
+    // The Deployment's replacement is left alone until the next period.
+    server.apply(pod("payments-3", "shop", "payments", "node-c", "10.0.0.3"));
+    advance(&clock, 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deletes(&server).len(), 2);
+    advance(&clock, 15);
+    until("the replacement deleted at 20 s", WAIT, || {
+        deletes(&server).len() == 3
+    })
+    .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_scheduled_experiment_runs_at_its_start_times_and_counts_missed_ones() {
+    let server = ApiServer::new();
+    let clock = clock(); // 10:00:00
+    let (p1, _, _) = shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    let mut exp = experiment("nightly", "shop", "30s", slow_payments());
+    exp["spec"]["schedule"] = json!("*/5 * * * *");
+    server.apply(exp);
+    until("the next start time", WAIT, || {
+        status(&server, "shop", "nightly")["nextRunAt"] == "2026-03-01T10:05:00Z"
+    })
+    .await;
+    assert!(
+        server.list("NodeFaults").is_empty(),
+        "nothing before the start time"
+    );
+    advance(&clock, 300); // 10:05:00
+    until("the first run", WAIT, || {
+        ids(&server, "node-a") == [format!("shop/nightly/slow/{p1}")]
+    })
+    .await;
+    assert_eq!(status(&server, "shop", "nightly")["runs"], 1);
+    advance(&clock, 31);
+    until("the run's end and the next start", WAIT, || {
+        let s = status(&server, "shop", "nightly");
+        s["verdict"] == "Passed" && s["nextRunAt"] == "2026-03-01T10:10:00Z"
+    })
+    .await;
+    assert!(ids(&server, "node-a").is_empty());
+    // The controller is away at 10:10; it comes back at 10:16.
+    controller.stop().await;
+    advance(&clock, 11 * 60 - 31);
+    let controller = Controller::start(&server, &clock).await;
+    until(
+        "the missed start counted, the next one planned",
+        WAIT,
+        || {
+            let s = status(&server, "shop", "nightly");
+            s["nextRunAt"] == "2026-03-01T10:20:00Z" && s["missedRuns"] == 2
+        },
+    )
+    .await;
+    assert!(
+        server
+            .list("NodeFaults")
+            .iter()
+            .all(|nf| nf["spec"]["faults"] == json!([]))
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn runs_that_cannot_be_placed_or_judged_stop_with_the_reason() {
+    let server = ApiServer::new();
+    let clock = clock();
+    shop(&server);
+    // 70 payments pods: one partition would carry 72 peer addresses, more
+    // than a NodeFaults entry may hold (64).
+    for i in 0..70 {
+        server.apply(pod(
+            &format!("p-{i}"),
+            "shop",
+            "payments",
+            "node-z",
+            &format!("10.1.0.{i}"),
+        ));
+    }
+    let controller = Controller::start(&server, &clock).await;
+    server.apply(experiment(
+        "wide",
+        "shop",
+        "60s",
+        json!([{"name": "cut", "target": "checkout", "partition": {"peers": ["payments"]}}]),
+    ));
+    until("refused", WAIT, || {
+        status(&server, "shop", "wide")["phase"] == "Recovered"
+    })
+    .await;
+    let message = status(&server, "shop", "wide")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        message.contains("cannot be written") && message.contains("peers"),
+        "{message}"
+    );
+    assert!(
+        server
+            .list("NodeFaults")
+            .iter()
+            .all(|nf| nf["spec"]["faults"] == json!([]))
+    );
+
+    // Checks that read the observer, on a controller without one.
+    let mut judged = experiment("judged", "shop", "60s", slow_payments());
+    judged["spec"]["hypothesis"] = json!([{"errorRate": {"service": "checkout", "max": "5%"}}]);
+    server.apply(judged);
+    until("refused", WAIT, || {
+        status(&server, "shop", "judged")["verdict"] == "Aborted"
+    })
+    .await;
+    let message = status(&server, "shop", "judged")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(message.contains("--observer"), "{message}");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_spec_changed_mid_run_stops_it_and_an_abort_annotation_goes_with_its_run() {
+    let server = ApiServer::new();
+    let clock = clock();
+    shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    let mut exp = experiment("slow", "shop", "60s", slow_payments());
+    server.apply(exp.clone());
+    until("entries", WAIT, || ids(&server, "node-a").len() == 1).await;
+    exp["spec"]["duration"] = json!("90s");
+    server.apply(exp);
+    until("stopped", WAIT, || {
+        status(&server, "shop", "slow")["verdict"] == "Aborted"
+    })
+    .await;
+    assert!(ids(&server, "node-a").is_empty() && ids(&server, "node-b").is_empty());
+    let message = status(&server, "shop", "slow")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(message.contains("spec changed"), "{message}");
+
+    // An abort of another run: once it has ended, the annotation is gone.
+    let mut other = experiment("other", "shop", "60s", slow_payments());
+    server.apply(other.clone());
+    until("entries", WAIT, || ids(&server, "node-a").len() == 1).await;
+    other["metadata"]["annotations"] = json!({"faultline.dev/abort": "enough"});
+    server.apply(other);
+    until("annotation removed", WAIT, || {
+        server
+            .get("Experiment", Some("shop"), "other")
+            .is_some_and(|e| {
+                e["metadata"]["annotations"]
+                    .get("faultline.dev/abort")
+                    .is_none()
+            })
+    })
+    .await;
+    assert_eq!(status(&server, "shop", "other")["verdict"], "Aborted");
     controller.stop().await;
 }

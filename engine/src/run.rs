@@ -113,6 +113,13 @@ pub struct Run {
     /// Kill faults in their window, per target (signals are actions; this
     /// is the level a node agent repeats them from).
     killing: BTreeSet<Instance>,
+    /// Per kill fault, the targets it had when its first signals went out.
+    /// A fault without `every` acts on those only: a replacement (a
+    /// deleted pod's successor) is not killed in turn. With `every`, a
+    /// target that joins later gets its first signal at the next period.
+    kill_targets: BTreeMap<String, BTreeSet<String>>,
+    /// When signals were last worked out (a newcomer's periods count from there).
+    signals_at: Option<Duration>,
     signals_sent: BTreeMap<Instance, u64>,
     hypothesis: Vec<CheckState>,
     aborts: Vec<CheckState>,
@@ -138,6 +145,8 @@ impl Run {
             plan: Plan::new(),
             active: BTreeSet::new(),
             killing: BTreeSet::new(),
+            kill_targets: BTreeMap::new(),
+            signals_at: None,
             signals_sent: BTreeMap::new(),
             hypothesis,
             aborts,
@@ -324,8 +333,8 @@ impl Run {
                     actions.push(Action::Inject(new));
                     injected = true;
                 }
-                self.killing = self.kill_window(now);
                 actions.extend(self.signals(now));
+                self.killing = self.kill_window(now);
                 self.set_phase(
                     now,
                     if injected {
@@ -373,25 +382,32 @@ impl Run {
             .collect()
     }
 
-    /// Kill faults whose window holds `now`, per planned target.
+    /// Kill faults whose window holds `now`, per target they act on.
     fn kill_window(&self, now: Duration) -> BTreeSet<Instance> {
         let duration = self.spec.duration;
-        self.spec
-            .faults
-            .iter()
-            .filter(|f| matches!(f.action, FaultAction::Kill(_)))
-            .filter(|f| f.start().as_std() <= now && now < f.end(duration).as_std())
-            .flat_map(|f| {
-                self.plan
-                    .get(&f.target)
-                    .into_iter()
-                    .flatten()
-                    .map(|t| Instance {
+        let mut out = BTreeSet::new();
+        for f in &self.spec.faults {
+            let FaultAction::Kill(k) = &f.action else {
+                continue;
+            };
+            if now < f.start().as_std() || now >= f.end(duration).as_std() {
+                continue;
+            }
+            for t in self.plan.get(&f.target).into_iter().flatten() {
+                let once_and_new = k.every.is_none()
+                    && self
+                        .kill_targets
+                        .get(&f.name)
+                        .is_some_and(|first| !first.contains(t));
+                if !once_and_new {
+                    out.insert(Instance {
                         fault: f.name.clone(),
                         target: t.clone(),
-                    })
-            })
-            .collect()
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Every fault instance the run holds now — latency and partitions
@@ -434,22 +450,40 @@ impl Run {
                 _ => 1,
             };
             let due = due_at(now);
-            let taken_over = self.resumed_at.filter(|r| *r >= start).map(due_at);
-            for t in self.plan.get(&f.target).into_iter().flatten() {
+            let targets: BTreeSet<String> = self
+                .plan
+                .get(&f.target)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            // The first round: signals due by a resume count as sent.
+            let begun = self.kill_targets.contains_key(&f.name);
+            let first = if begun {
+                due_at(self.signals_at.unwrap_or(now))
+            } else {
+                self.resumed_at.filter(|r| *r >= start).map_or(0, due_at)
+            };
+            let known = self
+                .kill_targets
+                .entry(f.name.clone())
+                .or_insert_with(|| targets.clone());
+            for t in &targets {
+                if k.every.is_none() && !known.contains(t) {
+                    continue; // a once-kill's replacement is left alone
+                }
                 let instance = Instance {
                     fault: f.name.clone(),
                     target: t.clone(),
                 };
-                let sent = self
-                    .signals_sent
-                    .entry(instance.clone())
-                    .or_insert(taken_over.unwrap_or(0));
+                let sent = self.signals_sent.entry(instance.clone()).or_insert(first);
                 if *sent < due {
                     *sent = due;
                     out.push(Action::Signal(instance, k.signal));
                 }
             }
         }
+        self.signals_at = Some(now);
         for a in &out {
             if let Action::Signal(i, s) = a {
                 self.journal.push(Entry {
@@ -585,7 +619,56 @@ impl Run {
         evaluation
     }
 
+    /// Due checks whose figures could not be read for too long count as
+    /// failed, so the run goes on rather than waiting forever: a
+    /// steady-state check then ends the run before anything is injected,
+    /// an after-check ends it failed.
+    pub fn give_up_due(&mut self, now: Duration, why: &str) {
+        let phase = match self.phase {
+            Phase::Pending => CheckPhase::Before,
+            Phase::Recovering | Phase::Completed => CheckPhase::After,
+            _ => CheckPhase::During,
+        };
+        for c in self.due(now) {
+            let name = if c.abort {
+                self.spec.abort[c.index].display_name()
+            } else {
+                self.spec.hypothesis[c.index].display_name()
+            };
+            let state = if c.abort {
+                &mut self.aborts[c.index]
+            } else {
+                &mut self.hypothesis[c.index]
+            };
+            state.done.insert(phase);
+            if !c.abort && state.failure.is_none() {
+                state.failure = Some(format!("{name}: {why} ({phase})"));
+            }
+            self.journal.push(Entry {
+                at: now,
+                event: format!("check {name} ({phase}): not judged: {why}"),
+            });
+            if !c.abort && phase == CheckPhase::Before {
+                self.message = Some(format!(
+                    "steady state not known before injection: {name}: {why}"
+                ));
+                self.verdict = Some(Verdict::Failed);
+                self.set_phase(now, Phase::Completed);
+            }
+        }
+    }
+
     fn complete(&mut self, now: Duration) {
+        // A check that was never judged is no evidence that the hypothesis held.
+        for (i, c) in self.spec.hypothesis.iter().enumerate() {
+            let state = &mut self.hypothesis[i];
+            if state.evaluations == 0 && state.failure.is_none() {
+                state.failure = Some(format!(
+                    "{}: never evaluated (no figures could be read)",
+                    c.display_name()
+                ));
+            }
+        }
         // A breaker check with `within` that never reached its state fails.
         for (i, c) in self.spec.hypothesis.iter().enumerate() {
             if let CheckKind::Breaker(b) = &c.kind

@@ -295,6 +295,97 @@ fn kills_repeat_and_replacements_are_covered() {
     assert_eq!(run.verdict(), Some(Verdict::Passed));
 }
 
+#[test]
+fn a_once_kill_leaves_replacements_alone_and_a_periodic_one_waits_for_its_period() {
+    let spec = |every: &str| {
+        spec(&format!(
+            "  duration: 60s
+  targets:
+    payments: {{labels: {{app: payments}}}}
+  faults:
+    - name: kill
+      target: payments
+      kill: {{signal: SIGTERM{every}}}
+"
+        ))
+    };
+    let signalled = |a: &[Action]| -> Vec<String> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Signal(i, _) => Some(i.target.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let with_newcomer: Vec<Candidate> = shop()
+        .into_iter()
+        .chain([Candidate::new("payments-3", "shop", &[("app", "payments")])])
+        .collect();
+
+    let mut once = Run::new(spec(""), "shop", 1);
+    assert_eq!(
+        signalled(&once.step(s(0), &shop())),
+        ["payments-1", "payments-2"]
+    );
+    assert!(signalled(&once.step(s(5), &with_newcomer)).is_empty());
+    let held: Vec<String> = once
+        .resolved()
+        .iter()
+        .map(|r| r.target.to_owned())
+        .collect();
+    assert_eq!(
+        held,
+        ["payments-1", "payments-2"],
+        "the newcomer holds no kill"
+    );
+
+    let mut periodic = Run::new(spec(", every: 20s"), "shop", 1);
+    assert_eq!(signalled(&periodic.step(s(0), &shop())).len(), 2);
+    assert!(
+        signalled(&periodic.step(s(5), &with_newcomer)).is_empty(),
+        "not at once"
+    );
+    assert_eq!(periodic.resolved().len(), 3, "but it holds the kill");
+    assert_eq!(signalled(&periodic.step(s(20), &with_newcomer)).len(), 3);
+}
+
+#[test]
+fn a_resumed_run_repeats_no_signal_and_keeps_its_checks() {
+    let spec = spec(
+        "  duration: 60s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: kill, target: payments, kill: {every: 20s}}
+    - {name: slow, target: payments, start: 10s, latency: {delay: 100ms}}
+",
+    );
+    let mut first = Run::new(spec.clone(), "shop", 1);
+    first.step(s(0), &shop());
+    first.step(s(25), &shop());
+    // Taken over at 30 s: the signals of the 20 s period were sent already.
+    let resume = faultline_engine::Resume {
+        phase: Some(first.phase()),
+        ..Default::default()
+    };
+    let mut second = Run::resume(spec, "shop", 1, s(30), &resume);
+    let a = second.step(s(30), &shop());
+    assert!(!a.iter().any(|a| matches!(a, Action::Signal(..))), "{a:?}");
+    let mut held: Vec<(String, String, u64)> = second
+        .resolved()
+        .iter()
+        .map(|r| (r.fault.name.clone(), r.target.to_owned(), r.until.as_secs()))
+        .collect();
+    held.sort();
+    assert_eq!(held.len(), 4, "{held:?}");
+    assert!(held.iter().all(|(_, _, until)| *until == 60));
+    let a = second.step(s(40), &shop());
+    assert_eq!(
+        a.iter().filter(|a| matches!(a, Action::Signal(..))).count(),
+        2
+    );
+}
+
 // ---- properties ----
 
 fn dur(ms: u64) -> faultline_api::Duration {
@@ -328,7 +419,7 @@ prop_compose! {
             let action = match kind {
                 0 => FaultAction::Latency(Latency { delay: dur(100), jitter: None, correlation: None, loss: None, to: vec![] }),
                 1 => FaultAction::Partition(Partition { direction: Direction::Both, peers: vec!["10.0.0.0/8".into()], ports: vec![] }),
-                _ => FaultAction::Kill(Kill { signal: Signal::Kill, every: Some(dur(3000)) }),
+                _ => FaultAction::Kill(Kill { signal: Signal::Kill, method: Default::default(), every: Some(dur(3000)) }),
             };
             Fault {
                 name: format!("f{i}"),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use faultline_api::{
     Experiment, Topology,
     experiment::{BreakerState, CheckKind, Phase, Verdict},
-    fault::{Direction, FaultAction},
+    fault::{Direction, FaultAction, KillMethod, Signal},
     topology::addr_var,
 };
 use faultline_engine::{Action, Candidate, CheckReport, Entry, Observed, Resolved, Run};
@@ -238,9 +238,21 @@ pub async fn run(
         }
         let actions = run.step(now, &candidates);
         for a in &actions {
+            // A `delete` kill is a pod deletion on a cluster; here the
+            // closest thing is SIGKILL, after which the supervisor restarts.
+            let deletes = |fault: &str| {
+                run.spec().faults.iter().any(|f| {
+                    f.name == fault
+                        && matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete)
+                })
+            };
             if let Action::Signal(i, sig) = a
                 && let Some(p) = procs.get(&i.target)
-                && let Err(e) = p.signal(sig.number())
+                && let Err(e) = p.signal(if deletes(&i.fault) {
+                    Signal::Kill.number()
+                } else {
+                    sig.number()
+                })
             {
                 log.lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -349,6 +349,13 @@ current-context: mock
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        if std::env::var_os("FAULTLINE_TESTKIT_TRACE").is_some() {
+            eprintln!(
+                "{:?} {} {path}?{query}",
+                std::time::SystemTime::now(),
+                parts.method
+            );
+        }
         if self.state.lock().expect("state").down {
             let (code, v) = status(503, "ServiceUnavailable", "the API server is down");
             return respond(code, &v);
@@ -424,6 +431,8 @@ current-context: mock
                     }
                 }
             }
+            // The event recorder patches a repeated event's series.
+            (Method::PATCH, Some(_)) if resource == "events" => respond(200, &parsed),
             (Method::POST, None) if resource == "events" => {
                 self.state
                     .lock()
@@ -653,6 +662,15 @@ fn apply_nodefaults_locked(s: &mut State, key: Key, body: &Value, manager: &str)
         items.insert(id, item);
     }
     let faults: Vec<Value> = items.into_values().collect();
+    // What the CRD's schema would refuse, refused as the API server does.
+    let candidate = json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NodeFaults",
+                           "metadata": {"name": node}, "spec": {"faults": faults}});
+    if let Err(problems) = faultline_api::parse_one::<faultline_api::NodeFaults>(
+        serde_json::to_string(&candidate).expect("json").as_bytes(),
+    ) {
+        let message: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        return status(422, "Invalid", &message.join("; "));
+    }
     if existed && object["spec"]["faults"] == json!(faults) {
         return (200, object);
     }

@@ -317,15 +317,26 @@ impl AgentProc {
 
     /// Starts the agent with extra arguments after the standard ones.
     pub fn start_with(&mut self, extra: &[&str]) {
+        let desired = self.desired().display().to_string();
+        self.start_mode(&["standalone", "--desired", &desired], extra);
+    }
+
+    /// Kube mode: follows node `node`'s NodeFaults object on the API
+    /// server `kubeconfig` names.
+    pub fn start_kube(&mut self, node: &str, kubeconfig: &Path, extra: &[&str]) {
+        self.env
+            .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        self.start_mode(&["kube", "--node", node], extra);
+    }
+
+    fn start_mode(&mut self, mode: &[&str], extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_faultline-agent"))
-            .arg("standalone")
-            .arg("--desired")
-            .arg(self.desired())
+            .args(mode)
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(extra)
@@ -469,4 +480,74 @@ impl Drop for TestCgroup {
 
 pub fn cgroup2_root() -> PathBuf {
     faultline_agent::target::cgroup2_mount().expect("a cgroup v2 mount")
+}
+
+/// A cgroup tree laid out as the kubelet lays out pods (one pod per cgroup
+/// driver), each pod's process in a namespace this test made; removed
+/// deepest first on drop, its processes killed.
+pub struct KubeletTree {
+    pub root: std::path::PathBuf,
+    leaves: Vec<std::path::PathBuf>,
+    children: Vec<std::process::Child>,
+}
+
+impl KubeletTree {
+    pub fn new() -> KubeletTree {
+        let root = cgroup2_root().join(unique("faultline-test-"));
+        std::fs::create_dir(&root).expect("cgroup root");
+        KubeletTree {
+            root,
+            leaves: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Creates `rel` under the root and starts a `sleep` in it, inside the
+    /// network namespace `netns` (by name); returns the child's index.
+    pub fn pod_process(&mut self, rel: &str, netns: &str) -> usize {
+        let leaf = self.root.join(rel);
+        std::fs::create_dir_all(&leaf).expect("pod cgroup");
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "sleep", "60"])
+            .spawn()
+            .expect("sleep in the namespace");
+        // In the cgroup only once `ip` has entered the namespace (and exec'd
+        // sleep), so the agent cannot find it in the host's namespace.
+        let ns_id = |p: &str| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok()
+        };
+        let want = ns_id(&format!("/run/netns/{netns}"));
+        let entered = wait_for(Duration::from_secs(5), || {
+            ns_id(&format!("/proc/{}/ns/net", child.id())) == want
+        });
+        assert!(entered.is_some(), "the pod process never entered {netns}");
+        std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).expect("join cgroup");
+        self.leaves.push(leaf);
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    pub fn ended_by(&mut self, i: usize) -> Option<i32> {
+        ended_by(&mut self.children[i])
+    }
+}
+
+impl Drop for KubeletTree {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for leaf in &self.leaves {
+            let mut dir = leaf.as_path();
+            while dir != self.root {
+                let _ = wait_for(Duration::from_secs(2), || {
+                    std::fs::remove_dir(dir).is_ok() || !dir.exists()
+                });
+                dir = dir.parent().unwrap_or(&self.root);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.root);
+    }
 }

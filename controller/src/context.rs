@@ -1,0 +1,242 @@
+//! What every reconcile reads: the client, the watches' stores (pods,
+//! namespaces, NodeFaults: one cluster-wide watch each), the observer, the
+//! clock and the runs this controller drives.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use faultline_api::{Experiment, NodeFaults};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher::{self, Config},
+    },
+};
+
+use crate::{live::Live, metrics::Metrics, observe::ObserverClient, reconcile::chain};
+
+/// The time, as the controller reads it (tests move it by hand).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often a running experiment is stepped.
+    pub tick: Duration,
+    /// How often due checks are evaluated.
+    pub check_every: Duration,
+    /// The longest a waiting experiment (a scheduled one between runs) goes
+    /// unlooked at, so a changed clock is noticed.
+    pub max_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tick: Duration::from_secs(1),
+            check_every: Duration::from_secs(2),
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a reconcile reads besides the experiment.
+pub struct Context {
+    pub client: Client,
+    pub pods: Store<Pod>,
+    pub namespaces: Store<Namespace>,
+    pub nodefaults: Store<NodeFaults>,
+    pub observer: ObserverClient,
+    pub recorder: Recorder,
+    pub clock: Clock,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub(crate) runs: Mutex<HashMap<String, Live>>,
+    /// Every store has listed (set by `reconcile::run`, read by /readyz).
+    pub(crate) ready: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps what a pod watch stores to what planning reads: 150 000 pods'
+/// container specs and managed fields would be most of the memory.
+fn slim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::PodSpec {
+            node_name: spec.node_name.take(),
+            ..Default::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase.take(),
+            pod_ip: status.pod_ip.take(),
+            pod_ips: status.pod_ips.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// The stores the controller reads from.
+#[derive(Clone)]
+pub struct Stores {
+    pub pods: Store<Pod>,
+    pub namespaces: Store<Namespace>,
+    pub nodefaults: Store<NodeFaults>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    /// Waits until every store has listed: before that a plan sees no pods.
+    /// One waiter at a time: kube's readiness signal wakes only the last
+    /// task that polled it.
+    pub async fn ready(&self) {
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.nodefaults.wait_until_ready().await;
+    }
+}
+
+/// The watches the controller reads from, on `client`: the stores, and the
+/// future that drives the three watches (run it until shutdown).
+pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, ()>) {
+    let (pods, pod_writer) = reflector::store();
+    let (namespaces, ns_writer) = reflector::store();
+    let (nodefaults, nf_writer) = reflector::store();
+    let pod_stream = watcher(Api::<Pod>::all(client.clone()), Config::default())
+        .default_backoff()
+        .modify(slim)
+        .reflect(pod_writer)
+        .touched_objects();
+    let ns_stream = watcher(Api::<Namespace>::all(client.clone()), Config::default())
+        .default_backoff()
+        .reflect(ns_writer)
+        .touched_objects();
+    let nf_stream = watcher(Api::<NodeFaults>::all(client.clone()), Config::default())
+        .default_backoff()
+        .reflect(nf_writer)
+        .touched_objects();
+    let driver = async move {
+        futures::join!(
+            pod_stream.for_each(|_| async {}),
+            ns_stream.for_each(|_| async {}),
+            nf_stream.for_each(|_| async {}),
+        );
+    };
+    (
+        Stores {
+            pods,
+            namespaces,
+            nodefaults,
+        },
+        Box::pin(driver),
+    )
+}
+
+fn watcher<K>(
+    api: Api<K>,
+    config: Config,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, config)
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        observer: ObserverClient,
+        clock: Clock,
+        settings: Settings,
+        metrics: Metrics,
+        instance: Option<String>,
+    ) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "faultline-controller".into(),
+                instance,
+            },
+        );
+        Context {
+            client,
+            pods: stores.pods,
+            namespaces: stores.namespaces,
+            nodefaults: stores.nodefaults,
+            observer,
+            recorder,
+            clock,
+            settings,
+            metrics,
+            runs: Mutex::new(HashMap::new()),
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn take_run(&self, uid: &str) -> Option<Live> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid)
+    }
+
+    pub(crate) fn keep_run(&self, uid: &str, live: Live) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_owned(), live);
+    }
+
+    /// Whether every store has listed and reconciling has begun.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs being driven now.
+    pub fn running(&self) -> usize {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub(crate) async fn event(
+        &self,
+        exp: &Experiment,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &exp.object_ref(&())).await {
+            tracing::warn!(experiment = %exp.name_any(), reason, error = %chain(&e), "cannot record an event");
+        }
+    }
+}

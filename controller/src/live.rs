@@ -1,0 +1,238 @@
+//! A run this controller drives: the engine's run, when it started, what
+//! was written for it on each node, and its spans (`experiment` → `fault`,
+//! whose traceparent the entries carry to the agents' `inject`/`recover`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::Duration,
+};
+
+use faultline_api::{Experiment, ExperimentStatus};
+use faultline_engine::Run;
+use jiff::Timestamp;
+use opentelemetry::{
+    Context as OtelContext, KeyValue, global,
+    trace::{Span as _, SpanKind, TraceContextExt, Tracer},
+};
+
+use crate::{nodes::Written, plan::ExperimentRef, status};
+
+/// A run this controller is driving (or drove: a finished run stays until
+/// the next one replaces it, since a cached status may not show its end yet).
+pub(crate) struct Live {
+    pub run: Run,
+    /// The spec generation the run follows; another one aborts it.
+    pub generation: Option<i64>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// A scheduled experiment's next start, once this run has ended.
+    pub next_run_at: Option<Timestamp>,
+    pub runs: u32,
+    pub missed_runs: u32,
+    pub last_check: Option<Duration>,
+    span: global::BoxedSpan,
+    pub traceparent: Option<String>,
+    /// One span per fault while it has entries, with its traceparent.
+    fault_spans: BTreeMap<String, (global::BoxedSpan, Option<String>)>,
+    /// What was last written per node (so unchanged nodes cost nothing).
+    pub written: BTreeMap<String, Written>,
+    pub told_injected: bool,
+    /// The end was reported (status, Event, spans).
+    pub closed: bool,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("phase", &self.run.phase())
+            .field("started_at", &self.started_at)
+            .field("runs", &self.runs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The W3C traceparent of a span; None when nothing records spans (no
+/// exporter configured), whose ids are all zero.
+fn traceparent_of(span: &global::BoxedSpan) -> Option<String> {
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+fn parent_from(traceparent: Option<&str>) -> OtelContext {
+    match traceparent {
+        Some(tp) => {
+            let carrier = HashMap::from([("traceparent".to_owned(), tp.to_owned())]);
+            global::get_text_map_propagator(|p| p.extract(&carrier))
+        }
+        None => OtelContext::new(),
+    }
+}
+
+fn experiment_span(r: &ExperimentRef, parent: Option<&str>) -> (global::BoxedSpan, Option<String>) {
+    let tracer = global::tracer("faultline-controller");
+    let span = tracer
+        .span_builder("experiment")
+        .with_kind(SpanKind::Internal)
+        .with_attributes([
+            KeyValue::new(
+                "faultline.experiment",
+                format!("{}/{}", r.namespace, r.name),
+            ),
+            KeyValue::new("k8s.namespace.name", r.namespace.clone()),
+        ])
+        .start_with_context(&tracer, &parent_from(parent));
+    let tp = traceparent_of(&span);
+    (span, tp)
+}
+
+impl Live {
+    pub fn start(
+        r: &ExperimentRef,
+        exp: &Experiment,
+        now: Timestamp,
+        runs: u32,
+        missed_runs: u32,
+    ) -> Live {
+        let (span, traceparent) = experiment_span(r, None);
+        Live {
+            run: Run::new(exp.spec.clone(), &r.namespace, seed(&r.uid, runs)),
+            generation: exp.metadata.generation,
+            started_at: now,
+            finished_at: None,
+            next_run_at: None,
+            runs,
+            missed_runs,
+            last_check: None,
+            span,
+            traceparent,
+            fault_spans: BTreeMap::new(),
+            written: BTreeMap::new(),
+            told_injected: false,
+            closed: false,
+        }
+    }
+
+    pub fn resume(
+        r: &ExperimentRef,
+        exp: &Experiment,
+        status: &ExperimentStatus,
+        started_at: Timestamp,
+        now: Timestamp,
+    ) -> Live {
+        let runs = status.runs.unwrap_or(1).max(1);
+        let elapsed = elapsed(started_at, now);
+        let (span, traceparent) = experiment_span(r, status.traceparent.as_deref());
+        Live {
+            run: Run::resume(
+                exp.spec.clone(),
+                &r.namespace,
+                seed(&r.uid, runs),
+                elapsed,
+                &status::resume_of(status),
+            ),
+            // The generation its status last followed.
+            generation: status.observed_generation,
+            started_at,
+            finished_at: None,
+            next_run_at: None,
+            runs,
+            missed_runs: status.missed_runs.unwrap_or(0),
+            last_check: None,
+            span,
+            traceparent,
+            fault_spans: BTreeMap::new(),
+            written: BTreeMap::new(),
+            told_injected: status.injected.unwrap_or(0) > 0,
+            closed: false,
+        }
+    }
+
+    /// Opens a span for each fault that has entries now and ends the
+    /// spans of faults that have none any more.
+    /// A resumed run keeps the traceparent its entries already carry (so
+    /// a restart rewrites nothing); `existing` finds it by fault.
+    pub fn fault_spans(
+        &mut self,
+        r: &ExperimentRef,
+        active: &BTreeSet<String>,
+        existing: &dyn Fn(&str) -> Option<String>,
+    ) {
+        let tracer = global::tracer("faultline-controller");
+        let parent = OtelContext::new().with_remote_span_context(self.span.span_context().clone());
+        for fault in active {
+            if !self.fault_spans.contains_key(fault) {
+                let kind = self
+                    .run
+                    .spec()
+                    .faults
+                    .iter()
+                    .find(|f| &f.name == fault)
+                    .map_or("", |f| f.action.kind());
+                let span = tracer
+                    .span_builder("fault")
+                    .with_attributes([
+                        KeyValue::new(
+                            "faultline.experiment",
+                            format!("{}/{}", r.namespace, r.name),
+                        ),
+                        KeyValue::new("faultline.fault", fault.clone()),
+                        KeyValue::new("faultline.fault.kind", kind),
+                    ])
+                    .start_with_context(&tracer, &parent);
+                let tp = existing(fault).or_else(|| traceparent_of(&span));
+                self.fault_spans.insert(fault.clone(), (span, tp));
+            }
+        }
+        let ended: Vec<String> = self
+            .fault_spans
+            .keys()
+            .filter(|f| !active.contains(*f))
+            .cloned()
+            .collect();
+        for f in ended {
+            if let Some((mut span, _)) = self.fault_spans.remove(&f) {
+                span.end();
+            }
+        }
+    }
+
+    pub fn end_spans(&mut self) {
+        for (_, (mut span, _)) in std::mem::take(&mut self.fault_spans) {
+            span.end();
+        }
+        if let Some(v) = self.run.verdict() {
+            self.span
+                .set_attribute(KeyValue::new("faultline.verdict", v.as_str()));
+        }
+        self.span.end();
+    }
+
+    /// The traceparent the entries of `fault` carry.
+    pub fn fault_traceparent(&self, fault: &str) -> Option<&str> {
+        self.fault_spans
+            .get(fault)
+            .and_then(|(_, tp)| tp.as_deref())
+    }
+}
+
+/// Target choices are fixed per experiment and run, so a restarted
+/// controller picks the same pods.
+fn seed(uid: &str, run: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in uid.bytes().chain(run.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+pub(crate) fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
+}

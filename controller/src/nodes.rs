@@ -1,0 +1,168 @@
+//! Writing an experiment's entries into the NodeFaults objects: one
+//! server-side apply per node under the experiment's own field manager,
+//! only where what is there differs from what is wanted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use faultline_api::{NodeFault, NodeFaults, NodeFaultsSpec, nodefaults::FaultState};
+use futures::StreamExt;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+
+use crate::{
+    context::Context,
+    plan::ExperimentRef,
+    reconcile::{Error, Result},
+};
+
+/// What this controller last wrote on a node for one experiment, and the
+/// object's generation after that write: a cached object of an older
+/// generation has not caught up with the write yet.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Written {
+    pub entries: Vec<NodeFault>,
+    pub generation: i64,
+}
+
+/// This experiment's entries in each cached NodeFaults object, with the
+/// object's generation.
+pub(crate) fn in_store(
+    ctx: &Context,
+    r: &ExperimentRef,
+) -> BTreeMap<String, (Vec<NodeFault>, i64)> {
+    let mut out = BTreeMap::new();
+    for nf in ctx.nodefaults.state() {
+        let ours: Vec<NodeFault> = nf
+            .spec
+            .faults
+            .iter()
+            .filter(|f| r.owns(&f.id))
+            .cloned()
+            .collect();
+        if !ours.is_empty() {
+            out.insert(nf.name_any(), (ours, nf.metadata.generation.unwrap_or(0)));
+        }
+    }
+    out
+}
+
+/// How many of this experiment's entries the agents report as failed.
+pub(crate) fn failed(ctx: &Context, r: &ExperimentRef) -> u32 {
+    ctx.nodefaults
+        .state()
+        .iter()
+        .flat_map(|nf| nf.status.iter().flat_map(|s| s.faults.iter()))
+        .filter(|f| f.state == FaultState::Failed && r.owns(&f.id))
+        .count() as u32
+}
+
+/// What the API server would refuse of a node's entries (the NodeFaults
+/// CRD's limits: 4096 entries, 64 peers or destinations each), so a run
+/// that cannot be placed stops with the reason instead of retrying.
+pub(crate) fn refused(desired: &BTreeMap<String, Vec<NodeFault>>) -> Option<String> {
+    for (node, entries) in desired {
+        let mut problems = faultline_api::validate::Problems::default();
+        NodeFaultsSpec {
+            faults: entries.clone(),
+        }
+        .validate(&mut problems);
+        if let Some(p) = problems.0.first() {
+            return Some(format!(
+                "the entries for node {node} cannot be written: {}: {}",
+                p.path, p.message
+            ));
+        }
+    }
+    None
+}
+
+/// Writes this experiment's entries on one node (an empty list removes
+/// them; other experiments' entries are other managers' and stay).
+/// Returns the object's generation after the write.
+async fn write_node(
+    ctx: &Context,
+    r: &ExperimentRef,
+    node: &str,
+    entries: &[NodeFault],
+) -> Result<i64> {
+    let api = Api::<NodeFaults>::all(ctx.client.clone());
+    let object = serde_json::json!({
+        "apiVersion": "faultline.dev/v1alpha1",
+        "kind": "NodeFaults",
+        "metadata": {"name": node},
+        "spec": NodeFaultsSpec { faults: entries.to_vec() },
+    });
+    let params = PatchParams::apply(&r.field_manager()).force();
+    let written = api
+        .patch(node, &params, &Patch::Apply(&object))
+        .await
+        .map_err(Error::Kube)?;
+    ctx.metrics.nodefaults_writes.inc();
+    Ok(written.metadata.generation.unwrap_or(0))
+}
+
+/// Brings every node to `desired`. What a node holds now is the cached
+/// object when it has caught up with this controller's last write there
+/// (so an edit or a deletion by someone else is repaired), else that
+/// write. Ok means every node that differed was written.
+pub(crate) async fn converge(
+    ctx: &Context,
+    r: &ExperimentRef,
+    desired: &BTreeMap<String, Vec<NodeFault>>,
+    written: &mut BTreeMap<String, Written>,
+) -> Result<()> {
+    let cached = in_store(ctx, r);
+    let nodes: BTreeSet<&String> = desired
+        .keys()
+        .chain(cached.keys())
+        .chain(written.keys())
+        .collect();
+    let mut writes = Vec::new();
+    for node in nodes {
+        let want = desired.get(node).map_or(&[][..], Vec::as_slice);
+        let in_cache = cached.get(node);
+        let have = match (written.get(node), in_cache) {
+            (Some(w), Some((entries, generation))) if *generation >= w.generation => {
+                entries.as_slice()
+            }
+            (Some(w), _) => w.entries.as_slice(),
+            (None, Some((entries, _))) => entries.as_slice(),
+            (None, None) => &[],
+        };
+        if want != have {
+            writes.push((node.clone(), want.to_vec()));
+        }
+    }
+    // Bounded concurrency: thousands of nodes at the start of a run.
+    let results: Vec<(String, Vec<NodeFault>, Result<i64>)> = futures::stream::iter(writes)
+        .map(|(node, want)| async move {
+            let result = write_node(ctx, r, &node, &want).await;
+            (node, want, result)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut first_error = None;
+    for (node, entries, result) in results {
+        match result {
+            Ok(generation) => {
+                written.insert(
+                    node,
+                    Written {
+                        entries,
+                        generation,
+                    },
+                );
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
