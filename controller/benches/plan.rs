@@ -27,7 +27,7 @@ spec:
   duration: 5m
   targets:
     web: {namespaces: [shop, prod], labels: {tier: web}}
-    db: {namespaces: [shop], labels: {tier: db}, mode: percent, value: 50}
+    db: {namespaces: [shop], labels: {tier: db}, mode: fixed, value: 20}
   faults:
     - {name: slow, target: web, latency: {delay: 100ms, to: [db]}}
     - {name: cut, target: db, partition: {peers: [10.0.0.0/8]}}
@@ -67,13 +67,18 @@ spec:
     let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
     let started = jiff::Timestamp::now();
     let mut times = Vec::new();
+    let mut stages = [Duration::ZERO; 3];
     let mut nodes = 0;
     let mut entries = 0;
     let mut run = Run::new(experiment.spec.clone(), "shop", 7);
     for round in 0..5 {
         let t = Instant::now();
         let candidates = plan::candidates(&experiment.spec, "shop", &pods);
+        stages[0] += t.elapsed();
+        let s = Instant::now();
         run.step(Duration::from_secs(round), &candidates);
+        stages[1] += s.elapsed();
+        let s = Instant::now();
         let by_node = plan::node_entries(
             &r,
             &run.resolved(),
@@ -82,6 +87,7 @@ spec:
             started,
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
+        stages[2] += s.elapsed();
         times.push(t.elapsed());
         nodes = by_node.len();
         entries = by_node.values().map(Vec::len).sum();
@@ -112,6 +118,13 @@ spec:
         times[times.len() / 2].as_secs_f64() * 1e3,
         times[times.len() - 1].as_secs_f64() * 1e3,
         times.len()
+    );
+    let rounds = times.len() as f64;
+    println!(
+        "  of which: candidates {:.1} ms, engine step {:.1} ms, entries {:.1} ms (means)",
+        stages[0].as_secs_f64() * 1e3 / rounds,
+        stages[1].as_secs_f64() * 1e3 / rounds,
+        stages[2].as_secs_f64() * 1e3 / rounds
     );
     println!("NodeFaults objects written at the start of the run: {nodes} (target <= {NODES})");
     println!(

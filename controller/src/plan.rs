@@ -209,33 +209,34 @@ pub fn node_entries(
     traceparent: Option<&str>,
 ) -> BTreeMap<String, Vec<NodeFault>> {
     let mut out: BTreeMap<String, Vec<NodeFault>> = BTreeMap::new();
+    // Peers and destinations are the same for every target of a fault:
+    // resolved once per fault, not once per entry.
+    let mut actions: HashMap<&str, Option<FaultAction>> = HashMap::new();
     for r in resolved {
         let Some(pod) = pods.get(r.target) else {
             continue; // gone since the plan: the next plan replaces it
         };
-        let action = match &r.fault.action {
-            FaultAction::Partition(p) => {
-                let peers = addresses(&p.peers, plan, pods);
-                if peers.is_empty() {
-                    continue;
+        let action = actions.entry(r.fault.name.as_str()).or_insert_with(|| {
+            match &r.fault.action {
+                FaultAction::Partition(p) => {
+                    let peers = addresses(&p.peers, plan, pods);
+                    (!peers.is_empty()).then(|| {
+                        FaultAction::Partition(faultline_api::Partition { peers, ..p.clone() })
+                    })
                 }
-                FaultAction::Partition(faultline_api::Partition { peers, ..p.clone() })
-            }
-            FaultAction::Latency(l) => {
-                let to = if l.to.is_empty() {
-                    Vec::new()
-                } else {
+                FaultAction::Latency(l) if l.to.is_empty() => Some(FaultAction::Latency(l.clone())),
+                FaultAction::Latency(l) => {
                     let to = addresses(&l.to, plan, pods);
-                    if to.is_empty() {
-                        continue;
-                    }
-                    to
-                };
-                FaultAction::Latency(faultline_api::Latency { to, ..l.clone() })
+                    (!to.is_empty())
+                        .then(|| FaultAction::Latency(faultline_api::Latency { to, ..l.clone() }))
+                }
+                // Pods are deleted by the controller itself, not by an agent.
+                FaultAction::Kill(k) if k.method == KillMethod::Delete => None,
+                FaultAction::Kill(k) => Some(FaultAction::Kill(k.clone())),
             }
-            // Pods are deleted by the controller itself, not by an agent.
-            FaultAction::Kill(k) if k.method == KillMethod::Delete => continue,
-            FaultAction::Kill(k) => FaultAction::Kill(k.clone()),
+        });
+        let Some(action) = action.clone() else {
+            continue;
         };
         let until = SignedDuration::try_from(r.until).unwrap_or(SignedDuration::MAX);
         let expires = started_at.checked_add(until).unwrap_or(Timestamp::MAX);

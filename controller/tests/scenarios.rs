@@ -688,3 +688,31 @@ async fn a_spec_changed_mid_run_stops_it_and_an_abort_annotation_goes_with_its_r
     assert_eq!(status(&server, "shop", "other")["verdict"], "Aborted");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn with_the_api_unreachable_nothing_new_is_placed_and_the_run_recovers_after() {
+    let server = ApiServer::new();
+    let clock = clock();
+    shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    server.apply(experiment("slow", "shop", "60s", slow_payments()));
+    until("entries", WAIT, || ids(&server, "node-b").len() == 1).await;
+    server.set_down(true);
+    let writes = server.writes().len();
+    // A pod appears and the window passes while the API is down: nothing
+    // is written (the agents remove the entries at their expiresAt).
+    server.apply(pod("payments-3", "shop", "payments", "node-c", "10.0.0.3"));
+    advance(&clock, 61);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.writes().len(), writes, "nothing reached the API");
+    assert!(server.get("NodeFaults", None, "node-c").is_none());
+    server.set_down(false);
+    until("the run finished after the outage", WAIT, || {
+        ids(&server, "node-a").is_empty()
+            && ids(&server, "node-b").is_empty()
+            && status(&server, "shop", "slow")["verdict"] == "Passed"
+    })
+    .await;
+    assert!(ids(&server, "node-c").is_empty(), "nothing placed late");
+    controller.stop().await;
+}

@@ -83,15 +83,18 @@ pub fn select(
     candidates: &[Candidate],
     seed: u64,
 ) -> Vec<String> {
-    let mut matching: Vec<&Candidate> = candidates
+    // Ranked once per candidate and sorted without copying ids: at
+    // 150 000 pods this is most of a step's cost.
+    let mut ranked: Vec<(u64, &str)> = candidates
         .iter()
         .filter(|c| matches(sel, default_namespace, c))
+        .map(|c| (rank(seed, name, &c.id), c.id.as_str()))
         .collect();
-    matching.sort_by_key(|c| (rank(seed, name, &c.id), c.id.clone()));
-    matching.dedup_by(|a, b| a.id == b.id);
-    let n = count(sel, matching.len());
-    let mut ids: Vec<String> = matching.into_iter().take(n).map(|c| c.id.clone()).collect();
-    ids.sort();
+    ranked.sort_unstable();
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    let n = count(sel, ranked.len());
+    let mut ids: Vec<String> = ranked[..n].iter().map(|(_, id)| (*id).to_owned()).collect();
+    ids.sort_unstable();
     ids
 }
 
