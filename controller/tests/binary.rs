@@ -23,7 +23,7 @@ async fn the_binary_runs_an_experiment_and_serves_health_and_metrics() {
         "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}]}}));
     let served = server.serve().await;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_faultline-controller"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_faultline-controller"))
         .env("KUBECONFIG", &served.kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("RUST_LOG", "info")
