@@ -26,6 +26,8 @@ use crate::local::{EXIT_ABORTED, EXIT_BROKE, EXIT_INVALID, Reports, load, summar
 const FIELD_MANAGER: &str = "faultline-cli";
 /// The annotation the controller reads to abort a run.
 const ABORT_ANNOTATION: &str = "faultline.dev/abort";
+/// How long one read of the Experiment may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the status is read.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -196,7 +198,30 @@ async fn run(
     let mut abort_sent: Option<Instant> = None;
     let mut failing_since: Option<Instant> = None;
     loop {
-        let current = match api.get_opt(&name).await {
+        // A stalled API server must not keep Ctrl-C or the deadlines waiting.
+        let read = tokio::select! {
+            r = tokio::time::timeout(READ_TIMEOUT, api.get_opt(&name)) => r,
+            _ = interrupts.next() => {
+                if abort_sent.is_some() {
+                    eprintln!(
+                        "faultline run: stopped following {what} before its abort was confirmed; the agents remove each fault at its deadline"
+                    );
+                    return Ok(ExitCode::from(EXIT_ABORTED));
+                }
+                abort_sent = Some(Instant::now());
+                println!("{what}: aborting (every fault is being removed; interrupt again to stop waiting)");
+                if let Err(e) = annotate_abort(&api, &name, "interrupted by the user").await {
+                    eprintln!("faultline run: cannot abort {what}: {}", chain(&e));
+                }
+                continue;
+            }
+        };
+        let read = read.unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer within {READ_TIMEOUT:?}").into(),
+            ))
+        });
+        let current = match read {
             Ok(Some(e)) if e.uid().unwrap_or_default() == uid => e,
             Ok(_) => {
                 eprintln!(
@@ -232,7 +257,12 @@ async fn run(
         }
         // A scheduled experiment waits for its start time (nextRunAt) with
         // no phase yet; its run is over once one has ended.
-        if is_final(status.phase) && status.runs.unwrap_or(0) >= 1 {
+        // Invalid ends it at once; otherwise a scheduled experiment waits
+        // for its start time (nextRunAt) with no phase, and is over once
+        // one run has ended.
+        if status.phase == Some(Phase::Invalid)
+            || (is_final(status.phase) && status.runs.unwrap_or(0) >= 1)
+        {
             return Ok(finish(&name, &status, journal, reports, begun.elapsed()));
         }
         let taken_up = status.phase.is_some() || status.next_run_at.is_some();
@@ -271,6 +301,18 @@ async fn run(
                     eprintln!(
                         "faultline run: stopped following {what} before its abort was confirmed; the agents remove each fault at its deadline"
                     );
+                    return Ok(ExitCode::from(EXIT_ABORTED));
+                }
+                // No run has started (a scheduled one still waits): nothing
+                // is injected, so the experiment itself goes.
+                // Read afresh: the status shown may predate the run's start.
+                let started = match api.get_opt(&name).await {
+                    Ok(Some(e)) => e.status.and_then(|s| s.started_at).is_some(),
+                    _ => true,
+                };
+                if !started {
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                    println!("{what}: interrupted before its first run; deleted, nothing was injected");
                     return Ok(ExitCode::from(EXIT_ABORTED));
                 }
                 abort_sent = Some(Instant::now());
@@ -393,6 +435,12 @@ pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) 
         match api.get_opt(name).await {
             Ok(Some(e)) if is_final(e.status.as_ref().and_then(|s| s.phase)) => {
                 println!("{what} has already finished; nothing to abort");
+                return ExitCode::SUCCESS;
+            }
+            // Between scheduled runs (or before the first): nothing runs,
+            // and an annotation now would abort the next run instead.
+            Ok(Some(e)) if e.status.as_ref().and_then(|s| s.started_at.as_ref()).is_none() => {
+                println!("{what} has no run in progress; nothing to abort");
                 return ExitCode::SUCCESS;
             }
             Ok(Some(_)) => {}

@@ -340,3 +340,58 @@ current-context: gone
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_a_scheduled_experiment_waits_deletes_it_with_exit_3() {
+    let server = ApiServer::new();
+    shop(&server);
+    let served = server.serve().await;
+    let _controller = controller(&server).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("nightly.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: slow-payments, namespace: shop}
+spec:
+  duration: 2s
+  schedule: \"0 3 * * *\"
+  targets: {payments: {labels: {app: payments}}}
+  faults: [{name: slow, target: payments, latency: {delay: 300ms}}]
+",
+    )
+    .expect("write");
+    let child = faultline(&served)
+        .arg("run")
+        .arg(&file)
+        .args(["--start-timeout", "2s"])
+        .spawn()
+        .expect("spawn");
+    until("the next start time", WAIT, || {
+        !status(&server)["nextRunAt"].is_null()
+    })
+    .await;
+    // Past --start-timeout: a planned start counts as taken up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the run ends")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("nothing was injected"), "{stdout}");
+    assert!(
+        server
+            .get("Experiment", Some("shop"), "slow-payments")
+            .is_none()
+    );
+    assert_eq!(entries(&server), 0);
+}

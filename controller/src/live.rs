@@ -29,6 +29,8 @@ pub(crate) struct Live {
     pub next_run_at: Option<Timestamp>,
     pub runs: u32,
     pub missed_runs: u32,
+    /// Pods the faults act on, as last planned.
+    pub targets: u32,
     pub last_check: Option<Duration>,
     span: global::BoxedSpan,
     pub traceparent: Option<String>,
@@ -109,6 +111,7 @@ impl Live {
             next_run_at: None,
             runs,
             missed_runs,
+            targets: 0,
             last_check: None,
             span,
             traceparent,
@@ -128,7 +131,10 @@ impl Live {
     ) -> Live {
         let runs = status.runs.unwrap_or(1).max(1);
         let elapsed = elapsed(started_at, now);
-        let (span, traceparent) = experiment_span(r, status.traceparent.as_deref());
+        // The new span joins the run's trace; the status keeps naming the
+        // run's first span, so a restart changes nothing there.
+        let (span, new_traceparent) = experiment_span(r, status.traceparent.as_deref());
+        let traceparent = status.traceparent.clone().or(new_traceparent);
         Live {
             run: Run::resume(
                 exp.spec.clone(),
@@ -144,6 +150,7 @@ impl Live {
             next_run_at: None,
             runs,
             missed_runs: status.missed_runs.unwrap_or(0),
+            targets: status.targets.unwrap_or(0),
             last_check: None,
             span,
             traceparent,

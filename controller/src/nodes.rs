@@ -26,7 +26,8 @@ pub(crate) struct Written {
     pub generation: i64,
 }
 
-/// This experiment's entries in each cached NodeFaults object, with the
+/// This experiment's entries in each cached NodeFaults object (none for
+/// objects that hold none of them, so a hand removal is seen), with the
 /// object's generation.
 pub(crate) fn in_store(
     ctx: &Context,
@@ -41,9 +42,7 @@ pub(crate) fn in_store(
             .filter(|f| r.owns(&f.id))
             .cloned()
             .collect();
-        if !ours.is_empty() {
-            out.insert(nf.name_any(), (ours, nf.metadata.generation.unwrap_or(0)));
-        }
+        out.insert(nf.name_any(), (ours, nf.metadata.generation.unwrap_or(0)));
     }
     out
 }

@@ -239,7 +239,16 @@ pub fn node_entries(
             continue;
         };
         let until = SignedDuration::try_from(r.until).unwrap_or(SignedDuration::MAX);
+        // Whole seconds, as the API stores them (rounded up: never early),
+        // so what is cached compares equal to what is wanted.
         let expires = started_at.checked_add(until).unwrap_or(Timestamp::MAX);
+        let expires = expires
+            .round(
+                jiff::TimestampRound::new()
+                    .smallest(jiff::Unit::Second)
+                    .mode(jiff::RoundMode::Ceil),
+            )
+            .unwrap_or(expires);
         out.entry(pod.node.clone()).or_default().push(NodeFault {
             id: exp.entry_id(&r.fault.name, &pod.uid),
             target: NodeTarget::Pod(PodRef {

@@ -230,14 +230,25 @@ async fn apply(exp: &Experiment, ctx: &Context) -> Result<Action> {
     let previous = exp.status.clone().unwrap_or_default();
 
     if let Err(message) = validate(exp) {
-        let mut written = BTreeMap::new();
-        if let Some(mut live) = ctx.take_run(&r.uid) {
+        let mut live = ctx.take_run(&r.uid);
+        if let Some(live) = live.as_mut().filter(|l| !l.closed) {
             live.run
                 .abort(elapsed(live.started_at, now), "the spec became invalid");
             live.end_spans();
-            written = live.written;
+            live.closed = true;
         }
-        converge(ctx, &r, &BTreeMap::new(), &mut written).await?;
+        let mut written = live
+            .as_mut()
+            .map(|l| std::mem::take(&mut l.written))
+            .unwrap_or_default();
+        if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written).await {
+            // What this run wrote is still needed to finish removing it.
+            if let Some(mut live) = live {
+                live.written = written;
+                ctx.keep_run(&r.uid, live);
+            }
+            return Err(e);
+        }
         if previous.phase != Some(Phase::Invalid) || previous.message.as_deref() != Some(&message) {
             ctx.event(exp, EventType::Warning, "Invalid", message.clone())
                 .await;
@@ -332,7 +343,12 @@ async fn ended(
         ctx.keep_run(&r.uid, live);
         return Err(e);
     }
-    let facts = facts(ctx, r, &live, 0, 0);
+    // A spec edited between runs: its schedule decides the next start.
+    if exp.metadata.generation != live.generation {
+        live.generation = exp.metadata.generation;
+        live.next_run_at = next_run(exp, Some(live.started_at), now).map(|(at, _)| at);
+    }
+    let facts = facts(ctx, r, &live, live.targets, 0);
     let status = status::of_run(&live.run, &facts, live.generation, previous, second(now));
     if let Err(e) = write_status(ctx, exp, &status).await {
         ctx.keep_run(&r.uid, live);
@@ -356,9 +372,7 @@ async fn ended(
             live.missed_runs += 1 + missed;
             live.next_run_at = Some(next);
             ctx.keep_run(&r.uid, live);
-            Ok(Action::requeue(
-                Duration::ZERO.max(Duration::from_millis(10)),
-            ))
+            Ok(Action::requeue(Duration::from_millis(10)))
         }
         None => {
             live.next_run_at = None;
@@ -489,16 +503,18 @@ async fn step(
         .collect();
     let candidates = plan::candidates(&spec, &r.namespace, &pods);
 
-    let actions = live.run.step(elapsed, &candidates);
-    delete_pods(ctx, exp, &live.run, &actions, &pods).await;
+    let mut actions = live.run.step(elapsed, &candidates);
     let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
     let mut desired = desired_entries(ctx, r, &mut live, &index);
     if let Some(why) = nodes::refused(&desired) {
+        // Refused before anything of this step is done: no pod deleted either.
         live.run.abort(elapsed, why);
         live.run.step(elapsed, &candidates);
+        actions.clear();
         desired = desired_entries(ctx, r, &mut live, &index);
     }
     let planning = work.elapsed();
+    delete_pods(ctx, exp, &live.run, &actions, &pods).await;
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
     if let Err(e) = converge(ctx, r, &desired, &mut live.written).await {
@@ -518,13 +534,15 @@ async fn step(
         all.len() as u32
     };
     let finished = live.run.is_finished();
-    if finished {
+    // Once per run (a failed status write brings the run back here).
+    if finished && live.finished_at.is_none() {
         live.finished_at = Some(second(now));
         if let Some((at, missed)) = next_run(exp, Some(live.started_at), now) {
             live.next_run_at = Some(at);
             live.missed_runs += missed;
         }
     }
+    live.targets = targets;
     let facts = facts(ctx, r, &live, targets, injected);
     let new_status = status::of_run(&live.run, &facts, live.generation, previous, second(now));
     if let Err(e) = write_status(ctx, exp, &new_status).await {
@@ -563,7 +581,11 @@ async fn step(
         ctx.keep_run(&r.uid, live);
         // Planning a very large selection (about 0.3 s at 150 000 pods)
         // takes at most a third of a core, whatever the tick.
-        return Ok(Action::requeue(ctx.settings.tick.max(planning * 3)));
+        return Ok(Action::requeue(
+            ctx.settings
+                .tick
+                .max((planning * 3).min(Duration::from_secs(10))),
+        ));
     }
     let verdict = live.run.verdict().unwrap_or(Verdict::Aborted);
     let type_ = if verdict == Verdict::Passed {

@@ -356,22 +356,19 @@ async fn a_restarted_controller_continues_the_run_without_writing_anything_twice
     .await;
     first.stop().await;
     let before = nodefaults_writes(&server).len();
+    let status_before = status(&server, "shop", "slow");
     let node_a = server.get("NodeFaults", None, "node-a").expect("node-a");
 
     advance(&clock, 20);
     let second = Controller::start(&server, &clock).await;
     // The second controller steps the run and finds nothing to change:
     // not an entry, not the status.
-    let statuses = |server: &ApiServer| {
-        server
-            .writes()
-            .iter()
-            .filter(|w| w.path.ends_with("/status"))
-            .count()
-    };
-    let seen = statuses(&server);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(statuses(&server), seen, "the status stands as written");
+    assert_eq!(
+        status(&server, "shop", "slow"),
+        status_before,
+        "the status stands as written"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         nodefaults_writes(&server).len(),
@@ -714,5 +711,25 @@ async fn with_the_api_unreachable_nothing_new_is_placed_and_the_run_recovers_aft
     })
     .await;
     assert!(ids(&server, "node-c").is_empty(), "nothing placed late");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_removed_by_hand_is_placed_again() {
+    let server = ApiServer::new();
+    let clock = clock();
+    let (p1, _, _) = shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    server.apply(experiment("slow", "shop", "60s", slow_payments()));
+    until("entries", WAIT, || ids(&server, "node-a").len() == 1).await;
+    // Someone empties node-a's object (kubectl edit, a script).
+    server.apply(
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NodeFaults",
+                        "metadata": {"name": "node-a"}, "spec": {"faults": []}}),
+    );
+    until("the entry back", WAIT, || {
+        ids(&server, "node-a") == [format!("shop/slow/slow/{p1}")]
+    })
+    .await;
     controller.stop().await;
 }

@@ -120,6 +120,9 @@ pub struct Run {
     kill_targets: BTreeMap<String, BTreeSet<String>>,
     /// When signals were last worked out (a newcomer's periods count from there).
     signals_at: Option<Duration>,
+    /// Kill instances under way: the first round's targets, and newcomers
+    /// once their first signal is due (a node agent signals as it applies).
+    kill_started: BTreeSet<Instance>,
     signals_sent: BTreeMap<Instance, u64>,
     hypothesis: Vec<CheckState>,
     aborts: Vec<CheckState>,
@@ -147,6 +150,7 @@ impl Run {
             killing: BTreeSet::new(),
             kill_targets: BTreeMap::new(),
             signals_at: None,
+            kill_started: BTreeSet::new(),
             signals_sent: BTreeMap::new(),
             hypothesis,
             aborts,
@@ -305,12 +309,18 @@ impl Run {
         if matches!(self.phase, Phase::Injecting | Phase::Running) && now >= duration {
             self.set_phase(now, Phase::Recovering);
         }
+        if matches!(self.phase, Phase::Injecting | Phase::Running) {
+            // Re-plan so a replaced target (a killed pod's successor) is
+            // covered. Over the limits mid-run, the last plan stands; a run
+            // with no plan yet (resumed by another driver) does not start.
+            match plan(&self.spec, &self.namespace, candidates, self.seed) {
+                Ok(p) => self.plan = p,
+                Err(e) if self.plan.is_empty() => self.abort(now, e.to_string()),
+                Err(_) => {}
+            }
+        }
         match self.phase {
             Phase::Injecting | Phase::Running => {
-                // Re-plan so a replaced target (a killed pod's successor) is covered.
-                if let Ok(p) = plan(&self.spec, &self.namespace, candidates, self.seed) {
-                    self.plan = p;
-                }
                 let desired = self.desired(now);
                 for gone in self
                     .active
@@ -387,23 +397,19 @@ impl Run {
         let duration = self.spec.duration;
         let mut out = BTreeSet::new();
         for f in &self.spec.faults {
-            let FaultAction::Kill(k) = &f.action else {
+            let FaultAction::Kill(_) = &f.action else {
                 continue;
             };
             if now < f.start().as_std() || now >= f.end(duration).as_std() {
                 continue;
             }
             for t in self.plan.get(&f.target).into_iter().flatten() {
-                let once_and_new = k.every.is_none()
-                    && self
-                        .kill_targets
-                        .get(&f.name)
-                        .is_some_and(|first| !first.contains(t));
-                if !once_and_new {
-                    out.insert(Instance {
-                        fault: f.name.clone(),
-                        target: t.clone(),
-                    });
+                let instance = Instance {
+                    fault: f.name.clone(),
+                    target: t.clone(),
+                };
+                if self.kill_started.contains(&instance) {
+                    out.insert(instance);
                 }
             }
         }
@@ -476,9 +482,13 @@ impl Run {
                     fault: f.name.clone(),
                     target: t.clone(),
                 };
+                if !begun {
+                    self.kill_started.insert(instance.clone());
+                }
                 let sent = self.signals_sent.entry(instance.clone()).or_insert(first);
                 if *sent < due {
                     *sent = due;
+                    self.kill_started.insert(instance.clone());
                     out.push(Action::Signal(instance, k.signal));
                 }
             }

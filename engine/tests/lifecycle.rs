@@ -345,8 +345,17 @@ fn a_once_kill_leaves_replacements_alone_and_a_periodic_one_waits_for_its_period
         signalled(&periodic.step(s(5), &with_newcomer)).is_empty(),
         "not at once"
     );
-    assert_eq!(periodic.resolved().len(), 3, "but it holds the kill");
+    assert_eq!(
+        periodic.resolved().len(),
+        2,
+        "nor held: a node agent signals as it applies"
+    );
     assert_eq!(signalled(&periodic.step(s(20), &with_newcomer)).len(), 3);
+    assert_eq!(
+        periodic.resolved().len(),
+        3,
+        "held from its first period on"
+    );
 }
 
 #[test]
@@ -384,6 +393,28 @@ fn a_resumed_run_repeats_no_signal_and_keeps_its_checks() {
         a.iter().filter(|a| matches!(a, Action::Signal(..))).count(),
         2
     );
+}
+
+#[test]
+fn a_resumed_run_over_its_limits_stops_instead_of_running_with_nothing() {
+    let spec = spec(
+        "  duration: 60s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: slow, target: payments, latency: {delay: 100ms}}
+  limits: {maxTargets: 1}
+",
+    );
+    let resume = faultline_engine::Resume {
+        phase: Some(Phase::Running),
+        ..Default::default()
+    };
+    let mut run = Run::resume(spec, "shop", 1, s(30), &resume);
+    run.step(s(30), &shop());
+    assert_eq!(run.phase(), Phase::Recovered);
+    assert_eq!(run.verdict(), Some(Verdict::Aborted));
+    assert!(run.message().is_some_and(|m| m.contains("maxTargets")));
 }
 
 // ---- properties ----
