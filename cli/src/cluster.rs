@@ -202,16 +202,8 @@ async fn run(
         let read = tokio::select! {
             r = tokio::time::timeout(READ_TIMEOUT, api.get_opt(&name)) => r,
             _ = interrupts.next() => {
-                if abort_sent.is_some() {
-                    eprintln!(
-                        "faultline run: stopped following {what} before its abort was confirmed; the agents remove each fault at its deadline"
-                    );
-                    return Ok(ExitCode::from(EXIT_ABORTED));
-                }
-                abort_sent = Some(Instant::now());
-                println!("{what}: aborting (every fault is being removed; interrupt again to stop waiting)");
-                if let Err(e) = annotate_abort(&api, &name, "interrupted by the user").await {
-                    eprintln!("faultline run: cannot abort {what}: {}", chain(&e));
+                if let Some(code) = interrupted(&api, &name, &what, &mut abort_sent).await {
+                    return Ok(code);
                 }
                 continue;
             }
@@ -297,32 +289,45 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = interrupts.next() => {
-                if abort_sent.is_some() {
-                    eprintln!(
-                        "faultline run: stopped following {what} before its abort was confirmed; the agents remove each fault at its deadline"
-                    );
-                    return Ok(ExitCode::from(EXIT_ABORTED));
-                }
-                // No run has started (a scheduled one still waits): nothing
-                // is injected, so the experiment itself goes.
-                // Read afresh: the status shown may predate the run's start.
-                let started = match api.get_opt(&name).await {
-                    Ok(Some(e)) => e.status.and_then(|s| s.started_at).is_some(),
-                    _ => true,
-                };
-                if !started {
-                    let _ = api.delete(&name, &DeleteParams::default()).await;
-                    println!("{what}: interrupted before its first run; deleted, nothing was injected");
-                    return Ok(ExitCode::from(EXIT_ABORTED));
-                }
-                abort_sent = Some(Instant::now());
-                println!("{what}: aborting (every fault is being removed; interrupt again to stop waiting)");
-                if let Err(e) = annotate_abort(&api, &name, "interrupted by the user").await {
-                    eprintln!("faultline run: cannot abort {what}: {}", chain(&e));
+                if let Some(code) = interrupted(&api, &name, &what, &mut abort_sent).await {
+                    return Ok(code);
                 }
             }
         }
     }
+}
+
+/// Ctrl-C while following: before the first run has started (a scheduled
+/// experiment waiting), nothing is injected and the experiment goes;
+/// otherwise the run is aborted; a second one stops waiting for that.
+async fn interrupted(
+    api: &Api<Experiment>,
+    name: &str,
+    what: &str,
+    abort_sent: &mut Option<Instant>,
+) -> Option<ExitCode> {
+    if abort_sent.is_some() {
+        eprintln!(
+            "faultline run: stopped following {what} before its abort was confirmed; the agents remove each fault at its deadline"
+        );
+        return Some(ExitCode::from(EXIT_ABORTED));
+    }
+    // Read afresh: the status last shown may predate the run's start.
+    let started = match api.get_opt(name).await {
+        Ok(Some(e)) => e.status.and_then(|s| s.started_at).is_some(),
+        _ => true,
+    };
+    if !started {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+        println!("{what}: interrupted before its first run; deleted, nothing was injected");
+        return Some(ExitCode::from(EXIT_ABORTED));
+    }
+    *abort_sent = Some(Instant::now());
+    println!("{what}: aborting (every fault is being removed; interrupt again to stop waiting)");
+    if let Err(e) = annotate_abort(api, name, "interrupted by the user").await {
+        eprintln!("faultline run: cannot abort {what}: {}", chain(&e));
+    }
+    None
 }
 
 async fn annotate_abort(

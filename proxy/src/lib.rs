@@ -274,12 +274,15 @@ async fn pump(
         }
         // A partition arriving mid-transfer cancels it; bytes already taken
         // wait in the pipe until the partition lifts.
+        // A fault change already signalled wins over bytes that are ready
+        // too (unbiased, a blackhole set before a write let it through).
         tokio::select! {
+            biased;
+            changed = faults.changed() => if changed.is_err() { break },
             moved = mover.transfer(from, to) => match moved {
                 Ok(0) | Err(_) => break,
                 Ok(n) => { stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed); }
             },
-            changed = faults.changed() => if changed.is_err() { break },
         }
     }
     let _ = to.shutdown().await;
@@ -316,11 +319,12 @@ async fn upstream_copy(
         }
         if !eof && held.is_empty() && faults.borrow().latency.is_none() {
             tokio::select! {
+                biased;
+                changed = faults.changed() => if changed.is_err() { break },
                 moved = mover.transfer(from, to) => match moved {
                     Ok(0) | Err(_) => eof = true,
                     Ok(n) => { stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed); }
                 },
-                changed = faults.changed() => if changed.is_err() { break },
             }
             continue;
         }
