@@ -73,8 +73,18 @@ async fn the_binary_runs_an_experiment_and_serves_health_and_metrics() {
             .is_some_and(|e| e["status"]["verdict"] == "Passed")
     })
     .await;
-    let (status, metrics) = get("/metrics").await.expect("join").expect("metrics");
-    assert_eq!(status, 200);
+    // The run is counted just after its verdict is written.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, metrics) = get("/metrics").await.expect("join").expect("metrics");
+        assert_eq!(status, 200);
+        if metrics.contains("faultline_controller_runs_finished_total 1")
+            || tokio::time::Instant::now() > deadline
+        {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for family in [
         "faultline_controller_reconciles_total",
         "faultline_controller_nodefaults_writes_total",
