@@ -388,10 +388,12 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("nothing was injected"), "{stdout}");
-    assert!(
+    // Deleted; its finalizer (nothing to remove) lets it go.
+    until("the experiment gone", WAIT, || {
         server
             .get("Experiment", Some("shop"), "slow-payments")
             .is_none()
-    );
+    })
+    .await;
     assert_eq!(entries(&server), 0);
 }
