@@ -349,13 +349,7 @@ current-context: mock
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        if std::env::var_os("FAULTLINE_TESTKIT_TRACE").is_some() {
-            eprintln!(
-                "{:?} {} {path}?{query}",
-                std::time::SystemTime::now(),
-                parts.method
-            );
-        }
+        tracing::debug!(method = %parts.method, %path, %query, "mocked API server");
         if self.state.lock().expect("state").down {
             let (code, v) = status(503, "ServiceUnavailable", "the API server is down");
             return respond(code, &v);
