@@ -38,6 +38,12 @@ if ! command -v nft >/dev/null 2>&1; then
     apt-get install -y -qq nftables
 fi
 
+step "a real terminal (tmux, for the dashboard's tests)"
+if ! command -v tmux >/dev/null 2>&1; then
+    apt-get update -qq
+    apt-get install -y -qq tmux
+fi
+
 step "kernel lab (qemu, busybox and a Debian cloud kernel, for the agent's netem tests)"
 # Installs what is missing and caches the kernel under target/kernel-lab/;
 # agent/tests/kernel_lab.rs then only builds the initramfs and boots.

@@ -160,6 +160,49 @@ impl FaultAction {
         }
     }
 
+    /// One line saying what the fault does, for displays: `latency 300ms
+    /// ±20ms, 5% loss`, `kill SIGTERM every 10s`, `partition from db`.
+    pub fn summary(&self) -> String {
+        match self {
+            FaultAction::Latency(l) => {
+                let mut s = format!("latency {}", l.delay);
+                if let Some(j) = l.jitter {
+                    s.push_str(&format!(" ±{j}"));
+                }
+                if let Some(p) = l.loss {
+                    s.push_str(&format!(", {p} loss"));
+                }
+                if !l.to.is_empty() {
+                    s.push_str(&format!(" to {}", l.to.join(", ")));
+                }
+                s
+            }
+            FaultAction::Kill(k) => {
+                let mut s = match k.method {
+                    KillMethod::Signal => format!("kill {}", k.signal),
+                    KillMethod::Delete => "delete pod".to_owned(),
+                };
+                if let Some(every) = k.every {
+                    s.push_str(&format!(" every {every}"));
+                }
+                s
+            }
+            FaultAction::Partition(p) => {
+                let preposition = match p.direction {
+                    Direction::Ingress => "from",
+                    Direction::Egress => "to",
+                    Direction::Both => "with",
+                };
+                let mut s = format!("partition {preposition} {}", p.peers.join(", "));
+                if !p.ports.is_empty() {
+                    let ports: Vec<String> = p.ports.iter().map(u16::to_string).collect();
+                    s.push_str(&format!(" ports {}", ports.join(",")));
+                }
+                s
+            }
+        }
+    }
+
     /// Decodes the one fault-kind key of a fault mapping, reporting none or several.
     pub(crate) fn decode_in(cx: &mut Cx, f: &Fields<'_>, what: &str) -> Option<FaultAction> {
         let present = f.present(&Self::KEYS);
@@ -340,6 +383,51 @@ impl Decode for Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_say_what_a_fault_does() {
+        let parse = |yaml: &str| -> FaultAction {
+            let doc = format!(
+                "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: x}}
+spec:
+  duration: 1m
+  targets: {{a: {{labels: {{app: a}}}}, db: {{labels: {{app: db}}}}}}
+  faults:
+    - {{name: f, target: a, {yaml}}}
+"
+            );
+            crate::parse_one::<crate::Experiment>(doc.as_bytes())
+                .expect("valid")
+                .spec
+                .faults
+                .remove(0)
+                .action
+        };
+        for (yaml, summary) in [
+            ("latency: {delay: 300ms}", "latency 300ms"),
+            (
+                "latency: {delay: 1s, jitter: 50ms, loss: 5%, to: [db]}",
+                "latency 1s ±50ms, 5% loss to db",
+            ),
+            (
+                "kill: {signal: SIGTERM, every: 10s}",
+                "kill SIGTERM every 10s",
+            ),
+            ("kill: {method: delete}", "delete pod"),
+            (
+                "partition: {direction: ingress, peers: [db], ports: [5432]}",
+                "partition from db ports 5432",
+            ),
+            (
+                "partition: {peers: [db, 10.0.0.0/8]}",
+                "partition with db, 10.0.0.0/8",
+            ),
+        ] {
+            assert_eq!(parse(yaml).summary(), summary, "{yaml}");
+        }
+    }
 
     #[test]
     fn cidrs() {

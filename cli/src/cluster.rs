@@ -27,7 +27,7 @@ const FIELD_MANAGER: &str = "faultline-cli";
 /// The annotation the controller reads to abort a run.
 const ABORT_ANNOTATION: &str = "faultline.dev/abort";
 /// How long one read of the Experiment may take.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the status is read.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -38,19 +38,19 @@ pub struct Waits {
     pub start: Duration,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| {
-            eprintln!("faultline: cannot start: {e}");
+            tell!("faultline: cannot start: {e}");
             ExitCode::from(EXIT_BROKE)
         })
 }
 
-async fn client() -> Result<Client, ExitCode> {
+pub(crate) async fn client() -> Result<Client, ExitCode> {
     Client::try_default().await.map_err(|e| {
-        eprintln!(
+        tell!(
             "faultline: cannot reach the cluster (kubeconfig or in-cluster config): {}",
             chain(&e)
         );
@@ -59,7 +59,7 @@ async fn client() -> Result<Client, ExitCode> {
 }
 
 /// An error with its causes (kube's errors print theirs already).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -73,7 +73,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn is_final(phase: Option<Phase>) -> bool {
+pub(crate) fn is_final(phase: Option<Phase>) -> bool {
     matches!(
         phase,
         Some(Phase::Completed | Phase::Recovered | Phase::Invalid)
@@ -99,7 +99,7 @@ pub fn run_file(path: &Path, reports: &Reports, waits: Waits) -> ExitCode {
         match run(client, experiment, &file, reports, waits).await {
             Ok(code) => code,
             Err(message) => {
-                eprintln!("faultline run: {message}");
+                tell!("faultline run: {message}");
                 ExitCode::from(EXIT_BROKE)
             }
         }
@@ -158,7 +158,7 @@ async fn run(
                 phase.map_or("none yet", Phase::as_str)
             ));
         }
-        println!(
+        say!(
             "{what}: removing the finished run of {}",
             old.creation_timestamp()
                 .map_or("earlier".into(), |t| t.0.to_string())
@@ -190,7 +190,7 @@ async fn run(
         .await
         .map_err(|e| format!("{what}: cannot apply it: {}", chain(&e)))?;
     let uid = applied.uid().unwrap_or_default();
-    println!("{what}: applied from {file}; following its status (Ctrl-C aborts it)");
+    say!("{what}: applied from {file}; following its status (Ctrl-C aborts it)");
 
     let begun = Instant::now();
     let mut journal: Vec<Entry> = Vec::new();
@@ -216,7 +216,7 @@ async fn run(
         let current = match read {
             Ok(Some(e)) if e.uid().unwrap_or_default() == uid => e,
             Ok(_) => {
-                eprintln!(
+                tell!(
                     "faultline run: {what} was deleted before it finished (its finalizer removed its faults)"
                 );
                 return Ok(ExitCode::from(EXIT_ABORTED));
@@ -231,7 +231,7 @@ async fn run(
                         chain(&e)
                     ));
                 }
-                eprintln!("faultline run: reading {what}: {}", chain(&e));
+                tell!("faultline run: reading {what}: {}", chain(&e));
                 tokio::time::sleep(POLL).await;
                 continue;
             }
@@ -240,7 +240,7 @@ async fn run(
         let status = current.status.clone().unwrap_or_default();
         let line = progress_line(&status);
         if line != last_line {
-            println!("{:>6.1}s {line}", begun.elapsed().as_secs_f64());
+            say!("{:>6.1}s {line}", begun.elapsed().as_secs_f64());
             journal.push(Entry {
                 at: begun.elapsed(),
                 event: line.clone(),
@@ -307,7 +307,7 @@ async fn interrupted(
     abort_sent: &mut Option<Instant>,
 ) -> Option<ExitCode> {
     if abort_sent.is_some() {
-        eprintln!(
+        tell!(
             "faultline run: stopped following {what} before its abort was confirmed; the agents remove each fault at its deadline"
         );
         return Some(ExitCode::from(EXIT_ABORTED));
@@ -319,18 +319,18 @@ async fn interrupted(
     };
     if !started {
         let _ = api.delete(name, &DeleteParams::default()).await;
-        println!("{what}: interrupted before its first run; deleted, nothing was injected");
+        say!("{what}: interrupted before its first run; deleted, nothing was injected");
         return Some(ExitCode::from(EXIT_ABORTED));
     }
     *abort_sent = Some(Instant::now());
-    println!("{what}: aborting (every fault is being removed; interrupt again to stop waiting)");
+    say!("{what}: aborting (every fault is being removed; interrupt again to stop waiting)");
     if let Err(e) = annotate_abort(api, name, "interrupted by the user").await {
-        eprintln!("faultline run: cannot abort {what}: {}", chain(&e));
+        tell!("faultline run: cannot abort {what}: {}", chain(&e));
     }
     None
 }
 
-async fn annotate_abort(
+pub(crate) async fn annotate_abort(
     api: &Api<Experiment>,
     name: &str,
     reason: &str,
@@ -406,7 +406,7 @@ fn finish(
     took: Duration,
 ) -> ExitCode {
     if status.phase == Some(Phase::Invalid) {
-        eprintln!(
+        tell!(
             "faultline run: the controller refused {name}: {}",
             status.message.as_deref().unwrap_or("invalid")
         );
@@ -439,36 +439,36 @@ pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) 
         let what = format!("experiment {namespace}/{name}");
         match api.get_opt(name).await {
             Ok(Some(e)) if is_final(e.status.as_ref().and_then(|s| s.phase)) => {
-                println!("{what} has already finished; nothing to abort");
+                say!("{what} has already finished; nothing to abort");
                 return ExitCode::SUCCESS;
             }
             // Between scheduled runs (or before the first): nothing runs,
             // and an annotation now would abort the next run instead.
             Ok(Some(e)) if e.status.as_ref().and_then(|s| s.started_at.as_ref()).is_none() => {
-                println!("{what} has no run in progress; nothing to abort");
+                say!("{what} has no run in progress; nothing to abort");
                 return ExitCode::SUCCESS;
             }
             Ok(Some(_)) => {}
             Ok(None) => {
-                eprintln!("faultline abort: {what} does not exist");
+                tell!("faultline abort: {what} does not exist");
                 return ExitCode::from(EXIT_INVALID);
             }
             Err(e) => {
-                eprintln!("faultline abort: reading {what}: {}", chain(&e));
+                tell!("faultline abort: reading {what}: {}", chain(&e));
                 return ExitCode::from(EXIT_BROKE);
             }
         }
         if let Err(e) = annotate_abort(&api, name, reason).await {
-            eprintln!("faultline abort: cannot abort {what}: {}", chain(&e));
+            tell!("faultline abort: cannot abort {what}: {}", chain(&e));
             return ExitCode::from(EXIT_BROKE);
         }
-        println!("{what}: abort requested; waiting for its faults to be removed");
+        say!("{what}: abort requested; waiting for its faults to be removed");
         let deadline = Instant::now() + wait;
         loop {
             match api.get_opt(name).await {
                 Ok(Some(e)) if is_final(e.status.as_ref().and_then(|s| s.phase)) => {
                     let s = e.status.unwrap_or_default();
-                    println!(
+                    say!(
                         "{what}: {} ({})",
                         s.phase.map_or("", Phase::as_str),
                         s.message.as_deref().unwrap_or("aborted")
@@ -476,11 +476,11 @@ pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) 
                     return ExitCode::SUCCESS;
                 }
                 Ok(None) => {
-                    println!("{what}: deleted");
+                    say!("{what}: deleted");
                     return ExitCode::SUCCESS;
                 }
                 _ if Instant::now() > deadline => {
-                    eprintln!(
+                    tell!(
                         "faultline abort: {what} has not confirmed within {wait:?}; the agents still remove each fault at its deadline"
                     );
                     return ExitCode::from(EXIT_BROKE);

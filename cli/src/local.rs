@@ -1,13 +1,15 @@
 //! `faultline run --local` and `faultline demo`: game days on local processes.
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use faultline_api::{
     Experiment, Topology,
     experiment::{Phase, Verdict},
     parse_one,
 };
+use faultline_engine::Snapshot;
 use faultline_runtime::{Options, Outcome, Progress};
+use tokio::sync::watch;
 
 /// Exit codes of `faultline run` (DESIGN.md).
 pub const EXIT_PASSED: u8 = 0;
@@ -19,14 +21,14 @@ pub const EXIT_BROKE: u8 = 4;
 pub(crate) fn load<T: faultline_api::document::FromResource>(path: &Path) -> Result<T, ExitCode> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| {
-        eprintln!("{name}: cannot read: {e}");
+        tell!("{name}: cannot read: {e}");
         ExitCode::from(EXIT_INVALID)
     })?;
     parse_one::<T>(&bytes).map_err(|diags| {
         for d in &diags {
-            eprintln!("{}", d.display_in(&name));
+            tell!("{}", d.display_in(&name));
         }
-        eprintln!("faultline run: {name} is invalid; nothing was started");
+        tell!("faultline run: {name} is invalid; nothing was started");
         ExitCode::from(EXIT_INVALID)
     })
 }
@@ -48,6 +50,29 @@ pub struct Follow {
     pub runs: Option<u32>,
 }
 
+/// How a local run shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ui {
+    /// The terminal dashboard; plain lines again if the user quits it
+    /// before the run ends.
+    Dashboard,
+    /// One line per phase change and every few seconds.
+    Plain,
+}
+
+impl Ui {
+    /// The dashboard when the user is at a terminal and did not say
+    /// `--no-dashboard`.
+    pub fn choose(no_dashboard: bool) -> Ui {
+        use std::io::IsTerminal as _;
+        if !no_dashboard && std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+            Ui::Dashboard
+        } else {
+            Ui::Plain
+        }
+    }
+}
+
 /// `faultline run EXPERIMENT --local TOPOLOGY`.
 pub fn run_files(
     experiment: &Path,
@@ -55,6 +80,7 @@ pub fn run_files(
     seed: u64,
     reports: &Reports,
     follow: Option<Follow>,
+    ui: Ui,
 ) -> ExitCode {
     let name = experiment.display().to_string();
     let experiment: Experiment = match load(experiment) {
@@ -66,13 +92,13 @@ pub fn run_files(
         Err(code) => return code,
     };
     if follow.is_some() && experiment.spec.schedule.is_none() {
-        eprintln!(
+        tell!(
             "{name}: spec.schedule: --follow-schedule needs a schedule; without one the experiment runs once (drop the flag)"
         );
-        eprintln!("faultline run: nothing was started");
+        tell!("faultline run: nothing was started");
         return ExitCode::from(EXIT_INVALID);
     }
-    run(&experiment, &topology, seed, None, reports, follow)
+    run(&experiment, &topology, seed, None, reports, follow, ui)
 }
 
 /// Runs to the end on a runtime of its own (once, or at each start time of
@@ -84,6 +110,7 @@ pub fn run(
     load: Option<(String, Duration)>,
     reports: &Reports,
     follow: Option<Follow>,
+    ui: Ui,
 ) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -91,12 +118,16 @@ pub fn run(
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("faultline: cannot start: {e}");
+            tell!("faultline: cannot start: {e}");
             return ExitCode::from(EXIT_BROKE);
         }
     };
     let code = rt.block_on(async {
-        let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        let (cancel_tx, cancel) = watch::channel(false);
+        let cancel_tx = Arc::new(cancel_tx);
+        // Closes the dashboard on a signal, so the terminal is restored
+        // before faultline ends.
+        let (close_tx, close) = watch::channel(false);
         // Registered before anything is printed or started, so a Ctrl-C at
         // any moment is caught rather than killing the process mid-run; and
         // so are SIGTERM (a CI job cancelled, `kill`) and SIGHUP (the
@@ -113,20 +144,37 @@ pub fn run(
         let (mut int, mut term, mut hup) = match watched {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("faultline: cannot watch for Ctrl-C, SIGTERM and SIGHUP: {e}");
+                tell!("faultline: cannot watch for Ctrl-C, SIGTERM and SIGHUP: {e}");
                 return EXIT_BROKE;
             }
         };
+        let stop = cancel_tx.clone();
         tokio::spawn(async move {
             let name = tokio::select! {
                 _ = int.recv() => "interrupted",
                 _ = term.recv() => "SIGTERM",
                 _ = hup.recv() => "SIGHUP",
             };
-            eprintln!("\n{name}: removing every fault…");
-            let _ = cancel_tx.send(true);
+            let _ = close_tx.send(true);
+            let _ = stop.send(true);
+            tell!("\n{name}: removing every fault…");
         });
-        let once = || run_once(experiment, topology, seed, load.clone(), reports, cancel.clone());
+        let display = Display {
+            ui,
+            abort: cancel_tx,
+            close,
+        };
+        let once = || {
+            run_once(
+                experiment,
+                topology,
+                seed,
+                load.clone(),
+                reports,
+                cancel.clone(),
+                display.clone(),
+            )
+        };
         match (follow, &experiment.spec.schedule) {
             (Some(follow), Some(schedule)) => {
                 follow_schedule(schedule, follow, cancel.clone(), once).await
@@ -136,7 +184,7 @@ pub fn run(
                     .as_ref()
                     .and_then(|s| s.next_after(jiff::Timestamp::now()))
                 {
-                    println!(
+                    say!(
                         "faultline: the schedule would start the next run at {at}; running once now (--follow-schedule waits for it)"
                     );
                 }
@@ -153,7 +201,7 @@ pub fn run(
 async fn follow_schedule<F, Fut>(
     schedule: &faultline_api::CronSchedule,
     follow: Follow,
-    mut cancel: tokio::sync::watch::Receiver<bool>,
+    mut cancel: watch::Receiver<bool>,
     mut once: F,
 ) -> u8
 where
@@ -166,22 +214,22 @@ where
     loop {
         let Some(next) = faultline_engine::next_start(schedule, previous, jiff::Timestamp::now())
         else {
-            println!("faultline: the schedule \"{schedule}\" never fires again");
+            say!("faultline: the schedule \"{schedule}\" never fires again");
             return worst;
         };
         if next.missed > 0 {
-            println!(
+            say!(
                 "faultline: {} scheduled start{} passed while the last run went on; runs never overlap",
                 next.missed,
                 if next.missed == 1 { "" } else { "s" }
             );
         }
-        println!(
+        say!(
             "faultline: following \"{schedule}\" (UTC): next run at {} — Ctrl-C to stop",
             next.at
         );
         if !wait_until(next.at, &mut cancel).await {
-            println!("ABORTED while waiting for the next run: nothing was injected");
+            say!("ABORTED while waiting for the next run: nothing was injected");
             return EXIT_ABORTED;
         }
         previous = Some(next.at);
@@ -199,7 +247,7 @@ where
 
 /// Sleeps until the wall clock reaches `at`, in steps so that a clock change
 /// or a suspended machine is noticed; false when cancelled first.
-async fn wait_until(at: jiff::Timestamp, cancel: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+async fn wait_until(at: jiff::Timestamp, cancel: &mut watch::Receiver<bool>) -> bool {
     loop {
         if *cancel.borrow() {
             return false;
@@ -223,6 +271,95 @@ async fn wait_until(at: jiff::Timestamp, cancel: &mut tokio::sync::watch::Receiv
     }
 }
 
+/// Where a run's progress goes, and what the dashboard may do.
+#[derive(Debug, Clone)]
+struct Display {
+    ui: Ui,
+    /// Set to abort the run (the dashboard's kill switch).
+    abort: Arc<watch::Sender<bool>>,
+    /// Set when faultline is told to stop.
+    close: watch::Receiver<bool>,
+}
+
+/// The dashboard's kill switch in local mode: the run removes every fault
+/// at its next step.
+struct LocalAbort(Arc<watch::Sender<bool>>);
+
+impl faultline_tui::Abort for LocalAbort {
+    fn abort(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            self.0
+                .send(true)
+                .map(|()| "aborted: every fault is being removed".to_owned())
+                .map_err(|_| "the run has already ended".to_owned())
+        })
+    }
+}
+
+/// Shows `progress` until the run ends, on a thread of its own so a
+/// terminal that blocks never holds up the run: the dashboard (then plain
+/// lines, if the user quits it early), or plain lines.
+fn show(
+    name: String,
+    progress: watch::Receiver<Progress>,
+    display: Display,
+) -> std::thread::JoinHandle<()> {
+    let feed = display.ui.eq(&Ui::Dashboard).then(|| {
+        let (tx, rx) = watch::channel(feed_of(&name, &progress.borrow()));
+        let mut from = progress.clone();
+        tokio::spawn(async move {
+            while from.changed().await.is_ok() {
+                let feed = feed_of(&name, &from.borrow_and_update());
+                if tx.send(feed).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    });
+    std::thread::spawn(move || {
+        if let Some(feed) = feed {
+            let sources = faultline_tui::Sources {
+                observer: None,
+                run: Some(feed),
+                abort: Some(Arc::new(LocalAbort(display.abort))),
+                close: Some(display.close),
+            };
+            if let Err(e) = faultline_tui::run(sources) {
+                tell!(
+                    "faultline: the dashboard stopped ({}); plain progress follows",
+                    crate::cluster::chain(&e)
+                );
+            } else if progress.has_changed().is_err() {
+                return; // the run is over; its summary follows
+            }
+        }
+        let mut progress = progress;
+        let mut printer = Printer::default();
+        loop {
+            if let Some(run) = &progress.borrow_and_update().run {
+                printer.show(run);
+            }
+            if futures::executor::block_on(progress.changed()).is_err() {
+                break;
+            }
+        }
+        printer.finish();
+    })
+}
+
+fn feed_of(name: &str, p: &Progress) -> faultline_tui::RunFeed {
+    faultline_tui::RunFeed {
+        name: name.to_owned(),
+        observer: p.observer_api.map(|a| format!("http://{a}")),
+        note: p.starting.as_ref().map(|s| format!("starting {s}…")),
+        run: p.run.clone(),
+    }
+}
+
 /// One run with its progress display, summary and reports; the exit code.
 async fn run_once(
     experiment: &Experiment,
@@ -230,13 +367,14 @@ async fn run_once(
     seed: u64,
     load: Option<(String, Duration)>,
     reports: &Reports,
-    cancel: tokio::sync::watch::Receiver<bool>,
+    cancel: watch::Receiver<bool>,
+    display: Display,
 ) -> u8 {
     let name = experiment.metadata.name.clone().unwrap_or_default();
     for note in faultline_runtime::local_mode_notes(experiment) {
-        println!("note: {note}");
+        say!("note: {note}");
     }
-    println!(
+    say!(
         "faultline: running {name} against {} local services ({}s)",
         topology.spec.services.len(),
         experiment.spec.duration.as_millis() / 1000
@@ -255,7 +393,8 @@ async fn run_once(
             .await
         })
     });
-    let mut printer = Printer::default();
+    let (progress_tx, progress) = watch::channel(Progress::default());
+    let shown = show(name.clone(), progress, display);
     let outcome = faultline_runtime::run(
         experiment,
         topology,
@@ -265,13 +404,15 @@ async fn run_once(
             ..Options::default()
         },
         cancel,
-        &mut |p| printer.show(p),
+        &progress_tx,
     )
     .await;
-    printer.finish();
+    drop(progress_tx);
     if let Some(t) = load_task {
         t.abort();
     }
+    // The dashboard stays until the user has read the verdict.
+    let _ = tokio::task::spawn_blocking(move || shown.join()).await;
     match outcome {
         Ok(o) => {
             let code = summary(&o);
@@ -283,7 +424,7 @@ async fn run_once(
             }
         }
         Err(e) => {
-            eprintln!("faultline: the run broke: {e}");
+            tell!("faultline: the run broke: {e}");
             EXIT_BROKE
         }
     }
@@ -296,7 +437,7 @@ pub(crate) fn write_reports(name: &str, o: &Outcome, reports: &Reports, seconds:
         match std::fs::write(path, text) {
             Ok(()) => true,
             Err(e) => {
-                eprintln!("faultline: cannot write {}: {e}", path.display());
+                tell!("faultline: cannot write {}: {e}", path.display());
                 false
             }
         }
@@ -331,27 +472,26 @@ impl Printer {
     /// Ends the status line being redrawn, so what follows starts below it.
     fn finish(&self) {
         if self.drawn {
-            println!();
+            say!();
         }
     }
 
-    fn show(&mut self, p: Progress<'_>) {
-        let phase = p.run.phase();
+    fn show(&mut self, run: &Snapshot) {
+        let phase = run.phase;
         let every = if self.tty {
             Duration::from_millis(500)
         } else {
             Duration::from_secs(5)
         };
-        let periodic = self.last.is_none_or(|t| p.now.saturating_sub(t) >= every);
+        let periodic = self.last.is_none_or(|t| run.at.saturating_sub(t) >= every);
         let changed = Some(phase) != self.phase;
         if !changed && !periodic {
             return;
         }
         self.phase = Some(phase);
-        self.last = Some(p.now);
-        let checks: Vec<String> = p
-            .run
-            .report()
+        self.last = Some(run.at);
+        let checks: Vec<String> = run
+            .checks
             .iter()
             .filter_map(|r| {
                 r.last
@@ -359,13 +499,18 @@ impl Printer {
                     .map(|e| format!("{}: {}", r.name, e.observed))
             })
             .collect();
-        let left = p.run.spec().duration.as_std().saturating_sub(p.now);
+        let left = run.duration.saturating_sub(run.at);
+        let active: usize = run
+            .faults
+            .iter()
+            .map(|f| f.targets.as_ref().map_or(0, Vec::len))
+            .sum();
         let line = format!(
             "[{:>6.1}s] {:<10} {:>4}s left  faults active: {:<3} {}",
-            p.now.as_secs_f64(),
+            run.at.as_secs_f64(),
             phase.as_str(),
             left.as_secs() + u64::from(left.subsec_nanos() > 0),
-            p.run.active().len(),
+            active,
             checks.join(" · ")
         );
         if self.tty {
@@ -374,14 +519,16 @@ impl Printer {
             // redraw only its last row: keep it to one row.
             let line = fit(&line, terminal_columns());
             // Keep the finished line of a phase; redraw within one.
-            print!(
+            let mut out = std::io::stdout().lock();
+            let _ = write!(
+                out,
                 "{}\r\x1b[2K{line}",
                 if changed && self.drawn { "\n" } else { "" }
             );
-            let _ = std::io::stdout().flush();
+            let _ = out.flush();
             self.drawn = true;
         } else {
-            println!("{line}");
+            say!("{line}");
         }
     }
 }
@@ -407,10 +554,12 @@ fn fit(line: &str, columns: usize) -> String {
 }
 
 pub(crate) fn summary(o: &Outcome) -> u8 {
-    println!();
-    println!(
+    say!();
+    say!(
         "{:<48} {:<8} {:<16} expected",
-        "check", "result", "observed"
+        "check",
+        "result",
+        "observed"
     );
     for r in &o.report {
         let (observed, expected) = r
@@ -426,7 +575,7 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
             (false, true, _) => "passed",
             (false, false, _) => "FAILED",
         };
-        println!(
+        say!(
             "{:<48} {:<8} {:<16} {}",
             truncate(&r.name, 48),
             result,
@@ -434,24 +583,24 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
             expected
         );
         if let Some(f) = &r.failure {
-            println!("    {f}");
+            say!("    {f}");
         }
     }
     for (service, n) in o.restarts.iter().filter(|(_, n)| **n > 0) {
-        println!(
+        say!(
             "{service} restarted {n} time{}",
             if *n == 1 { "" } else { "s" }
         );
     }
     if let Some(m) = &o.message {
-        println!("{m}");
+        say!("{m}");
     }
     let (word, code) = match o.verdict {
         Verdict::Passed => ("PASSED: the hypothesis held", EXIT_PASSED),
         Verdict::Failed => ("FAILED: the hypothesis did not hold", EXIT_FAILED),
         Verdict::Aborted => ("ABORTED: every fault was removed", EXIT_ABORTED),
     };
-    println!("{word}");
+    say!("{word}");
     code
 }
 
@@ -473,7 +622,7 @@ fn free_port() -> u16 {
 /// `faultline demo`: the demo shop from this very binary, with payments
 /// slowed by 300 ms; checkout's breaker must open and frontend's error rate
 /// stay under 5 %.
-pub fn demo(duration: Duration, no_breaker: bool, reports: &Reports) -> ExitCode {
+pub fn demo(duration: Duration, no_breaker: bool, reports: &Reports, ui: Ui) -> ExitCode {
     let secs = duration.as_secs().max(30);
     let fault_secs = secs - 20;
     let (f, c, p, i) = (free_port(), free_port(), free_port(), free_port());
@@ -520,7 +669,7 @@ spec:
         parse_one::<Topology>(topology.as_bytes()),
         parse_one::<Experiment>(experiment.as_bytes()),
     ) else {
-        eprintln!("faultline demo: the built-in experiment is invalid (a bug)");
+        tell!("faultline demo: the built-in experiment is invalid (a bug)");
         return ExitCode::from(EXIT_BROKE);
     };
     run(
@@ -530,6 +679,7 @@ spec:
         Some((format!("127.0.0.1:{f}"), Duration::from_secs(secs + 10))),
         reports,
         None,
+        ui,
     )
 }
 

@@ -1,6 +1,24 @@
 //! `faultline`: the user's binary.
 
+/// `println!` that never panics: a terminal closed under a run (SIGHUP) or
+/// a closed pipe must not stop faultline while it removes faults.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics, for the same reason.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cluster;
+mod dashboard;
 mod local;
 mod report;
 mod validate;
@@ -75,6 +93,10 @@ enum Command {
         /// is then the worst of theirs.
         #[arg(long, value_name = "N", requires = "follow_schedule", value_parser = clap::value_parser!(u32).range(1..))]
         runs: Option<u32>,
+        /// In local mode, print plain progress lines instead of opening the
+        /// dashboard (it opens only when stdin and stdout are a terminal).
+        #[arg(long)]
+        no_dashboard: bool,
     },
     /// Run the demo shop with payments slowed by 300 ms: checkout's breaker
     /// must open and frontend's error rate stay under 5 %.
@@ -85,6 +107,10 @@ enum Command {
         /// Run checkout without its circuit breaker (the hypothesis fails).
         #[arg(long)]
         no_breaker: bool,
+        /// Print plain progress lines instead of opening the dashboard (it
+        /// opens only when stdin and stdout are a terminal).
+        #[arg(long)]
+        no_dashboard: bool,
         /// Write a JUnit XML report (one test case per check).
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
@@ -96,6 +122,23 @@ enum Command {
         /// a service dies or never comes up.
         #[arg(long, value_name = "DIR")]
         logs: Option<PathBuf>,
+    },
+    /// The terminal dashboard: services, circuit breakers, edges and error
+    /// rates from an observer, live; with --experiment, that Experiment's
+    /// run on the cluster, which `a` aborts.
+    ///
+    /// For an observer in a cluster: `kubectl -n faultline port-forward
+    /// svc/faultline-observer 9464` first.
+    Dashboard {
+        /// The observer's live API.
+        #[arg(long, default_value = "http://127.0.0.1:9464", value_name = "URL")]
+        observer: String,
+        /// Follow this Experiment on the cluster of the current kubeconfig.
+        #[arg(long, value_name = "NAME")]
+        experiment: Option<String>,
+        /// The Experiment's namespace (default: the kubeconfig's).
+        #[arg(short, long, requires = "experiment")]
+        namespace: Option<String>,
     },
     /// One service of the demo shop (used by `faultline demo` and demo topologies).
     #[command(hide = true)]
@@ -143,6 +186,7 @@ fn main() -> ExitCode {
             logs,
             follow_schedule,
             runs,
+            no_dashboard,
             ..
         } => Ok(local::run_files(
             &experiment,
@@ -150,6 +194,7 @@ fn main() -> ExitCode {
             seed,
             &local::Reports { junit, json, logs },
             follow_schedule.then_some(local::Follow { runs }),
+            local::Ui::choose(no_dashboard),
         )),
         Command::Run {
             local: None,
@@ -185,6 +230,7 @@ fn main() -> ExitCode {
         Command::Demo {
             duration,
             no_breaker,
+            no_dashboard,
             junit,
             json,
             logs,
@@ -192,6 +238,16 @@ fn main() -> ExitCode {
             duration,
             no_breaker,
             &local::Reports { junit, json, logs },
+            local::Ui::choose(no_dashboard),
+        )),
+        Command::Dashboard {
+            observer,
+            experiment,
+            namespace,
+        } => Ok(dashboard::run(
+            &observer,
+            experiment.as_deref(),
+            namespace.as_deref(),
         )),
         Command::DemoRole { args } => demo_role(args),
     };

@@ -397,3 +397,62 @@ spec:
     .await;
     assert_eq!(entries(&server), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_follows_a_cluster_run_and_aborts_it() {
+    use faultline_testkit::terminal::{Tmux, tmux_available};
+    if !tmux_available() {
+        return eprintln!("skipped: no tmux");
+    }
+    let server = ApiServer::new();
+    shop(&server);
+    let served = server.serve().await;
+    let _controller = controller(&server).await;
+    let observer = faultline_observer::start(
+        &faultline_observer::Addresses::ephemeral(),
+        faultline_observer::Limits::default(),
+    )
+    .await
+    .expect("observer");
+    observer
+        .observer
+        .ingest(&faultline_testkit::spans::server_spans("payments", 10, 1))
+        .expect("ingests");
+    server.apply(json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "slow-payments", "namespace": "shop"},
+        "spec": {"duration": "10m", "targets": {"payments": {"labels": {"app": "payments"}}},
+                 "faults": [{"name": "slow", "target": "payments", "latency": {"delay": "300ms"}}]}}));
+    until("faults placed", WAIT, || entries(&server) == 2).await;
+
+    let tmux = Tmux::start(
+        100,
+        30,
+        &format!(
+            "env -u KUBERNETES_SERVICE_HOST KUBECONFIG={} {} dashboard --observer http://{} --experiment slow-payments -n shop",
+            served.kubeconfig.display(),
+            env!("CARGO_BIN_EXE_faultline"),
+            observer.addresses.api
+        ),
+    );
+    let wait = |what: &str, want: &dyn Fn(&str) -> bool| {
+        tokio::task::block_in_place(|| tmux.wait_for(WAIT, what, |s| want(s)))
+    };
+    let screen = wait("the run and the observer's figures", &|s| {
+        s.contains("active,") && s.contains("│payments") && s.contains("● observer")
+    });
+    assert!(screen.contains("latency 300ms"), "{screen}");
+    tmux.send("a");
+    wait("the question", &|s| s.contains("Abort slow-payments?"));
+    tmux.send("y");
+    until("faults removed", WAIT, || entries(&server) == 0).await;
+    let annotation = server
+        .get("Experiment", Some("shop"), "slow-payments")
+        .map(|e| e["metadata"]["annotations"]["faultline.dev/abort"].clone());
+    assert_eq!(status(&server)["verdict"], "Aborted", "{annotation:?}");
+    wait("the verdict", &|s| {
+        s.contains("ABORTED: every fault removed")
+    });
+    tmux.send("q");
+    let code = tokio::task::block_in_place(|| tmux.exit_status(WAIT));
+    assert_eq!(code, Some(0), "{}", tmux.screen());
+}

@@ -9,6 +9,7 @@ pub mod check;
 pub mod run;
 pub mod schedule;
 pub mod select;
+pub mod snapshot;
 
 pub use check::{Evaluation, Observed, evaluate};
 pub use run::{
@@ -16,3 +17,4 @@ pub use run::{
 };
 pub use schedule::{NextStart, next_start, upcoming};
 pub use select::{Candidate, Plan, PlanError, plan};
+pub use snapshot::{FaultSnapshot, FaultState, Snapshot};

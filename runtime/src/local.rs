@@ -16,7 +16,7 @@ use faultline_api::{
     fault::{Direction, FaultAction, KillMethod, Signal},
     topology::addr_var,
 };
-use faultline_engine::{Action, Candidate, CheckReport, Entry, Observed, Resolved, Run};
+use faultline_engine::{Action, Candidate, CheckReport, Entry, Observed, Resolved, Run, Snapshot};
 use faultline_observer::{Addresses, Limits};
 use faultline_proxy::{Faults, Latency, Partition, Proxy};
 use http_body_util::{BodyExt, Empty};
@@ -114,26 +114,33 @@ pub fn local_mode_notes(experiment: &Experiment) -> Vec<String> {
     notes
 }
 
-/// What the progress display is given at each tick.
-#[derive(Debug)]
-pub struct Progress<'a> {
-    pub now: Duration,
-    pub run: &'a Run,
+/// What a run publishes for displays, replaced as it goes. Displays read it
+/// in their own tasks, so a slow terminal never holds up the control loop.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// The embedded observer's live API, once it listens.
+    pub observer_api: Option<SocketAddr>,
+    /// The service being started, before the run begins.
+    pub starting: Option<String>,
+    /// The run, once it has begun.
+    pub run: Option<Snapshot>,
 }
 
 /// Runs `experiment` against `topology` until it completes or is aborted
-/// (`cancel` set to true aborts it, with full recovery).
+/// (`cancel` set to true aborts it, with full recovery), publishing its
+/// progress on `progress`.
 pub async fn run(
     experiment: &Experiment,
     topology: &Topology,
     options: &Options,
     mut cancel: watch::Receiver<bool>,
-    progress: &mut dyn FnMut(Progress<'_>),
+    progress: &watch::Sender<Progress>,
 ) -> Result<Outcome, Error> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let observer = faultline_observer::start(&Addresses::ephemeral(), Limits::default())
         .await
         .map_err(Error::Observer)?;
+    progress.send_modify(|p| p.observer_api = Some(observer.addresses.api));
 
     // A proxy on every edge; a service reaches each dependency through one.
     let ports: HashMap<&str, u16> = topology
@@ -180,6 +187,7 @@ pub async fn run(
             .logs
             .as_ref()
             .map(|dir| dir.join(format!("{}.log", s.name)));
+        progress.send_modify(|p| p.starting = Some(s.name.clone()));
         procs.insert(s.name.clone(), supervise(launch, log.clone()));
         if !wait_for_port(s.port, Duration::from_secs(15)).await {
             let output = procs
@@ -211,6 +219,7 @@ pub async fn run(
         })
         .collect();
     let mut run = Run::new(experiment.spec.clone(), &namespace, options.seed);
+    progress.send_modify(|p| p.starting = None);
     let started = tokio::time::Instant::now();
     let mut last_checks: Option<Duration> = None;
     let mut ticker = tokio::time::interval(options.tick);
@@ -262,7 +271,8 @@ pub async fn run(
         if actions.iter().any(|a| !matches!(a, Action::Signal(..))) {
             apply_faults(&run, &proxies, &ports);
         }
-        progress(Progress { now, run: &run });
+        let snapshot = run.snapshot(now);
+        progress.send_modify(|p| p.run = Some(snapshot));
         if run.is_finished() {
             break;
         }

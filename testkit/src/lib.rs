@@ -1,6 +1,8 @@
 //! Test support for Faultline's crates; a dev-dependency only.
 
 pub mod kube;
+pub mod spans;
+pub mod terminal;
 
 /// A loopback TCP port that was free a moment ago (bound, then released).
 /// Panics rather than returning 0: a test that listens on "any port" by

@@ -1,0 +1,272 @@
+//! A run as a display shows it at one moment: built from a run in progress
+//! (local mode) or from an Experiment's status (a cluster), so one display
+//! serves both.
+
+use std::time::Duration;
+
+use faultline_api::experiment::{ExperimentSpec, ExperimentStatus, Phase, Verdict};
+
+use crate::{CheckReport, Evaluation, Run};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Time since the run started.
+    pub at: Duration,
+    /// How long the run lasts.
+    pub duration: Duration,
+    pub phase: Phase,
+    pub verdict: Option<Verdict>,
+    pub message: Option<String>,
+    pub faults: Vec<FaultSnapshot>,
+    pub checks: Vec<CheckReport>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSnapshot {
+    pub name: String,
+    /// What it does, e.g. `latency 300ms`.
+    pub action: String,
+    /// When it is active, as offsets from the run's start.
+    pub window: (Duration, Duration),
+    /// The targets it is active on now; None when not known (a cluster's
+    /// status counts instances, it does not name them).
+    pub targets: Option<Vec<String>>,
+}
+
+/// Where a fault stands at a snapshot's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultState {
+    Pending { starts_in: Duration },
+    Active { left: Duration },
+    Done,
+}
+
+impl Snapshot {
+    /// Time left until the run's end (zero once past it or finished).
+    pub fn left(&self) -> Duration {
+        if self.is_finished() {
+            Duration::ZERO
+        } else {
+            self.duration.saturating_sub(self.at)
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Completed | Phase::Recovered | Phase::Invalid
+        )
+    }
+
+    /// Where `fault` stands: active only while the run injects and the
+    /// window is open (an aborted or finished run has nothing active).
+    pub fn fault_state(&self, fault: &FaultSnapshot) -> FaultState {
+        let (start, end) = fault.window;
+        let injecting = matches!(
+            self.phase,
+            Phase::Pending | Phase::Injecting | Phase::Running
+        );
+        if !injecting || self.at >= end {
+            FaultState::Done
+        } else if self.at < start {
+            FaultState::Pending {
+                starts_in: start - self.at,
+            }
+        } else {
+            FaultState::Active {
+                left: end - self.at,
+            }
+        }
+    }
+
+    /// A run's state as its Experiment's status tells it, `at` after the
+    /// run started (the caller's clock against `status.startedAt`).
+    pub fn from_status(spec: &ExperimentSpec, status: &ExperimentStatus, at: Duration) -> Snapshot {
+        let checks = spec
+            .hypothesis
+            .iter()
+            .map(|c| (false, c))
+            .chain(spec.abort.iter().map(|c| (true, c)))
+            .map(|(abort, c)| {
+                let name = c.display_name();
+                let s = status
+                    .checks
+                    .iter()
+                    .find(|s| s.name == name && s.abort == abort);
+                let evaluations = s.and_then(|s| s.evaluations).unwrap_or(0);
+                let last = s.and_then(|s| {
+                    Some(Evaluation {
+                        passed: s.passed?,
+                        observed: s.observed.clone()?,
+                        expected: s.expected.clone().unwrap_or_default(),
+                    })
+                });
+                CheckReport {
+                    name,
+                    abort,
+                    passed: s.and_then(|s| s.passed).unwrap_or(true),
+                    evaluations,
+                    last,
+                    failure: s.and_then(|s| s.message.clone()),
+                }
+            })
+            .collect();
+        Snapshot {
+            at,
+            duration: spec.duration.as_std(),
+            phase: status.phase.unwrap_or(Phase::Pending),
+            verdict: status.verdict,
+            message: status.message.clone(),
+            faults: spec
+                .faults
+                .iter()
+                .map(|f| FaultSnapshot {
+                    name: f.name.clone(),
+                    action: f.action.summary(),
+                    window: (f.start().as_std(), f.end(spec.duration).as_std()),
+                    targets: None,
+                })
+                .collect(),
+            checks,
+        }
+    }
+}
+
+impl Run {
+    /// The run at `now` (time since it started), for a display.
+    pub fn snapshot(&self, now: Duration) -> Snapshot {
+        let spec = self.spec();
+        let resolved = self.resolved();
+        Snapshot {
+            at: now,
+            duration: spec.duration.as_std(),
+            phase: self.phase(),
+            verdict: self.verdict(),
+            message: self.message().map(str::to_owned),
+            faults: spec
+                .faults
+                .iter()
+                .map(|f| FaultSnapshot {
+                    name: f.name.clone(),
+                    action: f.action.summary(),
+                    window: (f.start().as_std(), f.end(spec.duration).as_std()),
+                    targets: Some(
+                        resolved
+                            .iter()
+                            .filter(|r| r.fault.name == f.name)
+                            .map(|r| r.target.to_owned())
+                            .collect(),
+                    ),
+                })
+                .collect(),
+            checks: self.report(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use faultline_api::experiment::CheckStatus;
+
+    use super::*;
+    use crate::Candidate;
+
+    fn spec() -> ExperimentSpec {
+        let doc = "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: x, namespace: demo}
+spec:
+  duration: 60s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: slow, target: payments, start: 10s, duration: 20s, latency: {delay: 300ms, jitter: 20ms}}
+  hypothesis:
+    - {name: fast enough, errorRate: {service: frontend, max: 5%}}
+  abort:
+    - errorRate: {service: frontend, max: 50%}
+";
+        faultline_api::parse_one::<faultline_api::Experiment>(doc.as_bytes())
+            .expect("valid")
+            .spec
+    }
+
+    #[test]
+    fn a_run_shows_its_faults_targets_and_checks() {
+        let mut run = Run::new(spec(), "demo", 0);
+        let pods = [Candidate {
+            id: "payments-1".into(),
+            namespace: "demo".into(),
+            labels: [("app".to_owned(), "payments".to_owned())].into(),
+        }];
+        for s in [0, 5, 12] {
+            run.step(Duration::from_secs(s), &pods);
+        }
+        let s = run.snapshot(Duration::from_secs(12));
+        assert_eq!(s.left(), Duration::from_secs(48));
+        assert_eq!(s.faults[0].action, "latency 300ms ±20ms");
+        assert_eq!(s.faults[0].targets, Some(vec!["payments-1".to_owned()]));
+        assert_eq!(
+            s.fault_state(&s.faults[0]),
+            FaultState::Active {
+                left: Duration::from_secs(18)
+            }
+        );
+        assert_eq!(s.checks.len(), 2);
+        assert!(s.checks[1].abort);
+        let early = run.snapshot(Duration::from_secs(4));
+        assert_eq!(
+            early.fault_state(&early.faults[0]),
+            FaultState::Pending {
+                starts_in: Duration::from_secs(6)
+            }
+        );
+        run.abort(Duration::from_secs(13), "stop");
+        let aborted = run.snapshot(Duration::from_secs(13));
+        assert_eq!(aborted.fault_state(&aborted.faults[0]), FaultState::Done);
+    }
+
+    #[test]
+    fn a_status_reads_as_the_same_snapshot() {
+        let status = ExperimentStatus {
+            phase: Some(Phase::Completed),
+            verdict: Some(Verdict::Failed),
+            checks: vec![
+                CheckStatus {
+                    name: "fast enough".into(),
+                    passed: Some(false),
+                    observed: Some("7.00%".into()),
+                    expected: Some("<= 5%".into()),
+                    evaluations: Some(3),
+                    message: Some("7.00% > 5%".into()),
+                    ..CheckStatus::default()
+                },
+                // A same-named abort check is another check.
+                CheckStatus {
+                    name: "fast enough".into(),
+                    abort: true,
+                    ..CheckStatus::default()
+                },
+            ],
+            ..ExperimentStatus::default()
+        };
+        let s = Snapshot::from_status(&spec(), &status, Duration::from_secs(61));
+        assert!(s.is_finished());
+        assert_eq!(s.left(), Duration::ZERO);
+        assert_eq!(
+            s.faults[0].window,
+            (Duration::from_secs(10), Duration::from_secs(30))
+        );
+        assert_eq!(s.faults[0].targets, None);
+        let hypothesis = &s.checks[0];
+        assert!(!hypothesis.passed && !hypothesis.abort);
+        assert_eq!(hypothesis.evaluations, 3);
+        assert_eq!(
+            hypothesis.last.as_ref().map(|e| e.observed.as_str()),
+            Some("7.00%")
+        );
+        // The abort check is not in the status under its own name: never evaluated.
+        assert_eq!(s.checks[1].evaluations, 0);
+        assert!(s.checks[1].last.is_none());
+    }
+}
