@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use faultline_api::experiment::{ExperimentSpec, ExperimentStatus, Phase, Verdict};
+use faultline_api::experiment::{ExperimentSpec, ExperimentStatus, Fault, Phase, Verdict};
 
 use crate::{CheckReport, Evaluation, Run};
 
@@ -31,6 +31,17 @@ pub struct FaultSnapshot {
     /// The targets it is active on now; None when not known (a cluster's
     /// status counts instances, it does not name them).
     pub targets: Option<Vec<String>>,
+}
+
+impl FaultSnapshot {
+    fn of(f: &Fault, spec: &ExperimentSpec, targets: Option<Vec<String>>) -> FaultSnapshot {
+        FaultSnapshot {
+            name: f.name.clone(),
+            action: f.action.summary(),
+            window: (f.start().as_std(), f.end(spec.duration).as_std()),
+            targets,
+        }
+    }
 }
 
 /// Where a fault stands at a snapshot's time.
@@ -120,12 +131,7 @@ impl Snapshot {
             faults: spec
                 .faults
                 .iter()
-                .map(|f| FaultSnapshot {
-                    name: f.name.clone(),
-                    action: f.action.summary(),
-                    window: (f.start().as_std(), f.end(spec.duration).as_std()),
-                    targets: None,
-                })
+                .map(|f| FaultSnapshot::of(f, spec, None))
                 .collect(),
             checks,
         }
@@ -146,17 +152,13 @@ impl Run {
             faults: spec
                 .faults
                 .iter()
-                .map(|f| FaultSnapshot {
-                    name: f.name.clone(),
-                    action: f.action.summary(),
-                    window: (f.start().as_std(), f.end(spec.duration).as_std()),
-                    targets: Some(
-                        resolved
-                            .iter()
-                            .filter(|r| r.fault.name == f.name)
-                            .map(|r| r.target.to_owned())
-                            .collect(),
-                    ),
+                .map(|f| {
+                    let targets = resolved
+                        .iter()
+                        .filter(|r| r.fault.name == f.name)
+                        .map(|r| r.target.to_owned())
+                        .collect();
+                    FaultSnapshot::of(f, spec, Some(targets))
                 })
                 .collect(),
             checks: self.report(),

@@ -63,7 +63,14 @@ pub fn run(sources: Sources) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let mut terminal = ratatui::try_init().map_err(Error::Terminal)?;
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            // Raw mode may be on already.
+            ratatui::restore();
+            return Err(Error::Terminal(e));
+        }
+    };
     let result = rt.block_on(async {
         drive(&mut terminal, sources, crossterm::event::EventStream::new()).await
     });
