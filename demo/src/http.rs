@@ -74,10 +74,12 @@ pub struct Answer {
 
 impl Dependency {
     /// Reads `<NAME>_ADDR` (e.g. `PAYMENTS_ADDR=127.0.0.1:7003`).
-    pub fn from_env(name: &str) -> anyhow::Result<Dependency> {
+    pub fn from_env(name: &str) -> Result<Dependency, crate::Error> {
         let var = format!("{}_ADDR", name.to_ascii_uppercase().replace('-', "_"));
-        let addr = std::env::var(&var)
-            .map_err(|_| anyhow::anyhow!("{var} is not set: where is {name}?"))?;
+        let addr = std::env::var(&var).map_err(|_| crate::Error::MissingAddress {
+            var: var.clone(),
+            dependency: name.to_owned(),
+        })?;
         Ok(Dependency::new(name, addr))
     }
 

@@ -14,6 +14,32 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, ValueEnum};
 
+/// Why a role could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{var} is not set: where is {dependency}?")]
+    MissingAddress { var: String, dependency: String },
+    #[error("load needs --target or FRONTEND_ADDR")]
+    NoTarget,
+    #[error("{role} needs --listen ADDR")]
+    NoListen { role: &'static str },
+    #[error("{role} cannot listen on {addr}")]
+    Listen {
+        role: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{role} stopped serving")]
+    Serve {
+        role: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the inventory retry policy is invalid")]
+    RetryPolicy(#[source] tower::retry::backoff::InvalidBackoff),
+    #[error("cannot set up telemetry")]
+    Telemetry(#[from] faultline_telemetry::Error),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Role {
     Frontend,
@@ -80,21 +106,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs one role until it is done (load) or until SIGINT/SIGTERM (services).
-pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
+pub async fn run(args: RoleArgs) -> Result<(), Error> {
     let _telemetry = faultline_telemetry::init(args.role.name())?;
     let router = match args.role {
         Role::Load => {
             let target = match args.target.clone() {
                 Some(t) => t,
                 None => std::env::var("FRONTEND_ADDR")
-                    .map_err(|_| anyhow::anyhow!("load needs --target or FRONTEND_ADDR"))?,
+                    .map_err(|_| Error::NoTarget)?,
             };
             // With --listen, answer /health meanwhile, so a runtime that
             // waits for every service's port can run load as a service.
             if let Some(listen) = args.listen {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
-                    .map_err(|e| anyhow::anyhow!("load cannot listen on {listen}: {e}"))?;
+                    .map_err(|source| Error::Listen {
+                        role: "load",
+                        addr: listen,
+                        source,
+                    })?;
                 let health =
                     axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
                 tokio::spawn(async move { axum::serve(listener, health).await });
@@ -125,21 +155,20 @@ pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
         }
         Role::Frontend => shop::frontend()?,
     };
-    let listen = args
-        .listen
-        .ok_or_else(|| anyhow::anyhow!("{} needs --listen ADDR", args.role.name()))?;
+    let role = args.role.name();
+    let listen = args.listen.ok_or(Error::NoListen { role })?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("{} cannot listen on {listen}: {e}", args.role.name()))?;
-    eprintln!(
-        "{} listening on {}",
-        args.role.name(),
-        listener.local_addr()?
-    );
+        .map_err(|source| Error::Listen {
+            role,
+            addr: listen,
+            source,
+        })?;
+    eprintln!("{role} listening on {listen}");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    Ok(())
+        .await
+        .map_err(|source| Error::Serve { role, source })
 }
 
 async fn shutdown_signal() {

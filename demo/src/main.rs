@@ -20,7 +20,13 @@ async fn main() -> std::process::ExitCode {
     match faultline_demo::run(cli.args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("faultline-demo {role}: {e:#}");
+            let mut said = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                said.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("faultline-demo {role}: {said}");
             std::process::ExitCode::from(1)
         }
     }

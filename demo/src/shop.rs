@@ -107,7 +107,7 @@ struct Checkout {
 /// checkout: reserves inventory (Retry → Bulkhead → Timeout) and charges
 /// payments (Fallback → CircuitBreaker → Timeout); answers 200 whenever it
 /// can, degrading instead of failing.
-pub fn checkout(opts: &CheckoutOptions) -> anyhow::Result<Router> {
+pub fn checkout(opts: &CheckoutOptions) -> Result<Router, crate::Error> {
     let payments = Dependency::from_env("payments")?;
     let inventory = Dependency::from_env("inventory")?;
 
@@ -154,7 +154,7 @@ pub fn checkout(opts: &CheckoutOptions) -> anyhow::Result<Router> {
         })
     };
     let policy = RetryPolicy::new("inventory", &RetryConfig::default())
-        .map_err(|e| anyhow::anyhow!("retry policy: {e}"))?;
+        .map_err(crate::Error::RetryPolicy)?;
     let reserve: Stack<u64, Bytes> = BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(RetryLayer::new(policy))
@@ -237,7 +237,7 @@ struct Frontend {
 }
 
 /// frontend: takes orders from users and passes them to checkout.
-pub fn frontend() -> anyhow::Result<Router> {
+pub fn frontend() -> Result<Router, crate::Error> {
     let state = Frontend {
         checkout: Dependency::from_env("checkout")?,
         timeout: Duration::from_secs(3),
