@@ -169,11 +169,11 @@ impl FaultAction {
                 if let Some(j) = l.jitter {
                     s.push_str(&format!(" ±{j}"));
                 }
-                if let Some(p) = l.loss {
-                    s.push_str(&format!(", {p} loss"));
-                }
                 if !l.to.is_empty() {
                     s.push_str(&format!(" to {}", l.to.join(", ")));
+                }
+                if let Some(p) = l.loss {
+                    s.push_str(&format!(", {p} loss"));
                 }
                 s
             }
@@ -409,7 +409,7 @@ spec:
             ("latency: {delay: 300ms}", "latency 300ms"),
             (
                 "latency: {delay: 1s, jitter: 50ms, loss: 5%, to: [db]}",
-                "latency 1s ±50ms, 5% loss to db",
+                "latency 1s ±50ms to db, 5% loss",
             ),
             (
                 "kill: {signal: SIGTERM, every: 10s}",

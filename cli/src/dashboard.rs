@@ -1,12 +1,7 @@
 //! `faultline dashboard`: the dashboard on an observer anywhere, and
 //! optionally one Experiment's run on the cluster, read from its status.
 
-use std::{
-    io::IsTerminal as _,
-    process::ExitCode,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{io::IsTerminal as _, process::ExitCode, sync::Arc, time::Duration};
 
 use faultline_api::Experiment;
 use faultline_engine::Snapshot;
@@ -37,15 +32,23 @@ pub fn run(observer: &str, experiment: Option<&str>, namespace: Option<&str>) ->
         );
         return ExitCode::from(EXIT_INVALID);
     }
-    let Some(name) = experiment else {
-        return show(faultline_tui::Sources {
-            observer: Some(observer),
-            ..Default::default()
-        });
-    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
+    };
+    let close = match rt.block_on(async { closed_by_signals() }) {
+        Ok(close) => close,
+        Err(e) => {
+            tell!("faultline dashboard: cannot watch for SIGTERM, SIGHUP and SIGINT: {e}");
+            return ExitCode::from(EXIT_BROKE);
+        }
+    };
+    let Some(name) = experiment else {
+        return show(faultline_tui::Sources {
+            observer: Some(observer),
+            close: Some(close),
+            ..Default::default()
+        });
     };
     let setup = rt.block_on(async {
         let client = client().await?;
@@ -74,8 +77,30 @@ pub fn run(observer: &str, experiment: Option<&str>, namespace: Option<&str>) ->
         observer: Some(observer),
         run: Some(feed),
         abort: Some(Arc::new(abort)),
-        close: None,
+        close: Some(close),
+        // This viewer did not start the run: Ctrl-C quits; `a` asks.
+        ctrl_c_aborts: false,
     })
+}
+
+/// True once SIGTERM, SIGHUP or SIGINT comes (the terminal in raw mode
+/// sends no SIGINT for Ctrl-C; `kill -INT` still can): the dashboard
+/// closes and the terminal is given back.
+fn closed_by_signals() -> std::io::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
 }
 
 fn show(sources: faultline_tui::Sources) -> ExitCode {
@@ -163,16 +188,29 @@ impl faultline_tui::Abort for ClusterAbort {
         let api = self.api.clone();
         let name = self.name.clone();
         let task = self.handle.spawn(async move {
-            let started = Instant::now();
-            annotate_abort(&api, &name, "aborted from faultline dashboard")
+            // What the dashboard shows may be a second old, or older while
+            // the cluster does not answer: between scheduled runs an
+            // annotation would abort the next run instead.
+            let now = tokio::time::timeout(READ_TIMEOUT, api.get_opt(&name))
                 .await
-                .map(|()| {
-                    format!(
-                        "abort requested in {:.1}s; the controller removes every fault",
-                        started.elapsed().as_secs_f64()
-                    )
-                })
-                .map_err(|e| chain(&e))
+                .map_err(|_| format!("the cluster did not answer within {READ_TIMEOUT:?}"))?
+                .map_err(|e| chain(&e))?
+                .ok_or_else(|| format!("experiment {name} no longer exists"))?;
+            let status = now.status.unwrap_or_default();
+            if is_final(status.phase) {
+                return Err("the run has already ended".to_owned());
+            }
+            if status.started_at.is_none() {
+                return Err("no run is in progress".to_owned());
+            }
+            tokio::time::timeout(
+                READ_TIMEOUT,
+                annotate_abort(&api, &name, "aborted from faultline dashboard"),
+            )
+            .await
+            .map_err(|_| format!("the cluster did not answer within {READ_TIMEOUT:?}"))?
+            .map_err(|e| chain(&e))?;
+            Ok("abort requested; the controller removes every fault".to_owned())
         });
         Box::pin(async move { task.await.map_err(|e| e.to_string())? })
     }

@@ -112,6 +112,9 @@ pub fn run(
     follow: Option<Follow>,
     ui: Ui,
 ) -> ExitCode {
+    // Runs that follow a schedule go on unattended: the dashboard would
+    // hold each verdict until someone pressed q.
+    let ui = if follow.is_some() { Ui::Plain } else { ui };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,7 +160,11 @@ pub fn run(
             };
             let _ = close_tx.send(true);
             let _ = stop.send(true);
-            tell!("\n{name}: removing every fault…");
+            if ui == Ui::Plain {
+                // (The dashboard's screen would swallow it; its summary
+                // says the run was interrupted.)
+                tell!("\n{name}: removing every fault…");
+            }
         });
         let display = Display {
             ui,
@@ -327,6 +334,7 @@ fn show(
                 run: Some(feed),
                 abort: Some(Arc::new(LocalAbort(display.abort))),
                 close: Some(display.close),
+                ctrl_c_aborts: true,
             };
             if let Err(e) = faultline_tui::run(sources) {
                 tell!(
@@ -340,8 +348,11 @@ fn show(
         let mut progress = progress;
         let mut printer = Printer::default();
         loop {
-            if let Some(run) = &progress.borrow_and_update().run {
-                printer.show(run);
+            // Copied out, so the lock is not held while the terminal or a
+            // pipe takes its time: the run's next step waits for it.
+            let now = progress.borrow_and_update().clone();
+            if let Some(run) = &now.run {
+                printer.show(run, &now.phases);
             }
             if futures::executor::block_on(progress.changed()).is_err() {
                 break;
@@ -355,7 +366,11 @@ fn feed_of(name: &str, p: &Progress) -> faultline_tui::RunFeed {
     faultline_tui::RunFeed {
         name: name.to_owned(),
         observer: p.observer_api.map(|a| format!("http://{a}")),
-        note: p.starting.as_ref().map(|s| format!("starting {s}…")),
+        note: match (&p.failed, &p.starting) {
+            (Some(why), _) => Some(format!("the run broke: {why}")),
+            (None, Some(s)) => Some(format!("starting {s}…")),
+            (None, None) => None,
+        },
         run: p.run.clone(),
     }
 }
@@ -451,6 +466,8 @@ pub(crate) fn write_reports(name: &str, o: &Outcome, reports: &Reports, seconds:
 /// every 5 s.
 struct Printer {
     phase: Option<Phase>,
+    /// Phase changes already shown.
+    phases_shown: usize,
     last: Option<Duration>,
     tty: bool,
     /// A line is on the terminal, not yet ended.
@@ -461,6 +478,7 @@ impl Default for Printer {
     fn default() -> Self {
         Printer {
             phase: None,
+            phases_shown: 0,
             last: None,
             tty: std::io::IsTerminal::is_terminal(&std::io::stdout()),
             drawn: false,
@@ -476,7 +494,19 @@ impl Printer {
         }
     }
 
-    fn show(&mut self, run: &Snapshot) {
+    fn show(&mut self, run: &Snapshot, phases: &[(Duration, Phase)]) {
+        // Phases entered and left between two reads: a line each.
+        let missed = phases.len().saturating_sub(1);
+        for (at, phase) in phases.iter().take(missed).skip(self.phases_shown) {
+            if Some(*phase) != self.phase {
+                self.line(
+                    &format!("[{:>6.1}s] {}", at.as_secs_f64(), phase.as_str()),
+                    true,
+                );
+                self.phase = Some(*phase);
+            }
+        }
+        self.phases_shown = self.phases_shown.max(missed);
         let phase = run.phase;
         let every = if self.tty {
             Duration::from_millis(500)
@@ -500,9 +530,11 @@ impl Printer {
             })
             .collect();
         let left = run.duration.saturating_sub(run.at);
+        // Latency and partitions applied; kills act, they are not held.
         let active: usize = run
             .faults
             .iter()
+            .filter(|f| f.kind != "kill")
             .map(|f| f.targets.as_ref().map_or(0, Vec::len))
             .sum();
         let line = format!(
@@ -513,17 +545,23 @@ impl Printer {
             active,
             checks.join(" · ")
         );
+        self.line(&line, changed);
+    }
+
+    /// On a terminal, `line` redrawn in place (below the last one when
+    /// `new`); otherwise a line of its own.
+    fn line(&mut self, line: &str, new: bool) {
         if self.tty {
             use std::io::Write as _;
             // A line wider than the terminal wraps, and `\r` would then
             // redraw only its last row: keep it to one row.
-            let line = fit(&line, terminal_columns());
+            let line = fit(line, terminal_columns());
             // Keep the finished line of a phase; redraw within one.
             let mut out = std::io::stdout().lock();
             let _ = write!(
                 out,
                 "{}\r\x1b[2K{line}",
-                if changed && self.drawn { "\n" } else { "" }
+                if new && self.drawn { "\n" } else { "" }
             );
             let _ = out.flush();
             self.drawn = true;

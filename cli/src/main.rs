@@ -201,7 +201,7 @@ fn main() -> ExitCode {
             follow_schedule: true,
             ..
         } => {
-            eprintln!(
+            tell!(
                 "faultline run: --follow-schedule is for local mode; on a cluster the controller runs a scheduled experiment at each start time (kubectl apply it)"
             );
             Ok(ExitCode::from(EXIT_INVALID))
@@ -254,7 +254,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("faultline: {e:#}");
+            tell!("faultline: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -277,7 +277,7 @@ fn crd(out_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 let path = dir.join(file);
                 std::fs::write(&path, faultline_api::crd::crd_yaml(crd)?)
                     .with_context(|| format!("writing {}", path.display()))?;
-                println!("wrote {}", path.display());
+                say!("wrote {}", path.display());
             }
         }
         None => {

@@ -112,8 +112,7 @@ pub async fn run(args: RoleArgs) -> Result<(), Error> {
         Role::Load => {
             let target = match args.target.clone() {
                 Some(t) => t,
-                None => std::env::var("FRONTEND_ADDR")
-                    .map_err(|_| Error::NoTarget)?,
+                None => std::env::var("FRONTEND_ADDR").map_err(|_| Error::NoTarget)?,
             };
             // With --listen, answer /health meanwhile, so a runtime that
             // waits for every service's port can run load as a service.

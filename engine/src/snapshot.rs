@@ -19,11 +19,18 @@ pub struct Snapshot {
     pub message: Option<String>,
     pub faults: Vec<FaultSnapshot>,
     pub checks: Vec<CheckReport>,
+    /// Fault instances applied, as a cluster's status counts them (a local
+    /// run names its targets in each fault instead).
+    pub injected: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultSnapshot {
     pub name: String,
+    /// `latency`, `kill` or `partition`.
+    pub kind: &'static str,
+    /// The experiment's target it acts on.
+    pub target: String,
     /// What it does, e.g. `latency 300ms`.
     pub action: String,
     /// When it is active, as offsets from the run's start.
@@ -37,6 +44,8 @@ impl FaultSnapshot {
     fn of(f: &Fault, spec: &ExperimentSpec, targets: Option<Vec<String>>) -> FaultSnapshot {
         FaultSnapshot {
             name: f.name.clone(),
+            kind: f.action.kind(),
+            target: f.target.clone(),
             action: f.action.summary(),
             window: (f.start().as_std(), f.end(spec.duration).as_std()),
             targets,
@@ -134,6 +143,7 @@ impl Snapshot {
                 .map(|f| FaultSnapshot::of(f, spec, None))
                 .collect(),
             checks,
+            injected: status.injected,
         }
     }
 }
@@ -162,6 +172,7 @@ impl Run {
                 })
                 .collect(),
             checks: self.report(),
+            injected: None,
         }
     }
 }

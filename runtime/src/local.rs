@@ -124,12 +124,35 @@ pub struct Progress {
     pub starting: Option<String>,
     /// The run, once it has begun.
     pub run: Option<Snapshot>,
+    /// Each phase the run entered, and when: a display that reads now and
+    /// then still learns of a phase that lasted one step.
+    pub phases: Vec<(Duration, Phase)>,
+    /// Why the run broke, when it did (what `run` returns as its error).
+    pub failed: Option<String>,
 }
 
 /// Runs `experiment` against `topology` until it completes or is aborted
 /// (`cancel` set to true aborts it, with full recovery), publishing its
 /// progress on `progress`.
 pub async fn run(
+    experiment: &Experiment,
+    topology: &Topology,
+    options: &Options,
+    cancel: watch::Receiver<bool>,
+    progress: &watch::Sender<Progress>,
+) -> Result<Outcome, Error> {
+    let result = drive(experiment, topology, options, cancel, progress).await;
+    if let Err(e) = &result {
+        let said = e.to_string();
+        progress.send_modify(|p| {
+            p.starting = None;
+            p.failed = Some(said);
+        });
+    }
+    result
+}
+
+async fn drive(
     experiment: &Experiment,
     topology: &Topology,
     options: &Options,
@@ -272,7 +295,15 @@ pub async fn run(
             apply_faults(&run, &proxies, &ports);
         }
         let snapshot = run.snapshot(now);
-        progress.send_modify(|p| p.run = Some(snapshot));
+        progress.send_modify(|p| {
+            if p.phases
+                .last()
+                .is_none_or(|(_, phase)| *phase != snapshot.phase)
+            {
+                p.phases.push((now, snapshot.phase));
+            }
+            p.run = Some(snapshot);
+        });
         if run.is_finished() {
             break;
         }

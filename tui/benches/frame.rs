@@ -1,5 +1,5 @@
-//! Dashboard costs, printed: the time to draw one frame with 10 and 1 000
-//! services (target: under 2 ms at 1 000), and the CPU the dashboard uses
+//! Dashboard costs, printed: the time to draw one frame with 10, 1 000 and
+//! 10 000 services (target: under 2 ms at 1 000), and the CPU the dashboard uses
 //! while nothing is typed, following a real observer that holds 4 or
 //! 1 000 services (target: under 1 % of a core).
 //!
@@ -77,6 +77,8 @@ fn run_feed() -> RunFeed {
             message: None,
             faults: vec![FaultSnapshot {
                 name: "slow-payments".into(),
+                kind: "latency",
+                target: "payments".into(),
                 action: "latency 300ms".into(),
                 window: (Duration::from_secs(10), Duration::from_secs(50)),
                 targets: Some(vec!["service-0001".into()]),
@@ -89,6 +91,7 @@ fn run_feed() -> RunFeed {
                 last: None,
                 failure: None,
             }],
+            injected: None,
         }),
     }
 }
@@ -189,6 +192,8 @@ fn main() {
         (1000, 80, 24, 0),
         (1000, 200, 60, 0),
         (1000, 200, 60, 2),
+        (10_000, 200, 60, 0),
+        (10_000, 200, 60, 2),
     ] {
         let (median, p99) = frame_time(services, width, height, sort);
         medians.push(median);

@@ -144,8 +144,8 @@ pub enum Link {
 pub enum AbortState {
     Idle,
     Sent,
+    /// Sent, with what to tell the user, until the run ends.
     Done(String),
-    Failed(String),
 }
 
 #[derive(Debug)]
@@ -168,6 +168,11 @@ pub struct App {
     pub(crate) message: Option<String>,
     pub(crate) quit: bool,
     pub(crate) now: Instant,
+    /// Ctrl-C aborts the run rather than quitting (see `Sources`).
+    pub(crate) ctrl_c_aborts: bool,
+    /// The last frame was the "too small" message: keys other than quit
+    /// would act out of sight.
+    pub(crate) too_small: bool,
 }
 
 impl App {
@@ -191,7 +196,15 @@ impl App {
             message: None,
             quit: false,
             now,
+            ctrl_c_aborts: false,
+            too_small: false,
         }
+    }
+
+    /// Ctrl-C aborts the run (local mode) instead of quitting.
+    pub fn with_ctrl_c_abort(mut self, aborts: bool) -> App {
+        self.ctrl_c_aborts = aborts && self.can_abort;
+        self
     }
 
     /// What to do first: follow the observer given at the start.
@@ -282,11 +295,11 @@ impl App {
                     self.mode = Mode::Normal;
                 }
             }
-            Action::AbortDone(result) => {
-                self.abort = match result {
-                    Ok(said) => AbortState::Done(said),
-                    Err(e) => AbortState::Failed(e),
-                };
+            Action::AbortDone(Ok(said)) => self.abort = AbortState::Done(said),
+            Action::AbortDone(Err(e)) => {
+                // Said once; `a` may try again.
+                self.abort = AbortState::Idle;
+                self.message = Some(format!("abort failed: {e}"));
             }
             Action::Close => self.quit = true,
         }
@@ -296,16 +309,27 @@ impl App {
     fn key(&mut self, key: KeyEvent) -> Vec<Effect> {
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         if ctrl && matches!(key.code, KeyCode::Char('c')) {
-            // As without the dashboard: Ctrl-C stops a run, else quits.
+            // As without the dashboard, Ctrl-C stops the run this process
+            // drives, even one still starting; a second one, or one with
+            // nothing to stop, quits.
             self.mode = Mode::Normal;
-            return if self.abortable() && self.can_abort {
-                self.request_abort()
-            } else {
-                self.quit = true;
-                Vec::new()
-            };
+            let finished = self
+                .run
+                .as_ref()
+                .and_then(|(f, _)| f.run.as_ref())
+                .is_some_and(Snapshot::is_finished);
+            if self.ctrl_c_aborts && !self.run_closed && !finished && self.abort == AbortState::Idle
+            {
+                return self.request_abort();
+            }
+            self.quit = true;
+            return Vec::new();
         }
         self.message = None;
+        if self.too_small {
+            self.quit = matches!(key.code, KeyCode::Char('q'));
+            return Vec::new();
+        }
         match self.mode.clone() {
             Mode::Help => {
                 self.mode = Mode::Normal;
@@ -387,6 +411,15 @@ impl App {
                     View::Experiment => View::Services,
                 };
             }
+            KeyCode::BackTab => {
+                self.view = match self.view {
+                    View::Services => View::Experiment,
+                    View::Edges => View::Services,
+                    View::Experiment => View::Edges,
+                };
+            }
+            // The experiment view has no rows to move through.
+            _ if self.view == View::Experiment => {}
             KeyCode::Esc => {
                 if !self.filter.is_empty() {
                     self.filter.clear();
@@ -416,19 +449,19 @@ impl App {
             ("exp" | "experiment" | "x" | "run", _) => self.view = View::Experiment,
             ("abort" | "a", _) => return self.ask_abort(),
             ("help" | "h" | "?", _) => self.mode = Mode::Help,
-            ("sort", Some(by)) => match Sort::parse(by) {
+            ("sort", by) => match by.and_then(Sort::parse) {
                 Some(sort) => {
                     self.sort = sort;
                     self.select_first();
                 }
                 None => {
-                    self.message = Some(format!(
-                        "sort by what? {by:?} is not one of name, rate, errors, p99"
-                    ));
+                    self.message =
+                        Some("sort by name, rate, errors or p99 (like :sort errors)".into());
                 }
             },
-            ("filter", by) => {
-                self.filter = by.unwrap_or("").to_owned();
+            ("filter", first) => {
+                let rest: Vec<&str> = first.into_iter().chain(words).collect();
+                self.filter = rest.join(" ");
                 self.select_first();
             }
             (other, _) => {
@@ -443,7 +476,7 @@ impl App {
             self.message = Some("this dashboard follows no experiment it could abort".into());
         } else if !self.abortable() {
             self.message = Some("no experiment is running".into());
-        } else if self.abort == AbortState::Sent {
+        } else if self.abort != AbortState::Idle {
             self.message = Some("the abort is on its way".into());
         } else {
             self.mode = Mode::ConfirmAbort;
@@ -452,7 +485,7 @@ impl App {
     }
 
     fn request_abort(&mut self) -> Vec<Effect> {
-        if self.abort == AbortState::Sent {
+        if self.abort != AbortState::Idle {
             return Vec::new();
         }
         self.abort = AbortState::Sent;

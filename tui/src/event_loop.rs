@@ -39,8 +39,10 @@ where
         run,
         abort,
         close,
+        ctrl_c_aborts,
     } = sources;
-    let mut app = App::new(observer, abort.is_some(), Instant::now());
+    let mut app =
+        App::new(observer, abort.is_some(), Instant::now()).with_ctrl_c_abort(ctrl_c_aborts);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(forward_keys(keys, tx.clone()));
@@ -113,7 +115,8 @@ where
                 // The terminal is gone (closed window): nothing can be read
                 // or shown any more.
                 tracing::warn!(error = %e, "cannot read the terminal; closing the dashboard");
-                Action::Close
+                let _ = tx.send(Action::Close);
+                return;
             }
         };
         if tx.send(action).is_err() {

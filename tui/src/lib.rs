@@ -6,6 +6,7 @@ mod app;
 mod event_loop;
 pub mod model;
 mod observer;
+mod terminal;
 mod view;
 
 use std::{future::Future, pin::Pin, sync::Arc};
@@ -34,6 +35,10 @@ pub struct Sources {
     pub abort: Option<Arc<dyn Abort>>,
     /// Set to true to close the dashboard (a signal, the run's owner).
     pub close: Option<watch::Receiver<bool>>,
+    /// Ctrl-C aborts at once, as it would without the dashboard: for the
+    /// run this process drives. A viewer of someone else's run quits
+    /// instead.
+    pub ctrl_c_aborts: bool,
 }
 
 impl std::fmt::Debug for Sources {
@@ -42,6 +47,7 @@ impl std::fmt::Debug for Sources {
             .field("observer", &self.observer)
             .field("run", &self.run.is_some())
             .field("abort", &self.abort.is_some())
+            .field("ctrl_c_aborts", &self.ctrl_c_aborts)
             .finish_non_exhaustive()
     }
 }
@@ -63,17 +69,17 @@ pub fn run(sources: Sources) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let mut terminal = match ratatui::try_init() {
-        Ok(t) => t,
-        Err(e) => {
-            // Raw mode may be on already.
-            ratatui::restore();
-            return Err(Error::Terminal(e));
-        }
-    };
+    let mut terminal = terminal::enter().map_err(Error::Terminal)?;
     let result = rt.block_on(async {
         drive(&mut terminal, sources, crossterm::event::EventStream::new()).await
     });
-    ratatui::restore();
+    terminal::leave();
+    // Its drop would show the cursor again and, when the terminal is gone
+    // (SIGHUP), report that with `eprintln!`, which panics on a dead
+    // stderr; `leave` has shown it already.
+    std::mem::forget(terminal);
+    // Without waiting for what may still block (a DNS lookup of an
+    // unresolvable --observer): the dashboard is closed.
+    rt.shutdown_background();
     result.map_err(Error::Terminal)
 }

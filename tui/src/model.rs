@@ -110,8 +110,10 @@ impl History {
     /// Adds one point per service; services no longer reported are dropped,
     /// so the history never outgrows what the observer holds.
     pub fn record(&mut self, figures: &Figures) {
+        let reported: std::collections::HashSet<&str> =
+            figures.services.iter().map(|s| s.name.as_str()).collect();
         self.points
-            .retain(|name, _| figures.services.iter().any(|s| &s.name == name));
+            .retain(|name, _| reported.contains(name.as_str()));
         for s in &figures.services {
             let points = self.points.entry(s.name.clone()).or_default();
             if points.len() == HISTORY_POINTS {
@@ -147,7 +149,8 @@ pub fn sparkline(points: &VecDeque<f64>, width: usize, full: f64) -> String {
         .collect();
     let top = buckets.iter().copied().fold(full, f64::max);
     let mut out = " ".repeat(width.saturating_sub(buckets.len()));
-    for v in buckets.iter().rev().take(width).rev() {
+    // At most `width` buckets, by the choice of `per`.
+    for v in &buckets {
         let v = if v.is_finite() { v.max(0.0) } else { 0.0 };
         let level = if top > 0.0 {
             ((v / top) * (BARS.len() - 1) as f64).round() as usize

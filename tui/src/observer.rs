@@ -154,7 +154,14 @@ async fn stream(
         events.push(&data)?;
         while let Some(event) = events.next_event() {
             if event.name.as_deref().is_none_or(|n| n == "snapshot") && !event.data.is_empty() {
-                let figures: Figures = serde_json::from_str(&event.data)?;
+                // One event that does not parse is skipped, not the stream.
+                let figures: Figures = match serde_json::from_str(&event.data) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "skipping an event that is not the observer's JSON");
+                        continue;
+                    }
+                };
                 if actions.send(Action::Figures(figures)).is_err() {
                     return Ok(());
                 }
@@ -201,6 +208,9 @@ struct Event {
 #[derive(Debug, Default)]
 struct EventBuffer {
     pending: BytesMut,
+    /// How far `pending` is known to hold no blank line: each byte is
+    /// looked at once, however the stream is chunked.
+    scanned: usize,
 }
 
 impl EventBuffer {
@@ -214,13 +224,15 @@ impl EventBuffer {
 
     fn next_event(&mut self) -> Option<Event> {
         loop {
-            let end = find_blank_line(&self.pending)?;
-            let block = self.pending.split_to(end.0);
-            let _ = self.pending.split_to(end.1);
+            let (end, separator) = self.blank_line()?;
+            let block = self.pending.split_to(end);
+            let _ = self.pending.split_to(separator);
+            self.scanned = 0;
             let text = String::from_utf8_lossy(&block);
             let mut event = Event::default();
             let mut data: Vec<&str> = Vec::new();
             for line in text.lines() {
+                let line = line.strip_suffix('\r').unwrap_or(line);
                 let (field, value) = line.split_once(':').unwrap_or((line, ""));
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 match field {
@@ -235,19 +247,38 @@ impl EventBuffer {
             }
         }
     }
-}
 
-/// Where the first blank line is: (end of the block, length of the separator).
-fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    for (i, w) in buf.windows(2).enumerate() {
-        if w == b"\n\n" {
-            return Some((i, 2));
+    /// Where the first blank line is: (end of the block before it, length
+    /// of the line ending and the blank line). Lines end in LF or CRLF.
+    fn blank_line(&mut self) -> Option<(usize, usize)> {
+        let buf = &self.pending[..];
+        let mut i = self.scanned;
+        while let Some(offset) = buf[i..].iter().position(|b| *b == b'\n') {
+            let newline = i + offset;
+            let mut next = newline + 1;
+            if buf.get(next) == Some(&b'\r') {
+                next += 1;
+            }
+            match buf.get(next) {
+                Some(b'\n') => {
+                    let end = if newline > 0 && buf[newline - 1] == b'\r' {
+                        newline - 1
+                    } else {
+                        newline
+                    };
+                    return Some((end, next + 1 - end));
+                }
+                // The line after may be blank, once more bytes come.
+                None => {
+                    self.scanned = newline;
+                    return None;
+                }
+                Some(_) => i = newline + 1,
+            }
         }
-        if w == b"\r\n" && buf[i + 2..].starts_with(b"\r\n") {
-            return Some((i, 4));
-        }
+        self.scanned = buf.len();
+        None
     }
-    None
 }
 
 #[cfg(test)]
@@ -256,7 +287,7 @@ mod tests {
 
     #[test]
     fn events_are_cut_at_blank_lines_whatever_the_chunks() {
-        let text = b": keep-alive\n\nevent: snapshot\ndata: {\"a\":\ndata: 1}\n\nevent: snapshot\r\ndata: x\r\n\r\n";
+        let text = b": keep-alive\n\nevent: snapshot\ndata: {\"a\":\ndata: 1}\n\nevent: snapshot\r\ndata: x\r\n\r\ndata: mixed\r\n\n";
         for chunk in [1, 3, 7, text.len()] {
             let mut buf = EventBuffer::default();
             let mut got = Vec::new();
@@ -276,6 +307,10 @@ mod tests {
                     Event {
                         name: Some("snapshot".into()),
                         data: "x".into()
+                    },
+                    Event {
+                        name: None,
+                        data: "mixed".into()
                     }
                 ],
                 "chunks of {chunk}"

@@ -1,7 +1,8 @@
 //! Drawing the app: the header, the services or edges table, the
 //! experiment panel, the footer, and the help and abort overlays. Only the
-//! rows on screen are built, so a frame costs the same at 10 services or
-//! 10 000.
+//! rows on screen are built; what grows with the number of services is the
+//! filter and sort over all of them (about 1.4 ms a frame at 10 000, see
+//! `cargo bench -p faultline-tui`).
 
 use std::time::Duration;
 
@@ -29,7 +30,8 @@ const BAD_ERROR_RATE: f64 = 0.05;
 
 pub fn draw(frame: &mut Frame<'_>, app: &mut App) {
     let area = frame.area();
-    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+    app.too_small = area.width < MIN_WIDTH || area.height < MIN_HEIGHT;
+    if app.too_small {
         too_small(frame, area);
         return;
     }
@@ -141,9 +143,9 @@ fn draw_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 "aborting: every fault is being removed…",
                 Style::new().fg(Color::Yellow).bold(),
             )),
-            (None, AbortState::Failed(e)) => Line::from(Span::styled(
-                format!("abort failed: {e}"),
-                Style::new().fg(Color::Red).bold(),
+            (None, AbortState::Done(said)) if app.abortable() => Line::from(Span::styled(
+                said.clone(),
+                Style::new().fg(Color::Yellow).bold(),
             )),
             _ => hints(app),
         },
@@ -160,7 +162,7 @@ fn hints(app: &App) -> Line<'static> {
         ]);
     }
     let mut keys: Vec<(&str, &str)> = Vec::new();
-    if app.can_abort && app.abortable() {
+    if app.can_abort && app.abortable() && app.abort == AbortState::Idle {
         keys.push(("a", "abort"));
     }
     keys.extend([
@@ -549,7 +551,8 @@ fn draw_experiment(frame: &mut Frame<'_>, area: Rect, app: &App, snapshot: Optio
             let targets = match &f.targets {
                 Some(t) if t.is_empty() => "-".to_owned(),
                 Some(t) => t.join(", "),
-                None => "(see the cluster)".to_owned(),
+                // A cluster's status counts instances; name the selector.
+                None => format!("pods of {}", f.target),
             };
             let (state, color) = match s.fault_state(f) {
                 FaultState::Pending { starts_in } => {
@@ -635,6 +638,12 @@ fn status_line(s: &Snapshot) -> Line<'static> {
         ));
     } else {
         spans.push(Span::raw(format!("  {} left", clock(s.left()))));
+    }
+    if let Some(n) = s.injected.filter(|_| !s.is_finished()) {
+        spans.push(Span::raw(format!(
+            "  {n} fault instance{} applied",
+            if n == 1 { "" } else { "s" }
+        )));
     }
     if let Some(m) = &s.message {
         spans.push(Span::styled(format!("  {m}"), Style::new().dim()));

@@ -107,6 +107,8 @@ fn run(phase: Phase, at: u64, verdict: Option<Verdict>) -> RunFeed {
             message: None,
             faults: vec![FaultSnapshot {
                 name: "slow-payments".into(),
+                kind: "latency",
+                target: "payments".into(),
                 action: "latency 300ms".into(),
                 window: (Duration::from_secs(10), Duration::from_secs(50)),
                 targets: Some(if phase == Phase::Injecting && at >= 10 {
@@ -132,6 +134,7 @@ fn run(phase: Phase, at: u64, verdict: Option<Verdict>) -> RunFeed {
                 ),
                 check("frontend error rate <= 50%", true, true, "3.10%", "<= 50%"),
             ],
+            injected: None,
         }),
     }
 }
@@ -296,18 +299,67 @@ fn help_and_abort_confirmation() {
 }
 
 #[test]
-fn ctrl_c_aborts_a_run_at_once_and_quits_otherwise() {
+fn ctrl_c_aborts_the_own_run_at_once_and_quits_a_viewer() {
     let ctrl_c = || Action::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    // The run this process drives: Ctrl-C stops it, even while starting.
     let mut s = Screen::new(80, 24, true);
-    s.act(Action::Run(run(Phase::Injecting, 22, None)));
+    s.app = App::new(None, true, s.now).with_ctrl_c_abort(true);
+    s.act(Action::Run(RunFeed {
+        name: "payments-slowdown".into(),
+        note: Some("starting checkout…".into()),
+        ..RunFeed::default()
+    }));
     assert_eq!(s.act(ctrl_c()), [Effect::Abort]);
     assert!(!s.app.should_quit());
+    // A second one, while the abort is on its way, quits.
+    assert_eq!(s.act(ctrl_c()), []);
+    assert!(s.app.should_quit());
+    // Once the run has ended, Ctrl-C quits.
+    let mut s = Screen::new(80, 24, true);
+    s.app = App::new(None, true, s.now).with_ctrl_c_abort(true);
     s.act(Action::Run(run(
         Phase::Recovered,
         23,
         Some(Verdict::Aborted),
     )));
     assert_eq!(s.act(ctrl_c()), []);
+    assert!(s.app.should_quit());
+    // A viewer of a cluster run: Ctrl-C quits and aborts nothing.
+    let mut v = Screen::new(80, 24, true);
+    v.act(Action::Run(run(Phase::Injecting, 22, None)));
+    assert_eq!(v.act(ctrl_c()), []);
+    assert!(v.app.should_quit());
+}
+
+#[test]
+fn a_failed_abort_is_said_and_can_be_retried() {
+    let mut s = Screen::new(80, 24, true);
+    s.act(Action::Run(run(Phase::Injecting, 22, None)));
+    s.keys("a");
+    assert_eq!(s.key(KeyCode::Char('y')), [Effect::Abort]);
+    s.act(Action::AbortDone(Err(
+        "the cluster did not answer within 5s".into(),
+    )));
+    assert!(
+        s.text()
+            .contains("abort failed: the cluster did not answer")
+    );
+    s.keys("a");
+    assert_eq!(s.key(KeyCode::Char('y')), [Effect::Abort]);
+    s.act(Action::AbortDone(Ok(
+        "abort requested; the controller removes every fault".into(),
+    )));
+    assert!(s.text().contains("abort requested; the controller"));
+}
+
+#[test]
+fn keys_do_nothing_out_of_sight_on_a_tiny_terminal() {
+    let mut s = Screen::new(40, 10, true);
+    s.act(Action::Run(run(Phase::Injecting, 22, None)));
+    s.text();
+    s.keys("a");
+    assert_eq!(s.key(KeyCode::Char('y')), [], "no dialog was visible");
+    s.keys("q");
     assert!(s.app.should_quit());
 }
 
