@@ -336,6 +336,7 @@ async fn slow_payments_open_the_breaker_within_seconds() {
             delay: Duration::from_millis(300),
             jitter: Duration::ZERO,
             loss: 0.0,
+            correlation: 0.0,
         }),
         partition: None,
     });

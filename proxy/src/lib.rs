@@ -45,6 +45,9 @@ pub struct Latency {
     pub jitter: Duration,
     /// Share of new connections dropped at once, 0.0 to 1.0.
     pub loss: f64,
+    /// How much each chunk's jitter follows the previous one's, 0.0 to 1.0
+    /// (as netem's correlation: the random draw is mixed with the last).
+    pub correlation: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +306,7 @@ async fn upstream_copy(
     seed: u64,
 ) -> Result<(), Reset> {
     let mut rng = Rng(seed | 1);
+    let mut last_draw = 0.5;
     let mut held: std::collections::VecDeque<(Instant, Vec<u8>)> =
         std::collections::VecDeque::new();
     let mut held_bytes = 0usize;
@@ -337,7 +341,7 @@ async fn upstream_copy(
             read = from.read(&mut buf), if !eof && held_bytes < MAX_DELAYED_BYTES => {
                 let n = match read { Ok(0) | Err(_) => { eof = true; continue } Ok(n) => n };
                 let delay = match faults.borrow().latency {
-                    Some(l) => jittered(l, &mut rng),
+                    Some(l) => jittered(l, &mut rng, &mut last_draw),
                     None => Duration::ZERO,
                 };
                 if delay.is_zero() && held.is_empty() {
@@ -377,11 +381,20 @@ async fn sleep_until_opt(due: Option<Instant>) {
     }
 }
 
-fn jittered(l: Latency, rng: &mut Rng) -> Duration {
+/// `delay` ± `jitter`; `last` is the previous draw (in 0..1), which a
+/// correlation carries into this one.
+fn jittered(l: Latency, rng: &mut Rng, last: &mut f64) -> Duration {
     if l.jitter.is_zero() {
         return l.delay;
     }
-    let spread = l.jitter.as_secs_f64() * (2.0 * rng.next_f64() - 1.0);
+    let rho = if l.correlation.is_finite() {
+        l.correlation.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let draw = rng.next_f64() * (1.0 - rho) + *last * rho;
+    *last = draw;
+    let spread = l.jitter.as_secs_f64() * (2.0 * draw - 1.0);
     Duration::from_secs_f64((l.delay.as_secs_f64() + spread).max(0.0))
 }
 
@@ -406,5 +419,38 @@ impl Rng {
 
     fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mean step between consecutive delays, in ms.
+    fn mean_step(correlation: f64) -> f64 {
+        let l = Latency {
+            delay: Duration::from_millis(100),
+            jitter: Duration::from_millis(50),
+            loss: 0.0,
+            correlation,
+        };
+        let mut rng = Rng(42);
+        let mut last = 0.5;
+        let delays: Vec<f64> = (0..2000)
+            .map(|_| jittered(l, &mut rng, &mut last).as_secs_f64() * 1e3)
+            .collect();
+        assert!(delays.iter().all(|d| (50.0..=150.0).contains(d)));
+        delays.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / 1999.0
+    }
+
+    #[test]
+    fn correlation_makes_each_delay_follow_the_last() {
+        let free = mean_step(0.0);
+        let tied = mean_step(0.9);
+        // Uniform draws over ±50 ms step about 33 ms apart on average;
+        // at 90 % correlation a tenth of that.
+        assert!((25.0..40.0).contains(&free), "{free}");
+        assert!(tied < free / 5.0, "{tied} vs {free}");
+        assert_eq!(mean_step(f64::NAN), free, "a NaN correlation is none");
     }
 }

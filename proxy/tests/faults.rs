@@ -93,6 +93,7 @@ async fn latency_is_what_was_asked() {
             delay: Duration::from_millis(100),
             jitter: Duration::ZERO,
             loss: 0.0,
+            correlation: 0.0,
         }),
         partition: None,
     });
@@ -122,6 +123,7 @@ async fn jitter_stays_in_bounds_and_keeps_order() {
             delay: Duration::from_millis(40),
             jitter: Duration::from_millis(20),
             loss: 0.0,
+            correlation: 0.0,
         }),
         partition: None,
     });
@@ -294,6 +296,7 @@ async fn loss_drops_that_share_of_connections() {
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
             loss,
+            correlation: 0.0,
         }),
         partition: None,
     };

@@ -380,6 +380,7 @@ fn apply_faults(
                     delay: l.delay.as_std(),
                     jitter: l.jitter.unwrap_or_default().as_std(),
                     loss: l.loss.map_or(0.0, |p| p.fraction()),
+                    correlation: l.correlation.map_or(0.0, |p| p.fraction()),
                 };
                 let edges: Vec<(String, String)> = if l.to.is_empty() {
                     proxies
