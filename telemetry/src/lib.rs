@@ -1,7 +1,14 @@
-//! Trace export for every Faultline process through the standard `OTEL_*`
-//! variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `..._PROTOCOL`,
+//! Trace and metric export for every Faultline process through the standard
+//! `OTEL_*` variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `..._PROTOCOL`,
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`): nothing is exported, and
 //! nothing is logged about it, unless an OTLP endpoint is set.
+//!
+//! Traces go out whenever an endpoint is set (`OTEL_TRACES_EXPORTER=none`
+//! stops them). Metrics — the resilience layers' breaker, retry, bulkhead
+//! and fallback counters — go out only when asked for, with
+//! `OTEL_METRICS_EXPORTER=otlp` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`:
+//! Faultline's observer, where the endpoint usually points, takes traces
+//! only, and would refuse every metrics export.
 
 use std::time::Duration;
 
@@ -9,13 +16,14 @@ use opentelemetry::global;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
+    metrics::{PeriodicReader, SdkMeterProvider},
     propagation::TraceContextPropagator,
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0} is not supported; use grpc or http/protobuf")]
+    #[error("the OTLP protocol {0:?} is not supported; use grpc or http/protobuf")]
     Protocol(String),
     #[error("cannot set up the OTLP exporter")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
@@ -24,12 +32,16 @@ pub enum Error {
 /// Flushes and stops export when dropped.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    traces: Option<SdkTracerProvider>,
+    metrics: Option<SdkMeterProvider>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(p) = self.provider.take() {
+        if let Some(p) = self.traces.take() {
+            let _ = p.shutdown();
+        }
+        if let Some(p) = self.metrics.take() {
             let _ = p.shutdown();
         }
     }
@@ -39,29 +51,86 @@ fn env(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The protocol for one signal: its own variable, else the general one.
+fn protocol(signal: &str) -> String {
+    env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| "http/protobuf".into())
+}
+
 /// Installs W3C trace-context propagation and, when an endpoint is set, an
-/// OTLP trace exporter. `default_service` is the `service.name` unless
+/// OTLP trace exporter (and a metric exporter when asked for, see the
+/// crate's documentation). `default_service` is the `service.name` unless
 /// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` name one.
 pub fn init(default_service: &str) -> Result<Telemetry, Error> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    if env("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-        && env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
-    {
-        return Ok(Telemetry { provider: None });
-    }
-    let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .unwrap_or_else(|| "http/protobuf".into());
-    let exporter = match protocol.as_str() {
-        "grpc" => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?,
-        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .build()?,
-        other => return Err(Error::Protocol(other.to_owned())),
+    let endpoint = env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+    let traces_wanted = (endpoint || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some())
+        && env("OTEL_TRACES_EXPORTER").as_deref() != Some("none");
+    let metrics_wanted = match env("OTEL_METRICS_EXPORTER").as_deref() {
+        Some("otlp") => endpoint || env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_some(),
+        Some(_) => false,
+        None => env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_some(),
     };
+    let mut telemetry = Telemetry {
+        traces: None,
+        metrics: None,
+    };
+    if !traces_wanted && !metrics_wanted {
+        return Ok(telemetry);
+    }
+    let resource = resource(default_service);
+    if traces_wanted {
+        let exporter = match protocol("TRACES").as_str() {
+            "grpc" => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()?,
+            "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .build()?,
+            other => return Err(Error::Protocol(other.to_owned())),
+        };
+        // Dashboards and checks look at windows of seconds: export twice a
+        // second unless told otherwise, rather than the SDK's every 5 s.
+        let mut batch = BatchConfigBuilder::default();
+        if env("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+            batch = batch.with_scheduled_delay(Duration::from_millis(500));
+        }
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch.build())
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_span_processor(processor)
+            .build();
+        global::set_tracer_provider(provider.clone());
+        telemetry.traces = Some(provider);
+    }
+    if metrics_wanted {
+        let exporter = match protocol("METRICS").as_str() {
+            "grpc" => opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()?,
+            "http/protobuf" => opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .build()?,
+            other => return Err(Error::Protocol(other.to_owned())),
+        };
+        // The interval comes from OTEL_METRIC_EXPORT_INTERVAL (60 s unset).
+        let reader = PeriodicReader::builder(exporter).build();
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(reader)
+            .build();
+        global::set_meter_provider(provider.clone());
+        telemetry.metrics = Some(provider);
+    }
+    Ok(telemetry)
+}
+
+fn resource(default_service: &str) -> Resource {
     let named_elsewhere = env("OTEL_SERVICE_NAME").is_some()
         || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
             a.split(',')
@@ -71,21 +140,5 @@ pub fn init(default_service: &str) -> Result<Telemetry, Error> {
     if !named_elsewhere {
         resource = resource.with_service_name(default_service.to_owned());
     }
-    // Dashboards and checks look at windows of seconds: export twice a second
-    // unless told otherwise, rather than the SDK's default of every 5 s.
-    let mut batch = BatchConfigBuilder::default();
-    if env("OTEL_BSP_SCHEDULE_DELAY").is_none() {
-        batch = batch.with_scheduled_delay(Duration::from_millis(500));
-    }
-    let processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch.build())
-        .build();
-    let provider = SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_span_processor(processor)
-        .build();
-    global::set_tracer_provider(provider.clone());
-    Ok(Telemetry {
-        provider: Some(provider),
-    })
+    resource.build()
 }
