@@ -576,7 +576,7 @@ fn draw_experiment(frame: &mut Frame<'_>, area: Rect, app: &App, snapshot: Optio
             fault_rows,
             [
                 Constraint::Fill(2),
-                Constraint::Fill(2),
+                Constraint::Fill(3),
                 Constraint::Fill(2),
                 Constraint::Length(18),
             ],
