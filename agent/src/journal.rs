@@ -36,7 +36,9 @@
 //! upgraded while faults are active still removes them.
 //!
 //! One agent per state directory: a second one would rewrite the log
-//! under the first.
+//! under the first, so [`StateLock`] holds an exclusive `flock` on
+//! `agent.lock` there for the agent's whole life, and a second agent waits
+//! for it (the kernel drops the lock when the holder exits, however it ends).
 
 use std::{
     collections::BTreeMap,
@@ -52,6 +54,8 @@ use serde::{Deserialize, Serialize};
 use crate::reconcile::Receipt;
 
 pub const FILE_NAME: &str = "journal.log";
+/// The file whose `flock` marks the state directory as taken.
+pub const LOCK_FILE_NAME: &str = "agent.lock";
 /// The single-document journal written by earlier agents.
 pub const OLD_FILE_NAME: &str = "journal.json";
 const VERSION: u32 = 2;
@@ -71,6 +75,56 @@ pub enum JournalError {
     Corrupt { path: PathBuf, message: String },
     #[error("cannot write journal {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot lock the state directory with {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+}
+
+/// An exclusive claim on a state directory, held until dropped (or until the
+/// process ends: the lock goes with the last descriptor of the open file).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    /// Takes the directory's lock (creating the directory if needed),
+    /// waiting as long as another agent holds it; `on_wait` runs once,
+    /// before the wait, so the wait is never silent.
+    pub fn acquire(dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock, JournalError> {
+        use rustix::fs::{FlockOperation, flock};
+        fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(LOCK_FILE_NAME);
+        let lock_err = |source: io::Error| JournalError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_err)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                on_wait(&path);
+                // flock restarts after signals with SA_RESTART; EINTR only
+                // comes from a handler without it, so retrying is right.
+                loop {
+                    match flock(&file, FlockOperation::LockExclusive) {
+                        Ok(()) => break,
+                        Err(e) if e == rustix::io::Errno::INTR => continue,
+                        Err(e) => return Err(lock_err(e.into())),
+                    }
+                }
+            }
+            Err(e) => return Err(lock_err(e.into())),
+        }
+        Ok(StateLock { _file: file })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -476,6 +530,36 @@ fn modified_before(path: &Path, t: SystemTime) -> bool {
 mod tests {
     use super::*;
     use crate::reconcile::tests::partition;
+
+    #[test]
+    fn a_second_lock_waits_for_the_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let mut waited = false;
+        let first = StateLock::acquire(&state, |_| waited = true).expect("first");
+        assert!(!waited, "a free directory is taken at once");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let lock = StateLock::acquire(&state, |p| {
+                    let _ = tx.send(p.to_owned());
+                });
+                (lock, std::time::Instant::now())
+            })
+        };
+        let told = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second one says it waits");
+        assert_eq!(told, state.join(LOCK_FILE_NAME));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!second.is_finished(), "it must wait while the first holds");
+        let released = std::time::Instant::now();
+        drop(first);
+        let (lock, got) = second.join().expect("thread");
+        lock.expect("the second takes it once the first is gone");
+        assert!(got >= released);
+    }
 
     #[test]
     fn survives_reopen_and_deletes() {

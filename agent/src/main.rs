@@ -8,7 +8,7 @@ use faultline_agent::{
     agent::{Agent, Event, Events, SystemClock},
     backend::{Kernel, Programs},
     cluster,
-    journal::Journal,
+    journal::{Journal, StateLock},
     log,
     metrics::Metrics,
     reconcile::Desired,
@@ -178,6 +178,13 @@ fn run() -> anyhow::Result<bool> {
         },
         ..Kernel::default()
     };
+    // Held until the process ends, after the last fault is removed.
+    let _state_lock = StateLock::acquire(&common.state_dir, |path| {
+        log(format_args!(
+            "another agent holds {}; waiting for it to exit",
+            path.display()
+        ));
+    })?;
     let journal = Journal::open(&common.state_dir)?;
     let registry = Metrics::default();
     // The stale sweep runs here, before any source, signal handler or listener starts.

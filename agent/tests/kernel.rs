@@ -407,6 +407,36 @@ fn sighup_removes_everything_like_sigterm() {
     assert!(!net.ruleset().contains("faultline"));
 }
 
+#[test]
+fn a_second_agent_on_the_same_state_waits_for_the_first() {
+    if !kernel_ready() {
+        return;
+    }
+    let (net, addr, mut first) = cut_by_a_running_agent();
+    let mut second = AgentProc::new();
+    second.state = first.state.clone();
+    let (_, far) = in_ms(60_000);
+    second.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
+    second.start();
+    second.wait_log("waiting for it to exit", 10 * SEC);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        second
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok())
+            .flatten()
+            .is_none(),
+        "the second agent must wait, not exit; log:\n{}",
+        second.log()
+    );
+    assert!(first.sigterm().success(), "log:\n{}", first.log());
+    // The second agent goes on once the first is gone, and cuts again.
+    net.expect_reachable(addr, false, 5 * SEC, &second);
+    assert!(second.sigterm().success(), "log:\n{}", second.log());
+    assert!(net.reachable(addr));
+}
+
 /// `pod: {uid}` targets, found through real cgroups in the layouts of the
 /// systemd driver (containerd) and the cgroupfs driver (Docker's ids):
 /// a partition enters the pod's network namespace, a kill reaches its

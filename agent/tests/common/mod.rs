@@ -257,14 +257,19 @@ pub struct AgentProc {
     pub child: Option<Child>,
     /// Extra environment for the agent process.
     pub env: Vec<(String, String)>,
+    /// The state directory (in `dir` unless shared with another agent).
+    pub state: PathBuf,
 }
 
 impl AgentProc {
     pub fn new() -> AgentProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
         AgentProc {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             child: None,
             env: Vec::new(),
+            state,
         }
     }
 
@@ -338,7 +343,7 @@ impl AgentProc {
         let child = Command::new(env!("CARGO_BIN_EXE_faultline-agent"))
             .args(mode)
             .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
+            .arg(&self.state)
             .args(extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
