@@ -56,7 +56,9 @@ struct Failure {
 }
 
 /// What to do now, in order: removals come before applies so a fault whose
-/// parameters changed is removed before its new version is applied.
+/// parameters changed is removed before its new version is applied (but a
+/// partition changed on the same target is only applied again: its apply
+/// replaces the old rules in the same transaction).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Remove {
@@ -90,6 +92,15 @@ pub fn spec_key(f: &NodeFault) -> String {
         action: &f.action,
     })
     .unwrap_or_else(|e| format!("unserializable:{e}"))
+}
+
+/// True when `new` can take `old`'s place with one apply and no removal:
+/// partitions on the same target, whose apply rewrites every chain of the id.
+fn replaces_in_place(old: &NodeFault, new: &NodeFault) -> bool {
+    matches!(
+        (&old.action, &new.action),
+        (FaultAction::Partition(_), FaultAction::Partition(_))
+    ) && old.target == new.target
 }
 
 pub fn deadline(f: &NodeFault) -> Timestamp {
@@ -200,6 +211,16 @@ impl State {
                 _ if expired(&a.fault, now) || same.is_some_and(|w| expired(w, now)) => {
                     removes.push(remove(a));
                     replaced.insert(a.fault.id.as_str());
+                }
+                // A partition changed in place: its apply empties and refills
+                // the fault's chains in one nf_tables transaction, so the
+                // target is never left without the cut in between.
+                None if want
+                    .is_some_and(|w| !expired(w, now) && replaces_in_place(&a.fault, w)) =>
+                {
+                    if let Some(w) = want {
+                        applies.push(Action::Apply { fault: w.clone() });
+                    }
                 }
                 None => {
                     removes.push(remove(a));
@@ -478,8 +499,15 @@ pub(crate) mod tests {
         let mut s = State::default();
         let d = Desired::Faults(vec![partition("a", "/n", "10.0.0.1", 5)]);
         step(&mut s, &d, t(0));
+        // A partition changed on the same target is rewritten in place.
         let d2 = Desired::Faults(vec![partition("a", "/n", "10.0.0.9", 5)]);
-        assert_eq!(ids(&s.plan(&d2, t(1))), ["remove a", "apply a"]);
+        assert_eq!(ids(&s.plan(&d2, t(1))), ["apply a"]);
+        // On another target, the old one is removed first.
+        let moved = Desired::Faults(vec![partition("a", "/m", "10.0.0.1", 5)]);
+        assert_eq!(ids(&s.plan(&moved, t(1))), ["remove a", "apply a"]);
+        // Another kind under the same id is a removal and an apply too.
+        let other = Desired::Faults(vec![kill("a", None, 5)]);
+        assert_eq!(ids(&s.plan(&other, t(1))), ["remove a", "apply a"]);
         let d3 = Desired::Faults(vec![partition("a", "/n", "10.0.0.1", 50)]);
         let p = s.plan(&d3, t(1));
         assert_eq!(ids(&p), ["update a"]);

@@ -139,7 +139,11 @@ pub fn peer_exprs(addr: IpAddr, len: u8, source: bool) -> Vec<Expr> {
 }
 
 /// The transaction that makes the fault's chains exactly what `p` says:
-/// created if missing, emptied and refilled if present (idempotent).
+/// created if missing, emptied and refilled if present (idempotent), and
+/// the chain of a direction `p` does not cut deleted. A partition changed
+/// under the same id is thus replaced in this one transaction, never
+/// removed first: the target is cut by the old rules or the new ones at
+/// every instant.
 pub fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
     if p.peers.len() > MAX_PEERS || p.ports.len() > MAX_PEERS {
         return Err(BackendError::Failed(format!(
@@ -159,13 +163,26 @@ pub fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
     ports.dedup();
     let comment = format!("faultline {id}");
     let [inc, outc] = chain_names(id);
-    let dirs: &[(Hook, bool, &str)] = match p.direction {
-        Direction::Ingress => &[(Hook::Input, true, &inc)],
-        Direction::Egress => &[(Hook::Output, false, &outc)],
-        Direction::Both => &[(Hook::Input, true, &inc), (Hook::Output, false, &outc)],
+    // (hook, matches the source address, chain) per direction cut.
+    type Cut<'a> = (Hook, bool, &'a str);
+    let (dirs, unused): (&[Cut], Option<(Hook, &str)>) = match p.direction {
+        Direction::Ingress => (&[(Hook::Input, true, &inc)], Some((Hook::Output, &outc))),
+        Direction::Egress => (&[(Hook::Output, false, &outc)], Some((Hook::Input, &inc))),
+        Direction::Both => (
+            &[(Hook::Input, true, &inc), (Hook::Output, false, &outc)],
+            None,
+        ),
     };
     let mut b = Batch::new(NFPROTO_INET);
     b.add_table(TABLE);
+    if let Some((hook, chain)) = unused {
+        // Left by an earlier version of the fault that cut both ways. A
+        // delete of a missing chain would fail the whole transaction, so it
+        // is added (a no-op when present) and then deleted.
+        b.add_base_chain(TABLE, chain, hook, PRIORITY);
+        b.flush_chain(TABLE, chain);
+        b.del_chain(TABLE, chain);
+    }
     for (hook, source, chain) in dirs {
         b.add_base_chain(TABLE, chain, *hook, PRIORITY);
         b.flush_chain(TABLE, chain);
@@ -531,11 +548,15 @@ mod tests {
     #[test]
     fn one_direction_no_ports() {
         let b = apply_batch("a", &part(Direction::Egress, &["10.0.0.0/8"], &[])).expect("batch");
-        let [_, o] = chain_names("a");
+        let [i, o] = chain_names("a");
         assert_eq!(
             ops(&b),
             [
                 "add table faultline".to_owned(),
+                // The other direction's chain goes, should it be there.
+                format!("add chain faultline {i}"),
+                format!("flush chain faultline {i}"),
+                format!("delete chain faultline {i}"),
                 format!("add chain faultline {o}"),
                 format!("flush chain faultline {o}"),
                 format!("add rule to chain faultline {o}"),
