@@ -26,7 +26,7 @@ use crate::{
     log,
     metrics::Metrics,
     reconcile::{Action, Desired, Receipt, State, deadline, expired},
-    spans,
+    report, spans,
     status::{self, Outcomes},
 };
 
@@ -239,7 +239,8 @@ impl<B: Backend> Agent<B> {
         // After the kernel changes, so a rewrite never delays one.
         if let Err(e) = self.journal.tidy() {
             log(format_args!(
-                "cannot compact the journal (appending still works): {e}"
+                "cannot compact the journal (appending still works): {}",
+                report(&e)
             ));
         }
     }
@@ -350,7 +351,11 @@ impl<B: Backend> Agent<B> {
                     receipt,
                 }) {
                     Ok(()) => self.state.updated(&fault),
-                    Err(e) => log(format_args!("{}: keeping the old deadline: {e}", fault.id)),
+                    Err(e) => log(format_args!(
+                        "{}: keeping the old deadline: {}",
+                        fault.id,
+                        report(&e)
+                    )),
                 }
             }
         }
@@ -386,7 +391,7 @@ impl<B: Backend> Agent<B> {
             receipt: receipt.clone(),
         }) {
             // Nothing is applied that the journal does not know of.
-            return self.apply_refused(fault, now, &e.to_string());
+            return self.apply_refused(fault, now, &report(&e));
         }
         self.state.applying(fault, receipt.clone());
         match self.backend.apply(fault, &receipt) {
@@ -398,8 +403,9 @@ impl<B: Backend> Agent<B> {
                 }) {
                     // The record still says "applying", which a restart also undoes.
                     log(format_args!(
-                        "{}: applied, but the journal still says applying: {e}",
-                        fault.id
+                        "{}: applied, but the journal still says applying: {}",
+                        fault.id,
+                        report(&e)
                     ));
                 }
                 self.state.apply_succeeded(fault, now);
@@ -419,7 +425,7 @@ impl<B: Backend> Agent<B> {
                 match self.backend.remove(fault, &receipt) {
                     Ok(()) | Err(BackendError::Gone(_)) => {
                         if let Err(je) = self.journal.delete(&fault.id) {
-                            log(format_args!("{}: {je}", fault.id));
+                            log(format_args!("{}: {}", fault.id, report(&je)));
                         }
                         self.state.apply_failed(fault, now);
                     }
@@ -458,7 +464,7 @@ impl<B: Backend> Agent<B> {
             Ok(()) | Err(BackendError::Gone(_)) => {
                 if let Err(e) = self.journal.delete(&fault.id) {
                     // The kernel is clean; a restart would only remove it again.
-                    log(format_args!("{}: removed, but {e}", fault.id));
+                    log(format_args!("{}: removed, but {}", fault.id, report(&e)));
                 }
                 self.state.removed(&fault.id);
                 let late =

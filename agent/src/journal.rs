@@ -65,17 +65,17 @@ const SLACK_LINES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot use state directory {path}: {source}")]
+    #[error("cannot use state directory {path}")]
     Dir { path: PathBuf, source: io::Error },
-    #[error("cannot read journal {path}: {source}")]
+    #[error("cannot read journal {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error(
         "journal {path} is not readable ({message}); refusing to start, since the faults it records could not be removed"
     )]
     Corrupt { path: PathBuf, message: String },
-    #[error("cannot write journal {path}: {source}")]
+    #[error("cannot write journal {path}")]
     Write { path: PathBuf, source: io::Error },
-    #[error("cannot lock the state directory with {path}: {source}")]
+    #[error("cannot lock the state directory with {path}")]
     Lock { path: PathBuf, source: io::Error },
 }
 
@@ -530,6 +530,21 @@ fn modified_before(path: &Path, t: SystemTime) -> bool {
 mod tests {
     use super::*;
     use crate::reconcile::tests::partition;
+
+    #[test]
+    fn errors_print_their_cause_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").expect("write");
+        // A state directory under a regular file cannot be created.
+        let e = Journal::open(&file.join("state")).expect_err("not a directory");
+        let whole = crate::report(&e);
+        assert!(whole.starts_with("cannot use state directory"), "{whole}");
+        assert_eq!(whole.matches("Not a directory").count(), 1, "{whole}");
+        assert!(!e.to_string().contains("Not a directory"), "{e}");
+        // anyhow, as main prints it, gives the same single chain.
+        assert_eq!(format!("{:#}", anyhow::Error::new(e)), whole);
+    }
 
     #[test]
     fn a_second_lock_waits_for_the_first() {

@@ -43,6 +43,19 @@ pub mod spans;
 pub mod status;
 pub mod target;
 
+/// An error with its causes, `outer: inner: …`: messages never repeat
+/// their source, so this is how an error is printed whole.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Logs one line to stderr, with the time, for people and log collectors.
 /// The line is formatted first and written with one call: stderr is
 /// unbuffered, and `eprintln!` wrote each piece with its own syscall (ten

@@ -21,11 +21,11 @@ use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("network namespace {path} is gone: {source}")]
+    #[error("network namespace {path} is gone")]
     Gone { path: PathBuf, source: io::Error },
-    #[error("cannot enter network namespace {path}: {source}")]
+    #[error("cannot enter network namespace {path}")]
     Enter { path: PathBuf, source: io::Error },
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {program}")]
     Spawn { program: String, source: io::Error },
     #[error("{program} failed ({status}): {stderr}")]
     Failed {
@@ -182,6 +182,13 @@ mod tests {
         )
         .expect_err("gone");
         assert!(matches!(e, NetnsError::Gone { .. }), "{e}");
+        // The cause is printed once: by the chain, not also by the message.
+        let cause = "No such file or directory";
+        assert!(!e.to_string().contains(cause), "{e}");
+        let whole = crate::report(&e);
+        assert_eq!(whole.matches(cause).count(), 1, "{whole}");
+        let gone = crate::backend::BackendError::from(e);
+        assert_eq!(gone.to_string().matches(cause).count(), 1, "{gone}");
     }
 
     #[test]

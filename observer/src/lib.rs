@@ -30,6 +30,13 @@ use store::{Store, StoreStats};
 /// memory a tiny, highly compressible body can expand into.
 pub const MAX_SPANS_PER_EXPORT: usize = 100_000;
 
+/// Why an export was refused whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("{spans} spans in one export; the observer takes at most {max}")]
+    TooManySpans { spans: usize, max: usize },
+}
+
 /// Counters about ingest, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct IngestStats {
@@ -76,13 +83,14 @@ impl Observer {
     }
 
     /// Takes one OTLP export, or refuses it whole (too many spans).
-    pub fn ingest(&self, req: &ExportTraceServiceRequest) -> Result<(), String> {
+    pub fn ingest(&self, req: &ExportTraceServiceRequest) -> Result<(), IngestError> {
         let spans = forward::span_count(req);
         if spans > MAX_SPANS_PER_EXPORT {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(format!(
-                "{spans} spans in one export; the observer takes at most {MAX_SPANS_PER_EXPORT}"
-            ));
+            return Err(IngestError::TooManySpans {
+                spans,
+                max: MAX_SPANS_PER_EXPORT,
+            });
         }
         // Convert outside the lock; hold it once per export, not per span.
         if let Some(f) = &self.forwarder {
@@ -235,4 +243,43 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
         addresses: bound,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+
+    fn export(spans: usize) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span::default(); spans],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn a_flood_is_refused_whole_with_a_typed_error() {
+        let obs = Observer::new(Limits::default());
+        let err = obs
+            .ingest(&export(MAX_SPANS_PER_EXPORT + 1))
+            .expect_err("too many spans");
+        assert_eq!(
+            err,
+            IngestError::TooManySpans {
+                spans: MAX_SPANS_PER_EXPORT + 1,
+                max: MAX_SPANS_PER_EXPORT
+            }
+        );
+        assert!(err.to_string().contains("at most 100000"), "{err}");
+        assert_eq!(obs.stats.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(obs.stats.spans.load(Ordering::Relaxed), 0);
+        assert_eq!(obs.ingest(&export(3)), Ok(()));
+        assert_eq!(obs.stats.spans.load(Ordering::Relaxed), 3);
+    }
 }

@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
     let _telemetry = match faultline_telemetry::init("faultline-observer") {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("faultline-observer: {e}");
+            eprintln!("faultline-observer: {:#}", anyhow::Error::new(e));
             return ExitCode::from(2);
         }
     };
@@ -90,7 +90,7 @@ async fn main() -> ExitCode {
         r = running.wait() => match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("faultline-observer: {e}");
+                eprintln!("faultline-observer: {:#}", anyhow::Error::new(e));
                 ExitCode::from(4)
             }
         },

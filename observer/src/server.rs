@@ -39,7 +39,7 @@ impl TraceService for Grpc {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0
             .ingest(&request.into_inner())
-            .map_err(tonic::Status::invalid_argument)?;
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -131,7 +131,7 @@ async fn http_traces(
     match request {
         Ok(req) => {
             if let Err(e) = observer.ingest(&req) {
-                return bad_request(e);
+                return bad_request(e.to_string());
             }
             let response = ExportTraceServiceResponse::default();
             if content_type.starts_with("application/json") {

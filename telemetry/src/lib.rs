@@ -17,7 +17,7 @@ use opentelemetry_sdk::{
 pub enum Error {
     #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0} is not supported; use grpc or http/protobuf")]
     Protocol(String),
-    #[error("cannot set up the OTLP exporter: {0}")]
+    #[error("cannot set up the OTLP exporter")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 

@@ -41,8 +41,8 @@ impl From<TargetError> for BackendError {
 impl From<NetnsError> for BackendError {
     fn from(e: NetnsError) -> Self {
         match e {
-            NetnsError::Gone { .. } => BackendError::Gone(e.to_string()),
-            other => BackendError::Failed(other.to_string()),
+            NetnsError::Gone { .. } => BackendError::Gone(crate::report(&e)),
+            other => BackendError::Failed(crate::report(&other)),
         }
     }
 }

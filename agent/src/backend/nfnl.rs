@@ -191,7 +191,7 @@ pub enum EncodeError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NfnlError {
-    #[error("nftables netlink {what}: {source}")]
+    #[error("nftables netlink {what}")]
     Io {
         what: &'static str,
         source: io::Error,

@@ -258,7 +258,7 @@ pub fn removal_batch(r: &Removal) -> Result<Encoded, BackendError> {
 }
 
 fn failed(e: NfnlError) -> BackendError {
-    BackendError::Failed(e.to_string())
+    BackendError::Failed(crate::report(&e))
 }
 
 /// The netlink sockets of targets with partitions, so that a change needs
@@ -291,8 +291,9 @@ impl Partitions {
     fn socket(&mut self, ns: &Path) -> Result<(NsId, &mut Socket), BackendError> {
         let mut id = netns::id_of(ns)?;
         if !self.open.contains_key(&id) {
-            let (sock, entered) = Socket::open_in(ns)?
-                .map_err(|e| BackendError::Failed(format!("{e} (in {})", ns.display())))?;
+            let (sock, entered) = Socket::open_in(ns)?.map_err(|e| {
+                BackendError::Failed(format!("{} (in {})", crate::report(&e), ns.display()))
+            })?;
             // The path may have been given another namespace meanwhile: the
             // socket is wherever the thread went.
             id = entered;
