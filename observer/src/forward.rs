@@ -63,6 +63,9 @@ pub struct ForwardConfig {
     pub protocol: ForwardProtocol,
     /// Spans waiting to be sent at most; more are dropped.
     pub queue_spans: usize,
+    /// Encoded bytes waiting to be sent at most; more are dropped. Spans
+    /// alone do not bound memory: one span may carry megabytes of attributes.
+    pub queue_bytes: usize,
     /// Attempts per batch before it is dropped.
     pub attempts: u32,
 }
@@ -73,6 +76,7 @@ impl ForwardConfig {
             endpoint: endpoint.into(),
             protocol,
             queue_spans: 100_000,
+            queue_bytes: 64 << 20,
             attempts: 5,
         }
     }
@@ -86,13 +90,19 @@ pub struct ForwardStats {
     /// Dropped after every attempt failed.
     pub dropped_failed: AtomicU64,
     pub queued: AtomicUsize,
+    /// Encoded bytes of the spans in `queued`.
+    pub queued_bytes: AtomicUsize,
 }
+
+/// One queued export: its spans and encoded bytes, as counted in the stats.
+type Queued = (ExportTraceServiceRequest, usize, usize);
 
 /// The sending side, held by ingest.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    tx: mpsc::UnboundedSender<(ExportTraceServiceRequest, usize)>,
+    tx: mpsc::UnboundedSender<Queued>,
     limit: usize,
+    limit_bytes: usize,
     pub stats: Arc<ForwardStats>,
 }
 
@@ -113,6 +123,7 @@ impl Forwarder {
         Forwarder {
             tx,
             limit: config.queue_spans,
+            limit_bytes: config.queue_bytes,
             stats,
         }
     }
@@ -123,9 +134,15 @@ impl Forwarder {
         if n == 0 {
             return; // nothing to pass on
         }
+        let bytes = req.encoded_len();
         let queued = self.stats.queued.fetch_add(n, Ordering::AcqRel);
-        if queued + n > self.limit || self.tx.send((req.clone(), n)).is_err() {
+        let queued_bytes = self.stats.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if queued.saturating_add(n) > self.limit
+            || queued_bytes.saturating_add(bytes) > self.limit_bytes
+            || self.tx.send((req.clone(), n, bytes)).is_err()
+        {
             self.stats.queued.fetch_sub(n, Ordering::AcqRel);
+            self.stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.stats
                 .dropped_queue_full
                 .fetch_add(n as u64, Ordering::Relaxed);
@@ -198,29 +215,32 @@ impl Sender {
 /// exponential backoff.
 async fn send_loop(
     config: ForwardConfig,
-    mut rx: mpsc::UnboundedReceiver<(ExportTraceServiceRequest, usize)>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     stats: Arc<ForwardStats>,
 ) {
     let mut sender = match Sender::new(&config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("faultline-observer: not forwarding: {e}");
-            while let Some((_, n)) = rx.recv().await {
+            while let Some((_, n, bytes)) = rx.recv().await {
                 stats.queued.fetch_sub(n, Ordering::AcqRel);
+                stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 stats.dropped_failed.fetch_add(n as u64, Ordering::Relaxed);
             }
             return;
         }
     };
-    while let Some((first, n)) = rx.recv().await {
+    while let Some((first, n, first_bytes)) = rx.recv().await {
         let mut batch = first;
         let mut spans = n;
+        let mut bytes = first_bytes;
         // Batches stay well under the 4 MiB receivers accept by default.
         while spans < 2000 && batch.encoded_len() < (2 << 20) {
             match rx.try_recv() {
-                Ok((more, m)) => {
+                Ok((more, m, b)) => {
                     batch.resource_spans.extend(more.resource_spans);
                     spans += m;
+                    bytes += b;
                 }
                 Err(_) => break,
             }
@@ -264,6 +284,7 @@ async fn send_loop(
         ));
         span.end();
         stats.queued.fetch_sub(spans, Ordering::AcqRel);
+        stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         if sent {
             stats.forwarded.fetch_add(spans as u64, Ordering::Relaxed);
         } else {

@@ -30,6 +30,10 @@ struct Cli {
     /// Spans queued for forwarding at most; more are dropped and counted.
     #[arg(long, default_value_t = 100_000)]
     forward_queue: usize,
+    /// Encoded bytes queued for forwarding at most (default 64 MiB); more
+    /// are dropped and counted.
+    #[arg(long, default_value_t = 64 << 20)]
+    forward_queue_bytes: usize,
     /// Services tracked at most; spans of others are dropped and counted.
     #[arg(long, default_value_t = Limits::default().max_services)]
     max_services: usize,
@@ -72,6 +76,7 @@ async fn main() -> ExitCode {
         };
         let mut config = ForwardConfig::new(endpoint, protocol);
         config.queue_spans = cli.forward_queue;
+        config.queue_bytes = cli.forward_queue_bytes;
         observer = observer.forward_to(config);
     }
     let running = match faultline_observer::start_with(&addresses, observer).await {

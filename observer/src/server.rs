@@ -5,7 +5,7 @@ use std::{convert::Infallible, io::Read, sync::atomic::Ordering, time::Duration}
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State},
+    extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State, rejection::BytesRejection},
     http::request::Parts,
     http::{HeaderMap, StatusCode, header},
     response::{
@@ -77,8 +77,17 @@ fn bad_request(msg: impl Into<String>) -> Response {
 async fn http_traces(
     State(observer): State<Observer>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Taken as a Result so that a refused body (413 past MAX_BODY_BYTES)
+    // is counted like every other refusal.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return rejection.into_response();
+        }
+    };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -376,6 +385,12 @@ async fn metrics(State(observer): State<Observer>) -> Response {
             "gauge",
             "Spans waiting to be forwarded.",
             f.queued.load(Ordering::Relaxed),
+        );
+        out.single(
+            "faultline_observer_forward_queue_bytes",
+            "gauge",
+            "Encoded bytes of the spans waiting to be forwarded.",
+            f.queued_bytes.load(Ordering::Relaxed),
         );
     }
     let figures = observer.services(30);
