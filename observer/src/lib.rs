@@ -13,6 +13,7 @@ pub mod sketch;
 pub mod store;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -45,12 +46,27 @@ pub struct IngestStats {
     pub rejected: AtomicU64,
 }
 
+/// The figures of every service over one window, as of one whole second:
+/// computed once per second and window, and shared by every stream client
+/// and scrape in that second, so that N clients lock the store once, not N
+/// times.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Seconds since the Unix epoch when it was computed.
+    pub second: u64,
+    pub services: Vec<ServiceFigures>,
+    /// The `/api/v1/services` document for it, serialized once.
+    pub json: String,
+}
+
 /// A handle on the figures; cheap to clone, shared by every endpoint.
 #[derive(Debug, Clone)]
 pub struct Observer {
     store: Arc<Mutex<Store>>,
     pub stats: Arc<IngestStats>,
     forwarder: Option<forward::Forwarder>,
+    /// This second's snapshot per window (in seconds).
+    snapshots: Arc<Mutex<HashMap<u64, Arc<Snapshot>>>>,
 }
 
 pub fn now_nanos() -> u64 {
@@ -65,6 +81,7 @@ impl Observer {
             store: Arc::new(Mutex::new(Store::new(limits))),
             stats: Arc::default(),
             forwarder: None,
+            snapshots: Arc::default(),
         }
     }
 
@@ -107,6 +124,39 @@ impl Observer {
             store.record(now, r);
         }
         Ok(())
+    }
+
+    /// This second's figures of every service over `window_secs`, computed
+    /// by the first caller in the second and shared with the others.
+    pub fn snapshot(&self, window_secs: u64) -> Arc<Snapshot> {
+        self.snapshot_at(window_secs, now_nanos())
+    }
+
+    fn snapshot_at(&self, window_secs: u64, now: u64) -> Arc<Snapshot> {
+        let second = now / 1_000_000_000;
+        // Held while computing, so callers in the same second wait for the
+        // first one's result instead of each locking the store.
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = snapshots.get(&window_secs)
+            && s.second == second
+        {
+            return s.clone();
+        }
+        let services = self.store().services(now, window_secs);
+        let json = serde_json::json!({
+            "window": format!("{window_secs}s"),
+            "services": services,
+        })
+        .to_string();
+        let snap = Arc::new(Snapshot {
+            second,
+            services,
+            json,
+        });
+        // Only this second's snapshots are worth keeping.
+        snapshots.retain(|_, s| s.second == second);
+        snapshots.insert(window_secs, snap.clone());
+        snap
     }
 
     /// Figures of every service seen, over the last `window_secs`.
@@ -261,6 +311,27 @@ mod tests {
                 ..Default::default()
             }],
         }
+    }
+
+    #[test]
+    fn one_snapshot_per_second_and_window_is_shared() {
+        let obs = Observer::new(Limits::default());
+        let t = 1_000 * 1_000_000_000 + 200_000_000;
+        let a = obs.snapshot_at(30, t);
+        let b = obs.snapshot_at(30, t + 700_000_000);
+        assert!(Arc::ptr_eq(&a, &b), "same second, same snapshot");
+        let other_window = obs.snapshot_at(10, t);
+        assert!(!Arc::ptr_eq(&a, &other_window));
+        assert!(a.json.contains("\"window\":\"30s\""), "{}", a.json);
+        assert!(other_window.json.contains("\"window\":\"10s\""));
+        // The next second computes anew, and sees what came in meanwhile.
+        obs.ingest(&export(1)).expect("ingest");
+        let c = obs.snapshot_at(30, t + 1_000_000_000);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.second, a.second + 1);
+        // Older seconds are not kept.
+        let kept = obs.snapshots.lock().expect("lock").len();
+        assert_eq!(kept, 1);
     }
 
     #[test]

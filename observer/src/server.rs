@@ -259,10 +259,12 @@ async fn stream(State(observer): State<Observer>, Window(window): Window) -> Res
             let observer = observer.clone();
             async move {
                 interval.tick().await;
-                let data = json!({ "window": format!("{window}s"), "services": observer.services(window) });
+                let snapshot = observer.snapshot(window);
                 Some((
                     Ok::<Event, Infallible>(
-                        Event::default().event("snapshot").data(data.to_string()),
+                        Event::default()
+                            .event("snapshot")
+                            .data(snapshot.json.as_str()),
                     ),
                     interval,
                 ))
@@ -393,13 +395,14 @@ async fn metrics(State(observer): State<Observer>) -> Response {
             f.queued_bytes.load(Ordering::Relaxed),
         );
     }
-    let figures = observer.services(30);
+    let snapshot = observer.snapshot(30);
+    let figures = snapshot.services.as_slice();
     out.family(
         "faultline_service_requests_per_second",
         "gauge",
         "Server requests per second over the last 30 s.",
     );
-    for f in &figures {
+    for f in figures {
         out.sample(
             "faultline_service_requests_per_second",
             &[("service", &f.name)],
@@ -411,7 +414,7 @@ async fn metrics(State(observer): State<Observer>) -> Response {
         "gauge",
         "Share of failed server requests over the last 30 s.",
     );
-    for f in &figures {
+    for f in figures {
         out.sample(
             "faultline_service_error_rate",
             &[("service", &f.name)],
@@ -423,7 +426,7 @@ async fn metrics(State(observer): State<Observer>) -> Response {
         "gauge",
         "Server latency percentiles over the last 30 s.",
     );
-    for f in &figures {
+    for f in figures {
         let l = &f.red.latency_ms;
         for (q, v) in [("0.5", l.p50), ("0.95", l.p95), ("0.99", l.p99)] {
             out.sample(
@@ -438,7 +441,7 @@ async fn metrics(State(observer): State<Observer>) -> Response {
         "gauge",
         "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
     );
-    for f in &figures {
+    for f in figures {
         for b in &f.breakers {
             let v = match b.state {
                 crate::store::BreakerState::Closed => 0,
