@@ -17,7 +17,6 @@ use faultline_agent::{
 };
 use faultline_api::NodeFaults;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
     signal::unix::{SignalKind, signal},
 };
@@ -228,7 +227,7 @@ fn run() -> anyhow::Result<bool> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
             log(format_args!("metrics on http://{addr}/metrics"));
-            tokio::spawn(serve_metrics(listener, registry));
+            tokio::spawn(faultline_agent::metrics::serve(listener, registry));
         }
         if let Some((node, tx)) = kube {
             // kube's errors already carry their causes in their text.
@@ -264,26 +263,4 @@ fn run() -> anyhow::Result<bool> {
         log("every fault removed; exiting");
     }
     Ok(clean)
-}
-
-/// A minimal HTTP/1.1 responder: every request gets the metrics text.
-async fn serve_metrics(listener: TcpListener, metrics: Metrics) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            // The request line is all we need; a slow client gets a short wait.
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await;
-            let body = metrics.render();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-        });
-    }
 }
