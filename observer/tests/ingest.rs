@@ -402,7 +402,7 @@ async fn json_gzip_and_malformed_payloads() {
         "{text}"
     );
     assert!(
-        text.contains("faultline_service_error_rate{service=\"inventory\"} 1"),
+        text.contains("faultline_service_error_rate{service=\"inventory\"} 1.0"),
         "{text}"
     );
     let (status, _) = http(
