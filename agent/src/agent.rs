@@ -23,7 +23,6 @@ use jiff::Timestamp;
 use crate::{
     backend::{Backend, BackendError},
     journal::{Journal, Record, RecordState},
-    log,
     metrics::Metrics,
     reconcile::{Action, Desired, Receipt, State, deadline, expired},
     report, spans,
@@ -116,10 +115,10 @@ impl<B: Backend> Agent<B> {
         now: Timestamp,
     ) -> Self {
         if journal.set_aside() > 0 {
-            log(format_args!(
+            tracing::warn!(
                 "the journal is from an earlier boot: its {} fault(s) ended with that boot",
                 journal.set_aside()
-            ));
+            );
         }
         let state = State::from_journal(journal.records().map(|r| {
             (
@@ -140,9 +139,9 @@ impl<B: Backend> Agent<B> {
             status: None,
         };
         if let Desired::Unknown(why) = &agent.desired {
-            log(format_args!(
+            tracing::warn!(
                 "desired state unusable at start, keeping journaled faults until their deadlines: {why}"
-            ));
+            );
         }
         let found = agent.state.applied().count();
         let removals: Vec<Action> = agent
@@ -155,9 +154,9 @@ impl<B: Backend> Agent<B> {
         for a in removals {
             agent.execute(a, now);
         }
-        log(format_args!(
+        tracing::info!(
             "started: {found} fault(s) in the journal, {n} stale removed before anything else"
-        ));
+        );
         agent
     }
 
@@ -204,10 +203,10 @@ impl<B: Backend> Agent<B> {
 
     pub fn set_desired(&mut self, d: Desired) {
         if let Desired::Unknown(why) = &d {
-            log(format_args!(
+            tracing::warn!(
                 "desired state unusable, keeping {} applied fault(s) until their deadlines: {why}",
                 self.state.applied().count()
-            ));
+            );
         }
         self.state.prune_failures(&d);
         if let Desired::Faults(list) = &d {
@@ -238,10 +237,10 @@ impl<B: Backend> Agent<B> {
         self.backend.tidy();
         // After the kernel changes, so a rewrite never delays one.
         if let Err(e) = self.journal.tidy() {
-            log(format_args!(
+            tracing::warn!(
                 "cannot compact the journal (appending still works): {}",
                 report(&e)
-            ));
+            );
         }
     }
 
@@ -274,10 +273,10 @@ impl<B: Backend> Agent<B> {
             }
         }
         let left: Vec<&str> = self.state.applied().map(|a| a.fault.id.as_str()).collect();
-        log(format_args!(
+        tracing::error!(
             "could not remove {} (kept in the journal for the next start)",
             left.join(", ")
-        ));
+        );
         false
     }
 
@@ -323,10 +322,10 @@ impl<B: Backend> Agent<B> {
                     Ok(true) => {
                         spans::record("inject", &fault, Ok(()));
                         if matches!(fault.action, FaultAction::Latency(_)) {
-                            log(format_args!(
+                            tracing::info!(fault = %fault.id,
                                 "{}: latency extended to interfaces created since",
                                 fault.id
-                            ));
+                            );
                         }
                     }
                     // A refresh that found everything in place.
@@ -334,7 +333,7 @@ impl<B: Backend> Agent<B> {
                     Err(e) => {
                         spans::record("inject", &fault, Err(&e.to_string()));
                         self.metrics.failed(fault.action.kind(), "repeat");
-                        log(format_args!("{}: repeat failed: {e}", fault.id));
+                        tracing::warn!(fault = %fault.id, kind = fault.action.kind(), "{}: repeat failed: {e}", fault.id);
                     }
                 }
                 self.state.repeated(&fault.id, now);
@@ -351,11 +350,11 @@ impl<B: Backend> Agent<B> {
                     receipt,
                 }) {
                     Ok(()) => self.state.updated(&fault),
-                    Err(e) => log(format_args!(
+                    Err(e) => tracing::warn!(fault = %fault.id,
                         "{}: keeping the old deadline: {}",
                         fault.id,
                         report(&e)
-                    )),
+                    ),
                 }
             }
         }
@@ -402,22 +401,22 @@ impl<B: Backend> Agent<B> {
                     receipt,
                 }) {
                     // The record still says "applying", which a restart also undoes.
-                    log(format_args!(
+                    tracing::warn!(fault = %fault.id,
                         "{}: applied, but the journal still says applying: {}",
                         fault.id,
                         report(&e)
-                    ));
+                    );
                 }
                 self.state.apply_succeeded(fault, now);
                 self.outcomes.record(fault, FaultState::Applied, None, now);
                 self.metrics.applied(kind, started.elapsed());
                 spans::record("inject", fault, Ok(()));
-                log(format_args!(
+                tracing::info!(fault = %fault.id, kind,
                     "{}: applied {kind} on {} until {}",
                     fault.id,
                     spans::target_name(&fault.target),
                     deadline(fault)
-                ));
+                );
             }
             Err(e) => {
                 let why = e.to_string();
@@ -425,15 +424,15 @@ impl<B: Backend> Agent<B> {
                 match self.backend.remove(fault, &receipt) {
                     Ok(()) | Err(BackendError::Gone(_)) => {
                         if let Err(je) = self.journal.delete(&fault.id) {
-                            log(format_args!("{}: {}", fault.id, report(&je)));
+                            tracing::warn!(fault = %fault.id, "{}: {}", fault.id, report(&je));
                         }
                         self.state.apply_failed(fault, now);
                     }
                     Err(undo) => {
-                        log(format_args!(
+                        tracing::error!(fault = %fault.id, kind,
                             "{}: undoing the failed apply failed too: {undo}",
                             fault.id
-                        ));
+                        );
                         self.state.apply_failed_dirty(fault, now);
                     }
                 }
@@ -441,10 +440,10 @@ impl<B: Backend> Agent<B> {
                 self.outcomes
                     .record(fault, FaultState::Failed, Some(why.clone()), now);
                 spans::record("inject", fault, Err(&why));
-                log(format_args!(
+                tracing::warn!(fault = %fault.id, kind,
                     "{}: cannot apply {kind}: {why} (retrying in 1s)",
                     fault.id
-                ));
+                );
             }
         }
     }
@@ -455,7 +454,7 @@ impl<B: Backend> Agent<B> {
         self.outcomes
             .record(fault, FaultState::Failed, Some(why.to_owned()), now);
         spans::record("inject", fault, Err(why));
-        log(format_args!("{}: not applied: {why}", fault.id));
+        tracing::warn!(fault = %fault.id, "{}: not applied: {why}", fault.id);
     }
 
     fn remove(&mut self, fault: &NodeFault, receipt: &Receipt, now: Timestamp) {
@@ -464,7 +463,7 @@ impl<B: Backend> Agent<B> {
             Ok(()) | Err(BackendError::Gone(_)) => {
                 if let Err(e) = self.journal.delete(&fault.id) {
                     // The kernel is clean; a restart would only remove it again.
-                    log(format_args!("{}: removed, but {}", fault.id, report(&e)));
+                    tracing::warn!(fault = %fault.id, "{}: removed, but {}", fault.id, report(&e));
                 }
                 self.state.removed(&fault.id);
                 let late =
@@ -479,12 +478,12 @@ impl<B: Backend> Agent<B> {
                 self.metrics.removed(kind, late);
                 spans::record("recover", fault, Ok(()));
                 match late {
-                    Some(l) => log(format_args!(
+                    Some(l) => tracing::info!(fault = %fault.id, kind,
                         "{}: removed {kind} at its deadline (+{} ms)",
                         fault.id,
                         l.as_millis()
-                    )),
-                    None => log(format_args!("{}: removed {kind}", fault.id)),
+                    ),
+                    None => tracing::info!(fault = %fault.id, kind, "{}: removed {kind}", fault.id),
                 }
             }
             Err(e) => {
@@ -498,10 +497,10 @@ impl<B: Backend> Agent<B> {
                     now,
                 );
                 spans::record("recover", fault, Err(&why));
-                log(format_args!(
+                tracing::warn!(fault = %fault.id, kind,
                     "{}: cannot remove {kind}: {why} (retrying in 1s)",
                     fault.id
-                ));
+                );
             }
         }
     }

@@ -55,14 +55,3 @@ pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
-
-/// Logs one line to stderr, with the time, for people and log collectors.
-/// The line is formatted first and written with one call: stderr is
-/// unbuffered, and `eprintln!` wrote each piece with its own syscall (ten
-/// per line on the apply path), which also let lines from two threads
-/// interleave.
-pub fn log(msg: impl std::fmt::Display) {
-    use std::io::Write as _;
-    let line = format!("{} faultline-agent: {msg}\n", jiff::Timestamp::now());
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
-}

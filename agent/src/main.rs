@@ -9,7 +9,6 @@ use faultline_agent::{
     backend::{Kernel, Programs},
     cluster,
     journal::{Journal, StateLock},
-    log,
     metrics::Metrics,
     reconcile::Desired,
     source::{Doorbell, FileEvents, FileSource, read_desired},
@@ -90,11 +89,21 @@ fn node_name(s: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    // RUST_LOG picks the levels (info by default); one line per event on
+    // stderr, colored only for a terminal so log collectors get plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            log(format_args!("{e:#}"));
+            tracing::error!("{e:#}");
             ExitCode::from(2)
         }
     }
@@ -179,10 +188,10 @@ fn run() -> anyhow::Result<bool> {
     };
     // Held until the process ends, after the last fault is removed.
     let _state_lock = StateLock::acquire(&common.state_dir, |path| {
-        log(format_args!(
+        tracing::warn!(
             "another agent holds {}; waiting for it to exit",
             path.display()
-        ));
+        );
     })?;
     let journal = Journal::open(&common.state_dir)?;
     let registry = Metrics::default();
@@ -226,7 +235,7 @@ fn run() -> anyhow::Result<bool> {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-            log(format_args!("metrics on http://{addr}/metrics"));
+            tracing::info!("metrics on http://{addr}/metrics");
             tokio::spawn(faultline_agent::metrics::serve(listener, registry));
         }
         if let Some((node, tx)) = kube {
@@ -235,14 +244,14 @@ fn run() -> anyhow::Result<bool> {
                 anyhow::anyhow!("cannot set up a Kubernetes client (in-cluster or kubeconfig): {e}")
             })?;
             let api: kube::Api<NodeFaults> = kube::Api::all(client);
-            log(format_args!("following NodeFaults {node}"));
+            tracing::info!("following NodeFaults {node}");
             tokio::spawn(cluster::follow(api.clone(), node.clone(), tx));
             tokio::spawn(cluster::write_status(api, node, status_rx));
         }
         tokio::select! {
-            _ = term.recv() => log("SIGTERM: removing every fault"),
-            _ = int.recv() => log("SIGINT: removing every fault"),
-            _ = hup.recv() => log("SIGHUP: removing every fault"),
+            _ = term.recv() => tracing::info!("SIGTERM: removing every fault"),
+            _ = int.recv() => tracing::info!("SIGINT: removing every fault"),
+            _ = hup.recv() => tracing::info!("SIGHUP: removing every fault"),
         }
         anyhow::Ok(())
     });
@@ -260,7 +269,7 @@ fn run() -> anyhow::Result<bool> {
     drop(rt);
     served?;
     if clean {
-        log("every fault removed; exiting");
+        tracing::info!("every fault removed; exiting");
     }
     Ok(clean)
 }

@@ -155,7 +155,7 @@ pub fn router(metrics: Metrics) -> Router {
 /// loop backs off on errors such as EMFILE instead of spinning.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
     if let Err(e) = axum::serve(listener, router(metrics)).await {
-        crate::log(format_args!("the metrics server stopped: {e}"));
+        tracing::error!("the metrics server stopped: {e}");
     }
 }
 

@@ -40,7 +40,6 @@ use faultline_api::{NodeFaults, parse_one, yaml::MAX_INPUT_BYTES};
 
 use crate::{
     agent::{Event, Events, Wait},
-    log,
     reconcile::Desired,
 };
 
@@ -78,7 +77,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Desired {
         Err(diags) => {
             let name = path.display().to_string();
             for d in &diags {
-                log(d.display_in(&name));
+                tracing::warn!("{}", d.display_in(&name));
             }
             Desired::Unknown(format!(
                 "{} has {} problem(s)",
@@ -245,7 +244,7 @@ impl FileEvents {
             Err(e) => {
                 // Not expected with valid descriptors; sleeping keeps the
                 // loop from spinning while the tick still checks the file.
-                log(format_args!("poll failed: {e}"));
+                tracing::warn!("poll failed: {e}");
                 std::thread::sleep(wait.min(self.every));
                 return Woke::Nothing;
             }
@@ -307,7 +306,7 @@ impl Events for FileEvents {
                     }
                 }
                 Woke::WatchBroke(e) => {
-                    log(format_args!("inotify failed, polling only: {e}"));
+                    tracing::warn!("inotify failed, polling only: {e}");
                     self.watch = None;
                 }
                 Woke::Nothing => {}
@@ -357,10 +356,10 @@ impl DirWatch {
                     .collect(),
             }),
             Err(e) => {
-                log(format_args!(
+                tracing::warn!(
                     "cannot watch {} with inotify, polling only: {e}",
                     dir.display()
-                ));
+                );
                 None
             }
         }
