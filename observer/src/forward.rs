@@ -221,7 +221,7 @@ async fn send_loop(
     let mut sender = match Sender::new(&config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("faultline-observer: not forwarding: {e}");
+            tracing::error!(error = %e, "not forwarding");
             while let Some((_, n, bytes)) = rx.recv().await {
                 stats.queued.fetch_sub(n, Ordering::AcqRel);
                 stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
@@ -267,8 +267,11 @@ async fn send_loop(
                     break;
                 }
                 Err(e) if attempt == config.attempts.max(1) => {
-                    eprintln!(
-                        "faultline-observer: forwarding {spans} spans failed {attempt} times, dropping them: {e}"
+                    tracing::warn!(
+                        spans,
+                        attempts = attempt,
+                        error = %e,
+                        "forwarding failed every attempt; dropping the spans"
                     );
                     span.set_status(Status::error(e));
                 }

@@ -273,19 +273,19 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
             .serve_with_incoming(incoming)
             .await
         {
-            eprintln!("faultline-observer: OTLP/gRPC server stopped: {e}");
+            tracing::error!(error = %e, "the OTLP/gRPC server stopped");
         }
     });
     let router = server::http_router(observer.clone());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, router).await {
-            eprintln!("faultline-observer: OTLP/HTTP server stopped: {e}");
+            tracing::error!(error = %e, "the OTLP/HTTP server stopped");
         }
     });
     let router = server::api_router(observer.clone());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(api, router).await {
-            eprintln!("faultline-observer: API server stopped: {e}");
+            tracing::error!(error = %e, "the API server stopped");
         }
     });
     Ok(Running {
