@@ -114,8 +114,9 @@ pub fn filter_cmds(dev: &str, band: u8, l: &Latency) -> Result<Vec<Vec<String>>,
     }
     l.to.iter()
         .map(|cidr| {
-            let (addr, len) = parse_cidr(cidr)
+            let net = parse_cidr(cidr)
                 .ok_or_else(|| BackendError::Failed(format!("{cidr:?} is not a CIDR")))?;
+            let (addr, len) = (net.addr(), net.prefix_len());
             let (proto, m, p) = if addr.is_ipv4() {
                 ("ip", "ip", v4.as_str())
             } else {

@@ -64,39 +64,18 @@ pub fn chain_names(id: &str) -> [String; 2] {
 
 /// A CIDR with its host bits cleared, as nft wants prefixes.
 fn network(cidr: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = parse_cidr(cidr)?;
-    let masked = match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let mask = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            IpAddr::V4((bits & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
-            IpAddr::V6((bits & mask).into())
-        }
-    };
-    Some((masked, len))
+    let net = parse_cidr(cidr)?.trunc();
+    Some((net.addr(), net.prefix_len()))
 }
 
-/// The mask of a `len`-bit prefix of an `n`-byte address.
-fn prefix_mask(len: u8, n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| {
-            let bits = usize::from(len).saturating_sub(i * 8).min(8);
-            // bits is 0..=8: a byte with that many leading ones.
-            (0xff_u16 << (8 - bits)) as u8
-        })
-        .collect()
+/// The mask of a `len`-bit prefix of `addr`'s family, as bytes.
+fn prefix_mask(addr: IpAddr, len: u8) -> Vec<u8> {
+    // `len` came from a parsed CIDR of this family; clamp it all the same.
+    let net = ipnet::IpNet::new(addr, len).unwrap_or_else(|_| ipnet::IpNet::from(addr));
+    match net.netmask() {
+        IpAddr::V4(m) => m.octets().to_vec(),
+        IpAddr::V6(m) => m.octets().to_vec(),
+    }
 }
 
 /// Expressions matching one peer network as the packet's source (ingress)
@@ -132,7 +111,7 @@ pub fn peer_exprs(addr: IpAddr, len: u8, source: bool) -> Vec<Expr> {
         len: bytes.len() as u32,
     });
     if usize::from(len) < full {
-        e.push(Expr::Mask(prefix_mask(len, bytes.len())));
+        e.push(Expr::Mask(prefix_mask(addr, len)));
     }
     e.push(Expr::CmpEq(bytes));
     e
@@ -608,9 +587,14 @@ mod tests {
 
     #[test]
     fn prefix_masks() {
-        assert_eq!(prefix_mask(0, 4), [0, 0, 0, 0]);
-        assert_eq!(prefix_mask(12, 4), [255, 0xf0, 0, 0]);
-        assert_eq!(prefix_mask(32, 4), [255; 4]);
-        assert_eq!(prefix_mask(200, 4), [255; 4]);
+        let v4: IpAddr = [10, 0, 0, 0].into();
+        assert_eq!(prefix_mask(v4, 0), [0, 0, 0, 0]);
+        assert_eq!(prefix_mask(v4, 12), [255, 0xf0, 0, 0]);
+        assert_eq!(prefix_mask(v4, 32), [255; 4]);
+        assert_eq!(prefix_mask(v4, 200), [255; 4]);
+        let v6: IpAddr = "fd00::".parse().expect("v6");
+        let mut m = vec![0xff, 0x80];
+        m.resize(16, 0);
+        assert_eq!(prefix_mask(v6, 9), m);
     }
 }
