@@ -101,7 +101,7 @@ pub struct Agent<B: Backend> {
 
 /// Where the agent publishes its status after every change (kube mode
 /// writes it to the API); it holds None until the first status.
-pub type StatusSink = tokio::sync::watch::Sender<Option<NodeFaultsStatus>>;
+pub(crate) type StatusSink = tokio::sync::watch::Sender<Option<NodeFaultsStatus>>;
 
 impl<B: Backend> Agent<B> {
     /// Loads the journal and, before anything else, removes every journaled
@@ -160,10 +160,6 @@ impl<B: Backend> Agent<B> {
         agent
     }
 
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
     /// Publishes a status to `sink` after every change from now on.
     pub fn report_to(&mut self, sink: StatusSink) {
         self.status = Some(sink);
@@ -171,7 +167,7 @@ impl<B: Backend> Agent<B> {
 
     /// The status of the desired faults as of `now` (None while the desired
     /// state is unknown: the last status stands).
-    pub fn status(&self, now: Timestamp) -> Option<NodeFaultsStatus> {
+    pub(crate) fn status(&self, now: Timestamp) -> Option<NodeFaultsStatus> {
         match &self.desired {
             Desired::Faults(list) => Some(status::build(
                 list,
@@ -201,7 +197,7 @@ impl<B: Backend> Agent<B> {
         }
     }
 
-    pub fn set_desired(&mut self, d: Desired) {
+    pub(crate) fn set_desired(&mut self, d: Desired) {
         if let Desired::Unknown(why) = &d {
             tracing::warn!(
                 "desired state unusable, keeping {} applied fault(s) until their deadlines: {why}",
@@ -216,7 +212,7 @@ impl<B: Backend> Agent<B> {
     }
 
     /// A desired state that came with its object's generation.
-    pub fn set_versioned(&mut self, d: Desired, generation: i64) {
+    pub(crate) fn set_versioned(&mut self, d: Desired, generation: i64) {
         if matches!(d, Desired::Faults(_)) {
             self.generation = Some(generation);
         }
@@ -245,12 +241,12 @@ impl<B: Backend> Agent<B> {
     }
 
     /// When the loop must next run without any event.
-    pub fn next_wakeup(&self) -> Option<Timestamp> {
+    pub(crate) fn next_wakeup(&self) -> Option<Timestamp> {
         self.state.next_wakeup(&self.desired)
     }
 
     /// Removes everything applied; true when nothing is left.
-    pub fn shutdown(&mut self, now: Timestamp) -> bool {
+    pub(crate) fn shutdown(&mut self, now: Timestamp) -> bool {
         self.desired = Desired::Faults(Vec::new());
         // Failed removals are retried a few times, a short while apart.
         for attempt in 0..3 {

@@ -53,11 +53,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::reconcile::Receipt;
 
-pub const FILE_NAME: &str = "journal.log";
+pub(crate) const FILE_NAME: &str = "journal.log";
 /// The file whose `flock` marks the state directory as taken.
-pub const LOCK_FILE_NAME: &str = "agent.lock";
+pub(crate) const LOCK_FILE_NAME: &str = "agent.lock";
 /// The single-document journal written by earlier agents.
-pub const OLD_FILE_NAME: &str = "journal.json";
+pub(crate) const OLD_FILE_NAME: &str = "journal.json";
 const VERSION: u32 = 2;
 const OLD_VERSION: u32 = 1;
 /// Lines of removed records tolerated before [`Journal::tidy`] rewrites.
@@ -174,7 +174,7 @@ struct OldJournal {
 
 /// Which boot of the kernel this is, to tell a journal of an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Boot {
+pub(crate) struct Boot {
     /// `/proc/sys/kernel/random/boot_id`.
     pub id: String,
     /// When it booted, from `/proc/stat`'s `btime`.
@@ -183,7 +183,7 @@ pub struct Boot {
 
 impl Boot {
     /// This machine's current boot.
-    pub fn current() -> Result<Boot, io::Error> {
+    pub(crate) fn current() -> Result<Boot, io::Error> {
         let id = fs::read_to_string("/proc/sys/kernel/random/boot_id")?
             .trim()
             .to_owned();
@@ -235,7 +235,7 @@ impl Journal {
 
     /// Opens the journal as seen from `boot`, and rewrites it compactly
     /// under this boot's id.
-    pub fn open_in_boot(dir: &Path, boot: &Boot) -> Result<Journal, JournalError> {
+    pub(crate) fn open_in_boot(dir: &Path, boot: &Boot) -> Result<Journal, JournalError> {
         fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
             path: dir.to_owned(),
             source,
@@ -274,15 +274,15 @@ impl Journal {
     }
 
     /// How many faults a journal of an earlier boot held (they ended with it).
-    pub fn set_aside(&self) -> usize {
+    pub(crate) fn set_aside(&self) -> usize {
         self.set_aside
     }
 
-    pub fn records(&self) -> impl Iterator<Item = &Record> {
+    pub(crate) fn records(&self) -> impl Iterator<Item = &Record> {
         self.records.values()
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
     }
 
@@ -294,7 +294,7 @@ impl Journal {
     }
 
     /// Forgets a fault.
-    pub fn delete(&mut self, id: &str) -> Result<(), JournalError> {
+    pub(crate) fn delete(&mut self, id: &str) -> Result<(), JournalError> {
         if !self.records.contains_key(id) {
             return Ok(());
         }
@@ -305,7 +305,7 @@ impl Journal {
 
     /// Rewrites the log when it holds more than twice as many lines as live
     /// records plus SLACK_LINES; cheap to call after every batch of changes.
-    pub fn tidy(&mut self) -> Result<(), JournalError> {
+    pub(crate) fn tidy(&mut self) -> Result<(), JournalError> {
         if self.lines <= (2 * self.records.len() + SLACK_LINES).max(self.tidy_after) {
             return Ok(());
         }

@@ -31,17 +31,32 @@
 //! decades and latency changes are rare. Kill faults use `kill(2)` through
 //! rustix.
 
-pub mod agent;
-pub mod backend;
+// Modules are private and what the binary, the tests and the benchmarks
+// use is re-exported here, so the compiler reports what nothing uses.
+mod agent;
+mod backend;
 pub mod cluster;
-pub mod journal;
-pub mod metrics;
-pub mod netns;
-pub mod reconcile;
-pub mod source;
-pub mod spans;
-pub mod status;
-pub mod target;
+mod journal;
+mod metrics;
+mod netns;
+mod reconcile;
+mod source;
+mod spans;
+mod status;
+mod target;
+
+pub use agent::{Agent, Clock, Event, Events, SystemClock, Wait};
+pub use backend::{
+    Backend, BackendError, Call, Kernel, Programs, Recording,
+    nfnl::{EncodeError, NfnlError, Op, Socket},
+    nft::{Partitions, chain_names},
+};
+pub use journal::{Journal, JournalError, Record, RecordState, StateLock};
+pub use metrics::{Metrics, serve as serve_metrics};
+pub use netns::NetnsError;
+pub use reconcile::{Desired, Receipt};
+pub use source::{Doorbell, FileEvents, FileSource, read_desired};
+pub use target::{Resolver, cgroup2_mount};
 
 /// An error with its causes, `outer: inner: …`: messages never repeat
 /// their source, so this is how an error is printed whole.

@@ -5,14 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::mpsc, time::D
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use faultline_agent::{
-    agent::{Agent, Event, Events, SystemClock},
-    backend::{Kernel, Programs},
-    cluster,
-    journal::{Journal, StateLock},
-    metrics::Metrics,
-    reconcile::Desired,
-    source::{Doorbell, FileEvents, FileSource, read_desired},
-    target::Resolver,
+    Agent, Desired, Doorbell, Event, Events, FileEvents, FileSource, Journal, Kernel, Metrics,
+    Programs, Resolver, StateLock, SystemClock, cluster, read_desired,
 };
 use faultline_api::NodeFaults;
 use tokio::{
@@ -236,7 +230,7 @@ fn run() -> anyhow::Result<bool> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
             tracing::info!("metrics on http://{addr}/metrics");
-            tokio::spawn(faultline_agent::metrics::serve(listener, registry));
+            tokio::spawn(faultline_agent::serve_metrics(listener, registry));
         }
         if let Some((node, tx)) = kube {
             // kube's errors already carry their causes in their text.

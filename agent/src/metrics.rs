@@ -14,7 +14,7 @@ use prometheus_client::{
 /// Bucket bounds of the apply-time histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-pub const KINDS: [&str; 3] = ["latency", "kill", "partition"];
+pub(crate) const KINDS: [&str; 3] = ["latency", "kill", "partition"];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
@@ -89,7 +89,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn set_active(&self, counts: BTreeMap<&'static str, u64>) {
+    pub(crate) fn set_active(&self, counts: BTreeMap<&'static str, u64>) {
         for kind in KINDS {
             let n = counts.get(kind).copied().unwrap_or(0);
             self.active
@@ -98,12 +98,12 @@ impl Metrics {
         }
     }
 
-    pub fn applied(&self, kind: &'static str, took: Duration) {
+    pub(crate) fn applied(&self, kind: &'static str, took: Duration) {
         self.applies.get_or_create(&Kind { kind }).inc();
         self.apply_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn removed(&self, kind: &'static str, late: Option<Duration>) {
+    pub(crate) fn removed(&self, kind: &'static str, late: Option<Duration>) {
         self.removals.get_or_create(&Kind { kind }).inc();
         if let Some(l) = late {
             // One writer (the reconcile loop): get then set cannot race.
@@ -114,12 +114,12 @@ impl Metrics {
         }
     }
 
-    pub fn failed(&self, kind: &'static str, op: &'static str) {
+    pub(crate) fn failed(&self, kind: &'static str, op: &'static str) {
         self.failures.get_or_create(&KindOp { kind, op }).inc();
     }
 
     /// The OpenMetrics text of every metric.
-    pub fn render(&self) -> Result<String, std::fmt::Error> {
+    pub(crate) fn render(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
@@ -128,7 +128,7 @@ impl Metrics {
 
 /// The metrics endpoint: `GET /metrics`; any other path is 404 and any other
 /// method 405 (axum's router).
-pub fn router(metrics: Metrics) -> Router {
+pub(crate) fn router(metrics: Metrics) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {

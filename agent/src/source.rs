@@ -71,7 +71,7 @@ fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Parses desired-file bytes, logging every located problem.
-pub fn parse(path: &Path, bytes: &[u8]) -> Desired {
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Desired {
     match parse_one::<NodeFaults>(bytes) {
         Ok(nf) => Desired::Faults(nf.spec.faults),
         Err(diags) => {
@@ -131,7 +131,8 @@ impl FileSource {
     }
 
     /// One poll: the new desired state when the file changed.
-    pub fn poll(&mut self) -> Option<Desired> {
+    #[cfg(test)]
+    pub(crate) fn poll(&mut self) -> Option<Desired> {
         self.check(false)
     }
 

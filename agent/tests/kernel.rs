@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use faultline_agent::backend::nft::chain_names;
+use faultline_agent::chain_names;
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);

@@ -1,10 +1,10 @@
 //! Fault backends: the only code that changes the kernel, behind one small
 //! trait so the agent's loop runs against a recording backend in tests.
 
-pub mod kill;
-pub mod netem;
-pub mod nfnl;
-pub mod nft;
+pub(crate) mod kill;
+pub(crate) mod netem;
+pub(crate) mod nfnl;
+pub(crate) mod nft;
 
 use std::{
     path::PathBuf,

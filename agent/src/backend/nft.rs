@@ -40,15 +40,15 @@ use super::{
 };
 use crate::netns::{self, NsId};
 
-pub const TABLE: &str = "faultline";
+pub(crate) const TABLE: &str = "faultline";
 /// nft's name for the table's family (NFPROTO_INET).
-pub const FAMILY: &str = "inet";
+pub(crate) const FAMILY: &str = "inet";
 /// Before the usual filter priority (0), so an accept elsewhere cannot come first.
-pub const PRIORITY: i32 = -10;
+pub(crate) const PRIORITY: i32 = -10;
 
 /// A stable 64-bit FNV-1a hash: chain names must be the same in every
 /// version of the agent, which `std`'s hasher does not promise.
-pub fn id_hash(id: &str) -> u64 {
+pub(crate) fn id_hash(id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.bytes() {
         h ^= u64::from(b);
@@ -80,7 +80,7 @@ fn prefix_mask(addr: IpAddr, len: u8) -> Vec<u8> {
 
 /// Expressions matching one peer network as the packet's source (ingress)
 /// or destination (egress), including its address family.
-pub fn peer_exprs(addr: IpAddr, len: u8, source: bool) -> Vec<Expr> {
+pub(crate) fn peer_exprs(addr: IpAddr, len: u8, source: bool) -> Vec<Expr> {
     let (nfproto, bytes, offset) = match addr {
         // IPv4 header: saddr at 12, daddr at 16; IPv6: at 8 and 24.
         IpAddr::V4(a) => (
@@ -123,7 +123,7 @@ pub fn peer_exprs(addr: IpAddr, len: u8, source: bool) -> Vec<Expr> {
 /// under the same id is thus replaced in this one transaction, never
 /// removed first: the target is cut by the old rules or the new ones at
 /// every instant.
-pub fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
+pub(crate) fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
     if p.peers.len() > MAX_PEERS || p.ports.len() > MAX_PEERS {
         return Err(BackendError::Failed(format!(
             "a partition holds at most {MAX_PEERS} peers and {MAX_PEERS} ports"
@@ -195,7 +195,7 @@ pub fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
 
 /// What removing a fault deletes, given the chains our table holds now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Removal {
+pub(crate) enum Removal {
     /// Nothing else lives in the table: deleting it removes all at once.
     Table,
     /// These chains of the fault, with the table left to other faults.
@@ -203,7 +203,7 @@ pub enum Removal {
 }
 
 /// None when nothing of the fault is there.
-pub fn removal(id: &str, chains: &[String]) -> Option<Removal> {
+pub(crate) fn removal(id: &str, chains: &[String]) -> Option<Removal> {
     let ours = chain_names(id);
     let present: Vec<String> = chains
         .iter()
@@ -220,7 +220,7 @@ pub fn removal(id: &str, chains: &[String]) -> Option<Removal> {
     Some(Removal::Chains(present))
 }
 
-pub fn removal_batch(r: &Removal) -> Result<Encoded, BackendError> {
+pub(crate) fn removal_batch(r: &Removal) -> Result<Encoded, BackendError> {
     let mut b = Batch::new(NFPROTO_INET);
     match r {
         Removal::Table => b.del_table(TABLE),
@@ -302,7 +302,7 @@ impl Partitions {
     /// once those whose namespace is gone (a socket would keep it alive).
     /// Closing is what costs (see [`close_later`]): a target whose faults
     /// come and go keeps its socket.
-    pub fn prune(&mut self) {
+    pub(crate) fn prune(&mut self) {
         let now = Instant::now();
         let unused: Vec<NsId> = self
             .open
@@ -364,7 +364,7 @@ impl Partitions {
 
     /// The fault is gone from the kernel (removed, or its target is): its
     /// socket idles unless another fault still uses it.
-    pub fn forget(&mut self, id: &str) {
+    pub(crate) fn forget(&mut self, id: &str) {
         for h in self.open.values_mut() {
             if h.faults.remove(id) && h.faults.is_empty() {
                 h.idle_since = Some(Instant::now());
@@ -377,7 +377,7 @@ impl Partitions {
 /// How long a socket no fault uses stays open before it is closed.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a socket of a live namespace stays open without faults.
-pub const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Closes a socket on a thread of its own, a little later: the release
 /// waits out an RCU grace period while holding the namespace's nf_tables

@@ -484,7 +484,7 @@ impl Drop for TestCgroup {
 }
 
 pub fn cgroup2_root() -> PathBuf {
-    faultline_agent::target::cgroup2_mount().expect("a cgroup v2 mount")
+    faultline_agent::cgroup2_mount().expect("a cgroup v2 mount")
 }
 
 /// A cgroup tree laid out as the kubelet lays out pods (one pod per cgroup
