@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use faultline_agent::chain_names;
+use faultline_testkit::KillOnDrop;
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -265,16 +266,6 @@ fn a_changed_partition_is_replaced_in_one_transaction() {
     assert!(!net.reachable(addr), "still cut");
     assert!(agent.sigterm().success());
     assert!(!net.ruleset().contains("faultline"));
-}
-
-/// A child process killed when the test ends, passed or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// How many sockets the process holds.

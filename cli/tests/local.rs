@@ -147,12 +147,8 @@ fn private_topology(dir: &std::path::Path) -> PathBuf {
 /// Parses a JUnit file with the Python `junitparser` package (installed by
 /// scripts/test.sh) and checks its counts.
 fn junitparser_reads(path: &std::path::Path, tests: usize, failures: usize) {
-    let python = match std::env::var("FAULTLINE_PYTHON") {
-        Ok(p) => p,
-        Err(_) if std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some() => {
-            panic!("FAULTLINE_PYTHON is required")
-        }
-        Err(_) => return eprintln!("skipped junitparser: FAULTLINE_PYTHON not set"),
+    let Some(python) = faultline_testkit::peer_var("FAULTLINE_PYTHON") else {
+        return;
     };
     let script = "import sys\nfrom junitparser import JUnitXml, Failure\nxml = JUnitXml.fromfile(sys.argv[1])\ncases = [c for s in xml for c in s]\nfailed = [c for c in cases if any(isinstance(r, Failure) for r in c.result)]\nprint(len(cases), len(failed))\n";
     let out = Command::new(python)

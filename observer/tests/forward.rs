@@ -11,23 +11,12 @@ use faultline_observer::{
     Addresses, Limits, Observer,
     forward::{ForwardConfig, ForwardProtocol},
 };
+use faultline_testkit::otlp::{self, attr as kv};
 use mock_collector::{MockServer, Protocol};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind},
+    trace::v1::{Span, span::SpanKind},
 };
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 /// One export of `n` spans in one trace: a root and children pointing at it.
 fn export(service: &str, trace: u8, n: usize) -> ExportTraceServiceRequest {
@@ -59,22 +48,13 @@ fn export(service: &str, trace: u8, n: usize) -> ExportTraceServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", service),
-                    kv("deployment.environment", "test"),
-                ],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    otlp::export(
+        vec![
+            kv("service.name", service),
+            kv("deployment.environment", "test"),
+        ],
+        spans,
+    )
 }
 
 async fn observer_forwarding(config: ForwardConfig) -> faultline_observer::Running {

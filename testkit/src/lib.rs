@@ -1,6 +1,7 @@
 //! Test support for Faultline's crates; a dev-dependency only.
 
 pub mod kube;
+pub mod otlp;
 
 /// A loopback TCP port that was free a moment ago (bound, then released).
 /// Panics rather than returning 0: a test that listens on "any port" by
@@ -33,4 +34,45 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16,
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned());
     Ok((status, body))
+}
+
+/// True when scripts/test.sh asked that no test skip for want of a peer
+/// (a tool, root, a kernel feature): `FAULTLINE_REQUIRE_PEERS` is set.
+pub fn peers_required() -> bool {
+    std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some()
+}
+
+/// A peer the test needs is missing: fails the test when peers are
+/// required, else logs the skip so the caller can return.
+#[track_caller]
+pub fn skip_without_peer(what: &str) {
+    assert!(
+        !peers_required(),
+        "{what} (FAULTLINE_REQUIRE_PEERS is set; scripts/test.sh provides it)"
+    );
+    tracing::warn!("skipped: {what}; ./scripts/test.sh provides it");
+}
+
+/// The value of `var`, which names a peer (a program's path): None when it
+/// is unset and peers are not required (the test skips).
+#[track_caller]
+pub fn peer_var(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            skip_without_peer(&format!("{var} is not set"));
+            None
+        }
+    }
+}
+
+/// A child process killed and reaped when dropped, whether the test passed.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
