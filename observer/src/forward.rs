@@ -246,7 +246,7 @@ async fn send_loop(
             }
         }
         // The observer's own span for each batch (exported only when the
-        // OTEL_* variables say where; DESIGN.md telemetry conventions).
+        // OTEL_* variables say where; docs/architecture.md, Telemetry).
         let tracer = global::tracer("faultline-observer");
         let mut span = tracer
             .span_builder("forward")

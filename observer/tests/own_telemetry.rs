@@ -1,4 +1,4 @@
-//! The observer's own telemetry follows DESIGN.md: exported over OTLP as
+//! The observer's own telemetry follows docs/architecture.md: exported over OTLP as
 //! service `faultline-observer` when OTEL_* say where, silent otherwise.
 
 use std::{
