@@ -99,14 +99,14 @@ type Queued = (ExportTraceServiceRequest, usize, usize);
 
 /// The sending side, held by ingest.
 #[derive(Debug, Clone)]
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     tx: mpsc::UnboundedSender<Queued>,
     limit: usize,
     limit_bytes: usize,
     pub stats: Arc<ForwardStats>,
 }
 
-pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
+pub(crate) fn span_count(req: &ExportTraceServiceRequest) -> usize {
     req.resource_spans
         .iter()
         .flat_map(|r| &r.scope_spans)
@@ -116,7 +116,7 @@ pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
 
 impl Forwarder {
     /// Starts the sending task.
-    pub fn start(config: ForwardConfig) -> Forwarder {
+    pub(crate) fn start(config: ForwardConfig) -> Forwarder {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ForwardStats::default());
         tokio::spawn(send_loop(config.clone(), rx, stats.clone()));
@@ -129,7 +129,7 @@ impl Forwarder {
     }
 
     /// Queues an export without waiting; drops it when the queue is full.
-    pub fn offer(&self, req: &ExportTraceServiceRequest) {
+    pub(crate) fn offer(&self, req: &ExportTraceServiceRequest) {
         let n = span_count(req);
         if n == 0 {
             return; // nothing to pass on

@@ -6,11 +6,16 @@
 //! The store is pure and fed with the time; this crate adds the clock and the
 //! sockets. See `docs/observer.md` for the API.
 
-pub mod forward;
-pub mod otlp;
-pub mod server;
-pub mod sketch;
-pub mod store;
+// Modules are private and what the binary, the tests and other crates use
+// is re-exported here, so the compiler reports what nothing uses.
+mod forward;
+mod otlp;
+mod server;
+mod sketch;
+mod store;
+
+pub use forward::{ForwardConfig, ForwardProtocol, ForwardStats};
+pub use server::{MAX_BODY_BYTES, parse_window};
 
 use std::{
     collections::HashMap,
@@ -24,7 +29,9 @@ use std::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::{net::TcpListener, task::JoinSet};
 
-pub use store::{BreakerFigures, BreakerState, EdgeFigures, Limits, Red, ServiceFigures};
+pub use store::{
+    BreakerFigures, BreakerState, EdgeFigures, Latencies, Limits, Red, ServiceFigures,
+};
 use store::{Store, StoreStats};
 
 /// Spans one export may carry: bounds the time the store is locked and the

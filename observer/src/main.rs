@@ -3,10 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use faultline_observer::{
-    Addresses, Limits,
-    forward::{ForwardConfig, ForwardProtocol},
-};
+use faultline_observer::{Addresses, ForwardConfig, ForwardProtocol, Limits};
 
 /// Receives OTLP traces and serves live RED figures and breaker states.
 #[derive(Debug, Parser)]

@@ -60,7 +60,7 @@ impl TraceService for Grpc {
 
 /// The gRPC OTLP endpoint; logs and metrics are not served, so their calls
 /// get UNIMPLEMENTED from tonic's router.
-pub fn grpc_service(observer: Observer) -> tonic::service::Routes {
+pub(crate) fn grpc_service(observer: Observer) -> tonic::service::Routes {
     let traces = TraceServiceServer::new(Grpc(observer))
         .max_decoding_message_size(MAX_BODY_BYTES)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -68,7 +68,7 @@ pub fn grpc_service(observer: Observer) -> tonic::service::Routes {
 }
 
 /// OTLP over HTTP: `POST /v1/traces`, protobuf or JSON, optionally gzipped.
-pub fn http_router(observer: Observer) -> Router {
+pub(crate) fn http_router(observer: Observer) -> Router {
     Router::new()
         .route("/v1/traces", post(http_traces))
         .route("/v1/logs", post(unimplemented))
@@ -200,7 +200,7 @@ pub fn parse_window(w: Option<&str>) -> Result<u64, String> {
 
 /// The live API: `/api/v1/services`, `/api/v1/services/{name}`,
 /// `/api/v1/stream` (server-sent events) and `/metrics`.
-pub fn api_router(observer: Observer) -> Router {
+pub(crate) fn api_router(observer: Observer) -> Router {
     Router::new()
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{name}", get(service))

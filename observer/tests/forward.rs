@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use faultline_observer::{
-    Addresses, Limits, Observer,
-    forward::{ForwardConfig, ForwardProtocol},
-};
+use faultline_observer::{Addresses, ForwardConfig, ForwardProtocol, Limits, Observer};
 use faultline_testkit::otlp::{self, attr as kv};
 use mock_collector::{MockServer, Protocol};
 use opentelemetry_proto::tonic::{

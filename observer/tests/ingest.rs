@@ -334,7 +334,7 @@ async fn json_gzip_and_malformed_payloads() {
         let mut s = tokio::net::TcpStream::connect(obs.addresses.otlp_http)
             .await
             .expect("connect");
-        let len = faultline_observer::server::MAX_BODY_BYTES + 1;
+        let len = faultline_observer::MAX_BODY_BYTES + 1;
         let head = format!(
             "POST /v1/traces HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/x-protobuf\r\ncontent-length: {len}\r\n\r\n"
         );
