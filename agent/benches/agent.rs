@@ -146,8 +146,7 @@ fn idle_cpu_percent(pid: u32, over: Duration) -> f64 {
 
 fn journal_len(agent: &AgentProc) -> usize {
     // An unreadable journal matches no count a settle waits for.
-    faultline_agent::journal::Journal::peek(&agent.dir.path().join("state"))
-        .map_or(usize::MAX, |r| r.len())
+    faultline_agent::Journal::peek(&agent.dir.path().join("state")).map_or(usize::MAX, |r| r.len())
 }
 
 /// `/proc/stat`'s aggregate cpu line: (steal, total) in ticks.
@@ -172,7 +171,7 @@ fn steal_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<
 fn scrape(addr: SocketAddr) -> Option<(f64, f64)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
@@ -458,11 +457,7 @@ fn summary(name: &str, mut d: Vec<Duration>) {
 /// The agent's steps timed one by one in this process, against the same
 /// target namespace and a journal in a temporary directory.
 fn breakdown(net: &NetPair) {
-    use faultline_agent::{
-        backend::{nfnl::Socket, nft::Partitions},
-        journal::{Journal, Record, RecordState},
-        reconcile::Receipt,
-    };
+    use faultline_agent::{Journal, Partitions, Receipt, Record, RecordState, Socket};
     const ROUNDS: usize = 100;
     let (_, far) = in_ms(3_600_000);
     let fault: faultline_api::NodeFault = serde_json::from_value(serde_json::json!({

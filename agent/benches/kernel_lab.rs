@@ -65,7 +65,8 @@ fn main() {
                 written.insert((format!("b{i}"), op), t);
             }
         } else if let Some(rest) = line.strip_prefix("FLTLAB agentlog ") {
-            let Some((time, msg)) = rest.split_once(" faultline-agent: ") else {
+            // tracing's lines: `TIME LEVEL target: ID: MESSAGE fields`.
+            let Some((time, msg)) = rest.split_once(' ') else {
                 continue;
             };
             let Ok(t) = time.parse::<Timestamp>() else {
@@ -75,7 +76,8 @@ fn main() {
                 ("apply", ": applied latency"),
                 ("remove", ": removed latency"),
             ] {
-                if let Some((id, _)) = msg.split_once(word) {
+                if let Some((before, _)) = msg.split_once(word) {
+                    let id = before.rsplit(' ').next().unwrap_or(before);
                     done.insert((id.to_owned(), op.to_owned()), t);
                 }
             }

@@ -23,10 +23,9 @@ use jiff::Timestamp;
 use crate::{
     backend::{Backend, BackendError},
     journal::{Journal, Record, RecordState},
-    log,
     metrics::Metrics,
     reconcile::{Action, Desired, Receipt, State, deadline, expired},
-    spans,
+    report, spans,
     status::{self, Outcomes},
 };
 
@@ -102,7 +101,7 @@ pub struct Agent<B: Backend> {
 
 /// Where the agent publishes its status after every change (kube mode
 /// writes it to the API); it holds None until the first status.
-pub type StatusSink = tokio::sync::watch::Sender<Option<NodeFaultsStatus>>;
+pub(crate) type StatusSink = tokio::sync::watch::Sender<Option<NodeFaultsStatus>>;
 
 impl<B: Backend> Agent<B> {
     /// Loads the journal and, before anything else, removes every journaled
@@ -116,10 +115,10 @@ impl<B: Backend> Agent<B> {
         now: Timestamp,
     ) -> Self {
         if journal.set_aside() > 0 {
-            log(format_args!(
+            tracing::warn!(
                 "the journal is from an earlier boot: its {} fault(s) ended with that boot",
                 journal.set_aside()
-            ));
+            );
         }
         let state = State::from_journal(journal.records().map(|r| {
             (
@@ -140,9 +139,9 @@ impl<B: Backend> Agent<B> {
             status: None,
         };
         if let Desired::Unknown(why) = &agent.desired {
-            log(format_args!(
+            tracing::warn!(
                 "desired state unusable at start, keeping journaled faults until their deadlines: {why}"
-            ));
+            );
         }
         let found = agent.state.applied().count();
         let removals: Vec<Action> = agent
@@ -155,14 +154,10 @@ impl<B: Backend> Agent<B> {
         for a in removals {
             agent.execute(a, now);
         }
-        log(format_args!(
+        tracing::info!(
             "started: {found} fault(s) in the journal, {n} stale removed before anything else"
-        ));
+        );
         agent
-    }
-
-    pub fn state(&self) -> &State {
-        &self.state
     }
 
     /// Publishes a status to `sink` after every change from now on.
@@ -172,7 +167,7 @@ impl<B: Backend> Agent<B> {
 
     /// The status of the desired faults as of `now` (None while the desired
     /// state is unknown: the last status stands).
-    pub fn status(&self, now: Timestamp) -> Option<NodeFaultsStatus> {
+    pub(crate) fn status(&self, now: Timestamp) -> Option<NodeFaultsStatus> {
         match &self.desired {
             Desired::Faults(list) => Some(status::build(
                 list,
@@ -202,12 +197,12 @@ impl<B: Backend> Agent<B> {
         }
     }
 
-    pub fn set_desired(&mut self, d: Desired) {
+    pub(crate) fn set_desired(&mut self, d: Desired) {
         if let Desired::Unknown(why) = &d {
-            log(format_args!(
+            tracing::warn!(
                 "desired state unusable, keeping {} applied fault(s) until their deadlines: {why}",
                 self.state.applied().count()
-            ));
+            );
         }
         self.state.prune_failures(&d);
         if let Desired::Faults(list) = &d {
@@ -217,7 +212,7 @@ impl<B: Backend> Agent<B> {
     }
 
     /// A desired state that came with its object's generation.
-    pub fn set_versioned(&mut self, d: Desired, generation: i64) {
+    pub(crate) fn set_versioned(&mut self, d: Desired, generation: i64) {
         if matches!(d, Desired::Faults(_)) {
             self.generation = Some(generation);
         }
@@ -238,19 +233,20 @@ impl<B: Backend> Agent<B> {
         self.backend.tidy();
         // After the kernel changes, so a rewrite never delays one.
         if let Err(e) = self.journal.tidy() {
-            log(format_args!(
-                "cannot compact the journal (appending still works): {e}"
-            ));
+            tracing::warn!(
+                "cannot compact the journal (appending still works): {}",
+                report(&e)
+            );
         }
     }
 
     /// When the loop must next run without any event.
-    pub fn next_wakeup(&self) -> Option<Timestamp> {
+    pub(crate) fn next_wakeup(&self) -> Option<Timestamp> {
         self.state.next_wakeup(&self.desired)
     }
 
     /// Removes everything applied; true when nothing is left.
-    pub fn shutdown(&mut self, now: Timestamp) -> bool {
+    pub(crate) fn shutdown(&mut self, now: Timestamp) -> bool {
         self.desired = Desired::Faults(Vec::new());
         // Failed removals are retried a few times, a short while apart.
         for attempt in 0..3 {
@@ -273,10 +269,10 @@ impl<B: Backend> Agent<B> {
             }
         }
         let left: Vec<&str> = self.state.applied().map(|a| a.fault.id.as_str()).collect();
-        log(format_args!(
+        tracing::error!(
             "could not remove {} (kept in the journal for the next start)",
             left.join(", ")
-        ));
+        );
         false
     }
 
@@ -322,10 +318,10 @@ impl<B: Backend> Agent<B> {
                     Ok(true) => {
                         spans::record("inject", &fault, Ok(()));
                         if matches!(fault.action, FaultAction::Latency(_)) {
-                            log(format_args!(
+                            tracing::info!(fault = %fault.id,
                                 "{}: latency extended to interfaces created since",
                                 fault.id
-                            ));
+                            );
                         }
                     }
                     // A refresh that found everything in place.
@@ -333,7 +329,7 @@ impl<B: Backend> Agent<B> {
                     Err(e) => {
                         spans::record("inject", &fault, Err(&e.to_string()));
                         self.metrics.failed(fault.action.kind(), "repeat");
-                        log(format_args!("{}: repeat failed: {e}", fault.id));
+                        tracing::warn!(fault = %fault.id, kind = fault.action.kind(), "{}: repeat failed: {e}", fault.id);
                     }
                 }
                 self.state.repeated(&fault.id, now);
@@ -350,7 +346,11 @@ impl<B: Backend> Agent<B> {
                     receipt,
                 }) {
                     Ok(()) => self.state.updated(&fault),
-                    Err(e) => log(format_args!("{}: keeping the old deadline: {e}", fault.id)),
+                    Err(e) => tracing::warn!(fault = %fault.id,
+                        "{}: keeping the old deadline: {}",
+                        fault.id,
+                        report(&e)
+                    ),
                 }
             }
         }
@@ -386,7 +386,7 @@ impl<B: Backend> Agent<B> {
             receipt: receipt.clone(),
         }) {
             // Nothing is applied that the journal does not know of.
-            return self.apply_refused(fault, now, &e.to_string());
+            return self.apply_refused(fault, now, &report(&e));
         }
         self.state.applying(fault, receipt.clone());
         match self.backend.apply(fault, &receipt) {
@@ -397,21 +397,22 @@ impl<B: Backend> Agent<B> {
                     receipt,
                 }) {
                     // The record still says "applying", which a restart also undoes.
-                    log(format_args!(
-                        "{}: applied, but the journal still says applying: {e}",
-                        fault.id
-                    ));
+                    tracing::warn!(fault = %fault.id,
+                        "{}: applied, but the journal still says applying: {}",
+                        fault.id,
+                        report(&e)
+                    );
                 }
                 self.state.apply_succeeded(fault, now);
                 self.outcomes.record(fault, FaultState::Applied, None, now);
                 self.metrics.applied(kind, started.elapsed());
                 spans::record("inject", fault, Ok(()));
-                log(format_args!(
+                tracing::info!(fault = %fault.id, kind,
                     "{}: applied {kind} on {} until {}",
                     fault.id,
                     spans::target_name(&fault.target),
                     deadline(fault)
-                ));
+                );
             }
             Err(e) => {
                 let why = e.to_string();
@@ -419,15 +420,15 @@ impl<B: Backend> Agent<B> {
                 match self.backend.remove(fault, &receipt) {
                     Ok(()) | Err(BackendError::Gone(_)) => {
                         if let Err(je) = self.journal.delete(&fault.id) {
-                            log(format_args!("{}: {je}", fault.id));
+                            tracing::warn!(fault = %fault.id, "{}: {}", fault.id, report(&je));
                         }
                         self.state.apply_failed(fault, now);
                     }
                     Err(undo) => {
-                        log(format_args!(
+                        tracing::error!(fault = %fault.id, kind,
                             "{}: undoing the failed apply failed too: {undo}",
                             fault.id
-                        ));
+                        );
                         self.state.apply_failed_dirty(fault, now);
                     }
                 }
@@ -435,10 +436,10 @@ impl<B: Backend> Agent<B> {
                 self.outcomes
                     .record(fault, FaultState::Failed, Some(why.clone()), now);
                 spans::record("inject", fault, Err(&why));
-                log(format_args!(
+                tracing::warn!(fault = %fault.id, kind,
                     "{}: cannot apply {kind}: {why} (retrying in 1s)",
                     fault.id
-                ));
+                );
             }
         }
     }
@@ -449,7 +450,7 @@ impl<B: Backend> Agent<B> {
         self.outcomes
             .record(fault, FaultState::Failed, Some(why.to_owned()), now);
         spans::record("inject", fault, Err(why));
-        log(format_args!("{}: not applied: {why}", fault.id));
+        tracing::warn!(fault = %fault.id, "{}: not applied: {why}", fault.id);
     }
 
     fn remove(&mut self, fault: &NodeFault, receipt: &Receipt, now: Timestamp) {
@@ -458,7 +459,7 @@ impl<B: Backend> Agent<B> {
             Ok(()) | Err(BackendError::Gone(_)) => {
                 if let Err(e) = self.journal.delete(&fault.id) {
                     // The kernel is clean; a restart would only remove it again.
-                    log(format_args!("{}: removed, but {e}", fault.id));
+                    tracing::warn!(fault = %fault.id, "{}: removed, but {}", fault.id, report(&e));
                 }
                 self.state.removed(&fault.id);
                 let late =
@@ -473,12 +474,12 @@ impl<B: Backend> Agent<B> {
                 self.metrics.removed(kind, late);
                 spans::record("recover", fault, Ok(()));
                 match late {
-                    Some(l) => log(format_args!(
+                    Some(l) => tracing::info!(fault = %fault.id, kind,
                         "{}: removed {kind} at its deadline (+{} ms)",
                         fault.id,
                         l.as_millis()
-                    )),
-                    None => log(format_args!("{}: removed {kind}", fault.id)),
+                    ),
+                    None => tracing::info!(fault = %fault.id, kind, "{}: removed {kind}", fault.id),
                 }
             }
             Err(e) => {
@@ -492,10 +493,10 @@ impl<B: Backend> Agent<B> {
                     now,
                 );
                 spans::record("recover", fault, Err(&why));
-                log(format_args!(
+                tracing::warn!(fault = %fault.id, kind,
                     "{}: cannot remove {kind}: {why} (retrying in 1s)",
                     fault.id
-                ));
+                );
             }
         }
     }

@@ -26,7 +26,7 @@ use kube::{
 use std::sync::mpsc::Sender;
 use tokio::sync::watch;
 
-use crate::{agent::Event, log, reconcile::Desired};
+use crate::{agent::Event, reconcile::Desired};
 
 /// The field manager of every status the agent writes.
 pub const FIELD_MANAGER: &str = "faultline-agent";
@@ -113,7 +113,7 @@ pub fn desired_of(o: &NodeFaults) -> Event {
         Ok(()) => Desired::Faults(o.spec.faults.clone()),
         Err(problems) => {
             for p in &problems {
-                log(format_args!("NodeFaults {name}: {p}"));
+                tracing::warn!("NodeFaults {name}: {p}");
             }
             Desired::Unknown(format!(
                 "NodeFaults {name} has {} problem(s)",
@@ -167,10 +167,10 @@ pub async fn write_status(
             Ok(_) => retry = STATUS_RETRY_FIRST,
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => {
-                log(format_args!(
+                tracing::warn!(
                     "cannot write the status of NodeFaults {node} (retrying in {}s): {e}",
                     retry.as_secs()
-                ));
+                );
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(STATUS_RETRY_MAX);
                 statuses.mark_changed();

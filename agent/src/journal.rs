@@ -36,7 +36,9 @@
 //! upgraded while faults are active still removes them.
 //!
 //! One agent per state directory: a second one would rewrite the log
-//! under the first.
+//! under the first, so [`StateLock`] holds an exclusive `flock` on
+//! `agent.lock` there for the agent's whole life, and a second agent waits
+//! for it (the kernel drops the lock when the holder exits, however it ends).
 
 use std::{
     collections::BTreeMap,
@@ -51,9 +53,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::reconcile::Receipt;
 
-pub const FILE_NAME: &str = "journal.log";
+pub(crate) const FILE_NAME: &str = "journal.log";
+/// The file whose `flock` marks the state directory as taken.
+pub(crate) const LOCK_FILE_NAME: &str = "agent.lock";
 /// The single-document journal written by earlier agents.
-pub const OLD_FILE_NAME: &str = "journal.json";
+pub(crate) const OLD_FILE_NAME: &str = "journal.json";
 const VERSION: u32 = 2;
 const OLD_VERSION: u32 = 1;
 /// Lines of removed records tolerated before [`Journal::tidy`] rewrites.
@@ -61,16 +65,66 @@ const SLACK_LINES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot use state directory {path}: {source}")]
+    #[error("cannot use state directory {path}")]
     Dir { path: PathBuf, source: io::Error },
-    #[error("cannot read journal {path}: {source}")]
+    #[error("cannot read journal {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error(
         "journal {path} is not readable ({message}); refusing to start, since the faults it records could not be removed"
     )]
     Corrupt { path: PathBuf, message: String },
-    #[error("cannot write journal {path}: {source}")]
+    #[error("cannot write journal {path}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot lock the state directory with {path}")]
+    Lock { path: PathBuf, source: io::Error },
+}
+
+/// An exclusive claim on a state directory, held until dropped (or until the
+/// process ends: the lock goes with the last descriptor of the open file).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    /// Takes the directory's lock (creating the directory if needed),
+    /// waiting as long as another agent holds it; `on_wait` runs once,
+    /// before the wait, so the wait is never silent.
+    pub fn acquire(dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock, JournalError> {
+        use rustix::fs::{FlockOperation, flock};
+        fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(LOCK_FILE_NAME);
+        let lock_err = |source: io::Error| JournalError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_err)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                on_wait(&path);
+                // flock restarts after signals with SA_RESTART; EINTR only
+                // comes from a handler without it, so retrying is right.
+                loop {
+                    match flock(&file, FlockOperation::LockExclusive) {
+                        Ok(()) => break,
+                        Err(e) if e == rustix::io::Errno::INTR => continue,
+                        Err(e) => return Err(lock_err(e.into())),
+                    }
+                }
+            }
+            Err(e) => return Err(lock_err(e.into())),
+        }
+        Ok(StateLock { _file: file })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +174,7 @@ struct OldJournal {
 
 /// Which boot of the kernel this is, to tell a journal of an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Boot {
+pub(crate) struct Boot {
     /// `/proc/sys/kernel/random/boot_id`.
     pub id: String,
     /// When it booted, from `/proc/stat`'s `btime`.
@@ -129,7 +183,7 @@ pub struct Boot {
 
 impl Boot {
     /// This machine's current boot.
-    pub fn current() -> Result<Boot, io::Error> {
+    pub(crate) fn current() -> Result<Boot, io::Error> {
         let id = fs::read_to_string("/proc/sys/kernel/random/boot_id")?
             .trim()
             .to_owned();
@@ -181,7 +235,7 @@ impl Journal {
 
     /// Opens the journal as seen from `boot`, and rewrites it compactly
     /// under this boot's id.
-    pub fn open_in_boot(dir: &Path, boot: &Boot) -> Result<Journal, JournalError> {
+    pub(crate) fn open_in_boot(dir: &Path, boot: &Boot) -> Result<Journal, JournalError> {
         fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
             path: dir.to_owned(),
             source,
@@ -220,15 +274,15 @@ impl Journal {
     }
 
     /// How many faults a journal of an earlier boot held (they ended with it).
-    pub fn set_aside(&self) -> usize {
+    pub(crate) fn set_aside(&self) -> usize {
         self.set_aside
     }
 
-    pub fn records(&self) -> impl Iterator<Item = &Record> {
+    pub(crate) fn records(&self) -> impl Iterator<Item = &Record> {
         self.records.values()
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
     }
 
@@ -240,7 +294,7 @@ impl Journal {
     }
 
     /// Forgets a fault.
-    pub fn delete(&mut self, id: &str) -> Result<(), JournalError> {
+    pub(crate) fn delete(&mut self, id: &str) -> Result<(), JournalError> {
         if !self.records.contains_key(id) {
             return Ok(());
         }
@@ -251,7 +305,7 @@ impl Journal {
 
     /// Rewrites the log when it holds more than twice as many lines as live
     /// records plus SLACK_LINES; cheap to call after every batch of changes.
-    pub fn tidy(&mut self) -> Result<(), JournalError> {
+    pub(crate) fn tidy(&mut self) -> Result<(), JournalError> {
         if self.lines <= (2 * self.records.len() + SLACK_LINES).max(self.tidy_after) {
             return Ok(());
         }
@@ -476,6 +530,51 @@ fn modified_before(path: &Path, t: SystemTime) -> bool {
 mod tests {
     use super::*;
     use crate::reconcile::tests::partition;
+
+    #[test]
+    fn errors_print_their_cause_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").expect("write");
+        // A state directory under a regular file cannot be created.
+        let e = Journal::open(&file.join("state")).expect_err("not a directory");
+        let whole = crate::report(&e);
+        assert!(whole.starts_with("cannot use state directory"), "{whole}");
+        assert_eq!(whole.matches("Not a directory").count(), 1, "{whole}");
+        assert!(!e.to_string().contains("Not a directory"), "{e}");
+        // anyhow, as main prints it, gives the same single chain.
+        assert_eq!(format!("{:#}", anyhow::Error::new(e)), whole);
+    }
+
+    #[test]
+    fn a_second_lock_waits_for_the_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let mut waited = false;
+        let first = StateLock::acquire(&state, |_| waited = true).expect("first");
+        assert!(!waited, "a free directory is taken at once");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let lock = StateLock::acquire(&state, |p| {
+                    let _ = tx.send(p.to_owned());
+                });
+                (lock, std::time::Instant::now())
+            })
+        };
+        let told = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second one says it waits");
+        assert_eq!(told, state.join(LOCK_FILE_NAME));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!second.is_finished(), "it must wait while the first holds");
+        let released = std::time::Instant::now();
+        drop(first);
+        let (lock, got) = second.join().expect("thread");
+        lock.expect("the second takes it once the first is gone");
+        assert!(got >= released);
+    }
 
     #[test]
     fn survives_reopen_and_deletes() {

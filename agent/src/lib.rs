@@ -31,25 +31,42 @@
 //! decades and latency changes are rare. Kill faults use `kill(2)` through
 //! rustix.
 
-pub mod agent;
-pub mod backend;
+// Modules are private and what the binary, the tests and the benchmarks
+// use is re-exported here, so the compiler reports what nothing uses.
+mod agent;
+mod backend;
 pub mod cluster;
-pub mod journal;
-pub mod metrics;
-pub mod netns;
-pub mod reconcile;
-pub mod source;
-pub mod spans;
-pub mod status;
-pub mod target;
+mod journal;
+mod metrics;
+mod netns;
+mod reconcile;
+mod source;
+mod spans;
+mod status;
+mod target;
 
-/// Logs one line to stderr, with the time, for people and log collectors.
-/// The line is formatted first and written with one call: stderr is
-/// unbuffered, and `eprintln!` wrote each piece with its own syscall (ten
-/// per line on the apply path), which also let lines from two threads
-/// interleave.
-pub fn log(msg: impl std::fmt::Display) {
-    use std::io::Write as _;
-    let line = format!("{} faultline-agent: {msg}\n", jiff::Timestamp::now());
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+pub use agent::{Agent, Clock, Event, Events, SystemClock, Wait};
+pub use backend::{
+    Backend, BackendError, Call, Kernel, Programs, Recording,
+    nfnl::{EncodeError, NfnlError, Op, Socket},
+    nft::{Partitions, chain_names},
+};
+pub use journal::{Journal, JournalError, Record, RecordState, StateLock};
+pub use metrics::{Metrics, serve as serve_metrics};
+pub use netns::NetnsError;
+pub use reconcile::{Desired, Receipt};
+pub use source::{Doorbell, FileEvents, FileSource, read_desired};
+pub use target::{Resolver, cgroup2_mount};
+
+/// An error with its causes, `outer: inner: …`: messages never repeat
+/// their source, so this is how an error is printed whole.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -5,19 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::mpsc, time::D
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use faultline_agent::{
-    agent::{Agent, Event, Events, SystemClock},
-    backend::{Kernel, Programs},
-    cluster,
-    journal::Journal,
-    log,
-    metrics::Metrics,
-    reconcile::Desired,
-    source::{Doorbell, FileEvents, FileSource, read_desired},
-    target::Resolver,
+    Agent, Desired, Doorbell, Event, Events, FileEvents, FileSource, Journal, Kernel, Metrics,
+    Programs, Resolver, StateLock, SystemClock, cluster, read_desired,
 };
 use faultline_api::NodeFaults;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
     signal::unix::{SignalKind, signal},
 };
@@ -91,11 +83,21 @@ fn node_name(s: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    // RUST_LOG picks the levels (info by default); one line per event on
+    // stderr, colored only for a terminal so log collectors get plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            log(format_args!("{e:#}"));
+            tracing::error!("{e:#}");
             ExitCode::from(2)
         }
     }
@@ -178,6 +180,13 @@ fn run() -> anyhow::Result<bool> {
         },
         ..Kernel::default()
     };
+    // Held until the process ends, after the last fault is removed.
+    let _state_lock = StateLock::acquire(&common.state_dir, |path| {
+        tracing::warn!(
+            "another agent holds {}; waiting for it to exit",
+            path.display()
+        );
+    })?;
     let journal = Journal::open(&common.state_dir)?;
     let registry = Metrics::default();
     // The stale sweep runs here, before any source, signal handler or listener starts.
@@ -220,8 +229,8 @@ fn run() -> anyhow::Result<bool> {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-            log(format_args!("metrics on http://{addr}/metrics"));
-            tokio::spawn(serve_metrics(listener, registry));
+            tracing::info!("metrics on http://{addr}/metrics");
+            tokio::spawn(faultline_agent::serve_metrics(listener, registry));
         }
         if let Some((node, tx)) = kube {
             // kube's errors already carry their causes in their text.
@@ -229,14 +238,14 @@ fn run() -> anyhow::Result<bool> {
                 anyhow::anyhow!("cannot set up a Kubernetes client (in-cluster or kubeconfig): {e}")
             })?;
             let api: kube::Api<NodeFaults> = kube::Api::all(client);
-            log(format_args!("following NodeFaults {node}"));
+            tracing::info!("following NodeFaults {node}");
             tokio::spawn(cluster::follow(api.clone(), node.clone(), tx));
             tokio::spawn(cluster::write_status(api, node, status_rx));
         }
         tokio::select! {
-            _ = term.recv() => log("SIGTERM: removing every fault"),
-            _ = int.recv() => log("SIGINT: removing every fault"),
-            _ = hup.recv() => log("SIGHUP: removing every fault"),
+            _ = term.recv() => tracing::info!("SIGTERM: removing every fault"),
+            _ = int.recv() => tracing::info!("SIGINT: removing every fault"),
+            _ = hup.recv() => tracing::info!("SIGHUP: removing every fault"),
         }
         anyhow::Ok(())
     });
@@ -254,29 +263,7 @@ fn run() -> anyhow::Result<bool> {
     drop(rt);
     served?;
     if clean {
-        log("every fault removed; exiting");
+        tracing::info!("every fault removed; exiting");
     }
     Ok(clean)
-}
-
-/// A minimal HTTP/1.1 responder: every request gets the metrics text.
-async fn serve_metrics(listener: TcpListener, metrics: Metrics) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            // The request line is all we need; a slow client gets a short wait.
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await;
-            let body = metrics.render();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-        });
-    }
 }

@@ -1,147 +1,161 @@
-//! Prometheus metrics, in the text exposition format: active faults by kind,
-//! applies, removals, failures and apply time.
+//! Prometheus metrics (prometheus-client, OpenMetrics text): active faults
+//! by kind, applies, removals, failures and apply time, served over HTTP by
+//! [`serve`].
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    sync::{Arc, Mutex},
-    time::Duration,
+use std::{collections::BTreeMap, sync::Arc, sync::atomic::AtomicU64, time::Duration};
+
+use axum::{Router, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
 };
 
 /// Bucket bounds of the apply-time histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-#[derive(Debug, Default)]
-struct Inner {
-    active: BTreeMap<&'static str, u64>,
-    applies: BTreeMap<&'static str, u64>,
-    removals: BTreeMap<&'static str, u64>,
-    failures: BTreeMap<(&'static str, &'static str), u64>,
-    apply_buckets: [u64; BUCKETS.len()],
-    apply_count: u64,
-    apply_sum: f64,
-    /// How late removals were after their deadline (seconds), the maximum seen.
-    removal_lateness_max: f64,
+pub(crate) const KINDS: [&str; 3] = ["latency", "kill", "partition"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
 }
 
-/// Shared between the reconcile loop and the HTTP endpoint.
-#[derive(Debug, Clone, Default)]
-pub struct Metrics(Arc<Mutex<Inner>>);
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindOp {
+    kind: &'static str,
+    op: &'static str,
+}
 
-pub const KINDS: [&str; 3] = ["latency", "kill", "partition"];
+/// Shared between the reconcile loop and the HTTP endpoint; clones share
+/// the same metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    active: Family<Kind, Gauge>,
+    applies: Family<Kind, Counter>,
+    removals: Family<Kind, Counter>,
+    failures: Family<KindOp, Counter>,
+    apply_seconds: Histogram,
+    /// How late removals were after their deadline (seconds), the maximum seen.
+    removal_lateness_max: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let active = Family::<Kind, Gauge>::default();
+        let applies = Family::<Kind, Counter>::default();
+        let removals = Family::<Kind, Counter>::default();
+        // Every kind is listed from the start, at zero, so rates exist
+        // before the first fault of a kind.
+        for kind in KINDS {
+            drop(active.get_or_create(&Kind { kind }));
+            drop(applies.get_or_create(&Kind { kind }));
+            drop(removals.get_or_create(&Kind { kind }));
+        }
+        let failures = Family::<KindOp, Counter>::default();
+        let apply_seconds = Histogram::new(BUCKETS);
+        let removal_lateness_max = Gauge::<f64, AtomicU64>::default();
+        let mut registry = Registry::default();
+        let r = registry.sub_registry_with_prefix("faultline_agent");
+        r.register("active_faults", "Faults applied now", active.clone());
+        r.register("applies", "Faults applied", applies.clone());
+        r.register("removals", "Faults removed", removals.clone());
+        r.register(
+            "failures",
+            "Failed applies, removals and repeats",
+            failures.clone(),
+        );
+        r.register(
+            "apply_seconds",
+            "Time to apply one fault, journal included",
+            apply_seconds.clone(),
+        );
+        r.register(
+            "removal_lateness_max_seconds",
+            "The latest a removal came after its deadline",
+            removal_lateness_max.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            active,
+            applies,
+            removals,
+            failures,
+            apply_seconds,
+            removal_lateness_max,
+        }
+    }
+}
 
 impl Metrics {
-    fn with(&self, f: impl FnOnce(&mut Inner)) {
-        if let Ok(mut i) = self.0.lock() {
-            f(&mut i);
+    pub(crate) fn set_active(&self, counts: BTreeMap<&'static str, u64>) {
+        for kind in KINDS {
+            let n = counts.get(kind).copied().unwrap_or(0);
+            self.active
+                .get_or_create(&Kind { kind })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
-    pub fn set_active(&self, counts: BTreeMap<&'static str, u64>) {
-        self.with(|i| i.active = counts);
+    pub(crate) fn applied(&self, kind: &'static str, took: Duration) {
+        self.applies.get_or_create(&Kind { kind }).inc();
+        self.apply_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn applied(&self, kind: &'static str, took: Duration) {
-        self.with(|i| {
-            *i.applies.entry(kind).or_default() += 1;
-            let s = took.as_secs_f64();
-            i.apply_count += 1;
-            i.apply_sum += s;
-            for (b, bound) in i.apply_buckets.iter_mut().zip(BUCKETS) {
-                if s <= bound {
-                    *b += 1;
+    pub(crate) fn removed(&self, kind: &'static str, late: Option<Duration>) {
+        self.removals.get_or_create(&Kind { kind }).inc();
+        if let Some(l) = late {
+            // One writer (the reconcile loop): get then set cannot race.
+            let l = l.as_secs_f64();
+            if l > self.removal_lateness_max.get() {
+                self.removal_lateness_max.set(l);
+            }
+        }
+    }
+
+    pub(crate) fn failed(&self, kind: &'static str, op: &'static str) {
+        self.failures.get_or_create(&KindOp { kind, op }).inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub(crate) fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The metrics endpoint: `GET /metrics`; any other path is 404 and any other
+/// method 405 (axum's router).
+pub(crate) fn router(metrics: Metrics) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                match metrics.render() {
+                    Ok(body) => (
+                        StatusCode::OK,
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                 }
             }
-        });
-    }
+        }),
+    )
+}
 
-    pub fn removed(&self, kind: &'static str, late: Option<Duration>) {
-        self.with(|i| {
-            *i.removals.entry(kind).or_default() += 1;
-            if let Some(l) = late {
-                i.removal_lateness_max = i.removal_lateness_max.max(l.as_secs_f64());
-            }
-        });
-    }
-
-    pub fn failed(&self, kind: &'static str, op: &'static str) {
-        self.with(|i| *i.failures.entry((kind, op)).or_default() += 1);
-    }
-
-    pub fn render(&self) -> String {
-        let Ok(i) = self.0.lock() else {
-            return String::new();
-        };
-        let mut o = String::new();
-        let by_kind =
-            |o: &mut String, name: &str, help: &str, ty: &str, m: &BTreeMap<&str, u64>| {
-                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {ty}");
-                for k in KINDS {
-                    let _ = writeln!(
-                        o,
-                        "{name}{{kind=\"{k}\"}} {}",
-                        m.get(k).copied().unwrap_or(0)
-                    );
-                }
-            };
-        by_kind(
-            &mut o,
-            "faultline_agent_active_faults",
-            "Faults applied now.",
-            "gauge",
-            &i.active,
-        );
-        by_kind(
-            &mut o,
-            "faultline_agent_applies_total",
-            "Faults applied.",
-            "counter",
-            &i.applies,
-        );
-        by_kind(
-            &mut o,
-            "faultline_agent_removals_total",
-            "Faults removed.",
-            "counter",
-            &i.removals,
-        );
-        let _ = writeln!(
-            o,
-            "# HELP faultline_agent_failures_total Failed applies, removals and repeats.\n# TYPE faultline_agent_failures_total counter"
-        );
-        for ((k, op), n) in &i.failures {
-            let _ = writeln!(
-                o,
-                "faultline_agent_failures_total{{kind=\"{k}\",op=\"{op}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP faultline_agent_apply_seconds Time to apply one fault, journal included.\n# TYPE faultline_agent_apply_seconds histogram"
-        );
-        for (b, bound) in i.apply_buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(
-                o,
-                "faultline_agent_apply_seconds_bucket{{le=\"{bound}\"}} {b}"
-            );
-        }
-        let _ = writeln!(
-            o,
-            "faultline_agent_apply_seconds_bucket{{le=\"+Inf\"}} {}",
-            i.apply_count
-        );
-        let _ = writeln!(o, "faultline_agent_apply_seconds_sum {}", i.apply_sum);
-        let _ = writeln!(o, "faultline_agent_apply_seconds_count {}", i.apply_count);
-        let _ = writeln!(
-            o,
-            "# HELP faultline_agent_removal_lateness_max_seconds The latest a removal came after its deadline.\n# TYPE faultline_agent_removal_lateness_max_seconds gauge"
-        );
-        let _ = writeln!(
-            o,
-            "faultline_agent_removal_lateness_max_seconds {}",
-            i.removal_lateness_max
-        );
-        o
+/// Serves [`router`] on `listener` until the runtime stops. axum's accept
+/// loop backs off on errors such as EMFILE instead of spinning.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
+    if let Err(e) = axum::serve(listener, router(metrics)).await {
+        tracing::error!("the metrics server stopped: {e}");
     }
 }
 
@@ -154,32 +168,68 @@ mod tests {
         let m = Metrics::default();
         m.applied("partition", Duration::from_millis(3));
         m.removed("partition", Some(Duration::from_millis(7)));
+        m.removed("partition", Some(Duration::from_millis(2)));
         m.failed("kill", "apply");
         m.set_active(BTreeMap::from([("partition", 2)]));
-        let t = m.render();
-        assert!(
-            t.contains("faultline_agent_active_faults{kind=\"partition\"} 2"),
-            "{t}"
-        );
-        assert!(
-            t.contains("faultline_agent_applies_total{kind=\"partition\"} 1"),
-            "{t}"
-        );
-        assert!(
-            t.contains("faultline_agent_apply_seconds_bucket{le=\"0.002\"} 0"),
-            "{t}"
-        );
-        assert!(
-            t.contains("faultline_agent_apply_seconds_bucket{le=\"0.005\"} 1"),
-            "{t}"
-        );
-        assert!(
-            t.contains("faultline_agent_failures_total{kind=\"kill\",op=\"apply\"} 1"),
-            "{t}"
-        );
-        assert!(
-            t.contains("faultline_agent_removal_lateness_max_seconds 0.007"),
-            "{t}"
-        );
+        let t = m.render().expect("renders");
+        for want in [
+            "# TYPE faultline_agent_active_faults gauge",
+            "faultline_agent_active_faults{kind=\"partition\"} 2",
+            "faultline_agent_active_faults{kind=\"kill\"} 0",
+            "# TYPE faultline_agent_applies counter",
+            "faultline_agent_applies_total{kind=\"partition\"} 1",
+            "faultline_agent_applies_total{kind=\"latency\"} 0",
+            "faultline_agent_removals_total{kind=\"partition\"} 2",
+            "# TYPE faultline_agent_apply_seconds histogram",
+            "faultline_agent_apply_seconds_bucket{le=\"0.002\"} 0",
+            "faultline_agent_apply_seconds_bucket{le=\"0.005\"} 1",
+            "faultline_agent_apply_seconds_bucket{le=\"+Inf\"} 1",
+            "faultline_agent_apply_seconds_count 1",
+            "faultline_agent_failures_total{kind=\"kill\",op=\"apply\"} 1",
+            "faultline_agent_removal_lateness_max_seconds 0.007",
+            "# EOF",
+        ] {
+            assert!(t.contains(want), "{want} missing from\n{t}");
+        }
+    }
+
+    async fn request(addr: std::net::SocketAddr, head: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_get_metrics_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let m = Metrics::default();
+        m.applied("kill", Duration::from_millis(1));
+        tokio::spawn(serve(listener, m));
+        let ok = request(
+            addr,
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("application/openmetrics-text"), "{ok}");
+        assert!(ok.contains("faultline_agent_applies_total{kind=\"kill\"} 1"));
+        let other = request(
+            addr,
+            "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        let post = request(
+            addr,
+            "POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     }
 }

@@ -21,11 +21,11 @@ use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("network namespace {path} is gone: {source}")]
+    #[error("network namespace {path} is gone")]
     Gone { path: PathBuf, source: io::Error },
-    #[error("cannot enter network namespace {path}: {source}")]
+    #[error("cannot enter network namespace {path}")]
     Enter { path: PathBuf, source: io::Error },
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {program}")]
     Spawn { program: String, source: io::Error },
     #[error("{program} failed ({status}): {stderr}")]
     Failed {
@@ -37,14 +37,14 @@ pub enum NetnsError {
 
 /// A program run to completion: what it printed.
 #[derive(Debug, Clone)]
-pub struct Ran {
+pub(crate) struct Ran {
     pub stdout: Vec<u8>,
 }
 
 /// Runs `program args…` inside the network namespace at `ns` (a file such as
 /// `/run/netns/NAME` or `/proc/PID/ns/net`), feeding `stdin`, and returns its
 /// output when it exits 0.
-pub fn run_in(
+pub(crate) fn run_in(
     ns: &Path,
     program: &Path,
     args: &[OsString],
@@ -60,7 +60,7 @@ pub fn run_in(
 /// and returns what it returns; the namespace change dies with the thread.
 /// `f` gets the namespace file that was entered (to tell which namespace
 /// it was, should the path be reused).
-pub fn within<T: Send + 'static>(
+pub(crate) fn within<T: Send + 'static>(
     ns: &Path,
     f: impl FnOnce(&File) -> T + Send + 'static,
 ) -> Result<T, NetnsError> {
@@ -103,10 +103,10 @@ fn enter(ns: &Path) -> Result<File, NetnsError> {
 /// Which namespace a namespace file is: its nsfs device and inode. The
 /// inode is unique while the namespace lives, and a namespace lives at
 /// least as long as a socket in it.
-pub type NsId = (u64, u64);
+pub(crate) type NsId = (u64, u64);
 
 /// The namespace the file at `ns` is now.
-pub fn id_of(ns: &Path) -> Result<NsId, NetnsError> {
+pub(crate) fn id_of(ns: &Path) -> Result<NsId, NetnsError> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(ns)
         .map(|m| (m.dev(), m.ino()))
@@ -117,7 +117,7 @@ pub fn id_of(ns: &Path) -> Result<NsId, NetnsError> {
 }
 
 /// Runs a program in the caller's namespaces.
-pub fn run_program(
+pub(crate) fn run_program(
     program: &Path,
     args: &[OsString],
     stdin: Option<&[u8]>,
@@ -182,6 +182,13 @@ mod tests {
         )
         .expect_err("gone");
         assert!(matches!(e, NetnsError::Gone { .. }), "{e}");
+        // The cause is printed once: by the chain, not also by the message.
+        let cause = "No such file or directory";
+        assert!(!e.to_string().contains(cause), "{e}");
+        let whole = crate::report(&e);
+        assert_eq!(whole.matches(cause).count(), 1, "{whole}");
+        let gone = crate::backend::BackendError::from(e);
+        assert_eq!(gone.to_string().matches(cause).count(), 1, "{gone}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// How long a failed apply or removal waits before it is tried again.
-pub const RETRY_AFTER: SignedDuration = SignedDuration::from_secs(1);
+pub(crate) const RETRY_AFTER: SignedDuration = SignedDuration::from_secs(1);
 
 /// What the desired-state source currently says.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +37,7 @@ pub enum Receipt {
 
 /// One fault the agent has applied, or may have half-applied.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub fault: NodeFault,
     pub receipt: Receipt,
     /// False when the journal says "about to apply" but not "applied": the
@@ -56,9 +56,11 @@ struct Failure {
 }
 
 /// What to do now, in order: removals come before applies so a fault whose
-/// parameters changed is removed before its new version is applied.
+/// parameters changed is removed before its new version is applied (but a
+/// partition changed on the same target is only applied again: its apply
+/// replaces the old rules in the same transaction).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     Remove {
         fault: NodeFault,
         receipt: Receipt,
@@ -78,7 +80,7 @@ pub enum Action {
 
 /// What must be the same for an applied fault to count as the desired one.
 /// The deadline and trace parent may change without touching the kernel.
-pub fn spec_key(f: &NodeFault) -> String {
+pub(crate) fn spec_key(f: &NodeFault) -> String {
     #[derive(Serialize)]
     struct Key<'a> {
         target: &'a NodeTarget,
@@ -92,18 +94,27 @@ pub fn spec_key(f: &NodeFault) -> String {
     .unwrap_or_else(|e| format!("unserializable:{e}"))
 }
 
-pub fn deadline(f: &NodeFault) -> Timestamp {
+/// True when `new` can take `old`'s place with one apply and no removal:
+/// partitions on the same target, whose apply rewrites every chain of the id.
+fn replaces_in_place(old: &NodeFault, new: &NodeFault) -> bool {
+    matches!(
+        (&old.action, &new.action),
+        (FaultAction::Partition(_), FaultAction::Partition(_))
+    ) && old.target == new.target
+}
+
+pub(crate) fn deadline(f: &NodeFault) -> Timestamp {
     f.expires_at.0
 }
 
 /// A fault is over at its deadline, not after it.
-pub fn expired(f: &NodeFault, now: Timestamp) -> bool {
+pub(crate) fn expired(f: &NodeFault, now: Timestamp) -> bool {
     deadline(f) <= now
 }
 
 /// How often an applied latency fault is refreshed, so that interfaces
 /// created in its target since (or qdiscs someone deleted) are covered.
-pub const LATENCY_REFRESH: SignedDuration = SignedDuration::from_secs(2);
+pub(crate) const LATENCY_REFRESH: SignedDuration = SignedDuration::from_secs(2);
 
 fn repeat_every(f: &NodeFault) -> Option<SignedDuration> {
     match &f.action {
@@ -117,7 +128,7 @@ fn repeat_every(f: &NodeFault) -> Option<SignedDuration> {
 
 /// The agent's memory: applied faults and recent failures.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct State {
+pub(crate) struct State {
     applied: BTreeMap<String, Applied>,
     failed: BTreeMap<String, Failure>,
 }
@@ -125,7 +136,9 @@ pub struct State {
 impl State {
     /// Rebuilds the state from journal records (`confirmed` false for those
     /// only journaled as "about to apply").
-    pub fn from_journal(records: impl IntoIterator<Item = (NodeFault, Receipt, bool)>) -> Self {
+    pub(crate) fn from_journal(
+        records: impl IntoIterator<Item = (NodeFault, Receipt, bool)>,
+    ) -> Self {
         let applied = records
             .into_iter()
             .map(|(fault, receipt, confirmed)| {
@@ -147,25 +160,20 @@ impl State {
         }
     }
 
-    pub fn applied(&self) -> impl Iterator<Item = &Applied> {
+    pub(crate) fn applied(&self) -> impl Iterator<Item = &Applied> {
         self.applied.values()
     }
 
-    pub fn get(&self, id: &str) -> Option<&Applied> {
+    pub(crate) fn get(&self, id: &str) -> Option<&Applied> {
         self.applied.get(id)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.applied.is_empty()
     }
 
-    /// The reason an id last failed to apply, if it is waiting for a retry.
-    pub fn is_failing(&self, id: &str) -> bool {
-        self.failed.contains_key(id)
-    }
-
     /// The actions that bring the kernel from this state to `desired` at `now`.
-    pub fn plan(&self, desired: &Desired, now: Timestamp) -> Vec<Action> {
+    pub(crate) fn plan(&self, desired: &Desired, now: Timestamp) -> Vec<Action> {
         let mut removes = Vec::new();
         let mut applies = Vec::new();
         let mut others = Vec::new();
@@ -200,6 +208,16 @@ impl State {
                 _ if expired(&a.fault, now) || same.is_some_and(|w| expired(w, now)) => {
                     removes.push(remove(a));
                     replaced.insert(a.fault.id.as_str());
+                }
+                // A partition changed in place: its apply empties and refills
+                // the fault's chains in one nf_tables transaction, so the
+                // target is never left without the cut in between.
+                None if want
+                    .is_some_and(|w| !expired(w, now) && replaces_in_place(&a.fault, w)) =>
+                {
+                    if let Some(w) = want {
+                        applies.push(Action::Apply { fault: w.clone() });
+                    }
                 }
                 None => {
                     removes.push(remove(a));
@@ -246,7 +264,7 @@ impl State {
 
     /// When `plan` may next return something without the desired state
     /// changing: a deadline, a repeat or a retry.
-    pub fn next_wakeup(&self, desired: &Desired) -> Option<Timestamp> {
+    pub(crate) fn next_wakeup(&self, desired: &Desired) -> Option<Timestamp> {
         let mut times: Vec<Timestamp> = Vec::new();
         for a in self.applied.values() {
             times.push(deadline(&a.fault));
@@ -264,7 +282,7 @@ impl State {
     }
 
     /// The journal now says "about to apply" for this fault.
-    pub fn applying(&mut self, fault: &NodeFault, receipt: Receipt) {
+    pub(crate) fn applying(&mut self, fault: &NodeFault, receipt: Receipt) {
         self.applied.insert(
             fault.id.clone(),
             Applied {
@@ -277,7 +295,7 @@ impl State {
         );
     }
 
-    pub fn apply_succeeded(&mut self, fault: &NodeFault, now: Timestamp) {
+    pub(crate) fn apply_succeeded(&mut self, fault: &NodeFault, now: Timestamp) {
         self.failed.remove(&fault.id);
         if let Some(a) = self.applied.get_mut(&fault.id) {
             a.confirmed = true;
@@ -286,7 +304,7 @@ impl State {
     }
 
     /// The apply failed and its traces were removed (journal entry dropped).
-    pub fn apply_failed(&mut self, fault: &NodeFault, now: Timestamp) {
+    pub(crate) fn apply_failed(&mut self, fault: &NodeFault, now: Timestamp) {
         self.applied.remove(&fault.id);
         self.failed.insert(
             fault.id.clone(),
@@ -299,7 +317,7 @@ impl State {
 
     /// The apply failed and undoing it failed too: keep it as applied so the
     /// removal is retried until it succeeds.
-    pub fn apply_failed_dirty(&mut self, fault: &NodeFault, now: Timestamp) {
+    pub(crate) fn apply_failed_dirty(&mut self, fault: &NodeFault, now: Timestamp) {
         self.failed.insert(
             fault.id.clone(),
             Failure {
@@ -312,17 +330,17 @@ impl State {
         }
     }
 
-    pub fn removed(&mut self, id: &str) {
+    pub(crate) fn removed(&mut self, id: &str) {
         self.applied.remove(id);
     }
 
-    pub fn remove_failed(&mut self, id: &str, now: Timestamp) {
+    pub(crate) fn remove_failed(&mut self, id: &str, now: Timestamp) {
         if let Some(a) = self.applied.get_mut(id) {
             a.remove_retry_at = Some(now + RETRY_AFTER);
         }
     }
 
-    pub fn repeated(&mut self, id: &str, now: Timestamp) {
+    pub(crate) fn repeated(&mut self, id: &str, now: Timestamp) {
         if let Some(a) = self.applied.get_mut(id) {
             let every = repeat_every(&a.fault);
             // From the previous due time, so repeats do not drift; never in the past.
@@ -336,14 +354,14 @@ impl State {
         }
     }
 
-    pub fn updated(&mut self, fault: &NodeFault) {
+    pub(crate) fn updated(&mut self, fault: &NodeFault) {
         if let Some(a) = self.applied.get_mut(&fault.id) {
             a.fault = fault.clone();
         }
     }
 
     /// Forget failures of faults no longer desired, so the map stays bounded.
-    pub fn prune_failures(&mut self, desired: &Desired) {
+    pub(crate) fn prune_failures(&mut self, desired: &Desired) {
         if let Desired::Faults(fs) = desired {
             let ids: BTreeSet<&str> = fs.iter().map(|f| f.id.as_str()).collect();
             self.failed.retain(|id, _| ids.contains(id.as_str()));
@@ -351,7 +369,7 @@ impl State {
     }
 
     /// The lowest prio band not used by another latency fault on `target`.
-    pub fn free_band(&self, target: &NodeTarget) -> Option<u8> {
+    pub(crate) fn free_band(&self, target: &NodeTarget) -> Option<u8> {
         let used: BTreeSet<u8> = self
             .applied
             .values()
@@ -478,8 +496,15 @@ pub(crate) mod tests {
         let mut s = State::default();
         let d = Desired::Faults(vec![partition("a", "/n", "10.0.0.1", 5)]);
         step(&mut s, &d, t(0));
+        // A partition changed on the same target is rewritten in place.
         let d2 = Desired::Faults(vec![partition("a", "/n", "10.0.0.9", 5)]);
-        assert_eq!(ids(&s.plan(&d2, t(1))), ["remove a", "apply a"]);
+        assert_eq!(ids(&s.plan(&d2, t(1))), ["apply a"]);
+        // On another target, the old one is removed first.
+        let moved = Desired::Faults(vec![partition("a", "/m", "10.0.0.1", 5)]);
+        assert_eq!(ids(&s.plan(&moved, t(1))), ["remove a", "apply a"]);
+        // Another kind under the same id is a removal and an apply too.
+        let other = Desired::Faults(vec![kill("a", None, 5)]);
+        assert_eq!(ids(&s.plan(&other, t(1))), ["remove a", "apply a"]);
         let d3 = Desired::Faults(vec![partition("a", "/n", "10.0.0.1", 50)]);
         let p = s.plan(&d3, t(1));
         assert_eq!(ids(&p), ["update a"]);

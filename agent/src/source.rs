@@ -40,7 +40,6 @@ use faultline_api::{NodeFaults, parse_one, yaml::MAX_INPUT_BYTES};
 
 use crate::{
     agent::{Event, Events, Wait},
-    log,
     reconcile::Desired,
 };
 
@@ -72,13 +71,13 @@ fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Parses desired-file bytes, logging every located problem.
-pub fn parse(path: &Path, bytes: &[u8]) -> Desired {
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Desired {
     match parse_one::<NodeFaults>(bytes) {
         Ok(nf) => Desired::Faults(nf.spec.faults),
         Err(diags) => {
             let name = path.display().to_string();
             for d in &diags {
-                log(d.display_in(&name));
+                tracing::warn!("{}", d.display_in(&name));
             }
             Desired::Unknown(format!(
                 "{} has {} problem(s)",
@@ -132,7 +131,8 @@ impl FileSource {
     }
 
     /// One poll: the new desired state when the file changed.
-    pub fn poll(&mut self) -> Option<Desired> {
+    #[cfg(test)]
+    pub(crate) fn poll(&mut self) -> Option<Desired> {
         self.check(false)
     }
 
@@ -245,7 +245,7 @@ impl FileEvents {
             Err(e) => {
                 // Not expected with valid descriptors; sleeping keeps the
                 // loop from spinning while the tick still checks the file.
-                log(format_args!("poll failed: {e}"));
+                tracing::warn!("poll failed: {e}");
                 std::thread::sleep(wait.min(self.every));
                 return Woke::Nothing;
             }
@@ -307,7 +307,7 @@ impl Events for FileEvents {
                     }
                 }
                 Woke::WatchBroke(e) => {
-                    log(format_args!("inotify failed, polling only: {e}"));
+                    tracing::warn!("inotify failed, polling only: {e}");
                     self.watch = None;
                 }
                 Woke::Nothing => {}
@@ -357,10 +357,10 @@ impl DirWatch {
                     .collect(),
             }),
             Err(e) => {
-                log(format_args!(
+                tracing::warn!(
                     "cannot watch {} with inotify, polling only: {e}",
                     dir.display()
-                ));
+                );
                 None
             }
         }

@@ -10,7 +10,7 @@ use opentelemetry::{
 };
 
 /// How a target is named in spans and logs.
-pub fn target_name(t: &NodeTarget) -> String {
+pub(crate) fn target_name(t: &NodeTarget) -> String {
     match t {
         NodeTarget::Pod(p) => format!("pod/{}", p.uid),
         NodeTarget::Netns(p) => format!("netns:{p}"),
@@ -20,7 +20,7 @@ pub fn target_name(t: &NodeTarget) -> String {
 }
 
 /// The parent context a traceparent names; none (a new trace) when absent.
-pub fn parent_of(fault: &NodeFault) -> Context {
+pub(crate) fn parent_of(fault: &NodeFault) -> Context {
     match &fault.traceparent {
         Some(tp) => {
             let carrier = HashMap::from([("traceparent".to_string(), tp.clone())]);
@@ -31,7 +31,7 @@ pub fn parent_of(fault: &NodeFault) -> Context {
 }
 
 /// Records one finished operation (`inject`, `recover`, `repeat`) as a span.
-pub fn record(op: &'static str, fault: &NodeFault, result: Result<(), &str>) {
+pub(crate) fn record(op: &'static str, fault: &NodeFault, result: Result<(), &str>) {
     let tracer = global::tracer("faultline-agent");
     let mut attrs = vec![
         KeyValue::new("faultline.fault", fault.id.clone()),

@@ -15,7 +15,7 @@ use crate::reconcile::{expired, spec_key};
 
 /// The last thing that happened to one fault id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Which version of the fault (target and parameters) it happened to.
     pub key: String,
     pub state: FaultState,
@@ -25,10 +25,10 @@ pub struct Outcome {
 
 /// Outcomes by fault id, kept for the faults still desired.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Outcomes(BTreeMap<String, Outcome>);
+pub(crate) struct Outcomes(BTreeMap<String, Outcome>);
 
 impl Outcomes {
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         fault: &NodeFault,
         state: FaultState,
@@ -56,12 +56,12 @@ impl Outcomes {
     }
 
     /// Forgets faults no longer desired, so memory follows the desired list.
-    pub fn retain_desired(&mut self, desired: &[NodeFault]) {
+    pub(crate) fn retain_desired(&mut self, desired: &[NodeFault]) {
         self.0
             .retain(|id, _| desired.iter().any(|f| f.id == id.as_str()));
     }
 
-    pub fn get(&self, id: &str) -> Option<&Outcome> {
+    pub(crate) fn get(&self, id: &str) -> Option<&Outcome> {
         self.0.get(id)
     }
 }
@@ -69,7 +69,7 @@ impl Outcomes {
 /// The status for `desired` (the faults of object generation `generation`).
 /// `observedGeneration` is `generation` once every desired fault has an
 /// outcome (applied, failed or removed), and `previous_observed` until then.
-pub fn build(
+pub(crate) fn build(
     desired: &[NodeFault],
     generation: Option<i64>,
     previous_observed: Option<i64>,

@@ -25,7 +25,7 @@ use faultline_api::NodeTarget;
 const MAX_POD_DEPTH: usize = 6;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     /// The target does not exist (any more): nothing to apply to, nothing to remove.
     #[error("{0}")]
     Gone(String),
@@ -93,7 +93,7 @@ fn unescape_mountinfo(s: &str) -> String {
 
 impl Resolver {
     /// The network namespace file of a target.
-    pub fn netns(&self, target: &NodeTarget) -> Result<PathBuf, TargetError> {
+    pub(crate) fn netns(&self, target: &NodeTarget) -> Result<PathBuf, TargetError> {
         match target {
             NodeTarget::Netns(p) => {
                 let p = PathBuf::from(p);
@@ -117,7 +117,7 @@ impl Resolver {
 
     /// The processes a kill fault signals: the process itself for a pid, every
     /// process in the cgroup and its descendants for a cgroup or a pod.
-    pub fn processes(&self, target: &NodeTarget) -> Result<Vec<u32>, TargetError> {
+    pub(crate) fn processes(&self, target: &NodeTarget) -> Result<Vec<u32>, TargetError> {
         match target {
             NodeTarget::Pid(pid) => {
                 if self.proc_root.join(pid.to_string()).exists() {
@@ -158,7 +158,7 @@ impl Resolver {
     }
 
     /// Finds the cgroup directory of the pod with this UID.
-    pub fn pod_cgroup(&self, uid: &str) -> Result<PathBuf, TargetError> {
+    pub(crate) fn pod_cgroup(&self, uid: &str) -> Result<PathBuf, TargetError> {
         let systemd = format!("-pod{}.slice", uid.replace('-', "_"));
         let cgroupfs = format!("pod{uid}");
         let mut found = None;
@@ -207,7 +207,7 @@ fn walk(dir: &Path, depth: usize, visit: &mut dyn FnMut(&Path, &str, bool) -> bo
 }
 
 /// Every process in a cgroup and its descendants, except the agent itself.
-pub fn cgroup_procs(dir: &Path) -> Result<Vec<u32>, TargetError> {
+pub(crate) fn cgroup_procs(dir: &Path) -> Result<Vec<u32>, TargetError> {
     if !dir.is_dir() {
         return Err(TargetError::Gone(format!(
             "cgroup {} does not exist",

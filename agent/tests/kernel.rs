@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use faultline_agent::backend::nft::chain_names;
+use faultline_agent::chain_names;
+use faultline_testkit::KillOnDrop;
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -198,6 +199,73 @@ fn partition_by_port_and_direction_and_two_faults_coexist() {
         "SIGTERM removes everything"
     );
     assert!(net.reachable(cut));
+}
+
+#[test]
+fn a_changed_partition_is_replaced_in_one_transaction() {
+    if !kernel_ready() {
+        return;
+    }
+    let (net, addr, mut agent) = cut_by_a_running_agent();
+    // nft monitor prints a line per committed nf_tables transaction.
+    let out = agent.dir.path().join("monitor.txt");
+    let monitor = KillOnDrop(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &net.target, "nft", "monitor"])
+            .stdout(std::fs::File::create(&out).expect("monitor file"))
+            .spawn()
+            .expect("nft monitor"),
+    );
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    // A transaction of the test's own marks where the monitor is listening
+    // (re-adding a table that exists would report nothing).
+    assert!(
+        wait_for(5 * SEC, || {
+            net.nft(&["add", "table", "inet", "probe"]);
+            net.nft(&["delete", "table", "inet", "probe"]);
+            text().contains("add table inet probe")
+        })
+        .is_some(),
+        "nft monitor never started: {}",
+        text()
+    );
+    // Commits by the agent only (named after its thread, not nft), however
+    // late the test's own nft calls show up.
+    let generations = || {
+        text()
+            .lines()
+            .filter(|l| l.starts_with("# new generation") && !l.ends_with("(nft)"))
+            .count()
+    };
+    let before = generations();
+    // Both directions become ingress only, to the listener's port.
+    let (_, far) = in_ms(60_000);
+    let changed = format!(", direction: ingress, ports: [{}]", addr.port());
+    agent.write_faults(&[partition("cut", &net.target_path(), &far, &changed)]);
+    let [cut_in, cut_out] = chain_names("cut");
+    assert!(
+        wait_for(3 * SEC, || !net.ruleset().contains(&cut_out)).is_some(),
+        "the egress chain stayed; log:\n{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    drop(monitor);
+    assert_eq!(
+        generations() - before,
+        1,
+        "one transaction, not a removal and an apply:\n{}",
+        text()
+    );
+    let rules = net.our_rules(&cut_in);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        rules[0]["expr"].as_array().map(Vec::len),
+        Some(4),
+        "{rules:?}"
+    );
+    assert!(!net.reachable(addr), "still cut");
+    assert!(agent.sigterm().success());
+    assert!(!net.ruleset().contains("faultline"));
 }
 
 /// How many sockets the process holds.
@@ -405,6 +473,36 @@ fn sighup_removes_everything_like_sigterm() {
     assert!(status.success(), "{status:?}; log:\n{}", agent.log());
     assert!(net.reachable(addr), "the partition went with the agent");
     assert!(!net.ruleset().contains("faultline"));
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_waits_for_the_first() {
+    if !kernel_ready() {
+        return;
+    }
+    let (net, addr, mut first) = cut_by_a_running_agent();
+    let mut second = AgentProc::new();
+    second.state = first.state.clone();
+    let (_, far) = in_ms(60_000);
+    second.write_faults(&[partition("cut", &net.target_path(), &far, "")]);
+    second.start();
+    second.wait_log("waiting for it to exit", 10 * SEC);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        second
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok())
+            .flatten()
+            .is_none(),
+        "the second agent must wait, not exit; log:\n{}",
+        second.log()
+    );
+    assert!(first.sigterm().success(), "log:\n{}", first.log());
+    // The second agent goes on once the first is gone, and cuts again.
+    net.expect_reachable(addr, false, 5 * SEC, &second);
+    assert!(second.sigterm().success(), "log:\n{}", second.log());
+    assert!(net.reachable(addr));
 }
 
 /// `pod: {uid}` targets, found through real cgroups in the layouts of the

@@ -155,12 +155,7 @@ fn netem_partition_and_crash_recovery_on_a_stock_kernel() {
 /// FAULTLINE_REQUIRE_PEERS is set, as scripts/test.sh does).
 fn run_lab() -> Option<String> {
     let skip = |why: String| -> Option<String> {
-        if std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some() {
-            panic!(
-                "kernel lab cannot run: {why} (FAULTLINE_REQUIRE_PEERS is set; scripts/test.sh prepares the lab)"
-            );
-        }
-        eprintln!("skipping: kernel lab cannot run: {why}");
+        faultline_testkit::skip_without_peer(&format!("kernel lab cannot run: {why}"));
         None
     };
     if !rustix::process::geteuid().is_root() {

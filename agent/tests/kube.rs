@@ -9,12 +9,7 @@ use std::{
 };
 
 use faultline_agent::{
-    agent::{Agent, Event, SystemClock},
-    backend::{BackendError, Call, Recording},
-    cluster,
-    journal::Journal,
-    metrics::Metrics,
-    reconcile::Desired,
+    Agent, BackendError, Call, Desired, Event, Journal, Metrics, Recording, SystemClock, cluster,
 };
 use faultline_api::NodeFaults;
 use http::{Request, Response};

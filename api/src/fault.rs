@@ -3,6 +3,7 @@
 
 use std::{collections::HashSet, net::IpAddr};
 
+use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -312,21 +313,22 @@ fn check_peers(
 }
 
 /// Parses `10.0.0.0/8`, `fd00::/8` or a bare address (a /32 or /128).
-pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
     let addr: IpAddr = addr.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
+        // Digits only (no sign, no spaces), as the CRD's validation says.
         Some(l) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) && l.len() <= 3 => {
             l.parse::<u8>().ok()?
         }
         Some(_) => return None,
-        None => max,
+        None => return Some(IpNet::from(addr)),
     };
-    (len <= max).then_some((addr, len))
+    // ipnet refuses a prefix longer than the address.
+    IpNet::new(addr, len).ok()
 }
 
 impl Decode for Latency {
@@ -432,7 +434,14 @@ spec:
     #[test]
     fn cidrs() {
         assert!(parse_cidr("10.0.0.0/8").is_some());
-        assert!(parse_cidr("10.1.2.3").is_some());
+        assert_eq!(
+            parse_cidr("10.1.2.3").map(|n| n.prefix_len()),
+            Some(32),
+            "an address alone is one host"
+        );
+        assert_eq!(parse_cidr("fd00::1").map(|n| n.prefix_len()), Some(128));
+        assert!(parse_cidr("fd00::/129").is_none());
+        assert!(parse_cidr("10.0.0.0/ 8").is_none());
         assert!(parse_cidr("fd00::/8").is_some());
         assert!(parse_cidr("10.0.0.0/33").is_none());
         assert!(parse_cidr("10.0.0.0/").is_none());

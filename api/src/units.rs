@@ -13,7 +13,25 @@ use crate::yaml::quote;
 /// The longest duration any Faultline field accepts.
 pub const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
 
-pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
+/// Exactly the strings `Duration::from_str` accepts: units largest first,
+/// each once; a unit after the first below its carry (`1h59m`, not `1h90m`),
+/// so the first unit alone decides the 24 h bound (`24h` or `1440m` only with
+/// zero after them). The apiserver applies it, so it must not be looser.
+pub const DURATION_PATTERN: &str = concat!(
+    "^(",
+    // Led by hours.
+    "0*(1?[0-9]|2[0-3])h(0*[0-5]?[0-9]m)?(0*[0-5]?[0-9]s)?(0*[0-9]{1,3}ms)?",
+    "|0*24h(0+m)?(0+s)?(0+ms)?",
+    // Led by minutes.
+    "|0*([0-9]{1,3}|1[0-3][0-9]{2}|14[0-3][0-9])m(0*[0-5]?[0-9]s)?(0*[0-9]{1,3}ms)?",
+    "|0*1440m(0+s)?(0+ms)?",
+    // Led by seconds.
+    "|0*([0-9]{1,4}|[0-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2})s(0*[0-9]{1,3}ms)?",
+    "|0*86400s(0+ms)?",
+    // Milliseconds alone.
+    "|0*([0-9]{1,7}|[0-7][0-9]{7}|8[0-5][0-9]{6}|86[0-3][0-9]{5}|86400000)ms",
+    ")$"
+);
 pub const PERCENT_PATTERN: &str = r"^(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)%$";
 
 /// A non-negative span of time of at most 24 h, in milliseconds.
@@ -102,6 +120,20 @@ impl FromStr for Duration {
             if rank >= last_rank {
                 return Err(bad());
             }
+            let n: u64 = num.parse().unwrap_or(u64::MAX);
+            // After a larger unit, a smaller one stays below its carry, so that
+            // DURATION_PATTERN can bound the total by the first unit alone.
+            let carry = match rank {
+                2 | 1 => 60,
+                _ => 1000,
+            };
+            if last_rank != usize::MAX && n >= carry {
+                return Err(UnitError(format!(
+                    "{} is not a duration: after a larger unit, {unit} must be below {carry} \
+                     (write 2m30s, not 1m90s)",
+                    quote(s)
+                )));
+            }
             last_rank = rank;
             let too_large = || {
                 UnitError(format!(
@@ -109,7 +141,6 @@ impl FromStr for Duration {
                     quote(s)
                 ))
             };
-            let n: u64 = num.parse().map_err(|_| too_large())?;
             total = n
                 .checked_mul(factor)
                 .and_then(|v| total.checked_add(v))
@@ -292,6 +323,15 @@ mod tests {
                 .contains("longer than 24h")
         );
         assert!(d("30s1m").is_err());
+        assert!(d("1m1m").is_err());
+        assert!(d("90s").is_ok() && d("1500ms").is_ok() && d("1440m").is_ok());
+        assert!(
+            d("1m90s")
+                .expect_err("carry")
+                .contains("s must be below 60")
+        );
+        assert!(d("1s1000ms").expect_err("carry").contains("below 1000"));
+        assert!(d("24h1ms").expect_err("over").contains("longer than 24h"));
         assert!(d("30").is_err());
         assert!(d("s").is_err());
         assert!(d("1.5s").is_err());
@@ -349,7 +389,22 @@ mod tests {
         // The apiserver checks these patterns at apply time: they must accept
         // every value the parsers accept and refuse the malformed ones.
         let dur = regex::Regex::new(DURATION_PATTERN).expect("pattern");
-        for ok in ["300ms", "1m30s", "24h", "0s", "1h2m3s4ms"] {
+        for ok in [
+            "300ms",
+            "1m30s",
+            "24h",
+            "0s",
+            "1h2m3s4ms",
+            "90s",
+            "1440m",
+            "86400s",
+            "86400000ms",
+            "24h0m0s0ms",
+            "0024h",
+            "23h59m59s999ms",
+            "1439m59s999ms",
+            "0h59m",
+        ] {
             assert!(ok.parse::<Duration>().is_ok() && dur.is_match(ok), "{ok}");
         }
         for bad in [
@@ -363,6 +418,19 @@ mod tests {
             "1s\n",
             "1 s",
             "\u{a0}1s",
+            "30s1m",
+            "25h",
+            "24h1ms",
+            "1441m",
+            "86401s",
+            "86400001ms",
+            "1h60m",
+            "1m90s",
+            "1s1000ms",
+            "1h1h",
+            "1ms1m",
+            "1d",
+            "1H",
         ] {
             assert!(
                 bad.parse::<Duration>().is_err() && !dur.is_match(bad),
@@ -406,5 +474,61 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+    #[test]
+    fn duration_pattern_and_parser_agree_on_every_combination() {
+        // Every ordered pick of units (repeats and wrong orders included) with
+        // numbers at the boundaries: the apiserver and the parser must agree.
+        let dur = regex::Regex::new(DURATION_PATTERN).expect("pattern");
+        let numbers = [
+            "0",
+            "00",
+            "1",
+            "01",
+            "23",
+            "24",
+            "024",
+            "25",
+            "59",
+            "60",
+            "61",
+            "999",
+            "1000",
+            "1439",
+            "1440",
+            "1441",
+            "86399",
+            "86400",
+            "86401",
+            "86399999",
+            "86400000",
+            "86400001",
+            "99999999999999999999999",
+        ];
+        let units = ["h", "m", "s", "ms"];
+        let mut strings = vec![String::new()];
+        for _ in 0..3 {
+            let mut longer = Vec::new();
+            for prefix in &strings {
+                for n in numbers {
+                    for u in units {
+                        longer.push(format!("{prefix}{n}{u}"));
+                    }
+                }
+            }
+            strings.extend(longer.into_iter().filter(|s| s.len() < 40));
+            strings.dedup();
+        }
+        let mut checked = 0;
+        for text in &strings {
+            let parsed = text.parse::<Duration>();
+            assert_eq!(
+                parsed.is_ok(),
+                dur.is_match(text),
+                "{text:?}: parser says {parsed:?}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 10_000, "only {checked} strings");
     }
 }

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use faultline_testkit::terminal::{Tmux, marked_processes, tmux_available};
+use faultline_testkit::{
+    marked_processes,
+    terminal::{Tmux, tmux_available},
+};
 
 /// `faultline ARGS` in a 100×30 tmux terminal, its services marked.
 fn faultline_in_tmux(mark: &str, args: &str) -> Tmux {
@@ -56,7 +59,7 @@ fn payments_breaker(screen: &str) -> Option<&str> {
 #[test]
 fn the_demo_shows_the_breaker_open_and_close_and_the_verdict() {
     if !tmux_available() {
-        return eprintln!("skipped: no tmux");
+        return;
     }
     let tmux = faultline_in_tmux("dash-demo", "demo --duration 30s");
     let mut seen: Vec<String> = Vec::new();
@@ -102,7 +105,7 @@ fn the_demo_shows_the_breaker_open_and_close_and_the_verdict() {
 #[test]
 fn a_then_y_aborts_the_run() {
     if !tmux_available() {
-        return eprintln!("skipped: no tmux");
+        return;
     }
     let tmux = faultline_in_tmux("dash-abort", "demo --duration 60s");
     tmux.wait_for(Duration::from_secs(60), "the fault active", |s| {
@@ -146,7 +149,7 @@ fn a_then_y_aborts_the_run() {
 #[test]
 fn closing_the_terminal_stops_the_run_and_its_services() {
     if !tmux_available() {
-        return eprintln!("skipped: no tmux");
+        return;
     }
     let dir = tempfile::tempdir().expect("tmp");
     let stderr = dir.path().join("stderr");

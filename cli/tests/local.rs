@@ -31,22 +31,6 @@ fn exited_with(out: &std::process::Output, code: i32) -> String {
     stdout
 }
 
-/// Processes carrying `mark` still alive.
-fn left_behind(mark: &str) -> usize {
-    let needle = format!("FAULTLINE_TEST_MARK={mark}");
-    std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| {
-                    std::fs::read(e.path().join("environ"))
-                        .map(|c| c.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn the_demo_passes_and_without_a_breaker_fails() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -123,7 +107,11 @@ fn the_demo_passes_and_without_a_breaker_fails() {
             .any(|e| e == "remove slow-payments from payments"),
         "{events:?}"
     );
-    assert_eq!(left_behind("pass-fail"), 0, "no process left behind");
+    assert_eq!(
+        faultline_testkit::marked_processes("pass-fail").len(),
+        0,
+        "no process left behind"
+    );
 }
 
 /// experiments/demo/topology.yaml on free ports, so tests running at the
@@ -147,12 +135,8 @@ fn private_topology(dir: &std::path::Path) -> PathBuf {
 /// Parses a JUnit file with the Python `junitparser` package (installed by
 /// scripts/test.sh) and checks its counts.
 fn junitparser_reads(path: &std::path::Path, tests: usize, failures: usize) {
-    let python = match std::env::var("FAULTLINE_PYTHON") {
-        Ok(p) => p,
-        Err(_) if std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some() => {
-            panic!("FAULTLINE_PYTHON is required")
-        }
-        Err(_) => return eprintln!("skipped junitparser: FAULTLINE_PYTHON not set"),
+    let Some(python) = faultline_testkit::peer_var("FAULTLINE_PYTHON") else {
+        return;
     };
     let script = "import sys\nfrom junitparser import JUnitXml, Failure\nxml = JUnitXml.fromfile(sys.argv[1])\ncases = [c for s in xml for c in s]\nfailed = [c for c in cases if any(isinstance(r, Failure) for r in c.result)]\nprint(len(cases), len(failed))\n";
     let out = Command::new(python)
@@ -214,7 +198,7 @@ spec:
         (json["verdict"].as_str(), json["phase"].as_str()),
         (Some("Aborted"), Some("Recovered"))
     );
-    assert_eq!(left_behind("abort"), 0);
+    assert_eq!(faultline_testkit::marked_processes("abort").len(), 0);
 }
 
 #[test]
@@ -232,7 +216,7 @@ fn a_kill_fault_kills_and_the_service_comes_back() {
         !stdout.contains("checkout restarted"),
         "only payments was killed: {stdout}"
     );
-    assert_eq!(left_behind("kill"), 0);
+    assert_eq!(faultline_testkit::marked_processes("kill").len(), 0);
 }
 
 #[test]
@@ -259,7 +243,11 @@ fn ctrl_c_recovers_and_leaves_nothing_behind() {
         started.elapsed() < Duration::from_secs(10),
         "recovered promptly"
     );
-    assert_eq!(left_behind("ctrl-c"), 0, "no process left behind");
+    assert_eq!(
+        faultline_testkit::marked_processes("ctrl-c").len(),
+        0,
+        "no process left behind"
+    );
 }
 
 #[test]
@@ -365,7 +353,7 @@ fn follow_schedule_waits_for_the_start_time_then_runs() {
     );
     assert!(stdout.contains("PASSED"), "{stdout}");
     assert!(junit.exists(), "the report is written after the run");
-    assert_eq!(left_behind("follow"), 0);
+    assert_eq!(faultline_testkit::marked_processes("follow").len(), 0);
 }
 
 #[test]
@@ -397,7 +385,7 @@ fn ctrl_c_while_waiting_for_the_schedule_starts_nothing() {
     let status = child.wait().expect("exits");
     assert_eq!(status.code(), Some(3), "{first}{rest}");
     assert!(rest.contains("nothing was injected"), "{rest}");
-    assert_eq!(left_behind("follow-int"), 0);
+    assert_eq!(faultline_testkit::marked_processes("follow-int").len(), 0);
 }
 
 #[test]
@@ -451,7 +439,10 @@ fn a_service_that_never_listens_is_reported_with_its_output() {
         log.contains("--- lister started at") && log.contains("/nonexistent-faultline-dir"),
         "{log}"
     );
-    assert_eq!(left_behind("never-listens"), 0);
+    assert_eq!(
+        faultline_testkit::marked_processes("never-listens").len(),
+        0
+    );
 }
 
 /// A CI job cancelled (SIGTERM) or a closed terminal (SIGHUP) recovers like
@@ -488,6 +479,10 @@ fn sigterm_and_sighup_recover_and_leave_nothing_behind() {
             rest.contains("ABORTED: every fault was removed"),
             "{mark}: {rest}"
         );
-        assert_eq!(left_behind(mark), 0, "{mark}: no process left behind");
+        assert_eq!(
+            faultline_testkit::marked_processes(mark).len(),
+            0,
+            "{mark}: no process left behind"
+        );
     }
 }

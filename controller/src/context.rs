@@ -112,7 +112,7 @@ impl Stores {
     /// Waits until every store has listed: before that a plan sees no pods.
     /// One waiter at a time: kube's readiness signal wakes only the last
     /// task that polled it.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.nodefaults.wait_until_ready().await;
@@ -214,11 +214,6 @@ impl Context {
     /// Whether every store has listed and reconciling has begun.
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Runs being driven now.
-    pub fn running(&self) -> usize {
-        self.runs.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub(crate) async fn event(

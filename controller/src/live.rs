@@ -95,7 +95,7 @@ fn experiment_span(r: &ExperimentRef, parent: Option<&str>) -> (global::BoxedSpa
 }
 
 impl Live {
-    pub fn start(
+    pub(crate) fn start(
         r: &ExperimentRef,
         exp: &Experiment,
         now: Timestamp,
@@ -122,7 +122,7 @@ impl Live {
         }
     }
 
-    pub fn resume(
+    pub(crate) fn resume(
         r: &ExperimentRef,
         exp: &Experiment,
         status: &ExperimentStatus,
@@ -165,7 +165,7 @@ impl Live {
     /// spans of faults that have none any more.
     /// A resumed run keeps the traceparent its entries already carry (so
     /// a restart rewrites nothing); `existing` finds it by fault.
-    pub fn fault_spans(
+    pub(crate) fn fault_spans(
         &mut self,
         r: &ExperimentRef,
         active: &BTreeSet<String>,
@@ -210,7 +210,7 @@ impl Live {
         }
     }
 
-    pub fn end_spans(&mut self) {
+    pub(crate) fn end_spans(&mut self) {
         for (_, (mut span, _)) in std::mem::take(&mut self.fault_spans) {
             span.end();
         }
@@ -222,7 +222,7 @@ impl Live {
     }
 
     /// The traceparent the entries of `fault` carry.
-    pub fn fault_traceparent(&self, fault: &str) -> Option<&str> {
+    pub(crate) fn fault_traceparent(&self, fault: &str) -> Option<&str> {
         self.fault_spans
             .get(fault)
             .and_then(|(_, tp)| tp.as_deref())

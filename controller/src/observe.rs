@@ -14,7 +14,7 @@ use serde::Deserialize;
 const OBSERVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("no observer is configured (--observer URL)")]
     NotConfigured,
     #[error("the observer at {url} did not answer: {why}")]
@@ -71,7 +71,7 @@ impl ObserverClient {
     }
 
     /// Whether an observer was given (checks other than `http` need one).
-    pub fn is_configured(&self) -> bool {
+    pub(crate) fn is_configured(&self) -> bool {
         self.base.is_some()
     }
 
@@ -127,7 +127,7 @@ impl ObserverClient {
     /// The figure a check compares. An observer that cannot be read is an
     /// error, not "no data": no data lets rate checks pass, and an
     /// unreadable observer is no evidence either way.
-    pub async fn observe(&self, kind: &CheckKind) -> Result<Observed, Error> {
+    pub(crate) async fn observe(&self, kind: &CheckKind) -> Result<Observed, Error> {
         Ok(match kind {
             CheckKind::ErrorRate(c) => {
                 match self

@@ -24,7 +24,7 @@ use k8s_openapi::{
 
 /// The label a namespace must carry, with value `true`, before any of its
 /// pods can be a target.
-pub const OPT_IN_LABEL: &str = "faultline.dev/enabled";
+pub(crate) const OPT_IN_LABEL: &str = "faultline.dev/enabled";
 
 /// What the planner needs of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct PodInfo {
 impl PodInfo {
     /// A pod that can take a fault now: scheduled, running, not being
     /// deleted. Others are not candidates (their successor will be).
-    pub fn from_pod(pod: &Pod) -> Option<PodInfo> {
+    pub(crate) fn from_pod(pod: &Pod) -> Option<PodInfo> {
         let meta = &pod.metadata;
         if meta.deletion_timestamp.is_some() {
             return None;
@@ -87,7 +87,7 @@ pub fn target_namespaces<'a>(spec: &'a ExperimentSpec, own: &'a str) -> BTreeSet
 }
 
 /// Whether a namespace object carries the opt-in label.
-pub fn opted_in(ns: &Namespace) -> bool {
+pub(crate) fn opted_in(ns: &Namespace) -> bool {
     ns.metadata
         .labels
         .as_ref()
@@ -155,13 +155,13 @@ pub struct ExperimentRef {
 
 impl ExperimentRef {
     /// Every entry id of this experiment starts with this.
-    pub fn id_prefix(&self) -> String {
+    pub(crate) fn id_prefix(&self) -> String {
         format!("{}/{}/", self.namespace, self.name)
     }
 
     /// `NAMESPACE/EXPERIMENT/FAULT/POD-UID`: unique per node object, and
     /// readable in `kubectl get nf -o yaml`.
-    pub fn entry_id(&self, fault: &str, pod_uid: &str) -> String {
+    pub(crate) fn entry_id(&self, fault: &str, pod_uid: &str) -> String {
         format!("{}{fault}/{pod_uid}", self.id_prefix())
     }
 
@@ -169,12 +169,12 @@ impl ExperimentRef {
     /// one per experiment, so experiments sharing a node never take each
     /// other's entries away (a field manager is at most 128 characters;
     /// a uid keeps it short and tells a re-created experiment apart).
-    pub fn field_manager(&self) -> String {
+    pub(crate) fn field_manager(&self) -> String {
         format!("faultline.dev/experiment-{}", self.uid)
     }
 
     /// Whether an entry id is this experiment's.
-    pub fn owns(&self, id: &str) -> bool {
+    pub(crate) fn owns(&self, id: &str) -> bool {
         id.starts_with(&self.id_prefix())
     }
 }

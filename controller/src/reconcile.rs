@@ -44,12 +44,12 @@ use crate::{
 };
 
 /// Held on every Experiment until its faults are gone.
-pub const FINALIZER: &str = "faultline.dev/cleanup";
+pub(crate) const FINALIZER: &str = "faultline.dev/cleanup";
 /// Set (to a reason) to stop a run at once: `faultline abort` writes it,
 /// and the controller removes it when the run has ended.
-pub const ABORT_ANNOTATION: &str = "faultline.dev/abort";
+pub(crate) const ABORT_ANNOTATION: &str = "faultline.dev/abort";
 /// The field manager of the status the controller writes.
-pub const STATUS_MANAGER: &str = "faultline-controller";
+pub(crate) const STATUS_MANAGER: &str = "faultline-controller";
 /// A scheduled start this late is still taken; later ones count as missed.
 const START_SLACK: SignedDuration = SignedDuration::from_secs(30);
 /// How long checks due before or after the faults may go unreadable
@@ -57,7 +57,7 @@ const START_SLACK: SignedDuration = SignedDuration::from_secs(30);
 const CHECK_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("the Kubernetes API call failed")]
     Kube(#[source] kube::Error),
     #[error("the experiment has no {0}")]
@@ -66,10 +66,10 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error with its causes, for one log line.
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -147,7 +147,7 @@ fn experiment_ref(exp: &Experiment) -> Result<ExperimentRef> {
     })
 }
 
-pub async fn reconcile(exp: Arc<Experiment>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(exp: Arc<Experiment>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
     let ns = exp.namespace().ok_or(Error::Malformed("namespace"))?;
     let api = Api::<Experiment>::namespaced(ctx.client.clone(), &ns);

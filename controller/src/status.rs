@@ -28,7 +28,7 @@ pub struct RunFacts {
 }
 
 /// Whether a phase is one a run ends in.
-pub fn is_final(phase: Phase) -> bool {
+pub(crate) fn is_final(phase: Phase) -> bool {
     matches!(phase, Phase::Completed | Phase::Recovered | Phase::Invalid)
 }
 
@@ -78,7 +78,7 @@ pub fn of_run(
 }
 
 /// The status of an experiment validation refused: nothing was injected.
-pub fn invalid(
+pub(crate) fn invalid(
     message: String,
     generation: Option<i64>,
     previous: &ExperimentStatus,
@@ -161,7 +161,7 @@ fn conditions(
 }
 
 /// What a run had come to, read back from its status.
-pub fn resume_of(status: &ExperimentStatus) -> Resume {
+pub(crate) fn resume_of(status: &ExperimentStatus) -> Resume {
     Resume {
         phase: status.phase,
         verdict: status.verdict,

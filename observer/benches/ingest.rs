@@ -10,37 +10,23 @@
 //! - resident memory per tracked service and per tracked breaker.
 
 use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
+use faultline_testkit::{
+    KillOnDrop as Observer, free_port,
+    otlp::{self, attr as kv, now_nanos},
+};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind},
+    trace::v1::{Span, span::SpanKind},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOAD_SECS: u64 = 5;
 const CLIENTS: usize = 4;
 const SPANS_PER_EXPORT: usize = 500;
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
 
 fn export(service: &str, breaker: Option<&str>, spans: usize) -> ExportTraceServiceRequest {
     let now = now_nanos();
@@ -74,19 +60,7 @@ fn export(service: &str, breaker: Option<&str>, spans: usize) -> ExportTraceServ
             }
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", service)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    otlp::export(vec![kv("service.name", service)], spans)
 }
 
 /// (user + system CPU seconds, resident KiB) of a process.
@@ -127,21 +101,6 @@ async fn get(api: &str, path: &str) -> Duration {
         let _ = s.read_to_end(&mut out).await;
     }
     started.elapsed()
-}
-
-struct Observer(Child);
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_or(0, |a| a.port())
 }
 
 #[tokio::main]

@@ -63,6 +63,9 @@ pub struct ForwardConfig {
     pub protocol: ForwardProtocol,
     /// Spans waiting to be sent at most; more are dropped.
     pub queue_spans: usize,
+    /// Encoded bytes waiting to be sent at most; more are dropped. Spans
+    /// alone do not bound memory: one span may carry megabytes of attributes.
+    pub queue_bytes: usize,
     /// Attempts per batch before it is dropped.
     pub attempts: u32,
 }
@@ -73,6 +76,7 @@ impl ForwardConfig {
             endpoint: endpoint.into(),
             protocol,
             queue_spans: 100_000,
+            queue_bytes: 64 << 20,
             attempts: 5,
         }
     }
@@ -86,17 +90,23 @@ pub struct ForwardStats {
     /// Dropped after every attempt failed.
     pub dropped_failed: AtomicU64,
     pub queued: AtomicUsize,
+    /// Encoded bytes of the spans in `queued`.
+    pub queued_bytes: AtomicUsize,
 }
+
+/// One queued export: its spans and encoded bytes, as counted in the stats.
+type Queued = (ExportTraceServiceRequest, usize, usize);
 
 /// The sending side, held by ingest.
 #[derive(Debug, Clone)]
-pub struct Forwarder {
-    tx: mpsc::UnboundedSender<(ExportTraceServiceRequest, usize)>,
+pub(crate) struct Forwarder {
+    tx: mpsc::UnboundedSender<Queued>,
     limit: usize,
+    limit_bytes: usize,
     pub stats: Arc<ForwardStats>,
 }
 
-pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
+pub(crate) fn span_count(req: &ExportTraceServiceRequest) -> usize {
     req.resource_spans
         .iter()
         .flat_map(|r| &r.scope_spans)
@@ -106,26 +116,33 @@ pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
 
 impl Forwarder {
     /// Starts the sending task.
-    pub fn start(config: ForwardConfig) -> Forwarder {
+    pub(crate) fn start(config: ForwardConfig) -> Forwarder {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ForwardStats::default());
         tokio::spawn(send_loop(config.clone(), rx, stats.clone()));
         Forwarder {
             tx,
             limit: config.queue_spans,
+            limit_bytes: config.queue_bytes,
             stats,
         }
     }
 
     /// Queues an export without waiting; drops it when the queue is full.
-    pub fn offer(&self, req: &ExportTraceServiceRequest) {
+    pub(crate) fn offer(&self, req: &ExportTraceServiceRequest) {
         let n = span_count(req);
         if n == 0 {
             return; // nothing to pass on
         }
+        let bytes = req.encoded_len();
         let queued = self.stats.queued.fetch_add(n, Ordering::AcqRel);
-        if queued + n > self.limit || self.tx.send((req.clone(), n)).is_err() {
+        let queued_bytes = self.stats.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if queued.saturating_add(n) > self.limit
+            || queued_bytes.saturating_add(bytes) > self.limit_bytes
+            || self.tx.send((req.clone(), n, bytes)).is_err()
+        {
             self.stats.queued.fetch_sub(n, Ordering::AcqRel);
+            self.stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.stats
                 .dropped_queue_full
                 .fetch_add(n as u64, Ordering::Relaxed);
@@ -198,35 +215,38 @@ impl Sender {
 /// exponential backoff.
 async fn send_loop(
     config: ForwardConfig,
-    mut rx: mpsc::UnboundedReceiver<(ExportTraceServiceRequest, usize)>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     stats: Arc<ForwardStats>,
 ) {
     let mut sender = match Sender::new(&config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("faultline-observer: not forwarding: {e}");
-            while let Some((_, n)) = rx.recv().await {
+            tracing::error!(error = %e, "not forwarding");
+            while let Some((_, n, bytes)) = rx.recv().await {
                 stats.queued.fetch_sub(n, Ordering::AcqRel);
+                stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 stats.dropped_failed.fetch_add(n as u64, Ordering::Relaxed);
             }
             return;
         }
     };
-    while let Some((first, n)) = rx.recv().await {
+    while let Some((first, n, first_bytes)) = rx.recv().await {
         let mut batch = first;
         let mut spans = n;
+        let mut bytes = first_bytes;
         // Batches stay well under the 4 MiB receivers accept by default.
         while spans < 2000 && batch.encoded_len() < (2 << 20) {
             match rx.try_recv() {
-                Ok((more, m)) => {
+                Ok((more, m, b)) => {
                     batch.resource_spans.extend(more.resource_spans);
                     spans += m;
+                    bytes += b;
                 }
                 Err(_) => break,
             }
         }
         // The observer's own span for each batch (exported only when the
-        // OTEL_* variables say where; DESIGN.md telemetry conventions).
+        // OTEL_* variables say where; docs/architecture.md, Telemetry).
         let tracer = global::tracer("faultline-observer");
         let mut span = tracer
             .span_builder("forward")
@@ -247,8 +267,11 @@ async fn send_loop(
                     break;
                 }
                 Err(e) if attempt == config.attempts.max(1) => {
-                    eprintln!(
-                        "faultline-observer: forwarding {spans} spans failed {attempt} times, dropping them: {e}"
+                    tracing::warn!(
+                        spans,
+                        attempts = attempt,
+                        error = %e,
+                        "forwarding failed every attempt; dropping the spans"
                     );
                     span.set_status(Status::error(e));
                 }
@@ -264,6 +287,7 @@ async fn send_loop(
         ));
         span.end();
         stats.queued.fetch_sub(spans, Ordering::AcqRel);
+        stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         if sent {
             stats.forwarded.fetch_add(spans as u64, Ordering::Relaxed);
         } else {

@@ -6,13 +6,19 @@
 //! The store is pure and fed with the time; this crate adds the clock and the
 //! sockets. See `docs/observer.md` for the API.
 
-pub mod forward;
-pub mod otlp;
-pub mod server;
-pub mod sketch;
-pub mod store;
+// Modules are private and what the binary, the tests and other crates use
+// is re-exported here, so the compiler reports what nothing uses.
+mod forward;
+mod otlp;
+mod server;
+mod sketch;
+mod store;
+
+pub use forward::{ForwardConfig, ForwardProtocol, ForwardStats};
+pub use server::{MAX_BODY_BYTES, parse_window};
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -23,12 +29,21 @@ use std::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::{net::TcpListener, task::JoinSet};
 
-pub use store::{BreakerFigures, BreakerState, EdgeFigures, Limits, Red, ServiceFigures};
+pub use store::{
+    BreakerFigures, BreakerState, EdgeFigures, Latencies, Limits, Red, ServiceFigures,
+};
 use store::{Store, StoreStats};
 
 /// Spans one export may carry: bounds the time the store is locked and the
 /// memory a tiny, highly compressible body can expand into.
 pub const MAX_SPANS_PER_EXPORT: usize = 100_000;
+
+/// Why an export was refused whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("{spans} spans in one export; the observer takes at most {max}")]
+    TooManySpans { spans: usize, max: usize },
+}
 
 /// Counters about ingest, for `/metrics`.
 #[derive(Debug, Default)]
@@ -38,12 +53,27 @@ pub struct IngestStats {
     pub rejected: AtomicU64,
 }
 
+/// The figures of every service over one window, as of one whole second:
+/// computed once per second and window, and shared by every stream client
+/// and scrape in that second, so that N clients lock the store once, not N
+/// times.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Seconds since the Unix epoch when it was computed.
+    pub second: u64,
+    pub services: Vec<ServiceFigures>,
+    /// The `/api/v1/services` document for it, serialized once.
+    pub json: String,
+}
+
 /// A handle on the figures; cheap to clone, shared by every endpoint.
 #[derive(Debug, Clone)]
 pub struct Observer {
     store: Arc<Mutex<Store>>,
     pub stats: Arc<IngestStats>,
     forwarder: Option<forward::Forwarder>,
+    /// This second's snapshot per window (in seconds).
+    snapshots: Arc<Mutex<HashMap<u64, Arc<Snapshot>>>>,
 }
 
 pub fn now_nanos() -> u64 {
@@ -58,6 +88,7 @@ impl Observer {
             store: Arc::new(Mutex::new(Store::new(limits))),
             stats: Arc::default(),
             forwarder: None,
+            snapshots: Arc::default(),
         }
     }
 
@@ -76,13 +107,14 @@ impl Observer {
     }
 
     /// Takes one OTLP export, or refuses it whole (too many spans).
-    pub fn ingest(&self, req: &ExportTraceServiceRequest) -> Result<(), String> {
+    pub fn ingest(&self, req: &ExportTraceServiceRequest) -> Result<(), IngestError> {
         let spans = forward::span_count(req);
         if spans > MAX_SPANS_PER_EXPORT {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(format!(
-                "{spans} spans in one export; the observer takes at most {MAX_SPANS_PER_EXPORT}"
-            ));
+            return Err(IngestError::TooManySpans {
+                spans,
+                max: MAX_SPANS_PER_EXPORT,
+            });
         }
         // Convert outside the lock; hold it once per export, not per span.
         if let Some(f) = &self.forwarder {
@@ -99,6 +131,39 @@ impl Observer {
             store.record(now, r);
         }
         Ok(())
+    }
+
+    /// This second's figures of every service over `window_secs`, computed
+    /// by the first caller in the second and shared with the others.
+    pub fn snapshot(&self, window_secs: u64) -> Arc<Snapshot> {
+        self.snapshot_at(window_secs, now_nanos())
+    }
+
+    fn snapshot_at(&self, window_secs: u64, now: u64) -> Arc<Snapshot> {
+        let second = now / 1_000_000_000;
+        // Held while computing, so callers in the same second wait for the
+        // first one's result instead of each locking the store.
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = snapshots.get(&window_secs)
+            && s.second == second
+        {
+            return s.clone();
+        }
+        let services = self.store().services(now, window_secs);
+        let json = serde_json::json!({
+            "window": format!("{window_secs}s"),
+            "services": services,
+        })
+        .to_string();
+        let snap = Arc::new(Snapshot {
+            second,
+            services,
+            json,
+        });
+        // Only this second's snapshots are worth keeping.
+        snapshots.retain(|_, s| s.second == second);
+        snapshots.insert(window_secs, snap.clone());
+        snap
     }
 
     /// Figures of every service seen, over the last `window_secs`.
@@ -215,19 +280,19 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
             .serve_with_incoming(incoming)
             .await
         {
-            eprintln!("faultline-observer: OTLP/gRPC server stopped: {e}");
+            tracing::error!(error = %e, "the OTLP/gRPC server stopped");
         }
     });
     let router = server::http_router(observer.clone());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, router).await {
-            eprintln!("faultline-observer: OTLP/HTTP server stopped: {e}");
+            tracing::error!(error = %e, "the OTLP/HTTP server stopped");
         }
     });
     let router = server::api_router(observer.clone());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(api, router).await {
-            eprintln!("faultline-observer: API server stopped: {e}");
+            tracing::error!(error = %e, "the API server stopped");
         }
     });
     Ok(Running {
@@ -235,4 +300,64 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
         addresses: bound,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+
+    fn export(spans: usize) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span::default(); spans],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn one_snapshot_per_second_and_window_is_shared() {
+        let obs = Observer::new(Limits::default());
+        let t = 1_000 * 1_000_000_000 + 200_000_000;
+        let a = obs.snapshot_at(30, t);
+        let b = obs.snapshot_at(30, t + 700_000_000);
+        assert!(Arc::ptr_eq(&a, &b), "same second, same snapshot");
+        let other_window = obs.snapshot_at(10, t);
+        assert!(!Arc::ptr_eq(&a, &other_window));
+        assert!(a.json.contains("\"window\":\"30s\""), "{}", a.json);
+        assert!(other_window.json.contains("\"window\":\"10s\""));
+        // The next second computes anew, and sees what came in meanwhile.
+        obs.ingest(&export(1)).expect("ingest");
+        let c = obs.snapshot_at(30, t + 1_000_000_000);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.second, a.second + 1);
+        // Older seconds are not kept.
+        let kept = obs.snapshots.lock().expect("lock").len();
+        assert_eq!(kept, 1);
+    }
+
+    #[test]
+    fn a_flood_is_refused_whole_with_a_typed_error() {
+        let obs = Observer::new(Limits::default());
+        let err = obs
+            .ingest(&export(MAX_SPANS_PER_EXPORT + 1))
+            .expect_err("too many spans");
+        assert_eq!(
+            err,
+            IngestError::TooManySpans {
+                spans: MAX_SPANS_PER_EXPORT + 1,
+                max: MAX_SPANS_PER_EXPORT
+            }
+        );
+        assert!(err.to_string().contains("at most 100000"), "{err}");
+        assert_eq!(obs.stats.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(obs.stats.spans.load(Ordering::Relaxed), 0);
+        assert_eq!(obs.ingest(&export(3)), Ok(()));
+        assert_eq!(obs.stats.spans.load(Ordering::Relaxed), 3);
+    }
 }

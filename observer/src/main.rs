@@ -3,10 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use faultline_observer::{
-    Addresses, Limits,
-    forward::{ForwardConfig, ForwardProtocol},
-};
+use faultline_observer::{Addresses, ForwardConfig, ForwardProtocol, Limits};
 
 /// Receives OTLP traces and serves live RED figures and breaker states.
 #[derive(Debug, Parser)]
@@ -30,6 +27,10 @@ struct Cli {
     /// Spans queued for forwarding at most; more are dropped and counted.
     #[arg(long, default_value_t = 100_000)]
     forward_queue: usize,
+    /// Encoded bytes queued for forwarding at most (default 64 MiB); more
+    /// are dropped and counted.
+    #[arg(long, default_value_t = 64 << 20)]
+    forward_queue_bytes: usize,
     /// Services tracked at most; spans of others are dropped and counted.
     #[arg(long, default_value_t = Limits::default().max_services)]
     max_services: usize,
@@ -38,12 +39,22 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // RUST_LOG picks the levels (info by default); plain text unless stderr
+    // is a terminal.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     // Our own spans go where OTEL_EXPORTER_OTLP_ENDPOINT says (not to this
     // observer itself, or forwarding would feed on its own spans).
     let _telemetry = match faultline_telemetry::init("faultline-observer") {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("faultline-observer: {e}");
+            tracing::error!("cannot set up telemetry: {:#}", anyhow::Error::new(e));
             return ExitCode::from(2);
         }
     };
@@ -63,34 +74,35 @@ async fn main() -> ExitCode {
             Some(p) => match ForwardProtocol::parse(p) {
                 Some(p) => p,
                 None => {
-                    eprintln!(
-                        "faultline-observer: --forward-protocol {p:?}: use grpc or http/protobuf"
-                    );
+                    tracing::error!("--forward-protocol {p:?}: use grpc or http/protobuf");
                     return ExitCode::from(2);
                 }
             },
         };
         let mut config = ForwardConfig::new(endpoint, protocol);
         config.queue_spans = cli.forward_queue;
+        config.queue_bytes = cli.forward_queue_bytes;
         observer = observer.forward_to(config);
     }
     let running = match faultline_observer::start_with(&addresses, observer).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("faultline-observer: cannot listen: {e}");
+            tracing::error!(error = %e, "cannot listen");
             return ExitCode::from(4);
         }
     };
     let a = &running.addresses;
-    eprintln!(
-        "faultline-observer: OTLP gRPC {} · OTLP HTTP {} · API http://{}/api/v1/services",
-        a.otlp_grpc, a.otlp_http, a.api
+    tracing::info!(
+        otlp_grpc = %a.otlp_grpc,
+        otlp_http = %a.otlp_http,
+        api = %format!("http://{}/api/v1/services", a.api),
+        "listening"
     );
     tokio::select! {
         r = running.wait() => match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("faultline-observer: {e}");
+                tracing::error!("a server failed: {:#}", anyhow::Error::new(e));
                 ExitCode::from(4)
             }
         },

@@ -46,7 +46,7 @@ fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 }
 
 /// Every span of an export, as records. Spans are counted once each.
-pub fn records(req: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
+pub(crate) fn records(req: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
         let service = rs

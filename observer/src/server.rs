@@ -1,11 +1,16 @@
 //! The observer's sockets: OTLP over gRPC and HTTP, and the live API.
 
-use std::{convert::Infallible, io::Read, sync::atomic::Ordering, time::Duration};
+use std::{
+    convert::Infallible,
+    io::Read,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State},
+    extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State, rejection::BytesRejection},
     http::request::Parts,
     http::{HeaderMap, StatusCode, header},
     response::{
@@ -18,11 +23,20 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::ConstCounter,
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
+    registry::Registry,
+};
 use prost::Message;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::Observer;
+use crate::{Observer, ServiceFigures};
 
 /// Largest request body accepted, compressed or not, and largest it may
 /// inflate to: a gzip bomb stops here.
@@ -39,14 +53,14 @@ impl TraceService for Grpc {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0
             .ingest(&request.into_inner())
-            .map_err(tonic::Status::invalid_argument)?;
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
 /// The gRPC OTLP endpoint; logs and metrics are not served, so their calls
 /// get UNIMPLEMENTED from tonic's router.
-pub fn grpc_service(observer: Observer) -> tonic::service::Routes {
+pub(crate) fn grpc_service(observer: Observer) -> tonic::service::Routes {
     let traces = TraceServiceServer::new(Grpc(observer))
         .max_decoding_message_size(MAX_BODY_BYTES)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -54,7 +68,7 @@ pub fn grpc_service(observer: Observer) -> tonic::service::Routes {
 }
 
 /// OTLP over HTTP: `POST /v1/traces`, protobuf or JSON, optionally gzipped.
-pub fn http_router(observer: Observer) -> Router {
+pub(crate) fn http_router(observer: Observer) -> Router {
     Router::new()
         .route("/v1/traces", post(http_traces))
         .route("/v1/logs", post(unimplemented))
@@ -77,8 +91,17 @@ fn bad_request(msg: impl Into<String>) -> Response {
 async fn http_traces(
     State(observer): State<Observer>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Taken as a Result so that a refused body (413 past MAX_BODY_BYTES)
+    // is counted like every other refusal.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return rejection.into_response();
+        }
+    };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -131,7 +154,7 @@ async fn http_traces(
     match request {
         Ok(req) => {
             if let Err(e) = observer.ingest(&req) {
-                return bad_request(e);
+                return bad_request(e.to_string());
             }
             let response = ExportTraceServiceResponse::default();
             if content_type.starts_with("application/json") {
@@ -177,7 +200,7 @@ pub fn parse_window(w: Option<&str>) -> Result<u64, String> {
 
 /// The live API: `/api/v1/services`, `/api/v1/services/{name}`,
 /// `/api/v1/stream` (server-sent events) and `/metrics`.
-pub fn api_router(observer: Observer) -> Router {
+pub(crate) fn api_router(observer: Observer) -> Router {
     Router::new()
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{name}", get(service))
@@ -250,10 +273,12 @@ async fn stream(State(observer): State<Observer>, Window(window): Window) -> Res
             let observer = observer.clone();
             async move {
                 interval.tick().await;
-                let data = json!({ "window": format!("{window}s"), "services": observer.services(window) });
+                let snapshot = observer.snapshot(window);
                 Some((
                     Ok::<Event, Infallible>(
-                        Event::default().event("snapshot").data(data.to_string()),
+                        Event::default()
+                            .event("snapshot")
+                            .data(snapshot.json.as_str()),
                     ),
                     interval,
                 ))
@@ -265,184 +290,256 @@ async fn stream(State(observer): State<Observer>, Window(window): Window) -> Res
         .into_response()
 }
 
-/// Prometheus text exposition: a family header, then its samples.
-struct Exposition(String);
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        self.0
-            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect();
-        if labels.is_empty() {
-            self.0.push_str(&format!("{name} {value}\n"));
-        } else {
-            self.0
-                .push_str(&format!("{name}{{{}}} {value}\n", labels.join(",")));
-        }
-    }
-
-    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
 }
 
-async fn metrics(State(observer): State<Observer>) -> Response {
-    let mut out = Exposition(String::new());
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PercentileLabels {
+    service: String,
+    /// 50, 95 or 99. Not `quantile`: that label belongs to summaries, which
+    /// these are not (they come from the observer's sketches).
+    percentile: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    service: String,
+    breaker: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The OpenMetrics text of the observer's counters and of every service's
+/// figures over 30 s (from this second's shared snapshot). A value that is
+/// not finite is left out: the text format would print it as `inf`.
+fn exposition(observer: &Observer) -> Result<String, std::fmt::Error> {
     let stats = &observer.stats;
     let store = observer.store_stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    out.single(
-        "faultline_observer_exports_total",
-        "counter",
-        "OTLP trace exports received.",
-        load(&stats.exports),
-    );
-    out.single(
-        "faultline_observer_spans_total",
-        "counter",
-        "Spans ingested.",
-        load(&stats.spans),
-    );
-    out.single(
-        "faultline_observer_rejected_total",
-        "counter",
-        "Exports refused as malformed or too large.",
-        load(&stats.rejected),
-    );
-    out.single(
-        "faultline_observer_dropped_services_total",
-        "counter",
-        "Spans dropped because the service limit was reached.",
-        store.dropped_services,
-    );
-    out.single(
-        "faultline_observer_dropped_edges_total",
-        "counter",
-        "Spans dropped because the edge limit was reached.",
-        store.dropped_edges,
-    );
-    out.single(
-        "faultline_observer_dropped_breakers_total",
-        "counter",
-        "Breaker observations dropped because the breaker limit was reached.",
-        store.dropped_breakers,
-    );
-    out.single(
-        "faultline_observer_dropped_memory_total",
-        "counter",
-        "Spans dropped because the windows reached their memory bound.",
-        store.dropped_memory,
-    );
-    out.single(
-        "faultline_observer_unattributed_client_spans_total",
-        "counter",
-        "Client spans naming no peer whose child server span never came.",
-        store.unattributed_client_spans,
-    );
-    out.single(
-        "faultline_observer_store_bytes",
-        "gauge",
-        "Approximate memory held by the sliding windows.",
-        observer.store_bytes(),
-    );
-    if let Some(f) = observer.forward_stats() {
-        out.single(
-            "faultline_observer_forwarded_spans_total",
-            "counter",
-            "Spans passed on downstream.",
-            load(&f.forwarded),
+    let mut registry = Registry::default();
+    {
+        let r = registry.sub_registry_with_prefix("faultline_observer");
+        let counters = [
+            (
+                "exports",
+                "OTLP trace exports received",
+                load(&stats.exports),
+            ),
+            ("spans", "Spans ingested", load(&stats.spans)),
+            (
+                "rejected",
+                "Exports refused as malformed or too large",
+                load(&stats.rejected),
+            ),
+            (
+                "dropped_services",
+                "Spans dropped because the service limit was reached",
+                store.dropped_services,
+            ),
+            (
+                "dropped_edges",
+                "Spans dropped because the edge limit was reached",
+                store.dropped_edges,
+            ),
+            (
+                "dropped_breakers",
+                "Breaker observations dropped because the breaker limit was reached",
+                store.dropped_breakers,
+            ),
+            (
+                "dropped_memory",
+                "Spans dropped because the windows reached their memory bound",
+                store.dropped_memory,
+            ),
+            (
+                "unattributed_client_spans",
+                "Client spans naming no peer whose child server span never came",
+                store.unattributed_client_spans,
+            ),
+        ];
+        for (name, help, value) in counters {
+            r.register(name, help, ConstCounter::new(value));
+        }
+        r.register(
+            "store_bytes",
+            "Approximate memory held by the sliding windows",
+            ConstGauge::new(observer.store_bytes() as u64),
         );
-        out.single(
-            "faultline_observer_forward_dropped_queue_full_total",
-            "counter",
-            "Spans not forwarded because the queue was full.",
-            load(&f.dropped_queue_full),
-        );
-        out.single(
-            "faultline_observer_forward_dropped_failed_total",
-            "counter",
-            "Spans not forwarded because every attempt failed.",
-            load(&f.dropped_failed),
-        );
-        out.single(
-            "faultline_observer_forward_queue_spans",
-            "gauge",
-            "Spans waiting to be forwarded.",
-            f.queued.load(Ordering::Relaxed),
-        );
-    }
-    let figures = observer.services(30);
-    out.family(
-        "faultline_service_requests_per_second",
-        "gauge",
-        "Server requests per second over the last 30 s.",
-    );
-    for f in &figures {
-        out.sample(
-            "faultline_service_requests_per_second",
-            &[("service", &f.name)],
-            f.red.requests_per_second,
-        );
-    }
-    out.family(
-        "faultline_service_error_rate",
-        "gauge",
-        "Share of failed server requests over the last 30 s.",
-    );
-    for f in &figures {
-        out.sample(
-            "faultline_service_error_rate",
-            &[("service", &f.name)],
-            f.red.error_rate,
-        );
-    }
-    out.family(
-        "faultline_service_latency_seconds",
-        "gauge",
-        "Server latency percentiles over the last 30 s.",
-    );
-    for f in &figures {
-        let l = &f.red.latency_ms;
-        for (q, v) in [("0.5", l.p50), ("0.95", l.p95), ("0.99", l.p99)] {
-            out.sample(
-                "faultline_service_latency_seconds",
-                &[("service", &f.name), ("quantile", q)],
-                v / 1000.0,
+        if let Some(f) = observer.forward_stats() {
+            for (name, help, value) in [
+                (
+                    "forwarded_spans",
+                    "Spans passed on downstream",
+                    load(&f.forwarded),
+                ),
+                (
+                    "forward_dropped_queue_full",
+                    "Spans not forwarded because the queue was full",
+                    load(&f.dropped_queue_full),
+                ),
+                (
+                    "forward_dropped_failed",
+                    "Spans not forwarded because every attempt failed",
+                    load(&f.dropped_failed),
+                ),
+            ] {
+                r.register(name, help, ConstCounter::new(value));
+            }
+            r.register(
+                "forward_queue_spans",
+                "Spans waiting to be forwarded",
+                ConstGauge::new(f.queued.load(Ordering::Relaxed) as u64),
+            );
+            r.register(
+                "forward_queue_bytes",
+                "Encoded bytes of the spans waiting to be forwarded",
+                ConstGauge::new(f.queued_bytes.load(Ordering::Relaxed) as u64),
             );
         }
     }
-    out.family(
-        "faultline_breaker_state",
-        "gauge",
-        "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-    );
-    for f in &figures {
+    let snapshot = observer.snapshot(30);
+    register_services(&mut registry, &snapshot.services);
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// Every service's figures as gauges; values that are not finite left out.
+fn register_services(registry: &mut Registry, services: &[ServiceFigures]) {
+    let rate = Family::<ServiceLabel, FloatGauge>::default();
+    let errors = Family::<ServiceLabel, FloatGauge>::default();
+    let latency = Family::<PercentileLabels, FloatGauge>::default();
+    let breakers = Family::<BreakerLabels, Gauge>::default();
+    let set = |family: &Family<ServiceLabel, FloatGauge>, service: &str, v: f64| {
+        if v.is_finite() {
+            family
+                .get_or_create(&ServiceLabel {
+                    service: service.to_owned(),
+                })
+                .set(v);
+        }
+    };
+    for f in services {
+        set(&rate, &f.name, f.red.requests_per_second);
+        set(&errors, &f.name, f.red.error_rate);
+        let l = &f.red.latency_ms;
+        for (percentile, ms) in [("50", l.p50), ("95", l.p95), ("99", l.p99)] {
+            let seconds = ms / 1000.0;
+            if seconds.is_finite() {
+                latency
+                    .get_or_create(&PercentileLabels {
+                        service: f.name.clone(),
+                        percentile,
+                    })
+                    .set(seconds);
+            }
+        }
         for b in &f.breakers {
             let v = match b.state {
                 crate::store::BreakerState::Closed => 0,
                 crate::store::BreakerState::Open => 1,
                 crate::store::BreakerState::HalfOpen => 2,
             };
-            out.sample(
-                "faultline_breaker_state",
-                &[("service", &f.name), ("breaker", &b.name)],
-                v,
-            );
+            breakers
+                .get_or_create(&BreakerLabels {
+                    service: f.name.clone(),
+                    breaker: b.name.clone(),
+                })
+                .set(v);
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.0).into_response()
+    registry.register(
+        "faultline_service_requests_per_second",
+        "Server requests per second over the last 30 s",
+        rate,
+    );
+    registry.register(
+        "faultline_service_error_rate",
+        "Share of failed server requests over the last 30 s",
+        errors,
+    );
+    registry.register(
+        "faultline_service_latency_seconds",
+        "Server latency at the 50th, 95th and 99th percentiles over the last 30 s",
+        latency,
+    );
+    registry.register(
+        "faultline_breaker_state",
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+        breakers,
+    );
 }
 
-/// Prometheus label value escaping.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+async fn metrics(State(observer): State<Observer>) -> Response {
+    match exposition(&observer) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BreakerFigures, BreakerState, Latencies, Red};
+
+    #[test]
+    fn service_figures_encode_as_openmetrics_without_infinities() {
+        let figures = |name: &str, rps: f64, p99: f64| ServiceFigures {
+            name: name.into(),
+            red: Red {
+                requests: 10,
+                requests_per_second: rps,
+                error_rate: 0.5,
+                latency_ms: Latencies {
+                    p50: 2.0,
+                    p95: 20.0,
+                    p99,
+                },
+            },
+            breakers: vec![BreakerFigures {
+                name: "db".into(),
+                state: BreakerState::Open,
+                since: String::new(),
+                for_seconds: 1.0,
+                transitions: 1,
+                short_circuited: 0,
+            }],
+            edges: vec![],
+        };
+        let mut registry = Registry::default();
+        register_services(
+            &mut registry,
+            &[
+                figures("shop", 2.5, 300.0),
+                figures("odd \"name\"", f64::INFINITY, f64::NAN),
+            ],
+        );
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encodes");
+        for want in [
+            "# TYPE faultline_service_latency_seconds gauge",
+            "faultline_service_latency_seconds{service=\"shop\",percentile=\"99\"} 0.3",
+            "faultline_service_requests_per_second{service=\"shop\"} 2.5",
+            "faultline_service_error_rate{service=\"odd \\\"name\\\"\"} 0.5",
+            "faultline_breaker_state{service=\"shop\",breaker=\"db\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        assert!(!text.contains("inf") && !text.contains("NaN"), "{text}");
+        assert!(!text.contains("quantile"), "{text}");
+        assert!(
+            !text.contains("faultline_service_requests_per_second{service=\"odd"),
+            "{text}"
+        );
+    }
 }

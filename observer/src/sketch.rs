@@ -8,7 +8,7 @@
 //! that rank.
 
 /// Relative accuracy of reported percentiles.
-pub const RELATIVE_ACCURACY: f64 = 0.01;
+pub(crate) const RELATIVE_ACCURACY: f64 = 0.01;
 /// Buckets cover 1 µs to over 24 h; larger values land in the last bucket.
 const MAX_INDEX: u16 = 2200;
 
@@ -39,14 +39,14 @@ fn value_of(index: u16) -> f64 {
 
 /// Sorted (bucket, count) pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sketch {
+pub(crate) struct Sketch {
     buckets: Vec<(u16, u32)>,
     count: u64,
 }
 
 impl Sketch {
     /// Adds a value; true when it took a new bucket (the sketch grew).
-    pub fn add_micros(&mut self, micros: f64) -> bool {
+    pub(crate) fn add_micros(&mut self, micros: f64) -> bool {
         let i = index_of(micros);
         self.count += 1;
         match self.buckets.binary_search_by_key(&i, |(b, _)| *b) {
@@ -62,36 +62,27 @@ impl Sketch {
     }
 
     /// Bytes of one bucket, for memory accounting.
-    pub const BUCKET_BYTES: usize = std::mem::size_of::<(u16, u32)>();
+    pub(crate) const BUCKET_BYTES: usize = std::mem::size_of::<(u16, u32)>();
 
-    pub fn buckets(&self) -> usize {
+    pub(crate) fn buckets(&self) -> usize {
         self.buckets.len()
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    pub fn clear(&mut self) {
-        self.buckets.clear();
-        self.count = 0;
-    }
-
     /// Approximate heap bytes held.
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<(u16, u32)>()
     }
 }
 
 /// Merged view of several sketches, for percentile queries.
 #[derive(Debug, Default)]
-pub struct Merged {
+pub(crate) struct Merged {
     counts: Vec<u64>,
     total: u64,
 }
 
 impl Merged {
-    pub fn add(&mut self, s: &Sketch) {
+    pub(crate) fn add(&mut self, s: &Sketch) {
         if self.counts.is_empty() {
             self.counts = vec![0; usize::from(MAX_INDEX) + 1];
         }
@@ -101,12 +92,8 @@ impl Merged {
         self.total += s.count;
     }
 
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
     /// The value (µs) at percentile `p` (0–100), or None when empty.
-    pub fn percentile_micros(&self, p: f64) -> Option<f64> {
+    pub(crate) fn percentile_micros(&self, p: f64) -> Option<f64> {
         if self.total == 0 {
             return None;
         }

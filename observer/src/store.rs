@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::sketch::{Merged, Sketch};
 
 /// One-second slices kept per series: the longest window.
-pub const MAX_WINDOW_SECS: u64 = 300;
+pub(crate) const MAX_WINDOW_SECS: u64 = 300;
 const NANOS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,6 +30,7 @@ impl BreakerState {
         }
     }
 
+    /// As `circuit_breaker.state` writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -40,7 +41,7 @@ impl BreakerState {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Server,
     Client,
     Other,
@@ -48,7 +49,7 @@ pub enum Kind {
 
 /// What the store needs of one span.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SpanRecord {
+pub(crate) struct SpanRecord {
     pub service: String,
     pub kind: Kind,
     pub end_nanos: u64,
@@ -66,7 +67,7 @@ pub struct SpanRecord {
 /// Span identity (0 when absent), to attribute a client span that names no
 /// peer to the service of its child server span.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct SpanIds {
+pub(crate) struct SpanIds {
     pub trace: u128,
     pub span: u64,
     pub parent: u64,
@@ -383,7 +384,7 @@ struct ServiceEntry {
 /// Counters about the store itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StoreStats {
+pub(crate) struct StoreStats {
     pub spans: u64,
     pub dropped_services: u64,
     pub dropped_edges: u64,
@@ -395,7 +396,7 @@ pub struct StoreStats {
 }
 
 #[derive(Debug, Default)]
-pub struct Store {
+pub(crate) struct Store {
     limits: Limits,
     services: HashMap<String, ServiceEntry>,
     stats: StoreStats,
@@ -428,14 +429,14 @@ impl Store {
         }
     }
 
-    pub fn stats(&self) -> StoreStats {
+    pub(crate) fn stats(&self) -> StoreStats {
         self.stats
     }
 
     /// Records one span. `now_nanos` is the receive time; spans dated more
     /// than 5 minutes in the past or 10 s in the future (clock skew) are
     /// counted at the receive time instead.
-    pub fn record(&mut self, now_nanos: u64, span: &SpanRecord) {
+    pub(crate) fn record(&mut self, now_nanos: u64, span: &SpanRecord) {
         self.stats.spans += 1;
         let limits = self.limits;
         self.sweep(now_nanos);
@@ -631,14 +632,19 @@ impl Store {
         }
     }
 
-    pub fn service_names(&self) -> Vec<String> {
+    pub(crate) fn service_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.services.keys().cloned().collect();
         names.sort();
         names
     }
 
     /// The figures of one service over the `window` seconds up to `now`.
-    pub fn service(&self, name: &str, now_nanos: u64, window_secs: u64) -> Option<ServiceFigures> {
+    pub(crate) fn service(
+        &self,
+        name: &str,
+        now_nanos: u64,
+        window_secs: u64,
+    ) -> Option<ServiceFigures> {
         let entry = self.services.get(name)?;
         let window = window_secs.clamp(1, MAX_WINDOW_SECS);
         let now_second = now_nanos / NANOS;
@@ -691,7 +697,7 @@ impl Store {
     /// Any latency percentile (0–100] of a service's server requests, or of
     /// one of its edges, over the window: what a `latency` check compares.
     /// None without requests in the window.
-    pub fn latency_ms(
+    pub(crate) fn latency_ms(
         &self,
         service: &str,
         edge: Option<&str>,
@@ -714,7 +720,7 @@ impl Store {
             .map(|us| round(us / 1000.0))
     }
 
-    pub fn services(&self, now_nanos: u64, window_secs: u64) -> Vec<ServiceFigures> {
+    pub(crate) fn services(&self, now_nanos: u64, window_secs: u64) -> Vec<ServiceFigures> {
         self.service_names()
             .iter()
             .filter_map(|n| self.service(n, now_nanos, window_secs))
@@ -722,7 +728,7 @@ impl Store {
     }
 
     /// Approximate heap bytes held (for the memory benchmark and /metrics).
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.services
             .iter()
             .map(|(k, e)| {
@@ -757,7 +763,7 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-pub fn rfc3339(nanos: u64) -> String {
+pub(crate) fn rfc3339(nanos: u64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(nanos))
         .map(|t| t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
         .unwrap_or_default()

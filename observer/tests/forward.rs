@@ -7,27 +7,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use faultline_observer::{
-    Addresses, Limits, Observer,
-    forward::{ForwardConfig, ForwardProtocol},
-};
+use faultline_observer::{Addresses, ForwardConfig, ForwardProtocol, Limits, Observer};
+use faultline_testkit::otlp::{self, attr as kv};
 use mock_collector::{MockServer, Protocol};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind},
+    trace::v1::{Span, span::SpanKind},
 };
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 /// One export of `n` spans in one trace: a root and children pointing at it.
 fn export(service: &str, trace: u8, n: usize) -> ExportTraceServiceRequest {
@@ -59,22 +45,13 @@ fn export(service: &str, trace: u8, n: usize) -> ExportTraceServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", service),
-                    kv("deployment.environment", "test"),
-                ],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    otlp::export(
+        vec![
+            kv("service.name", service),
+            kv("deployment.environment", "test"),
+        ],
+        spans,
+    )
 }
 
 async fn observer_forwarding(config: ForwardConfig) -> faultline_observer::Running {
@@ -184,4 +161,28 @@ async fn a_dead_downstream_loses_only_the_overflow() {
     assert!(stats.queued.load(Ordering::Relaxed) <= 1000);
     let f = obs.observer.service("flood", 30).expect("seen");
     assert_eq!(f.red.requests, 50, "every root span was still counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_bounded_in_bytes_too() {
+    // A downstream that accepts connections and never answers: everything
+    // queued stays queued for the length of the test.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let mut config = ForwardConfig::new(format!("http://{addr}"), ForwardProtocol::HttpProtobuf);
+    // Room for two exports by bytes, for thousands by spans.
+    let one = prost::Message::encoded_len(&export("big", 0, 10));
+    config.queue_spans = 100_000;
+    config.queue_bytes = 2 * one + one / 2;
+    let observer = Observer::new(Limits::default()).forward_to(config);
+    for t in 0..5u8 {
+        observer.ingest(&export("big", t, 10)).expect("ingest");
+    }
+    let stats = observer.forward_stats().expect("forwarding");
+    assert_eq!(stats.dropped_queue_full.load(Ordering::Relaxed), 30);
+    assert_eq!(stats.queued.load(Ordering::Relaxed), 20);
+    assert_eq!(stats.queued_bytes.load(Ordering::Relaxed), 2 * one);
+    drop(silent);
 }

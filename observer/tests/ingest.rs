@@ -328,6 +328,29 @@ async fn json_gzip_and_malformed_payloads() {
     );
     // Wrong content type.
     assert_eq!(post("text/plain", None, b"hello".to_vec()).await, 415);
+    // Past the body limit: 413, counted as a refusal. The body is written
+    // from a task that may find the connection closed early.
+    {
+        let mut s = tokio::net::TcpStream::connect(obs.addresses.otlp_http)
+            .await
+            .expect("connect");
+        let len = faultline_observer::MAX_BODY_BYTES + 1;
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/x-protobuf\r\ncontent-length: {len}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        let (mut rd, mut wr) = s.into_split();
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(&vec![0u8; len]).await;
+            wr
+        });
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "no answer to an oversized body");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        drop(writer.await);
+    }
     // A gzip bomb: 64 MiB of zeros in a few KiB.
     let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     std::io::Write::write_all(&mut bomb, &vec![0u8; 64 << 20]).expect("gzip");
@@ -375,11 +398,11 @@ async fn json_gzip_and_malformed_payloads() {
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(
-        text.contains("faultline_observer_rejected_total 6"),
+        text.contains("faultline_observer_rejected_total 7"),
         "{text}"
     );
     assert!(
-        text.contains("faultline_service_error_rate{service=\"inventory\"} 1"),
+        text.contains("faultline_service_error_rate{service=\"inventory\"} 1.0"),
         "{text}"
     );
     let (status, _) = http(

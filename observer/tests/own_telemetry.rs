@@ -1,33 +1,18 @@
-//! The observer's own telemetry follows DESIGN.md: exported over OTLP as
+//! The observer's own telemetry follows docs/architecture.md: exported over OTLP as
 //! service `faultline-observer` when OTEL_* say where, silent otherwise.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
+use faultline_testkit::{KillOnDrop as Killed, free_port as port};
 use mock_collector::{MockServer, Protocol};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     resource::v1::Resource,
     trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
 
 fn observer(env: &[(&str, String)], forward: Option<String>) -> (Killed, u16) {
     let (grpc, http, api) = (port(), port(), port());

@@ -7,19 +7,9 @@ use std::{path::PathBuf, process::Command};
 
 use faultline_observer::{Addresses, BreakerState, Limits};
 
+/// A python with the OpenTelemetry SDK.
 fn python() -> Option<String> {
-    match std::env::var("FAULTLINE_PYTHON") {
-        Ok(p) => Some(p),
-        Err(_) if std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some() => {
-            panic!(
-                "FAULTLINE_PYTHON must point at a python with the OpenTelemetry SDK (scripts/test.sh sets it)"
-            )
-        }
-        Err(_) => {
-            eprintln!("skipped: FAULTLINE_PYTHON not set; ./scripts/test.sh installs the SDK");
-            None
-        }
-    }
+    faultline_testkit::peer_var("FAULTLINE_PYTHON")
 }
 
 async fn check(protocol: &'static str) {

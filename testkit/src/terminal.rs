@@ -1,22 +1,20 @@
 //! A real terminal for tests: a detached tmux session whose screen is read
-//! with `capture-pane` and typed into with `send-keys`; and the processes
-//! a test started, found by a mark in their environment.
+//! with `capture-pane` and typed into with `send-keys`.
 
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
-/// Whether tmux can be used; with `FAULTLINE_REQUIRE_PEERS` set (as
-/// scripts/test.sh does, after installing it) a missing tmux panics
-/// instead, so no test passes by skipping.
+/// Whether tmux can be used; without it the test skips, or fails when
+/// peers are required (scripts/test.sh installs it).
 pub fn tmux_available() -> bool {
     let found = Command::new("tmux")
         .arg("-V")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found && std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some() {
-        panic!("tmux is required (scripts/test.sh installs it)");
+    if !found {
+        crate::skip_without_peer("tmux is not installed");
     }
     found
 }
@@ -133,25 +131,4 @@ impl Drop for Tmux {
             .arg("kill-server")
             .output();
     }
-}
-
-/// Pids of live processes with `FAULTLINE_TEST_MARK=mark` in their
-/// environment (children inherit it, so a test finds exactly its own).
-pub fn marked_processes(mark: &str) -> Vec<u32> {
-    let needle = format!("FAULTLINE_TEST_MARK={mark}");
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let environ = std::fs::read(e.path().join("environ")).ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // A zombie has ended; only its parent's wait is missing.
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            (!zombie && environ.split(|b| *b == 0).any(|v| v == needle.as_bytes())).then_some(pid)
-        })
-        .collect()
 }

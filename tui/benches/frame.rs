@@ -143,7 +143,7 @@ fn idle_cpu(services: usize, secs: u64) -> f64 {
         for i in 0..services {
             running
                 .observer
-                .ingest(&faultline_testkit::spans::server_spans(
+                .ingest(&faultline_testkit::otlp::server_spans(
                     &format!("service-{i:04}"),
                     5,
                     1,

@@ -20,7 +20,7 @@ async fn observer_with_checkout() -> faultline_observer::Running {
         .expect("observer starts");
     running
         .observer
-        .ingest(&faultline_testkit::spans::server_spans("checkout", 4, 1))
+        .ingest(&faultline_testkit::otlp::server_spans("checkout", 4, 1))
         .expect("ingests");
     running
 }

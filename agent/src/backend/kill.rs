@@ -23,7 +23,7 @@ fn to_rustix(s: Signal) -> RSignal {
 
 /// Signals every process of the target; returns an error only when the
 /// target cannot be read or a live process refuses the signal.
-pub fn signal_all(
+pub(crate) fn signal_all(
     resolver: &Resolver,
     target: &NodeTarget,
     signal: Signal,

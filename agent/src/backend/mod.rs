@@ -1,10 +1,10 @@
 //! Fault backends: the only code that changes the kernel, behind one small
 //! trait so the agent's loop runs against a recording backend in tests.
 
-pub mod kill;
-pub mod netem;
-pub mod nfnl;
-pub mod nft;
+pub(crate) mod kill;
+pub(crate) mod netem;
+pub(crate) mod nfnl;
+pub(crate) mod nft;
 
 use std::{
     path::PathBuf,
@@ -41,8 +41,8 @@ impl From<TargetError> for BackendError {
 impl From<NetnsError> for BackendError {
     fn from(e: NetnsError) -> Self {
         match e {
-            NetnsError::Gone { .. } => BackendError::Gone(e.to_string()),
-            other => BackendError::Failed(other.to_string()),
+            NetnsError::Gone { .. } => BackendError::Gone(crate::report(&e)),
+            other => BackendError::Failed(crate::report(&other)),
         }
     }
 }

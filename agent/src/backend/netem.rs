@@ -34,9 +34,9 @@ use serde_json::Value;
 use super::{BackendError, Programs};
 use crate::netns::{self, NetnsError};
 
-pub const FIRST_BAND: u8 = 2;
-pub const LAST_BAND: u8 = 16;
-pub const ROOT: &str = "fa00:";
+pub(crate) const FIRST_BAND: u8 = 2;
+pub(crate) const LAST_BAND: u8 = 16;
+pub(crate) const ROOT: &str = "fa00:";
 /// Filter prio offsets from the band: IPv4 `to` at +0, IPv6 `to` at
 /// +32, catch-all at +100 (tried last).
 const IPV6_PRIO: u32 = 32;
@@ -55,7 +55,7 @@ fn v(args: &[&str]) -> Vec<String> {
 }
 
 /// Adds our prio root, everything to band 1 by default.
-pub fn root_cmd(dev: &str) -> Vec<String> {
+pub(crate) fn root_cmd(dev: &str) -> Vec<String> {
     let mut c = v(&[
         "qdisc", "add", "dev", dev, "root", "handle", ROOT, "prio", "bands", "16", "priomap",
     ]);
@@ -68,7 +68,7 @@ fn ms(d: faultline_api::Duration) -> String {
 }
 
 /// The netem child of one band (replace: applying twice is one netem).
-pub fn netem_cmd(dev: &str, band: u8, l: &Latency) -> Vec<String> {
+pub(crate) fn netem_cmd(dev: &str, band: u8, l: &Latency) -> Vec<String> {
     let mut c = v(&[
         "qdisc",
         "replace",
@@ -103,7 +103,11 @@ fn prios(band: u8) -> [u32; 3] {
 }
 
 /// Filters steering the fault's traffic to its band.
-pub fn filter_cmds(dev: &str, band: u8, l: &Latency) -> Result<Vec<Vec<String>>, BackendError> {
+pub(crate) fn filter_cmds(
+    dev: &str,
+    band: u8,
+    l: &Latency,
+) -> Result<Vec<Vec<String>>, BackendError> {
     let [v4, v6, all] = prios(band).map(|p| p.to_string());
     let flow = class(band);
     if l.to.is_empty() {
@@ -114,8 +118,9 @@ pub fn filter_cmds(dev: &str, band: u8, l: &Latency) -> Result<Vec<Vec<String>>,
     }
     l.to.iter()
         .map(|cidr| {
-            let (addr, len) = parse_cidr(cidr)
+            let net = parse_cidr(cidr)
                 .ok_or_else(|| BackendError::Failed(format!("{cidr:?} is not a CIDR")))?;
+            let (addr, len) = (net.addr(), net.prefix_len());
             let (proto, m, p) = if addr.is_ipv4() {
                 ("ip", "ip", v4.as_str())
             } else {
@@ -131,7 +136,7 @@ pub fn filter_cmds(dev: &str, band: u8, l: &Latency) -> Result<Vec<Vec<String>>,
 }
 
 /// Deletes the fault's filters (every protocol at each of its prios).
-pub fn filter_remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
+pub(crate) fn filter_remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
     prios(band)
         .iter()
         .map(|p| {
@@ -150,7 +155,7 @@ pub fn filter_remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
 }
 
 /// Deletes the fault's filters and its netem.
-pub fn remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
+pub(crate) fn remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
     let mut out = filter_remove_cmds(dev, band);
     out.push(v(&[
         "qdisc",
@@ -167,14 +172,14 @@ pub fn remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
 
 /// What the root qdisc of an interface is, from `tc -j qdisc show dev X root`.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Root {
+pub(crate) enum Root {
     /// The kernel's default (handle `0:`): ours to replace and restore.
     Default,
     Ours,
     Foreign(String),
 }
 
-pub fn classify_root(show: &Value) -> Root {
+pub(crate) fn classify_root(show: &Value) -> Root {
     let Some(q) = show.as_array().and_then(|a| {
         a.iter()
             .find(|q| q.get("root").and_then(Value::as_bool) == Some(true))
@@ -192,7 +197,7 @@ pub fn classify_root(show: &Value) -> Root {
 }
 
 /// Bands of ours that still hold a netem child, from `tc -j qdisc show dev X`.
-pub fn bands_in_use(show: &Value) -> Vec<u8> {
+pub(crate) fn bands_in_use(show: &Value) -> Vec<u8> {
     show.as_array()
         .map(|a| {
             a.iter()
@@ -209,7 +214,7 @@ pub fn bands_in_use(show: &Value) -> Vec<u8> {
 }
 
 /// Interface names from `ip -j link show`, without `lo`.
-pub fn interfaces(links: &Value) -> Vec<String> {
+pub(crate) fn interfaces(links: &Value) -> Vec<String> {
     links
         .as_array()
         .map(|a| {
@@ -285,7 +290,7 @@ pub fn apply(p: &Programs, ns: &Path, band: u8, l: &Latency) -> Result<Vec<Strin
 /// else's root qdisc are not touched. When the interfaces are still `known`
 /// it costs one `ip` run and nothing else. Returns the interfaces when they
 /// changed, and whether one was set up.
-pub fn refresh(
+pub(crate) fn refresh(
     p: &Programs,
     ns: &Path,
     band: u8,

@@ -53,9 +53,9 @@ const NFNETLINK_V0: u8 = 0;
 
 // linux/netfilter.h
 const NFPROTO_UNSPEC: u8 = 0;
-pub const NFPROTO_INET: u8 = 1;
-pub const NFPROTO_IPV4: u8 = 2;
-pub const NFPROTO_IPV6: u8 = 10;
+pub(crate) const NFPROTO_INET: u8 = 1;
+pub(crate) const NFPROTO_IPV4: u8 = 2;
+pub(crate) const NFPROTO_IPV6: u8 = 10;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NF_INET_LOCAL_IN: u32 = 1;
@@ -89,8 +89,8 @@ const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
-pub const NFT_META_NFPROTO: u32 = 15;
-pub const NFT_META_L4PROTO: u32 = 16;
+pub(crate) const NFT_META_NFPROTO: u32 = 15;
+pub(crate) const NFT_META_L4PROTO: u32 = 16;
 const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
@@ -102,8 +102,8 @@ const NFTA_PAYLOAD_DREG: u16 = 1;
 const NFTA_PAYLOAD_BASE: u16 = 2;
 const NFTA_PAYLOAD_OFFSET: u16 = 3;
 const NFTA_PAYLOAD_LEN: u16 = 4;
-pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+pub(crate) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub(crate) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFTA_BITWISE_SREG: u16 = 1;
 const NFTA_BITWISE_DREG: u16 = 2;
 const NFTA_BITWISE_LEN: u16 = 3;
@@ -138,13 +138,13 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 const NFTNL_UDATA_SET_KEYBYTEORDER: u8 = 0;
 const BYTEORDER_BIG_ENDIAN: u32 = 2;
-pub const TYPE_INET_PROTOCOL: u32 = 12;
-pub const TYPE_INET_SERVICE: u32 = 13;
+pub(crate) const TYPE_INET_PROTOCOL: u32 = 12;
+pub(crate) const TYPE_INET_SERVICE: u32 = 13;
 
 /// The kernel numbers an anonymous set itself where the name says `%d`.
 const ANON_SET_NAME: &str = "__set%d";
 /// nft refuses comments longer than this; the kernel's userdata limit is 256.
-pub const COMMENT_MAX: usize = 128;
+pub(crate) const COMMENT_MAX: usize = 128;
 /// How long any answer from the kernel may take.
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// Large enough for any datagram the kernel sends (dumps use at most 32 KiB).
@@ -152,7 +152,7 @@ const RECV_BUF: usize = 128 * 1024;
 
 /// A base chain's hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
+pub(crate) enum Hook {
     Input,
     Output,
 }
@@ -160,7 +160,7 @@ pub enum Hook {
 /// One rule expression; every load goes to register 1, which the next
 /// expression reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expr {
+pub(crate) enum Expr {
     /// `meta KEY` → reg 1.
     Meta { key: u32 },
     /// `len` bytes at `offset` of header `base` → reg 1.
@@ -191,7 +191,7 @@ pub enum EncodeError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NfnlError {
-    #[error("nftables netlink {what}: {source}")]
+    #[error("nftables netlink {what}")]
     Io {
         what: &'static str,
         source: io::Error,
@@ -207,7 +207,7 @@ pub enum NfnlError {
 
 impl NfnlError {
     /// ENOENT from a delete: what was to be deleted is not there.
-    pub fn is_absent_on_delete(&self) -> bool {
+    pub(crate) fn is_absent_on_delete(&self) -> bool {
         matches!(self, NfnlError::Kernel { op, errno } if op.delete && *errno == ENOENT)
     }
 }
@@ -309,7 +309,7 @@ impl Writer {
 
 /// One nf_tables transaction, encoded.
 #[derive(Debug)]
-pub struct Batch {
+pub(crate) struct Batch {
     w: Writer,
     family: u8,
     /// Start of every message, with what it does (None: begin and end).
@@ -362,7 +362,7 @@ impl Batch {
     }
 
     /// `add table`: created if missing, left as it is otherwise.
-    pub fn add_table(&mut self, table: &str) {
+    pub(crate) fn add_table(&mut self, table: &str) {
         self.msg(
             NFT_MSG_NEWTABLE,
             NLM_F_CREATE,
@@ -371,7 +371,7 @@ impl Batch {
         );
     }
 
-    pub fn del_table(&mut self, table: &str) {
+    pub(crate) fn del_table(&mut self, table: &str) {
         self.msg(
             NFT_MSG_DELTABLE,
             0,
@@ -382,7 +382,7 @@ impl Batch {
 
     /// `add chain` for a filter base chain with policy accept; re-adding
     /// the same chain changes nothing (NLM_F_CREATE without NLM_F_EXCL).
-    pub fn add_base_chain(&mut self, table: &str, chain: &str, hook: Hook, priority: i32) {
+    pub(crate) fn add_base_chain(&mut self, table: &str, chain: &str, hook: Hook, priority: i32) {
         let hooknum = match hook {
             Hook::Input => NF_INET_LOCAL_IN,
             Hook::Output => NF_INET_LOCAL_OUT,
@@ -406,7 +406,7 @@ impl Batch {
     }
 
     /// `flush chain`: DELRULE naming only the table and chain deletes all its rules.
-    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+    pub(crate) fn flush_chain(&mut self, table: &str, chain: &str) {
         self.msg(
             NFT_MSG_DELRULE,
             0,
@@ -418,7 +418,7 @@ impl Batch {
         );
     }
 
-    pub fn del_chain(&mut self, table: &str, chain: &str) {
+    pub(crate) fn del_chain(&mut self, table: &str, chain: &str) {
         self.msg(
             NFT_MSG_DELCHAIN,
             0,
@@ -433,7 +433,13 @@ impl Batch {
     /// An anonymous constant set of `key_len`-byte keys (network order),
     /// filled in the same transaction; returns the id a [`Expr::Lookup`]
     /// in a later rule of this batch binds it by. Each set serves one rule.
-    pub fn anon_set(&mut self, table: &str, key_type: u32, key_len: u32, keys: &[Vec<u8>]) -> u32 {
+    pub(crate) fn anon_set(
+        &mut self,
+        table: &str,
+        key_type: u32,
+        key_len: u32,
+        keys: &[Vec<u8>],
+    ) -> u32 {
         let id = self.next_set_id;
         self.next_set_id = self.next_set_id.wrapping_add(1);
         let size = u32::try_from(keys.len()).unwrap_or(u32::MAX);
@@ -474,7 +480,7 @@ impl Batch {
     }
 
     /// `add rule` at the end of `chain`, with nft's comment userdata.
-    pub fn add_rule(&mut self, table: &str, chain: &str, exprs: &[Expr], comment: &str) {
+    pub(crate) fn add_rule(&mut self, table: &str, chain: &str, exprs: &[Expr], comment: &str) {
         self.msg(
             NFT_MSG_NEWRULE,
             NLM_F_CREATE | NLM_F_APPEND,
@@ -495,7 +501,7 @@ impl Batch {
     }
 
     /// Closes the batch: the bytes to send and what each message does.
-    pub fn finish(mut self) -> Result<Encoded, EncodeError> {
+    pub(crate) fn finish(mut self) -> Result<Encoded, EncodeError> {
         let start = self.w.begin_msg(
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
@@ -580,18 +586,19 @@ fn expr(w: &mut Writer, e: &Expr) {
 
 /// A finished batch.
 #[derive(Debug)]
-pub struct Encoded {
+pub(crate) struct Encoded {
     bytes: Vec<u8>,
     msgs: Vec<(usize, Option<Op>)>,
 }
 
 impl Encoded {
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
     /// The operations, in order.
-    pub fn ops(&self) -> impl Iterator<Item = &Op> {
+    #[cfg(test)]
+    pub(crate) fn ops(&self) -> impl Iterator<Item = &Op> {
         self.msgs.iter().filter_map(|(_, op)| op.as_ref())
     }
 
@@ -846,7 +853,7 @@ impl Socket {
 
     /// Sends one transaction and waits for its outcome: Ok once every
     /// message is acked (committed), else the first refusal.
-    pub fn transact(&mut self, mut batch: Encoded) -> Result<(), NfnlError> {
+    pub(crate) fn transact(&mut self, mut batch: Encoded) -> Result<(), NfnlError> {
         let (begin, pending) = batch.number(self.seq);
         self.seq = self
             .seq
@@ -885,7 +892,7 @@ impl Socket {
     }
 
     /// The names of `table`'s chains (none when the table does not exist).
-    pub fn chains(&mut self, family: u8, table: &str) -> Result<Vec<String>, NfnlError> {
+    pub(crate) fn chains(&mut self, family: u8, table: &str) -> Result<Vec<String>, NfnlError> {
         // A dump interrupted by a concurrent change is repeated.
         for _ in 0..3 {
             let seq = self.seq;

@@ -40,15 +40,15 @@ use super::{
 };
 use crate::netns::{self, NsId};
 
-pub const TABLE: &str = "faultline";
+pub(crate) const TABLE: &str = "faultline";
 /// nft's name for the table's family (NFPROTO_INET).
-pub const FAMILY: &str = "inet";
+pub(crate) const FAMILY: &str = "inet";
 /// Before the usual filter priority (0), so an accept elsewhere cannot come first.
-pub const PRIORITY: i32 = -10;
+pub(crate) const PRIORITY: i32 = -10;
 
 /// A stable 64-bit FNV-1a hash: chain names must be the same in every
 /// version of the agent, which `std`'s hasher does not promise.
-pub fn id_hash(id: &str) -> u64 {
+pub(crate) fn id_hash(id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.bytes() {
         h ^= u64::from(b);
@@ -64,44 +64,23 @@ pub fn chain_names(id: &str) -> [String; 2] {
 
 /// A CIDR with its host bits cleared, as nft wants prefixes.
 fn network(cidr: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = parse_cidr(cidr)?;
-    let masked = match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let mask = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            IpAddr::V4((bits & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
-            IpAddr::V6((bits & mask).into())
-        }
-    };
-    Some((masked, len))
+    let net = parse_cidr(cidr)?.trunc();
+    Some((net.addr(), net.prefix_len()))
 }
 
-/// The mask of a `len`-bit prefix of an `n`-byte address.
-fn prefix_mask(len: u8, n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| {
-            let bits = usize::from(len).saturating_sub(i * 8).min(8);
-            // bits is 0..=8: a byte with that many leading ones.
-            (0xff_u16 << (8 - bits)) as u8
-        })
-        .collect()
+/// The mask of a `len`-bit prefix of `addr`'s family, as bytes.
+fn prefix_mask(addr: IpAddr, len: u8) -> Vec<u8> {
+    // `len` came from a parsed CIDR of this family; clamp it all the same.
+    let net = ipnet::IpNet::new(addr, len).unwrap_or_else(|_| ipnet::IpNet::from(addr));
+    match net.netmask() {
+        IpAddr::V4(m) => m.octets().to_vec(),
+        IpAddr::V6(m) => m.octets().to_vec(),
+    }
 }
 
 /// Expressions matching one peer network as the packet's source (ingress)
 /// or destination (egress), including its address family.
-pub fn peer_exprs(addr: IpAddr, len: u8, source: bool) -> Vec<Expr> {
+pub(crate) fn peer_exprs(addr: IpAddr, len: u8, source: bool) -> Vec<Expr> {
     let (nfproto, bytes, offset) = match addr {
         // IPv4 header: saddr at 12, daddr at 16; IPv6: at 8 and 24.
         IpAddr::V4(a) => (
@@ -132,15 +111,19 @@ pub fn peer_exprs(addr: IpAddr, len: u8, source: bool) -> Vec<Expr> {
         len: bytes.len() as u32,
     });
     if usize::from(len) < full {
-        e.push(Expr::Mask(prefix_mask(len, bytes.len())));
+        e.push(Expr::Mask(prefix_mask(addr, len)));
     }
     e.push(Expr::CmpEq(bytes));
     e
 }
 
 /// The transaction that makes the fault's chains exactly what `p` says:
-/// created if missing, emptied and refilled if present (idempotent).
-pub fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
+/// created if missing, emptied and refilled if present (idempotent), and
+/// the chain of a direction `p` does not cut deleted. A partition changed
+/// under the same id is thus replaced in this one transaction, never
+/// removed first: the target is cut by the old rules or the new ones at
+/// every instant.
+pub(crate) fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
     if p.peers.len() > MAX_PEERS || p.ports.len() > MAX_PEERS {
         return Err(BackendError::Failed(format!(
             "a partition holds at most {MAX_PEERS} peers and {MAX_PEERS} ports"
@@ -159,13 +142,26 @@ pub fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
     ports.dedup();
     let comment = format!("faultline {id}");
     let [inc, outc] = chain_names(id);
-    let dirs: &[(Hook, bool, &str)] = match p.direction {
-        Direction::Ingress => &[(Hook::Input, true, &inc)],
-        Direction::Egress => &[(Hook::Output, false, &outc)],
-        Direction::Both => &[(Hook::Input, true, &inc), (Hook::Output, false, &outc)],
+    // (hook, matches the source address, chain) per direction cut.
+    type Cut<'a> = (Hook, bool, &'a str);
+    let (dirs, unused): (&[Cut], Option<(Hook, &str)>) = match p.direction {
+        Direction::Ingress => (&[(Hook::Input, true, &inc)], Some((Hook::Output, &outc))),
+        Direction::Egress => (&[(Hook::Output, false, &outc)], Some((Hook::Input, &inc))),
+        Direction::Both => (
+            &[(Hook::Input, true, &inc), (Hook::Output, false, &outc)],
+            None,
+        ),
     };
     let mut b = Batch::new(NFPROTO_INET);
     b.add_table(TABLE);
+    if let Some((hook, chain)) = unused {
+        // Left by an earlier version of the fault that cut both ways. A
+        // delete of a missing chain would fail the whole transaction, so it
+        // is added (a no-op when present) and then deleted.
+        b.add_base_chain(TABLE, chain, hook, PRIORITY);
+        b.flush_chain(TABLE, chain);
+        b.del_chain(TABLE, chain);
+    }
     for (hook, source, chain) in dirs {
         b.add_base_chain(TABLE, chain, *hook, PRIORITY);
         b.flush_chain(TABLE, chain);
@@ -199,7 +195,7 @@ pub fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendError> {
 
 /// What removing a fault deletes, given the chains our table holds now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Removal {
+pub(crate) enum Removal {
     /// Nothing else lives in the table: deleting it removes all at once.
     Table,
     /// These chains of the fault, with the table left to other faults.
@@ -207,7 +203,7 @@ pub enum Removal {
 }
 
 /// None when nothing of the fault is there.
-pub fn removal(id: &str, chains: &[String]) -> Option<Removal> {
+pub(crate) fn removal(id: &str, chains: &[String]) -> Option<Removal> {
     let ours = chain_names(id);
     let present: Vec<String> = chains
         .iter()
@@ -224,7 +220,7 @@ pub fn removal(id: &str, chains: &[String]) -> Option<Removal> {
     Some(Removal::Chains(present))
 }
 
-pub fn removal_batch(r: &Removal) -> Result<Encoded, BackendError> {
+pub(crate) fn removal_batch(r: &Removal) -> Result<Encoded, BackendError> {
     let mut b = Batch::new(NFPROTO_INET);
     match r {
         Removal::Table => b.del_table(TABLE),
@@ -241,7 +237,7 @@ pub fn removal_batch(r: &Removal) -> Result<Encoded, BackendError> {
 }
 
 fn failed(e: NfnlError) -> BackendError {
-    BackendError::Failed(e.to_string())
+    BackendError::Failed(crate::report(&e))
 }
 
 /// The netlink sockets of targets with partitions, so that a change needs
@@ -274,8 +270,9 @@ impl Partitions {
     fn socket(&mut self, ns: &Path) -> Result<(NsId, &mut Socket), BackendError> {
         let mut id = netns::id_of(ns)?;
         if !self.open.contains_key(&id) {
-            let (sock, entered) = Socket::open_in(ns)?
-                .map_err(|e| BackendError::Failed(format!("{e} (in {})", ns.display())))?;
+            let (sock, entered) = Socket::open_in(ns)?.map_err(|e| {
+                BackendError::Failed(format!("{} (in {})", crate::report(&e), ns.display()))
+            })?;
             // The path may have been given another namespace meanwhile: the
             // socket is wherever the thread went.
             id = entered;
@@ -305,7 +302,7 @@ impl Partitions {
     /// once those whose namespace is gone (a socket would keep it alive).
     /// Closing is what costs (see [`close_later`]): a target whose faults
     /// come and go keeps its socket.
-    pub fn prune(&mut self) {
+    pub(crate) fn prune(&mut self) {
         let now = Instant::now();
         let unused: Vec<NsId> = self
             .open
@@ -367,7 +364,7 @@ impl Partitions {
 
     /// The fault is gone from the kernel (removed, or its target is): its
     /// socket idles unless another fault still uses it.
-    pub fn forget(&mut self, id: &str) {
+    pub(crate) fn forget(&mut self, id: &str) {
         for h in self.open.values_mut() {
             if h.faults.remove(id) && h.faults.is_empty() {
                 h.idle_since = Some(Instant::now());
@@ -380,7 +377,7 @@ impl Partitions {
 /// How long a socket no fault uses stays open before it is closed.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a socket of a live namespace stays open without faults.
-pub const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Closes a socket on a thread of its own, a little later: the release
 /// waits out an RCU grace period while holding the namespace's nf_tables
@@ -531,11 +528,15 @@ mod tests {
     #[test]
     fn one_direction_no_ports() {
         let b = apply_batch("a", &part(Direction::Egress, &["10.0.0.0/8"], &[])).expect("batch");
-        let [_, o] = chain_names("a");
+        let [i, o] = chain_names("a");
         assert_eq!(
             ops(&b),
             [
                 "add table faultline".to_owned(),
+                // The other direction's chain goes, should it be there.
+                format!("add chain faultline {i}"),
+                format!("flush chain faultline {i}"),
+                format!("delete chain faultline {i}"),
                 format!("add chain faultline {o}"),
                 format!("flush chain faultline {o}"),
                 format!("add rule to chain faultline {o}"),
@@ -586,9 +587,14 @@ mod tests {
 
     #[test]
     fn prefix_masks() {
-        assert_eq!(prefix_mask(0, 4), [0, 0, 0, 0]);
-        assert_eq!(prefix_mask(12, 4), [255, 0xf0, 0, 0]);
-        assert_eq!(prefix_mask(32, 4), [255; 4]);
-        assert_eq!(prefix_mask(200, 4), [255; 4]);
+        let v4: IpAddr = [10, 0, 0, 0].into();
+        assert_eq!(prefix_mask(v4, 0), [0, 0, 0, 0]);
+        assert_eq!(prefix_mask(v4, 12), [255, 0xf0, 0, 0]);
+        assert_eq!(prefix_mask(v4, 32), [255; 4]);
+        assert_eq!(prefix_mask(v4, 200), [255; 4]);
+        let v6: IpAddr = "fd00::".parse().expect("v6");
+        let mut m = vec![0xff, 0x80];
+        m.resize(16, 0);
+        assert_eq!(prefix_mask(v6, 9), m);
     }
 }

@@ -49,11 +49,7 @@ pub fn kernel_ready() -> bool {
     if missing.is_empty() {
         return true;
     }
-    let msg = format!("kernel test needs {}", missing.join(", "));
-    if std::env::var_os("FAULTLINE_REQUIRE_PEERS").is_some() {
-        panic!("{msg} (FAULTLINE_REQUIRE_PEERS is set; scripts/test.sh installs nftables)");
-    }
-    eprintln!("skipping: {msg}");
+    faultline_testkit::skip_without_peer(&format!("kernel test needs {}", missing.join(", ")));
     false
 }
 
@@ -257,14 +253,19 @@ pub struct AgentProc {
     pub child: Option<Child>,
     /// Extra environment for the agent process.
     pub env: Vec<(String, String)>,
+    /// The state directory (in `dir` unless shared with another agent).
+    pub state: PathBuf,
 }
 
 impl AgentProc {
     pub fn new() -> AgentProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
         AgentProc {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             child: None,
             env: Vec::new(),
+            state,
         }
     }
 
@@ -338,7 +339,7 @@ impl AgentProc {
         let child = Command::new(env!("CARGO_BIN_EXE_faultline-agent"))
             .args(mode)
             .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
+            .arg(&self.state)
             .args(extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -479,7 +480,7 @@ impl Drop for TestCgroup {
 }
 
 pub fn cgroup2_root() -> PathBuf {
-    faultline_agent::target::cgroup2_mount().expect("a cgroup v2 mount")
+    faultline_agent::cgroup2_mount().expect("a cgroup v2 mount")
 }
 
 /// A cgroup tree laid out as the kubelet lays out pods (one pod per cgroup

@@ -18,7 +18,7 @@ pub enum State {
 }
 
 impl State {
-    /// The value written to `circuit_breaker.state` (DESIGN.md conventions):
+    /// The value written to `circuit_breaker.state` (docs/architecture.md, Telemetry):
     /// forced states report what callers experience.
     pub fn as_str(self) -> &'static str {
         match self {
