@@ -83,16 +83,7 @@ fn node_name(s: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    // RUST_LOG picks the levels (info by default); one line per event on
-    // stderr, colored only for a terminal so log collectors get plain text.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    faultline_telemetry::init_logs();
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -11,7 +11,7 @@ use faultline_engine::Snapshot;
 use faultline_runtime::{Options, Outcome, Progress};
 use tokio::sync::watch;
 
-/// Exit codes of `faultline run` (DESIGN.md).
+/// Exit codes of `faultline run` (docs/architecture.md).
 pub const EXIT_PASSED: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;

@@ -169,7 +169,7 @@ enum Command {
     },
 }
 
-/// Exit codes shared by every command (see DESIGN.md).
+/// Exit codes shared by every command (see docs/architecture.md).
 pub const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {

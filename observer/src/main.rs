@@ -39,16 +39,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // RUST_LOG picks the levels (info by default); plain text unless stderr
-    // is a terminal.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    faultline_telemetry::init_logs();
     // Our own spans go where OTEL_EXPORTER_OTLP_ENDPOINT says (not to this
     // observer itself, or forwarding would feed on its own spans).
     let _telemetry = match faultline_telemetry::init("faultline-observer") {

@@ -58,6 +58,21 @@ fn protocol(signal: &str) -> String {
         .unwrap_or_else(|| "http/protobuf".into())
 }
 
+/// Logs for a Faultline binary: `tracing` events as one line each on
+/// stderr, at the levels `RUST_LOG` picks (`info` by default), colored only
+/// when stderr is a terminal so that log collectors get plain text. Call it
+/// once, first thing in `main`.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// Installs W3C trace-context propagation and, when an endpoint is set, an
 /// OTLP trace exporter (and a metric exporter when asked for, see the
 /// crate's documentation). `default_service` is the `service.name` unless
