@@ -6,7 +6,7 @@
 //! later — a game day meant for 10:00 should not start at 10:40. This is a
 //! CronJob with `concurrencyPolicy: Forbid` and no starting deadline slack.
 
-use faultline_api::{CronSchedule, experiment::ExperimentSpec};
+use faultline_api::CronSchedule;
 use jiff::Timestamp;
 
 /// Counting missed start times stops here, so a run that lasted far longer
@@ -20,11 +20,6 @@ pub struct NextStart {
     /// Start times after the previous start that passed without a run (at
     /// most [`MISSED_COUNT_LIMIT`]).
     pub missed: u32,
-}
-
-/// The experiment's schedule, if it has one.
-pub fn schedule_of(spec: &ExperimentSpec) -> Option<&CronSchedule> {
-    spec.schedule.as_ref()
 }
 
 /// The next start strictly after `now`; `previous` is when the last run
@@ -155,7 +150,7 @@ spec:
 ";
         let e: faultline_api::Experiment = faultline_api::parse_one(doc.as_bytes()).expect("valid");
         assert_eq!(
-            schedule_of(&e.spec).map(CronSchedule::as_str),
+            e.spec.schedule.as_ref().map(CronSchedule::as_str),
             Some("0 10 * * 1")
         );
     }
