@@ -14,7 +14,7 @@ use common::*;
 use faultline_controller::{
     metrics::Metrics,
     observe::ObserverClient,
-    reconcile::{self, Context, Settings},
+    reconcile::{self, Settings},
 };
 use faultline_testkit::kube::ApiServer;
 use mock_collector::{MockServer, Protocol};
@@ -25,11 +25,9 @@ use tokio::sync::oneshot;
 const SEC: Duration = Duration::from_secs(1);
 
 async fn controller(server: &ApiServer) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let client = server.client();
-    let (stores, driver) = reconcile::watches(&client);
-    let ctx = Arc::new(Context::new(
-        client,
-        stores,
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (ctx, task) = reconcile::start(
+        server.client(),
         ObserverClient::new(None),
         Arc::new(jiff::Timestamp::now),
         Settings {
@@ -39,20 +37,14 @@ async fn controller(server: &ApiServer) -> (oneshot::Sender<()>, tokio::task::Jo
         },
         Metrics::default(),
         None,
-    ));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let started = ctx.clone();
-    let task = tokio::spawn(reconcile::run(ctx, driver, async {
-        let _ = stopped.await;
-    }));
-    let deadline = tokio::time::Instant::now() + 10 * SEC;
-    while !started.is_ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the controller never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        async {
+            let _ = stopped.await;
+        },
+    );
+    assert!(
+        ctx.wait_ready(10 * SEC).await,
+        "the controller never became ready"
+    );
 
     (stop, task)
 }

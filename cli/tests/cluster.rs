@@ -8,7 +8,7 @@ use std::{path::Path, process::Stdio, sync::Arc, time::Duration};
 use faultline_controller::{
     metrics::Metrics,
     observe::ObserverClient,
-    reconcile::{self, Context, Settings},
+    reconcile::{self, Settings},
 };
 use faultline_testkit::kube::{ApiServer, Served, until};
 use serde_json::{Value, json};
@@ -18,11 +18,9 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The controller on the mocked API server, with the wall clock.
 async fn controller(server: &ApiServer) -> oneshot::Sender<()> {
-    let client = server.client();
-    let (stores, driver) = reconcile::watches(&client);
-    let ctx = Arc::new(Context::new(
-        client,
-        stores,
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (ctx, _task) = reconcile::start(
+        server.client(),
         ObserverClient::new(None),
         Arc::new(jiff::Timestamp::now),
         Settings {
@@ -32,20 +30,14 @@ async fn controller(server: &ApiServer) -> oneshot::Sender<()> {
         },
         Metrics::default(),
         None,
-    ));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let started = ctx.clone();
-    tokio::spawn(reconcile::run(ctx, driver, async {
-        let _ = stopped.await;
-    }));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !started.is_ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the controller never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        async {
+            let _ = stopped.await;
+        },
+    );
+    assert!(
+        ctx.wait_ready(WAIT).await,
+        "the controller never became ready"
+    );
 
     stop
 }

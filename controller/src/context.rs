@@ -216,6 +216,18 @@ impl Context {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Waits until ready; false when `within` passes first.
+    pub async fn wait_ready(&self, within: std::time::Duration) -> bool {
+        let started = tokio::time::Instant::now();
+        while !self.is_ready() {
+            if started.elapsed() >= within {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     pub(crate) async fn event(
         &self,
         exp: &Experiment,

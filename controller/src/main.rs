@@ -17,7 +17,7 @@ use clap::Parser;
 use faultline_controller::{
     metrics::Metrics,
     observe::ObserverClient,
-    reconcile::{self, Context, Settings},
+    reconcile::{self, Settings},
 };
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
@@ -139,29 +139,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     metrics.leader.set(1);
 
-    let (stores, driver) = reconcile::watches(&client);
-    let ctx = Arc::new(Context::new(
-        client,
-        stores,
-        ObserverClient::new(args.observer.clone()),
-        Arc::new(jiff::Timestamp::now),
-        Settings {
-            tick: args.tick,
-            check_every: args.check_every,
-            ..Settings::default()
-        },
-        metrics.clone(),
-        Some(identity),
-    ));
-    let watching = ctx.clone();
-    tokio::spawn(async move {
-        // /readyz: once the watches have listed and reconciling has begun.
-        while !watching.is_ready() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        ready.store(true, Ordering::Relaxed);
-    });
-
     let lost = Arc::new(AtomicBool::new(false));
     let lost_flag = lost.clone();
     let stop = async move {
@@ -173,7 +150,28 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => shutdown_signal().await,
         }
     };
-    reconcile::run(ctx, driver, stop).await;
+    let (ctx, task) = reconcile::start(
+        client,
+        ObserverClient::new(args.observer.clone()),
+        Arc::new(jiff::Timestamp::now),
+        Settings {
+            tick: args.tick,
+            check_every: args.check_every,
+            ..Settings::default()
+        },
+        metrics.clone(),
+        Some(identity),
+        stop,
+    );
+    tokio::spawn(async move {
+        // /readyz: once the watches have listed and reconciling has begun.
+        if ctx.wait_ready(Duration::MAX).await {
+            ready.store(true, Ordering::Relaxed);
+        }
+    });
+    if let Err(e) = task.await {
+        tracing::error!(error = %e, "the controller's task failed");
+    }
     metrics.leader.set(0);
     if lost.load(Ordering::Relaxed) {
         // Another replica may lead now: stop writing at once; the

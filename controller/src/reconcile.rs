@@ -84,6 +84,26 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// The controller on `client` as a task: its watches, its context and its
+/// reconciler, until `shutdown` resolves. The context tells when it is
+/// ready (`Context::wait_ready`).
+pub fn start(
+    client: kube::Client,
+    observer: crate::observe::ObserverClient,
+    clock: crate::context::Clock,
+    settings: crate::context::Settings,
+    metrics: crate::metrics::Metrics,
+    instance: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
+    let (stores, driver) = watches(&client);
+    let ctx = Arc::new(Context::new(
+        client, stores, observer, clock, settings, metrics, instance,
+    ));
+    let task = tokio::spawn(run(ctx.clone(), driver, shutdown));
+    (ctx, task)
+}
+
 /// Runs the controller, and the watches its stores read (`driver`, from
 /// [`watches`]), until `shutdown` resolves; reconciles under way finish.
 /// Nothing is reconciled before every store has listed: an empty store

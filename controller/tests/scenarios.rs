@@ -11,7 +11,7 @@ use std::{
 use faultline_controller::{
     metrics::Metrics,
     observe::ObserverClient,
-    reconcile::{self, Context, Settings},
+    reconcile::{self, Settings},
 };
 use faultline_testkit::kube::{ApiServer, Write, until};
 use jiff::{SignedDuration, Timestamp};
@@ -40,12 +40,10 @@ impl Controller {
                     .unwrap_or_else(|_| "faultline_controller=debug".into()),
             )
             .try_init();
-        let client = server.client();
-        let (stores, driver) = reconcile::watches(&client);
         let clock = clock.clone();
-        let ctx = Arc::new(Context::new(
-            client,
-            stores,
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ctx, task) = reconcile::start(
+            server.client(),
             ObserverClient::new(None),
             Arc::new(move || *clock.lock().expect("clock")),
             Settings {
@@ -55,20 +53,14 @@ impl Controller {
             },
             Metrics::default(),
             Some("test".into()),
-        ));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let started = ctx.clone();
-        let task = tokio::spawn(reconcile::run(ctx, driver, async {
-            let _ = stopped.await;
-        }));
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !started.is_ready() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the controller never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            async {
+                let _ = stopped.await;
+            },
+        );
+        assert!(
+            ctx.wait_ready(WAIT).await,
+            "the controller never became ready"
+        );
 
         Controller {
             stop: Some(stop),
