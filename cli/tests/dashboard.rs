@@ -83,7 +83,10 @@ fn the_demo_shows_the_breaker_open_and_close_and_the_verdict() {
         "breaker states seen: {states}\n{screen}"
     );
     assert!(screen.contains("slow-payments"), "{screen}");
-    assert!(screen.contains("The run is over"), "{screen}");
+    // The verdict shows first; the run is over once its services stopped.
+    tmux.wait_for(Duration::from_secs(20), "the end of the run", |s| {
+        s.contains("The run is over")
+    });
     tmux.send("q");
     let code = tmux.exit_status(Duration::from_secs(20));
     assert_eq!(
