@@ -173,6 +173,30 @@ pub struct App {
     /// The last frame was the "too small" message: keys other than quit
     /// would act out of sight.
     pub(crate) too_small: bool,
+    /// Bumped with each new set of figures.
+    pub(crate) figures_version: u64,
+    /// The rows of the services or edges view, filtered and sorted, kept
+    /// until the figures, the filter, the sort or the view change.
+    pub(crate) order: Option<Order>,
+}
+
+/// What a cached row order was computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OrderKey {
+    pub(crate) version: u64,
+    pub(crate) filter: String,
+    pub(crate) sort: Sort,
+    pub(crate) edges: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Order {
+    pub(crate) key: OrderKey,
+    /// (service, edge) indices into the figures; the edge is unused in
+    /// the services view.
+    pub(crate) rows: Vec<(usize, usize)>,
+    /// The widest service name among the rows (characters).
+    pub(crate) widest: usize,
 }
 
 impl App {
@@ -198,6 +222,8 @@ impl App {
             now,
             ctrl_c_aborts: false,
             too_small: false,
+            figures_version: 0,
+            order: None,
         }
     }
 
@@ -257,6 +283,7 @@ impl App {
                 }
                 self.history.record(&f);
                 self.figures = f;
+                self.figures_version += 1;
             }
             Action::ObserverDown { error, retry_in } => match &self.link {
                 Link::Stopped(_) | Link::NoAddress => {}

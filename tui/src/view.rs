@@ -1,8 +1,8 @@
 //! Drawing the app: the header, the services or edges table, the
-//! experiment panel, the footer, and the help and abort overlays. Only the
-//! rows on screen are built; what grows with the number of services is the
-//! filter and sort over all of them (about 1.4 ms a frame at 10 000, see
-//! `cargo bench -p faultline-tui`).
+//! experiment panel, the footer, and the help and abort overlays. Rows are
+//! filtered and sorted once per change of figures, filter or sort, and only
+//! the rows on screen are built, so a frame costs about the same at 10 or
+//! 10 000 services (`cargo bench -p faultline-tui`).
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use ratatui::{
 };
 
 use crate::{
-    app::{AbortState, App, Link, Mode, Sort, View},
+    app::{AbortState, App, Link, Mode, Order, OrderKey, Sort, View},
     model::{BreakerState, Red, Service, sparkline},
 };
 
@@ -186,31 +186,25 @@ fn hints(app: &App) -> Line<'static> {
 
 /// Rows of the services or edges view, filtered and sorted.
 fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &mut App, view: View) {
-    let filter = app.filter.to_lowercase();
-    let sort = app.sort;
+    let key = OrderKey {
+        version: app.figures_version,
+        filter: app.filter.to_lowercase(),
+        sort: app.sort,
+        edges: view != View::Services,
+    };
+    if app.order.as_ref().is_none_or(|o| o.key != key) {
+        app.order = Some(order_rows(&app.figures.services, key));
+    }
+    let Some(order) = &app.order else {
+        return;
+    };
+    let services = &app.figures.services;
     let mut title = format!(" {} ", view.title());
+    title.push_str(&table_title(order.rows.len(), app));
+    let empty = empty_text(app, order.rows.is_empty());
     match view {
         View::Services => {
-            let mut rows: Vec<&Service> = app
-                .figures
-                .services
-                .iter()
-                .filter(|s| {
-                    filter.is_empty()
-                        || s.name.to_lowercase().contains(&filter)
-                        || s.breakers
-                            .iter()
-                            .any(|b| b.name.to_lowercase().contains(&filter))
-                })
-                .collect();
-            rows.sort_by(|a, b| order(sort, (&a.name, &a.red), (&b.name, &b.red)));
-            title.push_str(&table_title(rows.len(), app));
-            let name_width = rows
-                .iter()
-                .map(|s| s.name.chars().count())
-                .max()
-                .unwrap_or(7)
-                .clamp(7, 24) as u16;
+            let name_width = order.widest.clamp(7, 24) as u16;
             let spark_width = (area.width / 8).clamp(8, 36);
             let widths = [
                 Constraint::Length(name_width),
@@ -224,12 +218,12 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &mut App, view: View) {
             let header = [
                 "SERVICE", "REQ/S", "ERR%", "P50", "P99", "BREAKERS", "ERRORS",
             ];
-            let empty = empty_text(app, rows.is_empty());
             let state = &mut app.services_table;
-            let (offset, visible) = window(state, rows.len(), area.height.saturating_sub(3));
+            let (offset, visible) = window(state, order.rows.len(), area.height.saturating_sub(3));
             let history = &app.history;
-            let built: Vec<Row<'_>> = rows[offset..offset + visible]
+            let built: Vec<Row<'_>> = order.rows[offset..offset + visible]
                 .iter()
+                .filter_map(|(i, _)| services.get(*i))
                 .map(|s| {
                     let spark = history
                         .of(&s.name)
@@ -247,23 +241,6 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &mut App, view: View) {
             );
         }
         View::Edges | View::Experiment => {
-            let mut rows: Vec<(&str, &str, &Red)> = app
-                .figures
-                .services
-                .iter()
-                .flat_map(|s| {
-                    s.edges
-                        .iter()
-                        .map(move |e| (s.name.as_str(), e.to.as_str(), &e.red))
-                })
-                .filter(|(from, to, _)| {
-                    filter.is_empty()
-                        || from.to_lowercase().contains(&filter)
-                        || to.to_lowercase().contains(&filter)
-                })
-                .collect();
-            rows.sort_by(|a, b| order(sort, (a.0, a.2), (b.0, b.2)).then_with(|| a.1.cmp(b.1)));
-            title.push_str(&table_title(rows.len(), app));
             let widths = [
                 Constraint::Min(16),
                 Constraint::Min(16),
@@ -273,15 +250,18 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &mut App, view: View) {
                 Constraint::Length(7),
             ];
             let header = ["CALLER", "CALLEE", "REQ/S", "ERR%", "P50", "P99"];
-            let empty = empty_text(app, rows.is_empty());
             let state = &mut app.edges_table;
-            let (offset, visible) = window(state, rows.len(), area.height.saturating_sub(3));
-            let built: Vec<Row<'_>> = rows[offset..offset + visible]
+            let (offset, visible) = window(state, order.rows.len(), area.height.saturating_sub(3));
+            let built: Vec<Row<'_>> = order.rows[offset..offset + visible]
                 .iter()
-                .map(|(from, to, red)| {
-                    let mut cells = red_cells(red);
-                    cells.insert(0, Cell::from(format!("→ {to}")));
-                    cells.insert(0, Cell::from((*from).to_owned()).bold());
+                .filter_map(|(i, e)| {
+                    let s = services.get(*i)?;
+                    Some((s, s.edges.get(*e)?))
+                })
+                .map(|(s, e)| {
+                    let mut cells = red_cells(&e.red);
+                    cells.insert(0, Cell::from(format!("→ {}", e.to)));
+                    cells.insert(0, Cell::from(s.name.clone()).bold());
                     Row::new(cells)
                 })
                 .collect();
@@ -290,6 +270,47 @@ fn draw_table(frame: &mut Frame<'_>, area: Rect, app: &mut App, view: View) {
             );
         }
     }
+}
+
+/// The rows a view shows, filtered and sorted: services, or every edge.
+fn order_rows(services: &[Service], key: OrderKey) -> Order {
+    let filter = key.filter.as_str();
+    let matches = |name: &str| filter.is_empty() || name.to_lowercase().contains(filter);
+    let mut rows: Vec<(usize, usize)> = if key.edges {
+        services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| (0..s.edges.len()).map(move |e| (i, e)))
+            .filter(|(i, e)| {
+                let s = &services[*i];
+                matches(&s.name) || matches(&s.edges[*e].to)
+            })
+            .collect()
+    } else {
+        services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches(&s.name) || s.breakers.iter().any(|b| matches(&b.name)))
+            .map(|(i, _)| (i, 0))
+            .collect()
+    };
+    let figures = |(i, e): (usize, usize)| -> (&str, &str, &Red) {
+        let s = &services[i];
+        match s.edges.get(e).filter(|_| key.edges) {
+            Some(edge) => (s.name.as_str(), edge.to.as_str(), &edge.red),
+            None => (s.name.as_str(), "", &s.red),
+        }
+    };
+    rows.sort_by(|a, b| {
+        let (a, b) = (figures(*a), figures(*b));
+        order(key.sort, (a.0, a.2), (b.0, b.2)).then_with(|| a.1.cmp(b.1))
+    });
+    let widest = rows
+        .iter()
+        .map(|(i, _)| services[*i].name.chars().count())
+        .max()
+        .unwrap_or(0);
+    Order { key, rows, widest }
 }
 
 fn table_title(rows: usize, app: &App) -> String {

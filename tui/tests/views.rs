@@ -476,3 +476,17 @@ fn local_run_before_it_begins() {
     s.app = app;
     insta::assert_snapshot!("starting", s.text());
 }
+
+#[test]
+fn new_figures_reorder_the_rows() {
+    let mut s = Screen::new(80, 24, false);
+    s.act(Action::Figures(shop()));
+    s.keys(":sort errors");
+    s.key(KeyCode::Enter);
+    let first_row = |s: &mut Screen| s.text().lines().nth(3).unwrap_or_default().to_owned();
+    assert!(first_row(&mut s).contains("frontend"), "3.1 % errors first");
+    let mut figures = shop();
+    figures.services[2].red.error_rate = 0.9;
+    s.act(Action::Figures(figures));
+    assert!(first_row(&mut s).contains("inventory"), "now 90 %");
+}
