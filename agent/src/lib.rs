@@ -58,15 +58,5 @@ pub use reconcile::{Desired, Receipt};
 pub use source::{Doorbell, FileEvents, FileSource, read_desired};
 pub use target::{Resolver, cgroup2_mount};
 
-/// An error with its causes, `outer: inner: …`: messages never repeat
-/// their source, so this is how an error is printed whole.
-pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+/// An error with its causes, `outer: inner: …`.
+pub use faultline_telemetry::error_chain as report;

@@ -58,20 +58,7 @@ pub(crate) async fn client() -> Result<Client, ExitCode> {
     })
 }
 
-/// An error with its causes (kube's errors print theirs already).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
+pub(crate) use faultline_telemetry::error_chain as chain;
 
 pub(crate) fn is_final(phase: Option<Phase>) -> bool {
     matches!(

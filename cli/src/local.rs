@@ -314,7 +314,7 @@ fn show(
     progress: watch::Receiver<Progress>,
     display: Display,
 ) -> std::thread::JoinHandle<()> {
-    let feed = display.ui.eq(&Ui::Dashboard).then(|| {
+    let feed = (display.ui == Ui::Dashboard).then(|| {
         let (tx, rx) = watch::channel(feed_of(&name, &progress.borrow()));
         let mut from = progress.clone();
         tokio::spawn(async move {

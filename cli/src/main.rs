@@ -261,6 +261,8 @@ fn main() -> ExitCode {
 }
 
 fn demo_role(args: faultline_demo::RoleArgs) -> anyhow::Result<ExitCode> {
+    // A service of its own, whose output the runtime keeps: it logs.
+    faultline_telemetry::init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

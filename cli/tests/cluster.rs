@@ -91,6 +91,16 @@ fn faultline(served: &Served) -> Command {
     cmd
 }
 
+/// A ten-minute latency experiment applied directly, once the controller
+/// has placed its faults on both nodes.
+async fn long_run_placed(server: &ApiServer) {
+    server.apply(json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "slow-payments", "namespace": "shop"},
+        "spec": {"duration": "10m", "targets": {"payments": {"labels": {"app": "payments"}}},
+                 "faults": [{"name": "slow", "target": "payments", "latency": {"delay": "300ms"}}]}}));
+    until("faults placed", WAIT, || entries(server) == 2).await;
+}
+
 fn entries(server: &ApiServer) -> usize {
     server
         .list("NodeFaults")
@@ -232,11 +242,7 @@ async fn faultline_abort_stops_a_running_experiment() {
     shop(&server);
     let served = server.serve().await;
     let _controller = controller(&server).await;
-    server.apply(json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "Experiment",
-        "metadata": {"name": "slow-payments", "namespace": "shop"},
-        "spec": {"duration": "10m", "targets": {"payments": {"labels": {"app": "payments"}}},
-                 "faults": [{"name": "slow", "target": "payments", "latency": {"delay": "300ms"}}]}}));
-    until("faults placed", WAIT, || entries(&server) == 2).await;
+    long_run_placed(&server).await;
     let out = faultline(&served)
         .args([
             "abort",
@@ -410,11 +416,7 @@ async fn the_dashboard_follows_a_cluster_run_and_aborts_it() {
         .observer
         .ingest(&faultline_testkit::otlp::server_spans("payments", 10, 1))
         .expect("ingests");
-    server.apply(json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "Experiment",
-        "metadata": {"name": "slow-payments", "namespace": "shop"},
-        "spec": {"duration": "10m", "targets": {"payments": {"labels": {"app": "payments"}}},
-                 "faults": [{"name": "slow", "target": "payments", "latency": {"delay": "300ms"}}]}}));
-    until("faults placed", WAIT, || entries(&server) == 2).await;
+    long_run_placed(&server).await;
 
     let tmux = Tmux::start(
         100,

@@ -68,21 +68,7 @@ pub(crate) enum Error {
 
 pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An error with its causes, for one log line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        // Some errors (kube's among them) already print their cause.
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
+pub(crate) use faultline_telemetry::error_chain as chain;
 
 /// The controller on `client` as a task: its watches, its context and its
 /// reconciler, until `shutdown` resolves. The context tells when it is

@@ -163,7 +163,7 @@ pub async fn run(args: RoleArgs) -> Result<(), Error> {
             addr: listen,
             source,
         })?;
-    eprintln!("{role} listening on {listen}");
+    tracing::info!(role, %listen, "listening");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await

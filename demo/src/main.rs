@@ -16,17 +16,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    faultline_telemetry::init_logs();
     let role = cli.args.role.name();
     match faultline_demo::run(cli.args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let mut said = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                said.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            eprintln!("faultline-demo {role}: {said}");
+            tracing::error!(role, "{}", faultline_telemetry::error_chain(&e));
             std::process::ExitCode::from(1)
         }
     }

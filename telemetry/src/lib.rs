@@ -58,6 +58,24 @@ fn protocol(signal: &str) -> String {
         .unwrap_or_else(|| "http/protobuf".into())
 }
 
+/// An error with its causes, `outer: inner: …`, for a log line or the
+/// terminal. Faultline's errors never repeat their source in their
+/// message; a cause some other crate's error already printed (kube's do)
+/// is not said twice.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Logs for a Faultline binary: `tracing` events as one line each on
 /// stderr, at the levels `RUST_LOG` picks (`info` by default), colored only
 /// when stderr is a terminal so that log collectors get plain text. Call it

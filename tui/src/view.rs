@@ -716,7 +716,7 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 
 const HELP: &[(&str, &str)] = &[
     ("a", "abort the run (asks first): every fault removed"),
-    ("ctrl-c", "abort at once; quit when nothing runs"),
+    ("ctrl-c", "a local run: abort at once; otherwise quit"),
     ("/", "filter by name (esc undoes)"),
     ("s", "sort: name, req/s, errors, p99"),
     ("tab", "next view: services, edges, experiment"),
