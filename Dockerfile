@@ -2,7 +2,7 @@
 # One build, four images (docker build --target NAME):
 #   controller  faultline-controller, non-root, distroless
 #   observer    faultline-observer, non-root, distroless
-#   agent       faultline-agent with iproute2 (ip, tc for netem), root
+#   agent       faultline-agent, root, distroless (it runs no other program)
 #   cli         faultline (game days from CI, the demo shop's roles), non-root
 
 FROM rust:1.89-bookworm AS build
@@ -32,10 +32,8 @@ ENTRYPOINT ["/usr/local/bin/faultline"]
 
 # The agent changes the kernel of its node: root, with the capabilities the
 # chart grants (NET_ADMIN, SYS_ADMIN, SYS_PTRACE, KILL), not privileged.
-FROM debian:bookworm-slim AS agent
-RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2=6.1.0-3 \
- && rm -rf /var/lib/apt/lists/*
+# It speaks netlink itself (nf_tables, traffic control): no iproute2.
+FROM gcr.io/distroless/cc-debian12:nonroot AS agent
 COPY --from=build /out/faultline-agent /usr/local/bin/faultline-agent
 # Root by design (see above); the chart drops every other capability.
 # hadolint ignore=DL3002

@@ -7,7 +7,7 @@
 //! a latency fault (netem with a `to` filter) FLTLAB_BENCH times (default
 //! 200: 200 changes each way) and prints the time just before each desired
 //! file is written; the agent logs when each fault was applied or removed,
-//! after `tc` returned.
+//! after the kernel acked the change.
 //! Both times come from the guest's clock, which under the lab's default
 //! `-icount shift=0` counts one nanosecond per guest instruction: the
 //! figures are the work the change costs on a 1-instruction-per-ns machine,

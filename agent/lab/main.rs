@@ -365,10 +365,6 @@ fn start_agent() -> Option<Child> {
             STATE,
             "--poll-ms",
             "20",
-            "--tc",
-            TC,
-            "--ip",
-            IP,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

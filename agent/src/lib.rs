@@ -14,22 +14,23 @@
 //! **How the kernel is changed.** Partitions are nftables rules written
 //! over nf_tables netlink by the agent itself ([`backend::nfnl`], a small
 //! client on rustix sockets: one batch per change, acked message by
-//! message); latency is netem set up by running `tc` with argument vectors.
-//! Both happen inside the target's network namespace from a short-lived
-//! thread that `setns`es first (see [`netns`]): for nftables only to create
-//! the socket, which stays bound to that namespace and is kept while the
-//! target holds partitions. No shell is ever
-//! involved, and no value reaches anything but a netlink attribute or a
-//! single argument. nftables used to go through `nft -j -f -`, but starting
+//! message); latency is netem, prio and filters over rtnetlink
+//! ([`backend::rtnl`]: one datagram of tc requests per change, after a
+//! link and a qdisc dump). Both share [`backend::netlink`]; their sockets
+//! are created inside the target's network namespace by a short-lived
+//! thread that `setns`es first (see [`netns`]), and the nftables one is
+//! kept while the target holds partitions. The agent runs no other
+//! program, and no value reaches anything but a netlink attribute. nftables used to go through `nft -j -f -`, but starting
 //! nft costs ~5 ms and a removal took two runs (list, then delete), which
 //! kept a change from reaching the kernel within a few milliseconds; the
 //! nftables netlink crates (rustables, nftnl) are thinly maintained or bind
 //! libnftnl, while the few messages partitions need (table, base chain,
 //! rule, anonymous set, chain dump) are a small, stable part of the kernel
 //! ABI that nft itself decodes, which the kernel tests use to check the
-//! encoding. `tc`'s argument syntax for prio/u32/netem has been stable for
-//! decades and latency changes are rare. Kill faults use `kill(2)` through
-//! rustix.
+//! encoding. Latency went the same way for the same reason: running `tc`
+//! three to five times per change cost ≈ 60 ms in the kernel lab, against
+//! under a millisecond now, and netlink-packet-route has no netem or prio
+//! options to build on. Kill faults use `kill(2)` through rustix.
 
 // Modules are private and what the binary, the tests and the benchmarks
 // use is re-exported here, so the compiler reports what nothing uses.
@@ -47,8 +48,9 @@ mod target;
 
 pub use agent::{Agent, Clock, Event, Events, SystemClock, Wait};
 pub use backend::{
-    Backend, BackendError, Call, Kernel, Programs, Recording,
-    nfnl::{EncodeError, NfnlError, Op, Socket},
+    Backend, BackendError, Call, Kernel, Recording,
+    netlink::{NetlinkError, Op},
+    nfnl::Socket,
     nft::{Partitions, chain_names},
 };
 pub use journal::{Journal, JournalError, Record, RecordState, StateLock};

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use faultline_agent::{
     Agent, Desired, Doorbell, Event, Events, FileEvents, FileSource, Journal, Kernel, Metrics,
-    Programs, Resolver, StateLock, SystemClock, cluster, read_desired,
+    Resolver, StateLock, SystemClock, cluster, read_desired,
 };
 use faultline_api::NodeFaults;
 use tokio::{
@@ -64,12 +64,6 @@ struct Common {
 
 #[derive(clap::Args, Debug)]
 struct KernelArgs {
-    /// The tc program.
-    #[arg(long, default_value = "tc")]
-    tc: PathBuf,
-    /// The ip program.
-    #[arg(long, default_value = "ip")]
-    ip: PathBuf,
     /// The cgroup v2 mount (found in /proc/self/mountinfo when not given).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
@@ -165,10 +159,6 @@ fn run() -> anyhow::Result<bool> {
     }
     let backend = Kernel {
         resolver,
-        programs: Programs {
-            tc: common.kernel.tc,
-            ip: common.kernel.ip,
-        },
         ..Kernel::default()
     };
     // Held until the process ends, after the last fault is removed.

@@ -379,6 +379,64 @@ fn crash_recovery_keeps_what_is_still_desired() {
     assert!(net.reachable(addr));
 }
 
+/// The qdiscs of the target, as tc lists them.
+fn qdiscs(net: &NetPair) -> String {
+    let out = std::process::Command::new("tc")
+        .args(["-n", &net.target, "qdisc", "show"])
+        .output()
+        .expect("tc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Latency over rtnetlink on the host kernel. Ours has neither sch_prio nor
+/// sch_netem (the kernel lab tests latency itself): the refusal names the
+/// missing module and what the agent did before it is undone. On a host
+/// that has them the delay is applied and removed instead.
+#[test]
+fn latency_on_the_host_kernel_is_applied_or_refused_and_undone() {
+    if !kernel_ready() {
+        return;
+    }
+    let net = NetPair::new();
+    let before = qdiscs(&net);
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    let lat = format!(
+        "    - id: lat\n      target: {{netns: {}}}\n      expiresAt: \"{far}\"\n      latency: {{delay: 20ms, to: [{PEER_IP}/32, \"fd00::/8\"]}}\n",
+        net.target_path().display()
+    );
+    agent.write_faults(&[lat]);
+    agent.start();
+    assert!(
+        wait_for(5 * SEC, || {
+            let log = agent.log();
+            log.contains("lat: applied latency") || log.contains("lat: cannot apply latency")
+        })
+        .is_some(),
+        "{}",
+        agent.log()
+    );
+    if agent.log().contains("lat: applied latency") {
+        assert!(qdiscs(&net).contains("netem"), "{}", qdiscs(&net));
+    } else {
+        let log = agent.log();
+        assert!(
+            log.contains("rtnetlink: add root prio qdisc fa00: on fva")
+                && log.contains("(does the kernel have the sch_prio module?)")
+                || log.contains("(does the kernel have the sch_netem module?)"),
+            "the refusal names the request and the module: {log}"
+        );
+    }
+    agent.write_faults(&[]);
+    assert!(
+        wait_for(3 * SEC, || qdiscs(&net) == before).is_some(),
+        "qdiscs as before: {}\nwere: {before}",
+        qdiscs(&net)
+    );
+    assert!(agent.sigterm().success());
+    assert_eq!(qdiscs(&net), before);
+}
+
 #[test]
 fn malformed_desired_file_keeps_faults_until_their_deadline() {
     if !kernel_ready() {

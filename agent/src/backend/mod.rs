@@ -3,13 +3,12 @@
 
 pub(crate) mod kill;
 pub(crate) mod netem;
+pub(crate) mod netlink;
 pub(crate) mod nfnl;
 pub(crate) mod nft;
+pub(crate) mod rtnl;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use faultline_api::{FaultAction, NodeFault};
 
@@ -60,28 +59,10 @@ pub trait Backend: Send {
     fn tidy(&mut self) {}
 }
 
-/// Where the external programs are (netem's); plain names are looked up in
-/// `PATH`. nftables needs none: the agent speaks its netlink protocol.
-#[derive(Debug, Clone)]
-pub struct Programs {
-    pub tc: PathBuf,
-    pub ip: PathBuf,
-}
-
-impl Default for Programs {
-    fn default() -> Self {
-        Programs {
-            tc: "tc".into(),
-            ip: "ip".into(),
-        }
-    }
-}
-
 /// The real kernel.
 #[derive(Debug, Default)]
 pub struct Kernel {
     pub resolver: Resolver,
-    pub programs: Programs,
     /// Netlink sockets of targets with applied partitions.
     pub partitions: nft::Partitions,
     /// Interfaces each applied latency fault was last seen to cover.
@@ -103,7 +84,7 @@ impl Backend for Kernel {
                     ));
                 };
                 let ns = self.resolver.netns(&fault.target)?;
-                let devs = netem::apply(&self.programs, &ns, *band, l)?;
+                let devs = netem::apply(&ns, *band, l)?;
                 self.latency_links.insert(fault.id.clone(), devs);
                 Ok(())
             }
@@ -133,7 +114,7 @@ impl Backend for Kernel {
                 };
                 self.latency_links.remove(&fault.id);
                 let ns = self.resolver.netns(&fault.target)?;
-                netem::remove(&self.programs, &ns, *band)
+                netem::remove(&ns, *band)
             }
         }
     }
@@ -151,7 +132,7 @@ impl Backend for Kernel {
                         .latency_links
                         .get(&fault.id)
                         .map_or(&[][..], Vec::as_slice);
-                    let (devs, changed) = netem::refresh(&self.programs, &ns, *band, l, known)?;
+                    let (devs, changed) = netem::refresh(&ns, *band, l, known)?;
                     if let Some(devs) = devs {
                         self.latency_links.insert(fault.id.clone(), devs);
                     }

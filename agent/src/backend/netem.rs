@@ -1,5 +1,5 @@
-//! Latency faults: netem on the egress of every interface (but `lo`) of the
-//! target's network namespace, through `tc` argument vectors.
+//! Latency faults: netem on the egress of every interface (but loopback)
+//! of the target's network namespace, set over rtnetlink ([`super::rtnl`]).
 //!
 //! Layout per interface, so several latency faults coexist on one target:
 //!
@@ -23,154 +23,131 @@
 //! and is deleted (restoring that default) with the last latency fault: an
 //! interface someone configured is refused rather than changed beyond repair.
 //!
-//! The host kernel of our CI lacks `sch_netem`, so this module's commands are
-//! tested as argument vectors here and against a stock kernel in the lab.
+//! Each change is planned from one link dump and one qdisc dump (pure
+//! functions, unit-tested) and sent as one datagram of tc requests. The
+//! host kernel of our CI lacks `sch_netem`, so the whole path is tested
+//! against a stock kernel in the lab.
 
-use std::{ffi::OsString, path::Path};
+use std::path::Path;
 
 use faultline_api::{Latency, fault::parse_cidr};
-use serde_json::Value;
 
-use super::{BackendError, Programs};
-use crate::netns::{self, NetnsError};
+use super::{
+    BackendError,
+    netlink::{ENOENT, NetlinkError},
+    rtnl::{
+        ETH_P_IP, ETH_P_IPV6, Link, Netem, Qdisc, Requests, Rtnl, TC_H_ROOT, U32Key, handle_text,
+        probability,
+    },
+};
 
 pub(crate) const FIRST_BAND: u8 = 2;
 pub(crate) const LAST_BAND: u8 = 16;
-pub(crate) const ROOT: &str = "fa00:";
+/// Our root qdisc's handle, `fa00:`.
+pub(crate) const ROOT: u32 = 0xfa00_0000;
 /// Filter prio offsets from the band: IPv4 `to` at +0, IPv6 `to` at
 /// +32, catch-all at +100 (tried last).
-const IPV6_PRIO: u32 = 32;
-const CATCH_ALL_PRIO: u32 = 100;
+const IPV6_PRIO: u16 = 32;
+const CATCH_ALL_PRIO: u16 = 100;
+/// Where the destination address is in an IPv4 and an IPv6 header.
+const IPV4_DST_OFFSET: i32 = 16;
+const IPV6_DST_OFFSET: i32 = 24;
 
-fn class(band: u8) -> String {
-    format!("fa00:{band:x}")
+/// The prio class of a band, `fa00:N`.
+fn class(band: u8) -> u32 {
+    ROOT | u32::from(band)
 }
 
-fn handle(band: u8) -> String {
-    format!("{:x}:", 0xfb00u32 + u32::from(band))
-}
-
-fn v(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
-
-/// Adds our prio root, everything to band 1 by default.
-pub(crate) fn root_cmd(dev: &str) -> Vec<String> {
-    let mut c = v(&[
-        "qdisc", "add", "dev", dev, "root", "handle", ROOT, "prio", "bands", "16", "priomap",
-    ]);
-    c.extend(std::iter::repeat_n("0".to_string(), 16));
-    c
-}
-
-fn ms(d: faultline_api::Duration) -> String {
-    format!("{}ms", d.as_millis())
-}
-
-/// The netem child of one band (replace: applying twice is one netem).
-pub(crate) fn netem_cmd(dev: &str, band: u8, l: &Latency) -> Vec<String> {
-    let mut c = v(&[
-        "qdisc",
-        "replace",
-        "dev",
-        dev,
-        "parent",
-        &class(band),
-        "handle",
-        &handle(band),
-        "netem",
-        "delay",
-    ]);
-    c.push(ms(l.delay));
-    if l.jitter.is_some() || l.correlation.is_some() {
-        // netem reads correlation only after a jitter.
-        c.push(ms(l.jitter.unwrap_or_default()));
-        if let Some(corr) = l.correlation {
-            c.push(format!("{}%", corr.points()));
-        }
-    }
-    if let Some(loss) = l.loss.filter(|p| p.points() > 0.0) {
-        c.extend(v(&["loss", "random"]));
-        c.push(format!("{}%", loss.points()));
-    }
-    c
+/// The handle of a band's netem, `fb0N:`.
+fn handle(band: u8) -> u32 {
+    (0xfb00 + u32::from(band)) << 16
 }
 
 /// Every filter prio a fault in `band` may use.
-fn prios(band: u8) -> [u32; 3] {
-    let b = u32::from(band);
+fn prios(band: u8) -> [u16; 3] {
+    let b = u16::from(band);
     [b, IPV6_PRIO + b, CATCH_ALL_PRIO + b]
 }
 
-/// Filters steering the fault's traffic to its band.
-pub(crate) fn filter_cmds(
-    dev: &str,
+fn netem_of(l: &Latency) -> Netem {
+    let ns = |d: faultline_api::Duration| d.as_millis().saturating_mul(1_000_000);
+    Netem {
+        delay_ns: ns(l.delay),
+        jitter_ns: l.jitter.map_or(0, ns),
+        delay_corr: l.correlation.map_or(0, |c| probability(c.points())),
+        loss: l.loss.map_or(0, |p| probability(p.points())),
+    }
+}
+
+/// u32 keys matching a destination prefix: one per 32-bit word the prefix
+/// covers (none for a zero-length prefix, which matches every packet).
+fn dst_keys(cidr: &str) -> Result<(u16, Vec<U32Key>), BackendError> {
+    let net =
+        parse_cidr(cidr).ok_or_else(|| BackendError::Failed(format!("{cidr:?} is not a CIDR")))?;
+    let (proto, base, addr, mask) = match (net.network(), net.netmask()) {
+        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(m)) => (
+            ETH_P_IP,
+            IPV4_DST_OFFSET,
+            a.octets().to_vec(),
+            m.octets().to_vec(),
+        ),
+        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(m)) => (
+            ETH_P_IPV6,
+            IPV6_DST_OFFSET,
+            a.octets().to_vec(),
+            m.octets().to_vec(),
+        ),
+        _ => {
+            return Err(BackendError::Failed(format!(
+                "{cidr:?} mixes address families"
+            )));
+        }
+    };
+    let keys = addr
+        .chunks_exact(4)
+        .zip(mask.chunks_exact(4))
+        .zip((base..).step_by(4))
+        .filter(|((_, m), _)| m.iter().any(|&b| b != 0))
+        .map(|((a, m), off)| U32Key {
+            mask: [m[0], m[1], m[2], m[3]],
+            value: [a[0], a[1], a[2], a[3]],
+            off,
+        })
+        .collect();
+    Ok((proto, keys))
+}
+
+/// Sets the fault up on one interface: the root when `add_root`, the
+/// band's netem, then its filters (an earlier, half-done apply's go first,
+/// so there is one set).
+fn setup(
+    reqs: &mut Requests,
+    link: &Link,
     band: u8,
     l: &Latency,
-) -> Result<Vec<Vec<String>>, BackendError> {
-    let [v4, v6, all] = prios(band).map(|p| p.to_string());
-    let flow = class(band);
-    if l.to.is_empty() {
-        return Ok(vec![v(&[
-            "filter", "add", "dev", dev, "parent", ROOT, "protocol", "all", "prio", &all,
-            "matchall", "flowid", &flow,
-        ])]);
+    add_root: bool,
+) -> Result<(), BackendError> {
+    if add_root {
+        reqs.add_root_prio(link, ROOT, LAST_BAND);
     }
-    l.to.iter()
-        .map(|cidr| {
-            let net = parse_cidr(cidr)
-                .ok_or_else(|| BackendError::Failed(format!("{cidr:?} is not a CIDR")))?;
-            let (addr, len) = (net.addr(), net.prefix_len());
-            let (proto, m, p) = if addr.is_ipv4() {
-                ("ip", "ip", v4.as_str())
-            } else {
-                ("ipv6", "ip6", v6.as_str())
-            };
-            let dst = format!("{addr}/{len}");
-            Ok(v(&[
-                "filter", "add", "dev", dev, "parent", ROOT, "protocol", proto, "prio", p, "u32",
-                "match", m, "dst", &dst, "flowid", &flow,
-            ]))
-        })
-        .collect()
+    reqs.replace_netem(link, class(band), handle(band), &netem_of(l));
+    let [v4, v6, all] = prios(band);
+    for p in [v4, v6, all] {
+        reqs.del_filters(link, ROOT, p);
+        reqs.last_best_effort();
+    }
+    if l.to.is_empty() {
+        reqs.add_matchall(link, ROOT, all, class(band));
+    }
+    for cidr in &l.to {
+        let (proto, keys) = dst_keys(cidr)?;
+        let prio = if proto == ETH_P_IP { v4 } else { v6 };
+        reqs.add_u32(link, ROOT, prio, proto, &keys, class(band));
+    }
+    Ok(())
 }
 
-/// Deletes the fault's filters (every protocol at each of its prios).
-pub(crate) fn filter_remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
-    prios(band)
-        .iter()
-        .map(|p| {
-            v(&[
-                "filter",
-                "del",
-                "dev",
-                dev,
-                "parent",
-                ROOT,
-                "prio",
-                &p.to_string(),
-            ])
-        })
-        .collect()
-}
-
-/// Deletes the fault's filters and its netem.
-pub(crate) fn remove_cmds(dev: &str, band: u8) -> Vec<Vec<String>> {
-    let mut out = filter_remove_cmds(dev, band);
-    out.push(v(&[
-        "qdisc",
-        "del",
-        "dev",
-        dev,
-        "parent",
-        &class(band),
-        "handle",
-        &handle(band),
-    ]));
-    out
-}
-
-/// What the root qdisc of an interface is, from `tc -j qdisc show dev X root`.
+/// What the root qdisc of an interface is.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Root {
     /// The kernel's default (handle `0:`): ours to replace and restore.
@@ -179,197 +156,173 @@ pub(crate) enum Root {
     Foreign(String),
 }
 
-pub(crate) fn classify_root(show: &Value) -> Root {
-    let Some(q) = show.as_array().and_then(|a| {
-        a.iter()
-            .find(|q| q.get("root").and_then(Value::as_bool) == Some(true))
-            .or_else(|| a.first())
-    }) else {
-        return Root::Default;
-    };
-    let kind = q.get("kind").and_then(Value::as_str).unwrap_or("?");
-    let handle = q.get("handle").and_then(Value::as_str).unwrap_or("");
-    match (kind, handle) {
-        ("prio", ROOT) => Root::Ours,
-        (_, "0:") => Root::Default,
-        (k, h) => Root::Foreign(format!("{k} {h}")),
+pub(crate) fn classify_root(qdiscs: &[Qdisc], link: &Link) -> Root {
+    match qdiscs
+        .iter()
+        .find(|q| q.ifindex == link.index && q.parent == TC_H_ROOT)
+    {
+        None => Root::Default,
+        Some(q) if q.kind == "prio" && q.handle == ROOT => Root::Ours,
+        Some(q) if q.handle == 0 => Root::Default,
+        Some(q) => Root::Foreign(format!("{} {}", q.kind, handle_text(q.handle))),
     }
 }
 
-/// Bands of ours that still hold a netem child, from `tc -j qdisc show dev X`.
-pub(crate) fn bands_in_use(show: &Value) -> Vec<u8> {
-    show.as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|q| q.get("kind").and_then(Value::as_str) == Some("netem"))
-                .filter_map(|q| {
-                    q.get("parent")?
-                        .as_str()?
-                        .strip_prefix(ROOT)
-                        .and_then(|b| u8::from_str_radix(b, 16).ok())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// Bands of ours on the interface that hold a netem child.
+pub(crate) fn bands_in_use(qdiscs: &[Qdisc], link: &Link) -> Vec<u8> {
+    qdiscs
+        .iter()
+        .filter(|q| q.ifindex == link.index && q.kind == "netem" && q.parent & 0xffff_0000 == ROOT)
+        .filter_map(|q| u8::try_from(q.parent & 0xffff).ok())
+        .collect()
 }
 
-/// Interface names from `ip -j link show`, without `lo`.
-pub(crate) fn interfaces(links: &Value) -> Vec<String> {
-    links
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| l.get("ifname")?.as_str())
-                .filter(|n| *n != "lo")
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+/// The requests applying the fault on every interface; refused, with
+/// nothing sent, when an interface has someone else's root qdisc.
+pub(crate) fn plan_apply(
+    links: &[Link],
+    qdiscs: &[Qdisc],
+    band: u8,
+    l: &Latency,
+) -> Result<Requests, BackendError> {
+    let mut reqs = Requests::default();
+    for link in links {
+        let add_root = match classify_root(qdiscs, link) {
+            Root::Ours => false,
+            Root::Default => true,
+            Root::Foreign(what) => {
+                return Err(BackendError::Failed(format!(
+                    "interface {} has root qdisc {what}, which the agent could not restore; not changing it",
+                    link.name
+                )));
+            }
+        };
+        setup(&mut reqs, link, band, l, add_root)?;
+    }
+    Ok(reqs)
 }
 
-fn os(args: &[String]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
+/// The requests covering interfaces that lack the fault's netem, leaving
+/// those that have it alone (a refresh never interrupts the delay), and
+/// interfaces with someone else's root.
+pub(crate) fn plan_refresh(
+    links: &[Link],
+    qdiscs: &[Qdisc],
+    band: u8,
+    l: &Latency,
+) -> Result<Requests, BackendError> {
+    let mut reqs = Requests::default();
+    for link in links {
+        match classify_root(qdiscs, link) {
+            Root::Ours if bands_in_use(qdiscs, link).contains(&band) => {}
+            Root::Ours => setup(&mut reqs, link, band, l, false)?,
+            Root::Default => setup(&mut reqs, link, band, l, true)?,
+            Root::Foreign(_) => {}
+        }
+    }
+    Ok(reqs)
 }
 
-fn json_of(program: &Path, ns: &Path, args: &[String]) -> Result<Value, BackendError> {
-    let ran = netns::run_in(ns, program, &os(args), None)?;
-    serde_json::from_slice(&ran.stdout).map_err(|e| {
-        BackendError::Failed(format!(
-            "{} printed unreadable JSON: {e}",
-            program.display()
-        ))
+/// The requests removing the fault: its filters and netem, or the whole
+/// root (restoring the kernel's default) where it was the last band.
+pub(crate) fn plan_remove(links: &[Link], qdiscs: &[Qdisc], band: u8) -> Requests {
+    let mut reqs = Requests::default();
+    for link in links {
+        if classify_root(qdiscs, link) != Root::Ours {
+            continue;
+        }
+        // Restoring the default root must not fail; the band's own parts
+        // may already be gone (a half-done apply, a second removal).
+        if bands_in_use(qdiscs, link).iter().all(|&b| b == band) {
+            reqs.del_qdisc(link, TC_H_ROOT, 0);
+            continue;
+        }
+        for p in prios(band) {
+            reqs.del_filters(link, ROOT, p);
+            reqs.last_best_effort();
+        }
+        reqs.del_qdisc(link, class(band), handle(band));
+        reqs.last_best_effort();
+    }
+    reqs
+}
+
+fn failed(e: NetlinkError) -> BackendError {
+    // "Specified qdisc kind is unknown" and "TC classifier not found" both
+    // arrive as ENOENT: name the module that is likely missing.
+    let module = match &e {
+        NetlinkError::Kernel { op, errno, .. } if *errno == ENOENT => [
+            ("prio qdisc", "sch_prio"),
+            ("netem qdisc", "sch_netem"),
+            ("u32 filter", "cls_u32"),
+            ("matchall filter", "cls_matchall"),
+        ]
+        .into_iter()
+        .find(|(what, _)| op.what.contains(what))
+        .map(|(_, module)| module),
+        _ => None,
+    };
+    let text = crate::report(&e);
+    BackendError::Failed(match module {
+        Some(m) => format!("{text} (does the kernel have the {m} module?)"),
+        None => text,
     })
 }
 
-fn tc(p: &Programs, ns: &Path, args: &[String]) -> Result<(), BackendError> {
-    netns::run_in(ns, &p.tc, &os(args), None)?;
-    Ok(())
+fn open(ns: &Path) -> Result<Rtnl, BackendError> {
+    Rtnl::open_in(ns)?.map_err(failed)
 }
 
-fn links(p: &Programs, ns: &Path) -> Result<Vec<String>, BackendError> {
-    Ok(interfaces(&json_of(
-        &p.ip,
-        ns,
-        &v(&["-j", "link", "show"]),
-    )?))
+fn names(links: &[Link]) -> Vec<String> {
+    links.iter().map(|l| l.name.clone()).collect()
 }
 
 /// Applies on every interface; returns the interfaces it saw, for
 /// [`refresh`] to tell new ones.
-pub fn apply(p: &Programs, ns: &Path, band: u8, l: &Latency) -> Result<Vec<String>, BackendError> {
-    let devs = links(p, ns)?;
-    for dev in &devs {
-        match classify_root(&json_of(
-            &p.tc,
-            ns,
-            &v(&["-j", "qdisc", "show", "dev", dev, "root"]),
-        )?) {
-            Root::Ours => {}
-            Root::Default => tc(p, ns, &root_cmd(dev))?,
-            Root::Foreign(what) => {
-                return Err(BackendError::Failed(format!(
-                    "interface {dev} has root qdisc {what}, which the agent could not restore; not changing it"
-                )));
-            }
-        }
-        tc(p, ns, &netem_cmd(dev, band, l))?;
-        // Filters of an earlier, half-done apply go first, so there is one set.
-        for cmd in filter_remove_cmds(dev, band) {
-            let _ = tc(p, ns, &cmd);
-        }
-        for cmd in filter_cmds(dev, band, l)? {
-            tc(p, ns, &cmd)?;
-        }
-    }
-    Ok(devs)
+pub fn apply(ns: &Path, band: u8, l: &Latency) -> Result<Vec<String>, BackendError> {
+    let mut sock = open(ns)?;
+    let links = sock.links().map_err(failed)?;
+    let qdiscs = sock.qdiscs().map_err(failed)?;
+    sock.send(plan_apply(&links, &qdiscs, band, l)?)
+        .map_err(failed)?;
+    Ok(names(&links))
 }
 
-/// Covers interfaces created in the target since `known` was seen: set up
-/// as `apply` would, leaving the interfaces that have this fault's netem
-/// alone, so a refresh never interrupts the delay. Interfaces with someone
-/// else's root qdisc are not touched. When the interfaces are still `known`
-/// it costs one `ip` run and nothing else. Returns the interfaces when they
-/// changed, and whether one was set up.
+/// Covers interfaces created in the target since `known` was seen. When
+/// the interfaces are still `known` it costs one link dump and nothing
+/// else. Returns the interfaces when they changed, and whether one was
+/// set up.
 pub(crate) fn refresh(
-    p: &Programs,
     ns: &Path,
     band: u8,
     l: &Latency,
     known: &[String],
 ) -> Result<(Option<Vec<String>>, bool), BackendError> {
-    let devs = links(p, ns)?;
-    if devs == known {
+    let mut sock = open(ns)?;
+    let links = sock.links().map_err(failed)?;
+    let now = names(&links);
+    if now == known {
         return Ok((None, false));
     }
-    let mut changed = false;
-    for dev in &devs {
-        let show = json_of(&p.tc, ns, &v(&["-j", "qdisc", "show", "dev", dev]))?;
-        match classify_root(&show) {
-            Root::Ours if bands_in_use(&show).contains(&band) => continue,
-            Root::Ours => {}
-            Root::Default => tc(p, ns, &root_cmd(dev))?,
-            Root::Foreign(_) => continue,
-        }
-        tc(p, ns, &netem_cmd(dev, band, l))?;
-        for cmd in filter_remove_cmds(dev, band) {
-            let _ = tc(p, ns, &cmd);
-        }
-        for cmd in filter_cmds(dev, band, l)? {
-            tc(p, ns, &cmd)?;
-        }
-        changed = true;
-    }
-    Ok((Some(devs), changed))
+    let qdiscs = sock.qdiscs().map_err(failed)?;
+    let reqs = plan_refresh(&links, &qdiscs, band, l)?;
+    let changed = !reqs.is_empty();
+    sock.send(reqs).map_err(failed)?;
+    Ok((Some(now), changed))
 }
 
-pub fn remove(p: &Programs, ns: &Path, band: u8) -> Result<(), BackendError> {
-    for dev in links(p, ns)? {
-        if classify_root(&json_of(
-            &p.tc,
-            ns,
-            &v(&["-j", "qdisc", "show", "dev", &dev, "root"]),
-        )?) != Root::Ours
-        {
-            continue;
-        }
-        for cmd in remove_cmds(&dev, band) {
-            // Each may already be gone (a half-done apply, a second removal).
-            match tc(p, ns, &cmd) {
-                Ok(()) | Err(BackendError::Failed(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if bands_in_use(&json_of(
-            &p.tc,
-            ns,
-            &v(&["-j", "qdisc", "show", "dev", &dev]),
-        )?)
-        .is_empty()
-        {
-            match netns::run_in(
-                ns,
-                &p.tc,
-                &os(&v(&["qdisc", "del", "dev", &dev, "root"])),
-                None,
-            ) {
-                Ok(_) => {}
-                Err(NetnsError::Failed { stderr, .. }) => {
-                    return Err(BackendError::Failed(format!(
-                        "cannot restore the root qdisc of {dev}: {stderr}"
-                    )));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
+pub fn remove(ns: &Path, band: u8) -> Result<(), BackendError> {
+    let mut sock = open(ns)?;
+    let links = sock.links().map_err(failed)?;
+    let qdiscs = sock.qdiscs().map_err(failed)?;
+    sock.send(plan_remove(&links, &qdiscs, band))
+        .map_err(failed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use faultline_api::{Duration, Percent};
-    use serde_json::json;
 
     fn lat(to: &[&str]) -> Latency {
         Latency {
@@ -381,139 +334,202 @@ mod tests {
         }
     }
 
-    #[test]
-    fn root_and_netem() {
-        let r = root_cmd("eth0");
-        assert_eq!(
-            &r[..11],
-            [
-                "qdisc", "add", "dev", "eth0", "root", "handle", "fa00:", "prio", "bands", "16",
-                "priomap"
-            ]
-        );
-        assert_eq!(r.len(), 27);
-        assert_eq!(
-            netem_cmd("eth0", 2, &lat(&[])),
-            [
-                "qdisc", "replace", "dev", "eth0", "parent", "fa00:2", "handle", "fb02:", "netem",
-                "delay", "300ms"
-            ]
-        );
-        let mut l = lat(&[]);
-        l.jitter = Duration::from_millis(50);
-        l.correlation = Percent::new(25.0);
-        l.loss = Percent::new(0.5);
-        assert_eq!(
-            netem_cmd("v", 16, &l)[5..],
-            [
-                "fa00:10", "handle", "fb10:", "netem", "delay", "300ms", "50ms", "25%", "loss",
-                "random", "0.5%"
-            ]
-        );
-        l.jitter = None;
-        assert_eq!(netem_cmd("v", 3, &l)[10..13], ["300ms", "0ms", "25%"]);
+    fn link(index: i32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+        }
+    }
+
+    fn q(ifindex: i32, kind: &str, handle: u32, parent: u32) -> Qdisc {
+        Qdisc {
+            ifindex,
+            handle,
+            parent,
+            kind: kind.into(),
+        }
+    }
+
+    fn ops(r: &Requests) -> Vec<String> {
+        r.ops().map(|o| o.what.clone()).collect()
     }
 
     #[test]
-    fn filters_by_destination() {
-        let f = filter_cmds("eth0", 3, &lat(&["10.0.0.0/8", "fd00::/8"])).expect("filters");
+    fn netem_settings() {
+        let mut l = lat(&[]);
         assert_eq!(
-            f[0],
+            netem_of(&l),
+            Netem {
+                delay_ns: 300_000_000,
+                ..Netem::default()
+            }
+        );
+        l.jitter = Duration::from_millis(50);
+        l.correlation = Percent::new(25.0);
+        l.loss = Percent::new(0.5);
+        let n = netem_of(&l);
+        assert_eq!(n.jitter_ns, 50_000_000);
+        assert_eq!(n.delay_corr, probability(25.0));
+        assert_eq!(n.loss, probability(0.5));
+    }
+
+    #[test]
+    fn destination_keys() {
+        let (proto, keys) = dst_keys("10.1.0.0/16").expect("v4");
+        assert_eq!(proto, ETH_P_IP);
+        assert_eq!(
+            keys,
+            [U32Key {
+                mask: [255, 255, 0, 0],
+                value: [10, 1, 0, 0],
+                off: 16
+            }]
+        );
+        // Host bits are cleared, as tc does.
+        assert_eq!(
+            dst_keys("10.1.2.3/8").expect("v4").1[0].value,
+            [10, 0, 0, 0]
+        );
+        let (proto, keys) = dst_keys("fd00:201:1::2/128").expect("v6");
+        assert_eq!(proto, ETH_P_IPV6);
+        assert_eq!(keys.len(), 4);
+        assert_eq!(
+            keys.iter().map(|k| k.off).collect::<Vec<_>>(),
+            [24, 28, 32, 36]
+        );
+        assert_eq!(keys[0].value, [0xfd, 0, 0x02, 0x01]);
+        assert_eq!(keys[3].value, [0, 0, 0, 2]);
+        // A /40 covers one word and a half: two keys, the second masked.
+        let (_, keys) = dst_keys("fd00:201:1::/40").expect("v6");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].mask, [255, 0, 0, 0]);
+        assert!(dst_keys("0.0.0.0/0").expect("all").1.is_empty());
+        assert!(dst_keys("x").is_err());
+    }
+
+    #[test]
+    fn apply_sets_up_every_interface() {
+        let links = [link(2, "eth0"), link(3, "veth1")];
+        // eth0 has the default root, veth1 already ours with band 2 in use.
+        let qdiscs = [
+            q(2, "noqueue", 0, TC_H_ROOT),
+            q(3, "prio", ROOT, TC_H_ROOT),
+            q(3, "netem", handle(2), class(2)),
+        ];
+        let r = plan_apply(&links, &qdiscs, 3, &lat(&["10.0.0.0/8", "fd00::/8"])).expect("plan");
+        assert_eq!(
+            ops(&r),
             [
-                "filter",
-                "add",
-                "dev",
-                "eth0",
-                "parent",
-                "fa00:",
-                "protocol",
-                "ip",
-                "prio",
-                "3",
-                "u32",
-                "match",
-                "ip",
-                "dst",
-                "10.0.0.0/8",
-                "flowid",
-                "fa00:3"
+                "add root prio qdisc fa00: on eth0",
+                "set netem qdisc fb03: under fa00:3 on eth0",
+                "delete filters at prio 3 on eth0",
+                "delete filters at prio 35 on eth0",
+                "delete filters at prio 103 on eth0",
+                "add u32 filter at prio 3 to fa00:3 on eth0",
+                "add u32 filter at prio 35 to fa00:3 on eth0",
+                "set netem qdisc fb03: under fa00:3 on veth1",
+                "delete filters at prio 3 on veth1",
+                "delete filters at prio 35 on veth1",
+                "delete filters at prio 103 on veth1",
+                "add u32 filter at prio 3 to fa00:3 on veth1",
+                "add u32 filter at prio 35 to fa00:3 on veth1",
             ]
         );
-        assert_eq!(f[1][7], "ipv6");
-        assert_eq!(f[1][12], "ip6");
-        // The kernel holds one protocol per filter prio: a v6 filter at the
-        // v4 filters' prio is refused, so a dual-stack `to` needs two prios.
-        assert_eq!(f[1][9], "35");
-        assert_eq!(f[1][14], "fd00::/8");
-        let dual = filter_cmds(
-            "eth0",
-            2,
-            &lat(&["10.1.0.0/16", "fd00::1/128", "10.2.0.0/16", "fd00::2/128"]),
-        )
-        .expect("filters");
-        let prio_of = |proto: &str| -> Vec<&str> {
-            dual.iter()
-                .filter(|c| c[7] == proto)
-                .map(|c| c[9].as_str())
-                .collect()
-        };
-        assert_eq!(prio_of("ip"), ["2", "2"]);
-        assert_eq!(prio_of("ipv6"), ["34", "34"]);
-        let all = filter_cmds("eth0", 4, &lat(&[])).expect("filters");
+        let all = plan_apply(&links[..1], &qdiscs, 4, &lat(&[])).expect("plan");
         assert_eq!(
-            all,
-            [[
-                "filter", "add", "dev", "eth0", "parent", "fa00:", "protocol", "all", "prio",
-                "104", "matchall", "flowid", "fa00:4"
-            ]]
+            ops(&all).last().map(String::as_str),
+            Some("add matchall filter at prio 104 to fa00:4 on eth0")
         );
-        assert!(filter_cmds("eth0", 4, &lat(&["x"])).is_err());
-        let r = remove_cmds("eth0", 4);
-        assert_eq!(r.len(), 4);
-        assert_eq!(r[0][7], "4");
-        assert_eq!(r[1][7], "36");
-        assert_eq!(r[2][7], "104");
-        assert_eq!(filter_remove_cmds("eth0", 4), r[..3]);
+        assert!(plan_apply(&links, &qdiscs, 4, &lat(&["x"])).is_err());
+    }
+
+    #[test]
+    fn a_foreign_root_is_refused_before_anything_changes() {
+        let links = [link(2, "t1"), link(3, "t2")];
+        let qdiscs = [q(3, "pfifo", 0x0001_0000, TC_H_ROOT)];
+        let err = plan_apply(&links, &qdiscs, 2, &lat(&[])).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "interface t2 has root qdisc pfifo 1:, which the agent could not restore; not changing it"
+        );
+        // A refresh leaves it alone and covers the rest.
+        let r = plan_refresh(&links, &qdiscs, 2, &lat(&[])).expect("plan");
+        assert!(
+            ops(&r).iter().all(|o| o.ends_with("on t1")),
+            "{:?}",
+            ops(&r)
+        );
+        // Ingress qdiscs are not roots.
+        let ingress = [q(2, "ingress", 0xffff_0000, 0xffff_fff1)];
+        assert_eq!(classify_root(&ingress, &links[0]), Root::Default);
+    }
+
+    #[test]
+    fn refresh_covers_only_interfaces_without_the_band() {
+        let links = [link(2, "eth0"), link(5, "new")];
+        let qdiscs = [
+            q(2, "prio", ROOT, TC_H_ROOT),
+            q(2, "netem", handle(2), class(2)),
+        ];
+        let r = plan_refresh(&links, &qdiscs, 2, &lat(&[])).expect("plan");
+        assert_eq!(ops(&r)[0], "add root prio qdisc fa00: on new");
+        assert!(ops(&r).iter().all(|o| o.ends_with("on new")));
+        let covered = [
+            q(5, "prio", ROOT, TC_H_ROOT),
+            q(5, "netem", handle(2), class(2)),
+        ];
+        let all = [qdiscs.as_slice(), covered.as_slice()].concat();
+        assert!(
+            plan_refresh(&links, &all, 2, &lat(&[]))
+                .expect("plan")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn removal_restores_the_default_with_the_last_band() {
+        let links = [link(2, "eth0"), link(3, "eth1"), link(4, "theirs")];
+        let qdiscs = [
+            q(2, "prio", ROOT, TC_H_ROOT),
+            q(2, "netem", handle(2), class(2)),
+            q(2, "netem", handle(16), class(16)),
+            q(3, "prio", ROOT, TC_H_ROOT),
+            q(3, "netem", handle(2), class(2)),
+            q(4, "fq", 0x8001_0000, TC_H_ROOT),
+        ];
+        assert_eq!(bands_in_use(&qdiscs, &links[0]), [2, 16]);
+        let r = plan_remove(&links, &qdiscs, 2);
+        assert_eq!(
+            ops(&r),
+            [
+                "delete filters at prio 2 on eth0",
+                "delete filters at prio 34 on eth0",
+                "delete filters at prio 102 on eth0",
+                "delete qdisc fb02: on eth0",
+                "delete the root qdisc of eth1",
+            ]
+        );
         // Every prio a filter of the band is added at is deleted again.
         for l in [lat(&["10.0.0.0/8", "fd00::/8"]), lat(&[])] {
-            for add in filter_cmds("eth0", 4, &l).expect("filters") {
-                assert!(r.iter().any(|del| del[7] == add[9]), "{add:?}");
+            let added = plan_apply(&links[..1], &qdiscs, 2, &l).expect("plan");
+            for op in ops(&added)
+                .iter()
+                .filter(|o| o.contains(" filter at prio "))
+            {
+                let prio = op.split(" prio ").nth(1).and_then(|t| t.split(' ').next());
+                assert!(
+                    ops(&r).iter().any(|d| d
+                        .starts_with(&format!("delete filters at prio {}", prio.unwrap_or("?")))),
+                    "{op}"
+                );
             }
         }
         // No prio is shared between bands (2..=16).
-        let mut all: Vec<u32> = (FIRST_BAND..=LAST_BAND).flat_map(prios).collect();
+        let mut all: Vec<u16> = (FIRST_BAND..=LAST_BAND).flat_map(prios).collect();
         let n = all.len();
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), n);
-        assert_eq!(
-            r[3],
-            [
-                "qdisc", "del", "dev", "eth0", "parent", "fa00:4", "handle", "fb04:"
-            ]
-        );
-    }
-
-    #[test]
-    fn reads_kernel_state() {
-        assert_eq!(
-            classify_root(&json!([{"kind": "noqueue", "handle": "0:", "root": true}])),
-            Root::Default
-        );
-        assert_eq!(
-            classify_root(&json!([{"kind": "prio", "handle": "fa00:", "root": true}])),
-            Root::Ours
-        );
-        assert_eq!(
-            classify_root(&json!([{"kind": "fq", "handle": "8001:", "root": true}])),
-            Root::Foreign("fq 8001:".into())
-        );
-        let show = json!([{"kind": "prio", "handle": "fa00:", "root": true},
-            {"kind": "netem", "handle": "fb02:", "parent": "fa00:2"},
-            {"kind": "netem", "handle": "fb10:", "parent": "fa00:10"},
-            {"kind": "pfifo", "handle": "8001:", "parent": "fa00:1"}]);
-        assert_eq!(bands_in_use(&show), [2, 16]);
-        let links = json!([{"ifname": "lo"}, {"ifname": "eth0"}, {"ifname": "veth1"}]);
-        assert_eq!(interfaces(&links), ["eth0", "veth1"]);
+        assert!(plan_remove(&links, &[], 2).is_empty());
     }
 }

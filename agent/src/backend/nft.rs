@@ -32,10 +32,11 @@ use faultline_api::{Direction, Partition, fault::MAX_PEERS, fault::parse_cidr};
 
 use super::{
     BackendError,
+    netlink::NetlinkError,
     nfnl::{
         Batch, Encoded, Expr, Hook, NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, NFT_META_L4PROTO,
-        NFT_META_NFPROTO, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER, NfnlError,
-        Socket, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE,
+        NFT_META_NFPROTO, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER, Socket,
+        TYPE_INET_PROTOCOL, TYPE_INET_SERVICE,
     },
 };
 use crate::netns::{self, NsId};
@@ -236,7 +237,7 @@ pub(crate) fn removal_batch(r: &Removal) -> Result<Encoded, BackendError> {
     b.finish().map_err(|e| BackendError::Failed(e.to_string()))
 }
 
-fn failed(e: NfnlError) -> BackendError {
+fn failed(e: NetlinkError) -> BackendError {
     BackendError::Failed(crate::report(&e))
 }
 
@@ -326,7 +327,7 @@ impl Partitions {
             Ok(()) => {}
             // The kernel refused: the socket is fine, and the agent's undo
             // (a removal) comes next.
-            Err(e @ NfnlError::Kernel { .. }) => return Err(failed(e)),
+            Err(e @ NetlinkError::Kernel { .. }) => return Err(failed(e)),
             Err(e) => {
                 self.discard(nsid);
                 return Err(failed(e));
