@@ -447,8 +447,22 @@ impl tonic::codec::Codec for RawCodec {
     }
 }
 
+/// The observer's `faultline_observer_rejected_total`, read from `/metrics`.
+async fn rejected_total(api: std::net::SocketAddr) -> u64 {
+    let (status, body) = http(api, "GET", "/metrics", &[], b"").await.expect("http");
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("faultline_observer_rejected_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no rejected_total in {text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
+async fn malformed_and_oversized_grpc_exports_are_refused_counted_and_ingest_goes_on() {
     let obs = observer().await;
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", obs.addresses.otlp_grpc))
@@ -459,15 +473,20 @@ async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     );
-    let send = |body: Vec<u8>| {
+    let send_with = |request: tonic::Request<Vec<u8>>, gzip: bool| {
         let channel = channel.clone();
         let path = path.clone();
         async move {
             let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+            if gzip {
+                grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+            }
             grpc.ready().await.expect("ready");
-            grpc.unary(tonic::Request::new(body), path, RawCodec).await
+            grpc.unary(request, path, RawCodec).await
         }
     };
+    let send = |body: Vec<u8>| send_with(tonic::Request::new(body), false);
+    assert_eq!(rejected_total(obs.addresses.api).await, 0);
     // A truncated message: gRPC's status-code guide has servers answer a
     // request they cannot parse with INTERNAL, which tonic follows.
     let err = send(vec![0x0a, 0xff, 0xff, 0x01])
@@ -477,6 +496,25 @@ async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
     // Past the 8 MiB limit.
     let err = send(vec![0u8; 17 << 20]).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    // A few KiB of gzip that inflate past the limit.
+    let err = send_with(tonic::Request::new(vec![0u8; 9 << 20]), true)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    // A compression the observer does not take.
+    let mut zstd = tonic::Request::new(Vec::new());
+    zstd.metadata_mut().insert(
+        "grpc-encoding",
+        tonic::metadata::MetadataValue::from_static("zstd"),
+    );
+    let err = send_with(zstd, false).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    // Decoded, then refused by the observer itself: counted once.
+    let flood = otlp::export(Vec::new(), vec![Default::default(); 100_001]);
+    let err = send(prost::Message::encode_to_vec(&flood))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     // The observer is unharmed and keeps ingesting.
     let ok = send(Vec::new()).await;
     assert!(ok.is_ok(), "an empty export is valid: {ok:?}");
@@ -484,4 +522,9 @@ async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
         .await
         .expect("http");
     assert_eq!(status, 200);
+    assert_eq!(
+        rejected_total(obs.addresses.api).await,
+        5,
+        "each refusal counted once, the accepted export not at all"
+    );
 }
