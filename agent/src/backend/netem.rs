@@ -28,7 +28,7 @@
 
 use std::{ffi::OsString, path::Path};
 
-use faultline_api::{Latency, fault::parse_cidr};
+use faultline_api::{Latency, parse_cidr};
 use serde_json::Value;
 
 use super::{BackendError, Programs};
