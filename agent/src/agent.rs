@@ -14,10 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultline_api::{
-    FaultAction, NodeFault,
-    nodefaults::{FaultState, NodeFaultsStatus},
-};
+use faultline_api::{FaultAction, FaultState, NodeFault, NodeFaultsStatus};
 use jiff::Timestamp;
 
 use crate::{

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use faultline_api::{NodeFaults, nodefaults::NodeFaultsStatus, validate::Problems};
+use faultline_api::{NodeFaults, NodeFaultsStatus, Problems};
 use futures::StreamExt as _;
 use kube::{
     Api, ResourceExt,

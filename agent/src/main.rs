@@ -71,7 +71,7 @@ struct KernelArgs {
 
 /// A node name as Kubernetes accepts it (a DNS subdomain).
 fn node_name(s: &str) -> Result<String, String> {
-    faultline_api::validate::dns_subdomain(s)
+    faultline_api::dns_subdomain(s)
         .map(|()| s.to_owned())
         .map_err(|e| format!("{s:?} is not a node name: {e}"))
 }

@@ -394,7 +394,7 @@ fn remove(a: &Applied) -> Action {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use faultline_api::{Direction, Kill, Partition, Signal, units::Duration};
+    use faultline_api::{Direction, Duration, Kill, Partition, Signal};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use proptest::prelude::*;
 

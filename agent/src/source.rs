@@ -36,7 +36,7 @@ use rustix::{
     fs::inotify::{self, CreateFlags, WatchFlags},
 };
 
-use faultline_api::{NodeFaults, parse_one, yaml::MAX_INPUT_BYTES};
+use faultline_api::{MAX_INPUT_BYTES, NodeFaults, parse_one};
 
 use crate::{
     agent::{Event, Events, Wait},

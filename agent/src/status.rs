@@ -4,10 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use faultline_api::{
-    NodeFault,
-    nodefaults::{FaultState, NodeFaultStatus, NodeFaultsStatus},
-};
+use faultline_api::{FaultState, NodeFault, NodeFaultStatus, NodeFaultsStatus};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -246,7 +246,7 @@ fn collect_procs(dir: &Path, depth: usize, out: &mut Vec<u32>) -> io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faultline_api::nodefaults::PodRef;
+    use faultline_api::PodRef;
 
     const UID: &str = "6f1c2d3e-0000-4000-8000-000000000001";
 

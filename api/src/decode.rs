@@ -121,10 +121,6 @@ impl<'n> Fields<'n> {
             .map_or(self.pos, |(k, _)| k.pos)
     }
 
-    pub fn has(&self, key: &str) -> bool {
-        self.node(key).is_some()
-    }
-
     /// Whether `key` is written at all, even with an empty value.
     pub fn has_key(&self, key: &str) -> bool {
         self.entries.iter().any(|(k, _)| key_text(k) == key)

@@ -4,25 +4,42 @@
 //!
 //! Nothing here does I/O: callers pass bytes in and get typed values or
 //! diagnostics out.
+//!
+//! The modules are private: what other crates use is re-exported here, so
+//! the compiler reports whatever nothing uses. A validation problem's field
+//! path (`Problem::path`) is shown, never built, outside this crate, so its
+//! type is not exported (as `Path` it would read like `std::path::Path`).
 
-pub mod crd;
-pub mod cron;
-pub mod decode;
-pub mod diag;
-pub mod document;
-pub mod experiment;
-pub mod fault;
-pub mod nodefaults;
-pub mod topology;
-pub mod units;
-pub mod validate;
-pub mod yaml;
+mod crd;
+mod cron;
+mod decode;
+mod diag;
+mod document;
+mod experiment;
+mod fault;
+mod nodefaults;
+mod topology;
+mod units;
+mod validate;
+mod yaml;
 
+pub use crd::{crd_yaml, crds};
 pub use cron::CronSchedule;
 pub use diag::{Diagnostic, Pos};
-pub use document::{API_VERSION, Parsed, Resource, parse_documents, parse_one};
-pub use experiment::{Experiment, ExperimentSpec, ExperimentStatus};
-pub use fault::{Direction, FaultAction, Kill, KillMethod, Latency, Partition, Signal};
-pub use nodefaults::{NodeFault, NodeFaults, NodeFaultsSpec, NodeTarget};
-pub use topology::{Service, Topology, TopologySpec};
-pub use units::{Duration, Percent};
+pub use document::{API_VERSION, FromResource, Parsed, Resource, parse_documents, parse_one};
+pub use experiment::{
+    BreakerCheck, BreakerState, Check, CheckKind, CheckPhase, CheckStatus, ErrorRateCheck,
+    Experiment, ExperimentSpec, ExperimentStatus, Fault, HttpCheck, LatencyCheck, Limits, Phase,
+    SelectionMode, TargetSelector, Verdict,
+};
+pub use fault::{
+    Direction, FaultAction, Kill, KillMethod, Latency, MAX_PEERS, Partition, Signal, parse_cidr,
+};
+pub use nodefaults::{
+    FaultState, NodeFault, NodeFaultStatus, NodeFaults, NodeFaultsSpec, NodeFaultsStatus,
+    NodeTarget, PodRef,
+};
+pub use topology::{Service, Topology, TopologySpec, addr_var};
+pub use units::{Duration, Percent, UnitError};
+pub use validate::{Problem, Problems, dns_subdomain};
+pub use yaml::MAX_INPUT_BYTES;

@@ -23,7 +23,7 @@ impl fmt::Display for Problem {
 pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
-    pub fn add(&mut self, path: Path, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: Path, message: impl Into<String>) {
         self.0.push(Problem {
             path,
             message: message.into(),

@@ -3,11 +3,7 @@
 
 use std::{fs, path::PathBuf, process::Command};
 
-use faultline_api::{
-    Experiment, NodeFaults, Resource,
-    crd::{crd_yaml, crds},
-    parse_documents,
-};
+use faultline_api::{Experiment, NodeFaults, Resource, crd_yaml, crds, parse_documents};
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 

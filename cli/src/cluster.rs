@@ -9,10 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultline_api::{
-    Experiment, ExperimentStatus,
-    experiment::{Phase, Verdict},
-};
+use faultline_api::{Experiment, ExperimentStatus, Phase, Verdict};
 use faultline_engine::{CheckReport, Entry, Evaluation};
 use faultline_runtime::Outcome;
 use kube::{

@@ -2,11 +2,7 @@
 
 use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
-use faultline_api::{
-    Experiment, Topology,
-    experiment::{Phase, Verdict},
-    parse_one,
-};
+use faultline_api::{Experiment, Phase, Topology, Verdict, parse_one};
 use faultline_engine::Snapshot;
 use faultline_runtime::{Options, Outcome, Progress};
 use tokio::sync::watch;
@@ -18,7 +14,7 @@ pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_ABORTED: u8 = 3;
 pub const EXIT_BROKE: u8 = 4;
 
-pub(crate) fn load<T: faultline_api::document::FromResource>(path: &Path) -> Result<T, ExitCode> {
+pub(crate) fn load<T: faultline_api::FromResource>(path: &Path) -> Result<T, ExitCode> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| {
         tell!("{name}: cannot read: {e}");

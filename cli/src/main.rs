@@ -271,13 +271,13 @@ fn demo_role(args: faultline_demo::RoleArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn crd(out_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let crds = faultline_api::crd::crds();
+    let crds = faultline_api::crds();
     match out_dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (file, crd) in &crds {
                 let path = dir.join(file);
-                std::fs::write(&path, faultline_api::crd::crd_yaml(crd)?)
+                std::fs::write(&path, faultline_api::crd_yaml(crd)?)
                     .with_context(|| format!("writing {}", path.display()))?;
                 say!("wrote {}", path.display());
             }
@@ -285,7 +285,7 @@ fn crd(out_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         None => {
             let docs: Vec<String> = crds
                 .iter()
-                .map(|(_, crd)| faultline_api::crd::crd_yaml(crd))
+                .map(|(_, crd)| faultline_api::crd_yaml(crd))
                 .collect::<Result<_, _>>()?;
             print!("{}", docs.join("---\n"));
         }

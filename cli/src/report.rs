@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use faultline_api::experiment::Verdict;
+use faultline_api::Verdict;
 use faultline_runtime::Outcome;
 use serde_json::json;
 

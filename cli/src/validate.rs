@@ -7,7 +7,7 @@ use std::{
     process::ExitCode,
 };
 
-use faultline_api::{parse_documents, yaml::MAX_INPUT_BYTES};
+use faultline_api::{MAX_INPUT_BYTES, parse_documents};
 
 use crate::EXIT_INVALID;
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use faultline_api::{NodeFault, NodeFaults, NodeFaultsSpec, nodefaults::FaultState};
+use faultline_api::{FaultState, NodeFault, NodeFaults, NodeFaultsSpec};
 use futures::StreamExt;
 use kube::{
     Api, ResourceExt,
@@ -62,7 +62,7 @@ pub(crate) fn failed(ctx: &Context, r: &ExperimentRef) -> u32 {
 /// that cannot be placed stops with the reason instead of retrying.
 pub(crate) fn refused(desired: &BTreeMap<String, Vec<NodeFault>>) -> Option<String> {
     for (node, entries) in desired {
-        let mut problems = faultline_api::validate::Problems::default();
+        let mut problems = faultline_api::Problems::default();
         NodeFaultsSpec {
             faults: entries.clone(),
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use faultline_api::experiment::{BreakerState, CheckKind};
+use faultline_api::{BreakerState, CheckKind};
 use faultline_engine::Observed;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};

@@ -12,8 +12,7 @@ use std::{
 };
 
 use faultline_api::{
-    FaultAction, KillMethod, NodeFault, NodeTarget, experiment::ExperimentSpec, fault::parse_cidr,
-    nodefaults::PodRef,
+    ExperimentSpec, FaultAction, KillMethod, NodeFault, NodeTarget, PodRef, parse_cidr,
 };
 use faultline_engine::{Candidate, Plan, Resolved};
 use jiff::{SignedDuration, Timestamp};

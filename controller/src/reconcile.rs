@@ -15,8 +15,7 @@ use std::{
 };
 
 use faultline_api::{
-    Experiment, ExperimentStatus, FaultAction, KillMethod, NodeFault,
-    experiment::{CheckKind, Phase, Verdict},
+    CheckKind, Experiment, ExperimentStatus, FaultAction, KillMethod, NodeFault, Phase, Verdict,
 };
 use faultline_engine::{Run, next_start};
 use futures::StreamExt;

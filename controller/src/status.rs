@@ -2,10 +2,7 @@
 //! its status: pure. Status stays small whatever the number of targets:
 //! counts and one entry per check, never one per pod.
 
-use faultline_api::{
-    ExperimentStatus,
-    experiment::{CheckStatus, Phase, Verdict},
-};
+use faultline_api::{CheckStatus, ExperimentStatus, Phase, Verdict};
 use faultline_engine::{Evaluation, Resume, ResumedCheck, Run};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -219,7 +216,7 @@ spec:
                 Observed::Rate(0.09)
             } else {
                 Observed::Breaker {
-                    state: faultline_api::experiment::BreakerState::Open,
+                    state: faultline_api::BreakerState::Open,
                     for_secs: 1.0,
                 }
             };

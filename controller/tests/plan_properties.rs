@@ -124,7 +124,7 @@ proptest! {
         // Every entry is what an agent accepts.
         for entries in by_node.values() {
             let nf = faultline_api::NodeFaults::new("n", faultline_api::NodeFaultsSpec { faults: entries.clone() });
-            let mut problems = faultline_api::validate::Problems::default();
+            let mut problems = faultline_api::Problems::default();
             nf.spec.validate(&mut problems);
             prop_assert!(problems.0.is_empty(), "{:?}", problems);
         }

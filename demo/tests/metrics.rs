@@ -35,17 +35,13 @@ fn checkout(otlp: SocketAddr, env: &[(&str, &str)]) -> (KillOnDrop, SocketAddr) 
     (KillOnDrop(child), listen)
 }
 
+/// `n` orders, one after the other; while checkout is not yet listening an
+/// order is a short pause instead.
 async fn orders(checkout: SocketAddr, n: usize) {
     for _ in 0..n {
-        let Ok(mut s) = tokio::net::TcpStream::connect(checkout).await else {
+        let order = faultline_testkit::http(checkout, "POST", "/checkout", &[], b"{}").await;
+        if order.is_err() {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let request = "POST /checkout HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
-        if s.write_all(request.as_bytes()).await.is_ok() {
-            let mut answer = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
         }
     }
 }

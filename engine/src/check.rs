@@ -1,7 +1,7 @@
 //! Judging one observation of a check. What to observe and when is the
 //! runtime's and the run's business; this only compares.
 
-use faultline_api::experiment::{BreakerState, CheckKind};
+use faultline_api::{BreakerState, CheckKind};
 
 /// A figure measured for a check.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +82,7 @@ pub fn evaluate(kind: &CheckKind, observed: &Observed) -> Evaluation {
 
 #[cfg(test)]
 mod tests {
-    use faultline_api::experiment::{BreakerCheck, ErrorRateCheck, HttpCheck};
+    use faultline_api::{BreakerCheck, ErrorRateCheck, HttpCheck};
 
     use super::*;
 

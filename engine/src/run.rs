@@ -13,8 +13,7 @@ use std::{
 };
 
 use faultline_api::{
-    experiment::{CheckKind, CheckPhase, ExperimentSpec, Fault, Phase, Verdict},
-    fault::{FaultAction, Signal},
+    CheckKind, CheckPhase, ExperimentSpec, Fault, FaultAction, Phase, Signal, Verdict,
 };
 
 use crate::{
@@ -706,7 +705,7 @@ impl Run {
 
     /// Every check with what it came to.
     pub fn report(&self) -> Vec<CheckReport> {
-        let one = |abort: bool, c: &faultline_api::experiment::Check, s: &CheckState| CheckReport {
+        let one = |abort: bool, c: &faultline_api::Check, s: &CheckState| CheckReport {
             name: c.display_name(),
             abort,
             passed: s.failure.is_none(),

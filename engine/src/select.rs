@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use faultline_api::experiment::{ExperimentSpec, SelectionMode, TargetSelector};
+use faultline_api::{ExperimentSpec, SelectionMode, TargetSelector};
 
 /// Something a target can select: a pod, or a local service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

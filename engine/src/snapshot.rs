@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use faultline_api::experiment::{ExperimentSpec, ExperimentStatus, Fault, Phase, Verdict};
+use faultline_api::{ExperimentSpec, ExperimentStatus, Fault, Phase, Verdict};
 
 use crate::{CheckReport, Evaluation, Run};
 
@@ -179,7 +179,7 @@ impl Run {
 
 #[cfg(test)]
 mod tests {
-    use faultline_api::experiment::CheckStatus;
+    use faultline_api::CheckStatus;
 
     use super::*;
     use crate::Candidate;

@@ -5,12 +5,8 @@
 use std::time::Duration;
 
 use faultline_api::{
-    Experiment, ExperimentSpec,
-    experiment::{
-        BreakerState, Check, CheckKind, ErrorRateCheck, Fault, Phase, SelectionMode,
-        TargetSelector, Verdict,
-    },
-    fault::{Direction, FaultAction, Kill, Latency, Partition, Signal},
+    BreakerState, Check, CheckKind, Direction, ErrorRateCheck, Experiment, ExperimentSpec, Fault,
+    FaultAction, Kill, Latency, Partition, Phase, SelectionMode, Signal, TargetSelector, Verdict,
     parse_one,
 };
 use faultline_engine::{Action, Candidate, CheckRef, Instance, Observed, Run};

@@ -10,6 +10,7 @@
 //! - resident memory per tracked service and per tracked breaker.
 
 use std::{
+    net::SocketAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -22,7 +23,6 @@ use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     trace::v1::{Span, span::SpanKind},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOAD_SECS: u64 = 5;
 const CLIENTS: usize = 4;
@@ -89,17 +89,9 @@ fn proc_usage(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
-async fn get(api: &str, path: &str) -> Duration {
+async fn get(api: SocketAddr, path: &str) -> Duration {
     let started = Instant::now();
-    if let Ok(mut s) = tokio::net::TcpStream::connect(api).await {
-        let _ = s
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
-            )
-            .await;
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-    }
+    let _ = faultline_testkit::http(api, "GET", path, &[], b"").await;
     started.elapsed()
 }
 
@@ -122,7 +114,7 @@ async fn main() {
     let observer = Observer(child);
     let pid = observer.0.id();
     let endpoint = format!("http://127.0.0.1:{grpc}");
-    let api = format!("127.0.0.1:{api}");
+    let api = SocketAddr::from(([127, 0, 0, 1], api));
     let mut connected = None;
     for _ in 0..100 {
         if let Ok(c) = TraceServiceClient::connect(endpoint.clone()).await {
@@ -153,7 +145,7 @@ async fn main() {
     }
     let mut api_latencies = Vec::new();
     while Instant::now() < deadline {
-        api_latencies.push(get(&api, "/api/v1/services?window=30s").await);
+        api_latencies.push(get(api, "/api/v1/services?window=30s").await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut spans = 0;

@@ -304,20 +304,12 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use opentelemetry_proto::tonic::trace::v1::Span;
 
     use super::*;
 
     fn export(spans: usize) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![Span::default(); spans],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
+        faultline_testkit::otlp::export(Vec::new(), vec![Span::default(); spans])
     }
 
     #[test]

@@ -3,7 +3,11 @@
 use std::{
     convert::Infallible,
     io::Read,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -35,6 +39,10 @@ use prometheus_client::{
 use prost::Message;
 use serde::Deserialize;
 use serde_json::json;
+use tonic::{
+    codegen::{BoxFuture, Service, http},
+    server::NamedService,
+};
 
 use crate::{Observer, ServiceFigures};
 
@@ -51,6 +59,9 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Some(decoded) = request.extensions().get::<Decoded>() {
+            decoded.0.store(true, Ordering::Relaxed);
+        }
         self.0
             .ingest(&request.into_inner())
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
@@ -61,10 +72,67 @@ impl TraceService for Grpc {
 /// The gRPC OTLP endpoint; logs and metrics are not served, so their calls
 /// get UNIMPLEMENTED from tonic's router.
 pub(crate) fn grpc_service(observer: Observer) -> tonic::service::Routes {
+    let stats = observer.stats.clone();
     let traces = TraceServiceServer::new(Grpc(observer))
         .max_decoding_message_size(MAX_BODY_BYTES)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-    tonic::service::Routes::new(traces)
+    tonic::service::Routes::new(CountRefusals {
+        inner: traces,
+        stats,
+    })
+}
+
+/// Put on each gRPC request; set by `Grpc::export` once tonic has decoded
+/// the export and handed it over.
+#[derive(Debug, Clone, Default)]
+struct Decoded(Arc<AtomicBool>);
+
+/// Counts as rejected the exports tonic refuses before `Grpc::export` sees
+/// them: undecodable (INTERNAL), past MAX_BODY_BYTES (OUT_OF_RANGE) or
+/// inflating past it (RESOURCE_EXHAUSTED), compressed in a way not taken
+/// (UNIMPLEMENTED). Such a refusal is answered at once, its status in the
+/// response headers; what the handler refuses, `Observer::ingest` has
+/// counted already.
+#[derive(Debug, Clone)]
+struct CountRefusals<S> {
+    inner: S,
+    stats: Arc<crate::IngestStats>,
+}
+
+impl<S: NamedService> NamedService for CountRefusals<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> Service<http::Request<B>> for CountRefusals<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let decoded = Decoded::default();
+        request.extensions_mut().insert(decoded.clone());
+        let stats = self.stats.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let refused = response
+                .headers()
+                .get(tonic::Status::GRPC_STATUS)
+                .is_some_and(|code| tonic::Code::from_bytes(code.as_bytes()) != tonic::Code::Ok);
+            if refused && !decoded.0.load(Ordering::Relaxed) {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// OTLP over HTTP: `POST /v1/traces`, protobuf or JSON, optionally gzipped.

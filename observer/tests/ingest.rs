@@ -1,86 +1,22 @@
 //! Real OTLP from the official OpenTelemetry Rust exporter, over gRPC and
 //! HTTP, into an in-process observer; figures read back through the live API.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use faultline_observer::{Addresses, Limits};
+use faultline_testkit::{get_json, http, otlp};
 use opentelemetry::{
     KeyValue,
     trace::{Span, SpanKind, Status, Tracer, TracerProvider as _},
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn observer() -> faultline_observer::Running {
     faultline_observer::start(&Addresses::ephemeral(), Limits::default())
         .await
         .expect("observer starts")
-}
-
-/// A minimal HTTP/1.1 exchange: (status, body).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    s.write_all(body).await.expect("write");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.expect("read");
-    let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body_at = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(out.len(), |i| i + 4);
-    let mut body = out[body_at..].to_vec();
-    if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, body)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("0").trim(), 16)
-            .unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&b[i + 2..i + 2 + size]);
-        b = &b[i + 2 + size + 2..];
-    }
-    out
-}
-
-async fn get_json(api: SocketAddr, path: &str) -> Value {
-    let (status, body) = http(api, "GET", path, &[], b"").await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).expect("json")
 }
 
 /// A batch exporter: it exports from its own thread, so a test may block on
@@ -298,7 +234,8 @@ async fn json_gzip_and_malformed_payloads() {
         ],
         &gz,
     )
-    .await;
+    .await
+    .expect("http");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let f = get_json(obs.addresses.api, "/api/v1/services/inventory").await;
     assert_eq!(
@@ -313,7 +250,10 @@ async fn json_gzip_and_malformed_payloads() {
             if let Some(e) = enc {
                 h.push(("content-encoding", e));
             }
-            http(addr, "POST", "/v1/traces", &h, &body).await.0
+            http(addr, "POST", "/v1/traces", &h, &body)
+                .await
+                .expect("http")
+                .0
         }
     };
     // Truncated protobuf.
@@ -365,15 +305,7 @@ async fn json_gzip_and_malformed_payloads() {
         400
     );
     // 100 001 empty spans fit in a small body but are refused whole.
-    let flood = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-        resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
-            scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
-                spans: vec![Default::default(); 100_001],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let flood = otlp::export(Vec::new(), vec![Default::default(); 100_001]);
     assert_eq!(
         post(
             "application/x-protobuf",
@@ -391,10 +323,13 @@ async fn json_gzip_and_malformed_payloads() {
         &[("content-type", "application/x-protobuf")],
         b"",
     )
-    .await;
+    .await
+    .expect("http");
     assert_eq!(status, 501);
 
-    let (status, body) = http(obs.addresses.api, "GET", "/metrics", &[], b"").await;
+    let (status, body) = http(obs.addresses.api, "GET", "/metrics", &[], b"")
+        .await
+        .expect("http");
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(
@@ -412,7 +347,8 @@ async fn json_gzip_and_malformed_payloads() {
         &[],
         b"",
     )
-    .await;
+    .await
+    .expect("http");
     assert_eq!(status, 400);
     let (status, _) = http(
         obs.addresses.api,
@@ -421,7 +357,8 @@ async fn json_gzip_and_malformed_payloads() {
         &[],
         b"",
     )
-    .await;
+    .await
+    .expect("http");
     assert_eq!(status, 404);
 }
 
@@ -510,8 +447,22 @@ impl tonic::codec::Codec for RawCodec {
     }
 }
 
+/// The observer's `faultline_observer_rejected_total`, read from `/metrics`.
+async fn rejected_total(api: std::net::SocketAddr) -> u64 {
+    let (status, body) = http(api, "GET", "/metrics", &[], b"").await.expect("http");
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("faultline_observer_rejected_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no rejected_total in {text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
+async fn malformed_and_oversized_grpc_exports_are_refused_counted_and_ingest_goes_on() {
     let obs = observer().await;
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", obs.addresses.otlp_grpc))
@@ -522,15 +473,20 @@ async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     );
-    let send = |body: Vec<u8>| {
+    let send_with = |request: tonic::Request<Vec<u8>>, gzip: bool| {
         let channel = channel.clone();
         let path = path.clone();
         async move {
             let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+            if gzip {
+                grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+            }
             grpc.ready().await.expect("ready");
-            grpc.unary(tonic::Request::new(body), path, RawCodec).await
+            grpc.unary(request, path, RawCodec).await
         }
     };
+    let send = |body: Vec<u8>| send_with(tonic::Request::new(body), false);
+    assert_eq!(rejected_total(obs.addresses.api).await, 0);
     // A truncated message: gRPC's status-code guide has servers answer a
     // request they cannot parse with INTERNAL, which tonic follows.
     let err = send(vec![0x0a, 0xff, 0xff, 0x01])
@@ -540,9 +496,35 @@ async fn malformed_and_oversized_grpc_exports_are_refused_and_ingest_goes_on() {
     // Past the 8 MiB limit.
     let err = send(vec![0u8; 17 << 20]).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    // A few KiB of gzip that inflate past the limit.
+    let err = send_with(tonic::Request::new(vec![0u8; 9 << 20]), true)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    // A compression the observer does not take.
+    let mut zstd = tonic::Request::new(Vec::new());
+    zstd.metadata_mut().insert(
+        "grpc-encoding",
+        tonic::metadata::MetadataValue::from_static("zstd"),
+    );
+    let err = send_with(zstd, false).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    // Decoded, then refused by the observer itself: counted once.
+    let flood = otlp::export(Vec::new(), vec![Default::default(); 100_001]);
+    let err = send(prost::Message::encode_to_vec(&flood))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     // The observer is unharmed and keeps ingesting.
     let ok = send(Vec::new()).await;
     assert!(ok.is_ok(), "an empty export is valid: {ok:?}");
-    let (status, _) = http(obs.addresses.api, "GET", "/health", &[], b"").await;
+    let (status, _) = http(obs.addresses.api, "GET", "/health", &[], b"")
+        .await
+        .expect("http");
     assert_eq!(status, 200);
+    assert_eq!(
+        rejected_total(obs.addresses.api).await,
+        5,
+        "each refusal counted once, the accepted export not at all"
+    );
 }

@@ -6,13 +6,9 @@ use std::{
     time::Duration,
 };
 
-use faultline_testkit::{KillOnDrop as Killed, free_port as port};
+use faultline_testkit::{KillOnDrop as Killed, free_port as port, otlp::one_span};
 use mock_collector::{MockServer, Protocol};
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
 fn observer(env: &[(&str, String)], forward: Option<String>) -> (Killed, u16) {
     let (grpc, http, api) = (port(), port(), port());
@@ -46,24 +42,6 @@ async fn client(grpc: u16) -> TraceServiceClient<tonic::transport::Channel> {
     panic!("observer never listened");
 }
 
-fn one_span() -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource::default()),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: vec![1; 16],
-                    span_id: vec![2; 8],
-                    name: "x".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_spans_go_where_otel_variables_say() {
     let own = MockServer::builder()
@@ -88,7 +66,11 @@ async fn own_spans_go_where_otel_variables_say() {
         ),
     ];
     let (_observer, grpc) = observer(&env, Some(format!("http://{}", downstream.addr())));
-    client(grpc).await.export(one_span()).await.expect("export");
+    client(grpc)
+        .await
+        .export(one_span("shop"))
+        .await
+        .expect("export");
     downstream
         .wait_for_spans(1, Duration::from_secs(10))
         .await
@@ -112,7 +94,11 @@ async fn own_spans_go_where_otel_variables_say() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endpoint_nothing_is_exported_and_nothing_complains() {
     let (mut observer, grpc) = observer(&[], None);
-    client(grpc).await.export(one_span()).await.expect("export");
+    client(grpc)
+        .await
+        .export(one_span("shop"))
+        .await
+        .expect("export");
     tokio::time::sleep(Duration::from_millis(700)).await;
     let _ = observer.0.kill();
     let _ = observer.0.wait();

@@ -11,10 +11,8 @@ use std::{
 
 use bytes::Bytes;
 use faultline_api::{
-    Experiment, Topology,
-    experiment::{BreakerState, CheckKind, Phase, Verdict},
-    fault::{Direction, FaultAction, KillMethod, Signal},
-    topology::addr_var,
+    BreakerState, CheckKind, Direction, Experiment, FaultAction, KillMethod, Phase, Signal,
+    Topology, Verdict, addr_var,
 };
 use faultline_engine::{Action, Candidate, CheckReport, Entry, Observed, Resolved, Run, Snapshot};
 use faultline_observer::{Addresses, Limits};
@@ -100,7 +98,7 @@ pub fn local_mode_notes(experiment: &Experiment) -> Vec<String> {
         };
         let cidrs: Vec<&str> = list
             .iter()
-            .filter(|p| faultline_api::fault::parse_cidr(p).is_some())
+            .filter(|p| faultline_api::parse_cidr(p).is_some())
             .map(String::as_str)
             .collect();
         if !cidrs.is_empty() {
@@ -330,7 +328,7 @@ async fn drive(
 }
 
 /// Dependencies before their dependents (validation refused cycles).
-fn start_order(topology: &Topology) -> Vec<&faultline_api::topology::Service> {
+fn start_order(topology: &Topology) -> Vec<&faultline_api::Service> {
     let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut order = Vec::new();
     while order.len() < topology.spec.services.len() {

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use faultline_api::topology::Service;
+use faultline_api::Service;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::{
     io::{AsyncRead, AsyncReadExt},

@@ -70,6 +70,12 @@ pub fn server_spans(service: &str, n: u64, failed: u64) -> ExportTraceServiceReq
     export(vec![attr("service.name", service)], spans)
 }
 
+/// The smallest useful export: one server span of `service` that ended
+/// just now.
+pub fn one_span(service: &str) -> ExportTraceServiceRequest {
+    server_spans(service, 1, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +88,7 @@ mod tests {
         let name = r.resource.as_ref().map(|r| &r.attributes[0]);
         assert_eq!(name, Some(&attr("service.name", "shop")));
         assert!(now_nanos() > 1_600_000_000_000_000_000);
+        let one = one_span("shop");
+        assert_eq!(one.resource_spans[0].scope_spans[0].spans.len(), 1);
     }
 }

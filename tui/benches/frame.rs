@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use faultline_api::experiment::Phase;
+use faultline_api::Phase;
 use faultline_engine::{CheckReport, FaultSnapshot, Snapshot};
 use faultline_observer::{Addresses, Limits};
 use faultline_tui::{

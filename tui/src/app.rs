@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use faultline_api::experiment::Phase;
+use faultline_api::Phase;
 use faultline_engine::Snapshot;
 use ratatui::widgets::TableState;
 

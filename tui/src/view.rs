@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use faultline_api::experiment::{Phase, Verdict};
+use faultline_api::{Phase, Verdict};
 use faultline_engine::{CheckReport, FaultState, Snapshot};
 use ratatui::{
     Frame,

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use faultline_api::experiment::{Phase, Verdict};
+use faultline_api::{Phase, Verdict};
 use faultline_engine::{CheckReport, Evaluation, FaultSnapshot, Snapshot};
 use faultline_tui::{
     Action, App, Effect, RunFeed,

@@ -30,7 +30,7 @@
 
 use std::path::Path;
 
-use faultline_api::{Latency, fault::parse_cidr};
+use faultline_api::{Latency, parse_cidr};
 
 use super::{
     BackendError,

@@ -14,7 +14,7 @@
 //! (ports, layer 4 protocols). Address prefixes are one rule each instead
 //! of an interval set: interval sets need userspace merging of overlapping
 //! prefixes and end markers, and a fault holds at most 64 peers
-//! (`faultline_api::fault::MAX_PEERS`), so a chain holds at most 64 rules
+//! (`faultline_api::MAX_PEERS`), so a chain holds at most 64 rules
 //! and each rule at most two small sets. Per-rule ports would instead
 //! multiply out to 64 × 64 × 3 rules.
 //!

@@ -28,7 +28,7 @@ use std::{
     time::Instant,
 };
 
-use faultline_api::{Direction, Partition, fault::MAX_PEERS, fault::parse_cidr};
+use faultline_api::{Direction, MAX_PEERS, Partition, parse_cidr};
 
 use super::{
     BackendError,
