@@ -46,8 +46,8 @@ fi
 
 step "kernel lab (qemu, busybox and a Debian cloud kernel, for the agent's netem tests)"
 # Installs what is missing and caches the kernel under target/kernel-lab/;
-# agent/tests/kernel_lab.rs then only builds the initramfs and boots.
-cargo run --quiet --locked -p faultline-agent --bin faultline-kernel-lab-boot -- --prepare
+# kernel-lab/tests/kernel_lab.rs then only builds the initramfs and boots.
+cargo run --quiet --locked -p faultline-kernel-lab --bin faultline-kernel-lab-boot -- --prepare
 
 export FAULTLINE_REQUIRE_PEERS=1
 export FAULTLINE_KUBERNETES_VALIDATE="$peers/venv/bin/kubernetes-validate"

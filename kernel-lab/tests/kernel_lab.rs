@@ -1,6 +1,6 @@
 //! The kernel lab: the real agent binary inside a stock Debian cloud kernel
 //! booted under qemu (the host kernel has no `sch_netem`). The guest's
-//! `/init` (faultline-kernel-lab, agent/lab/main.rs) runs the scenarios and prints
+//! `/init` (faultline-kernel-lab, kernel-lab/src/guest.rs) runs the scenarios and prints
 //! `FLTLAB` lines on the serial console; this test judges them:
 //! every check ok, latency within ±2 % or ±1 ms (whichever is larger) of
 //! what was asked on the destinations it was asked for, and every other
@@ -17,7 +17,7 @@ const DELAY_MS: u32 = 50;
 /// Pings per destination and phase (FLTLAB_SAMPLES).
 const SAMPLES: usize = 20;
 
-// The guest's addresses (agent/lab/main.rs draws the network).
+// The guest's addresses (kernel-lab/src/guest.rs draws the network).
 const DELAYED: &str = "10.201.1.2";
 const SAME_LINK: &str = "10.201.1.3";
 const OTHER_LINK: &str = "10.201.2.2";
@@ -162,9 +162,11 @@ fn run_lab() -> Option<String> {
         return skip("needs root".into());
     }
     let script = Path::new(env!("CARGO_BIN_EXE_faultline-kernel-lab-boot"));
+    let agent = faultline_kernel_lab::agent_binary(faultline_kernel_lab::Profile::Dev)
+        .unwrap_or_else(|e| panic!("the agent binary: {e}"));
     let started = Instant::now();
     let out = match Command::new(script)
-        .arg(env!("CARGO_BIN_EXE_faultline-agent"))
+        .arg(agent)
         .arg(env!("CARGO_BIN_EXE_faultline-kernel-lab"))
         .env("FLTLAB_DELAY_MS", DELAY_MS.to_string())
         .env("FLTLAB_SAMPLES", SAMPLES.to_string())

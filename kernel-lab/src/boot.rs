@@ -1,5 +1,5 @@
 //! The kernel lab's host side: boots a stock Debian cloud kernel under qemu
-//! with the agent inside and `faultline-kernel-lab` (agent/lab/main.rs) as
+//! with the agent inside and `faultline-kernel-lab` (kernel-lab/src/guest.rs) as
 //! `/init`, which exercises netem latency, nftables partitions and crash
 //! recovery in network namespaces of the guest (see docs/agent.md, "Kernel
 //! lab"). This program only installs, packs and boots, and like the agent
@@ -20,7 +20,7 @@
 //!
 //! Environment: `FLTLAB_DELAY_MS` (default 50) and `FLTLAB_SAMPLES` (default
 //! 20) reach `/init` on the kernel command line, as does `FLTLAB_BENCH` (run
-//! only the benchmark of agent/benches/kernel_lab.rs, that many times);
+//! only the benchmark of kernel-lab/benches/kernel_lab.rs, that many times);
 //! `FLTLAB_TIMEOUT` (seconds, default 300) bounds the boot. `FLTLAB_QEMU_ARGS`
 //! (default `-icount shift=0,sleep=off`) are extra qemu options, split at
 //! spaces: by default the guest clock counts instructions (1 ns each) and

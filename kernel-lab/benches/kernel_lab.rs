@@ -1,7 +1,7 @@
 //! Node agent benchmark in the kernel lab (a stock Debian kernel under qemu,
-//! see agent/lab/boot.rs): prints its figures, asserts nothing.
+//! see kernel-lab/src/boot.rs): prints its figures, asserts nothing.
 //!
-//!   cargo bench -p faultline-agent --bench kernel_lab      # as root
+//!   cargo bench -p faultline-kernel-lab --bench kernel_lab      # as root
 //!
 //! The agent follows a desired file inside the guest; /init adds and removes
 //! a latency fault (netem with a `to` filter) FLTLAB_BENCH times (default
@@ -26,8 +26,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    let agent = match faultline_kernel_lab::agent_binary(faultline_kernel_lab::Profile::Release) {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("the agent binary: {e}");
+            std::process::exit(1);
+        }
+    };
     let out = Command::new(env!("CARGO_BIN_EXE_faultline-kernel-lab-boot"))
-        .arg(env!("CARGO_BIN_EXE_faultline-agent"))
+        .arg(agent)
         .arg(env!("CARGO_BIN_EXE_faultline-kernel-lab"))
         .env("FLTLAB_BENCH", changes.to_string())
         .env("FLTLAB_TIMEOUT", "900")

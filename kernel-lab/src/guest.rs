@@ -1,7 +1,7 @@
-//! `/init` of the kernel lab (agent/lab/boot.rs builds the initramfs and
+//! `/init` of the kernel lab (kernel-lab/src/boot.rs builds the initramfs and
 //! boots it under qemu): runs the real faultline-agent against a stock
 //! kernel and prints one machine-readable line per result on the console,
-//! parsed by agent/tests/kernel_lab.rs and agent/benches/kernel_lab.rs:
+//! parsed by kernel-lab/tests/kernel_lab.rs and kernel-lab/benches/kernel_lab.rs:
 //!
 //! ```text
 //! FLTLAB config delay_ms=50 samples=20

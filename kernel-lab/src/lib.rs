@@ -1,0 +1,78 @@
+//! The kernel lab's host-side support for its test and benchmark: finding
+//! the node agent's binary, which lives in another package.
+//!
+//! Cargo hands a test the binaries of its own package only
+//! (`CARGO_BIN_EXE_*`), and the agent is published while the lab is not.
+//! So the lab asks cargo to build the agent (a no-op when it is fresh) and
+//! reads the binary's path from cargo's JSON messages: always the agent of
+//! this checkout, built with the same profile, never a stale file.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+/// The profile to build the agent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Release,
+}
+
+/// The path of the `faultline-agent` binary of this workspace, built now
+/// if needed; Err says why it could not be.
+pub fn agent_binary(profile: Profile) -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/Cargo.toml");
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "--message-format=json"])
+        .args(["--package", "faultline-agent", "--bin", "faultline-agent"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    if profile == Profile::Release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build of faultline-agent failed ({})",
+            out.status
+        ));
+    }
+    executable(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| "cargo named no faultline-agent executable".to_owned())
+}
+
+/// The agent's executable among cargo's JSON messages.
+fn executable(messages: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "faultline-agent")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_executable_among_messages() {
+        let msgs = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"faultline_api"},"executable":null}"#,
+            "\nnot json\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"faultline-agent"},"executable":"/t/debug/faultline-agent"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            executable(msgs),
+            Some(PathBuf::from("/t/debug/faultline-agent"))
+        );
+        assert_eq!(executable(r#"{"reason":"build-finished"}"#), None);
+    }
+}
