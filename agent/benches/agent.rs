@@ -169,12 +169,7 @@ fn steal_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<
 
 /// The agent's apply histogram: (sum in seconds, count).
 fn scrape(addr: SocketAddr) -> Option<(f64, f64)> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
+    let (_, text) = faultline_testkit::http_get(addr, "/metrics").ok()?;
     let value = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())

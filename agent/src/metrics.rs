@@ -193,15 +193,6 @@ mod tests {
         }
     }
 
-    async fn request(addr: std::net::SocketAddr, head: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(head.as_bytes()).await.expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
-    }
-
     #[tokio::test]
     async fn serves_get_metrics_only() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -211,25 +202,21 @@ mod tests {
         let m = Metrics::default();
         m.applied("kill", Duration::from_millis(1));
         tokio::spawn(serve(listener, m));
-        let ok = request(
-            addr,
-            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-        assert!(ok.contains("application/openmetrics-text"), "{ok}");
-        assert!(ok.contains("faultline_agent_applies_total{kind=\"kill\"} 1"));
-        let other = request(
-            addr,
-            "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
-        let post = request(
-            addr,
-            "POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        let (status, head, body) =
+            faultline_testkit::http_with_head(addr, "GET", "/metrics", &[], b"")
+                .await
+                .expect("GET /metrics");
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{text}");
+        assert!(head.contains("application/openmetrics-text"), "{head}");
+        assert!(text.contains("faultline_agent_applies_total{kind=\"kill\"} 1"));
+        let status_of = |method, path| async move {
+            faultline_testkit::http(addr, method, path, &[], b"")
+                .await
+                .map(|(status, _)| status)
+                .expect("an answer")
+        };
+        assert_eq!(status_of("GET", "/").await, 404);
+        assert_eq!(status_of("POST", "/metrics").await, 405);
     }
 }

@@ -26,7 +26,7 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16,
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let (status, body) = parse_response(&response)?;
+    let (status, _, body) = parse_response(&response)?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -40,6 +40,20 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    http_with_head(addr, method, path, headers, body)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// As [`http`], with the response's head (status line and headers,
+/// lowercased) between the status code and the body.
+pub async fn http_with_head(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -72,9 +86,9 @@ pub async fn get_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Val
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
 }
 
-/// A whole HTTP/1.x response: its status code and its body, de-chunked when
-/// sent chunked.
-fn parse_response(response: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+/// A whole HTTP/1.x response: its status code, its head (lowercased) and
+/// its body, de-chunked when sent chunked.
+fn parse_response(response: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
     let bad = || {
         let text = String::from_utf8_lossy(response);
         std::io::Error::other(format!("not an HTTP response: {text:?}"))
@@ -90,11 +104,12 @@ fn parse_response(response: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(bad)?;
     let body = &response[head_end + 4..];
-    if head.contains("\r\ntransfer-encoding: chunked") {
-        dechunk(body).ok_or_else(bad).map(|b| (status, b))
+    let body = if head.contains("\r\ntransfer-encoding: chunked") {
+        dechunk(body).ok_or_else(bad)?
     } else {
-        Ok((status, body.to_vec()))
-    }
+        body.to_vec()
+    };
+    Ok((status, head, body))
 }
 
 /// The data of a chunked body; None when it is cut short or malformed.
@@ -184,11 +199,18 @@ mod tests {
     #[test]
     fn responses_are_parsed_and_de_chunked() {
         let plain = b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nno!";
-        assert_eq!(parse_response(plain).ok(), Some((404, b"no!".to_vec())));
+        assert_eq!(
+            parse_response(plain).ok(),
+            Some((
+                404,
+                "http/1.1 404 not found\r\ncontent-length: 3".into(),
+                b"no!".to_vec()
+            ))
+        );
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
             4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n";
         assert_eq!(
-            parse_response(chunked).ok(),
+            parse_response(chunked).ok().map(|(s, _, b)| (s, b)),
             Some((200, b"{\"a\":1}".to_vec()))
         );
         let cut = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\nabc";
