@@ -401,9 +401,11 @@ fn latency_on_the_host_kernel_is_applied_or_refused_and_undone() {
     let before = qdiscs(&net);
     let mut agent = AgentProc::new();
     let (_, far) = in_ms(60_000);
-    let lat = format!(
-        "    - id: lat\n      target: {{netns: {}}}\n      expiresAt: \"{far}\"\n      latency: {{delay: 20ms, to: [{PEER_IP}/32, \"fd00::/8\"]}}\n",
-        net.target_path().display()
+    let lat = fault(
+        "lat",
+        &net.target_path(),
+        &far,
+        &format!("latency: {{delay: 20ms, to: [{PEER_IP}/32, \"fd00::/8\"]}}"),
     );
     agent.write_faults(&[lat]);
     agent.start();

@@ -36,9 +36,11 @@ fn inject_and_recover_spans_reach_the_collector_in_the_faults_trace() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()),
     ];
     let (_, far) = in_ms(60_000);
-    let traced = format!(
-        "    - id: traced\n      target: {{netns: {}}}\n      expiresAt: \"{far}\"\n      traceparent: \"00-{TRACE}-{PARENT}-01\"\n      partition: {{peers: [{PEER_IP}/32]}}\n",
-        net.target_path().display()
+    let traced = fault(
+        "traced",
+        &net.target_path(),
+        &far,
+        &format!("traceparent: \"00-{TRACE}-{PARENT}-01\"\npartition: {{peers: [{PEER_IP}/32]}}"),
     );
     agent.write_faults(&[traced]);
     agent.start();

@@ -35,14 +35,18 @@ fn checkout(otlp: SocketAddr, env: &[(&str, &str)]) -> (KillOnDrop, SocketAddr) 
     (KillOnDrop(child), listen)
 }
 
-/// `n` orders, one after the other; while checkout is not yet listening an
-/// order is a short pause instead.
+/// `n` orders, one after the other, once checkout listens (it may take a
+/// while to start on a busy machine: up to 20 s).
 async fn orders(checkout: SocketAddr, n: usize) {
-    for _ in 0..n {
-        let order = faultline_testkit::http(checkout, "POST", "/checkout", &[], b"{}").await;
-        if order.is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(checkout).await.is_ok() {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..n {
+        // Refusals and errors are what the test is after; the answer is not.
+        let _ = faultline_testkit::http(checkout, "POST", "/checkout", &[], b"{}").await;
     }
 }
 

@@ -418,10 +418,25 @@ impl Drop for AgentProc {
 
 /// A partition fault entry for the desired file.
 pub fn partition(id: &str, netns: &Path, expires: &str, extra: &str) -> String {
-    format!(
-        "    - id: {id}\n      target: {{netns: {}}}\n      expiresAt: \"{expires}\"\n      partition: {{peers: [{PEER_IP}/32]{extra}}}\n",
-        netns.display()
+    fault(
+        id,
+        netns,
+        expires,
+        &format!("partition: {{peers: [{PEER_IP}/32]{extra}}}"),
     )
+}
+
+/// A desired fault entry on the target `netns`; `body` holds its kind (and
+/// any other field), one line each, unindented.
+pub fn fault(id: &str, netns: &Path, expires: &str, body: &str) -> String {
+    let mut entry = format!(
+        "    - id: {id}\n      target: {{netns: {}}}\n      expiresAt: \"{expires}\"\n",
+        netns.display()
+    );
+    for line in body.lines() {
+        entry.push_str(&format!("      {line}\n"));
+    }
+    entry
 }
 
 /// A cgroup v2 directory owned by one test, removed on drop with its processes killed.
