@@ -63,6 +63,8 @@ step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
+# The kernel lab's test takes the agent this build makes (kernel-lab/src/lib.rs).
+export FAULTLINE_AGENT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/faultline-agent"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
     cargo test --workspace --locked --doc

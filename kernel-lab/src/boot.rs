@@ -2,9 +2,9 @@
 //! with the agent inside and `faultline-kernel-lab` (kernel-lab/src/guest.rs) as
 //! `/init`, which exercises netem latency, nftables partitions and crash
 //! recovery in network namespaces of the guest (see docs/agent.md, "Kernel
-//! lab"). This program only installs, packs and boots, and like the agent
-//! and the guest's `/init` it runs every program as an argument vector,
-//! never through a shell.
+//! lab"). This program only installs, packs and boots, and like the
+//! guest's `/init` it runs every program as an argument vector, never
+//! through a shell.
 //!
 //! ```text
 //! faultline-kernel-lab-boot --prepare        install packages, fetch and unpack the kernel

@@ -3,9 +3,13 @@
 //!
 //! Cargo hands a test the binaries of its own package only
 //! (`CARGO_BIN_EXE_*`), and the agent is published while the lab is not.
-//! So the lab asks cargo to build the agent (a no-op when it is fresh) and
-//! reads the binary's path from cargo's JSON messages: always the agent of
-//! this checkout, built with the same profile, never a stale file.
+//! `scripts/test.sh` names the agent its workspace build made in
+//! `FAULTLINE_AGENT_BIN`. Without it (the lab run on its own), the lab asks
+//! cargo to build the agent and reads the binary's path from cargo's JSON
+//! messages: the agent of this checkout, never a stale file. The suite
+//! does not take that way, because a build from inside a running test
+//! would relink the binary other tests are starting, and may resolve
+//! features differently from the workspace build and rebuild it all.
 
 use std::{
     path::{Path, PathBuf},
@@ -19,13 +23,23 @@ pub enum Profile {
     Release,
 }
 
-/// The path of the `faultline-agent` binary of this workspace, built now
-/// if needed; Err says why it could not be.
+/// The path of the `faultline-agent` binary to test: `FAULTLINE_AGENT_BIN`
+/// when set, else this workspace's, built now if needed; Err says why it
+/// could not be had.
 pub fn agent_binary(profile: Profile) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("FAULTLINE_AGENT_BIN") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("FAULTLINE_AGENT_BIN={} is no file", path.display()))
+        };
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/Cargo.toml");
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--quiet", "--message-format=json"])
+    // Not quiet: a wait for the build lock shows in the test's output.
+    cmd.args(["build", "--message-format=json"])
         .args(["--package", "faultline-agent", "--bin", "faultline-agent"])
         .arg("--manifest-path")
         .arg(&manifest)

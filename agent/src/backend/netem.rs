@@ -36,8 +36,8 @@ use super::{
     BackendError,
     netlink::{ENOENT, NetlinkError},
     rtnl::{
-        ETH_P_IP, ETH_P_IPV6, Link, Netem, Qdisc, Requests, Rtnl, TC_H_ROOT, U32Key, handle_text,
-        probability,
+        ETH_P_IP, ETH_P_IPV6, Link, Netem, Qdisc, Requests, Rtnl, TC_H_INGRESS, TC_H_ROOT, U32Key,
+        handle_text, probability,
     },
 };
 
@@ -157,14 +157,25 @@ pub(crate) enum Root {
 }
 
 pub(crate) fn classify_root(qdiscs: &[Qdisc], link: &Link) -> Root {
-    match qdiscs
-        .iter()
-        .find(|q| q.ifindex == link.index && q.parent == TC_H_ROOT)
-    {
-        None => Root::Default,
+    let on_link = || qdiscs.iter().filter(|q| q.ifindex == link.index);
+    match on_link().find(|q| q.parent == TC_H_ROOT) {
         Some(q) if q.kind == "prio" && q.handle == ROOT => Root::Ours,
-        Some(q) if q.handle == 0 => Root::Default,
-        Some(q) => Root::Foreign(format!("{} {}", q.kind, handle_text(q.handle))),
+        Some(q) if q.handle != 0 => {
+            Root::Foreign(format!("root qdisc {} {}", q.kind, handle_text(q.handle)))
+        }
+        // A default root (mq has handle 0 too) may still hold someone's
+        // qdiscs, which replacing the root would throw away. Ingress and
+        // clsact hang off their own parent, not the root.
+        _ => match on_link()
+            .find(|q| q.handle != 0 && q.parent != TC_H_ROOT && q.parent != TC_H_INGRESS)
+        {
+            Some(q) => Root::Foreign(format!(
+                "qdisc {} {} under its default root",
+                q.kind,
+                handle_text(q.handle)
+            )),
+            None => Root::Default,
+        },
     }
 }
 
@@ -192,7 +203,7 @@ pub(crate) fn plan_apply(
             Root::Default => true,
             Root::Foreign(what) => {
                 return Err(BackendError::Failed(format!(
-                    "interface {} has root qdisc {what}, which the agent could not restore; not changing it",
+                    "interface {} has {what}, which the agent could not restore; not changing it",
                     link.name
                 )));
             }
@@ -233,8 +244,9 @@ pub(crate) fn plan_remove(links: &[Link], qdiscs: &[Qdisc], band: u8) -> Request
         }
         // Restoring the default root must not fail; the band's own parts
         // may already be gone (a half-done apply, a second removal).
+        // Naming our handle, so a root someone put there since is refused.
         if bands_in_use(qdiscs, link).iter().all(|&b| b == band) {
-            reqs.del_qdisc(link, TC_H_ROOT, 0);
+            reqs.del_qdisc(link, TC_H_ROOT, ROOT);
             continue;
         }
         for p in prios(band) {
@@ -462,6 +474,17 @@ mod tests {
         // Ingress qdiscs are not roots.
         let ingress = [q(2, "ingress", 0xffff_0000, 0xffff_fff1)];
         assert_eq!(classify_root(&ingress, &links[0]), Root::Default);
+        // A default mq root with someone's fq under it is not ours to replace.
+        let mq = [
+            q(2, "mq", 0, TC_H_ROOT),
+            q(2, "pfifo_fast", 0, 0x0000_0001),
+            q(2, "fq", 0x8001_0000, 0x0000_0002),
+        ];
+        assert_eq!(
+            classify_root(&mq, &links[0]),
+            Root::Foreign("qdisc fq 8001: under its default root".into())
+        );
+        assert_eq!(classify_root(&mq[..2], &links[0]), Root::Default);
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Op {
 /// ("nftables", "rtnetlink").
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("{family} netlink {what}")]
+    #[error("{family} socket: {what}")]
     Io {
         family: &'static str,
         what: &'static str,
@@ -83,7 +83,7 @@ pub enum NetlinkError {
         op: Op,
         errno: i32,
     },
-    #[error("{family} netlink: {message}")]
+    #[error("{family}: {message}")]
     Protocol {
         family: &'static str,
         message: String,
@@ -304,7 +304,9 @@ pub(crate) enum DumpStep {
 }
 
 /// Sorts one answer message of the dump numbered `seq`; the kernel's
-/// refusal of the dump is an error naming `what`.
+/// refusal of the dump is an error naming `what`, whether it comes as an
+/// NLMSG_ERROR or, as dumps that fail midway report it, as a negative
+/// errno in NLMSG_DONE (a failed dump must not read as a complete list).
 pub(crate) fn dump_step(
     family: &'static str,
     what: &str,
@@ -314,15 +316,21 @@ pub(crate) fn dump_step(
     if r.seq != seq {
         return Ok(DumpStep::Other);
     }
+    let refused = |errno| NetlinkError::Kernel {
+        family,
+        op: Op::change(what.to_owned()),
+        errno,
+    };
     match r.ty {
-        NLMSG_DONE => Ok(DumpStep::Done),
+        // An empty NLMSG_DONE (old kernels) is a success.
+        NLMSG_DONE if r.payload.len() < 4 => Ok(DumpStep::Done),
+        NLMSG_DONE => match error_code(family, r)? {
+            0 => Ok(DumpStep::Done),
+            errno => Err(refused(errno)),
+        },
         NLMSG_ERROR => match error_code(family, r)? {
             0 => Ok(DumpStep::Other),
-            errno => Err(NetlinkError::Kernel {
-                family,
-                op: Op::change(what.to_owned()),
-                errno,
-            }),
+            errno => Err(refused(errno)),
         },
         _ => Ok(DumpStep::Item),
     }
@@ -489,15 +497,15 @@ impl Socket {
             'dump: loop {
                 let dgram = self.recv(&mut buf)?;
                 for r in replies(self.family, dgram)? {
-                    match dump_step(self.family, what, seq, &r)? {
+                    let step = dump_step(self.family, what, seq, &r)?;
+                    // The kernel may flag the items or only the end.
+                    if step != DumpStep::Other && r.flags & NLM_F_DUMP_INTR != 0 {
+                        interrupted = true;
+                    }
+                    match step {
                         DumpStep::Other => {}
                         DumpStep::Done => break 'dump,
-                        DumpStep::Item => {
-                            if r.flags & NLM_F_DUMP_INTR != 0 {
-                                interrupted = true;
-                            }
-                            item(&mut out, &r);
-                        }
+                        DumpStep::Item => item(&mut out, &r),
                     }
                 }
             }
@@ -529,13 +537,15 @@ pub(crate) mod tests {
         m
     }
 
-    pub(crate) fn done_msg(seq: u32) -> Vec<u8> {
+    /// The end of a dump, with its errno (0: complete).
+    pub(crate) fn done_msg(seq: u32, errno: i32) -> Vec<u8> {
         let mut m = Vec::new();
         m.extend_from_slice(&20u32.to_ne_bytes());
         m.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
         m.extend_from_slice(&0x02u16.to_ne_bytes());
         m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&[0; 4]);
+        m.extend_from_slice(&(-errno).to_ne_bytes());
         m
     }
 
@@ -573,7 +583,7 @@ pub(crate) mod tests {
 
     #[test]
     fn dump_steps() {
-        let d = [error_msg(7, 0), error_msg(8, 0), done_msg(8)].concat();
+        let d = [error_msg(7, 0), error_msg(8, 0), done_msg(8, 0)].concat();
         let r = replies("t", &d).expect("parses");
         let steps: Vec<DumpStep> = r
             .iter()
@@ -592,6 +602,22 @@ pub(crate) mod tests {
             err.to_string(),
             "rt: list links failed: Operation not permitted"
         );
+        // A dump that failed midway says so in its end, not in an error.
+        let cut = done_msg(8, 90);
+        let err = dump_step(
+            "rt",
+            "list qdiscs",
+            8,
+            &replies("t", &cut).expect("parses")[0],
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("list qdiscs failed"), "{err}");
+        // An end without a payload (old kernels) is complete.
+        let mut old = done_msg(8, 0);
+        old.truncate(16);
+        old[..4].copy_from_slice(&16u32.to_ne_bytes());
+        let r = replies("t", &old).expect("parses");
+        assert_eq!(dump_step("t", "x", 8, &r[0]).expect("done"), DumpStep::Done);
     }
 
     #[test]

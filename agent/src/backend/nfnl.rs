@@ -854,7 +854,7 @@ mod tests {
             chain_msg(9, "faultline", "fa-in"),
             chain_msg(9, "theirs", "c"),
             chain_msg(9, "faultline", "fb-out"),
-            done_msg(9),
+            done_msg(9, 0),
         ]
         .concat();
         let r = replies(FAMILY, &d).expect("parses");

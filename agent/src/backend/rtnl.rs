@@ -44,6 +44,8 @@ const IFINFOMSG_LEN: usize = 16;
 const TCMSG_LEN: usize = 20;
 // linux/pkt_sched.h
 pub(crate) const TC_H_ROOT: u32 = 0xffff_ffff;
+/// The parent of ingress and clsact qdiscs.
+pub(crate) const TC_H_INGRESS: u32 = 0xffff_fff1;
 const TCA_NETEM_CORR: u16 = 1;
 const TCA_NETEM_LATENCY64: u16 = 10;
 const TCA_NETEM_JITTER64: u16 = 11;
@@ -600,7 +602,7 @@ mod tests {
         r.add_u32(&eth0(), 0xfa00_0000, 3, ETH_P_IP, &[key], 0xfa00_0003);
         r.add_matchall(&eth0(), 0xfa00_0000, 104, 0xfa00_0004);
         r.del_filters(&eth0(), 0xfa00_0000, 36);
-        r.del_qdisc(&eth0(), TC_H_ROOT, 0);
+        r.del_qdisc(&eth0(), TC_H_ROOT, 0xfa00_0000);
         let (bytes, _) = r.encode(1).expect("encodes");
         let (ty, flags, tcm, a) = decode(&bytes, 0);
         assert_eq!(ty, RTM_NEWTFILTER);
@@ -636,7 +638,7 @@ mod tests {
         assert_eq!(tcm, [7, 0, 0xfa00_0000, 36 << 16]);
         assert!(a.is_empty());
         let (ty, _, tcm, _) = decode(&bytes, 3);
-        assert_eq!((ty, tcm), (RTM_DELQDISC, [7, 0, TC_H_ROOT, 0]));
+        assert_eq!((ty, tcm), (RTM_DELQDISC, [7, 0xfa00_0000, TC_H_ROOT, 0]));
     }
 
     fn outcomes(r: Requests, answers: &[Vec<u8>]) -> (Vec<bool>, Result<(), NetlinkError>) {
