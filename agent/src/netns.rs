@@ -27,18 +27,22 @@ pub enum NetnsError {
 
 /// Runs `f` on a short-lived thread inside the network namespace at `ns`
 /// and returns what it returns; the namespace change dies with the thread.
-/// `f` gets the namespace file that was entered (to tell which namespace
-/// it was, should the path be reused).
+/// `f` gets the id of the namespace that was entered (the path may name
+/// another one by the time anyone looks again).
 pub(crate) fn within<T: Send + 'static>(
     ns: &Path,
-    f: impl FnOnce(&File) -> T + Send + 'static,
+    f: impl FnOnce(NsId) -> T + Send + 'static,
 ) -> Result<T, NetnsError> {
     let ns = ns.to_owned();
     let worker = std::thread::Builder::new()
         .name("netns".into())
         .spawn(move || {
             let file = enter(&ns)?;
-            Ok(f(&file))
+            let id = file.metadata().map_err(|source| NetnsError::Gone {
+                path: ns.clone(),
+                source,
+            })?;
+            Ok(f(ns_id(&id)))
         });
     match worker {
         Ok(h) => h.join().unwrap_or_else(|_| {
@@ -72,13 +76,17 @@ pub(crate) type NsId = (u64, u64);
 
 /// The namespace the file at `ns` is now.
 pub(crate) fn id_of(ns: &Path) -> Result<NsId, NetnsError> {
-    use std::os::unix::fs::MetadataExt;
     std::fs::metadata(ns)
-        .map(|m| (m.dev(), m.ino()))
+        .map(|m| ns_id(&m))
         .map_err(|source| NetnsError::Gone {
             path: ns.to_owned(),
             source,
         })
+}
+
+fn ns_id(m: &std::fs::Metadata) -> NsId {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 #[cfg(test)]

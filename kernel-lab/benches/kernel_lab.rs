@@ -21,18 +21,13 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-fn main() {
+fn main() -> Result<(), String> {
     let changes: usize = std::env::var("FLTLAB_BENCH")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let agent = match faultline_kernel_lab::agent_binary(faultline_kernel_lab::Profile::Release) {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("the agent binary: {e}");
-            std::process::exit(1);
-        }
-    };
+    let agent = faultline_kernel_lab::agent_binary(faultline_kernel_lab::Profile::Release)
+        .map_err(|e| format!("the agent binary: {e}"))?;
     let out = Command::new(env!("CARGO_BIN_EXE_faultline-kernel-lab-boot"))
         .arg(agent)
         .arg(env!("CARGO_BIN_EXE_faultline-kernel-lab"))
@@ -45,10 +40,10 @@ fn main() {
                 "the kernel lab cannot run here: {}",
                 String::from_utf8_lossy(&o.stderr)
             );
-            return;
+            return Ok(());
         }
         Ok(o) => o,
-        Err(e) => return eprintln!("cannot run faultline-kernel-lab-boot: {e}"),
+        Err(e) => return Err(format!("cannot run faultline-kernel-lab-boot: {e}")),
     };
     let console = String::from_utf8_lossy(&out.stdout);
     // Desired-file write times, and the agent's log times, by fault id and op.
@@ -103,7 +98,7 @@ fn main() {
         }
     }
     if apply.is_empty() || remove.is_empty() {
-        eprintln!(
+        return Err(format!(
             "no figures: the lab printed {} bench lines and {} agent log lines (exit {:?})\n{}",
             written.len(),
             done.len(),
@@ -114,8 +109,7 @@ fn main() {
                 .take(30)
                 .collect::<Vec<_>>()
                 .join("\n")
-        );
-        return;
+        ));
     }
     apply.sort_by(f64::total_cmp);
     remove.sort_by(f64::total_cmp);
@@ -131,4 +125,5 @@ fn main() {
             v[v.len() - 1]
         );
     }
+    Ok(())
 }

@@ -344,26 +344,26 @@ pub struct Socket {
     family: &'static str,
 }
 
+fn io_err(
+    family: &'static str,
+    what: &'static str,
+) -> impl FnOnce(rustix::io::Errno) -> NetlinkError {
+    move |e| NetlinkError::Io {
+        family,
+        what,
+        source: e.into(),
+    }
+}
+
 impl Socket {
     fn io_err(&self, what: &'static str) -> impl FnOnce(rustix::io::Errno) -> NetlinkError {
-        let family = self.family;
-        move |e| NetlinkError::Io {
-            family,
-            what,
-            source: e.into(),
-        }
+        io_err(self.family, what)
     }
 
     /// Opens a `protocol` socket (None: `NETLINK_ROUTE`) in the caller's
     /// network namespace.
-    pub fn open(protocol: Option<Protocol>, family: &'static str) -> Result<Socket, NetlinkError> {
-        let io = |what| {
-            move |e: rustix::io::Errno| NetlinkError::Io {
-                family,
-                what,
-                source: e.into(),
-            }
-        };
+    fn open(protocol: Option<Protocol>, family: &'static str) -> Result<Socket, NetlinkError> {
+        let io = |what| io_err(family, what);
         let fd = socket_with(
             AddressFamily::NETLINK,
             SocketType::RAW,
@@ -389,22 +389,7 @@ impl Socket {
         protocol: Option<Protocol>,
         family: &'static str,
     ) -> Result<Result<(Socket, NsId), NetlinkError>, NetnsError> {
-        netns::within(ns, move |file| {
-            use std::os::unix::fs::MetadataExt;
-            let id = file
-                .metadata()
-                .map(|m| (m.dev(), m.ino()))
-                .map_err(|source| NetlinkError::Io {
-                    family,
-                    what: "namespace file",
-                    source,
-                })?;
-            Ok((Socket::open(protocol, family)?, id))
-        })
-    }
-
-    pub(crate) fn family(&self) -> &'static str {
-        self.family
+        netns::within(ns, move |id| Ok((Socket::open(protocol, family)?, id)))
     }
 
     /// Reserves `n` sequence numbers; returns the first.

@@ -533,11 +533,6 @@ fn chain_of(table: &str, r: &Reply<'_>) -> Option<String> {
 pub struct Socket(super::netlink::Socket);
 
 impl Socket {
-    /// Opens a socket in the caller's network namespace.
-    pub fn open() -> Result<Socket, NetlinkError> {
-        super::netlink::Socket::open(Some(netlink::NETFILTER), FAMILY).map(Socket)
-    }
-
     /// Opens a socket inside the network namespace at `ns`, with the id of
     /// the namespace it is in.
     pub fn open_in(ns: &Path) -> Result<Result<(Socket, NsId), NetlinkError>, NetnsError> {

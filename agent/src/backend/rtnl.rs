@@ -480,7 +480,7 @@ impl Rtnl {
         let mut buf = Socket::recv_buf();
         loop {
             let dgram = self.0.recv(&mut buf)?;
-            for r in replies(self.0.family(), dgram)? {
+            for r in replies(FAMILY, dgram)? {
                 if outcomes.feed(&r)? {
                     return outcomes.finish();
                 }
