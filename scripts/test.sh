@@ -49,6 +49,15 @@ step "kernel lab (qemu, busybox and a Debian cloud kernel, for the agent's netem
 # kernel-lab/tests/kernel_lab.rs then only builds the initramfs and boots.
 cargo run --quiet --locked -p faultline-kernel-lab --bin faultline-kernel-lab-boot -- --prepare
 
+step "the control plane (etcd, kube-apiserver, kube-controller-manager, kubectl from the official Go modules)"
+# Built once from testenv/ and cached by version; a cold build takes minutes.
+if ! command -v openssl >/dev/null 2>&1; then
+    apt-get update -qq
+    apt-get install -y -qq openssl
+fi
+FAULTLINE_CONTROL_PLANE="$(FAULTLINE_PEERS_DIR="$peers" scripts/control-plane.sh build)"
+export FAULTLINE_CONTROL_PLANE
+
 export FAULTLINE_REQUIRE_PEERS=1
 export FAULTLINE_KUBERNETES_VALIDATE="$peers/venv/bin/kubernetes-validate"
 export FAULTLINE_PYTHON="$peers/venv/bin/python"

@@ -1,0 +1,208 @@
+//! The whole cluster path on a real kube-apiserver (faultline-testkit's
+//! control plane), with the chart installed and every program acting as
+//! the chart's own ServiceAccount: an Experiment applied with kubectl →
+//! the `faultline-controller` binary → NodeFaults → this node's
+//! `faultline-agent` (its token bound to a pod on its node) → a real
+//! partition and a real SIGKILL in namespaces and cgroups this test made
+//! the way a kubelet makes them. Then kube-apiserver goes down past the
+//! fault's deadline (the agent removes it on time anyway), comes back, and
+//! the controller finishes the run.
+
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::*;
+use faultline_testkit::cluster::{ControlPlane, Options, eventually};
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+};
+use serde_json::{Value, json};
+
+const SEC: Duration = Duration::from_secs(1);
+const WAIT: Duration = Duration::from_secs(30);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn api(client: &kube::Client, kind: &str, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", kind),
+        plural,
+    );
+    match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// The cgroup the kubelet's systemd driver gives a burstable pod's container.
+fn pod_cgroup(uid: &str, container: &str) -> String {
+    format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope",
+        uid.replace('-', "_")
+    )
+}
+
+#[test]
+fn an_experiment_applied_with_kubectl_partitions_and_kills_for_real() {
+    if !kernel_ready() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(mut cp) = rt.block_on(ControlPlane::start(Options::default())) else {
+        return;
+    };
+    let chart = rt.block_on(cp.install_chart(&repo(), &[]));
+    let net = NetPair::new();
+    let addr = net.listen();
+    let (checkout, cart) = rt.block_on(async {
+        for node in ["node-a", "node-b"] {
+            cp.node(node).await;
+        }
+        cp.namespace("shop", true).await;
+        let checkout = cp
+            .running_pod(
+                "shop",
+                "checkout-1",
+                json!({"app": "checkout"}),
+                "node-a",
+                TARGET_IP,
+            )
+            .await;
+        let cart = cp
+            .running_pod(
+                "shop",
+                "cart-1",
+                json!({"app": "cart"}),
+                "node-a",
+                "10.77.0.5",
+            )
+            .await;
+        cp.running_pod(
+            "shop",
+            "payments-1",
+            json!({"app": "payments"}),
+            "node-b",
+            PEER_IP,
+        )
+        .await;
+        (checkout, cart)
+    });
+    let mut tree = KubeletTree::new();
+    tree.pod_process(&pod_cgroup(&checkout, "1a2b"), &net.target);
+    let cart_process = tree.pod_process(&pod_cgroup(&cart, "3c4d"), &net.target);
+
+    let (controller_config, agent_config) = rt.block_on(async {
+        (
+            cp.controller_kubeconfig(&chart).await,
+            cp.agent_kubeconfig(&chart, "node-a").await,
+        )
+    });
+    let mut agent = AgentProc::new();
+    let root = tree.root.display().to_string();
+    agent.start_kube("node-a", &agent_config, &["--cgroup-root", &root]);
+    let (_controller, _) = cp.start_controller(&controller_config, "controller-1", &[]);
+
+    let experiment = cp.dir().join("experiment.yaml");
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: cut-checkout, namespace: shop}
+spec:
+  duration: 12s
+  targets:
+    checkout: {labels: {app: checkout}}
+    payments: {labels: {app: payments}}
+    cart: {labels: {app: cart}}
+  faults:
+    - {name: cut, target: checkout, partition: {peers: [payments]}}
+    - {name: kill-cart, target: cart, kill: {signal: SIGKILL}}
+",
+    )
+    .expect("write");
+    let out = cp
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&experiment)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real partition in the checkout pod's namespace, a real SIGKILL in
+    // the cart pod's cgroup.
+    net.expect_reachable(addr, false, 20 * SEC, &agent);
+    let killed = wait_for(10 * SEC, || tree.ended_by(cart_process).is_some());
+    assert!(
+        killed.is_some(),
+        "the cart pod's process lives; agent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(tree.ended_by(cart_process), Some(9), "killed by SIGKILL");
+
+    let client = rt.block_on(cp.client());
+    let nfs = api(&client, "NodeFaults", "nodefaults", None);
+    let exps = api(&client, "Experiment", "experiments", Some("shop"));
+    let node_a = rt.block_on(eventually("node-a's status: applied", WAIT, || async {
+        let nf = nfs.get("node-a").await.ok()?;
+        let states: Vec<Value> = nf.data["status"]["faults"]
+            .as_array()?
+            .iter()
+            .map(|f| f["state"].clone())
+            .collect();
+        states.contains(&json!("applied")).then_some(nf)
+    }));
+    let ids: Vec<&str> = node_a.data["spec"]["faults"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&format!("shop/cut-checkout/cut/{checkout}").as_str()),
+        "{ids:?}"
+    );
+    assert!(
+        rt.block_on(nfs.get_opt("node-b"))
+            .expect("get")
+            .is_none_or(|nf| nf.data["spec"]["faults"] == json!([])),
+        "nothing for node-b, where no target runs"
+    );
+    rt.block_on(eventually("the experiment running", WAIT, || async {
+        let e = exps.get("cut-checkout").await.ok()?;
+        (e.data["status"]["phase"] == "Running").then_some(())
+    }));
+
+    // The API server goes away past the fault's deadline: the agent removes
+    // the partition at its expiresAt with nobody telling it to.
+    cp.stop_apiserver();
+    net.expect_reachable(addr, true, 20 * SEC, &agent);
+    assert!(!net.ruleset().contains("faultline"), "no table left");
+
+    // Back, the controller finishes the run and empties the node.
+    rt.block_on(cp.start_apiserver());
+    let client = rt.block_on(cp.client());
+    let nfs = api(&client, "NodeFaults", "nodefaults", None);
+    let exps = api(&client, "Experiment", "experiments", Some("shop"));
+    let status = rt.block_on(eventually("the run completed", 60 * SEC, || async {
+        let e = exps.get("cut-checkout").await.ok()?;
+        (e.data["status"]["phase"] == "Completed").then(|| e.data["status"].clone())
+    }));
+    assert!(status["verdict"].is_string(), "{status}");
+    rt.block_on(eventually("node-a emptied", WAIT, || async {
+        let nf = nfs.get("node-a").await.ok()?;
+        (nf.data["spec"]["faults"] == json!([])).then_some(())
+    }));
+    assert!(agent.sigterm().success(), "log:\n{}", agent.log());
+}

@@ -1,0 +1,292 @@
+//! `faultline run`, `faultline abort` and `faultline dashboard` on a real
+//! kube-apiserver (faultline-testkit's control plane), the chart installed
+//! and the `faultline-controller` binary acting as the chart's own
+//! ServiceAccount; the user is the cluster's admin. A game day in CI on a
+//! cluster does exactly this, minus the kubelets.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use faultline_testkit::{
+    KillOnDrop,
+    cluster::{ControlPlane, Options, eventually},
+};
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A control plane with the chart, a shop (payments on two nodes) and the
+/// controller running.
+async fn cluster() -> Option<(ControlPlane, KillOnDrop)> {
+    let cp = ControlPlane::start(Options::default()).await?;
+    let chart = cp.install_chart(&repo(), &[]).await;
+    cp.namespace("shop", true).await;
+    for (i, node) in ["node-a", "node-b"].iter().enumerate() {
+        cp.node(node).await;
+        cp.running_pod(
+            "shop",
+            &format!("payments-{i}"),
+            json!({"app": "payments"}),
+            node,
+            &format!("10.0.0.{}", i + 1),
+        )
+        .await;
+    }
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let (controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    Some((cp, controller))
+}
+
+fn faultline(cp: &ControlPlane) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faultline"));
+    cmd.env("KUBECONFIG", &cp.kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn experiment(cp: &ControlPlane, file: &str, duration: &str, failing_check: bool) -> PathBuf {
+    let path = cp.dir().join(file);
+    let mut text = format!(
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: slow-payments, namespace: shop}}
+spec:
+  duration: {duration}
+  targets:
+    payments: {{labels: {{app: payments}}}}
+  faults:
+    - {{name: slow, target: payments, latency: {{delay: 300ms}}}}
+"
+    );
+    if failing_check {
+        text.push_str(
+            "  hypothesis:
+    - name: payments answers
+      http: {url: \"http://127.0.0.1:9/unreachable\", status: 200, timeout: 200ms}
+      when: [before]
+",
+        );
+    }
+    std::fs::write(&path, text).expect("write the experiment");
+    path
+}
+
+async fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("faultline ends in time")
+        .expect("faultline runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn experiments(client: &kube::Client) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "Experiment"),
+        "experiments",
+    );
+    Api::namespaced_with(client.clone(), "shop", &resource)
+}
+
+/// Entries on every NodeFaults object.
+async fn entries(client: &kube::Client) -> usize {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "NodeFaults"),
+        "nodefaults",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    api.list(&Default::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|nf| nf.data["spec"]["faults"].as_array().map_or(0, Vec::len))
+                .sum()
+        })
+        .unwrap_or(usize::MAX)
+}
+
+async fn status(client: &kube::Client) -> Value {
+    experiments(client)
+        .get_opt("slow-payments")
+        .await
+        .ok()
+        .flatten()
+        .map_or(Value::Null, |e| e.data["status"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn game_days_on_a_real_api_server_exit_0_1_and_3() {
+    let Some((cp, _controller)) = cluster().await else {
+        return;
+    };
+    let client = cp.client().await;
+
+    // The hypothesis fails (nothing answers on port 9): exit 1, a report.
+    let junit = cp.dir().join("junit.xml");
+    let file = experiment(&cp, "failing.yaml", "2s", true);
+    let (code, stdout, stderr) = run(faultline(&cp)
+        .arg("run")
+        .arg(&file)
+        .arg("--junit")
+        .arg(&junit))
+    .await;
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("FAILED: the hypothesis did not hold"),
+        "{stdout}"
+    );
+    let report = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(report.contains("failures=\"1\""), "{report}");
+    assert_eq!(entries(&client).await, 0);
+
+    // It holds: exit 0, the finished run replaced by the new one.
+    let file = experiment(&cp, "passing.yaml", "2s", false);
+    let (code, stdout, stderr) = run(faultline(&cp).arg("run").arg(&file)).await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("removing the finished run"), "{stdout}");
+    assert!(stdout.contains("PASSED"), "{stdout}");
+    assert_eq!(entries(&client).await, 0);
+
+    // Ctrl-C mid-run: exit 3, every fault removed.
+    let file = experiment(&cp, "long.yaml", "10m", false);
+    let child = faultline(&cp).arg("run").arg(&file).spawn().expect("spawn");
+    eventually("faults placed", WAIT, || async {
+        (entries(&client).await == 2).then_some(())
+    })
+    .await;
+    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the run ends")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ABORTED"), "{stdout}");
+    assert_eq!(entries(&client).await, 0, "every fault removed");
+    assert_eq!(status(&client).await["verdict"], "Aborted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faultline_abort_and_the_dashboard_on_a_real_api_server() {
+    use faultline_testkit::terminal::{Tmux, tmux_available};
+    let Some((cp, _controller)) = cluster().await else {
+        return;
+    };
+    let client = cp.client().await;
+    // A run applied with kubectl, as a user would.
+    let file = experiment(&cp, "long.yaml", "10m", false);
+    let out = cp
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("faults placed", WAIT, || async {
+        (entries(&client).await == 2).then_some(())
+    })
+    .await;
+    let (code, stdout, stderr) = run(faultline(&cp).args([
+        "abort",
+        "slow-payments",
+        "-n",
+        "shop",
+        "--reason",
+        "pager went off",
+    ]))
+    .await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("pager went off"), "{stdout}");
+    assert_eq!(entries(&client).await, 0);
+    let (code, _, stderr) = run(faultline(&cp).args(["abort", "nope", "-n", "shop"])).await;
+    assert_eq!(
+        code,
+        Some(2),
+        "an unknown experiment is invalid input: {stderr}"
+    );
+
+    // The dashboard follows a second run and aborts it.
+    if !tmux_available() {
+        return;
+    }
+    // `kubectl delete` of the finished run waits for its finalizer.
+    let mut delete = Command::from(cp.kubectl());
+    delete.args([
+        "delete",
+        "experiment",
+        "slow-payments",
+        "-n",
+        "shop",
+        "--timeout=30s",
+    ]);
+    let (code, _, stderr) = run(&mut delete).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let out = cp
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("faults placed again", WAIT, || async {
+        (entries(&client).await == 2).then_some(())
+    })
+    .await;
+    let tmux = Tmux::start(
+        100,
+        30,
+        &format!(
+            "env -u KUBERNETES_SERVICE_HOST KUBECONFIG={} {} dashboard --experiment slow-payments -n shop",
+            cp.kubeconfig.display(),
+            env!("CARGO_BIN_EXE_faultline"),
+        ),
+    );
+    let wait = |what: &str, want: &dyn Fn(&str) -> bool| {
+        tokio::task::block_in_place(|| tmux.wait_for(WAIT, what, |s| want(s)))
+    };
+    let screen = wait("the run", &|s| s.contains("active,"));
+    assert!(screen.contains("latency 300ms"), "{screen}");
+    tmux.send("a");
+    wait("the question", &|s| s.contains("Abort slow-payments?"));
+    tmux.send("y");
+    eventually("faults removed", WAIT, || async {
+        (entries(&client).await == 0).then_some(())
+    })
+    .await;
+    wait("the verdict", &|s| {
+        s.contains("ABORTED: every fault removed")
+    });
+    tmux.send("q");
+    let code = tokio::task::block_in_place(|| tmux.exit_status(WAIT));
+    assert_eq!(code, Some(0), "{}", tmux.screen());
+    assert_eq!(status(&client).await["verdict"], "Aborted");
+}

@@ -1,0 +1,358 @@
+//! The chart and the controller on a real kube-apiserver (faultline-testkit's
+//! control plane): the chart's RBAC and admission policy as installed, and
+//! the `faultline-controller` binary acting as the chart's own
+//! ServiceAccount — leader Lease, finalizer, server-side apply of NodeFaults
+//! under one field manager per experiment, status, Events — through a
+//! whole run and a deletion mid-run.
+
+use std::{path::PathBuf, time::Duration};
+
+use faultline_testkit::cluster::{Chart, ControlPlane, Options, eventually};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn nodefaults(client: &kube::Client) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "NodeFaults"),
+        "nodefaults",
+    );
+    Api::all_with(client.clone(), &resource)
+}
+
+fn experiments(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "Experiment"),
+        "experiments",
+    );
+    Api::namespaced_with(client.clone(), ns, &resource)
+}
+
+/// `kubectl auth can-i VERB RESOURCE` as the identity in `kubeconfig`.
+fn can_i(cp: &ControlPlane, kubeconfig: &std::path::Path, args: &[&str]) -> bool {
+    let out = cp
+        .kubectl()
+        .env("KUBECONFIG", kubeconfig)
+        .args(["auth", "can-i"])
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        answer == "yes" || answer == "no",
+        "kubectl auth can-i {args:?}: {answer} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    answer == "yes"
+}
+
+async fn installed() -> Option<(ControlPlane, Chart)> {
+    let cp = ControlPlane::start(Options::default()).await?;
+    let chart = cp.install_chart(&repo(), &[]).await;
+    for node in ["node-a", "node-b"] {
+        cp.node(node).await;
+    }
+    Some((cp, chart))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_grants_its_accounts_what_they_need_and_no_more() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    let controller = cp.controller_kubeconfig(&chart).await;
+    let agent_a = cp.agent_kubeconfig(&chart, "node-a").await;
+
+    let table: &[(&std::path::Path, &[&str], bool)] = &[
+        (&controller, &["list", "secrets", "-A"], false),
+        (&controller, &["get", "secrets", "-n", "faultline"], false),
+        (
+            &controller,
+            &["patch", "experiments.faultline.dev", "-A"],
+            true,
+        ),
+        (
+            &controller,
+            &[
+                "patch",
+                "experiments.faultline.dev",
+                "--subresource=status",
+                "-A",
+            ],
+            true,
+        ),
+        (&controller, &["create", "nodefaults.faultline.dev"], true),
+        (&controller, &["patch", "nodefaults.faultline.dev"], true),
+        (&controller, &["delete", "nodefaults.faultline.dev"], false),
+        (&controller, &["watch", "pods", "-A"], true),
+        (&controller, &["delete", "pods", "-n", "shop"], true),
+        (
+            &controller,
+            &["create", "events.events.k8s.io", "-n", "shop"],
+            true,
+        ),
+        (
+            &controller,
+            &["update", "leases.coordination.k8s.io", "-n", "faultline"],
+            true,
+        ),
+        (
+            &controller,
+            &["update", "leases.coordination.k8s.io", "-n", "kube-system"],
+            false,
+        ),
+        (&agent_a, &["watch", "nodefaults.faultline.dev"], true),
+        (
+            &agent_a,
+            &["patch", "nodefaults.faultline.dev", "--subresource=status"],
+            true,
+        ),
+        (&agent_a, &["patch", "nodefaults.faultline.dev"], false),
+        (&agent_a, &["list", "secrets", "-A"], false),
+        (&agent_a, &["list", "pods", "-A"], false),
+    ];
+    let wrong: Vec<String> = table
+        .iter()
+        .filter(|(who, args, want)| can_i(&cp, who, args) != *want)
+        .map(|(who, args, want)| {
+            format!(
+                "{} {args:?}: expected {}",
+                who.file_name().unwrap_or_default().to_string_lossy(),
+                if *want { "yes" } else { "no" }
+            )
+        })
+        .collect();
+    assert!(wrong.is_empty(), "RBAC differs from the intent: {wrong:#?}");
+
+    // RBAC lets an agent patch every NodeFaults status; the admission
+    // policy narrows it to its own node's object.
+    let admin = nodefaults(&cp.client().await);
+    for node in ["node-a", "node-b"] {
+        let object = json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NodeFaults",
+            "metadata": {"name": node}, "spec": {"faults": []}});
+        admin
+            .patch(
+                node,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .expect("create a NodeFaults object");
+    }
+    let agent = nodefaults(&cp.client_for_kubeconfig(&agent_a).await);
+    let status = |node: &str| {
+        json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NodeFaults",
+            "metadata": {"name": node}, "status": {"observedGeneration": 1, "applied": 0}})
+    };
+    let params = PatchParams::apply("faultline-agent").force();
+    agent
+        .patch_status("node-a", &params, &Patch::Apply(&status("node-a")))
+        .await
+        .expect("an agent writes its own node's status");
+    match agent
+        .patch_status("node-b", &params, &Patch::Apply(&status("node-b")))
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert!(
+            e.message
+                .contains("an agent writes only its own node's NodeFaults status"),
+            "{e:?}"
+        ),
+        other => panic!("node-a's agent wrote node-b's status: {other:?}"),
+    }
+}
+
+fn apply(cp: &ControlPlane, yaml: &str) {
+    let path = cp.dir().join("applied.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let out = cp
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&path)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const SLOW_PAYMENTS: &str = "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: slow-payments, namespace: shop}
+spec:
+  duration: DURATION
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: slow, target: payments, latency: {delay: 300ms}}
+";
+
+/// The ids of the entries on `node` and the managers that hold fields there.
+async fn node_state(api: &Api<DynamicObject>, node: &str) -> (Vec<String>, Vec<String>) {
+    let Ok(object) = api.get(node).await else {
+        return (Vec::new(), Vec::new());
+    };
+    let ids = object.data["spec"]["faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["id"].as_str().map(str::to_owned))
+        .collect();
+    let managers = object
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    (ids, managers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_runs_an_experiment_as_its_service_account() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    let p1 = cp
+        .running_pod(
+            "shop",
+            "payments-1",
+            json!({"app": "payments"}),
+            "node-a",
+            "10.0.0.1",
+        )
+        .await;
+    let p2 = cp
+        .running_pod(
+            "shop",
+            "payments-2",
+            json!({"app": "payments"}),
+            "node-b",
+            "10.0.0.2",
+        )
+        .await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let (_controller, metrics) =
+        cp.start_controller(&kubeconfig, "controller-1", &["--lease-seconds", "6"]);
+    let client = cp.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "faultline");
+    eventually("the controller to hold the Lease", WAIT, || async {
+        let lease = leases.get("faultline-controller").await.ok()?;
+        (lease.spec?.holder_identity? == "controller-1").then_some(())
+    })
+    .await;
+    eventually("/readyz", WAIT, || async {
+        let (status, _) = faultline_testkit::http(metrics, "GET", "/readyz", &[], b"")
+            .await
+            .ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "6s"));
+    let exps = experiments(&client, "shop");
+    let uid = exps
+        .get("slow-payments")
+        .await
+        .expect("the experiment")
+        .metadata
+        .uid
+        .expect("uid");
+    let manager = format!("faultline.dev/experiment-{uid}");
+    let nfs = nodefaults(&client);
+    for (node, pod) in [("node-a", &p1), ("node-b", &p2)] {
+        let (ids, managers) = eventually(&format!("the entry on {node}"), WAIT, || async {
+            let state = node_state(&nfs, node).await;
+            (!state.0.is_empty()).then_some(state)
+        })
+        .await;
+        assert_eq!(ids, [format!("shop/slow-payments/slow/{pod}")]);
+        assert!(managers.contains(&manager), "{managers:?}");
+    }
+    let object = exps.get("slow-payments").await.expect("the experiment");
+    assert_eq!(
+        object.metadata.finalizers.unwrap_or_default(),
+        ["faultline.dev/cleanup"]
+    );
+    eventually("the run to complete", WAIT, || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        (e.data["status"]["phase"] == "Completed").then_some(())
+    })
+    .await;
+    let status = exps.get("slow-payments").await.expect("experiment").data["status"].clone();
+    assert!(status["verdict"].is_string(), "{status}");
+    assert!(
+        serde_json::to_vec(&status).expect("json").len() < 4096,
+        "status stays small: {status}"
+    );
+    // Entries gone, and the experiment's manager holds nothing any more:
+    // objects do not grow run after run.
+    for node in ["node-a", "node-b"] {
+        let (ids, managers) = eventually(&format!("{node} emptied"), WAIT, || async {
+            let state = node_state(&nfs, node).await;
+            (state.0.is_empty() && !state.1.contains(&manager)).then_some(state)
+        })
+        .await;
+        assert!(ids.is_empty(), "{ids:?} {managers:?}");
+    }
+    let events = cp
+        .kubectl()
+        .args(["get", "events.events.k8s.io", "-n", "shop", "-o", "json"])
+        .output()
+        .expect("kubectl get events");
+    let events: Value = serde_json::from_slice(&events.stdout).expect("json");
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["regarding"]["name"] == "slow-payments")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"Started"), "{reasons:?}");
+
+    // Deleted mid-run: the finalizer takes every entry away first.
+    exps.delete("slow-payments", &Default::default())
+        .await
+        .expect("delete");
+    eventually("the finished experiment gone", WAIT, || async {
+        exps.get_opt("slow-payments")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "10m"));
+    eventually("entries of the second run", WAIT, || async {
+        let (ids, _) = node_state(&nfs, "node-a").await;
+        (!ids.is_empty()).then_some(())
+    })
+    .await;
+    exps.delete("slow-payments", &Default::default())
+        .await
+        .expect("delete");
+    eventually("the running experiment gone", WAIT, || async {
+        exps.get_opt("slow-payments")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    for node in ["node-a", "node-b"] {
+        let (ids, _) = node_state(&nfs, node).await;
+        assert!(ids.is_empty(), "{node} still holds {ids:?}");
+    }
+}
