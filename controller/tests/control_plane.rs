@@ -356,3 +356,409 @@ async fn the_controller_runs_an_experiment_as_its_service_account() {
         assert!(ids.is_empty(), "{node} still holds {ids:?}");
     }
 }
+
+/// The generation of every NodeFaults object, by name.
+async fn generations(api: &Api<DynamicObject>) -> Vec<(String, i64)> {
+    api.list(&Default::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .map(|o| {
+                    (
+                        o.metadata.name.unwrap_or_default(),
+                        o.metadata.generation.unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    for (i, node) in ["node-a", "node-b"].iter().enumerate() {
+        cp.running_pod(
+            "shop",
+            &format!("payments-{i}"),
+            json!({"app": "payments"}),
+            node,
+            &format!("10.0.0.{}", i + 1),
+        )
+        .await;
+    }
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let lease_args = ["--lease-seconds", "6"];
+    let (mut first, _) = cp.start_controller(&kubeconfig, "controller-1", &lease_args);
+    let client = cp.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "faultline");
+    let holder = || async {
+        leases
+            .get("faultline-controller")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    };
+    eventually("controller-1 leads", WAIT, || async {
+        (holder().await? == "controller-1").then_some(())
+    })
+    .await;
+    let (_second, _) = cp.start_controller(&kubeconfig, "controller-2", &lease_args);
+
+    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "40s"));
+    let exps = experiments(&client, "shop");
+    let nfs = nodefaults(&client);
+    eventually("entries on both nodes", WAIT, || async {
+        let a = node_state(&nfs, "node-a").await.0.len();
+        let b = node_state(&nfs, "node-b").await.0.len();
+        (a == 1 && b == 1).then_some(())
+    })
+    .await;
+    let started = eventually("the run's start in its status", WAIT, || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        let started = e.data["status"]["startedAt"].clone();
+        started.is_string().then_some(started)
+    })
+    .await;
+    let before = generations(&nfs).await;
+
+    // The leader crashes; the standby takes the Lease once it expires.
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let took_over = std::time::Instant::now();
+    eventually("controller-2 leads", WAIT, || async {
+        (holder().await? == "controller-2").then_some(())
+    })
+    .await;
+    assert!(
+        took_over.elapsed() < Duration::from_secs(6 + 10),
+        "took over after {:?}",
+        took_over.elapsed()
+    );
+    // The new leader carries on the same run: same start, nothing rewritten.
+    eventually(
+        "the run to complete under controller-2",
+        Duration::from_secs(60),
+        || async {
+            let e = exps.get("slow-payments").await.ok()?;
+            (e.data["status"]["phase"] == "Completed").then_some(e)
+        },
+    )
+    .await;
+    let status = exps.get("slow-payments").await.expect("experiment").data["status"].clone();
+    assert_eq!(
+        status["startedAt"], started,
+        "one run, not a restart: {status}"
+    );
+    assert_eq!(status["runs"], json!(1), "{status}");
+    // One write placed each node's entry and one removed it: the new
+    // leader found the entries as wanted and wrote nothing in between.
+    let after = generations(&nfs).await;
+    for (node, generation) in &before {
+        let now = after.iter().find(|(n, _)| n == node).map_or(0, |(_, g)| *g);
+        assert_eq!(now, generation + 1, "{node}: {before:?} → {after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_recover_from_410_gone_and_a_recreated_pod_gets_the_fault() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ListParams, WatchParams};
+    // Watches served by etcd itself (no watch cache, which answers an old
+    // resourceVersion with the current state instead), compacted every
+    // second: a watch resumed after a restart meets 410 Gone.
+    let options = Options {
+        compaction_interval: Some(Duration::from_secs(1)),
+        watch_cache: false,
+        ..Options::default()
+    };
+    let Some(mut cp) = ControlPlane::start(options).await else {
+        return;
+    };
+    let chart = cp.install_chart(&repo(), &[]).await;
+    for node in ["node-a", "node-b"] {
+        cp.node(node).await;
+    }
+    cp.namespace("shop", true).await;
+    let old_uid = cp
+        .running_pod(
+            "shop",
+            "payments-1",
+            json!({"app": "payments"}),
+            "node-a",
+            "10.0.0.1",
+        )
+        .await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "10m"));
+    let client = cp.client().await;
+    let nfs = nodefaults(&client);
+    eventually("the entry on node-a", WAIT, || async {
+        let (ids, _) = node_state(&nfs, "node-a").await;
+        (ids == [format!("shop/slow-payments/slow/{old_uid}")]).then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let seen = pods
+        .list(&ListParams::default())
+        .await
+        .expect("list pods")
+        .metadata
+        .resource_version
+        .expect("a resourceVersion");
+
+    // Restarted, with writes in between and etcd compacted: every watch
+    // the controller resumes from where it was is too old.
+    cp.stop_apiserver();
+    cp.start_apiserver().await;
+    let client = cp.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let nfs = nodefaults(&client);
+    cp.running_pod(
+        "shop",
+        "payments-2",
+        json!({"app": "payments"}),
+        "node-b",
+        "10.0.0.2",
+    )
+    .await;
+    eventually(
+        "a watch from before the restart to be gone",
+        WAIT,
+        || async {
+            match pods.watch(&WatchParams::default(), &seen).await {
+                Err(kube::Error::Api(e)) if e.code == 410 => Some(()),
+                Ok(stream) => {
+                    use futures::StreamExt;
+                    // The server answers 200 and sends the 410 as the first event.
+                    let first = Box::pin(stream).next().await;
+                    matches!(first, Some(Ok(kube::api::WatchEvent::Error(ref e))) if e.code == 410)
+                        .then_some(())
+                }
+                Err(_) => None,
+            }
+        },
+    )
+    .await;
+    let new_pod = eventually("the new pod's entry on node-b", WAIT, || async {
+        let (ids, _) = node_state(&nfs, "node-b").await;
+        (ids.len() == 1).then_some(ids)
+    })
+    .await;
+    assert!(
+        new_pod[0].starts_with("shop/slow-payments/slow/"),
+        "{new_pod:?}"
+    );
+
+    // The pod deleted and recreated under the same name: a new uid, and
+    // the fault follows it.
+    cp.delete_pod("shop", "payments-1").await;
+    eventually("payments-1 gone", WAIT, || async {
+        pods.get_opt("payments-1")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let new_uid = cp
+        .running_pod(
+            "shop",
+            "payments-1",
+            json!({"app": "payments"}),
+            "node-a",
+            "10.0.0.3",
+        )
+        .await;
+    assert_ne!(new_uid, old_uid);
+    eventually("the fault on the recreated pod", WAIT, || async {
+        let (ids, _) = node_state(&nfs, "node-a").await;
+        (ids == [format!("shop/slow-payments/slow/{new_uid}")]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_experiment_runs_at_its_next_start_and_a_deleted_node_loses_its_pods() {
+    let options = Options {
+        controller_manager: true,
+        ..Options::default()
+    };
+    let Some(cp) = ControlPlane::start(options).await else {
+        return;
+    };
+    let chart = cp.install_chart(&repo(), &[]).await;
+    for node in ["node-a", "node-b"] {
+        cp.node(node).await;
+    }
+    cp.namespace("shop", true).await;
+    for (i, node) in ["node-a", "node-b"].iter().enumerate() {
+        cp.running_pod(
+            "shop",
+            &format!("payments-{i}"),
+            json!({"app": "payments"}),
+            node,
+            &format!("10.0.0.{}", i + 1),
+        )
+        .await;
+    }
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    // Every minute: the next start is at most a minute away.
+    apply(
+        &cp,
+        &SLOW_PAYMENTS
+            .replace("DURATION", "90s")
+            .replace("spec:\n", "spec:\n  schedule: \"* * * * *\"\n"),
+    );
+    let client = cp.client().await;
+    let exps = experiments(&client, "shop");
+    let next = eventually("a planned start", WAIT, || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        e.data["status"]["nextRunAt"].as_str().map(str::to_owned)
+    })
+    .await;
+    let nfs = nodefaults(&client);
+    assert!(
+        node_state(&nfs, "node-a").await.0.is_empty(),
+        "nothing before the start"
+    );
+    let status = eventually(
+        "the run at its start time",
+        Duration::from_secs(90),
+        || async {
+            let e = exps.get("slow-payments").await.ok()?;
+            (e.data["status"]["phase"] == "Running").then(|| e.data["status"].clone())
+        },
+    )
+    .await;
+    assert_eq!(
+        status["startedAt"].as_str(),
+        Some(next.as_str()),
+        "{status}"
+    );
+    eventually("entries on both nodes", WAIT, || async {
+        let a = node_state(&nfs, "node-a").await.0.len();
+        let b = node_state(&nfs, "node-b").await.0.len();
+        (a == 1 && b == 1).then_some(())
+    })
+    .await;
+
+    // node-b goes; the controller-manager's pod GC deletes its pods, and
+    // the run drops their entries and goes on with node-a's.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes
+        .delete("node-b", &Default::default())
+        .await
+        .expect("delete node-b");
+    eventually(
+        "node-b's entry removed",
+        Duration::from_secs(90),
+        || async { node_state(&nfs, "node-b").await.0.is_empty().then_some(()) },
+    )
+    .await;
+    assert_eq!(node_state(&nfs, "node-a").await.0.len(), 1);
+    let e = exps.get("slow-payments").await.expect("experiment");
+    assert_eq!(e.data["status"]["phase"], "Running", "{}", e.data["status"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_experiments_share_a_node_and_an_unopted_namespace_is_refused() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    cp.namespace("bank", false).await;
+    let pod = cp
+        .running_pod(
+            "shop",
+            "payments-1",
+            json!({"app": "payments"}),
+            "node-a",
+            "10.0.0.1",
+        )
+        .await;
+    cp.running_pod(
+        "bank",
+        "ledger-1",
+        json!({"app": "ledger"}),
+        "node-a",
+        "10.0.0.7",
+    )
+    .await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    let client = cp.client().await;
+    let nfs = nodefaults(&client);
+
+    // Two experiments' entries on one object, each under its own manager:
+    // the short one ends and takes only its own.
+    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "10m"));
+    apply(
+        &cp,
+        &SLOW_PAYMENTS
+            .replace("DURATION", "4s")
+            .replace("name: slow-payments", "name: brief"),
+    );
+    let both = [
+        format!("shop/brief/slow/{pod}"),
+        format!("shop/slow-payments/slow/{pod}"),
+    ];
+    eventually("both entries on node-a", WAIT, || async {
+        let (mut ids, _) = node_state(&nfs, "node-a").await;
+        ids.sort();
+        (ids == both).then_some(())
+    })
+    .await;
+    let (_, managers) = eventually("one entry left on node-a", WAIT, || async {
+        let state = node_state(&nfs, "node-a").await;
+        (state.0 == [both[1].clone()]).then_some(state)
+    })
+    .await;
+    let brief = experiments(&client, "shop")
+        .get("brief")
+        .await
+        .expect("brief")
+        .metadata
+        .uid
+        .expect("uid");
+    assert!(
+        !managers.contains(&format!("faultline.dev/experiment-{brief}")),
+        "{managers:?}"
+    );
+
+    // A namespace not labelled faultline.dev/enabled: nothing placed.
+    apply(
+        &cp,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: cut-ledger, namespace: bank}
+spec:
+  duration: 1m
+  targets:
+    ledger: {labels: {app: ledger}}
+  faults:
+    - {name: cut, target: ledger, partition: {peers: [10.0.0.0/8]}}
+",
+    );
+    let bank = experiments(&client, "bank");
+    let status = eventually("the run refused", WAIT, || async {
+        let e = bank.get("cut-ledger").await.ok()?;
+        (e.data["status"]["verdict"] == "Aborted").then(|| e.data["status"].clone())
+    })
+    .await;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("namespace bank is not opted in"),
+        "{status}"
+    );
+    assert!(message.contains("faultline.dev/enabled=true"), "{status}");
+    let (ids, _) = node_state(&nfs, "node-a").await;
+    assert!(!ids.iter().any(|id| id.starts_with("bank/")), "{ids:?}");
+}

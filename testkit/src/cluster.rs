@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 pub const KUBERNETES_VERSION: &str = "v1.37.2";
 
 /// What to start beside etcd and kube-apiserver.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// kube-controller-manager: namespace deletion, garbage collection,
     /// service-account tokens, ReplicaSets.
@@ -41,9 +41,28 @@ pub struct Options {
     /// How often kube-apiserver compacts etcd (its default is 5 minutes);
     /// short, so watches meet 410 Gone.
     pub compaction_interval: Option<Duration>,
+    /// kube-apiserver's watch cache. Without it watches are served by etcd,
+    /// so a resumed watch whose revision was compacted gets 410 Gone (the
+    /// cache answers one with the current state instead).
+    pub watch_cache: bool,
+    /// Write an audit log (`DIR/audit.log`, JSON lines, one per request)
+    /// of the requests these users make: what a program asked of the API.
+    pub audit_users: Vec<String>,
     /// Keep the processes running when the value is dropped (a person's
     /// `control-plane.sh up`), in a process group of their own.
     pub detach: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            controller_manager: false,
+            compaction_interval: None,
+            watch_cache: true,
+            audit_users: Vec::new(),
+            detach: false,
+        }
+    }
 }
 
 /// One process of the control plane.
@@ -65,6 +84,8 @@ pub struct ControlPlane {
     pub url: String,
     /// An admin kubeconfig (system:masters), for kubectl, helm and the CLI.
     pub kubeconfig: PathBuf,
+    /// etcd's client address.
+    pub etcd: std::net::SocketAddr,
     admin_token: String,
     procs: Vec<Proc>,
 }
@@ -223,6 +244,24 @@ impl ControlPlane {
             "--disable-admission-plugins=ServiceAccount".into(),
             "--profiling=false".into(),
         ];
+        if !options.audit_users.is_empty() {
+            let policy = json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                "omitStages": ["RequestReceived", "ResponseStarted"],
+                "rules": [{"level": "Metadata", "users": options.audit_users}, {"level": "None"}]});
+            std::fs::write(dir.join("audit-policy.yaml"), policy.to_string())
+                .map_err(io("write the audit policy"))?;
+            apiserver.push(format!(
+                "--audit-policy-file={}",
+                dir.join("audit-policy.yaml").display()
+            ));
+            apiserver.push(format!(
+                "--audit-log-path={}",
+                dir.join("audit.log").display()
+            ));
+        }
+        if !options.watch_cache {
+            apiserver.push("--watch-cache=false".into());
+        }
         if let Some(every) = options.compaction_interval {
             apiserver.push(format!(
                 "--etcd-compaction-interval={}s",
@@ -232,6 +271,7 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             url: format!("https://127.0.0.1:{api_port}"),
             kubeconfig: dir.join("kubeconfig"),
+            etcd: std::net::SocketAddr::from(([127, 0, 0, 1], etcd_port)),
             dir,
             _temp: temp,
             bin: bin.to_owned(),
@@ -617,6 +657,24 @@ impl ControlPlane {
         api.patch_status(name, &apply_params(), &Patch::Apply(&status))
             .await
             .unwrap_or_else(|e| panic!("pod {namespace}/{name} status: {e}"));
+    }
+
+    /// Deletes a pod as a user and then its kubelet do: a graceful delete
+    /// marks it terminating; the kubelet, its containers stopped, removes
+    /// it with a grace period of 0.
+    pub async fn delete_pod(&self, namespace: &str, name: &str) {
+        let api: Api<Pod> = Api::namespaced(self.client().await, namespace);
+        api.delete(name, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete pod {namespace}/{name}: {e}"));
+        match api
+            .delete(name, &kube::api::DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => panic!("remove pod {namespace}/{name}: {e}"),
+        }
     }
 
     /// Stops kube-apiserver (SIGKILL), leaving etcd running.

@@ -1,0 +1,224 @@
+//! One experiment over every pod of a large cluster, on a real
+//! kube-apiserver (faultline-testkit's control plane): NODES Node objects
+//! and PODS running pods, the chart installed, the `faultline-controller`
+//! binary acting as the chart's ServiceAccount. Prints the time from
+//! `kubectl apply` to every NodeFaults entry written, the controller's
+//! writes, the Experiment's status size, the controller's peak RSS and the
+//! API requests it made (counted by the server's audit log).
+//!
+//! `cargo bench -p faultline-controller --bench control_plane_scale`
+//! (FAULTLINE_CONTROL_PLANE from `scripts/control-plane.sh build`,
+//! FAULTLINE_HELM as for the tests). FAULTLINE_SCALE_NODES and
+//! FAULTLINE_SCALE_PODS change the size.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use faultline_testkit::cluster::{ControlPlane, Options, eventually};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The controller's peak resident set, from /proc.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .ok()
+}
+
+/// Total entries over every NodeFaults object, and how many objects.
+async fn entries(api: &Api<DynamicObject>) -> (usize, usize) {
+    let Ok(list) = api.list(&Default::default()).await else {
+        return (0, 0);
+    };
+    let total = list
+        .items
+        .iter()
+        .map(|o| o.data["spec"]["faults"].as_array().map_or(0, Vec::len))
+        .sum();
+    (total, list.items.len())
+}
+
+fn main() {
+    let nodes = size("FAULTLINE_SCALE_NODES", 500);
+    let pods = size("FAULTLINE_SCALE_PODS", 20_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(bench(nodes, pods));
+}
+
+async fn bench(nodes: usize, pods: usize) {
+    let controller_user = "system:serviceaccount:faultline:faultline-controller";
+    let options = Options {
+        audit_users: vec![controller_user.into()],
+        ..Options::default()
+    };
+    let Some(cp) = ControlPlane::start(options).await else {
+        eprintln!("FAULTLINE_CONTROL_PLANE is not set; see scripts/control-plane.sh build");
+        return;
+    };
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let chart = cp.install_chart(&repo, &[]).await;
+    cp.namespace("shop", true).await;
+    let client = cp.client().await;
+
+    let filling = Instant::now();
+    let node_api: Api<Node> = Api::all(client.clone());
+    let params = PatchParams::apply("faultline-bench").force();
+    futures::stream::iter(0..nodes)
+        .for_each_concurrent(32, |i| {
+            let (api, params) = (&node_api, &params);
+            async move {
+                let name = format!("node-{i}");
+                let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+                api.patch(&name, params, &Patch::Apply(&node))
+                    .await
+                    .expect("a node");
+            }
+        })
+        .await;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    futures::stream::iter(0..pods)
+        .for_each_concurrent(32, |i| {
+            let (api, params) = (&pod_api, &params);
+            async move {
+                let name = format!("web-{i}");
+                let ip = format!("10.{}.{}.{}", 64 + (i >> 16), (i >> 8) & 255, i & 255);
+                let pod: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "labels": {"app": "web"}},
+                    "spec": {"nodeName": format!("node-{}", i % nodes),
+                             "containers": [{"name": "main", "image": "registry.invalid/web:1"}]}}))
+                .expect("a pod");
+                api.create(&PostParams::default(), &pod)
+                    .await
+                    .expect("a pod");
+                let status = json!({"apiVersion": "v1", "kind": "Pod", "status": {
+                    "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}});
+                api.patch_status(&name, params, &Patch::Apply(&status))
+                    .await
+                    .expect("a pod's status");
+            }
+        })
+        .await;
+    println!(
+        "cluster: {nodes} nodes, {pods} running pods, made in {:.1} s",
+        filling.elapsed().as_secs_f64()
+    );
+
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let (controller, metrics) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    let pid = controller.0.id();
+    eventually("the controller ready", Duration::from_secs(120), || async {
+        let (status, _) = faultline_testkit::http(metrics, "GET", "/readyz", &[], b"")
+            .await
+            .ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
+    let audit = cp.dir().join("audit.log");
+    let requests_before = std::fs::read_to_string(&audit)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+
+    let experiment = cp.dir().join("wide.yaml");
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: wide, namespace: shop}
+spec:
+  duration: 30m
+  targets:
+    web: {labels: {app: web}}
+  faults:
+    - {name: slow, target: web, latency: {delay: 100ms}}
+",
+    )
+    .expect("write the experiment");
+    let started = Instant::now();
+    let out = cp
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&experiment)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "NodeFaults"),
+        "nodefaults",
+    );
+    let nf_api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    eventually("every entry written", Duration::from_secs(600), || async {
+        let (total, objects) = entries(&nf_api).await;
+        (total == pods && objects == nodes).then_some(())
+    })
+    .await;
+    let placed = started.elapsed();
+    let requests = std::fs::read_to_string(&audit)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        - requests_before;
+
+    let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
+        .await
+        .expect("/metrics");
+    let writes = String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("faultline_controller_nodefaults_writes_total "))
+        .unwrap_or("?")
+        .to_owned();
+    let exp_resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "Experiment"),
+        "experiments",
+    );
+    let exps: Api<DynamicObject> = Api::namespaced_with(client.clone(), "shop", &exp_resource);
+    let status = eventually(
+        "the status counting every target",
+        Duration::from_secs(60),
+        || async {
+            let e = exps.get("wide").await.ok()?;
+            (e.data["status"]["targets"] == json!(pods)).then(|| e.data["status"].clone())
+        },
+    )
+    .await;
+    let status_bytes = serde_json::to_vec(&status).map_or(0, |v| v.len());
+    println!(
+        "kubectl apply → every NodeFaults entry written: {:.2} s",
+        placed.as_secs_f64()
+    );
+    println!("NodeFaults writes by the controller: {writes} ({nodes} objects)");
+    println!(
+        "API requests by the controller until then: {requests} ({:.0}/s)",
+        requests as f64 / placed.as_secs_f64()
+    );
+    println!("Experiment status: {status_bytes} bytes");
+    println!(
+        "controller peak RSS: {:.1} MiB",
+        peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0
+    );
+}
