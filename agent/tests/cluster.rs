@@ -194,38 +194,5 @@ fn an_experiment_becomes_a_partition_in_a_real_namespace_and_goes_at_its_deadlin
         .expect("traceparent")
         .to_owned();
     let _ = provider.force_flush();
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let spans = |c: &mock_collector::MockCollector| -> Vec<(String, String, String, String)> {
-        c.spans()
-            .iter()
-            .map(|s| {
-                let sp = s.span();
-                (
-                    sp.name.clone(),
-                    hex(&sp.trace_id),
-                    hex(&sp.span_id),
-                    hex(&sp.parent_span_id),
-                )
-            })
-            .collect()
-    };
-    // (name, trace, span, parent)
-    let complete = |all: &[(String, String, String, String)]| {
-        all.iter().filter(|f| f.0 == "fault").any(|fault| {
-            entry_tp == format!("00-{}-{}-01", fault.1, fault.2)
-                && all
-                    .iter()
-                    .any(|e| e.0 == "experiment" && e.1 == fault.1 && e.2 == fault.3)
-                && ["inject", "recover"].iter().all(|op| {
-                    all.iter()
-                        .any(|s| s.0 == *op && s.1 == fault.1 && s.3 == fault.2)
-                })
-        })
-    };
-    let found = rt.block_on(collector.wait_until(|c| complete(&spans(c)), Duration::from_secs(10)));
-    let all = rt.block_on(collector.with_collector(|c| spans(c)));
-    assert!(
-        found.is_ok(),
-        "spans: {all:?}\nentry traceparent {entry_tp}"
-    );
+    rt.block_on(expect_one_trace(&collector, &entry_tp));
 }

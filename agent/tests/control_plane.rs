@@ -6,7 +6,8 @@
 //! partition and a real SIGKILL in namespaces and cgroups this test made
 //! the way a kubelet makes them. Then kube-apiserver goes down past the
 //! fault's deadline (the agent removes it on time anyway), comes back, and
-//! the controller finishes the run.
+//! the controller finishes the run. Both export their spans to one real
+//! OTLP receiver: the run is one trace, across the processes.
 
 mod common;
 
@@ -18,6 +19,7 @@ use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind},
 };
+use mock_collector::{MockServer, Protocol};
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -105,10 +107,24 @@ fn an_experiment_applied_with_kubectl_partitions_and_kills_for_real() {
             cp.agent_kubeconfig(&chart, "node-a").await,
         )
     });
+    // Both programs export their spans to one real OTLP receiver.
+    let collector = rt
+        .block_on(MockServer::builder().protocol(Protocol::Grpc).start())
+        .expect("an OTLP receiver");
+    let endpoint = format!("http://{}", collector.addr());
+    let otlp = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ];
     let mut agent = AgentProc::new();
+    agent.env = otlp
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let root = tree.root.display().to_string();
     agent.start_kube("node-a", &agent_config, &["--cgroup-root", &root]);
-    let (_controller, _) = cp.start_controller(&controller_config, "controller-1", &[]);
+    let (mut controller, _) =
+        cp.start_controller_with_env(&controller_config, "controller-1", &[], &otlp);
 
     let experiment = cp.dir().join("experiment.yaml");
     std::fs::write(
@@ -205,4 +221,22 @@ spec:
         (nf.data["spec"]["faults"] == json!([])).then_some(())
     }));
     assert!(agent.sigterm().success(), "log:\n{}", agent.log());
+
+    // One trace across the processes: the controller's experiment → fault,
+    // the agent's inject and recover under the fault the entry named.
+    let cut = node_a.data["spec"]["faults"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|f| f["id"].as_str().is_some_and(|id| id.contains("/cut/")))
+        .expect("the partition's entry");
+    let entry_tp = cut["traceparent"]
+        .as_str()
+        .expect("a traceparent")
+        .to_owned();
+    // SIGTERM: the controller flushes its spans as it stops.
+    let pid = rustix::process::Pid::from_raw(controller.0.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let _ = controller.0.wait();
+    rt.block_on(expect_one_trace(&collector, &entry_tp));
 }

@@ -410,15 +410,25 @@ async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
     .await;
     let (_second, _) = cp.start_controller(&kubeconfig, "controller-2", &lease_args);
 
-    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "40s"));
+    // A kill too: an agent kills once per entry id, so an entry written
+    // again by the new leader would not kill twice, but one written anew
+    // (another id) would.
+    apply(
+        &cp,
+        &format!(
+            "{}    - {{name: kill, target: payments, kill: {{signal: SIGKILL}}}}\n",
+            SLOW_PAYMENTS.replace("DURATION", "40s")
+        ),
+    );
     let exps = experiments(&client, "shop");
     let nfs = nodefaults(&client);
     eventually("entries on both nodes", WAIT, || async {
         let a = node_state(&nfs, "node-a").await.0.len();
         let b = node_state(&nfs, "node-b").await.0.len();
-        (a == 1 && b == 1).then_some(())
+        (a == 2 && b == 2).then_some(())
     })
     .await;
+    let ids_before = node_state(&nfs, "node-a").await.0;
     let started = eventually("the run's start in its status", WAIT, || async {
         let e = exps.get("slow-payments").await.ok()?;
         let started = e.data["status"]["startedAt"].clone();
@@ -441,6 +451,7 @@ async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
         took_over.elapsed()
     );
     // The new leader carries on the same run: same start, nothing rewritten.
+    assert_eq!(node_state(&nfs, "node-a").await.0, ids_before);
     eventually(
         "the run to complete under controller-2",
         Duration::from_secs(60),
@@ -456,7 +467,8 @@ async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
         "one run, not a restart: {status}"
     );
     assert_eq!(status["runs"], json!(1), "{status}");
-    // One write placed each node's entry and one removed it: the new
+    // The same entries throughout: one write placed each node's entries
+    // and one removed them; the new
     // leader found the entries as wanted and wrote nothing in between.
     let after = generations(&nfs).await;
     for (node, generation) in &before {

@@ -983,6 +983,18 @@ impl ControlPlane {
         identity: &str,
         extra: &[&str],
     ) -> (crate::KillOnDrop, std::net::SocketAddr) {
+        self.start_controller_with_env(kubeconfig, identity, extra, &[])
+    }
+
+    /// As [`ControlPlane::start_controller`], with more environment (e.g.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub fn start_controller_with_env(
+        &self,
+        kubeconfig: &Path,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (crate::KillOnDrop, std::net::SocketAddr) {
         let log = std::fs::File::create(self.log(identity)).expect("a log file");
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         let child = Command::new(workspace_bin("faultline-controller"))
@@ -994,6 +1006,7 @@ impl ControlPlane {
             .arg("--metrics-addr")
             .arg(metrics.to_string())
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

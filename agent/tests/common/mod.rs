@@ -567,3 +567,46 @@ impl Drop for KubeletTree {
         let _ = std::fs::remove_dir(&self.root);
     }
 }
+
+/// Waits until `collector` holds one whole trace of a fault: the `fault`
+/// span the entry's `traceparent` names, its `experiment` parent, and the
+/// agent's `inject` and `recover` under it; panics with every span after
+/// ten seconds.
+pub async fn expect_one_trace(collector: &mock_collector::ServerHandle, entry_tp: &str) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // (name, trace, span, parent)
+    let spans = |c: &mock_collector::MockCollector| -> Vec<(String, String, String, String)> {
+        c.spans()
+            .iter()
+            .map(|s| {
+                let sp = s.span();
+                (
+                    sp.name.clone(),
+                    hex(&sp.trace_id),
+                    hex(&sp.span_id),
+                    hex(&sp.parent_span_id),
+                )
+            })
+            .collect()
+    };
+    let complete = |all: &[(String, String, String, String)]| {
+        all.iter().filter(|f| f.0 == "fault").any(|fault| {
+            entry_tp == format!("00-{}-{}-01", fault.1, fault.2)
+                && all
+                    .iter()
+                    .any(|e| e.0 == "experiment" && e.1 == fault.1 && e.2 == fault.3)
+                && ["inject", "recover"].iter().all(|op| {
+                    all.iter()
+                        .any(|s| s.0 == *op && s.1 == fault.1 && s.3 == fault.2)
+                })
+        })
+    };
+    let found = collector
+        .wait_until(|c| complete(&spans(c)), Duration::from_secs(10))
+        .await;
+    let all = collector.with_collector(|c| spans(c)).await;
+    assert!(
+        found.is_ok(),
+        "spans: {all:?}\nentry traceparent {entry_tp}"
+    );
+}
