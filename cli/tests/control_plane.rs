@@ -26,6 +26,14 @@ fn repo() -> PathBuf {
 /// A control plane with the chart, a shop (payments on two nodes) and the
 /// controller running.
 async fn cluster() -> Option<(ControlPlane, KillOnDrop)> {
+    let (cp, kubeconfig) = shop().await?;
+    let (controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    Some((cp, controller))
+}
+
+/// A control plane with the chart and a shop (payments on two nodes); the
+/// controller's kubeconfig, for the caller to start it.
+async fn shop() -> Option<(ControlPlane, PathBuf)> {
     let cp = ControlPlane::start(Options::default()).await?;
     let chart = cp.install_chart(&repo(), &[]).await;
     cp.namespace("shop", true).await;
@@ -41,8 +49,7 @@ async fn cluster() -> Option<(ControlPlane, KillOnDrop)> {
         .await;
     }
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
-    let (controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
-    Some((cp, controller))
+    Some((cp, kubeconfig))
 }
 
 fn faultline(cp: &ControlPlane) -> Command {
@@ -80,6 +87,12 @@ spec:
     }
     std::fs::write(&path, text).expect("write the experiment");
     path
+}
+
+/// Ctrl-C, as a person at the terminal would.
+fn interrupt(child: &tokio::process::Child) {
+    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
 }
 
 async fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
@@ -130,11 +143,67 @@ async fn status(client: &kube::Client) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn game_days_on_a_real_api_server_exit_0_1_and_3() {
-    let Some((cp, _controller)) = cluster().await else {
+async fn game_days_on_a_real_api_server_exit_0_1_3_and_4() {
+    let Some((cp, kubeconfig)) = shop().await else {
         return;
     };
     let client = cp.client().await;
+
+    // No controller takes the run up: exit 4, and the experiment goes.
+    let file = experiment(&cp, "unserved.yaml", "2s", false);
+    let (code, _, stderr) = run(faultline(&cp)
+        .arg("run")
+        .arg(&file)
+        .args(["--start-timeout", "2s"]))
+    .await;
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("no controller took it up"), "{stderr}");
+    eventually("the unserved experiment gone", WAIT, || async {
+        experiments(&client)
+            .get_opt("slow-payments")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+
+    // Ctrl-C while a scheduled run waits for its start: exit 3, nothing
+    // injected, the experiment deleted (its finalizer lets it go).
+    let nightly = cp.dir().join("nightly.yaml");
+    let text = std::fs::read_to_string(experiment(&cp, "nightly.yaml", "2s", false))
+        .expect("read")
+        .replace("spec:\n", "spec:\n  schedule: \"0 3 * * *\"\n");
+    std::fs::write(&nightly, text).expect("write");
+    let child = faultline(&cp)
+        .arg("run")
+        .arg(&nightly)
+        .args(["--start-timeout", "2s"])
+        .spawn()
+        .expect("spawn");
+    eventually("the next start time", WAIT, || async {
+        (!status(&client).await["nextRunAt"].is_null()).then_some(())
+    })
+    .await;
+    interrupt(&child);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the run ends")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("nothing was injected"), "{stdout}");
+    eventually("the scheduled experiment gone", WAIT, || async {
+        experiments(&client)
+            .get_opt("slow-payments")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(entries(&client).await, 0);
 
     // The hypothesis fails (nothing answers on port 9): exit 1, a report.
     let junit = cp.dir().join("junit.xml");
@@ -169,8 +238,7 @@ async fn game_days_on_a_real_api_server_exit_0_1_and_3() {
         (entries(&client).await == 2).then_some(())
     })
     .await;
-    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    interrupt(&child);
     let out = tokio::time::timeout(WAIT, child.wait_with_output())
         .await
         .expect("the run ends")
