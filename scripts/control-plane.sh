@@ -10,6 +10,11 @@
 # Binaries are cached by version under ${FAULTLINE_PEERS_DIR:-target/peers},
 # so a warm run builds nothing. Go is used only here, never by the product.
 set -euo pipefail
+# DIR is the caller's, not the repository's.
+if [ $# -eq 2 ]; then
+    mkdir -p "$2"
+    dir="$(cd "$2" && pwd)"
+fi
 cd "$(dirname "$0")/.."
 
 peers="${FAULTLINE_PEERS_DIR:-$PWD/target/peers}"
@@ -43,12 +48,12 @@ case "${1:-}" in
     up)
         [ $# -eq 2 ] || { echo "usage: $0 up DIR" >&2; exit 2; }
         build
-        command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
-        exec cargo run --quiet --locked -p faultline-testkit --bin faultline-control-plane -- up "$2" --bin "$out"
+        command -v openssl >/dev/null || { echo "control-plane.sh: openssl is needed (Debian package openssl)" >&2; exit 1; }
+        exec cargo run --quiet --locked -p faultline-testkit --bin faultline-control-plane -- up "$dir" --bin "$out"
         ;;
     down)
         [ $# -eq 2 ] || { echo "usage: $0 down DIR" >&2; exit 2; }
-        exec cargo run --quiet --locked -p faultline-testkit --bin faultline-control-plane -- down "$2"
+        exec cargo run --quiet --locked -p faultline-testkit --bin faultline-control-plane -- down "$dir"
         ;;
     *)
         echo "usage: $0 build | up DIR | down DIR" >&2

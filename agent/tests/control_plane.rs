@@ -11,34 +11,15 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use common::*;
-use faultline_testkit::cluster::{ControlPlane, Options, eventually};
-use kube::{
-    Api,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
-};
+use faultline_testkit::cluster::{ControlPlane, Options, eventually, faultline_api};
 use mock_collector::{MockServer, Protocol};
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
 const WAIT: Duration = Duration::from_secs(30);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn api(client: &kube::Client, kind: &str, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", kind),
-        plural,
-    );
-    match ns {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    }
-}
 
 /// The cgroup the kubelet's systemd driver gives a burstable pod's container.
 fn pod_cgroup(uid: &str, container: &str) -> String {
@@ -61,7 +42,7 @@ fn an_experiment_applied_with_kubectl_partitions_and_kills_for_real() {
     let Some(mut cp) = rt.block_on(ControlPlane::start(Options::default())) else {
         return;
     };
-    let chart = rt.block_on(cp.install_chart(&repo(), &[]));
+    let chart = rt.block_on(cp.install_chart());
     let net = NetPair::new();
     let addr = net.listen();
     let (checkout, cart) = rt.block_on(async {
@@ -168,8 +149,8 @@ spec:
     assert_eq!(tree.ended_by(cart_process), Some(9), "killed by SIGKILL");
 
     let client = rt.block_on(cp.client());
-    let nfs = api(&client, "NodeFaults", "nodefaults", None);
-    let exps = api(&client, "Experiment", "experiments", Some("shop"));
+    let nfs = faultline_api(&client, "NodeFaults", None);
+    let exps = faultline_api(&client, "Experiment", Some("shop"));
     let node_a = rt.block_on(eventually("node-a's status: applied", WAIT, || async {
         let nf = nfs.get("node-a").await.ok()?;
         let states: Vec<Value> = nf.data["status"]["faults"]
@@ -203,14 +184,18 @@ spec:
     // The API server goes away past the fault's deadline: the agent removes
     // the partition at its expiresAt with nobody telling it to.
     cp.stop_apiserver();
+    assert!(
+        !net.reachable(addr),
+        "the partition must still be in place when the API server goes"
+    );
     net.expect_reachable(addr, true, 20 * SEC, &agent);
     assert!(!net.ruleset().contains("faultline"), "no table left");
 
     // Back, the controller finishes the run and empties the node.
     rt.block_on(cp.start_apiserver());
     let client = rt.block_on(cp.client());
-    let nfs = api(&client, "NodeFaults", "nodefaults", None);
-    let exps = api(&client, "Experiment", "experiments", Some("shop"));
+    let nfs = faultline_api(&client, "NodeFaults", None);
+    let exps = faultline_api(&client, "Experiment", Some("shop"));
     let status = rt.block_on(eventually("the run completed", 60 * SEC, || async {
         let e = exps.get("cut-checkout").await.ok()?;
         (e.data["status"]["phase"] == "Completed").then(|| e.data["status"].clone())

@@ -9,15 +9,15 @@ mod common;
 use std::path::Path;
 
 use common::{By, refusals, repo};
-use faultline_testkit::cluster::{ControlPlane, Options};
+use faultline_testkit::cluster::{ControlPlane, Options, faultline_api};
 use kube::{
     Api,
-    api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
+    api::{DynamicObject, PostParams},
 };
 use serde_json::Value;
 
 fn run(cmd: &mut std::process::Command) -> (bool, String) {
-    let out = cmd.output().expect("run kubectl (FAULTLINE_KUBECTL)");
+    let out = cmd.output().expect("run kubectl");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -27,19 +27,11 @@ fn run(cmd: &mut std::process::Command) -> (bool, String) {
 }
 
 fn api_for(client: &kube::Client, object: &Value) -> Api<DynamicObject> {
-    let kind = object["kind"].as_str().expect("kind");
-    let plural = match kind {
-        "Experiment" => "experiments",
-        _ => "nodefaults",
-    };
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", kind),
-        plural,
-    );
-    match object["metadata"]["namespace"].as_str() {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    }
+    faultline_api(
+        client,
+        object["kind"].as_str().expect("kind"),
+        object["metadata"]["namespace"].as_str(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,20 +8,13 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use faultline_testkit::{
     KillOnDrop,
-    cluster::{ControlPlane, Options, eventually},
+    cluster::{ControlPlane, Options, eventually, faultline_api},
 };
-use kube::{
-    Api,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
-};
+use kube::{Api, api::DynamicObject};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(40);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// A control plane with the chart, a shop (payments on two nodes) and the
 /// controller running.
@@ -35,7 +28,7 @@ async fn cluster() -> Option<(ControlPlane, KillOnDrop)> {
 /// controller's kubeconfig, for the caller to start it.
 async fn shop() -> Option<(ControlPlane, PathBuf)> {
     let cp = ControlPlane::start(Options::default()).await?;
-    let chart = cp.install_chart(&repo(), &[]).await;
+    let chart = cp.install_chart().await;
     cp.namespace("shop", true).await;
     for (i, node) in ["node-a", "node-b"].iter().enumerate() {
         cp.node(node).await;
@@ -108,21 +101,13 @@ async fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
 }
 
 fn experiments(client: &kube::Client) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "Experiment"),
-        "experiments",
-    );
-    Api::namespaced_with(client.clone(), "shop", &resource)
+    faultline_api(client, "Experiment", Some("shop"))
 }
 
 /// Entries on every NodeFaults object.
 async fn entries(client: &kube::Client) -> usize {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "NodeFaults"),
-        "nodefaults",
-    );
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    api.list(&Default::default())
+    faultline_api(client, "NodeFaults", None)
+        .list(&Default::default())
         .await
         .map(|l| {
             l.items
@@ -167,7 +152,14 @@ async fn game_days_on_a_real_api_server_exit_0_1_3_and_4() {
             .then_some(())
     })
     .await;
-    let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    let (_controller, metrics) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    eventually("the controller ready", WAIT, || async {
+        let (status, _) = faultline_testkit::http(metrics, "GET", "/readyz", &[], b"")
+            .await
+            .ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
 
     // Ctrl-C while a scheduled run waits for its start: exit 3, nothing
     // injected, the experiment deleted (its finalizer lets it go).

@@ -11,17 +11,14 @@
 //! FAULTLINE_HELM as for the tests). FAULTLINE_SCALE_NODES and
 //! FAULTLINE_SCALE_PODS change the size.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use faultline_testkit::cluster::{ControlPlane, Options, eventually};
+use faultline_testkit::cluster::{ControlPlane, Options, eventually, faultline_api};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    api::{DynamicObject, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -74,11 +71,12 @@ async fn bench(nodes: usize, pods: usize) {
         ..Options::default()
     };
     let Some(cp) = ControlPlane::start(options).await else {
-        eprintln!("FAULTLINE_CONTROL_PLANE is not set; see scripts/control-plane.sh build");
+        eprintln!(
+            "no control plane: see scripts/control-plane.sh build and FAULTLINE_CONTROL_PLANE"
+        );
         return;
     };
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let chart = cp.install_chart(&repo, &[]).await;
+    let chart = cp.install_chart().await;
     cp.namespace("shop", true).await;
     let client = cp.client().await;
 
@@ -168,11 +166,7 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "NodeFaults"),
-        "nodefaults",
-    );
-    let nf_api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let nf_api = faultline_api(&client, "NodeFaults", None);
     eventually("every entry written", Duration::from_secs(600), || async {
         let (total, objects) = entries(&nf_api).await;
         (total == pods && objects == nodes).then_some(())
@@ -192,11 +186,7 @@ spec:
         .find_map(|l| l.strip_prefix("faultline_controller_nodefaults_writes_total "))
         .unwrap_or("?")
         .to_owned();
-    let exp_resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", "Experiment"),
-        "experiments",
-    );
-    let exps: Api<DynamicObject> = Api::namespaced_with(client.clone(), "shop", &exp_resource);
+    let exps = faultline_api(&client, "Experiment", Some("shop"));
     let status = eventually(
         "the status counting every target",
         Duration::from_secs(60),

@@ -24,13 +24,10 @@ use std::{
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{
     Api, Client, Config,
-    api::{Patch, PatchParams, PostParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 use serde_json::{Value, json};
-
-/// The Kubernetes release `testenv/go.mod` pins.
-pub const KUBERNETES_VERSION: &str = "v1.37.2";
 
 /// What to start beside etcd and kube-apiserver.
 #[derive(Debug, Clone)]
@@ -84,8 +81,6 @@ pub struct ControlPlane {
     pub url: String,
     /// An admin kubeconfig (system:masters), for kubectl, helm and the CLI.
     pub kubeconfig: PathBuf,
-    /// etcd's client address.
-    pub etcd: std::net::SocketAddr,
     admin_token: String,
     procs: Vec<Proc>,
 }
@@ -151,7 +146,7 @@ fn random_token() -> Result<String, Error> {
 }
 
 /// The last `n` lines of a file, for error messages.
-pub fn tail(path: &Path, n: usize) -> String {
+fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -192,6 +187,12 @@ impl ControlPlane {
         temp: Option<tempfile::TempDir>,
     ) -> Result<ControlPlane, Error> {
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        // It holds an admin token and the token signing key: the owner's only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(format!("chmod {}", dir.display())))?;
+        }
         let dir = dir.canonicalize().map_err(io("canonicalize"))?;
         let (etcd_port, peer_port, api_port) =
             (crate::free_port(), crate::free_port(), crate::free_port());
@@ -271,7 +272,6 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             url: format!("https://127.0.0.1:{api_port}"),
             kubeconfig: dir.join("kubeconfig"),
-            etcd: std::net::SocketAddr::from(([127, 0, 0, 1], etcd_port)),
             dir,
             _temp: temp,
             bin: bin.to_owned(),
@@ -295,6 +295,7 @@ impl ControlPlane {
             Err(e) => {
                 // Nothing half-started stays behind, detached or not.
                 cp.stop_all();
+                let _ = std::fs::remove_file(cp.dir.join("pids"));
                 Err(e)
             }
         }
@@ -350,11 +351,6 @@ impl ControlPlane {
         self.dir.join("certs").join("apiserver.crt")
     }
 
-    /// The admin's bearer token (system:masters).
-    pub fn admin_token(&self) -> &str {
-        &self.admin_token
-    }
-
     /// The pids of the running processes, by name.
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
         self.procs
@@ -396,6 +392,11 @@ impl ControlPlane {
             .spawn()
             .map_err(io(format!("start {}", program.display())))?;
         proc.child = Some(child);
+        if detach {
+            // Written at once, so `down` finds a process even when `up`
+            // is interrupted before the server is ready.
+            self.write_pids()?;
+        }
         Ok(())
     }
 
@@ -513,12 +514,6 @@ impl ControlPlane {
         self.write_kubeconfig(&path, user, token)
             .expect("write a kubeconfig");
         path
-    }
-
-    /// A kube client acting with `token`.
-    pub async fn client_with_token(&self, user: &str, token: &str) -> Client {
-        let path = self.kubeconfig_with_token(user, token);
-        self.client_for(&path).await.expect("a client")
     }
 
     /// A token for ServiceAccount `namespace/name` from the TokenRequest
@@ -761,16 +756,17 @@ fn service_account_key(dir: &Path) -> Result<(), Error> {
     ])
 }
 
-/// Stops what `faultline-control-plane up DIR` started, from `DIR/pids`:
-/// SIGTERM, then SIGKILL after five seconds. A pid whose command line no
-/// longer names the process (reused since) is left alone.
+/// Stops what `faultline-control-plane up DIR` started, from `DIR/pids`,
+/// the last started first: SIGTERM, then SIGKILL after five seconds. A pid
+/// whose command line does not name DIR (reused since) is left alone.
 pub fn stop_detached(dir: &Path) -> Result<usize, Error> {
     let text = std::fs::read_to_string(dir.join("pids"))
         .map_err(io(format!("read {}", dir.join("pids").display())))?;
+    let dir = dir.canonicalize().map_err(io("canonicalize"))?;
     let mut stopped = 0;
     let mut live: Vec<rustix::process::Pid> = Vec::new();
-    for line in text.lines() {
-        let Some((name, pid)) = line.split_once(' ') else {
+    for line in text.lines().rev() {
+        let Some((_, pid)) = line.split_once(' ') else {
             continue;
         };
         let Some(pid) = pid
@@ -783,7 +779,8 @@ pub fn stop_detached(dir: &Path) -> Result<usize, Error> {
         };
         let cmdline =
             std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains(name) {
+        // Each process's arguments name a file in DIR.
+        if !String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
             continue;
         }
         if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
@@ -839,30 +836,21 @@ impl Chart {
 }
 
 impl ControlPlane {
-    /// Renders `charts/faultline` with helm (`FAULTLINE_HELM`, else `helm`)
-    /// and `--set` these values, and applies it; panics with helm's or
-    /// kubectl's output when either fails.
-    pub async fn install_chart(&self, repo: &Path, values: &[&str]) -> Chart {
+    /// Renders `charts/faultline` (default values) with helm
+    /// (`FAULTLINE_HELM`, else `helm`) and applies it; panics with helm's
+    /// or kubectl's output when either fails.
+    pub async fn install_chart(&self) -> Chart {
         let chart = Chart {
             namespace: "faultline".into(),
             release: "faultline".into(),
         };
         self.namespace(&chart.namespace, false).await;
         let helm = std::env::var("FAULTLINE_HELM").unwrap_or_else(|_| "helm".into());
-        let mut args = vec![
-            "template".to_owned(),
-            chart.release.clone(),
-            repo.join("charts/faultline").display().to_string(),
-            "--namespace".into(),
-            chart.namespace.clone(),
-            "--include-crds".into(),
-        ];
-        for v in values {
-            args.push("--set".into());
-            args.push((*v).to_owned());
-        }
         let out = Command::new(&helm)
-            .args(&args)
+            .arg("template")
+            .arg(&chart.release)
+            .arg(repo().join("charts/faultline"))
+            .args(["--namespace", &chart.namespace, "--include-crds"])
             .output()
             .unwrap_or_else(|e| panic!("run {helm}: {e}"));
         assert!(
@@ -934,6 +922,28 @@ impl ControlPlane {
     }
 }
 
+/// The workspace's root folder.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// An API for one of Faultline's kinds (`Experiment` in `namespace`,
+/// cluster-wide `NodeFaults`), as untyped objects: what tests read back.
+pub fn faultline_api(client: &Client, kind: &str, namespace: Option<&str>) -> Api<DynamicObject> {
+    let plural = match kind {
+        "Experiment" => "experiments",
+        _ => "nodefaults",
+    };
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("faultline.dev", "v1alpha1", kind),
+        plural,
+    );
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
 /// Polls `f` until it yields a value, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -999,7 +1009,12 @@ impl ControlPlane {
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         let child = Command::new(workspace_bin("faultline-controller"))
             .env("KUBECONFIG", kubeconfig)
+            // Only what the test says: nothing of the caller's setting.
             .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("FAULTLINE_OBSERVER")
+            .env_remove("FAULTLINE_LEADER_ELECT")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
             .env("RUST_LOG", "info,faultline_controller=debug")
             .args(["--lease-namespace", "faultline", "--identity", identity])
             .args(["--tick", "200ms", "--check-every", "200ms"])

@@ -73,10 +73,6 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            if let Err(e) = cp.write_pids() {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
-            }
             println!("kube-apiserver is ready at {}", cp.url);
             println!("export KUBECONFIG={}", cp.kubeconfig.display());
             println!("logs: {}/*.log", cp.dir().display());
