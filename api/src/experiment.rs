@@ -269,6 +269,26 @@ pub struct ErrorRateCheck {
     /// The sliding window (default 30s).
     #[serde(default = "default_window")]
     pub window: Duration,
+    /// Fewer requests than this in the window is no evidence: the check is
+    /// not judged then (default 10; 0 judges an empty window as met).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+}
+
+/// How many requests a window needs before a rate or latency check is
+/// judged on it, when the check does not say.
+pub const DEFAULT_MIN_REQUESTS: u32 = 10;
+
+impl ErrorRateCheck {
+    pub fn min_requests(&self) -> u32 {
+        self.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS)
+    }
+}
+
+impl LatencyCheck {
+    pub fn min_requests(&self) -> u32 {
+        self.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS)
+    }
 }
 
 /// A latency percentile of a service, over a sliding window.
@@ -286,6 +306,10 @@ pub struct LatencyCheck {
     /// The sliding window (default 30s).
     #[serde(default = "default_window")]
     pub window: Duration,
+    /// Fewer requests than this in the window is no evidence: the check is
+    /// not judged then (default 10; 0 judges an empty window as met).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
 }
 
 /// A circuit breaker of a service must reach (or be in) a state.
@@ -351,6 +375,9 @@ string_enum! {
         Passed = "Passed",
         Failed = "Failed",
         Aborted = "Aborted",
+        /// Nothing failed, but a hypothesis check was never judged in a
+        /// phase it names (too few requests, a service never seen).
+        Inconclusive = "Inconclusive",
     }
 }
 
@@ -414,6 +441,14 @@ pub struct CheckStatus {
     /// How often it has been evaluated in this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluations: Option<u32>,
+    /// The phases in which it was judged on enough evidence so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub judged: Vec<CheckPhase>,
+    /// Why it was last not judged (e.g. "3 requests, fewer than 10").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub not_judged: Option<String>,
     /// An abort check (it stops the run when it fails).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub abort: bool,
@@ -552,30 +587,39 @@ impl Decode for Check {
 
 impl Decode for ErrorRateCheck {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
-        let f = Fields::new(cx, node, path, &["service", "max", "window"])?;
+        let f = Fields::new(cx, node, path, &["service", "max", "window", "minRequests"])?;
         let service = f.req(cx, "service");
         let max = f.req(cx, "max");
         let window = f.opt(cx, "window");
+        let min_requests = f.opt(cx, "minRequests");
         Some(ErrorRateCheck {
             service: service?,
             max: max?,
             window: window?.unwrap_or_else(default_window),
+            min_requests: min_requests?,
         })
     }
 }
 
 impl Decode for LatencyCheck {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
-        let f = Fields::new(cx, node, path, &["service", "percentile", "max", "window"])?;
+        let f = Fields::new(
+            cx,
+            node,
+            path,
+            &["service", "percentile", "max", "window", "minRequests"],
+        )?;
         let service = f.req(cx, "service");
         let percentile = f.req(cx, "percentile");
         let max = f.req(cx, "max");
         let window = f.opt(cx, "window");
+        let min_requests = f.opt(cx, "minRequests");
         Some(LatencyCheck {
             service: service?,
             percentile: percentile?,
             max: max?,
             window: window?.unwrap_or_else(default_window),
+            min_requests: min_requests?,
         })
     }
 }

@@ -28,9 +28,9 @@ pub use cron::CronSchedule;
 pub use diag::{Diagnostic, Pos};
 pub use document::{API_VERSION, FromResource, Parsed, Resource, parse_documents, parse_one};
 pub use experiment::{
-    BreakerCheck, BreakerState, Check, CheckKind, CheckPhase, CheckStatus, ErrorRateCheck,
-    Experiment, ExperimentSpec, ExperimentStatus, Fault, HttpCheck, LatencyCheck, Limits, Phase,
-    SelectionMode, TargetSelector, Verdict,
+    BreakerCheck, BreakerState, Check, CheckKind, CheckPhase, CheckStatus, DEFAULT_MIN_REQUESTS,
+    ErrorRateCheck, Experiment, ExperimentSpec, ExperimentStatus, Fault, HttpCheck, LatencyCheck,
+    Limits, Phase, SelectionMode, TargetSelector, Verdict,
 };
 pub use fault::{
     Direction, FaultAction, Kill, KillMethod, Latency, MAX_PEERS, Partition, Signal, parse_cidr,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use faultline_api::{Experiment, ExperimentStatus, Phase, Verdict};
-use faultline_engine::{CheckReport, Entry, Evaluation};
+use faultline_engine::{CheckReport, Entry};
 use faultline_runtime::Outcome;
 use kube::{
     Api, Client, ResourceExt,
@@ -352,25 +352,7 @@ fn progress_line(s: &ExperimentStatus) -> String {
 
 /// The run as the local mode's reports read it, built from the status.
 fn outcome_of(status: &ExperimentStatus, journal: Vec<Entry>) -> Outcome {
-    let report = status
-        .checks
-        .iter()
-        .map(|c| CheckReport {
-            name: c.name.clone(),
-            abort: c.abort,
-            passed: c.passed != Some(false),
-            evaluations: c.evaluations.unwrap_or(0),
-            last: match (&c.observed, &c.expected) {
-                (Some(observed), Some(expected)) => Some(Evaluation {
-                    passed: c.passed == Some(true),
-                    observed: observed.clone(),
-                    expected: expected.clone(),
-                }),
-                _ => None,
-            },
-            failure: c.message.clone(),
-        })
-        .collect();
+    let report = status.checks.iter().map(CheckReport::from_status).collect();
     Outcome {
         verdict: status.verdict.unwrap_or(Verdict::Aborted),
         phase: status.phase.unwrap_or(Phase::Recovered),

@@ -13,6 +13,9 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_ABORTED: u8 = 3;
 pub const EXIT_BROKE: u8 = 4;
+/// Nothing failed, but a hypothesis check was never judged on enough
+/// evidence in a phase it names: not a pass.
+pub const EXIT_INCONCLUSIVE: u8 = 5;
 
 pub(crate) fn load<T: faultline_api::FromResource>(path: &Path) -> Result<T, ExitCode> {
     let name = path.display().to_string();
@@ -241,11 +244,23 @@ where
         if code == EXIT_ABORTED || code == EXIT_BROKE {
             return code;
         }
-        worst = worst.max(code);
+        worst = worse(worst, code);
         if follow.runs.is_some_and(|n| done >= n) {
             return worst;
         }
     }
+}
+
+/// The worse of two runs' exit codes: a failed run outweighs an
+/// inconclusive one, which outweighs a pass (5 is not worse than 1).
+fn worse(a: u8, b: u8) -> u8 {
+    let rank = |code: u8| match code {
+        EXIT_PASSED => 0,
+        EXIT_INCONCLUSIVE => 1,
+        EXIT_FAILED => 2,
+        other => 3 + u16::from(other),
+    };
+    if rank(b) > rank(a) { b } else { a }
 }
 
 /// Sleeps until the wall clock reaches `at`, in steps so that a clock change
@@ -604,6 +619,7 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
             });
         let result = match (r.abort, r.passed, r.evaluations) {
             (_, _, 0) => "not run",
+            (false, false, _) if r.failure.is_none() && r.inconclusive.is_some() => "UNJUDGED",
             (true, true, _) => "held",
             (true, false, _) => "TRIPPED",
             (false, true, _) => "passed",
@@ -616,7 +632,7 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
             observed,
             expected
         );
-        if let Some(f) = &r.failure {
+        if let Some(f) = r.failure.as_ref().or(r.inconclusive.as_ref()) {
             say!("    {f}");
         }
     }
@@ -633,6 +649,10 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
         Verdict::Passed => ("PASSED: the hypothesis held", EXIT_PASSED),
         Verdict::Failed => ("FAILED: the hypothesis did not hold", EXIT_FAILED),
         Verdict::Aborted => ("ABORTED: every fault was removed", EXIT_ABORTED),
+        Verdict::Inconclusive => (
+            "INCONCLUSIVE: a check was never judged on enough evidence",
+            EXIT_INCONCLUSIVE,
+        ),
     };
     say!("{word}");
     code

@@ -56,7 +56,9 @@ enum Command {
     ///
     /// Exit 0 when the hypothesis held, 1 when it did not, 2 on invalid
     /// input (nothing started), 3 when aborted (every fault removed; Ctrl-C
-    /// aborts), 4 when the run itself broke (no cluster, no controller).
+    /// aborts), 4 when the run itself broke (no cluster, no controller), 5
+    /// when nothing failed but a check was never judged on enough evidence
+    /// (too few requests, a service never seen).
     Run {
         /// The Experiment file.
         experiment: PathBuf,
@@ -169,8 +171,8 @@ enum Command {
     },
 }
 
-/// Exit codes shared by every command (see docs/architecture.md).
-pub const EXIT_INVALID: u8 = 2;
+/// Exit code 2, shared by every command (see docs/architecture.md).
+pub(crate) use local::EXIT_INVALID;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

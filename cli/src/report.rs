@@ -45,12 +45,18 @@ pub fn junit(experiment: &str, outcome: &Outcome, seconds: f64) -> String {
                 r.last.as_ref().map_or((String::new(), String::new()), |e| {
                     (e.observed.clone(), e.expected.clone())
                 });
+            // Never judged on enough evidence is no pass: a failure too,
+            // typed so that CI tells it from a threshold missed.
+            let (kind, why) = match (&r.failure, &r.inconclusive) {
+                (None, Some(why)) => ("inconclusive", why.as_str()),
+                (failure, _) => (class, failure.as_deref().unwrap_or("")),
+            };
             let _ = write!(
                 cases,
-                "\n      <failure type=\"{class}\" message=\"observed {}, expected {}\">{}</failure>\n    ",
+                "\n      <failure type=\"{kind}\" message=\"observed {}, expected {}\">{}</failure>\n    ",
                 xml(&observed),
                 xml(&expected),
-                xml(r.failure.as_deref().unwrap_or(""))
+                xml(why)
             );
         } else if r.evaluations == 0 {
             let _ = write!(
@@ -92,6 +98,9 @@ pub fn journal(experiment: &str, outcome: &Outcome) -> String {
             "observed": r.last.as_ref().map(|e| e.observed.clone()),
             "expected": r.last.as_ref().map(|e| e.expected.clone()),
             "failure": r.failure,
+            "judged": r.judged,
+            "notJudged": r.not_judged,
+            "inconclusive": r.inconclusive,
         })).collect::<Vec<_>>(),
         "restarts": outcome.restarts,
         "supervisor": outcome.log,

@@ -486,3 +486,73 @@ fn sigterm_and_sighup_recover_and_leave_nothing_behind() {
         );
     }
 }
+
+#[test]
+fn a_run_without_traffic_is_inconclusive_with_exit_5() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = payments_only(dir.path());
+    // Nobody sends payments a request: its checks have nothing to go by.
+    let experiment = |min_requests: &str| {
+        let path = dir.path().join("quiet.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: quiet, namespace: demo}}
+spec:
+  duration: 3s
+  targets:
+    payments: {{labels: {{app: payments}}}}
+  faults:
+    - {{name: slow, target: payments, latency: {{delay: 50ms}}}}
+  hypothesis:
+    - name: payments errors
+      errorRate: {{service: payments, max: 5%, window: 2s{min_requests}}}
+    - name: payments p99
+      latency: {{service: payments, percentile: 99, max: 500ms, window: 2s{min_requests}}}
+"
+            ),
+        )
+        .expect("write");
+        path
+    };
+    let junit = dir.path().join("quiet.xml");
+    let out = faultline("quiet")
+        .arg("run")
+        .arg(experiment(""))
+        .arg("--local")
+        .arg(&topology)
+        .arg("--no-dashboard")
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .expect("runs");
+    let stdout = exited_with(&out, 5);
+    assert!(stdout.contains("INCONCLUSIVE"), "{stdout}");
+    assert!(
+        stdout.contains("payments errors: not judged during: no requests"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("PASSED"), "{stdout}");
+    // Both checks are failures in the report, typed inconclusive.
+    junitparser_reads(&junit, 2, 2);
+    let report = std::fs::read_to_string(&junit).expect("junit");
+    assert_eq!(
+        report.matches("type=\"inconclusive\"").count(),
+        2,
+        "{report}"
+    );
+
+    // minRequests: 0 asks, explicitly, for an empty window to count as met.
+    let out = faultline("quiet")
+        .arg("run")
+        .arg(experiment(", minRequests: 0"))
+        .arg("--local")
+        .arg(&topology)
+        .arg("--no-dashboard")
+        .output()
+        .expect("runs");
+    let stdout = exited_with(&out, 0);
+    assert!(stdout.contains("PASSED"), "{stdout}");
+}

@@ -134,7 +134,10 @@ impl ObserverClient {
                     .service(&c.service, window_secs(c.window), None)
                     .await?
                 {
-                    Some(f) if f.requests > 0 => Observed::Rate(f.error_rate),
+                    Some(f) if f.requests > 0 => Observed::Rate {
+                        rate: f.error_rate,
+                        requests: f.requests,
+                    },
                     _ => Observed::NoData,
                 }
             }
@@ -142,8 +145,8 @@ impl ObserverClient {
                 let f = self
                     .service(&c.service, window_secs(c.window), Some(c.percentile))
                     .await?;
-                match f.and_then(|f| f.percentile).and_then(|p| p.ms) {
-                    Some(ms) => Observed::LatencyMs(ms),
+                match f.and_then(|f| Some((f.percentile?.ms?, f.requests))) {
+                    Some((ms, requests)) => Observed::LatencyMs { ms, requests },
                     None => Observed::NoData,
                 }
             }

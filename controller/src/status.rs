@@ -42,12 +42,22 @@ pub fn of_run(
         .into_iter()
         .map(|r| CheckStatus {
             name: r.name,
-            passed: (r.evaluations > 0 || r.failure.is_some()).then_some(r.passed),
+            // Unset until judged on enough evidence; an inconclusive check
+            // carries its reason as the message with `passed` unset.
+            passed: if r.failure.is_some() {
+                Some(false)
+            } else if r.inconclusive.is_some() || r.judged.is_empty() {
+                None
+            } else {
+                Some(true)
+            },
             observed: r.last.as_ref().map(|e| e.observed.clone()),
             expected: r.last.as_ref().map(|e| e.expected.clone()),
             evaluations: Some(r.evaluations),
+            judged: r.judged,
+            not_judged: r.not_judged.map(|m| m.chars().take(256).collect()),
             abort: r.abort,
-            message: r.failure,
+            message: r.failure.or(r.inconclusive),
         })
         .collect();
     let phase = run.phase();
@@ -133,6 +143,7 @@ fn conditions(
         (_, Some(Verdict::Passed)) => ("True", "Passed"),
         (_, Some(Verdict::Failed)) => ("False", "Failed"),
         (_, Some(Verdict::Aborted)) => ("False", "Aborted"),
+        (_, Some(Verdict::Inconclusive)) => ("False", "Inconclusive"),
         (_, None) => ("Unknown", "Running"),
     };
     vec![
@@ -168,15 +179,18 @@ pub(crate) fn resume_of(status: &ExperimentStatus) -> Resume {
             .iter()
             .map(|c| ResumedCheck {
                 evaluations: c.evaluations.unwrap_or(0),
-                failure: c.message.clone(),
-                last: match (&c.observed, &c.expected, c.passed) {
-                    (Some(observed), Some(expected), Some(passed)) => Some(Evaluation {
-                        passed,
+                failure: c.message.clone().filter(|_| c.passed == Some(false)),
+                last: match (&c.observed, &c.expected) {
+                    (Some(observed), Some(expected)) => Some(Evaluation {
+                        judged: c.passed.is_some(),
+                        passed: c.passed.unwrap_or(false),
                         observed: observed.clone(),
                         expected: expected.clone(),
                     }),
                     _ => None,
                 },
+                judged: c.judged.clone(),
+                not_judged: c.not_judged.clone(),
             })
             .collect(),
     }
@@ -213,7 +227,10 @@ spec:
         run.step(Duration::ZERO, &cands);
         for c in run.due(Duration::from_secs(1)) {
             let observed = if c.index == 0 {
-                Observed::Rate(0.09)
+                Observed::Rate {
+                    rate: 0.09,
+                    requests: 100,
+                }
             } else {
                 Observed::Breaker {
                     state: faultline_api::BreakerState::Open,

@@ -62,6 +62,10 @@ pub struct ResumedCheck {
     pub evaluations: u32,
     pub failure: Option<String>,
     pub last: Option<Evaluation>,
+    /// Phases in which it was judged on enough evidence.
+    pub judged: Vec<CheckPhase>,
+    /// Why it was last not judged.
+    pub not_judged: Option<String>,
 }
 
 /// A check to evaluate now: index into the spec's `hypothesis` or `abort`.
@@ -86,6 +90,12 @@ struct CheckState {
     /// The first failure, as a message.
     failure: Option<String>,
     last: Option<Evaluation>,
+    /// Phases in which it was judged on enough evidence.
+    judged: BTreeSet<CheckPhase>,
+    /// Why it was last not judged (too few requests, nothing seen).
+    not_judged: Option<String>,
+    /// Set at the end: the phases it names that it was never judged in.
+    inconclusive: Option<String>,
     /// A breaker check with `within` has reached its state.
     reached: bool,
 }
@@ -95,10 +105,17 @@ struct CheckState {
 pub struct CheckReport {
     pub name: String,
     pub abort: bool,
+    /// Judged in every phase it names, and never failed.
     pub passed: bool,
     pub evaluations: u32,
     pub last: Option<Evaluation>,
     pub failure: Option<String>,
+    /// Phases it was judged in.
+    pub judged: Vec<CheckPhase>,
+    /// Why it was last not judged.
+    pub not_judged: Option<String>,
+    /// Nothing failed, but it was never judged in a phase it names.
+    pub inconclusive: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +214,8 @@ impl Run {
             state.evaluations = saved.evaluations;
             state.failure = saved.failure.clone();
             state.last = saved.last.clone();
+            state.judged = saved.judged.iter().copied().collect();
+            state.not_judged = saved.not_judged.clone();
             if saved.evaluations > 0 {
                 state.done = done.clone();
             }
@@ -579,6 +598,21 @@ impl Run {
         };
         state.evaluations += 1;
         state.done.insert(phase);
+        if !evaluation.judged {
+            // No evidence either way: it neither fails nor aborts the run,
+            // and counts for nothing towards a pass.
+            state.not_judged = Some(evaluation.observed.clone());
+            state.last = Some(evaluation.clone());
+            self.journal.push(Entry {
+                at: now,
+                event: format!(
+                    "check {name} ({phase}): not judged (observed {}, expected {})",
+                    evaluation.observed, evaluation.expected
+                ),
+            });
+            return evaluation;
+        }
+        state.judged.insert(phase);
         let observed_reached = within.is_some() && evaluation.passed;
         if let (Some((within, _)), Some(origin)) = (within.clone(), origin) {
             if evaluation.passed {
@@ -694,9 +728,38 @@ impl Run {
                 ));
             }
         }
+        // Judged in some phases only is no evidence for the others: a check
+        // of the fault's window with no traffic during it proves nothing.
+        for (i, c) in self.spec.hypothesis.iter().enumerate() {
+            let state = &mut self.hypothesis[i];
+            let missing: Vec<String> = c
+                .phases()
+                .iter()
+                .filter(|p| !state.judged.contains(p))
+                .map(ToString::to_string)
+                .collect();
+            if state.failure.is_none() && !missing.is_empty() {
+                state.inconclusive = Some(format!(
+                    "{}: not judged {}: {}",
+                    c.display_name(),
+                    missing.join(", "),
+                    state.not_judged.as_deref().unwrap_or("no figures")
+                ));
+            }
+        }
         let failed = self.hypothesis.iter().any(|s| s.failure.is_some());
+        let inconclusive: Vec<&str> = self
+            .hypothesis
+            .iter()
+            .filter_map(|s| s.inconclusive.as_deref())
+            .collect();
         self.verdict = Some(if failed {
             Verdict::Failed
+        } else if !inconclusive.is_empty() {
+            if self.message.is_none() {
+                self.message = Some(format!("not enough evidence: {}", inconclusive.join("; ")));
+            }
+            Verdict::Inconclusive
         } else {
             Verdict::Passed
         });
@@ -708,10 +771,13 @@ impl Run {
         let one = |abort: bool, c: &faultline_api::Check, s: &CheckState| CheckReport {
             name: c.display_name(),
             abort,
-            passed: s.failure.is_none(),
+            passed: s.failure.is_none() && s.inconclusive.is_none(),
             evaluations: s.evaluations,
             last: s.last.clone(),
             failure: s.failure.clone(),
+            judged: s.judged.iter().copied().collect(),
+            not_judged: s.not_judged.clone(),
+            inconclusive: s.inconclusive.clone(),
         };
         self.spec
             .hypothesis

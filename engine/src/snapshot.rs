@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use faultline_api::{ExperimentSpec, ExperimentStatus, Fault, Phase, Verdict};
+use faultline_api::{CheckStatus, ExperimentSpec, ExperimentStatus, Fault, Phase, Verdict};
 
 use crate::{CheckReport, Evaluation, Run};
 
@@ -113,22 +113,10 @@ impl Snapshot {
                     .checks
                     .iter()
                     .find(|s| s.name == name && s.abort == abort);
-                let evaluations = s.and_then(|s| s.evaluations).unwrap_or(0);
-                let last = s.and_then(|s| {
-                    Some(Evaluation {
-                        passed: s.passed?,
-                        observed: s.observed.clone()?,
-                        expected: s.expected.clone().unwrap_or_default(),
-                    })
-                });
-                CheckReport {
-                    name,
-                    abort,
-                    passed: s.and_then(|s| s.passed).unwrap_or(true),
-                    evaluations,
-                    last,
-                    failure: s.and_then(|s| s.message.clone()),
-                }
+                s.map_or_else(
+                    || CheckReport::not_yet(&name, abort),
+                    CheckReport::from_status,
+                )
             })
             .collect();
         Snapshot {
@@ -173,6 +161,52 @@ impl Run {
                 .collect(),
             checks: self.report(),
             injected: None,
+        }
+    }
+}
+
+impl CheckReport {
+    /// A check as an Experiment's status tells it. A message with
+    /// `passed` unset is why the check was not judged.
+    pub fn from_status(s: &CheckStatus) -> CheckReport {
+        let (failure, inconclusive) = match s.passed {
+            Some(false) => (s.message.clone(), None),
+            None => (None, s.message.clone()),
+            Some(true) => (None, None),
+        };
+        CheckReport {
+            name: s.name.clone(),
+            abort: s.abort,
+            passed: s.passed != Some(false) && inconclusive.is_none(),
+            evaluations: s.evaluations.unwrap_or(0),
+            last: match (&s.observed, &s.expected) {
+                (Some(observed), Some(expected)) => Some(Evaluation {
+                    judged: s.passed.is_some(),
+                    passed: s.passed == Some(true),
+                    observed: observed.clone(),
+                    expected: expected.clone(),
+                }),
+                _ => None,
+            },
+            failure,
+            judged: s.judged.clone(),
+            not_judged: s.not_judged.clone(),
+            inconclusive,
+        }
+    }
+
+    /// A check the status does not mention yet.
+    fn not_yet(name: &str, abort: bool) -> CheckReport {
+        CheckReport {
+            name: name.to_owned(),
+            abort,
+            passed: true,
+            evaluations: 0,
+            last: None,
+            failure: None,
+            judged: Vec::new(),
+            not_judged: None,
+            inconclusive: None,
         }
     }
 }

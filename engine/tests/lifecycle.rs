@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use faultline_api::{
-    BreakerState, Check, CheckKind, Direction, ErrorRateCheck, Experiment, ExperimentSpec, Fault,
-    FaultAction, Kill, Latency, Partition, Phase, SelectionMode, Signal, TargetSelector, Verdict,
-    parse_one,
+    BreakerState, Check, CheckKind, CheckPhase, Direction, ErrorRateCheck, Experiment,
+    ExperimentSpec, Fault, FaultAction, Kill, Latency, Partition, Phase, SelectionMode, Signal,
+    TargetSelector, Verdict, parse_one,
 };
 use faultline_engine::{Action, Candidate, CheckRef, Instance, Observed, Run};
 use proptest::prelude::*;
@@ -19,6 +19,14 @@ fn spec(yaml: &str) -> ExperimentSpec {
     match parse_one::<Experiment>(text.as_bytes()) {
         Ok(e) => e.spec,
         Err(d) => panic!("{d:?}\n{text}"),
+    }
+}
+
+/// An error rate over plenty of requests (evidence enough to judge).
+fn rate(rate: f64) -> Observed {
+    Observed::Rate {
+        rate,
+        requests: 1000,
     }
 }
 
@@ -108,7 +116,7 @@ fn a_passing_run_from_steady_state_to_verdict() {
             abort: false,
             index: 0,
         },
-        &Observed::Rate(0.0),
+        &rate(0.0),
     );
     // Before the fault's window nothing is active.
     assert!(run.step(s(1), &shop()).is_empty());
@@ -118,8 +126,8 @@ fn a_passing_run_from_steady_state_to_verdict() {
     assert_eq!(injects(&a).len(), 2);
     assert_eq!(run.phase(), Phase::Injecting);
     answer(&mut run, s(12), |c| match (c.abort, c.index) {
-        (true, _) => Observed::Rate(0.01),
-        (false, 1) => Observed::Rate(0.02),
+        (true, _) => rate(0.01),
+        (false, 1) => rate(0.02),
         _ => Observed::Breaker {
             state: BreakerState::Closed,
             for_secs: 12.0,
@@ -132,7 +140,7 @@ fn a_passing_run_from_steady_state_to_verdict() {
             state: BreakerState::Open,
             for_secs: 1.0,
         },
-        _ => Observed::Rate(0.02),
+        _ => rate(0.02),
     });
     // The window closes at 40 s, the experiment at 60 s.
     assert_eq!(removes(&run.step(s(40), &shop())).len(), 2);
@@ -166,7 +174,7 @@ fn a_passing_run_from_steady_state_to_verdict() {
 #[test]
 fn a_breaker_that_never_opens_within_its_limit_fails_the_run() {
     let mut run = Run::new(spec(SLOW), "shop", 7);
-    answer(&mut run, s(0), |_| Observed::Rate(0.0));
+    answer(&mut run, s(0), |_| rate(0.0));
     for t in [10, 20, 30, 31, 35] {
         run.step(s(t), &shop());
         answer(&mut run, s(t), |c| {
@@ -176,7 +184,7 @@ fn a_breaker_that_never_opens_within_its_limit_fails_the_run() {
                     for_secs: 30.0,
                 }
             } else {
-                Observed::Rate(0.0)
+                rate(0.0)
             }
         });
     }
@@ -196,15 +204,15 @@ fn a_breaker_that_never_opens_within_its_limit_fails_the_run() {
 #[test]
 fn an_abort_check_stops_the_run_and_removes_everything() {
     let mut run = Run::new(spec(SLOW), "shop", 7);
-    answer(&mut run, s(0), |_| Observed::Rate(0.0));
+    answer(&mut run, s(0), |_| rate(0.0));
     assert_eq!(injects(&run.step(s(10), &shop())).len(), 2);
-    answer(&mut run, s(11), |c| {
-        if c.abort {
-            Observed::Rate(0.6)
-        } else {
-            Observed::Rate(0.0)
-        }
-    });
+    answer(
+        &mut run,
+        s(11),
+        |c| {
+            if c.abort { rate(0.6) } else { rate(0.0) }
+        },
+    );
     assert_eq!(run.phase(), Phase::Aborted);
     let a = run.step(s(11), &shop());
     assert_eq!(removes(&a).len(), 2);
@@ -228,7 +236,7 @@ fn a_failed_steady_state_never_injects() {
             abort: false,
             index: 0,
         },
-        &Observed::Rate(0.2),
+        &rate(0.2),
     );
     assert_eq!(
         (run.phase(), run.verdict()),
@@ -241,7 +249,7 @@ fn a_failed_steady_state_never_injects() {
 fn blast_radius_is_refused_before_anything_is_injected() {
     let text = SLOW.replace("  abort:", "  limits: {maxTargets: 1}\n  abort:");
     let mut run = Run::new(spec(&text), "shop", 7);
-    answer(&mut run, s(0), |_| Observed::Rate(0.0));
+    answer(&mut run, s(0), |_| rate(0.0));
     let a = run.step(s(0), &shop());
     assert!(injects(&a).is_empty());
     assert_eq!(run.phase(), Phase::Recovered);
@@ -459,7 +467,7 @@ prop_compose! {
         let check = Check {
             name: None,
             when: vec![],
-            kind: CheckKind::ErrorRate(ErrorRateCheck { service: "x".into(), max: "50%".parse().expect("pct"), window: dur(10_000) }),
+            kind: CheckKind::ErrorRate(ErrorRateCheck { service: "x".into(), max: "50%".parse().expect("pct"), window: dur(10_000), min_requests: None }),
         };
         ExperimentSpec {
             description: None,
@@ -508,7 +516,7 @@ proptest! {
                 aborted = true;
             }
             for c in run.due(now) {
-                run.observe(now, c, &Observed::Rate(rates[k % rates.len()]));
+                run.observe(now, c, &rate(rates[k % rates.len()]));
             }
             let (n, generation) = churn[k % churn.len()];
             let actions = run.step(now, &candidates(n, generation));
@@ -547,4 +555,89 @@ proptest! {
             prop_assert!(run.is_finished() || run.phase() == Phase::Recovering, "{:?}", run.phase());
         }
     }
+}
+
+/// Runs SLOW from start to verdict, answering every due check with `f`
+/// (given the check and the second it is asked at).
+fn run_with(f: impl Fn(CheckRef, u64) -> Observed) -> Run {
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    for t in 0..=62 {
+        for c in run.due(s(t)) {
+            run.observe(s(t), c, &f(c, t));
+        }
+        run.step(s(t), &shop());
+    }
+    run
+}
+
+/// The breaker opens and the health check answers: only the rate checks
+/// vary between the tests below.
+fn others(c: CheckRef) -> Option<Observed> {
+    match (c.abort, c.index) {
+        (false, 2) => Some(Observed::Breaker {
+            state: BreakerState::Open,
+            for_secs: 1.0,
+        }),
+        (false, 3) => Some(Observed::Http(Some(200))),
+        _ => None,
+    }
+}
+
+#[test]
+fn no_traffic_during_the_fault_is_inconclusive_not_passed() {
+    // Steady state judged on plenty of traffic; after it, nothing.
+    let run =
+        run_with(|c, t| others(c).unwrap_or(if t == 0 { rate(0.0) } else { Observed::NoData }));
+    assert_eq!(
+        (run.phase(), run.verdict()),
+        (Phase::Completed, Some(Verdict::Inconclusive))
+    );
+    let healthy = &run.report()[1];
+    assert!(!healthy.passed && healthy.failure.is_none(), "{healthy:?}");
+    assert_eq!(healthy.judged, Vec::<CheckPhase>::new());
+    assert_eq!(
+        healthy.inconclusive.as_deref(),
+        Some("healthy: not judged during: no requests")
+    );
+    assert!(
+        run.message()
+            .is_some_and(|m| m.contains("healthy: not judged")),
+        "{:?}",
+        run.message()
+    );
+    // The steady-state check was judged in the one phase it names.
+    assert!(run.report()[0].passed);
+}
+
+#[test]
+fn too_few_requests_are_no_evidence_and_a_failure_still_fails() {
+    // Nine requests a window: under the default minimum of ten.
+    let few = |rate: f64| Observed::Rate { rate, requests: 9 };
+    let run = run_with(|c, _| others(c).unwrap_or(few(0.0)));
+    assert_eq!(run.verdict(), Some(Verdict::Inconclusive));
+    assert_eq!(
+        run.report()[0].inconclusive.as_deref(),
+        Some("steady: not judged before: 9 requests, fewer than 10")
+    );
+    // Not judged is no failure either: 9 failing requests abort nothing.
+    let run = run_with(|c, _| others(c).unwrap_or(few(1.0)));
+    assert_eq!(run.verdict(), Some(Verdict::Inconclusive));
+    // A check that failed on evidence outweighs one never judged.
+    let run = run_with(|c, t| {
+        others(c).unwrap_or(match (c.index, t) {
+            (1, 20) => rate(0.5),
+            (1, _) => Observed::NoData,
+            _ => rate(0.0),
+        })
+    });
+    assert_eq!(run.verdict(), Some(Verdict::Failed));
+    // Judged once during the fault is enough for that phase.
+    let run = run_with(|c, t| {
+        others(c).unwrap_or(match (c.index, t) {
+            (1, 20) => rate(0.0),
+            (1, _) => Observed::NoData,
+            _ => rate(0.0),
+        })
+    });
+    assert_eq!(run.verdict(), Some(Verdict::Passed));
 }

@@ -182,7 +182,6 @@ impl Observer {
             .map(|f| f.red.error_rate)
     }
 
-    /// A breaker's state and seconds since it entered it (hypothesis `breaker`).
     /// A latency percentile (0–100] of `service`'s server requests, in
     /// milliseconds (hypothesis `latency`).
     pub fn latency_ms(&self, service: &str, percentile: f64, window_secs: u64) -> Option<f64> {
@@ -190,6 +189,7 @@ impl Observer {
             .latency_ms(service, None, percentile, now_nanos(), window_secs)
     }
 
+    /// A breaker's state and seconds since it entered it (hypothesis `breaker`).
     pub fn breaker(&self, service: &str, name: &str) -> Option<(BreakerState, f64)> {
         self.service(service, 1)?
             .breakers

@@ -439,13 +439,29 @@ fn apply_faults(
 /// The figure a check compares, from the observer or an HTTP request.
 async fn observe(observer: &faultline_observer::Observer, kind: &CheckKind) -> Observed {
     let secs = |d: faultline_api::Duration| (d.as_millis() / 1000).max(1);
+    // Requests in the window: the evidence a rate or a percentile rests on.
+    let requests = |service: &str, window| {
+        observer
+            .service(service, secs(window))
+            .map_or(0, |f| f.red.requests)
+    };
     match kind {
-        CheckKind::ErrorRate(c) => observer
-            .error_rate(&c.service, secs(c.window))
-            .map_or(Observed::NoData, Observed::Rate),
-        CheckKind::Latency(c) => observer
-            .latency_ms(&c.service, c.percentile, secs(c.window))
-            .map_or(Observed::NoData, Observed::LatencyMs),
+        CheckKind::ErrorRate(c) => match observer.error_rate(&c.service, secs(c.window)) {
+            Some(rate) => Observed::Rate {
+                rate,
+                requests: requests(&c.service, c.window),
+            },
+            None => Observed::NoData,
+        },
+        CheckKind::Latency(c) => {
+            match observer.latency_ms(&c.service, c.percentile, secs(c.window)) {
+                Some(ms) => Observed::LatencyMs {
+                    ms,
+                    requests: requests(&c.service, c.window),
+                },
+                None => Observed::NoData,
+            }
+        }
         CheckKind::Breaker(c) => match observer.breaker(&c.service, &c.name) {
             Some((state, for_secs)) => Observed::Breaker {
                 state: match state {

@@ -651,6 +651,7 @@ fn status_line(s: &Snapshot) -> Line<'static> {
             Verdict::Passed => ("PASSED: the hypothesis held", Color::Green),
             Verdict::Failed => ("FAILED: the hypothesis did not hold", Color::Red),
             Verdict::Aborted => ("ABORTED: every fault removed", Color::Yellow),
+            Verdict::Inconclusive => ("INCONCLUSIVE: not enough evidence", Color::Magenta),
         };
         spans.push(Span::raw("  "));
         spans.push(Span::styled(

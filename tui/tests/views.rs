@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use faultline_api::{Phase, Verdict};
+use faultline_api::{CheckPhase, Phase, Verdict};
 use faultline_engine::{CheckReport, Evaluation, FaultSnapshot, Snapshot};
 use faultline_tui::{
     Action, App, Effect, RunFeed,
@@ -86,11 +86,15 @@ fn check(name: &str, abort: bool, passed: bool, observed: &str, expected: &str) 
         passed,
         evaluations: 4,
         last: Some(Evaluation {
+            judged: true,
             passed,
             observed: observed.into(),
             expected: expected.into(),
         }),
         failure: None,
+        judged: vec![CheckPhase::During],
+        not_judged: None,
+        inconclusive: None,
     }
 }
 
