@@ -84,6 +84,17 @@ pub struct ExperimentSpec {
     /// Blast-radius limits checked before anything is injected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// While faults are active, an abort check that cannot be judged this
+    /// long (observer unreachable, too little traffic) aborts the run
+    /// (default 10s): an abort check nobody can read protects nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_grace: Option<Duration>,
+}
+
+/// How long an abort check may go unjudged while faults are active, when
+/// the experiment does not say.
+pub fn default_abort_grace() -> Duration {
+    Duration::from_secs(10).unwrap_or_default()
 }
 
 string_enum! {
@@ -216,6 +227,16 @@ impl CheckKind {
             CheckKind::Latency(_) => "latency",
             CheckKind::Breaker(_) => "breaker",
             CheckKind::Http(_) => "http",
+        }
+    }
+
+    /// The service whose figures the check reads (none for `http`).
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            CheckKind::ErrorRate(c) => Some(&c.service),
+            CheckKind::Latency(c) => Some(&c.service),
+            CheckKind::Breaker(c) => Some(&c.service),
+            CheckKind::Http(_) => None,
         }
     }
 }
@@ -449,6 +470,10 @@ pub struct CheckStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub not_judged: Option<String>,
+    /// When it was last judged: for an abort check, so that a restarted
+    /// controller goes on counting its grace, not anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_judged_at: Option<Time>,
     /// An abort check (it stops the run when it fails).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub abort: bool,
@@ -473,6 +498,7 @@ impl Decode for ExperimentSpec {
                 "hypothesis",
                 "abort",
                 "limits",
+                "abortGrace",
             ],
         )?;
         let description = f.opt(cx, "description");
@@ -483,6 +509,7 @@ impl Decode for ExperimentSpec {
         let hypothesis = f.list(cx, "hypothesis");
         let abort = f.list(cx, "abort");
         let limits = f.opt(cx, "limits");
+        let abort_grace = f.opt(cx, "abortGrace");
         Some(ExperimentSpec {
             description: description?,
             duration: duration?,
@@ -492,6 +519,7 @@ impl Decode for ExperimentSpec {
             hypothesis: hypothesis?,
             abort: abort?,
             limits: limits?,
+            abort_grace: abort_grace?,
         })
     }
 }

@@ -30,7 +30,7 @@ pub use document::{API_VERSION, FromResource, Parsed, Resource, parse_documents,
 pub use experiment::{
     BreakerCheck, BreakerState, Check, CheckKind, CheckPhase, CheckStatus, DEFAULT_MIN_REQUESTS,
     ErrorRateCheck, Experiment, ExperimentSpec, ExperimentStatus, Fault, HttpCheck, LatencyCheck,
-    Limits, Phase, SelectionMode, TargetSelector, Verdict,
+    Limits, Phase, SelectionMode, TargetSelector, Verdict, default_abort_grace,
 };
 pub use fault::{
     Direction, FaultAction, Kill, KillMethod, Latency, MAX_PEERS, Partition, Signal, parse_cidr,
@@ -39,7 +39,7 @@ pub use nodefaults::{
     FaultState, NodeFault, NodeFaultStatus, NodeFaults, NodeFaultsSpec, NodeFaultsStatus,
     NodeTarget, PodRef,
 };
-pub use topology::{Service, Topology, TopologySpec, addr_var};
+pub use topology::{Service, Topology, TopologySpec, addr_var, unknown_services};
 pub use units::{Duration, Percent, UnitError};
 pub use validate::{Problem, Problems, dns_subdomain};
 pub use yaml::MAX_INPUT_BYTES;

@@ -272,3 +272,38 @@ impl TopologySpec {
         None
     }
 }
+
+/// The checks of `spec` that name a service `topology` does not run, each
+/// as `field.path: message` with a "did you mean" when one is close: in
+/// local mode such a check could never be judged, so the run does not
+/// start.
+pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> Vec<String> {
+    let names: Vec<&str> = topology
+        .spec
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let lists = [("hypothesis", &spec.hypothesis), ("abort", &spec.abort)];
+    let mut out = Vec::new();
+    for (list, checks) in lists {
+        for (i, check) in checks.iter().enumerate() {
+            let Some(service) = check.kind.service() else {
+                continue;
+            };
+            if names.contains(&service) {
+                continue;
+            }
+            let hint = match crate::diag::did_you_mean(service, names.iter().copied()) {
+                Some(n) => format!(" (did you mean {n}?)"),
+                None => format!("; it runs {}", names.join(", ")),
+            };
+            out.push(format!(
+                "spec.{list}[{i}].{}.service: {service:?} is no service of topology {}{hint}",
+                check.kind.key(),
+                topology.metadata.name.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    out
+}

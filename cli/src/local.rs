@@ -97,6 +97,15 @@ pub fn run_files(
         tell!("faultline run: nothing was started");
         return ExitCode::from(EXIT_INVALID);
     }
+    // A check of a service the topology does not run could never be judged.
+    let unknown = faultline_api::unknown_services(&experiment.spec, &topology);
+    if !unknown.is_empty() {
+        for problem in &unknown {
+            tell!("{name}: {problem}");
+        }
+        tell!("faultline run: nothing was started");
+        return ExitCode::from(EXIT_INVALID);
+    }
     run(&experiment, &topology, seed, None, reports, follow, ui)
 }
 

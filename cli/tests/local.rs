@@ -556,3 +556,53 @@ spec:
     let stdout = exited_with(&out, 0);
     assert!(stdout.contains("PASSED"), "{stdout}");
 }
+
+#[test]
+fn a_check_of_a_service_the_topology_lacks_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = payments_only(dir.path());
+    let experiment = dir.path().join("typo.yaml");
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: typo, namespace: demo}
+spec:
+  duration: 3s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: slow, target: payments, latency: {delay: 50ms}}
+  hypothesis:
+    - errorRate: {service: paymnets, max: 5%}
+  abort:
+    - latency: {service: frontend, percentile: 99, max: 1s}
+",
+    )
+    .expect("write");
+    let out = faultline("typo")
+        .arg("run")
+        .arg(&experiment)
+        .arg("--local")
+        .arg(&topology)
+        .arg("--no-dashboard")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "spec.hypothesis[0].errorRate.service: \"paymnets\" is no service of topology one (did you mean payments?)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.abort[0].latency.service: \"frontend\" is no service of topology one; it runs payments"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    assert!(
+        faultline_testkit::marked_processes("typo").is_empty(),
+        "nothing started"
+    );
+}

@@ -475,9 +475,11 @@ async fn step(
                 Ok(observed) => {
                     live.run.observe(elapsed, c, &observed);
                 }
-                // Not judged this time: an unreadable observer is no evidence.
+                // Not judged this time: an unreadable observer is no
+                // evidence; an abort check left so past its grace aborts.
                 Err(e) => {
-                    tracing::warn!(experiment = %key(exp), check = %check.display_name(), error = %chain(&e), "check not evaluated")
+                    tracing::warn!(experiment = %key(exp), check = %check.display_name(), error = %chain(&e), "check not evaluated");
+                    live.run.unreadable(elapsed, c, &chain(&e));
                 }
             }
         }

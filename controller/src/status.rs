@@ -56,6 +56,11 @@ pub fn of_run(
             evaluations: Some(r.evaluations),
             judged: r.judged,
             not_judged: r.not_judged.map(|m| m.chars().take(256).collect()),
+            last_judged_at: facts
+                .started_at
+                .zip(r.judged_at)
+                .and_then(|(start, at)| start.checked_add(at).ok())
+                .map(Time),
             abort: r.abort,
             message: r.failure.or(r.inconclusive),
         })
@@ -191,6 +196,11 @@ pub(crate) fn resume_of(status: &ExperimentStatus) -> Resume {
                 },
                 judged: c.judged.clone(),
                 not_judged: c.not_judged.clone(),
+                judged_at: status
+                    .started_at
+                    .as_ref()
+                    .zip(c.last_judged_at.as_ref())
+                    .and_then(|(start, at)| at.0.duration_since(start.0).try_into().ok()),
             })
             .collect(),
     }

@@ -779,3 +779,99 @@ spec:
     let (ids, _) = node_state(&nfs, "node-a").await;
     assert!(!ids.iter().any(|id| id.starts_with("bank/")), "{ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
+    use faultline_testkit::{KillOnDrop, cluster::workspace_bin, free_port};
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    cp.running_pod(
+        "shop",
+        "payments-1",
+        json!({"app": "payments"}),
+        "node-a",
+        "10.0.0.1",
+    )
+    .await;
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut observer = KillOnDrop(
+        std::process::Command::new(workspace_bin("faultline-observer"))
+            .arg("--otlp-grpc")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--otlp-http")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--api")
+            .arg(api.to_string())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start faultline-observer"),
+    );
+    eventually("the observer's API", WAIT, || async {
+        faultline_testkit::http(api, "GET", "/api/v1/services", &[], b"")
+            .await
+            .ok()
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let observer_url = format!("http://{api}");
+    let (_controller, _) =
+        cp.start_controller(&kubeconfig, "controller-1", &["--observer", &observer_url]);
+    // minRequests 0: with the observer up, an empty window is judged met,
+    // so only the observer's going can leave the check unjudged.
+    apply(
+        &cp,
+        &format!(
+            "{}  abortGrace: 4s\n  abort:\n    - errorRate: {{service: checkout, max: 50%, window: 10s, minRequests: 0}}\n",
+            SLOW_PAYMENTS.replace("DURATION", "5m")
+        ),
+    );
+    let client = cp.client().await;
+    let exps = experiments(&client, "shop");
+    let nfs = nodefaults(&client);
+    eventually("the abort check judged during the fault", WAIT, || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        let judged = e.data["status"]["checks"]
+            .as_array()?
+            .iter()
+            .any(|c| c["abort"] == true && c["lastJudgedAt"].is_string());
+        let placed = node_state(&nfs, "node-a").await.0.len() == 1;
+        (judged && placed).then_some(())
+    })
+    .await;
+
+    let _ = observer.0.kill();
+    let _ = observer.0.wait();
+    let status = eventually("the run aborted", WAIT, || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        (e.data["status"]["verdict"] == "Aborted").then(|| e.data["status"].clone())
+    })
+    .await;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(message.contains("could not be judged for 4s"), "{status}");
+    // By the controller's clock (whole seconds): aborted within the grace
+    // and two seconds of the last judgement.
+    let time = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .expect("a time")
+    };
+    let judged = status["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["abort"] == true)
+        .map(|c| time(&c["lastJudgedAt"]))
+        .expect("the abort check");
+    let took = time(&status["finishedAt"]).duration_since(judged);
+    assert!(
+        took.as_secs() >= 3 && took.as_secs() <= 6,
+        "aborted {took:?} after the last judgement: {status}"
+    );
+    eventually("every fault gone", WAIT, || async {
+        node_state(&nfs, "node-a").await.0.is_empty().then_some(())
+    })
+    .await;
+}

@@ -66,6 +66,8 @@ pub struct ResumedCheck {
     pub judged: Vec<CheckPhase>,
     /// Why it was last not judged.
     pub not_judged: Option<String>,
+    /// When it was last judged.
+    pub judged_at: Option<Duration>,
 }
 
 /// A check to evaluate now: index into the spec's `hypothesis` or `abort`.
@@ -96,6 +98,8 @@ struct CheckState {
     not_judged: Option<String>,
     /// Set at the end: the phases it names that it was never judged in.
     inconclusive: Option<String>,
+    /// When it was last judged (an abort check's grace counts from there).
+    judged_at: Option<Duration>,
     /// A breaker check with `within` has reached its state.
     reached: bool,
 }
@@ -116,6 +120,8 @@ pub struct CheckReport {
     pub not_judged: Option<String>,
     /// Nothing failed, but it was never judged in a phase it names.
     pub inconclusive: Option<String>,
+    /// When it was last judged.
+    pub judged_at: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +154,9 @@ pub struct Run {
     /// When a resumed run was taken over: kill signals due by then count
     /// as sent, so a restarted driver never repeats one.
     resumed_at: Option<Duration>,
+    /// Since when faults have been active without a break: abort checks'
+    /// grace counts from there at the earliest.
+    faults_since: Option<Duration>,
 }
 
 impl Run {
@@ -174,6 +183,7 @@ impl Run {
             message: None,
             journal: Vec::new(),
             resumed_at: None,
+            faults_since: None,
         }
     }
 
@@ -216,6 +226,7 @@ impl Run {
             state.last = saved.last.clone();
             state.judged = saved.judged.iter().copied().collect();
             state.not_judged = saved.not_judged.clone();
+            state.judged_at = saved.judged_at;
             if saved.evaluations > 0 {
                 state.done = done.clone();
             }
@@ -225,6 +236,11 @@ impl Run {
                     .last
                     .as_ref()
                     .is_some_and(|e| e.observed == e.expected);
+        }
+        if matches!(phase, Phase::Injecting | Phase::Running) {
+            // Faults were in place before the restart: the abort checks'
+            // grace goes on from their last judgement, not from now.
+            run.faults_since = run.spec.faults.iter().map(|f| f.start().as_std()).min();
         }
         run.log(now, format!("resumed in phase {phase}"));
         run
@@ -280,6 +296,55 @@ impl Run {
         }
     }
 
+    /// While faults are active, an abort check that has not been judged for
+    /// the experiment's `abortGrace` aborts the run: an abort check nobody
+    /// can read protects nothing.
+    fn enforce_abort_grace(&mut self, now: Duration) {
+        let Some(since) = self.faults_since else {
+            return;
+        };
+        let grace = self
+            .spec
+            .abort_grace
+            .unwrap_or_else(faultline_api::default_abort_grace);
+        let late = self.spec.abort.iter().zip(&self.aborts).find(|(_, s)| {
+            let from = s.judged_at.map_or(since, |j| j.max(since));
+            now.saturating_sub(from) > grace.as_std()
+        });
+        if let Some((check, state)) = late {
+            let why = state
+                .not_judged
+                .clone()
+                .unwrap_or_else(|| "not evaluated".to_owned());
+            let reason = format!(
+                "abort check {} could not be judged for {grace}: {why}",
+                check.display_name()
+            );
+            self.abort(now, reason);
+        }
+    }
+
+    /// A due check whose figure could not be read at all (the observer did
+    /// not answer): not judged, for `why`.
+    pub fn unreadable(&mut self, now: Duration, check: CheckRef, why: &str) {
+        let (name, state) = if check.abort {
+            (
+                self.spec.abort[check.index].display_name(),
+                &mut self.aborts[check.index],
+            )
+        } else {
+            (
+                self.spec.hypothesis[check.index].display_name(),
+                &mut self.hypothesis[check.index],
+            )
+        };
+        state.not_judged = Some(why.to_owned());
+        self.journal.push(Entry {
+            at: now,
+            event: format!("check {name}: not judged: {why}"),
+        });
+    }
+
     /// When a fault is active, as offsets from the run's start.
     pub fn window(&self, fault: &str) -> Option<(Duration, Duration)> {
         let f = self.spec.faults.iter().find(|f| f.name == fault)?;
@@ -302,6 +367,15 @@ impl Run {
     /// targets that exist now; returns what to do.
     pub fn step(&mut self, now: Duration, candidates: &[Candidate]) -> Vec<Action> {
         let mut actions = Vec::new();
+        let in_a_window = self
+            .spec
+            .faults
+            .iter()
+            .any(|f| f.start().as_std() <= now && now < f.end(self.spec.duration).as_std());
+        if matches!(self.phase, Phase::Injecting | Phase::Running) && in_a_window {
+            // Before anything else: an abort here removes every fault below.
+            self.enforce_abort_grace(now);
+        }
         if self.phase == Phase::Pending {
             if !self.due(now).is_empty() {
                 return actions; // steady-state checks first
@@ -363,6 +437,8 @@ impl Run {
                 }
                 actions.extend(self.signals(now));
                 self.killing = self.kill_window(now);
+                let faulting = !self.active.is_empty() || !self.killing.is_empty();
+                self.faults_since = faulting.then(|| self.faults_since.unwrap_or(now));
                 self.set_phase(
                     now,
                     if injected {
@@ -613,6 +689,7 @@ impl Run {
             return evaluation;
         }
         state.judged.insert(phase);
+        state.judged_at = Some(now);
         let observed_reached = within.is_some() && evaluation.passed;
         if let (Some((within, _)), Some(origin)) = (within.clone(), origin) {
             if evaluation.passed {
@@ -778,6 +855,7 @@ impl Run {
             judged: s.judged.iter().copied().collect(),
             not_judged: s.not_judged.clone(),
             inconclusive: s.inconclusive.clone(),
+            judged_at: s.judged_at,
         };
         self.spec
             .hypothesis

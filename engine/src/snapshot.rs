@@ -192,6 +192,8 @@ impl CheckReport {
             judged: s.judged.clone(),
             not_judged: s.not_judged.clone(),
             inconclusive,
+            // A time, where the run counts offsets: not needed for display.
+            judged_at: None,
         }
     }
 
@@ -207,6 +209,7 @@ impl CheckReport {
             judged: Vec::new(),
             not_judged: None,
             inconclusive: None,
+            judged_at: None,
         }
     }
 }

@@ -191,7 +191,7 @@ fn a_breaker_that_never_opens_within_its_limit_fails_the_run() {
     run.step(s(60), &shop());
     answer(&mut run, s(60), |_| Observed::Http(Some(200)));
     run.step(s(61), &shop());
-    assert_eq!(run.verdict(), Some(Verdict::Failed));
+    assert_eq!(run.verdict(), Some(Verdict::Failed), "{:?}", run.message());
     let failed: Vec<String> = run
         .report()
         .into_iter()
@@ -478,6 +478,7 @@ prop_compose! {
             hypothesis: vec![check.clone()],
             abort: if with_abort { vec![check] } else { vec![] },
             limits: None,
+            abort_grace: None,
         }
     }
 }
@@ -585,9 +586,15 @@ fn others(c: CheckRef) -> Option<Observed> {
 
 #[test]
 fn no_traffic_during_the_fault_is_inconclusive_not_passed() {
-    // Steady state judged on plenty of traffic; after it, nothing.
-    let run =
-        run_with(|c, t| others(c).unwrap_or(if t == 0 { rate(0.0) } else { Observed::NoData }));
+    // Steady state judged on plenty of traffic; after it, nothing for the
+    // hypothesis (the abort check has figures of its own).
+    let run = run_with(|c, t| {
+        others(c).unwrap_or(if t == 0 || c.abort {
+            rate(0.0)
+        } else {
+            Observed::NoData
+        })
+    });
     assert_eq!(
         (run.phase(), run.verdict()),
         (Phase::Completed, Some(Verdict::Inconclusive))
@@ -613,14 +620,22 @@ fn no_traffic_during_the_fault_is_inconclusive_not_passed() {
 fn too_few_requests_are_no_evidence_and_a_failure_still_fails() {
     // Nine requests a window: under the default minimum of ten.
     let few = |rate: f64| Observed::Rate { rate, requests: 9 };
-    let run = run_with(|c, _| others(c).unwrap_or(few(0.0)));
+    // The abort check has figures of its own throughout.
+    let hypothesis_few = |r: f64| {
+        move |c: CheckRef, _| match others(c) {
+            Some(o) => o,
+            None if c.abort => rate(0.0),
+            None => few(r),
+        }
+    };
+    let run = run_with(hypothesis_few(0.0));
     assert_eq!(run.verdict(), Some(Verdict::Inconclusive));
     assert_eq!(
         run.report()[0].inconclusive.as_deref(),
         Some("steady: not judged before: 9 requests, fewer than 10")
     );
-    // Not judged is no failure either: 9 failing requests abort nothing.
-    let run = run_with(|c, _| others(c).unwrap_or(few(1.0)));
+    // Not judged is no failure either: 9 failing requests fail nothing.
+    let run = run_with(hypothesis_few(1.0));
     assert_eq!(run.verdict(), Some(Verdict::Inconclusive));
     // A check that failed on evidence outweighs one never judged.
     let run = run_with(|c, t| {
@@ -640,4 +655,50 @@ fn too_few_requests_are_no_evidence_and_a_failure_still_fails() {
         })
     });
     assert_eq!(run.verdict(), Some(Verdict::Passed));
+}
+
+#[test]
+fn an_abort_check_left_unjudged_past_its_grace_aborts_the_run() {
+    let abort = CheckRef {
+        abort: true,
+        index: 0,
+    };
+    // Judged until 20 s (faults active from 10 s), then unreadable.
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    for t in 0..=40u64 {
+        for c in run.due(s(t)) {
+            if c == abort && t > 20 {
+                run.unreadable(s(t), c, "the observer did not answer");
+            } else {
+                run.observe(s(t), c, &others(c).unwrap_or(rate(0.0)));
+            }
+        }
+        let actions = run.step(s(t), &shop());
+        if run.phase() == Phase::Recovered || run.verdict() == Some(Verdict::Aborted) {
+            // Aborted at the first step more than 10 s after the last
+            // judgement, every fault removed in that same step.
+            assert_eq!(t, 31, "{:?}", run.message());
+            assert_eq!(removes(&actions).len(), 2);
+            break;
+        }
+        assert!(t < 40, "never aborted");
+    }
+    assert_eq!(run.verdict(), Some(Verdict::Aborted));
+    assert_eq!(
+        run.message(),
+        Some(
+            "abort check frontend error rate <= 50% could not be judged for 10s: the observer did not answer"
+        )
+    );
+
+    // Unreadable before any fault is active costs nothing: the grace
+    // counts from the faults' start (10 s), and judging resets it.
+    let run = run_with(|c, t| {
+        if c == abort && (t < 10 || (t > 15 && t < 24)) {
+            Observed::NoData
+        } else {
+            others(c).unwrap_or(rate(0.0))
+        }
+    });
+    assert_eq!(run.verdict(), Some(Verdict::Passed), "{:?}", run.message());
 }

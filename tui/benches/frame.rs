@@ -93,6 +93,7 @@ fn run_feed() -> RunFeed {
                 judged: Vec::new(),
                 not_judged: None,
                 inconclusive: None,
+                judged_at: None,
             }],
             injected: None,
         }),

@@ -95,6 +95,7 @@ fn check(name: &str, abort: bool, passed: bool, observed: &str, expected: &str) 
         judged: vec![CheckPhase::During],
         not_judged: None,
         inconclusive: None,
+        judged_at: None,
     }
 }
 
