@@ -107,9 +107,7 @@ fn an_experiment_applied_with_kubectl_partitions_and_kills_for_real() {
     let (mut controller, _) =
         cp.start_controller_with_env(&controller_config, "controller-1", &[], &otlp);
 
-    let experiment = cp.dir().join("experiment.yaml");
-    std::fs::write(
-        &experiment,
+    cp.apply(
         "apiVersion: faultline.dev/v1alpha1
 kind: Experiment
 metadata: {name: cut-checkout, namespace: shop}
@@ -123,18 +121,6 @@ spec:
     - {name: cut, target: checkout, partition: {peers: [payments]}}
     - {name: kill-cart, target: cart, kill: {signal: SIGKILL}}
 ",
-    )
-    .expect("write");
-    let out = cp
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&experiment)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     // A real partition in the checkout pod's namespace, a real SIGKILL in

@@ -8,10 +8,10 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use faultline_testkit::{
     KillOnDrop,
-    cluster::{ControlPlane, Options, eventually, faultline_api},
+    cluster::{ControlPlane, Options, eventually, faultline_api, gone, ready},
 };
 use kube::{Api, api::DynamicObject};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -30,17 +30,10 @@ async fn shop() -> Option<(ControlPlane, PathBuf)> {
     let cp = ControlPlane::start(Options::default()).await?;
     let chart = cp.install_chart().await;
     cp.namespace("shop", true).await;
-    for (i, node) in ["node-a", "node-b"].iter().enumerate() {
+    for node in ["node-a", "node-b"] {
         cp.node(node).await;
-        cp.running_pod(
-            "shop",
-            &format!("payments-{i}"),
-            json!({"app": "payments"}),
-            node,
-            &format!("10.0.0.{}", i + 1),
-        )
-        .await;
     }
+    cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
     Some((cp, kubeconfig))
 }
@@ -143,23 +136,9 @@ async fn game_days_on_a_real_api_server_exit_0_1_3_and_4() {
     .await;
     assert_eq!(code, Some(4), "{stderr}");
     assert!(stderr.contains("no controller took it up"), "{stderr}");
-    eventually("the unserved experiment gone", WAIT, || async {
-        experiments(&client)
-            .get_opt("slow-payments")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&experiments(&client), "slow-payments", WAIT).await;
     let (_controller, metrics) = cp.start_controller(&kubeconfig, "controller-1", &[]);
-    eventually("the controller ready", WAIT, || async {
-        let (status, _) = faultline_testkit::http(metrics, "GET", "/readyz", &[], b"")
-            .await
-            .ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
+    ready(metrics, WAIT).await;
 
     // Ctrl-C while a scheduled run waits for its start: exit 3, nothing
     // injected, the experiment deleted (its finalizer lets it go).
@@ -186,15 +165,7 @@ async fn game_days_on_a_real_api_server_exit_0_1_3_and_4() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("nothing was injected"), "{stdout}");
-    eventually("the scheduled experiment gone", WAIT, || async {
-        experiments(&client)
-            .get_opt("slow-payments")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&experiments(&client), "slow-payments", WAIT).await;
     assert_eq!(entries(&client).await, 0);
 
     // The hypothesis fails (nothing answers on port 9): exit 1, a report.
@@ -256,17 +227,7 @@ async fn faultline_abort_and_the_dashboard_on_a_real_api_server() {
     let client = cp.client().await;
     // A run applied with kubectl, as a user would.
     let file = experiment(&cp, "long.yaml", "10m", false);
-    let out = cp
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&file)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.apply(&std::fs::read_to_string(&file).expect("read"));
     eventually("faults placed", WAIT, || async {
         (entries(&client).await == 2).then_some(())
     })
@@ -306,17 +267,7 @@ async fn faultline_abort_and_the_dashboard_on_a_real_api_server() {
     ]);
     let (code, _, stderr) = run(&mut delete).await;
     assert_eq!(code, Some(0), "{stderr}");
-    let out = cp
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&file)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.apply(&std::fs::read_to_string(&file).expect("read"));
     eventually("faults placed again", WAIT, || async {
         (entries(&client).await == 2).then_some(())
     })

@@ -139,9 +139,8 @@ async fn bench(nodes: usize, pods: usize) {
         .map(|t| t.lines().count())
         .unwrap_or(0);
 
-    let experiment = cp.dir().join("wide.yaml");
-    std::fs::write(
-        &experiment,
+    let started = Instant::now();
+    cp.apply(
         "apiVersion: faultline.dev/v1alpha1
 kind: Experiment
 metadata: {name: wide, namespace: shop}
@@ -152,19 +151,6 @@ spec:
   faults:
     - {name: slow, target: web, latency: {delay: 100ms}}
 ",
-    )
-    .expect("write the experiment");
-    let started = Instant::now();
-    let out = cp
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&experiment)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let nf_api = faultline_api(&client, "NodeFaults", None);
     eventually("every entry written", Duration::from_secs(600), || async {

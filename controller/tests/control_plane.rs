@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use faultline_testkit::cluster::{Chart, ControlPlane, Options, eventually, faultline_api};
+use faultline_testkit::cluster::{
+    Chart, ControlPlane, Options, eventually, faultline_api, gone, ready,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api,
@@ -159,22 +161,6 @@ async fn the_chart_grants_its_accounts_what_they_need_and_no_more() {
     }
 }
 
-fn apply(cp: &ControlPlane, yaml: &str) {
-    let path = cp.dir().join("applied.yaml");
-    std::fs::write(&path, yaml).expect("write");
-    let out = cp
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&path)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 const SLOW_PAYMENTS: &str = "apiVersion: faultline.dev/v1alpha1
 kind: Experiment
 metadata: {name: slow-payments, namespace: shop}
@@ -241,15 +227,9 @@ async fn the_controller_runs_an_experiment_as_its_service_account() {
         (lease.spec?.holder_identity? == "controller-1").then_some(())
     })
     .await;
-    eventually("/readyz", WAIT, || async {
-        let (status, _) = faultline_testkit::http(metrics, "GET", "/readyz", &[], b"")
-            .await
-            .ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
+    ready(metrics, WAIT).await;
 
-    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "6s"));
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "6s"));
     let exps = experiments(&client, "shop");
     let uid = exps
         .get("slow-payments")
@@ -315,15 +295,8 @@ async fn the_controller_runs_an_experiment_as_its_service_account() {
     exps.delete("slow-payments", &Default::default())
         .await
         .expect("delete");
-    eventually("the finished experiment gone", WAIT, || async {
-        exps.get_opt("slow-payments")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "10m"));
+    gone(&exps, "slow-payments", WAIT).await;
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
     eventually("entries of the second run", WAIT, || async {
         let (ids, _) = node_state(&nfs, "node-a").await;
         (!ids.is_empty()).then_some(())
@@ -332,14 +305,7 @@ async fn the_controller_runs_an_experiment_as_its_service_account() {
     exps.delete("slow-payments", &Default::default())
         .await
         .expect("delete");
-    eventually("the running experiment gone", WAIT, || async {
-        exps.get_opt("slow-payments")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&exps, "slow-payments", WAIT).await;
     for node in ["node-a", "node-b"] {
         let (ids, _) = node_state(&nfs, node).await;
         assert!(ids.is_empty(), "{node} still holds {ids:?}");
@@ -370,16 +336,7 @@ async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
         return;
     };
     cp.namespace("shop", true).await;
-    for (i, node) in ["node-a", "node-b"].iter().enumerate() {
-        cp.running_pod(
-            "shop",
-            &format!("payments-{i}"),
-            json!({"app": "payments"}),
-            node,
-            &format!("10.0.0.{}", i + 1),
-        )
-        .await;
-    }
+    cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
     let lease_args = ["--lease-seconds", "6"];
     let (mut first, _) = cp.start_controller(&kubeconfig, "controller-1", &lease_args);
@@ -402,13 +359,10 @@ async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
     // A kill too: an agent kills once per entry id, so an entry written
     // again by the new leader would not kill twice, but one written anew
     // (another id) would.
-    apply(
-        &cp,
-        &format!(
-            "{}    - {{name: kill, target: payments, kill: {{signal: SIGKILL}}}}\n",
-            SLOW_PAYMENTS.replace("DURATION", "40s")
-        ),
-    );
+    cp.apply(&format!(
+        "{}    - {{name: kill, target: payments, kill: {{signal: SIGKILL}}}}\n",
+        SLOW_PAYMENTS.replace("DURATION", "40s")
+    ));
     let exps = experiments(&client, "shop");
     let nfs = nodefaults(&client);
     eventually("entries on both nodes", WAIT, || async {
@@ -501,7 +455,7 @@ async fn watches_recover_from_410_gone_and_a_recreated_pod_gets_the_fault() {
     // A long lease: the pause below must not cost it the lead.
     let (controller, _) =
         cp.start_controller(&kubeconfig, "controller-1", &["--lease-seconds", "120"]);
-    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "10m"));
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
     let client = cp.client().await;
     let nfs = nodefaults(&client);
     eventually("the entry on node-a", WAIT, || async {
@@ -580,14 +534,7 @@ async fn watches_recover_from_410_gone_and_a_recreated_pod_gets_the_fault() {
     // The pod deleted and recreated under the same name: a new uid, and
     // the fault follows it.
     cp.delete_pod("shop", "payments-1").await;
-    eventually("payments-1 gone", WAIT, || async {
-        pods.get_opt("payments-1")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gone(&pods, "payments-1", WAIT).await;
     let new_uid = cp
         .running_pod(
             "shop",
@@ -619,21 +566,11 @@ async fn a_scheduled_experiment_runs_at_its_next_start_and_a_deleted_node_loses_
         cp.node(node).await;
     }
     cp.namespace("shop", true).await;
-    for (i, node) in ["node-a", "node-b"].iter().enumerate() {
-        cp.running_pod(
-            "shop",
-            &format!("payments-{i}"),
-            json!({"app": "payments"}),
-            node,
-            &format!("10.0.0.{}", i + 1),
-        )
-        .await;
-    }
+    cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
     let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
     // Every minute: the next start is at most a minute away.
-    apply(
-        &cp,
+    cp.apply(
         &SLOW_PAYMENTS
             .replace("DURATION", "3m")
             .replace("spec:\n", "spec:\n  schedule: \"* * * * *\"\n"),
@@ -716,9 +653,8 @@ async fn two_experiments_share_a_node_and_an_unopted_namespace_is_refused() {
 
     // Two experiments' entries on one object, each under its own manager:
     // the short one ends and takes only its own.
-    apply(&cp, &SLOW_PAYMENTS.replace("DURATION", "10m"));
-    apply(
-        &cp,
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
+    cp.apply(
         &SLOW_PAYMENTS
             .replace("DURATION", "10s")
             .replace("name: slow-payments", "name: brief"),
@@ -751,8 +687,7 @@ async fn two_experiments_share_a_node_and_an_unopted_namespace_is_refused() {
     );
 
     // A namespace not labelled faultline.dev/enabled: nothing placed.
-    apply(
-        &cp,
+    cp.apply(
         "apiVersion: faultline.dev/v1alpha1
 kind: Experiment
 metadata: {name: cut-ledger, namespace: bank}
@@ -821,9 +756,7 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
         cp.start_controller(&kubeconfig, "controller-1", &["--observer", &observer_url]);
     // minRequests 0: with the observer up, an empty window is judged met,
     // so only the observer's going can leave the check unjudged.
-    apply(
-        &cp,
-        &format!(
+    cp.apply(&format!(
             "{}  abortGrace: 4s\n  abort:\n    - errorRate: {{service: checkout, max: 50%, window: 10s, minRequests: 0}}\n",
             SLOW_PAYMENTS.replace("DURATION", "5m")
         ),

@@ -565,6 +565,44 @@ impl ControlPlane {
         self.command(self.bin.join("kubectl"))
     }
 
+    /// `kubectl apply -f` of `yaml` (written into this control plane's
+    /// folder), as a user applies an Experiment; panics with kubectl's
+    /// error when it refuses.
+    pub fn apply(&self, yaml: &str) {
+        let path = self.dir.join("applied.yaml");
+        std::fs::write(&path, yaml).expect("write the manifest");
+        let out = self
+            .kubectl()
+            .args(["apply", "-f"])
+            .arg(&path)
+            .output()
+            .expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One running pod labelled `app: APP` on each of `nodes`, named
+    /// `APP-0`, `APP-1`… with IPs 10.0.0.1, 10.0.0.2…; their uids.
+    pub async fn pods_on(&self, namespace: &str, app: &str, nodes: &[&str]) -> Vec<String> {
+        let mut uids = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let uid = self
+                .running_pod(
+                    namespace,
+                    &format!("{app}-{i}"),
+                    json!({"app": app}),
+                    node,
+                    &format!("10.0.0.{}", i + 1),
+                )
+                .await;
+            uids.push(uid);
+        }
+        uids
+    }
+
     /// A namespace, opted in to faults (`faultline.dev/enabled=true`) or not.
     pub async fn namespace(&self, name: &str, opted_in: bool) {
         let labels = if opted_in {
@@ -960,6 +998,26 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until `api` no longer holds `name` (a finalizer may hold it).
+pub async fn gone<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(&format!("{name} gone"), timeout, || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+/// Waits until a program's `/readyz` at `addr` answers 200.
+pub async fn ready(addr: std::net::SocketAddr, timeout: Duration) {
+    eventually(&format!("{addr}/readyz"), timeout, || async {
+        let (status, _) = crate::http(addr, "GET", "/readyz", &[], b"").await.ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
 }
 
 /// A program this workspace builds (`faultline`, `faultline-controller`,
