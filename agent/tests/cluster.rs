@@ -85,13 +85,7 @@ fn an_experiment_becomes_a_partition_in_a_real_namespace_and_goes_at_its_deadlin
     // The checkout pod's process lives in the target namespace, in the
     // cgroup the kubelet's systemd driver gives a pod.
     let mut tree = KubeletTree::new();
-    tree.pod_process(
-        &format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-1a2b.scope",
-            uid.replace('-', "_")
-        ),
-        &net.target,
-    );
+    tree.pod_process(&pod_cgroup(&uid, "1a2b"), &net.target);
 
     let collector = rt
         .block_on(MockServer::builder().protocol(Protocol::Grpc).start())

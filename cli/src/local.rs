@@ -628,7 +628,7 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
             });
         let result = match (r.abort, r.passed, r.evaluations) {
             (_, _, 0) => "not run",
-            (false, false, _) if r.failure.is_none() && r.inconclusive.is_some() => "UNJUDGED",
+            _ if r.unjudged() => "UNJUDGED",
             (true, true, _) => "held",
             (true, false, _) => "TRIPPED",
             (false, true, _) => "passed",

@@ -55,6 +55,10 @@ async fn entries(api: &Api<DynamicObject>) -> (usize, usize) {
 }
 
 fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,kube_client=off"))
+        .init();
     let nodes = size("FAULTLINE_SCALE_NODES", 500);
     let pods = size("FAULTLINE_SCALE_PODS", 20_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -70,10 +74,8 @@ async fn bench(nodes: usize, pods: usize) {
         audit_users: vec![controller_user.into()],
         ..Options::default()
     };
+    // ControlPlane::start logs why when it cannot start.
     let Some(cp) = ControlPlane::start(options).await else {
-        eprintln!(
-            "no control plane: see scripts/control-plane.sh build and FAULTLINE_CONTROL_PLANE"
-        );
         return;
     };
     let chart = cp.install_chart().await;

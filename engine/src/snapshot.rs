@@ -166,6 +166,14 @@ impl Run {
 }
 
 impl CheckReport {
+    /// Nothing failed, and its last figure (or, at the end, a phase it
+    /// names) lacked the evidence to judge it: shown as such, never as
+    /// passing or failing.
+    pub fn unjudged(&self) -> bool {
+        self.failure.is_none()
+            && (self.inconclusive.is_some() || self.last.as_ref().is_some_and(|e| !e.judged))
+    }
+
     /// A check as an Experiment's status tells it. A message with
     /// `passed` unset is why the check was not judged.
     pub fn from_status(s: &CheckStatus) -> CheckReport {

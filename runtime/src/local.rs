@@ -439,25 +439,23 @@ fn apply_faults(
 /// The figure a check compares, from the observer or an HTTP request.
 async fn observe(observer: &faultline_observer::Observer, kind: &CheckKind) -> Observed {
     let secs = |d: faultline_api::Duration| (d.as_millis() / 1000).max(1);
-    // Requests in the window: the evidence a rate or a percentile rests on.
-    let requests = |service: &str, window| {
-        observer
-            .service(service, secs(window))
-            .map_or(0, |f| f.red.requests)
-    };
     match kind {
-        CheckKind::ErrorRate(c) => match observer.error_rate(&c.service, secs(c.window)) {
-            Some(rate) => Observed::Rate {
-                rate,
-                requests: requests(&c.service, c.window),
+        // The requests in the window are the evidence a figure rests on.
+        CheckKind::ErrorRate(c) => match observer.service(&c.service, secs(c.window)) {
+            Some(f) if f.red.requests > 0 => Observed::Rate {
+                rate: f.red.error_rate,
+                requests: f.red.requests,
             },
-            None => Observed::NoData,
+            _ => Observed::NoData,
         },
         CheckKind::Latency(c) => {
-            match observer.latency_ms(&c.service, c.percentile, secs(c.window)) {
+            let window = secs(c.window);
+            match observer.latency_ms(&c.service, c.percentile, window) {
                 Some(ms) => Observed::LatencyMs {
                     ms,
-                    requests: requests(&c.service, c.window),
+                    requests: observer
+                        .service(&c.service, window)
+                        .map_or(0, |f| f.red.requests),
                 },
                 None => Observed::NoData,
             }

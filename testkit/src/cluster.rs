@@ -167,8 +167,7 @@ impl ControlPlane {
         // FAULTLINE_KEEP_CONTROL_PLANE keeps the folder (logs, state) after the test.
         let temp = if std::env::var_os("FAULTLINE_KEEP_CONTROL_PLANE").is_some() {
             let kept = temp.keep();
-            // On stderr: a test's output shows it whether or not it logs.
-            eprintln!("FAULTLINE_KEEP_CONTROL_PLANE: keeping {}", kept.display());
+            tracing::warn!("FAULTLINE_KEEP_CONTROL_PLANE: keeping {}", kept.display());
             None
         } else {
             Some(temp)

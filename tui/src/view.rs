@@ -684,6 +684,8 @@ fn check_row(c: &CheckReport, s: &Snapshot) -> Row<'static> {
     let (result, color) = match (c.abort, c.passed, c.evaluations, over) {
         (_, _, 0, false) => ("waiting", Color::DarkGray),
         (_, _, 0, true) => ("not run", Color::DarkGray),
+        _ if c.unjudged() && over => ("UNJUDGED", Color::Yellow),
+        _ if c.unjudged() => ("no evidence", Color::Yellow),
         (true, true, _, _) => ("held", Color::Green),
         (true, false, _, _) => ("TRIPPED", Color::Red),
         (false, true, _, false) => ("holding", Color::Green),

@@ -99,6 +99,17 @@ fn check(name: &str, abort: bool, passed: bool, observed: &str, expected: &str) 
     }
 }
 
+/// A check that nothing failed but that never had the requests to judge by.
+fn unjudged(name: &str, expected: &str) -> CheckReport {
+    let mut c = check(name, false, false, "no requests", expected);
+    if let Some(last) = c.last.as_mut() {
+        last.judged = false;
+    }
+    c.judged = Vec::new();
+    c.inconclusive = Some(format!("{name}: not judged during: no requests"));
+    c
+}
+
 fn run(phase: Phase, at: u64, verdict: Option<Verdict>) -> RunFeed {
     RunFeed {
         name: "payments-slowdown".into(),
@@ -130,13 +141,17 @@ fn run(phase: Phase, at: u64, verdict: Option<Verdict>) -> RunFeed {
                     "open",
                     "open",
                 ),
-                check(
-                    "frontend error rate under 5%",
-                    false,
-                    verdict != Some(Verdict::Failed),
-                    "3.10%",
-                    "<= 5%",
-                ),
+                if verdict == Some(Verdict::Inconclusive) {
+                    unjudged("frontend error rate under 5%", "<= 5%")
+                } else {
+                    check(
+                        "frontend error rate under 5%",
+                        false,
+                        verdict != Some(Verdict::Failed),
+                        "3.10%",
+                        "<= 5%",
+                    )
+                },
                 check("frontend error rate <= 50%", true, true, "3.10%", "<= 50%"),
             ],
             injected: None,
@@ -253,6 +268,7 @@ fn experiment_view_with_each_verdict() {
         (Verdict::Passed, Color::Green, false),
         (Verdict::Failed, Color::Red, true),
         (Verdict::Aborted, Color::Yellow, false),
+        (Verdict::Inconclusive, Color::Magenta, false),
     ] {
         let mut s = Screen::new(90, 20, true);
         s.act(Action::Figures(shop()));
@@ -278,6 +294,11 @@ fn experiment_view_with_each_verdict() {
         assert_eq!(style_at(s.draw(), &word).bg, Some(colour), "{verdict}");
         if failed {
             assert_eq!(style_at(s.draw(), "FAILED ").fg, Some(Color::Red));
+        }
+        if verdict == Verdict::Inconclusive {
+            // Never shown as failing (nor passing): it was not judged.
+            assert!(!s.text().contains("FAILED"), "{}", s.text());
+            assert_eq!(style_at(s.draw(), "UNJUDGED").fg, Some(Color::Yellow));
         }
     }
 }

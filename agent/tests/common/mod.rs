@@ -498,6 +498,15 @@ pub fn cgroup2_root() -> PathBuf {
     faultline_agent::cgroup2_mount().expect("a cgroup v2 mount")
 }
 
+/// The cgroup the kubelet's systemd driver gives a burstable pod's
+/// container, relative to the cgroup root.
+pub fn pod_cgroup(uid: &str, container: &str) -> String {
+    format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope",
+        uid.replace('-', "_")
+    )
+}
+
 /// A cgroup tree laid out as the kubelet lays out pods (one pod per cgroup
 /// driver), each pod's process in a namespace this test made; removed
 /// deepest first on drop, its processes killed.
