@@ -89,12 +89,22 @@ pub struct ExperimentSpec {
     /// (default 10s): an abort check nobody can read protects nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_grace: Option<Duration>,
+    /// How long a fault may wait for its node agent (or, locally, its
+    /// proxy) to confirm it applied before the run ends broken (default
+    /// 30s): a fault nobody confirmed was not injected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_timeout: Option<Duration>,
 }
 
 /// How long an abort check may go unjudged while faults are active, when
 /// the experiment does not say.
 pub fn default_abort_grace() -> Duration {
     Duration::from_secs(10).unwrap_or_default()
+}
+
+/// How long a fault may go unconfirmed, when the experiment does not say.
+pub fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(30).unwrap_or_default()
 }
 
 string_enum! {
@@ -364,6 +374,11 @@ pub struct HttpCheck {
     /// How long to wait for the answer (default 2s).
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
+    /// Allow a link-local or cloud metadata address (169.254.0.0/16,
+    /// fe80::/10, metadata.google.internal, ...), refused otherwise: a
+    /// check is no way to reach a node's credentials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_link_local: bool,
 }
 
 /// Blast-radius limits.
@@ -399,6 +414,9 @@ string_enum! {
         /// Nothing failed, but a hypothesis check was never judged in a
         /// phase it names (too few requests, a service never seen).
         Inconclusive = "Inconclusive",
+        /// The run could not be carried out as written: a fault no agent
+        /// (or local proxy) confirmed in time. Every fault was removed.
+        Broken = "Broken",
     }
 }
 
@@ -499,6 +517,7 @@ impl Decode for ExperimentSpec {
                 "abort",
                 "limits",
                 "abortGrace",
+                "confirmTimeout",
             ],
         )?;
         let description = f.opt(cx, "description");
@@ -510,6 +529,7 @@ impl Decode for ExperimentSpec {
         let abort = f.list(cx, "abort");
         let limits = f.opt(cx, "limits");
         let abort_grace = f.opt(cx, "abortGrace");
+        let confirm_timeout = f.opt(cx, "confirmTimeout");
         Some(ExperimentSpec {
             description: description?,
             duration: duration?,
@@ -520,6 +540,7 @@ impl Decode for ExperimentSpec {
             abort: abort?,
             limits: limits?,
             abort_grace: abort_grace?,
+            confirm_timeout: confirm_timeout?,
         })
     }
 }
@@ -677,14 +698,21 @@ impl Decode for BreakerCheck {
 
 impl Decode for HttpCheck {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
-        let f = Fields::new(cx, node, path, &["url", "status", "timeout"])?;
+        let f = Fields::new(
+            cx,
+            node,
+            path,
+            &["url", "status", "timeout", "allowLinkLocal"],
+        )?;
         let url = f.req(cx, "url");
         let status = f.opt(cx, "status");
         let timeout = f.opt(cx, "timeout");
+        let allow_link_local = f.opt(cx, "allowLinkLocal");
         Some(HttpCheck {
             url: url?,
             status: status?.unwrap_or_else(default_status),
             timeout: timeout?.unwrap_or_else(default_timeout),
+            allow_link_local: allow_link_local?.unwrap_or(false),
         })
     }
 }
@@ -1000,8 +1028,16 @@ impl ExperimentSpec {
                 }
             }
             CheckKind::Http(h) => {
-                if let Err(e) = check_url(&h.url) {
-                    p.add(kp.key("url"), e);
+                match url_host(&h.url) {
+                    Err(e) => p.add(kp.key("url"), e),
+                    Ok(host) if !h.allow_link_local && forbidden_host(&host) => p.add(
+                        kp.key("url"),
+                        format!(
+                            "{} names a link-local or cloud metadata address; set allowLinkLocal: true on this check to allow it",
+                            quote(&h.url)
+                        ),
+                    ),
+                    Ok(_) => {}
                 }
                 if !(100..=599).contains(&h.status) {
                     p.add(
@@ -1019,10 +1055,41 @@ impl ExperimentSpec {
     }
 }
 
-/// An absolute http(s) URL with a host (a name, an IPv4 address or a
-/// bracketed IPv6 address) and an optional port; path, query and fragment
-/// are not interpreted.
-pub fn check_url(url: &str) -> Result<(), String> {
+/// Link-local and cloud metadata addresses (169.254.0.0/16 holds AWS's,
+/// GCP's and Azure's 169.254.169.254; fe80::/10; AWS's fd00:ec2::254;
+/// Alibaba's 100.100.100.200), IPv4-mapped ones included: an http check
+/// reaches them only when it says so.
+pub fn forbidden_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => forbidden_ip(IpAddr::V4(v4)),
+            None => {
+                (v6.segments()[0] & 0xffc0) == 0xfe80
+                    || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+            }
+        },
+    }
+}
+
+/// A URL host (a name or an address, without brackets) that is a
+/// link-local or metadata address, or a metadata service's well-known name.
+pub fn forbidden_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => forbidden_ip(ip),
+        Err(_) => matches!(
+            host.as_str(),
+            "metadata.google.internal" | "metadata.goog" | "instance-data.ec2.internal"
+        ),
+    }
+}
+
+/// The host of an absolute http(s) URL with a host (a name, an IPv4
+/// address or a bracketed IPv6 address, returned without brackets) and an
+/// optional port; path, query and fragment are not interpreted.
+pub fn url_host(url: &str) -> Result<String, String> {
     if let Err(e) = max_chars(url, MAX_URL_CHARS) {
         return Err(format!("the URL {e}"));
     }
@@ -1083,12 +1150,40 @@ pub fn check_url(url: &str) -> Result<(), String> {
     {
         return Err(format!("{} has an invalid port", quote(url)));
     }
-    Ok(())
+    Ok(host.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_local_and_metadata_hosts_are_forbidden() {
+        for bad in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fe80::1",
+            "febf::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "100.100.100.200",
+            "metadata.google.internal",
+            "Metadata.Google.Internal.",
+        ] {
+            assert!(forbidden_host(bad), "{bad}");
+        }
+        for ok in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "fec0::1",
+            "::1",
+            "checkout.shop.svc",
+            "100.100.100.201",
+        ] {
+            assert!(!forbidden_host(ok), "{ok}");
+        }
+        assert_eq!(url_host("http://[fe80::1]:80/x").as_deref(), Ok("fe80::1"));
+    }
 
     #[test]
     fn urls() {
@@ -1101,7 +1196,7 @@ mod tests {
             "http://[fd00::1]:65535/x",
             "http://10.0.0.1:80",
         ] {
-            assert_eq!(check_url(ok), Ok(()), "{ok}");
+            assert!(url_host(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("ftp://example.com", "is not an http:// or https:// URL"),
@@ -1121,10 +1216,10 @@ mod tests {
             ("http://a]b/", "has an invalid host"),
             ("http://a b/", "contains spaces"),
         ] {
-            let err = check_url(bad).expect_err(bad);
+            let err = url_host(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");
         }
         let long = format!("http://x/{}", "a".repeat(MAX_URL_CHARS));
-        assert!(check_url(&long).is_err());
+        assert!(url_host(&long).is_err());
     }
 }

@@ -25,12 +25,13 @@ mod yaml;
 
 pub use crd::{crd_yaml, crds};
 pub use cron::CronSchedule;
-pub use diag::{Diagnostic, Pos};
+pub use diag::{Diagnostic, Pos, did_you_mean};
 pub use document::{API_VERSION, FromResource, Parsed, Resource, parse_documents, parse_one};
 pub use experiment::{
     BreakerCheck, BreakerState, Check, CheckKind, CheckPhase, CheckStatus, DEFAULT_MIN_REQUESTS,
     ErrorRateCheck, Experiment, ExperimentSpec, ExperimentStatus, Fault, HttpCheck, LatencyCheck,
     Limits, Phase, SelectionMode, TargetSelector, Verdict, default_abort_grace,
+    default_confirm_timeout, forbidden_host, forbidden_ip, url_host,
 };
 pub use fault::{
     Direction, FaultAction, Kill, KillMethod, Latency, MAX_PEERS, Partition, Signal, parse_cidr,

@@ -383,10 +383,11 @@ fn finish(
     if !crate::local::write_reports(name, &outcome, reports, took.as_secs_f64()) {
         return ExitCode::from(EXIT_BROKE);
     }
-    if outcome.verdict == Verdict::Aborted {
-        return ExitCode::from(EXIT_ABORTED);
+    match outcome.verdict {
+        Verdict::Aborted => ExitCode::from(EXIT_ABORTED),
+        Verdict::Broken => ExitCode::from(EXIT_BROKE),
+        _ => ExitCode::from(code),
     }
-    ExitCode::from(code)
 }
 
 /// `faultline abort NAME`: stops a running experiment at once.

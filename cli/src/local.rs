@@ -662,6 +662,10 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
             "INCONCLUSIVE: a check was never judged on enough evidence",
             EXIT_INCONCLUSIVE,
         ),
+        Verdict::Broken => (
+            "BROKEN: the run could not be carried out; every fault was removed",
+            EXIT_BROKE,
+        ),
     };
     say!("{word}");
     code

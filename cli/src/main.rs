@@ -56,7 +56,8 @@ enum Command {
     ///
     /// Exit 0 when the hypothesis held, 1 when it did not, 2 on invalid
     /// input (nothing started), 3 when aborted (every fault removed; Ctrl-C
-    /// aborts), 4 when the run itself broke (no cluster, no controller), 5
+    /// aborts), 4 when the run itself broke (no cluster, no controller, a fault
+    /// nobody confirmed in place), 5
     /// when nothing failed but a check was never judged on enough evidence
     /// (too few requests, a service never seen).
     Run {

@@ -66,13 +66,18 @@ pub fn junit(experiment: &str, outcome: &Outcome, seconds: f64) -> String {
         }
         cases.push_str("</testcase>\n");
     }
-    if outcome.verdict == Verdict::Aborted {
+    if matches!(outcome.verdict, Verdict::Aborted | Verdict::Broken) {
         errors += 1;
+        let kind = if outcome.verdict == Verdict::Broken {
+            "broken"
+        } else {
+            "aborted"
+        };
         let _ = writeln!(
             cases,
-            "    <testcase classname=\"faultline.{}\" name=\"run\" time=\"{seconds:.3}\">\n      <error type=\"aborted\" message=\"{}\"/>\n    </testcase>",
+            "    <testcase classname=\"faultline.{}\" name=\"run\" time=\"{seconds:.3}\">\n      <error type=\"{kind}\" message=\"{}\"/>\n    </testcase>",
             xml(experiment),
-            xml(outcome.message.as_deref().unwrap_or("aborted"))
+            xml(outcome.message.as_deref().unwrap_or(kind))
         );
     }
     let tests = outcome.report.len() + errors;

@@ -16,8 +16,16 @@ use tokio::{process::Command, sync::oneshot};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The controller on the mocked API server, with the wall clock.
+/// The controller on the mocked API server, with the wall clock, and the
+/// nodes' agents confirming what it places (for the test's lifetime).
 async fn controller(server: &ApiServer) -> oneshot::Sender<()> {
+    let agents = server.clone();
+    tokio::spawn(async move {
+        loop {
+            agents.report_applied();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
     let (stop, stopped) = oneshot::channel::<()>();
     let (ctx, _task) = reconcile::start(
         server.client(),

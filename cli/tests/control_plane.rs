@@ -8,6 +8,7 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use faultline_testkit::{
     KillOnDrop,
+    agents::report_applied,
     cluster::{ControlPlane, Options, eventually, faultline_api, gone, ready},
 };
 use kube::{Api, api::DynamicObject};
@@ -121,7 +122,7 @@ async fn status(client: &kube::Client) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn game_days_on_a_real_api_server_exit_0_1_3_and_4() {
+async fn game_days_on_a_real_api_server_exit_0_1_3_4_and_broken() {
     let Some((cp, kubeconfig)) = shop().await else {
         return;
     };
@@ -139,6 +140,29 @@ async fn game_days_on_a_real_api_server_exit_0_1_3_and_4() {
     gone(&experiments(&client), "slow-payments", WAIT).await;
     let (_controller, metrics) = cp.start_controller(&kubeconfig, "controller-1", &[]);
     ready(metrics, WAIT).await;
+
+    // No agent runs, so nobody confirms the faults: the run is broken
+    // (exit 4) once the timeout passes, naming the silent nodes, and every
+    // fault comes off. Never a pass.
+    let silent = cp.dir().join("silent.yaml");
+    let text = std::fs::read_to_string(experiment(&cp, "silent.yaml", "30s", false))
+        .expect("read")
+        .replace("spec:\n", "spec:\n  confirmTimeout: 2s\n");
+    std::fs::write(&silent, text).expect("write");
+    let (code, stdout, stderr) = run(faultline(&cp).arg("run").arg(&silent)).await;
+    assert_eq!(code, Some(4), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("BROKEN"), "{stdout}");
+    for node in ["node-a", "node-b"] {
+        assert!(
+            stdout.contains(&format!("node {node} (no answer from its agent)")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(status(&client).await["verdict"], "Broken");
+    assert_eq!(status(&client).await["injected"], 0);
+    assert_eq!(entries(&client).await, 0, "every fault removed");
+    // From here on the nodes' agents answer.
+    let _agents = report_applied(client.clone(), &["node-a", "node-b"]);
 
     // Ctrl-C while a scheduled run waits for its start: exit 3, nothing
     // injected, the experiment deleted (its finalizer lets it go).

@@ -278,11 +278,16 @@ fn invalid_input_starts_nothing() {
 }
 
 /// A one-service topology (payments of the demo shop) on a free port.
-fn payments_only(dir: &std::path::Path) -> PathBuf {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+/// Payments, and a caller that never calls it: a fault on payments has
+/// an edge (a proxy) to act on, and no traffic.
+fn payments_and_a_caller(dir: &std::path::Path) -> PathBuf {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    };
+    let (port, caller) = (free(), free());
     let path = dir.join("payments.yaml");
     std::fs::write(
         &path,
@@ -293,6 +298,7 @@ metadata: {{name: one}}
 spec:
   services:
     - {{name: payments, labels: {{app: payments}}, port: {port}, command: [faultline, demo-role, payments, --listen, \"127.0.0.1:{port}\"]}}
+    - {{name: caller, labels: {{app: caller}}, port: {caller}, command: [faultline, demo-role, payments, --listen, \"127.0.0.1:{caller}\"], dependsOn: [payments]}}
 "
         ),
     )
@@ -331,7 +337,7 @@ fn follow_schedule_waits_for_the_start_time_then_runs() {
         .arg("run")
         .arg(&experiment)
         .arg("--local")
-        .arg(payments_only(dir.path()))
+        .arg(payments_and_a_caller(dir.path()))
         .args(["--follow-schedule", "--runs", "1", "--junit"])
         .arg(&junit)
         .output()
@@ -365,7 +371,7 @@ fn ctrl_c_while_waiting_for_the_schedule_starts_nothing() {
         .arg("run")
         .arg(&experiment)
         .arg("--local")
-        .arg(payments_only(dir.path()))
+        .arg(payments_and_a_caller(dir.path()))
         .arg("--follow-schedule")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -395,7 +401,7 @@ fn follow_schedule_without_a_schedule_is_invalid() {
         .arg("run")
         .arg(scheduled_experiment(dir.path(), None))
         .arg("--local")
-        .arg(payments_only(dir.path()))
+        .arg(payments_and_a_caller(dir.path()))
         .arg("--follow-schedule")
         .output()
         .expect("runs");
@@ -490,7 +496,7 @@ fn sigterm_and_sighup_recover_and_leave_nothing_behind() {
 #[test]
 fn a_run_without_traffic_is_inconclusive_with_exit_5() {
     let dir = tempfile::tempdir().expect("tmp");
-    let topology = payments_only(dir.path());
+    let topology = payments_and_a_caller(dir.path());
     // Nobody sends payments a request: its checks have nothing to go by.
     let experiment = |min_requests: &str| {
         let path = dir.path().join("quiet.yaml");
@@ -560,7 +566,7 @@ spec:
 #[test]
 fn a_check_of_a_service_the_topology_lacks_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("tmp");
-    let topology = payments_only(dir.path());
+    let topology = payments_and_a_caller(dir.path());
     let experiment = dir.path().join("typo.yaml");
     std::fs::write(
         &experiment,
@@ -605,4 +611,64 @@ spec:
         faultline_testkit::marked_processes("typo").is_empty(),
         "nothing started"
     );
+}
+
+#[test]
+fn a_fault_no_proxy_carries_is_broken_with_exit_4() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    // Nothing depends on payments: no proxy carries its traffic, so a
+    // latency fault on it is injected nowhere.
+    let topology = dir.path().join("alone.yaml");
+    std::fs::write(
+        &topology,
+        format!(
+            "apiVersion: faultline.dev/v1alpha1
+kind: Topology
+metadata: {{name: alone}}
+spec:
+  services:
+    - {{name: payments, labels: {{app: payments}}, port: {port}, command: [faultline, demo-role, payments, --listen, \"127.0.0.1:{port}\"]}}
+"
+        ),
+    )
+    .expect("write");
+    let experiment = dir.path().join("nowhere.yaml");
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: nowhere, namespace: demo}
+spec:
+  duration: 20s
+  confirmTimeout: 1s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: slow, target: payments, latency: {delay: 50ms}}
+",
+    )
+    .expect("write");
+    let junit = dir.path().join("nowhere.xml");
+    let out = faultline("nowhere")
+        .arg("run")
+        .arg(&experiment)
+        .arg("--local")
+        .arg(&topology)
+        .arg("--no-dashboard")
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .expect("runs");
+    let stdout = exited_with(&out, 4);
+    assert!(stdout.contains("BROKEN"), "{stdout}");
+    assert!(
+        stdout.contains("faults not confirmed within 1s: slow on payments"),
+        "{stdout}"
+    );
+    let report = std::fs::read_to_string(&junit).expect("junit");
+    assert!(report.contains("<error type=\"broken\""), "{report}");
 }

@@ -39,6 +39,8 @@ pub(crate) struct Live {
     /// What was last written per node (so unchanged nodes cost nothing).
     pub written: BTreeMap<String, Written>,
     pub told_injected: bool,
+    /// Checks whose unseen service was reported (once per run).
+    pub told_unseen: BTreeSet<String>,
     /// The end was reported (status, Event, spans).
     pub closed: bool,
 }
@@ -118,6 +120,7 @@ impl Live {
             fault_spans: BTreeMap::new(),
             written: BTreeMap::new(),
             told_injected: false,
+            told_unseen: BTreeSet::new(),
             closed: false,
         }
     }
@@ -157,6 +160,7 @@ impl Live {
             fault_spans: BTreeMap::new(),
             written: BTreeMap::new(),
             told_injected: status.injected.unwrap_or(0) > 0,
+            told_unseen: BTreeSet::new(),
             closed: false,
         }
     }

@@ -47,6 +47,48 @@ pub(crate) fn in_store(
     out
 }
 
+/// What the agents say of this experiment's entries.
+#[derive(Debug, Default)]
+pub(crate) struct Reports {
+    /// Entry ids applied, as reported for the spec their node holds now.
+    pub applied: BTreeSet<String>,
+    /// Entry ids that failed, with the agent's reason.
+    pub failed: BTreeMap<String, String>,
+}
+
+/// The agents' word on this experiment's entries. An entry counts as
+/// applied only when its node's agent has converged to the object's
+/// current generation (so it saw the entry as it is) and the cached
+/// object has caught up with this controller's last write there.
+pub(crate) fn reports(
+    ctx: &Context,
+    r: &ExperimentRef,
+    written: &BTreeMap<String, Written>,
+) -> Reports {
+    let mut out = Reports::default();
+    for nf in ctx.nodefaults.state() {
+        let Some(status) = &nf.status else { continue };
+        let generation = nf.metadata.generation.unwrap_or(0);
+        let current = written
+            .get(&nf.name_any())
+            .is_none_or(|w| generation >= w.generation)
+            && status.observed_generation >= Some(generation);
+        for f in status.faults.iter().filter(|f| r.owns(&f.id)) {
+            match f.state {
+                FaultState::Applied if current => {
+                    out.applied.insert(f.id.clone());
+                }
+                FaultState::Failed => {
+                    out.failed
+                        .insert(f.id.clone(), f.reason.clone().unwrap_or_default());
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 /// How many of this experiment's entries the agents report as failed.
 pub(crate) fn failed(ctx: &Context, r: &ExperimentRef) -> u32 {
     ctx.nodefaults

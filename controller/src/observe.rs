@@ -1,17 +1,92 @@
 //! The figures checks compare, read from the in-cluster observer's live API
-//! (`GET /api/v1/services/{name}`) or, for `http` checks, from the URL.
+//! (`GET /api/v1/services/{name}`) or, for `http` checks, from the URL:
+//! http or https (rustls, the system's roots), a bounded read, and never a
+//! link-local or cloud metadata address unless the check allows it.
 
-use std::time::Duration;
+use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use bytes::Bytes;
-use faultline_api::{BreakerState, CheckKind};
+use faultline_api::{BreakerState, CheckKind, HttpCheck, forbidden_host, forbidden_ip};
 use faultline_engine::Observed;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{HttpConnector, dns::Name},
+    },
+    rt::TokioExecutor,
+};
 use serde::Deserialize;
 
 /// How long one request to the observer or a check's URL may take.
 const OBSERVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much of an observer's answer is read (a services list included).
+const OBSERVER_MAX_BYTES: usize = 4 << 20;
+/// How much of an http check's answer is read: only its status counts.
+const CHECK_MAX_BYTES: usize = 64 << 10;
+
+type Https = HttpsConnector<HttpConnector<Resolver>>;
+
+/// Resolves names as the system does, keeping link-local and metadata
+/// addresses out unless allowed: checked where the connection is made, so
+/// a name that changes its answer (DNS rebinding) cannot slip past.
+#[derive(Debug, Clone, Copy)]
+struct Resolver {
+    allow_link_local: bool,
+}
+
+impl tower::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let allow = self.allow_link_local;
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let kept: Vec<SocketAddr> = all
+                .into_iter()
+                .filter(|a| allow || !forbidden_ip(a.ip()))
+                .collect();
+            if kept.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{name} resolves only to link-local or metadata addresses"),
+                ));
+            }
+            Ok(kept.into_iter())
+        })
+    }
+}
+
+fn https_client(allow_link_local: bool) -> Client<Https, Empty<Bytes>> {
+    let mut http = HttpConnector::new_with_resolver(Resolver { allow_link_local });
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    // Without readable system roots, https still works for nothing but
+    // plain http; the failure shows on the first https check.
+    let builder = match builder.with_native_roots() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "no system root certificates; https checks will fail");
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        }
+    };
+    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -23,6 +98,8 @@ pub(crate) enum Error {
     Status { url: String, status: u16 },
     #[error("the observer's answer from {url} is not what was expected: {why}")]
     Decode { url: String, why: String },
+    #[error("{url} is refused: {why}")]
+    Refused { url: String, why: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,11 +126,14 @@ struct PercentileFigure {
     ms: Option<f64>,
 }
 
-/// A client of one observer (or none, when checks need no figures).
+/// A client of one observer (or none, when checks need no figures), and
+/// of the URLs `http` checks name.
 #[derive(Debug, Clone)]
 pub struct ObserverClient {
     base: Option<String>,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    client: Client<Https, Empty<Bytes>>,
+    /// For checks that allow link-local and metadata addresses.
+    client_link_local: Client<Https, Empty<Bytes>>,
 }
 
 /// The observer's window for a check's window: whole seconds, 1 s to 5 m.
@@ -66,7 +146,8 @@ impl ObserverClient {
     pub fn new(base: Option<String>) -> Self {
         ObserverClient {
             base: base.map(|b| b.trim_end_matches('/').to_owned()),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: https_client(false),
+            client_link_local: https_client(true),
         }
     }
 
@@ -75,7 +156,8 @@ impl ObserverClient {
         self.base.is_some()
     }
 
-    /// GET `url`: the status and body, or why nothing came back in time.
+    /// GET `url` from the observer: the status and body (at most
+    /// OBSERVER_MAX_BYTES), or why nothing came back in time.
     async fn get(&self, url: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
         let req = hyper::Request::get(url)
             .body(Empty::new())
@@ -85,12 +167,47 @@ impl ObserverClient {
             .map_err(|_| format!("no answer within {timeout:?}"))?
             .map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
-        let body = tokio::time::timeout(timeout, response.into_body().collect())
+        let body = Limited::new(response.into_body(), OBSERVER_MAX_BYTES);
+        let body = tokio::time::timeout(timeout, body.collect())
             .await
             .map_err(|_| "the body did not arrive in time".to_owned())?
             .map_err(|e| e.to_string())?
             .to_bytes();
         Ok((status, body))
+    }
+
+    /// An http check: the answer's status, None when nothing answered in
+    /// time. The body is read up to CHECK_MAX_BYTES within the same
+    /// timeout, then let go. A link-local or metadata host the check does
+    /// not allow is refused (an error: the check is not judged).
+    async fn http_check(&self, check: &HttpCheck) -> Result<Observed, Error> {
+        let refused = |why: String| Error::Refused {
+            url: check.url.clone(),
+            why,
+        };
+        let host = faultline_api::url_host(&check.url).map_err(refused)?;
+        if !check.allow_link_local && forbidden_host(&host) {
+            return Err(refused(
+                "a link-local or cloud metadata address (allowLinkLocal: true allows it)".into(),
+            ));
+        }
+        let Ok(req) = hyper::Request::get(check.url.as_str()).body(Empty::new()) else {
+            return Err(refused("not a URL this client can request".into()));
+        };
+        let client = if check.allow_link_local {
+            &self.client_link_local
+        } else {
+            &self.client
+        };
+        let deadline = tokio::time::Instant::now() + check.timeout.as_std();
+        let Ok(Ok(response)) = tokio::time::timeout_at(deadline, client.request(req)).await else {
+            return Ok(Observed::Http(None));
+        };
+        let status = response.status().as_u16();
+        // Past the limit, cut short or late: the status is what counts.
+        let body = Limited::new(response.into_body(), CHECK_MAX_BYTES);
+        let _ = tokio::time::timeout_at(deadline, body.collect()).await;
+        Ok(Observed::Http(Some(status)))
     }
 
     /// One service's figures; None when the observer has never seen it.
@@ -124,6 +241,37 @@ impl ObserverClient {
         }
     }
 
+    /// Why the observer has no figures for `name`, with the closest name it
+    /// does have. Best effort: the list may be unreadable.
+    async fn unseen(&self, name: &str) -> Observed {
+        #[derive(Deserialize)]
+        struct Services {
+            services: Vec<Named>,
+        }
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let known: Vec<String> = match &self.base {
+            Some(base) => {
+                let url = format!("{base}/api/v1/services?window=300s");
+                match self.get(&url, OBSERVER_TIMEOUT).await {
+                    Ok((200, body)) => serde_json::from_slice::<Services>(&body)
+                        .map(|s| s.services.into_iter().map(|n| n.name).collect())
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                }
+            }
+            None => Vec::new(),
+        };
+        let hint = faultline_api::did_you_mean(name, known.iter().map(String::as_str))
+            .map(|n| format!(" (did you mean {n}?)"))
+            .unwrap_or_default();
+        Observed::Unseen(format!(
+            "the observer has no figures for service {name:?}{hint}"
+        ))
+    }
+
     /// The figure a check compares. An observer that cannot be read is an
     /// error, not "no data": no data lets rate checks pass, and an
     /// unreadable observer is no evidence either way.
@@ -138,21 +286,30 @@ impl ObserverClient {
                         rate: f.error_rate,
                         requests: f.requests,
                     },
-                    _ => Observed::NoData,
+                    Some(_) => Observed::NoData,
+                    None => self.unseen(&c.service).await,
                 }
             }
             CheckKind::Latency(c) => {
-                let f = self
+                let Some(f) = self
                     .service(&c.service, window_secs(c.window), Some(c.percentile))
-                    .await?;
-                match f.and_then(|f| Some((f.percentile?.ms?, f.requests))) {
-                    Some((ms, requests)) => Observed::LatencyMs { ms, requests },
+                    .await?
+                else {
+                    return Ok(self.unseen(&c.service).await);
+                };
+                match f.percentile.and_then(|p| p.ms) {
+                    Some(ms) => Observed::LatencyMs {
+                        ms,
+                        requests: f.requests,
+                    },
                     None => Observed::NoData,
                 }
             }
             CheckKind::Breaker(c) => {
-                let f = self.service(&c.service, 30, None).await?;
-                let breaker = f.and_then(|f| f.breakers.into_iter().find(|b| b.name == c.name));
+                let Some(f) = self.service(&c.service, 30, None).await? else {
+                    return Ok(self.unseen(&c.service).await);
+                };
+                let breaker = f.breakers.into_iter().find(|b| b.name == c.name);
                 match breaker
                     .and_then(|b| Some((b.state.parse::<BreakerState>().ok()?, b.for_seconds)))
                 {
@@ -160,12 +317,103 @@ impl ObserverClient {
                     None => Observed::NoData,
                 }
             }
-            CheckKind::Http(c) => Observed::Http(
-                self.get(&c.url, c.timeout.as_std())
-                    .await
-                    .ok()
-                    .map(|(status, _)| status),
-            ),
+            CheckKind::Http(c) => return self.http_check(c).await,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, timeout: &str, allow_link_local: bool) -> CheckKind {
+        CheckKind::Http(HttpCheck {
+            url: url.into(),
+            status: 200,
+            timeout: timeout.parse().expect("duration"),
+            allow_link_local,
+        })
+    }
+
+    /// A server whose answer's body never ends.
+    async fn endless() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|| async {
+                let chunk = Bytes::from(vec![b'x'; 8192]);
+                let stream = futures::stream::repeat_with(move || {
+                    Ok::<_, std::convert::Infallible>(chunk.clone())
+                });
+                axum::body::Body::from_stream(stream)
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_endless_body_is_read_no_further_than_the_limit() {
+        let addr = endless().await;
+        let client = ObserverClient::new(None);
+        // The check's own timeout is long: only the read limit ends it.
+        let observed = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.observe(&check(&format!("http://{addr}/"), "1m", false)),
+        )
+        .await
+        .expect("the read stops at the limit")
+        .expect("observed");
+        assert_eq!(observed, Observed::Http(Some(200)));
+    }
+
+    #[tokio::test]
+    async fn link_local_and_metadata_hosts_are_refused_unless_allowed() {
+        let client = ObserverClient::new(None);
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fe80::1]/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+        ] {
+            let err = client
+                .observe(&check(url, "200ms", false))
+                .await
+                .expect_err(url);
+            assert!(
+                err.to_string().contains("link-local or cloud metadata"),
+                "{err}"
+            );
+        }
+        // Allowed, it would be asked; test traffic stays on loopback, so
+        // the resolver's side of allowing is tested below.
+    }
+
+    #[tokio::test]
+    async fn names_resolving_only_to_link_local_addresses_are_refused() {
+        use std::str::FromStr;
+        use tower::Service;
+        let name = |n: &str| Name::from_str(n).expect("name");
+        let mut guarded = Resolver {
+            allow_link_local: false,
+        };
+        let local: Vec<SocketAddr> = guarded
+            .call(name("localhost"))
+            .await
+            .expect("resolves")
+            .collect();
+        assert!(local.iter().all(|a| a.ip().is_loopback()), "{local:?}");
+        // A literal link-local address given as a name resolves to itself.
+        let err = guarded
+            .call(name("169.254.169.254"))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let mut open = Resolver {
+            allow_link_local: true,
+        };
+        assert!(open.call(name("169.254.169.254")).await.is_ok());
     }
 }

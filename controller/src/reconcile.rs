@@ -51,6 +51,9 @@ pub(crate) const ABORT_ANNOTATION: &str = "faultline.dev/abort";
 pub(crate) const STATUS_MANAGER: &str = "faultline-controller";
 /// A scheduled start this late is still taken; later ones count as missed.
 const START_SLACK: SignedDuration = SignedDuration::from_secs(30);
+/// How long a check's service may be unknown to the observer before it is
+/// reported as most likely misnamed (services need a moment to report).
+const UNSEEN_GRACE: Duration = Duration::from_secs(30);
 /// How long checks due before or after the faults may go unreadable
 /// before they count as failed (the run would otherwise wait forever).
 const CHECK_PATIENCE: Duration = Duration::from_secs(60);
@@ -473,6 +476,20 @@ async fn step(
             };
             match ctx.observer.observe(&check.kind).await {
                 Ok(observed) => {
+                    // A service still unknown after the grace is most likely
+                    // misnamed: said once, by name, while the run goes on.
+                    if let faultline_engine::Observed::Unseen(why) = &observed
+                        && elapsed >= UNSEEN_GRACE
+                        && live.told_unseen.insert(check.display_name())
+                    {
+                        ctx.event(
+                            exp,
+                            EventType::Warning,
+                            "UnseenService",
+                            format!("check {}: {why}", check.display_name()),
+                        )
+                        .await;
+                    }
                     live.run.observe(elapsed, c, &observed);
                 }
                 // Not judged this time: an unreadable observer is no
@@ -509,9 +526,16 @@ async fn step(
         .filter_map(|p| PodInfo::from_pod(p))
         .collect();
     let candidates = plan::candidates(&spec, &r.namespace, &pods);
+    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+    // Before stepping, so a run that breaks here loses its faults this turn;
+    // after it too, so instances a resumed run takes up again count as
+    // confirmed at once when their agents already say so.
+    let reports = nodes::reports(ctx, r, &live.written);
+    confirm(r, &mut live, &index, &reports, elapsed);
+    break_overdue(r, &mut live, &index, &reports, elapsed);
 
     let mut actions = live.run.step(elapsed, &candidates);
-    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+    confirm(r, &mut live, &index, &reports, elapsed);
     let mut desired = desired_entries(ctx, r, &mut live, &index);
     if let Some(why) = nodes::refused(&desired) {
         // Refused before anything of this step is done: no pod deleted either.
@@ -529,7 +553,8 @@ async fn step(
         return Err(e);
     }
 
-    let injected: u32 = desired.values().map(|v| v.len() as u32).sum();
+    // Confirmed by their agents (or, for pod deletions, done): not merely written.
+    let injected = live.run.confirmed().len() as u32;
     // Pods that faults act on (a target only named as peers is not one).
     let targets = {
         let plan = live.run.plan();
@@ -617,6 +642,89 @@ async fn step(
     };
     ctx.keep_run(&r.uid, live);
     Ok(action)
+}
+
+/// Takes the agents' reports as confirmation of the run's fault instances
+/// (a pod deletion is confirmed by the pod being gone).
+fn confirm(
+    r: &ExperimentRef,
+    live: &mut Live,
+    index: &HashMap<&str, &PodInfo>,
+    reports: &nodes::Reports,
+    elapsed: Duration,
+) {
+    let deletes: BTreeSet<String> = live
+        .run
+        .spec()
+        .faults
+        .iter()
+        .filter(|f| matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete))
+        .map(|f| f.name.clone())
+        .collect();
+    live.run.confirm(elapsed, |i| {
+        if deletes.contains(&i.fault) {
+            !index.contains_key(i.target.as_str())
+        } else {
+            reports.applied.contains(&r.entry_id(&i.fault, &i.target))
+        }
+    });
+}
+
+/// Ends the run broken when a fault instance waited past its
+/// `confirmTimeout`, naming the nodes and what kept each.
+fn break_overdue(
+    r: &ExperimentRef,
+    live: &mut Live,
+    index: &HashMap<&str, &PodInfo>,
+    reports: &nodes::Reports,
+    elapsed: Duration,
+) {
+    let timeout = live
+        .run
+        .spec()
+        .confirm_timeout
+        .unwrap_or_else(faultline_api::default_confirm_timeout);
+    let overdue: Vec<_> = live.run.overdue(elapsed).into_iter().cloned().collect();
+    if overdue.is_empty() {
+        return;
+    }
+    // Per node, what kept its faults from being confirmed.
+    let mut nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for i in &overdue {
+        let id = r.entry_id(&i.fault, &i.target);
+        let (node, why) = match (index.get(i.target.as_str()), reports.failed.get(&id)) {
+            (Some(pod), Some(reason)) => (pod.node.clone(), format!("failed: {reason}")),
+            (Some(pod), None)
+                if live
+                    .written
+                    .get(&pod.node)
+                    .is_some_and(|w| w.entries.iter().any(|e| e.id == id)) =>
+            {
+                (pod.node.clone(), "no answer from its agent".to_owned())
+            }
+            (Some(pod), None) => (
+                pod.node.clone(),
+                format!("nothing to apply for {}", i.fault),
+            ),
+            (None, _) => ("(unknown)".to_owned(), format!("pod {} is gone", i.target)),
+        };
+        nodes.entry(node).or_default().insert(why);
+    }
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|(node, why)| {
+            format!(
+                "node {node} ({})",
+                why.iter().cloned().collect::<Vec<_>>().join("; ")
+            )
+        })
+        .collect();
+    let reason = format!(
+        "faults not confirmed within {timeout}: {}; every fault was removed",
+        list.join(", ")
+    );
+    tracing::warn!(experiment = %format!("{}/{}", r.namespace, r.name), %reason, "run broken");
+    live.run.broke(elapsed, reason);
 }
 
 /// The abort annotation stops one run; once it has ended, it goes, so a

@@ -149,6 +149,7 @@ fn conditions(
         (_, Some(Verdict::Failed)) => ("False", "Failed"),
         (_, Some(Verdict::Aborted)) => ("False", "Aborted"),
         (_, Some(Verdict::Inconclusive)) => ("False", "Inconclusive"),
+        (_, Some(Verdict::Broken)) => ("False", "Broken"),
         (_, None) => ("Unknown", "Running"),
     };
     vec![
@@ -235,6 +236,7 @@ spec:
         )];
         let mut run = Run::new(e.spec.clone(), "shop", 1);
         run.step(Duration::ZERO, &cands);
+        run.confirm(Duration::ZERO, |_| true);
         for c in run.due(Duration::from_secs(1)) {
             let observed = if c.index == 0 {
                 Observed::Rate {
@@ -278,6 +280,7 @@ spec:
         );
         resumed.step(Duration::from_secs(31), &cands);
         assert_eq!(resumed.resolved().len(), 1, "the fault is still wanted");
+        resumed.confirm(Duration::from_secs(31), |_| true);
         resumed.step(Duration::from_secs(60), &cands);
         resumed.step(Duration::from_secs(61), &cands);
         assert_eq!(resumed.phase(), Phase::Completed);

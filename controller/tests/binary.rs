@@ -68,6 +68,8 @@ async fn the_binary_runs_an_experiment_and_serves_health_and_metrics() {
     })
     .await;
     until("the verdict", WAIT, || {
+        // node-a's agent confirms the entry.
+        server.report_applied();
         server
             .get("Experiment", Some("shop"), "slow")
             .is_some_and(|e| e["status"]["verdict"] == "Passed")

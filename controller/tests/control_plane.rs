@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
-use faultline_testkit::cluster::{
-    Chart, ControlPlane, Options, eventually, faultline_api, gone, ready,
+use faultline_testkit::{
+    agents::report_applied,
+    cluster::{Chart, ControlPlane, Options, eventually, faultline_api, gone, ready},
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
@@ -202,8 +203,16 @@ async fn the_controller_runs_an_experiment_as_its_service_account() {
     let uids = cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
     let (p1, p2) = (&uids[0], &uids[1]);
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
-    let (_controller, metrics) =
-        cp.start_controller(&kubeconfig, "controller-1", &["--lease-seconds", "6"]);
+    // The nodes' agents confirm what is placed on them.
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
+    // The API server's own certificate is what the https check trusts.
+    let ca = cp.ca_file();
+    let (_controller, metrics) = cp.start_controller_with_env(
+        &kubeconfig,
+        "controller-1",
+        &["--lease-seconds", "6"],
+        &[("SSL_CERT_FILE", ca.to_str().expect("utf-8 path"))],
+    );
     let client = cp.client().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "faultline");
     eventually("the controller to hold the Lease", WAIT, || async {
@@ -213,7 +222,12 @@ async fn the_controller_runs_an_experiment_as_its_service_account() {
     .await;
     ready(metrics, WAIT).await;
 
-    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "6s"));
+    // An https check, before and after the fault, of a real TLS server.
+    cp.apply(&format!(
+        "{}  hypothesis:\n    - name: api answers\n      when: [before, after]\n      http: {{url: \"{}/livez\"}}\n",
+        SLOW_PAYMENTS.replace("DURATION", "6s"),
+        cp.url
+    ));
     let exps = experiments(&client, "shop");
     let uid = exps
         .get("slow-payments")
@@ -244,7 +258,9 @@ async fn the_controller_runs_an_experiment_as_its_service_account() {
     })
     .await;
     let status = exps.get("slow-payments").await.expect("experiment").data["status"].clone();
-    assert_eq!(status["verdict"], "Passed", "no check could fail: {status}");
+    assert_eq!(status["verdict"], "Passed", "{status}");
+    assert_eq!(status["checks"][0]["passed"], true, "{status}");
+    assert_eq!(status["checks"][0]["observed"], "HTTP 200", "{status}");
     assert!(
         serde_json::to_vec(&status).expect("json").len() < 4096,
         "status stays small: {status}"
@@ -322,6 +338,8 @@ async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
     cp.namespace("shop", true).await;
     cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    // The nodes' agents confirm what is placed on them.
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
     let lease_args = ["--lease-seconds", "6"];
     let (mut first, _) = cp.start_controller(&kubeconfig, "controller-1", &lease_args);
     let client = cp.client().await;
@@ -436,6 +454,8 @@ async fn watches_recover_from_410_gone_and_a_recreated_pod_gets_the_fault() {
         )
         .await;
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    // The nodes' agents confirm what is placed on them.
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
     // A long lease: the pause below must not cost it the lead.
     let (controller, _) =
         cp.start_controller(&kubeconfig, "controller-1", &["--lease-seconds", "120"]);
@@ -552,6 +572,8 @@ async fn a_scheduled_experiment_runs_at_its_next_start_and_a_deleted_node_loses_
     cp.namespace("shop", true).await;
     cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    // The nodes' agents confirm what is placed on them.
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
     let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
     // Every minute: the next start is at most a minute away.
     cp.apply(
@@ -631,6 +653,8 @@ async fn two_experiments_share_a_node_and_an_unopted_namespace_is_refused() {
     )
     .await;
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    // The nodes' agents confirm what is placed on them.
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
     let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
     let client = cp.client().await;
     let nfs = nodefaults(&client);
@@ -735,13 +759,15 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
     })
     .await;
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    // The nodes' agents confirm what is placed on them.
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
     let observer_url = format!("http://{api}");
     let (_controller, _) =
         cp.start_controller(&kubeconfig, "controller-1", &["--observer", &observer_url]);
     // minRequests 0: with the observer up, an empty window is judged met,
     // so only the observer's going can leave the check unjudged.
     cp.apply(&format!(
-            "{}  abortGrace: 4s\n  abort:\n    - errorRate: {{service: checkout, max: 50%, window: 10s, minRequests: 0}}\n",
+            "{}  abortGrace: 4s\n  hypothesis:\n    - errorRate: {{service: chekout, max: 5%}}\n  abort:\n    - errorRate: {{service: checkout, max: 50%, window: 10s, minRequests: 0}}\n",
             SLOW_PAYMENTS.replace("DURATION", "5m")
         ),
     );
@@ -758,6 +784,24 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
         (judged && placed).then_some(())
     })
     .await;
+
+    // A service the observer has no figures for is not judged, and says so.
+    let typo = eventually("the misnamed check evaluated", WAIT, || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        e.data["status"]["checks"]
+            .as_array()?
+            .iter()
+            .find(|c| c["abort"] != true && c["evaluations"].as_u64() > Some(0))
+            .cloned()
+    })
+    .await;
+    assert!(typo["passed"].is_null(), "{typo}");
+    assert!(
+        typo["notJudged"]
+            .as_str()
+            .is_some_and(|m| m.contains("no figures for service \"chekout\"")),
+        "{typo}"
+    );
 
     let _ = observer.0.kill();
     let _ = observer.0.wait();

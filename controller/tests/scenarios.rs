@@ -24,6 +24,8 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Controller {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// The nodes' agents, confirming what is placed.
+    agents: JoinHandle<()>,
 }
 
 impl Controller {
@@ -62,9 +64,19 @@ impl Controller {
             "the controller never became ready"
         );
 
+        let agents = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                loop {
+                    server.report_applied();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
         Controller {
             stop: Some(stop),
             task,
+            agents,
         }
     }
 
@@ -74,6 +86,7 @@ impl Controller {
         }
         let _ = tokio::time::timeout(WAIT, &mut self.task).await;
         self.task.abort();
+        self.agents.abort();
     }
 }
 
@@ -145,6 +158,16 @@ fn status(server: &ApiServer, ns: &str, name: &str) -> Value {
         .get("Experiment", Some(ns), name)
         .map(|e| e["status"].clone())
         .unwrap_or(Value::Null)
+}
+
+/// Waits until the agents have confirmed every target's fault: before
+/// the clock jumps past the confirmation timeout.
+async fn confirmed(server: &ApiServer, ns: &str, name: &str) {
+    until(&format!("{name}'s faults confirmed"), WAIT, || {
+        let s = status(server, ns, name);
+        s["injected"].as_u64() > Some(0) && s["injected"] == s["targets"]
+    })
+    .await;
 }
 
 fn phase(server: &ApiServer, ns: &str, name: &str) -> String {
@@ -342,8 +365,9 @@ async fn a_restarted_controller_continues_the_run_without_writing_anything_twice
         ids(&server, "node-a").len() == 1 && ids(&server, "node-b").len() == 1
     })
     .await;
-    until("status running", WAIT, || {
-        phase(&server, "shop", "slow") == "Running"
+    until("status running, its faults confirmed", WAIT, || {
+        let s = status(&server, "shop", "slow");
+        s["phase"] == "Running" && s["injected"] == 2
     })
     .await;
     first.stop().await;
@@ -408,6 +432,8 @@ async fn two_experiments_on_one_node_keep_each_others_entries() {
         cut["partition"]["peers"],
         json!(["10.0.0.1/32", "10.0.0.2/32"])
     );
+    confirmed(&server, "shop", "slow").await;
+    confirmed(&server, "shop", "cut").await;
     advance(&clock, 31);
     until("slow's entry gone, cut's kept", WAIT, || {
         ids(&server, "node-a") == [format!("shop/cut/cut/{c1}")]
@@ -549,6 +575,7 @@ async fn a_scheduled_experiment_runs_at_its_start_times_and_counts_missed_ones()
     })
     .await;
     assert_eq!(status(&server, "shop", "nightly")["runs"], 1);
+    confirmed(&server, "shop", "nightly").await;
     advance(&clock, 31);
     until("the run's end and the next start", WAIT, || {
         let s = status(&server, "shop", "nightly");
@@ -685,7 +712,10 @@ async fn with_the_api_unreachable_nothing_new_is_placed_and_the_run_recovers_aft
     shop(&server);
     let controller = Controller::start(&server, &clock).await;
     server.apply(experiment("slow", "shop", "60s", slow_payments()));
-    until("entries", WAIT, || ids(&server, "node-b").len() == 1).await;
+    until("entries confirmed by their agents", WAIT, || {
+        ids(&server, "node-b").len() == 1 && status(&server, "shop", "slow")["injected"] == 2
+    })
+    .await;
     server.set_down(true);
     let writes = server.writes().len();
     // A pod appears and the window passes while the API is down: nothing

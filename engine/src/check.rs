@@ -17,6 +17,9 @@ pub enum Observed {
     /// Nothing to judge by (no traffic in the window, a service or breaker
     /// never seen).
     NoData,
+    /// The check's service is unknown to whoever holds the figures; why,
+    /// as people read it (with a "did you mean" when one fits).
+    Unseen(String),
 }
 
 /// The result of one evaluation: whether the figure met the check, what was
@@ -102,6 +105,25 @@ pub fn evaluate(kind: &CheckKind, observed: &Observed) -> Evaluation {
         (CheckKind::Breaker(c), Observed::NoData) => {
             judged(false, "breaker not seen".into(), c.state.to_string())
         }
+        // `minRequests: 0` asks for no evidence, explicitly: as no requests.
+        (CheckKind::ErrorRate(c), Observed::Unseen(_)) if c.min_requests() == 0 => {
+            evaluate(kind, &Observed::NoData)
+        }
+        (CheckKind::Latency(c), Observed::Unseen(_)) if c.min_requests() == 0 => {
+            evaluate(kind, &Observed::NoData)
+        }
+        // Not judged: a name nobody reports on is no evidence either way.
+        (kind, Observed::Unseen(why)) => Evaluation {
+            passed: false,
+            judged: false,
+            observed: why.clone(),
+            expected: match kind {
+                CheckKind::ErrorRate(c) => format!("<= {}", c.max),
+                CheckKind::Latency(c) => format!("p{} <= {}", c.percentile, c.max),
+                CheckKind::Breaker(c) => c.state.to_string(),
+                CheckKind::Http(c) => format!("HTTP {}", c.status),
+            },
+        },
         (kind, other) => judged(
             false,
             format!("{other:?} does not fit a {} check", kind.key()),
@@ -118,6 +140,23 @@ mod tests {
 
     fn rate(rate: f64, requests: u64) -> Observed {
         Observed::Rate { rate, requests }
+    }
+
+    #[test]
+    fn an_unseen_service_is_not_judged_and_says_why() {
+        let er = CheckKind::ErrorRate(ErrorRateCheck {
+            service: "chekout".into(),
+            max: "5%".parse().expect("percent"),
+            window: "30s".parse().expect("duration"),
+            min_requests: None,
+        });
+        let e = evaluate(
+            &er,
+            &Observed::Unseen("never seen (did you mean checkout?)".into()),
+        );
+        assert!(!e.judged && !e.passed);
+        assert_eq!(e.observed, "never seen (did you mean checkout?)");
+        assert_eq!(e.expected, "<= 5%");
     }
 
     #[test]
@@ -158,6 +197,7 @@ mod tests {
             url: "http://x/health".into(),
             status: 200,
             timeout: "2s".parse().expect("dur"),
+            allow_link_local: false,
         });
         assert!(!evaluate(&http, &Observed::Http(None)).passed);
         assert!(!evaluate(&http, &rate(0.0, 100)).passed);

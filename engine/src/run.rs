@@ -157,6 +157,13 @@ pub struct Run {
     /// Since when faults have been active without a break: abort checks'
     /// grace counts from there at the earliest.
     faults_since: Option<Duration>,
+    /// Instances held now that the driver has confirmed applied.
+    confirmed: BTreeSet<Instance>,
+    /// Instances held now and not yet confirmed, with when they were first
+    /// wanted: a fault nobody confirmed was not injected.
+    unconfirmed: BTreeMap<Instance, Duration>,
+    /// Instances whose window ended before anyone confirmed them.
+    never_confirmed: BTreeSet<Instance>,
 }
 
 impl Run {
@@ -184,6 +191,9 @@ impl Run {
             journal: Vec::new(),
             resumed_at: None,
             faults_since: None,
+            confirmed: BTreeSet::new(),
+            unconfirmed: BTreeMap::new(),
+            never_confirmed: BTreeSet::new(),
         }
     }
 
@@ -353,14 +363,94 @@ impl Run {
 
     /// Stops the run at once: the next step removes every fault.
     pub fn abort(&mut self, at: Duration, reason: impl Into<String>) {
+        self.stop(at, Verdict::Aborted, "abort", reason.into());
+    }
+
+    /// Stops the run at once because it could not be carried out (a fault
+    /// nobody confirmed): the next step removes every fault, and the
+    /// verdict is Broken whatever the checks said.
+    pub fn broke(&mut self, at: Duration, reason: impl Into<String>) {
+        self.stop(at, Verdict::Broken, "broken", reason.into());
+    }
+
+    fn stop(&mut self, at: Duration, verdict: Verdict, word: &str, reason: String) {
         if self.is_finished() || self.phase == Phase::Aborted {
             return;
         }
-        let reason = reason.into();
-        self.log(at, format!("abort: {reason}"));
+        self.log(at, format!("{word}: {reason}"));
         self.message = Some(reason);
-        self.verdict = Some(Verdict::Aborted);
+        self.verdict = Some(verdict);
         self.set_phase(at, Phase::Aborted);
+    }
+
+    /// Takes the driver's word on which held instances are applied for
+    /// real (an agent's status, a proxy that took the setting, a signal
+    /// delivered). Once confirmed, an instance stays so while it is held.
+    pub fn confirm(&mut self, now: Duration, applied: impl Fn(&Instance) -> bool) {
+        let newly: Vec<Instance> = self
+            .unconfirmed
+            .keys()
+            .filter(|i| applied(i))
+            .cloned()
+            .collect();
+        for i in newly {
+            self.unconfirmed.remove(&i);
+            self.log(now, format!("confirmed {} on {}", i.fault, i.target));
+            self.confirmed.insert(i);
+        }
+    }
+
+    /// Held instances nobody confirmed within the experiment's
+    /// `confirmTimeout`: the driver ends the run broken, naming where.
+    pub fn overdue(&self, now: Duration) -> Vec<&Instance> {
+        let timeout = self
+            .spec
+            .confirm_timeout
+            .unwrap_or_else(faultline_api::default_confirm_timeout)
+            .as_std();
+        self.unconfirmed
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) > timeout)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Held instances not confirmed yet.
+    pub fn unconfirmed(&self) -> impl Iterator<Item = &Instance> {
+        self.unconfirmed.keys()
+    }
+
+    /// Held instances confirmed applied.
+    pub fn confirmed(&self) -> &BTreeSet<Instance> {
+        &self.confirmed
+    }
+
+    /// Faults are in place for checks of the fault window to count: at
+    /// least one instance held and confirmed, none waiting.
+    fn faults_confirmed(&self) -> bool {
+        !self.confirmed.is_empty() && self.unconfirmed.is_empty()
+    }
+
+    /// Keeps the confirmation books in step with what the run holds now.
+    fn track_confirmations(&mut self, now: Duration) {
+        let held: BTreeSet<Instance> = self.active.union(&self.killing).cloned().collect();
+        self.confirmed.retain(|i| held.contains(i));
+        // Let go unconfirmed: at its window's end it was never injected; a
+        // target that went away (replaced, rescheduled) is no one's fault.
+        let ended: Vec<Instance> = self
+            .unconfirmed
+            .keys()
+            .filter(|i| !held.contains(*i))
+            .filter(|i| self.window(&i.fault).is_some_and(|(_, end)| now >= end))
+            .cloned()
+            .collect();
+        self.never_confirmed.extend(ended);
+        self.unconfirmed.retain(|i, _| held.contains(i));
+        for i in held {
+            if !self.confirmed.contains(&i) {
+                self.unconfirmed.entry(i).or_insert(now);
+            }
+        }
     }
 
     /// Advances the run to `now` (time since the run started) with the
@@ -437,6 +527,7 @@ impl Run {
                 }
                 actions.extend(self.signals(now));
                 self.killing = self.kill_window(now);
+                self.track_confirmations(now);
                 let faulting = !self.active.is_empty() || !self.killing.is_empty();
                 self.faults_since = faulting.then(|| self.faults_since.unwrap_or(now));
                 self.set_phase(
@@ -450,6 +541,12 @@ impl Run {
             }
             Phase::Recovering | Phase::Aborted => {
                 self.killing.clear();
+                if self.phase == Phase::Recovering {
+                    let left = std::mem::take(&mut self.unconfirmed);
+                    self.never_confirmed.extend(left.into_keys());
+                }
+                self.confirmed.clear();
+                self.unconfirmed.clear();
                 for gone in std::mem::take(&mut self.active) {
                     self.log(now, format!("remove {} from {}", gone.fault, gone.target));
                     actions.push(Action::Remove(gone));
@@ -617,7 +714,10 @@ impl Run {
         };
         match self.phase {
             Phase::Pending => hypothesis(CheckPhase::Before, true).collect(),
+            // Checks of the fault window count only while faults are
+            // confirmed in place; abort checks guard the whole window.
             Phase::Injecting | Phase::Running => hypothesis(CheckPhase::During, false)
+                .filter(|_| self.faults_confirmed())
                 .chain((0..self.spec.abort.len()).map(|index| CheckRef { abort: true, index }))
                 .collect(),
             Phase::Recovering if self.active.is_empty() => {
@@ -779,6 +879,9 @@ impl Run {
     }
 
     fn complete(&mut self, now: Duration) {
+        // Failures judged on figures, before those that only say a check
+        // was never evaluated or never reached its state are added.
+        let failed_on_figures = self.hypothesis.iter().any(|s| s.failure.is_some());
         // A check that was never judged is no evidence that the hypothesis held.
         for (i, c) in self.spec.hypothesis.iter().enumerate() {
             let state = &mut self.hypothesis[i];
@@ -823,6 +926,27 @@ impl Run {
                     state.not_judged.as_deref().unwrap_or("no figures")
                 ));
             }
+        }
+        // Faults that were never confirmed in place were never tested. A
+        // check that failed did so on evidence gathered while every held
+        // fault was confirmed (only then are fault-window checks due), so
+        // a failure still stands.
+        if !failed_on_figures && !self.never_confirmed.is_empty() {
+            let mut per_fault: BTreeMap<&str, usize> = BTreeMap::new();
+            for i in &self.never_confirmed {
+                *per_fault.entry(i.fault.as_str()).or_default() += 1;
+            }
+            let list: Vec<String> = per_fault
+                .iter()
+                .map(|(f, n)| format!("{f} on {n} target{}", if *n == 1 { "" } else { "s" }))
+                .collect();
+            self.message = Some(format!(
+                "faults never confirmed in place during their window: {}",
+                list.join(", ")
+            ));
+            self.verdict = Some(Verdict::Broken);
+            self.set_phase(now, Phase::Completed);
+            return;
         }
         let failed = self.hypothesis.iter().any(|s| s.failure.is_some());
         let inconclusive: Vec<&str> = self

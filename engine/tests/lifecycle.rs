@@ -90,6 +90,14 @@ fn removes(a: &[Action]) -> Vec<&Instance> {
         .collect()
 }
 
+/// Steps the run, then confirms everything it holds, as a driver whose
+/// agents apply every fault at once would.
+fn step(run: &mut Run, now: Duration, candidates: &[Candidate]) -> Vec<Action> {
+    let actions = run.step(now, candidates);
+    run.confirm(now, |_| true);
+    actions
+}
+
 /// Answers every due check with what `f` says.
 fn answer(run: &mut Run, now: Duration, f: impl Fn(CheckRef) -> Observed) {
     for c in run.due(now) {
@@ -108,7 +116,7 @@ fn a_passing_run_from_steady_state_to_verdict() {
             index: 0
         }]
     );
-    assert!(run.step(s(0), &shop()).is_empty());
+    assert!(step(&mut run, s(0), &shop()).is_empty());
     assert_eq!(run.phase(), Phase::Pending);
     run.observe(
         s(0),
@@ -119,10 +127,10 @@ fn a_passing_run_from_steady_state_to_verdict() {
         &rate(0.0),
     );
     // Before the fault's window nothing is active.
-    assert!(run.step(s(1), &shop()).is_empty());
+    assert!(step(&mut run, s(1), &shop()).is_empty());
     assert_eq!(run.phase(), Phase::Running);
     // The window opens: both payments pods.
-    let a = run.step(s(10), &shop());
+    let a = step(&mut run, s(10), &shop());
     assert_eq!(injects(&a).len(), 2);
     assert_eq!(run.phase(), Phase::Injecting);
     answer(&mut run, s(12), |c| match (c.abort, c.index) {
@@ -133,7 +141,7 @@ fn a_passing_run_from_steady_state_to_verdict() {
             for_secs: 12.0,
         },
     });
-    assert!(run.step(s(15), &shop()).is_empty());
+    assert!(step(&mut run, s(15), &shop()).is_empty());
     assert_eq!(run.phase(), Phase::Running);
     answer(&mut run, s(16), |c| match (c.abort, c.index) {
         (false, 2) => Observed::Breaker {
@@ -143,9 +151,9 @@ fn a_passing_run_from_steady_state_to_verdict() {
         _ => rate(0.02),
     });
     // The window closes at 40 s, the experiment at 60 s.
-    assert_eq!(removes(&run.step(s(40), &shop())).len(), 2);
+    assert_eq!(removes(&step(&mut run, s(40), &shop())).len(), 2);
     assert!(run.active().is_empty());
-    let a = run.step(s(60), &shop());
+    let a = step(&mut run, s(60), &shop());
     assert!(a.is_empty());
     assert_eq!(run.phase(), Phase::Recovering);
     assert_eq!(
@@ -163,7 +171,7 @@ fn a_passing_run_from_steady_state_to_verdict() {
         },
         &Observed::Http(Some(200)),
     );
-    run.step(s(61), &shop());
+    step(&mut run, s(61), &shop());
     assert_eq!(
         (run.phase(), run.verdict()),
         (Phase::Completed, Some(Verdict::Passed))
@@ -176,7 +184,7 @@ fn a_breaker_that_never_opens_within_its_limit_fails_the_run() {
     let mut run = Run::new(spec(SLOW), "shop", 7);
     answer(&mut run, s(0), |_| rate(0.0));
     for t in [10, 20, 30, 31, 35] {
-        run.step(s(t), &shop());
+        step(&mut run, s(t), &shop());
         answer(&mut run, s(t), |c| {
             if !c.abort && c.index == 2 {
                 Observed::Breaker {
@@ -188,9 +196,9 @@ fn a_breaker_that_never_opens_within_its_limit_fails_the_run() {
             }
         });
     }
-    run.step(s(60), &shop());
+    step(&mut run, s(60), &shop());
     answer(&mut run, s(60), |_| Observed::Http(Some(200)));
-    run.step(s(61), &shop());
+    step(&mut run, s(61), &shop());
     assert_eq!(run.verdict(), Some(Verdict::Failed), "{:?}", run.message());
     let failed: Vec<String> = run
         .report()
@@ -205,7 +213,7 @@ fn a_breaker_that_never_opens_within_its_limit_fails_the_run() {
 fn an_abort_check_stops_the_run_and_removes_everything() {
     let mut run = Run::new(spec(SLOW), "shop", 7);
     answer(&mut run, s(0), |_| rate(0.0));
-    assert_eq!(injects(&run.step(s(10), &shop())).len(), 2);
+    assert_eq!(injects(&step(&mut run, s(10), &shop())).len(), 2);
     answer(
         &mut run,
         s(11),
@@ -214,7 +222,7 @@ fn an_abort_check_stops_the_run_and_removes_everything() {
         },
     );
     assert_eq!(run.phase(), Phase::Aborted);
-    let a = run.step(s(11), &shop());
+    let a = step(&mut run, s(11), &shop());
     assert_eq!(removes(&a).len(), 2);
     assert_eq!(
         (run.phase(), run.verdict()),
@@ -222,7 +230,7 @@ fn an_abort_check_stops_the_run_and_removes_everything() {
     );
     assert!(run.message().is_some_and(|m| m.contains("abort check")));
     assert!(
-        run.step(s(20), &shop()).is_empty(),
+        step(&mut run, s(20), &shop()).is_empty(),
         "nothing after recovery"
     );
 }
@@ -242,7 +250,7 @@ fn a_failed_steady_state_never_injects() {
         (run.phase(), run.verdict()),
         (Phase::Completed, Some(Verdict::Failed))
     );
-    assert!(run.step(s(10), &shop()).is_empty());
+    assert!(step(&mut run, s(10), &shop()).is_empty());
 }
 
 #[test]
@@ -250,7 +258,7 @@ fn blast_radius_is_refused_before_anything_is_injected() {
     let text = SLOW.replace("  abort:", "  limits: {maxTargets: 1}\n  abort:");
     let mut run = Run::new(spec(&text), "shop", 7);
     answer(&mut run, s(0), |_| rate(0.0));
-    let a = run.step(s(0), &shop());
+    let a = step(&mut run, s(0), &shop());
     assert!(injects(&a).is_empty());
     assert_eq!(run.phase(), Phase::Recovered);
     assert!(
@@ -281,21 +289,21 @@ fn kills_repeat_and_replacements_are_covered() {
             .filter(|a| matches!(a, Action::Signal(_, Signal::Term)))
             .count()
     };
-    assert_eq!(signals(&run.step(s(0), &shop())), 1);
-    assert_eq!(signals(&run.step(s(5), &shop())), 0);
+    assert_eq!(signals(&step(&mut run, s(0), &shop())), 1);
+    assert_eq!(signals(&step(&mut run, s(5), &shop())), 0);
     let first = run.plan()["one"][0].clone();
-    assert_eq!(signals(&run.step(s(20), &shop())), 1);
+    assert_eq!(signals(&step(&mut run, s(20), &shop())), 1);
     // The killed pod is replaced by a new one: the plan moves to it.
     let replaced: Vec<Candidate> = shop()
         .into_iter()
         .filter(|c| c.id != first)
         .chain([Candidate::new("payments-3", "shop", &[("app", "payments")])])
         .collect();
-    let a = run.step(s(40), &replaced);
+    let a = step(&mut run, s(40), &replaced);
     assert_eq!(signals(&a), 1);
     assert_ne!(run.plan()["one"][0], first);
-    assert_eq!(signals(&run.step(s(59), &replaced)), 0);
-    run.step(s(60), &replaced);
+    assert_eq!(signals(&step(&mut run, s(59), &replaced)), 0);
+    step(&mut run, s(60), &replaced);
     assert_eq!(run.verdict(), Some(Verdict::Passed));
 }
 
@@ -328,10 +336,10 @@ fn a_once_kill_leaves_replacements_alone_and_a_periodic_one_waits_for_its_period
 
     let mut once = Run::new(spec(""), "shop", 1);
     assert_eq!(
-        signalled(&once.step(s(0), &shop())),
+        signalled(&step(&mut once, s(0), &shop())),
         ["payments-1", "payments-2"]
     );
-    assert!(signalled(&once.step(s(5), &with_newcomer)).is_empty());
+    assert!(signalled(&step(&mut once, s(5), &with_newcomer)).is_empty());
     let held: Vec<String> = once
         .resolved()
         .iter()
@@ -344,9 +352,9 @@ fn a_once_kill_leaves_replacements_alone_and_a_periodic_one_waits_for_its_period
     );
 
     let mut periodic = Run::new(spec(", every: 20s"), "shop", 1);
-    assert_eq!(signalled(&periodic.step(s(0), &shop())).len(), 2);
+    assert_eq!(signalled(&step(&mut periodic, s(0), &shop())).len(), 2);
     assert!(
-        signalled(&periodic.step(s(5), &with_newcomer)).is_empty(),
+        signalled(&step(&mut periodic, s(5), &with_newcomer)).is_empty(),
         "not at once"
     );
     assert_eq!(
@@ -354,7 +362,10 @@ fn a_once_kill_leaves_replacements_alone_and_a_periodic_one_waits_for_its_period
         2,
         "nor held: a node agent signals as it applies"
     );
-    assert_eq!(signalled(&periodic.step(s(20), &with_newcomer)).len(), 3);
+    assert_eq!(
+        signalled(&step(&mut periodic, s(20), &with_newcomer)).len(),
+        3
+    );
     assert_eq!(
         periodic.resolved().len(),
         3,
@@ -374,15 +385,15 @@ fn a_resumed_run_repeats_no_signal_and_keeps_its_checks() {
 ",
     );
     let mut first = Run::new(spec.clone(), "shop", 1);
-    first.step(s(0), &shop());
-    first.step(s(25), &shop());
+    step(&mut first, s(0), &shop());
+    step(&mut first, s(25), &shop());
     // Taken over at 30 s: the signals of the 20 s period were sent already.
     let resume = faultline_engine::Resume {
         phase: Some(first.phase()),
         ..Default::default()
     };
     let mut second = Run::resume(spec, "shop", 1, s(30), &resume);
-    let a = second.step(s(30), &shop());
+    let a = step(&mut second, s(30), &shop());
     assert!(!a.iter().any(|a| matches!(a, Action::Signal(..))), "{a:?}");
     let mut held: Vec<(String, String, u64)> = second
         .resolved()
@@ -392,7 +403,7 @@ fn a_resumed_run_repeats_no_signal_and_keeps_its_checks() {
     held.sort();
     assert_eq!(held.len(), 4, "{held:?}");
     assert!(held.iter().all(|(_, _, until)| *until == 60));
-    let a = second.step(s(40), &shop());
+    let a = step(&mut second, s(40), &shop());
     assert_eq!(
         a.iter().filter(|a| matches!(a, Action::Signal(..))).count(),
         2
@@ -415,7 +426,7 @@ fn a_resumed_run_over_its_limits_stops_instead_of_running_with_nothing() {
         ..Default::default()
     };
     let mut run = Run::resume(spec, "shop", 1, s(30), &resume);
-    run.step(s(30), &shop());
+    step(&mut run, s(30), &shop());
     assert_eq!(run.phase(), Phase::Recovered);
     assert_eq!(run.verdict(), Some(Verdict::Aborted));
     assert!(run.message().is_some_and(|m| m.contains("maxTargets")));
@@ -479,6 +490,7 @@ prop_compose! {
             abort: if with_abort { vec![check] } else { vec![] },
             limits: None,
             abort_grace: None,
+            confirm_timeout: None,
         }
     }
 }
@@ -503,6 +515,7 @@ proptest! {
         abort_at in proptest::option::of(0u64..150_000),
         rates in proptest::collection::vec(0.0f64..1.0, 80),
         seed in any::<u64>(),
+        confirm_every in 1usize..6,
     ) {
         let mut times = times;
         times.sort();
@@ -516,11 +529,24 @@ proptest! {
                 run.abort(now, "user");
                 aborted = true;
             }
+            // As drivers do, before stepping: the faults come off in this step.
+            if !aborted && !run.overdue(now).is_empty() {
+                run.broke(now, "not confirmed");
+                aborted = true;
+                prop_assert_eq!(run.verdict(), Some(Verdict::Broken));
+            }
             for c in run.due(now) {
                 run.observe(now, c, &rate(rates[k % rates.len()]));
             }
             let (n, generation) = churn[k % churn.len()];
             let actions = run.step(now, &candidates(n, generation));
+            // Agents that answer now and then, some never (a target's
+            // generation 2 has none): a fault waiting too long breaks the run.
+            if k % confirm_every == 0 {
+                run.confirm(now, |i| !i.target.contains("-2-"));
+            }
+            let held: std::collections::BTreeSet<&Instance> = run.unconfirmed().collect();
+            prop_assert!(held.iter().all(|i| !run.confirmed().contains(*i)), "confirmed and waiting at once");
             for a in &actions {
                 match a {
                     Action::Inject(i) => {
@@ -550,7 +576,7 @@ proptest! {
         for c in run.due(last) {
             run.observe(last, c, &Observed::Http(Some(200)));
         }
-        run.step(last, &candidates(4, 0));
+        step(&mut run, last, &candidates(4, 0));
         prop_assert!(run.active().is_empty());
         if run.phase() != Phase::Pending {
             prop_assert!(run.is_finished() || run.phase() == Phase::Recovering, "{:?}", run.phase());
@@ -566,7 +592,7 @@ fn run_with(f: impl Fn(CheckRef, u64) -> Observed) -> Run {
         for c in run.due(s(t)) {
             run.observe(s(t), c, &f(c, t));
         }
-        run.step(s(t), &shop());
+        step(&mut run, s(t), &shop());
     }
     run
 }
@@ -673,7 +699,7 @@ fn an_abort_check_left_unjudged_past_its_grace_aborts_the_run() {
                 run.observe(s(t), c, &others(c).unwrap_or(rate(0.0)));
             }
         }
-        let actions = run.step(s(t), &shop());
+        let actions = step(&mut run, s(t), &shop());
         if run.phase() == Phase::Recovered || run.verdict() == Some(Verdict::Aborted) {
             // Aborted at the first step more than 10 s after the last
             // judgement, every fault removed in that same step.
@@ -701,4 +727,93 @@ fn an_abort_check_left_unjudged_past_its_grace_aborts_the_run() {
         }
     });
     assert_eq!(run.verdict(), Some(Verdict::Passed), "{:?}", run.message());
+}
+
+#[test]
+fn checks_of_the_fault_window_wait_for_confirmation() {
+    let healthy = CheckRef {
+        abort: false,
+        index: 1,
+    };
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    answer(&mut run, s(0), |c| others(c).unwrap_or(rate(0.0)));
+    run.step(s(10), &shop());
+    // Injected but unconfirmed: abort checks guard it, the hypothesis waits.
+    assert_eq!(run.unconfirmed().count(), 2);
+    assert!(!run.due(s(11)).contains(&healthy));
+    assert!(run.due(s(11)).iter().any(|c| c.abort));
+    // One of two confirmed is not yet "faults in place".
+    run.confirm(s(12), |i| i.target == "payments-1");
+    assert!(!run.due(s(12)).contains(&healthy));
+    run.confirm(s(13), |_| true);
+    assert!(run.due(s(13)).contains(&healthy));
+    assert_eq!(run.confirmed().len(), 2);
+    assert!(run.overdue(s(60)).is_empty());
+}
+
+#[test]
+fn a_fault_nobody_confirms_breaks_the_run_and_comes_off() {
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    answer(&mut run, s(0), |c| others(c).unwrap_or(rate(0.0)));
+    run.step(s(10), &shop());
+    run.confirm(s(10), |i| i.target == "payments-1");
+    // The default timeout is 30 s: not overdue at 40 s, overdue after it.
+    assert!(run.overdue(s(40)).is_empty());
+    let late: Vec<String> = run
+        .overdue(s(41))
+        .iter()
+        .map(|i| i.target.clone())
+        .collect();
+    assert_eq!(late, vec!["payments-2".to_owned()]);
+    run.broke(
+        s(41),
+        "faults not confirmed within 30s: node n2 (no answer from its agent)",
+    );
+    let actions = run.step(s(41), &shop());
+    assert_eq!(removes(&actions).len(), 2, "every fault comes off");
+    assert_eq!(
+        (run.phase(), run.verdict()),
+        (Phase::Recovered, Some(Verdict::Broken))
+    );
+    assert!(run.unconfirmed().next().is_none() && run.confirmed().is_empty());
+    // Checks never judged during the fault do not turn it into anything else.
+    assert!(run.message().is_some_and(|m| m.contains("not confirmed")));
+
+    // Settable per experiment.
+    let quick = SLOW.replace(
+        "  duration: 60s\n",
+        "  duration: 60s\n  confirmTimeout: 5s\n",
+    );
+    let mut run = Run::new(spec(&quick), "shop", 7);
+    answer(&mut run, s(0), |c| others(c).unwrap_or(rate(0.0)));
+    run.step(s(10), &shop());
+    assert!(run.overdue(s(15)).is_empty());
+    assert_eq!(run.overdue(s(16)).len(), 2);
+}
+
+#[test]
+fn a_window_that_ends_unconfirmed_ends_the_run_broken() {
+    let patient = SLOW.replace(
+        "  duration: 60s\n",
+        "  duration: 60s\n  confirmTimeout: 2m\n",
+    );
+    let mut run = Run::new(spec(&patient), "shop", 7);
+    for t in 0..=62 {
+        answer(&mut run, s(t), |c| others(c).unwrap_or(rate(0.0)));
+        run.step(s(t), &shop());
+        // One target's agent answers, the other's never does.
+        run.confirm(s(t), |i| i.target == "payments-1");
+        assert!(
+            run.overdue(s(t)).is_empty(),
+            "the timeout is longer than the run"
+        );
+    }
+    assert_eq!(
+        (run.phase(), run.verdict()),
+        (Phase::Completed, Some(Verdict::Broken))
+    );
+    assert_eq!(
+        run.message(),
+        Some("faults never confirmed in place during their window: slow on 1 target")
+    );
 }

@@ -14,7 +14,9 @@ use faultline_api::{
     BreakerState, CheckKind, Direction, Experiment, FaultAction, KillMethod, Phase, Signal,
     Topology, Verdict, addr_var,
 };
-use faultline_engine::{Action, Candidate, CheckReport, Entry, Observed, Resolved, Run, Snapshot};
+use faultline_engine::{
+    Action, Candidate, CheckReport, Entry, Instance, Observed, Resolved, Run, Snapshot,
+};
 use faultline_observer::{Addresses, Limits};
 use faultline_proxy::{Faults, Latency, Partition, Proxy};
 use http_body_util::{BodyExt, Empty};
@@ -243,6 +245,9 @@ async fn drive(
     progress.send_modify(|p| p.starting = None);
     let started = tokio::time::Instant::now();
     let mut last_checks: Option<Duration> = None;
+    // What is in place: instances a proxy carries, kills whose signal went out.
+    let mut in_place: BTreeSet<Instance> = BTreeSet::new();
+    let mut signalled: BTreeSet<Instance> = BTreeSet::new();
     let mut ticker = tokio::time::interval(options.tick);
     loop {
         tokio::select! {
@@ -276,21 +281,48 @@ async fn drive(
                         && matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete)
                 })
             };
-            if let Action::Signal(i, sig) = a
-                && let Some(p) = procs.get(&i.target)
-                && let Err(e) = p.signal(if deletes(&i.fault) {
+            let Action::Signal(i, sig) = a else { continue };
+            let sent = match procs.get(&i.target) {
+                Some(p) => p.signal(if deletes(&i.fault) {
                     Signal::Kill.number()
                 } else {
                     sig.number()
-                })
-            {
-                log.lock()
+                }),
+                None => Err(std::io::Error::other("no such service")),
+            };
+            match sent {
+                // A kill is in place once its first signal was delivered.
+                Ok(()) => {
+                    signalled.insert(i.clone());
+                }
+                Err(e) => log
+                    .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(format!("signal to {}: {e}", i.target));
+                    .push(format!("signal to {}: {e}", i.target)),
             }
         }
         if actions.iter().any(|a| !matches!(a, Action::Signal(..))) {
-            apply_faults(&run, &proxies, &ports);
+            in_place = apply_faults(&run, &proxies, &ports);
+        }
+        // A proxy that took the setting, or a delivered signal, is the
+        // local agent's word; what reached no edge was not injected.
+        run.confirm(now, |i| in_place.contains(i) || signalled.contains(i));
+        let overdue: Vec<String> = run
+            .overdue(now)
+            .iter()
+            .map(|i| format!("{} on {}", i.fault, i.target))
+            .collect();
+        if !overdue.is_empty() {
+            run.broke(
+                now,
+                format!(
+                    "faults not confirmed within {}: {} (no proxy carries its traffic, or the signal was not delivered)",
+                    run.spec()
+                        .confirm_timeout
+                        .unwrap_or_else(faultline_api::default_confirm_timeout),
+                    overdue.join(", ")
+                ),
+            );
         }
         let snapshot = run.snapshot(now);
         progress.send_modify(|p| {
@@ -359,13 +391,15 @@ async fn stop_all(procs: BTreeMap<String, Supervised>) {
 
 /// Sets every proxy's faults from the active instances: latency and
 /// partitions apply to traffic reaching their target (`latency.to` narrows
-/// latency to the target's calls to those targets).
+/// latency to the target's calls to those targets). Returns the instances
+/// some proxy now carries.
 fn apply_faults(
     run: &Run,
     proxies: &BTreeMap<(String, String), Proxy>,
     ports: &HashMap<&str, u16>,
-) {
+) -> BTreeSet<Instance> {
     let mut wanted: BTreeMap<(String, String), Faults> = BTreeMap::new();
+    let mut carried = BTreeSet::new();
     let services_of =
         |target: &str| -> Vec<String> { run.plan().get(target).cloned().unwrap_or_default() };
     for Resolved {
@@ -394,6 +428,12 @@ fn apply_faults(
                         .cloned()
                         .collect()
                 };
+                if !edges.is_empty() {
+                    carried.insert(Instance {
+                        fault: f.name.clone(),
+                        target: target.to_owned(),
+                    });
+                }
                 for e in edges {
                     let w = wanted.entry(e).or_default();
                     if w.latency.is_none_or(|old| old.delay < latency.delay) {
@@ -418,6 +458,10 @@ fn apply_faults(
                         Direction::Both => ingress || egress,
                     };
                     if cut {
+                        carried.insert(Instance {
+                            fault: f.name.clone(),
+                            target: target.to_owned(),
+                        });
                         wanted
                             .entry((from.clone(), to.clone()))
                             .or_default()
@@ -434,6 +478,7 @@ fn apply_faults(
             proxy.set_faults(faults);
         }
     }
+    carried
 }
 
 /// The figure a check compares, from the observer or an HTTP request.

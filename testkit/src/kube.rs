@@ -274,13 +274,36 @@ impl ApiServer {
         self.state.lock().expect("state").events.clone()
     }
 
-    /// Sets a NodeFaults object's status as its agent would.
-    pub fn set_nodefaults_status(&self, node: &str, status: Value) {
+    /// Reports every NodeFaults entry applied, for the generation seen, as
+    /// agents whose kernels took every fault would (one pass; objects
+    /// already reported are left alone).
+    pub fn report_applied(&self) {
         let mut s = self.state.lock().expect("state");
-        let key = ("nodefaults".to_owned(), None, node.to_owned());
-        let mut object = s.objects.get(&key).cloned().expect("object");
-        object["status"] = status;
-        s.put(key, object, "MODIFIED");
+        let stale: Vec<_> = s
+            .objects
+            .iter()
+            .filter(|((kind, _, _), o)| {
+                kind == "nodefaults"
+                    && o["status"]["observedGeneration"] != o["metadata"]["generation"]
+            })
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for (key, mut object) in stale {
+            let faults: Vec<Value> = object["spec"]["faults"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(
+                    |f| json!({"id": f["id"], "state": "applied", "since": "2026-01-01T00:00:00Z"}),
+                )
+                .collect();
+            object["status"] = json!({
+                "observedGeneration": object["metadata"]["generation"],
+                "applied": faults.len(),
+                "faults": faults,
+            });
+            s.put(key, object, "MODIFIED");
+        }
     }
 
     /// Serves the API over HTTP on a loopback port until the returned

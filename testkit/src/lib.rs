@@ -1,5 +1,6 @@
 //! Test support for Faultline's crates; a dev-dependency only.
 
+pub mod agents;
 pub mod cluster;
 pub mod kube;
 pub mod otlp;

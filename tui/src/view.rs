@@ -652,6 +652,7 @@ fn status_line(s: &Snapshot) -> Line<'static> {
             Verdict::Failed => ("FAILED: the hypothesis did not hold", Color::Red),
             Verdict::Aborted => ("ABORTED: every fault removed", Color::Yellow),
             Verdict::Inconclusive => ("INCONCLUSIVE: not enough evidence", Color::Magenta),
+            Verdict::Broken => ("BROKEN: faults not confirmed", Color::Red),
         };
         spans.push(Span::raw("  "));
         spans.push(Span::styled(
