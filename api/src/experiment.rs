@@ -269,8 +269,8 @@ impl Check {
             return n.clone();
         }
         match &self.kind {
-            CheckKind::ErrorRate(c) => format!("{} error rate <= {}", c.service, c.max),
-            CheckKind::Latency(c) => format!("{} p{} <= {}", c.service, c.percentile, c.max),
+            CheckKind::ErrorRate(c) => format!("{} error rate {}", c.service, c.limit()),
+            CheckKind::Latency(c) => format!("{} {}", c.service, c.limit()),
             CheckKind::Breaker(c) => format!("{} breaker {} is {}", c.service, c.name, c.state),
             CheckKind::Http(c) => format!("GET {} answers {}", c.url, c.status),
         }
@@ -290,13 +290,19 @@ fn default_status() -> u16 {
 }
 
 /// The share of a service's requests that fail, over a sliding window.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.max) || has(self.maxIncrease)").message("an errorRate check needs max or maxIncrease"))]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorRateCheck {
     /// The service (OpenTelemetry `service.name`).
     pub service: String,
     /// The highest acceptable error rate.
-    pub max: Percent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Percent>,
+    /// The highest acceptable rise above the baseline measured before the
+    /// first fault, in percentage points (`2%`: 0.5% before, at most 2.5%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<Percent>,
     /// The sliding window (default 30s).
     #[serde(default = "default_window")]
     pub window: Duration,
@@ -314,16 +320,51 @@ impl ErrorRateCheck {
     pub fn min_requests(&self) -> u32 {
         self.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS)
     }
+
+    /// What it accepts, as people read it: `<= 5%`, `<= baseline + 2%`.
+    pub fn limit(&self) -> String {
+        let parts: Vec<String> = self
+            .max
+            .map(|m| format!("<= {m}"))
+            .into_iter()
+            .chain(self.max_increase.map(|i| format!("<= baseline + {i}")))
+            .collect();
+        parts.join(" and ")
+    }
 }
 
 impl LatencyCheck {
     pub fn min_requests(&self) -> u32 {
         self.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS)
     }
+
+    /// What it accepts, as people read it: `p99 <= 300ms`, `p99 <= 1.5x baseline`.
+    pub fn limit(&self) -> String {
+        let parts: Vec<String> = self
+            .max
+            .map(|m| format!("<= {m}"))
+            .into_iter()
+            .chain(self.max_ratio.map(|r| format!("<= {r}x baseline")))
+            .collect();
+        format!("p{} {}", self.percentile, parts.join(" and "))
+    }
+}
+
+impl CheckKind {
+    /// Whether the check compares with a baseline measured before the
+    /// first fault (`maxIncrease`, `maxRatio`).
+    pub fn is_relative(&self) -> bool {
+        match self {
+            CheckKind::ErrorRate(c) => c.max_increase.is_some(),
+            CheckKind::Latency(c) => c.max_ratio.is_some(),
+            CheckKind::Breaker(_) | CheckKind::Http(_) => false,
+        }
+    }
 }
 
 /// A latency percentile of a service, over a sliding window.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.max) || has(self.maxRatio)").message("a latency check needs max or maxRatio"))]
 #[serde(rename_all = "camelCase")]
 pub struct LatencyCheck {
     pub service: String,
@@ -333,7 +374,13 @@ pub struct LatencyCheck {
     #[x_kube(validation = Rule::new("self > 0.0").message("the percentile must be greater than 0"))]
     pub percentile: f64,
     /// The highest acceptable latency at that percentile.
-    pub max: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Duration>,
+    /// The highest acceptable ratio to the baseline measured before the
+    /// first fault (`1.5`: at most 1.5 times the baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_ratio: Option<f64>,
     /// The sliding window (default 30s).
     #[serde(default = "default_window")]
     pub window: Duration,
@@ -492,6 +539,11 @@ pub struct CheckStatus {
     /// controller goes on counting its grace, not anew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_judged_at: Option<Time>,
+    /// A relative check's baseline, measured before the first fault
+    /// (e.g. "42.0ms over 230 requests"), or why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub baseline: Option<String>,
     /// An abort check (it stops the run when it fails).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub abort: bool,
@@ -636,14 +688,21 @@ impl Decode for Check {
 
 impl Decode for ErrorRateCheck {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
-        let f = Fields::new(cx, node, path, &["service", "max", "window", "minRequests"])?;
+        let f = Fields::new(
+            cx,
+            node,
+            path,
+            &["service", "max", "maxIncrease", "window", "minRequests"],
+        )?;
         let service = f.req(cx, "service");
-        let max = f.req(cx, "max");
+        let max = f.opt(cx, "max");
+        let max_increase = f.opt(cx, "maxIncrease");
         let window = f.opt(cx, "window");
         let min_requests = f.opt(cx, "minRequests");
         Some(ErrorRateCheck {
             service: service?,
             max: max?,
+            max_increase: max_increase?,
             window: window?.unwrap_or_else(default_window),
             min_requests: min_requests?,
         })
@@ -656,17 +715,26 @@ impl Decode for LatencyCheck {
             cx,
             node,
             path,
-            &["service", "percentile", "max", "window", "minRequests"],
+            &[
+                "service",
+                "percentile",
+                "max",
+                "maxRatio",
+                "window",
+                "minRequests",
+            ],
         )?;
         let service = f.req(cx, "service");
         let percentile = f.req(cx, "percentile");
-        let max = f.req(cx, "max");
+        let max = f.opt(cx, "max");
+        let max_ratio = f.opt(cx, "maxRatio");
         let window = f.opt(cx, "window");
         let min_requests = f.opt(cx, "minRequests");
         Some(LatencyCheck {
             service: service?,
             percentile: percentile?,
             max: max?,
+            max_ratio: max_ratio?,
             window: window?.unwrap_or_else(default_window),
             min_requests: min_requests?,
         })
@@ -958,6 +1026,25 @@ impl ExperimentSpec {
             "phase",
         );
         let kp = path.key(c.kind.key());
+        if c.kind.is_relative() {
+            let field = match c.kind {
+                CheckKind::Latency(_) => "maxRatio",
+                _ => "maxIncrease",
+            };
+            let first = self.faults.iter().map(|f| f.start()).min();
+            if first.is_some_and(|s| s.is_zero()) {
+                p.add(
+                    kp.key(field),
+                    "compares with a baseline measured before the first fault, and a fault starts at 0s; give every fault a start (e.g. start: 30s) to leave room for one",
+                );
+            }
+            if !abort && c.phases() == [CheckPhase::Before] {
+                p.add(
+                    kp.key(field),
+                    "compares with the baseline, which is what `before` measures; use when: [during] or [after]",
+                );
+            }
+        }
         let window_ok = |p: &mut Problems, w: Duration| {
             if w.as_millis() < 1000 {
                 p.add(
@@ -980,6 +1067,12 @@ impl ExperimentSpec {
             CheckKind::ErrorRate(e) => {
                 service_ok(p, &e.service);
                 window_ok(p, e.window);
+                if e.max.is_none() && e.max_increase.is_none() {
+                    p.add(
+                        kp.clone(),
+                        "needs max (an error rate) or maxIncrease (a rise above the baseline), or both",
+                    );
+                }
             }
             CheckKind::Latency(l) => {
                 service_ok(p, &l.service);
@@ -993,8 +1086,19 @@ impl ExperimentSpec {
                         ),
                     );
                 }
-                if l.max.is_zero() {
+                if l.max.is_some_and(|m| m.is_zero()) {
                     p.add(kp.key("max"), "must be greater than 0s");
+                }
+                match l.max_ratio {
+                    Some(r) if !(r.is_finite() && r > 0.0 && r <= 1000.0) => p.add(
+                        kp.key("maxRatio"),
+                        format!("{r} is not a ratio; use a number above 0 and at most 1000"),
+                    ),
+                    None if l.max.is_none() => p.add(
+                        kp.clone(),
+                        "needs max (a latency) or maxRatio (a multiple of the baseline), or both",
+                    ),
+                    _ => {}
                 }
             }
             CheckKind::Breaker(b) => {

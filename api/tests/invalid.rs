@@ -1114,3 +1114,68 @@ fn topology_service_names_start_with_a_letter() {
         ],
     );
 }
+
+#[test]
+fn relative_checks_need_a_limit_and_room_for_a_baseline() {
+    // slow-payments starts at 0s: no steady state to measure first.
+    assert_refused(
+        &edit("max: 800ms,", "maxRatio: 1.5,"),
+        &[
+            "43:62: spec.hypothesis[2].latency.maxRatio: compares with a baseline measured before the first fault, and a fault starts at 0s",
+        ],
+    );
+    assert_refused(
+        &edit("max: 5%,", "maxIncrease: 2%,"),
+        &[
+            "spec.hypothesis[0].errorRate.maxIncrease: compares with a baseline measured before the first fault",
+        ],
+    );
+    let later = |text: String| {
+        text.replacen(
+            "      latency: {delay: 300ms",
+            "      start: 10s\n      latency: {delay: 300ms",
+            1,
+        )
+    };
+    assert_valid(&later(edit("max: 800ms,", "maxRatio: 1.5,")));
+    assert_valid(&later(edit("max: 5%,", "max: 5%, maxIncrease: 2%,")));
+    assert_refused(
+        &later(edit("max: 800ms,", "maxRatio: 0,")),
+        &["spec.hypothesis[2].latency.maxRatio: 0 is not a ratio"],
+    );
+    assert_refused(
+        &edit("max: 800ms,", ""),
+        &["spec.hypothesis[2].latency: needs max (a latency) or maxRatio"],
+    );
+    assert_refused(
+        &edit("max: 5%,", ""),
+        &["spec.hypothesis[0].errorRate: needs max (an error rate) or maxIncrease"],
+    );
+    assert_refused(
+        &later(edit(
+            "errorRate: {service: checkout, max: 5%, window: 30s}",
+            "errorRate: {service: checkout, maxIncrease: 2%}\n      when: [before]",
+        )),
+        &[
+            "spec.hypothesis[0].errorRate.maxIncrease: compares with the baseline, which is what `before` measures",
+        ],
+    );
+}
+
+#[test]
+fn http_checks_refuse_link_local_and_metadata_addresses() {
+    for host in ["169.254.169.254", "[fe80::1]", "metadata.google.internal"] {
+        let text = edit(
+            "http://frontend.shop:8080/health",
+            &format!("http://{host}/latest"),
+        );
+        assert_refused(
+            &text,
+            &[
+                "spec.hypothesis[3].http.url: ",
+                "names a link-local or cloud metadata address; set allowLinkLocal: true on this check to allow it",
+            ],
+        );
+        assert_valid(&text.replace("timeout: 2s}", "timeout: 2s, allowLinkLocal: true}"));
+    }
+}

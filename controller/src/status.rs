@@ -3,7 +3,7 @@
 //! counts and one entry per check, never one per pod.
 
 use faultline_api::{CheckStatus, ExperimentStatus, Phase, Verdict};
-use faultline_engine::{Evaluation, Resume, ResumedCheck, Run};
+use faultline_engine::{Baseline, Evaluation, Resume, ResumedCheck, Run};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -37,10 +37,13 @@ pub fn of_run(
     previous: &ExperimentStatus,
     now: Timestamp,
 ) -> ExperimentStatus {
+    let spec = run.spec();
+    let kinds = spec.hypothesis.iter().chain(&spec.abort).map(|c| &c.kind);
     let checks = run
         .report()
         .into_iter()
-        .map(|r| CheckStatus {
+        .zip(kinds)
+        .map(|(r, kind)| CheckStatus {
             name: r.name,
             // Unset until judged on enough evidence; an inconclusive check
             // carries its reason as the message with `passed` unset.
@@ -56,6 +59,10 @@ pub fn of_run(
             evaluations: Some(r.evaluations),
             judged: r.judged,
             not_judged: r.not_judged.map(|m| m.chars().take(256).collect()),
+            baseline: r
+                .baseline
+                .as_ref()
+                .map(|b| Baseline::describe(b, kind).chars().take(256).collect()),
             last_judged_at: facts
                 .started_at
                 .zip(r.judged_at)
@@ -197,6 +204,7 @@ pub(crate) fn resume_of(status: &ExperimentStatus) -> Resume {
                 },
                 judged: c.judged.clone(),
                 not_judged: c.not_judged.clone(),
+                baseline: c.baseline.as_deref().and_then(Baseline::parse),
                 judged_at: status
                     .started_at
                     .as_ref()

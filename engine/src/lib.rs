@@ -11,7 +11,7 @@ pub mod schedule;
 pub mod select;
 pub mod snapshot;
 
-pub use check::{Evaluation, Observed, evaluate};
+pub use check::{Baseline, Evaluation, Observed, evaluate, evaluate_against};
 pub use run::{
     Action, CheckRef, CheckReport, Entry, Instance, Resolved, Resume, ResumedCheck, Run,
 };

@@ -17,7 +17,7 @@ use faultline_api::{
 };
 
 use crate::{
-    check::{Evaluation, Observed, evaluate},
+    check::{Baseline, Evaluation, Observed, evaluate_against},
     select::{Candidate, Plan, plan},
 };
 
@@ -68,6 +68,8 @@ pub struct ResumedCheck {
     pub not_judged: Option<String>,
     /// When it was last judged.
     pub judged_at: Option<Duration>,
+    /// The baseline of a relative check, as measured before the first fault.
+    pub baseline: Option<Baseline>,
 }
 
 /// A check to evaluate now: index into the spec's `hypothesis` or `abort`.
@@ -102,6 +104,9 @@ struct CheckState {
     judged_at: Option<Duration>,
     /// A breaker check with `within` has reached its state.
     reached: bool,
+    /// A relative check's baseline: the last figure before the first
+    /// fault, or why there was none to take.
+    baseline: Option<Result<Baseline, String>>,
 }
 
 /// What a check came to, for reports.
@@ -122,6 +127,9 @@ pub struct CheckReport {
     pub inconclusive: Option<String>,
     /// When it was last judged.
     pub judged_at: Option<Duration>,
+    /// A relative check's baseline, or why there is none (None: not
+    /// relative, or not measured yet).
+    pub baseline: Option<Result<Baseline, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +245,7 @@ impl Run {
             state.judged = saved.judged.iter().copied().collect();
             state.not_judged = saved.not_judged.clone();
             state.judged_at = saved.judged_at;
+            state.baseline = saved.baseline.map(Ok);
             if saved.evaluations > 0 {
                 state.done = done.clone();
             }
@@ -697,7 +706,7 @@ impl Run {
     }
 
     /// The checks to evaluate now, for the current phase.
-    pub fn due(&self, _now: Duration) -> Vec<CheckRef> {
+    pub fn due(&self, now: Duration) -> Vec<CheckRef> {
         let hypothesis = |phase: CheckPhase, once: bool| {
             self.spec
                 .hypothesis
@@ -716,8 +725,20 @@ impl Run {
             Phase::Pending => hypothesis(CheckPhase::Before, true).collect(),
             // Checks of the fault window count only while faults are
             // confirmed in place; abort checks guard the whole window.
+            // Before the first fault, relative checks take their baseline.
             Phase::Injecting | Phase::Running => hypothesis(CheckPhase::During, false)
                 .filter(|_| self.faults_confirmed())
+                .chain(
+                    self.spec
+                        .hypothesis
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.kind.is_relative() && self.before_first_fault(now))
+                        .map(|(index, _)| CheckRef {
+                            abort: false,
+                            index,
+                        }),
+                )
                 .chain((0..self.spec.abort.len()).map(|index| CheckRef { abort: true, index }))
                 .collect(),
             Phase::Recovering if self.active.is_empty() => {
@@ -725,6 +746,17 @@ impl Run {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Whether no fault has started yet at `now`: steady state, where
+    /// relative checks take their baseline.
+    fn before_first_fault(&self, now: Duration) -> bool {
+        self.spec
+            .faults
+            .iter()
+            .map(|f| f.start().as_std())
+            .min()
+            .is_some_and(|first| now < first)
     }
 
     /// When the fault a breaker check's `within` counts from starts.
@@ -757,7 +789,21 @@ impl Run {
             Phase::Recovering | Phase::Completed => CheckPhase::After,
             _ => CheckPhase::During,
         };
-        let mut evaluation = evaluate(&kind, observed);
+        if phase == CheckPhase::During && kind.is_relative() && self.before_first_fault(now) {
+            return self.take_baseline(now, check, observed);
+        }
+        let baseline = {
+            let state = if check.abort {
+                &self.aborts[check.index]
+            } else {
+                &self.hypothesis[check.index]
+            };
+            state
+                .baseline
+                .clone()
+                .unwrap_or_else(|| Err("none was measured before the first fault".into()))
+        };
+        let mut evaluation = evaluate_against(&kind, observed, &baseline);
         let within = match &kind {
             CheckKind::Breaker(b) if phase == CheckPhase::During => {
                 b.within.map(|w| (w.as_std(), b.fault.clone()))
@@ -837,6 +883,39 @@ impl Run {
             }
         }
         evaluation
+    }
+
+    /// A relative check's figure before the first fault: its baseline,
+    /// the last one taken counting. Nothing is judged.
+    fn take_baseline(&mut self, now: Duration, check: CheckRef, observed: &Observed) -> Evaluation {
+        let spec_check = if check.abort {
+            &self.spec.abort[check.index]
+        } else {
+            &self.spec.hypothesis[check.index]
+        };
+        let name = spec_check.display_name();
+        let kind = spec_check.kind.clone();
+        let baseline = Baseline::of(&kind, observed);
+        let shown = Baseline::describe(&baseline, &kind);
+        let state = if check.abort {
+            &mut self.aborts[check.index]
+        } else {
+            &mut self.hypothesis[check.index]
+        };
+        // A baseline taken once is not lost to a quieter window after it.
+        if baseline.is_ok() || !state.baseline.as_ref().is_some_and(Result::is_ok) {
+            state.baseline = Some(baseline);
+        }
+        self.journal.push(Entry {
+            at: now,
+            event: format!("check {name}: baseline {shown}"),
+        });
+        Evaluation {
+            judged: false,
+            passed: false,
+            observed: format!("baseline {shown}"),
+            expected: String::new(),
+        }
     }
 
     /// Due checks whose figures could not be read for too long count as
@@ -980,6 +1059,7 @@ impl Run {
             not_judged: s.not_judged.clone(),
             inconclusive: s.inconclusive.clone(),
             judged_at: s.judged_at,
+            baseline: s.baseline.clone(),
         };
         self.spec
             .hypothesis

@@ -202,6 +202,8 @@ impl CheckReport {
             inconclusive,
             // A time, where the run counts offsets: not needed for display.
             judged_at: None,
+            // Shown within `observed` already.
+            baseline: None,
         }
     }
 
@@ -218,6 +220,7 @@ impl CheckReport {
             not_judged: None,
             inconclusive: None,
             judged_at: None,
+            baseline: None,
         }
     }
 }

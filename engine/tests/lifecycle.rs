@@ -478,7 +478,7 @@ prop_compose! {
         let check = Check {
             name: None,
             when: vec![],
-            kind: CheckKind::ErrorRate(ErrorRateCheck { service: "x".into(), max: "50%".parse().expect("pct"), window: dur(10_000), min_requests: None }),
+            kind: CheckKind::ErrorRate(ErrorRateCheck { service: "x".into(), max: Some("50%".parse().expect("pct")), max_increase: None, window: dur(10_000), min_requests: None }),
         };
         ExperimentSpec {
             description: None,
@@ -815,5 +815,132 @@ fn a_window_that_ends_unconfirmed_ends_the_run_broken() {
     assert_eq!(
         run.message(),
         Some("faults never confirmed in place during their window: slow on 1 target")
+    );
+}
+
+const RELATIVE: &str = "  duration: 60s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - name: slow
+      target: payments
+      start: 10s
+      duration: 30s
+      latency: {delay: 20ms}
+  hypothesis:
+    - name: p99 within 1.5x
+      latency: {service: checkout, percentile: 99, maxRatio: 1.5}
+";
+
+/// Runs RELATIVE to its verdict, answering the check at second `t` with
+/// what `f` says (None: no figures).
+fn relative_run(f: impl Fn(u64) -> Observed) -> Run {
+    let mut run = Run::new(spec(RELATIVE), "shop", 7);
+    for t in 0..=62 {
+        answer(&mut run, s(t), |_| f(t));
+        step(&mut run, s(t), &shop());
+    }
+    run
+}
+
+fn ms(ms: f64) -> Observed {
+    Observed::LatencyMs { ms, requests: 300 }
+}
+
+#[test]
+fn a_relative_check_compares_the_fault_window_with_its_baseline() {
+    // 40 ms in steady state; 55 ms under the fault is within 1.5x.
+    let run = relative_run(|t| ms(if t < 10 { 40.0 } else { 55.0 }));
+    assert_eq!(run.verdict(), Some(Verdict::Passed), "{:?}", run.message());
+    let report = &run.report()[0];
+    assert_eq!(
+        report.baseline,
+        Some(Ok(faultline_engine::Baseline {
+            value: 40.0,
+            requests: 300
+        }))
+    );
+    let last = report.last.as_ref().expect("judged");
+    assert_eq!(last.observed, "55.0ms (baseline 40.0ms)");
+    assert_eq!(last.expected, "p99 <= 1.5x baseline (60.0ms)");
+    // 70 ms is more than 1.5 x 40 ms.
+    let run = relative_run(|t| ms(if t < 10 { 40.0 } else { 70.0 }));
+    assert_eq!(run.verdict(), Some(Verdict::Failed));
+    // The last figure before the first fault is the baseline.
+    let run = relative_run(|t| {
+        ms(if t < 9 {
+            10.0
+        } else if t == 9 {
+            40.0
+        } else {
+            55.0
+        })
+    });
+    assert_eq!(run.verdict(), Some(Verdict::Passed), "{:?}", run.message());
+}
+
+#[test]
+fn a_baseline_without_evidence_makes_a_relative_check_inconclusive() {
+    let quiet = |t: u64| {
+        if t < 10 {
+            Observed::LatencyMs {
+                ms: 1.0,
+                requests: 3,
+            }
+        } else {
+            ms(1.0)
+        }
+    };
+    let run = relative_run(quiet);
+    assert_eq!(
+        (run.phase(), run.verdict()),
+        (Phase::Completed, Some(Verdict::Inconclusive))
+    );
+    let report = &run.report()[0];
+    assert!(!report.passed && report.failure.is_none());
+    assert_eq!(
+        report.baseline,
+        Some(Err("3 requests, fewer than 10".into()))
+    );
+    assert!(
+        report
+            .not_judged
+            .as_deref()
+            .is_some_and(|w| w.contains("no baseline: 3 requests, fewer than 10")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_resumed_run_keeps_its_baseline() {
+    let mut first = Run::new(spec(RELATIVE), "shop", 7);
+    for t in 0..=20 {
+        answer(&mut first, s(t), |_| ms(if t < 10 { 40.0 } else { 50.0 }));
+        step(&mut first, s(t), &shop());
+    }
+    let saved = first.report()[0].clone();
+    let resume = faultline_engine::Resume {
+        phase: Some(first.phase()),
+        verdict: None,
+        message: None,
+        checks: vec![faultline_engine::ResumedCheck {
+            evaluations: saved.evaluations,
+            failure: saved.failure.clone(),
+            last: saved.last.clone(),
+            judged: saved.judged.clone(),
+            not_judged: saved.not_judged.clone(),
+            judged_at: saved.judged_at,
+            baseline: saved.baseline.clone().and_then(Result::ok),
+        }],
+    };
+    let mut second = Run::resume(spec(RELATIVE), "shop", 7, s(21), &resume);
+    for t in 21..=62 {
+        step(&mut second, s(t), &shop());
+        answer(&mut second, s(t), |_| ms(if t < 30 { 50.0 } else { 65.0 }));
+    }
+    assert_eq!(
+        second.verdict(),
+        Some(Verdict::Failed),
+        "65 ms > 1.5 x 40 ms"
     );
 }

@@ -94,6 +94,7 @@ fn run_feed() -> RunFeed {
                 not_judged: None,
                 inconclusive: None,
                 judged_at: None,
+                baseline: None,
             }],
             injected: None,
         }),

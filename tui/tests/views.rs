@@ -96,6 +96,7 @@ fn check(name: &str, abort: bool, passed: bool, observed: &str, expected: &str) 
         not_judged: None,
         inconclusive: None,
         judged_at: None,
+        baseline: None,
     }
 }
 
