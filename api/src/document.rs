@@ -128,6 +128,31 @@ pub fn parse_one<T: FromResource>(bytes: &[u8]) -> Result<T, Vec<Diagnostic>> {
     }
 }
 
+/// Places problems found after parsing (a check against a topology, say)
+/// where their fields are written in the one document of `bytes`; at the
+/// document's start when it cannot be read again.
+pub fn locate(bytes: &[u8], problems: &Problems) -> Vec<Diagnostic> {
+    let root = crate::yaml::parse_bytes(bytes)
+        .ok()
+        .and_then(|docs| docs.into_iter().next())
+        .and_then(|d| d.root.ok());
+    match root {
+        Some(root) => {
+            let index = PathIndex::new(&root, &problems.0);
+            problems
+                .0
+                .iter()
+                .map(|p| index.locate(p, root.pos))
+                .collect()
+        }
+        None => problems
+            .0
+            .iter()
+            .map(|p| Diagnostic::new(Pos::START, p.path.as_str(), p.message.clone()))
+            .collect(),
+    }
+}
+
 pub trait FromResource: Sized {
     const KIND: &'static str;
     fn from_resource(r: Resource) -> Option<Self>;

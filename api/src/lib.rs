@@ -26,7 +26,9 @@ mod yaml;
 pub use crd::{crd_yaml, crds};
 pub use cron::CronSchedule;
 pub use diag::{Diagnostic, Pos, did_you_mean};
-pub use document::{API_VERSION, FromResource, Parsed, Resource, parse_documents, parse_one};
+pub use document::{
+    API_VERSION, FromResource, Parsed, Resource, locate, parse_documents, parse_one,
+};
 pub use experiment::{
     BreakerCheck, BreakerState, Check, CheckKind, CheckPhase, CheckStatus, DEFAULT_MIN_REQUESTS,
     ErrorRateCheck, Experiment, ExperimentSpec, ExperimentStatus, Fault, HttpCheck, LatencyCheck,

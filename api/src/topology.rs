@@ -274,10 +274,10 @@ impl TopologySpec {
 }
 
 /// The checks of `spec` that name a service `topology` does not run, each
-/// as `field.path: message` with a "did you mean" when one is close: in
+/// at its `service` field with a "did you mean" when one is close: in
 /// local mode such a check could never be judged, so the run does not
 /// start.
-pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> Vec<String> {
+pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> crate::Problems {
     let names: Vec<&str> = topology
         .spec
         .services
@@ -285,7 +285,7 @@ pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> Ve
         .map(|s| s.name.as_str())
         .collect();
     let lists = [("hypothesis", &spec.hypothesis), ("abort", &spec.abort)];
-    let mut out = Vec::new();
+    let mut out = crate::Problems::default();
     for (list, checks) in lists {
         for (i, check) in checks.iter().enumerate() {
             let Some(service) = check.kind.service() else {
@@ -298,11 +298,19 @@ pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> Ve
                 Some(n) => format!(" (did you mean {n}?)"),
                 None => format!("; it runs {}", names.join(", ")),
             };
-            out.push(format!(
-                "spec.{list}[{i}].{}.service: {service:?} is no service of topology {}{hint}",
-                check.kind.key(),
-                topology.metadata.name.as_deref().unwrap_or("")
-            ));
+            let path = crate::diag::Path::root()
+                .key("spec")
+                .key(list)
+                .index(i)
+                .key(check.kind.key())
+                .key("service");
+            out.add(
+                path,
+                format!(
+                    "{service:?} is no service of topology {}{hint}",
+                    topology.metadata.name.as_deref().unwrap_or("")
+                ),
+            );
         }
     }
     out

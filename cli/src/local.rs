@@ -82,6 +82,7 @@ pub fn run_files(
     ui: Ui,
 ) -> ExitCode {
     let name = experiment.display().to_string();
+    let path = experiment;
     let experiment: Experiment = match load(experiment) {
         Ok(e) => e,
         Err(code) => return code,
@@ -99,9 +100,10 @@ pub fn run_files(
     }
     // A check of a service the topology does not run could never be judged.
     let unknown = faultline_api::unknown_services(&experiment.spec, &topology);
-    if !unknown.is_empty() {
-        for problem in &unknown {
-            tell!("{name}: {problem}");
+    if !unknown.0.is_empty() {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        for d in faultline_api::locate(&bytes, &unknown) {
+            tell!("{}", d.display_in(&name));
         }
         tell!("faultline run: nothing was started");
         return ExitCode::from(EXIT_INVALID);

@@ -598,12 +598,12 @@ spec:
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "spec.hypothesis[0].errorRate.service: \"paymnets\" is no service of topology one (did you mean payments?)"
+            "typo.yaml:11:28: spec.hypothesis[0].errorRate.service: \"paymnets\" is no service of topology one (did you mean payments?)"
         ),
         "{stderr}"
     );
     assert!(
-        stderr.contains("spec.abort[0].latency.service: \"frontend\" is no service of topology one; it runs payments"),
+        stderr.contains("typo.yaml:13:26: spec.abort[0].latency.service: \"frontend\" is no service of topology one; it runs payments, caller"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing was started"), "{stderr}");
