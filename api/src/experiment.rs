@@ -158,6 +158,11 @@ pub struct Fault {
     /// How long the fault lasts (default: until the experiment ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<Duration>,
+    /// Fail the run when no effect of the fault was observed (no traffic
+    /// delayed or dropped, no process signalled): a fault that touched
+    /// nothing proved nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_effect: bool,
     #[serde(flatten)]
     pub action: FaultAction,
 }
@@ -624,6 +629,7 @@ impl Decode for Fault {
                 "target",
                 "start",
                 "duration",
+                "requireEffect",
                 "latency",
                 "kill",
                 "partition",
@@ -633,12 +639,14 @@ impl Decode for Fault {
         let target = f.req(cx, "target");
         let start = f.opt(cx, "start");
         let duration = f.opt(cx, "duration");
+        let require_effect = f.opt(cx, "requireEffect");
         let action = FaultAction::decode_in(cx, &f, "a fault");
         Some(Fault {
             name: name?,
             target: target?,
             start: start?,
             duration: duration?,
+            require_effect: require_effect?.unwrap_or(false),
             action: action?,
         })
     }

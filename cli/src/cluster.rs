@@ -354,6 +354,8 @@ fn progress_line(s: &ExperimentStatus) -> String {
 fn outcome_of(status: &ExperimentStatus, journal: Vec<Entry>) -> Outcome {
     let report = status.checks.iter().map(CheckReport::from_status).collect();
     Outcome {
+        // Agents do not report effects yet: nothing is claimed.
+        effects: Vec::new(),
         verdict: status.verdict.unwrap_or(Verdict::Aborted),
         phase: status.phase.unwrap_or(Phase::Recovered),
         message: status.message.clone(),

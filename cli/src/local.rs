@@ -647,6 +647,13 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
             say!("    {f}");
         }
     }
+    for (fault, effect) in &o.effects {
+        match effect {
+            Some(e) if e.count > 0 => say!("fault {fault}: {e}"),
+            Some(e) => say!("fault {fault}: no effect observed (0 {})", e.what),
+            None => say!("fault {fault}: no effect observed (none could be counted)"),
+        }
+    }
     for (service, n) in o.restarts.iter().filter(|(_, n)| **n > 0) {
         say!(
             "{service} restarted {n} time{}",

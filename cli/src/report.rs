@@ -66,6 +66,18 @@ pub fn junit(experiment: &str, outcome: &Outcome, seconds: f64) -> String {
         }
         cases.push_str("</testcase>\n");
     }
+    // Failed with no check failing (a fault that required an effect and
+    // had none): the run itself is the failing case.
+    let run_failed = outcome.verdict == Verdict::Failed && failures == 0;
+    if run_failed {
+        failures += 1;
+        let _ = writeln!(
+            cases,
+            "    <testcase classname=\"faultline.{}\" name=\"run\" time=\"{seconds:.3}\">\n      <failure type=\"effect\" message=\"{}\"/>\n    </testcase>",
+            xml(experiment),
+            xml(outcome.message.as_deref().unwrap_or("failed"))
+        );
+    }
     if matches!(outcome.verdict, Verdict::Aborted | Verdict::Broken) {
         errors += 1;
         let kind = if outcome.verdict == Verdict::Broken {
@@ -80,9 +92,26 @@ pub fn junit(experiment: &str, outcome: &Outcome, seconds: f64) -> String {
             xml(outcome.message.as_deref().unwrap_or(kind))
         );
     }
-    let tests = outcome.report.len() + errors;
+    let tests = outcome.report.len() + errors + usize::from(run_failed);
+    // Each fault's effect, for CI systems that show suite properties.
+    let mut properties = String::new();
+    if !outcome.effects.is_empty() {
+        properties.push_str("    <properties>\n");
+        for (fault, effect) in &outcome.effects {
+            let value = effect
+                .as_ref()
+                .map_or("none counted".to_owned(), ToString::to_string);
+            let _ = writeln!(
+                properties,
+                "      <property name=\"effect.{}\" value=\"{}\"/>",
+                xml(fault),
+                xml(&value)
+            );
+        }
+        properties.push_str("    </properties>\n");
+    }
     format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"faultline\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{seconds:.3}\">\n  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{seconds:.3}\">\n{cases}  </testsuite>\n</testsuites>\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"faultline\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{seconds:.3}\">\n  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{seconds:.3}\">\n{properties}{cases}  </testsuite>\n</testsuites>\n",
         xml(experiment)
     )
 }
@@ -106,6 +135,11 @@ pub fn journal(experiment: &str, outcome: &Outcome) -> String {
             "judged": r.judged,
             "notJudged": r.not_judged,
             "inconclusive": r.inconclusive,
+        })).collect::<Vec<_>>(),
+        "effects": outcome.effects.iter().map(|(fault, e)| json!({
+            "fault": fault,
+            "count": e.as_ref().map(|e| e.count),
+            "what": e.as_ref().map(|e| e.what.clone()),
         })).collect::<Vec<_>>(),
         "restarts": outcome.restarts,
         "supervisor": outcome.log,

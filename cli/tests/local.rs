@@ -51,6 +51,14 @@ fn the_demo_passes_and_without_a_breaker_fails() {
     );
     // Progress lines say how much of the run is left.
     assert!(stdout.contains("s left"), "{stdout}");
+    // And the fault's effect: traffic it actually delayed.
+    assert!(
+        stdout.lines().any(|l| l.starts_with("fault ")
+            && l.ends_with(" chunks delayed or connections dropped")
+            && !l.contains(": 0 ")
+            && !l.contains("no effect")),
+        "{stdout}"
+    );
     // Two hypothesis checks and the abort check, none failing.
     junitparser_reads(&passing, 3, 0);
 
@@ -671,4 +679,52 @@ spec:
     );
     let report = std::fs::read_to_string(&junit).expect("junit");
     assert!(report.contains("<error type=\"broken\""), "{report}");
+}
+
+#[test]
+fn a_fault_that_touched_nothing_fails_when_it_must_have_an_effect() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = payments_and_a_caller(dir.path());
+    // The caller never calls: the latency on its edge delays nothing.
+    let experiment = dir.path().join("idle.yaml");
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: idle, namespace: demo}
+spec:
+  duration: 3s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: slow, target: payments, requireEffect: true, latency: {delay: 50ms}}
+",
+    )
+    .expect("write");
+    let junit = dir.path().join("idle.xml");
+    let out = faultline("idle")
+        .arg("run")
+        .arg(&experiment)
+        .arg("--local")
+        .arg(&topology)
+        .arg("--no-dashboard")
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .expect("runs");
+    let stdout = exited_with(&out, 1);
+    assert!(
+        stdout.contains("fault slow: no effect observed (0 chunks delayed or connections dropped)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("requireEffect: fault slow"), "{stdout}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    let report = std::fs::read_to_string(&junit).expect("junit");
+    assert!(report.contains("<failure type=\"effect\""), "{report}");
+    assert!(
+        report.contains(
+            "<property name=\"effect.slow\" value=\"0 chunks delayed or connections dropped\"/>"
+        ),
+        "{report}"
+    );
 }

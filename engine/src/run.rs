@@ -45,6 +45,21 @@ pub struct Resolved<'a> {
     pub until: Duration,
 }
 
+/// Evidence that a fault acted: how much it touched, as its driver counts
+/// it (chunks delayed, connections held, processes signalled...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effect {
+    pub count: u64,
+    /// What was counted, in the plural: `chunks delayed`.
+    pub what: String,
+}
+
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.count, self.what)
+    }
+}
+
 /// What a run had come to when its driver stopped, to continue it from
 /// (a restarted controller reads this back from the Experiment's status).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -172,6 +187,8 @@ pub struct Run {
     unconfirmed: BTreeMap<Instance, Duration>,
     /// Instances whose window ended before anyone confirmed them.
     never_confirmed: BTreeSet<Instance>,
+    /// Per fault, its effect so far, as the driver last counted it.
+    effects: BTreeMap<String, Effect>,
 }
 
 impl Run {
@@ -202,6 +219,7 @@ impl Run {
             confirmed: BTreeSet::new(),
             unconfirmed: BTreeMap::new(),
             never_confirmed: BTreeSet::new(),
+            effects: BTreeMap::new(),
         }
     }
 
@@ -421,6 +439,20 @@ impl Run {
             .iter()
             .filter(|(_, since)| now.saturating_sub(**since) > timeout)
             .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// A fault's effect so far (cumulative, as the driver counts it).
+    pub fn record_effect(&mut self, fault: &str, effect: Effect) {
+        self.effects.insert(fault.to_owned(), effect);
+    }
+
+    /// Each fault of the spec with its effect, None where none was counted.
+    pub fn effects(&self) -> Vec<(&str, Option<&Effect>)> {
+        self.spec
+            .faults
+            .iter()
+            .map(|f| (f.name.as_str(), self.effects.get(&f.name)))
             .collect()
     }
 
@@ -961,6 +993,29 @@ impl Run {
         // Failures judged on figures, before those that only say a check
         // was never evaluated or never reached its state are added.
         let failed_on_figures = self.hypothesis.iter().any(|s| s.failure.is_some());
+        // A fault that touched nothing proved nothing: said for every
+        // fault, a failure for those that require an effect.
+        let mut no_effect = Vec::new();
+        for f in &self.spec.faults {
+            let seen = self.effects.get(&f.name).filter(|e| e.count > 0);
+            if seen.is_some() {
+                continue;
+            }
+            let why = match self.effects.get(&f.name) {
+                Some(e) => format!("fault {}: no effect observed (0 {})", f.name, e.what),
+                None => format!(
+                    "fault {}: no effect observed (none could be counted)",
+                    f.name
+                ),
+            };
+            self.journal.push(Entry {
+                at: now,
+                event: why.clone(),
+            });
+            if f.require_effect {
+                no_effect.push(why);
+            }
+        }
         // A check that was never judged is no evidence that the hypothesis held.
         for (i, c) in self.spec.hypothesis.iter().enumerate() {
             let state = &mut self.hypothesis[i];
@@ -1024,6 +1079,12 @@ impl Run {
                 list.join(", ")
             ));
             self.verdict = Some(Verdict::Broken);
+            self.set_phase(now, Phase::Completed);
+            return;
+        }
+        if !no_effect.is_empty() {
+            self.message = Some(format!("requireEffect: {}", no_effect.join("; ")));
+            self.verdict = Some(Verdict::Failed);
             self.set_phase(now, Phase::Completed);
             return;
         }

@@ -472,6 +472,7 @@ prop_compose! {
                 target: format!("t{target}"),
                 start: Some(dur(start * 1000)),
                 duration: len.map(|l| dur(l * 1000)),
+                require_effect: false,
                 action,
             }
         }).collect();
@@ -942,5 +943,56 @@ fn a_resumed_run_keeps_its_baseline() {
         second.verdict(),
         Some(Verdict::Failed),
         "65 ms > 1.5 x 40 ms"
+    );
+}
+
+#[test]
+fn a_fault_required_to_have_an_effect_fails_the_run_without_one() {
+    let spec_with = |require: bool| {
+        spec(&format!(
+            "  duration: 20s
+  targets:
+    payments: {{labels: {{app: payments}}}}
+  faults:
+    - {{name: slow, target: payments, start: 5s, requireEffect: {require}, latency: {{delay: 20ms}}}}
+"
+        ))
+    };
+    let finish = |run: &mut Run, effect: Option<u64>| {
+        for t in 0..=21 {
+            step(run, s(t), &shop());
+            if let Some(count) = effect {
+                run.record_effect(
+                    "slow",
+                    faultline_engine::Effect {
+                        count: if t < 6 { 0 } else { count },
+                        what: "chunks delayed".into(),
+                    },
+                );
+            }
+        }
+    };
+    let mut run = Run::new(spec_with(true), "shop", 1);
+    finish(&mut run, Some(0));
+    assert_eq!(run.verdict(), Some(Verdict::Failed));
+    assert_eq!(
+        run.message(),
+        Some("requireEffect: fault slow: no effect observed (0 chunks delayed)")
+    );
+    // Nothing counted at all is no evidence either.
+    let mut run = Run::new(spec_with(true), "shop", 1);
+    finish(&mut run, None);
+    assert_eq!(run.verdict(), Some(Verdict::Failed));
+    // An effect seen passes; without requireEffect, none is only said.
+    let mut run = Run::new(spec_with(true), "shop", 1);
+    finish(&mut run, Some(12));
+    assert_eq!(run.verdict(), Some(Verdict::Passed), "{:?}", run.message());
+    let mut run = Run::new(spec_with(false), "shop", 1);
+    finish(&mut run, Some(0));
+    assert_eq!(run.verdict(), Some(Verdict::Passed));
+    assert!(
+        run.journal()
+            .iter()
+            .any(|e| e.event == "fault slow: no effect observed (0 chunks delayed)")
     );
 }

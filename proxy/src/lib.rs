@@ -71,6 +71,11 @@ pub struct Stats {
     pub accepted: AtomicU64,
     pub dropped: AtomicU64,
     pub reset: AtomicU64,
+    /// Chunks held back for a latency (the evidence a latency acted).
+    pub delayed: AtomicU64,
+    /// New connections a blackhole kept from their upstream (the evidence
+    /// a partition acted; traffic on connections it froze is not counted).
+    pub blackholed: AtomicU64,
     pub upstream_failures: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
@@ -184,6 +189,9 @@ async fn connection(
 ) {
     let _ = client.set_nodelay(true);
     // A blackholed edge never reaches the upstream until the partition lifts.
+    if faults.borrow().partition == Some(Partition::Blackhole) {
+        stats.blackholed.fetch_add(1, Ordering::Relaxed);
+    }
     if !wait_while_blackholed(&mut faults).await {
         return reset(client);
     }
@@ -352,6 +360,7 @@ async fn upstream_copy(
                 } else {
                     let due = (Instant::now() + delay).max(last_due);
                     last_due = due;
+                    stats.delayed.fetch_add(1, Ordering::Relaxed);
                     held_bytes += n;
                     held.push_back((due, buf[..n].to_vec()));
                 }

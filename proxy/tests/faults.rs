@@ -101,6 +101,15 @@ async fn latency_is_what_was_asked() {
     for i in 0..30 {
         delayed.push(via.rtt(&format!("p{i}")).await);
     }
+    // Each exchange's request was held back: the evidence the fault acted.
+    assert!(
+        proxy
+            .stats()
+            .delayed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 30,
+        "chunks counted as delayed"
+    );
     let added = median(delayed).saturating_sub(median(base));
     eprintln!("added median through the proxy: {added:?}");
     assert!(
@@ -170,6 +179,13 @@ async fn blackhole_stalls_and_resumes() {
             .is_err(),
         "no answer in a blackhole"
     );
+    let blackholed = || {
+        proxy
+            .stats()
+            .blackholed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(blackholed(), 0, "a frozen open connection is not counted");
     let mut fresh = Client::connect(proxy.local_addr()).await;
     fresh.send("new").await;
     assert!(
@@ -177,6 +193,7 @@ async fn blackhole_stalls_and_resumes() {
             .await
             .is_err()
     );
+    assert_eq!(blackholed(), 1, "the connection it held back is");
     // Lifted: what waited gets through, on both connections.
     proxy.set_faults(Faults::default());
     let got = tokio::time::timeout(Duration::from_secs(2), open.recv())

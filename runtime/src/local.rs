@@ -15,7 +15,7 @@ use faultline_api::{
     Topology, Verdict, addr_var,
 };
 use faultline_engine::{
-    Action, Candidate, CheckReport, Entry, Instance, Observed, Resolved, Run, Snapshot,
+    Action, Candidate, CheckReport, Effect, Entry, Instance, Observed, Resolved, Run, Snapshot,
 };
 use faultline_observer::{Addresses, Limits};
 use faultline_proxy::{Faults, Latency, Partition, Proxy};
@@ -54,6 +54,8 @@ pub struct Outcome {
     pub phase: Phase,
     pub message: Option<String>,
     pub report: Vec<CheckReport>,
+    /// Each fault with the effect counted for it (None: nothing counted).
+    pub effects: Vec<(String, Option<Effect>)>,
     pub journal: Vec<Entry>,
     /// Service restarts during the run, and supervisor messages.
     pub restarts: BTreeMap<String, u64>,
@@ -245,9 +247,11 @@ async fn drive(
     progress.send_modify(|p| p.starting = None);
     let started = tokio::time::Instant::now();
     let mut last_checks: Option<Duration> = None;
-    // What is in place: instances a proxy carries, kills whose signal went out.
-    let mut in_place: BTreeSet<Instance> = BTreeSet::new();
+    // What is in place: instances a proxy carries (on which edges), kills
+    // whose signal went out.
+    let mut in_place: BTreeMap<Instance, Vec<Edge>> = BTreeMap::new();
     let mut signalled: BTreeSet<Instance> = BTreeSet::new();
+    let mut effects = Effects::default();
     let mut ticker = tokio::time::interval(options.tick);
     loop {
         tokio::select! {
@@ -294,6 +298,7 @@ async fn drive(
                 // A kill is in place once its first signal was delivered.
                 Ok(()) => {
                     signalled.insert(i.clone());
+                    *effects.signals.entry(i.fault.clone()).or_default() += 1;
                 }
                 Err(e) => log
                     .lock()
@@ -303,10 +308,12 @@ async fn drive(
         }
         if actions.iter().any(|a| !matches!(a, Action::Signal(..))) {
             in_place = apply_faults(&run, &proxies, &ports);
+            effects.watch(&in_place, &proxies);
         }
         // A proxy that took the setting, or a delivered signal, is the
         // local agent's word; what reached no edge was not injected.
-        run.confirm(now, |i| in_place.contains(i) || signalled.contains(i));
+        run.confirm(now, |i| in_place.contains_key(i) || signalled.contains(i));
+        effects.record(&mut run, &proxies);
         let overdue: Vec<String> = run
             .overdue(now)
             .iter()
@@ -353,10 +360,104 @@ async fn drive(
         phase: run.phase(),
         message: run.message().map(str::to_owned),
         report: run.report(),
+        effects: run
+            .effects()
+            .into_iter()
+            .map(|(f, e)| (f.to_owned(), e.cloned()))
+            .collect(),
         journal: run.journal().to_vec(),
         restarts,
         log,
     })
+}
+
+/// A proxied edge: (from service, to service).
+type Edge = (String, String);
+
+/// What each fault did, from the proxies' counters and the signals sent:
+/// counted on every edge a fault was ever carried on, from when it was.
+#[derive(Debug, Default)]
+struct Effects {
+    /// Per fault and edge, the edge's counters when the fault took it.
+    since: BTreeMap<String, BTreeMap<Edge, Counters>>,
+    /// Successful signals per kill fault.
+    signals: BTreeMap<String, u64>,
+}
+
+/// An edge's evidence counters: what latency does (chunks delayed,
+/// connections dropped) and what partitions do (connections held, reset).
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    latency: u64,
+    partition: u64,
+}
+
+impl Counters {
+    fn of(stats: &faultline_proxy::Stats) -> Counters {
+        use std::sync::atomic::Ordering::Relaxed;
+        Counters {
+            latency: stats.delayed.load(Relaxed) + stats.dropped.load(Relaxed),
+            partition: stats.blackholed.load(Relaxed) + stats.reset.load(Relaxed),
+        }
+    }
+}
+
+impl Effects {
+    /// Starts counting on the edges newly carrying a fault.
+    fn watch(&mut self, in_place: &BTreeMap<Instance, Vec<Edge>>, proxies: &BTreeMap<Edge, Proxy>) {
+        for (i, edges) in in_place {
+            let since = self.since.entry(i.fault.clone()).or_default();
+            for e in edges {
+                if let Some(p) = proxies.get(e) {
+                    since
+                        .entry(e.clone())
+                        .or_insert_with(|| Counters::of(p.stats()));
+                }
+            }
+        }
+    }
+
+    /// Tells the run each fault's effect so far.
+    fn record(&self, run: &mut Run, proxies: &BTreeMap<Edge, Proxy>) {
+        let faults: Vec<faultline_api::Fault> = run.spec().faults.clone();
+        for f in &faults {
+            let effect = match &f.action {
+                FaultAction::Kill(_) => match self.signals.get(&f.name) {
+                    Some(n) => Effect {
+                        count: *n,
+                        what: "processes signalled".into(),
+                    },
+                    None => continue,
+                },
+                action => {
+                    let Some(edges) = self.since.get(&f.name) else {
+                        continue;
+                    };
+                    let latency = matches!(action, FaultAction::Latency(_));
+                    let count = edges
+                        .iter()
+                        .filter_map(|(e, then)| {
+                            let now = Counters::of(proxies.get(e)?.stats());
+                            Some(if latency {
+                                now.latency.saturating_sub(then.latency)
+                            } else {
+                                now.partition.saturating_sub(then.partition)
+                            })
+                        })
+                        .sum();
+                    Effect {
+                        count,
+                        what: if latency {
+                            "chunks delayed or connections dropped".into()
+                        } else {
+                            "connections held or reset".into()
+                        },
+                    }
+                }
+            };
+            run.record_effect(&f.name, effect);
+        }
+    }
 }
 
 /// Dependencies before their dependents (validation refused cycles).
@@ -392,14 +493,14 @@ async fn stop_all(procs: BTreeMap<String, Supervised>) {
 /// Sets every proxy's faults from the active instances: latency and
 /// partitions apply to traffic reaching their target (`latency.to` narrows
 /// latency to the target's calls to those targets). Returns the instances
-/// some proxy now carries.
+/// some proxy now carries, with the edges that carry each.
 fn apply_faults(
     run: &Run,
-    proxies: &BTreeMap<(String, String), Proxy>,
+    proxies: &BTreeMap<Edge, Proxy>,
     ports: &HashMap<&str, u16>,
-) -> BTreeSet<Instance> {
-    let mut wanted: BTreeMap<(String, String), Faults> = BTreeMap::new();
-    let mut carried = BTreeSet::new();
+) -> BTreeMap<Instance, Vec<Edge>> {
+    let mut wanted: BTreeMap<Edge, Faults> = BTreeMap::new();
+    let mut carried: BTreeMap<Instance, Vec<Edge>> = BTreeMap::new();
     let services_of =
         |target: &str| -> Vec<String> { run.plan().get(target).cloned().unwrap_or_default() };
     for Resolved {
@@ -429,10 +530,13 @@ fn apply_faults(
                         .collect()
                 };
                 if !edges.is_empty() {
-                    carried.insert(Instance {
-                        fault: f.name.clone(),
-                        target: target.to_owned(),
-                    });
+                    carried.insert(
+                        Instance {
+                            fault: f.name.clone(),
+                            target: target.to_owned(),
+                        },
+                        edges.clone(),
+                    );
                 }
                 for e in edges {
                     let w = wanted.entry(e).or_default();
@@ -458,10 +562,13 @@ fn apply_faults(
                         Direction::Both => ingress || egress,
                     };
                     if cut {
-                        carried.insert(Instance {
-                            fault: f.name.clone(),
-                            target: target.to_owned(),
-                        });
+                        carried
+                            .entry(Instance {
+                                fault: f.name.clone(),
+                                target: target.to_owned(),
+                            })
+                            .or_default()
+                            .push((from.clone(), to.clone()));
                         wanted
                             .entry((from.clone(), to.clone()))
                             .or_default()
