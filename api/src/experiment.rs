@@ -817,6 +817,18 @@ impl ExperimentSpec {
         if self.duration.is_zero() {
             p.add(spec.key("duration"), "must be greater than 0s");
         }
+        // 0s would break every run at its first step; past an hour, a
+        // fault nobody applied would go unnoticed for most of a game day.
+        if let Some(t) = self.confirm_timeout
+            && (t.is_zero() || t.as_millis() > 3_600_000)
+        {
+            p.add(spec.key("confirmTimeout"), format!("{t} is not 1s to 1h"));
+        }
+        if let Some(t) = self.abort_grace
+            && t.is_zero()
+        {
+            p.add(spec.key("abortGrace"), "must be greater than 0s");
+        }
         self.validate_targets(&spec, p);
         self.validate_faults(&spec, p);
         // Over a list's limit, one report says it all and per-item checks are skipped.
@@ -1046,10 +1058,10 @@ impl ExperimentSpec {
                     "compares with a baseline measured before the first fault, and a fault starts at 0s; give every fault a start (e.g. start: 30s) to leave room for one",
                 );
             }
-            if !abort && c.phases() == [CheckPhase::Before] {
+            if !abort && c.phases().contains(&CheckPhase::Before) {
                 p.add(
                     kp.key(field),
-                    "compares with the baseline, which is what `before` measures; use when: [during] or [after]",
+                    "compares with the baseline, measured while no fault has started, so `before` has nothing to compare with; use when: [during], [after] or both",
                 );
             }
         }

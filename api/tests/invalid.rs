@@ -1157,7 +1157,7 @@ fn relative_checks_need_a_limit_and_room_for_a_baseline() {
             "errorRate: {service: checkout, maxIncrease: 2%}\n      when: [before]",
         )),
         &[
-            "spec.hypothesis[0].errorRate.maxIncrease: compares with the baseline, which is what `before` measures",
+            "spec.hypothesis[0].errorRate.maxIncrease: compares with the baseline, measured while no fault has started, so `before` has nothing to compare with",
         ],
     );
 }
@@ -1178,4 +1178,20 @@ fn http_checks_refuse_link_local_and_metadata_addresses() {
         );
         assert_valid(&text.replace("timeout: 2s}", "timeout: 2s, allowLinkLocal: true}"));
     }
+}
+
+#[test]
+fn confirm_timeout_and_abort_grace_bounds() {
+    assert_refused(
+        &edit("  duration: 2m\n", "  duration: 2m\n  confirmTimeout: 0s\n"),
+        &["spec.confirmTimeout: 0s is not 1s to 1h"],
+    );
+    assert_refused(
+        &edit("  duration: 2m\n", "  duration: 2m\n  abortGrace: 0s\n"),
+        &["spec.abortGrace: must be greater than 0s"],
+    );
+    assert_valid(&edit(
+        "  duration: 2m\n",
+        "  duration: 2m\n  confirmTimeout: 45s\n",
+    ));
 }

@@ -68,7 +68,14 @@ pub fn junit(experiment: &str, outcome: &Outcome, seconds: f64) -> String {
     }
     // Failed with no check failing (a fault that required an effect and
     // had none): the run itself is the failing case.
-    let run_failed = outcome.verdict == Verdict::Failed && failures == 0;
+    // Failed for a fault without effect: said as a case of its own, even
+    // beside checks that failed too.
+    let run_failed = outcome.verdict == Verdict::Failed
+        && (failures == 0
+            || outcome
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("requireEffect:")));
     if run_failed {
         failures += 1;
         let _ = writeln!(

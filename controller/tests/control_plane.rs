@@ -739,12 +739,13 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
     )
     .await;
     let api = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let otlp_http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut observer = KillOnDrop(
         std::process::Command::new(workspace_bin("faultline-observer"))
             .arg("--otlp-grpc")
             .arg(format!("127.0.0.1:{}", free_port()))
             .arg("--otlp-http")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(otlp_http.to_string())
             .arg("--api")
             .arg(api.to_string())
             .stderr(std::process::Stdio::null())
@@ -758,6 +759,30 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
             .filter(|(status, _)| *status == 200)
     })
     .await;
+    // One span of checkout's, in OTLP/JSON: the observer knows the service
+    // (an unknown one is never judged), its window almost empty.
+    let now = jiff::Timestamp::now().as_nanosecond();
+    let span = json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": "5b8efff798038103d269b633813fc60c",
+            "spanId": "eee19b7ec3c1b174",
+            "name": "GET /",
+            "kind": 2,
+            "startTimeUnixNano": (now - 2_000_000_000).to_string(),
+            "endTimeUnixNano": (now - 1_000_000_000).to_string(),
+        }]}],
+    }]});
+    let (status, body) = faultline_testkit::http(
+        otlp_http,
+        "POST",
+        "/v1/traces",
+        &[("content-type", "application/json")],
+        span.to_string().as_bytes(),
+    )
+    .await
+    .expect("the observer takes OTLP/JSON");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let kubeconfig = cp.controller_kubeconfig(&chart).await;
     // The nodes' agents confirm what is placed on them.
     let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);

@@ -61,9 +61,13 @@ impl Baseline {
     /// A baseline or why there is none, as reports and the status carry
     /// it: `42.0ms over 230 requests`, `none: 3 requests, fewer than 10`.
     pub fn describe(baseline: &Result<Baseline, String>, kind: &CheckKind) -> String {
-        match baseline {
-            Ok(b) => format!("{} over {} requests", b.show(kind), b.requests),
-            Err(why) => format!("none: {why}"),
+        // More digits than `show`: a restarted controller goes on with it.
+        match (baseline, kind) {
+            (Ok(b), CheckKind::ErrorRate(_)) => {
+                format!("{:.4}% over {} requests", b.value * 100.0, b.requests)
+            }
+            (Ok(b), _) => format!("{:.3}ms over {} requests", b.value, b.requests),
+            (Err(why), _) => format!("none: {why}"),
         }
     }
 
@@ -228,14 +232,8 @@ pub fn evaluate_against(
         (CheckKind::Breaker(c), Observed::NoData) => {
             judged(false, "breaker not seen".into(), c.state.to_string())
         }
-        // `minRequests: 0` asks for no evidence, explicitly: as no requests.
-        (CheckKind::ErrorRate(c), Observed::Unseen(_)) if c.min_requests() == 0 => {
-            evaluate(kind, &Observed::NoData)
-        }
-        (CheckKind::Latency(c), Observed::Unseen(_)) if c.min_requests() == 0 => {
-            evaluate(kind, &Observed::NoData)
-        }
-        // Not judged: a name nobody reports on is no evidence either way.
+        // Not judged, whatever minRequests says: a name nobody reports on
+        // is no evidence either way (most likely a typo).
         (kind, Observed::Unseen(why)) => Evaluation {
             passed: false,
             judged: false,
@@ -301,9 +299,9 @@ mod tests {
             requests: 230,
         };
         let text = Baseline::describe(&Ok(b), &check);
-        assert_eq!(text, "42.2ms over 230 requests");
+        assert_eq!(text, "42.240ms over 230 requests");
         let back = Baseline::parse(&text).expect("parses");
-        assert!((back.value - 42.2).abs() < 1e-9 && back.requests == 230);
+        assert!((back.value - 42.24).abs() < 1e-9 && back.requests == 230);
         let rate = Baseline {
             value: 0.005,
             requests: 1000,

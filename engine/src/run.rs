@@ -21,6 +21,10 @@ use crate::{
     select::{Candidate, Plan, plan},
 };
 
+/// How long an agent may take to answer at the least: an instance wanted
+/// for less than this when its window ends is not held against the run.
+const ANSWER_TIME: Duration = Duration::from_secs(2);
+
 /// One fault applied to one selected target.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instance {
@@ -187,6 +191,10 @@ pub struct Run {
     unconfirmed: BTreeMap<Instance, Duration>,
     /// Instances whose window ended before anyone confirmed them.
     never_confirmed: BTreeSet<Instance>,
+    /// Faults held on some target at some point, and those confirmed on
+    /// one: a fault held but never confirmed anywhere tested nothing.
+    ever_held: BTreeSet<String>,
+    ever_confirmed: BTreeSet<String>,
     /// Per fault, its effect so far, as the driver last counted it.
     effects: BTreeMap<String, Effect>,
 }
@@ -219,6 +227,8 @@ impl Run {
             confirmed: BTreeSet::new(),
             unconfirmed: BTreeMap::new(),
             never_confirmed: BTreeSet::new(),
+            ever_held: BTreeSet::new(),
+            ever_confirmed: BTreeSet::new(),
             effects: BTreeMap::new(),
         }
     }
@@ -423,6 +433,7 @@ impl Run {
         for i in newly {
             self.unconfirmed.remove(&i);
             self.log(now, format!("confirmed {} on {}", i.fault, i.target));
+            self.ever_confirmed.insert(i.fault.clone());
             self.confirmed.insert(i);
         }
     }
@@ -466,10 +477,21 @@ impl Run {
         &self.confirmed
     }
 
-    /// Faults are in place for checks of the fault window to count: at
-    /// least one instance held and confirmed, none waiting.
-    fn faults_confirmed(&self) -> bool {
-        !self.confirmed.is_empty() && self.unconfirmed.is_empty()
+    /// Faults are in place for checks of the fault window to count: none
+    /// waiting, and at least one instance held and confirmed — or a kill
+    /// in its window that was (a deleted pod leaves the plan, and with it
+    /// the instance, as soon as its deletion is seen).
+    fn faults_confirmed(&self, now: Duration) -> bool {
+        let kill_done = || {
+            self.spec.faults.iter().any(|f| {
+                matches!(f.action, FaultAction::Kill(_))
+                    && self.ever_confirmed.contains(&f.name)
+                    && self
+                        .window(&f.name)
+                        .is_some_and(|(s, e)| s <= now && now < e)
+            })
+        };
+        self.unconfirmed.is_empty() && (!self.confirmed.is_empty() || kill_done())
     }
 
     /// Keeps the confirmation books in step with what the run holds now.
@@ -478,15 +500,19 @@ impl Run {
         self.confirmed.retain(|i| held.contains(i));
         // Let go unconfirmed: at its window's end it was never injected; a
         // target that went away (replaced, rescheduled) is no one's fault.
+        // One wanted only for the last moments of its window (a late
+        // replacement) had no time for an agent's answer.
         let ended: Vec<Instance> = self
             .unconfirmed
-            .keys()
-            .filter(|i| !held.contains(*i))
-            .filter(|i| self.window(&i.fault).is_some_and(|(_, end)| now >= end))
-            .cloned()
+            .iter()
+            .filter(|(i, _)| !held.contains(*i))
+            .filter(|(_, since)| now.saturating_sub(**since) >= ANSWER_TIME)
+            .filter(|(i, _)| self.window(&i.fault).is_some_and(|(_, end)| now >= end))
+            .map(|(i, _)| i.clone())
             .collect();
         self.never_confirmed.extend(ended);
         self.unconfirmed.retain(|i, _| held.contains(i));
+        self.ever_held.extend(held.iter().map(|i| i.fault.clone()));
         for i in held {
             if !self.confirmed.contains(&i) {
                 self.unconfirmed.entry(i).or_insert(now);
@@ -584,7 +610,11 @@ impl Run {
                 self.killing.clear();
                 if self.phase == Phase::Recovering {
                     let left = std::mem::take(&mut self.unconfirmed);
-                    self.never_confirmed.extend(left.into_keys());
+                    self.never_confirmed.extend(
+                        left.into_iter()
+                            .filter(|(_, since)| now.saturating_sub(*since) >= ANSWER_TIME)
+                            .map(|(i, _)| i),
+                    );
                 }
                 self.confirmed.clear();
                 self.unconfirmed.clear();
@@ -759,7 +789,7 @@ impl Run {
             // confirmed in place; abort checks guard the whole window.
             // Before the first fault, relative checks take their baseline.
             Phase::Injecting | Phase::Running => hypothesis(CheckPhase::During, false)
-                .filter(|_| self.faults_confirmed())
+                .filter(|_| self.faults_confirmed(now))
                 .chain(
                     self.spec
                         .hypothesis
@@ -1061,19 +1091,30 @@ impl Run {
                 ));
             }
         }
-        // Faults that were never confirmed in place were never tested. A
-        // check that failed did so on evidence gathered while every held
-        // fault was confirmed (only then are fault-window checks due), so
-        // a failure still stands.
-        if !failed_on_figures && !self.never_confirmed.is_empty() {
-            let mut per_fault: BTreeMap<&str, usize> = BTreeMap::new();
-            for i in &self.never_confirmed {
-                *per_fault.entry(i.fault.as_str()).or_default() += 1;
-            }
-            let list: Vec<String> = per_fault
+        // Faults that were never confirmed in place were never tested: an
+        // instance whose window ended unconfirmed, or a fault held
+        // somewhere but confirmed nowhere, however its instances came and
+        // went. A check that failed did so on evidence gathered while
+        // every held fault was confirmed (only then are fault-window
+        // checks due), so a failure still stands.
+        let mut per_fault: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in &self.never_confirmed {
+            *per_fault.entry(i.fault.as_str()).or_default() += 1;
+        }
+        let mut list: Vec<String> = per_fault
+            .iter()
+            .map(|(f, n)| format!("{f} on {n} target{}", if *n == 1 { "" } else { "s" }))
+            .collect();
+        list.extend(
+            self.spec
+                .faults
                 .iter()
-                .map(|(f, n)| format!("{f} on {n} target{}", if *n == 1 { "" } else { "s" }))
-                .collect();
+                .filter(|f| self.ever_held.contains(&f.name))
+                .filter(|f| !self.ever_confirmed.contains(&f.name))
+                .filter(|f| !per_fault.contains_key(f.name.as_str()))
+                .map(|f| format!("{} on no target", f.name)),
+        );
+        if !failed_on_figures && !list.is_empty() {
             self.message = Some(format!(
                 "faults never confirmed in place during their window: {}",
                 list.join(", ")

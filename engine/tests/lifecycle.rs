@@ -996,3 +996,82 @@ fn a_fault_required_to_have_an_effect_fails_the_run_without_one() {
             .any(|e| e.event == "fault slow: no effect observed (0 chunks delayed)")
     );
 }
+
+#[test]
+fn a_delete_kill_confirmed_keeps_its_window_judged_after_the_pods_go() {
+    let mut run = Run::new(
+        spec(
+            "  duration: 30s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: kill, target: payments, start: 5s, duration: 20s, kill: {method: delete}}
+  hypothesis:
+    - errorRate: {service: checkout, max: 5%}
+",
+        ),
+        "shop",
+        1,
+    );
+    let healthy = CheckRef {
+        abort: false,
+        index: 0,
+    };
+    // Their successors, which a once-kill leaves alone.
+    let replaced = vec![
+        Candidate::new("payments-3", "shop", &[("app", "payments")]),
+        Candidate::new("cart-1", "shop", &[("app", "cart")]),
+    ];
+    for t in 0..=31 {
+        answer(&mut run, s(t), |_| rate(0.0));
+        let pods = if t <= 5 { shop() } else { replaced.clone() };
+        // A deletion is confirmed by the pod being gone; as the controller
+        // does, before stepping and after.
+        let gone = |i: &Instance| !pods.iter().any(|p| p.id == i.target);
+        run.confirm(s(t), gone);
+        run.step(s(t), &pods);
+        run.confirm(s(t), gone);
+        if t == 5 {
+            assert!(!run.due(s(5)).contains(&healthy), "not before the pods go");
+        }
+        if (7..25).contains(&t) {
+            assert!(
+                run.due(s(t)).contains(&healthy),
+                "judged in the kill's window at {t}"
+            );
+        }
+    }
+    assert_eq!(run.verdict(), Some(Verdict::Passed), "{:?}", run.message());
+}
+
+#[test]
+fn a_fault_confirmed_nowhere_breaks_the_run_even_beside_one_that_was() {
+    let mut run = Run::new(
+        spec(
+            "  duration: 30s
+  confirmTimeout: 1h
+  targets:
+    payments: {labels: {app: payments}}
+    cart: {labels: {app: cart}}
+  faults:
+    - {name: slow, target: payments, start: 5s, latency: {delay: 20ms}}
+    - {name: cut, target: cart, start: 5s, partition: {peers: [payments]}}
+",
+        ),
+        "shop",
+        1,
+    );
+    for t in 0..=31 {
+        run.step(s(t), &shop());
+        // cart's agent never answers.
+        run.confirm(s(t), |i| i.fault == "slow");
+    }
+    assert_eq!(
+        (run.phase(), run.verdict()),
+        (Phase::Completed, Some(Verdict::Broken))
+    );
+    assert_eq!(
+        run.message(),
+        Some("faults never confirmed in place during their window: cut on 1 target")
+    );
+}
