@@ -245,6 +245,26 @@ impl CheckKind {
         }
     }
 
+    /// The sliding window of a rate or latency check.
+    pub fn window(&self) -> Option<Duration> {
+        match self {
+            CheckKind::ErrorRate(c) => Some(c.window),
+            CheckKind::Latency(c) => Some(c.window),
+            CheckKind::Breaker(_) | CheckKind::Http(_) => None,
+        }
+    }
+
+    /// The same check over another window (rate and latency checks).
+    pub fn with_window(&self, window: Duration) -> CheckKind {
+        let mut kind = self.clone();
+        match &mut kind {
+            CheckKind::ErrorRate(c) => c.window = window,
+            CheckKind::Latency(c) => c.window = window,
+            CheckKind::Breaker(_) | CheckKind::Http(_) => {}
+        }
+        kind
+    }
+
     /// The service whose figures the check reads (none for `http`).
     pub fn service(&self) -> Option<&str> {
         match self {

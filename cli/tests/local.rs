@@ -18,6 +18,21 @@ fn faultline(mark: &str) -> Command {
     c
 }
 
+/// `faultline run EXPERIMENT --local TOPOLOGY --no-dashboard`, marked.
+fn run_local(
+    mark: &str,
+    experiment: impl AsRef<std::ffi::OsStr>,
+    topology: impl AsRef<std::ffi::OsStr>,
+) -> Command {
+    let mut c = faultline(mark);
+    c.arg("run")
+        .arg(experiment)
+        .arg("--local")
+        .arg(topology)
+        .arg("--no-dashboard");
+    c
+}
+
 /// Asserts the exit code (showing both streams when it differs) and
 /// returns stdout.
 fn exited_with(out: &std::process::Output, code: i32) -> String {
@@ -594,12 +609,7 @@ spec:
 ",
     )
     .expect("write");
-    let out = faultline("typo")
-        .arg("run")
-        .arg(&experiment)
-        .arg("--local")
-        .arg(&topology)
-        .arg("--no-dashboard")
+    let out = run_local("typo", &experiment, &topology)
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -661,12 +671,7 @@ spec:
     )
     .expect("write");
     let junit = dir.path().join("nowhere.xml");
-    let out = faultline("nowhere")
-        .arg("run")
-        .arg(&experiment)
-        .arg("--local")
-        .arg(&topology)
-        .arg("--no-dashboard")
+    let out = run_local("nowhere", &experiment, &topology)
         .arg("--junit")
         .arg(&junit)
         .output()
@@ -702,12 +707,7 @@ spec:
     )
     .expect("write");
     let junit = dir.path().join("idle.xml");
-    let out = faultline("idle")
-        .arg("run")
-        .arg(&experiment)
-        .arg("--local")
-        .arg(&topology)
-        .arg("--no-dashboard")
+    let out = run_local("idle", &experiment, &topology)
         .arg("--junit")
         .arg(&junit)
         .output()

@@ -474,7 +474,12 @@ async fn step(
             } else {
                 &spec.hypothesis[c.index]
             };
-            match ctx.observer.observe(&check.kind).await {
+            // Under faults, no further back than when they were in place.
+            let kind = match live.run.window_for(c, elapsed) {
+                Some(w) => check.kind.with_window(w),
+                None => check.kind.clone(),
+            };
+            match ctx.observer.observe(&kind).await {
                 Ok(observed) => {
                     // A service still unknown after the grace is most likely
                     // misnamed: said once, by name, while the run goes on.

@@ -197,6 +197,9 @@ pub struct Run {
     ever_confirmed: BTreeSet<String>,
     /// Per fault, its effect so far, as the driver last counted it.
     effects: BTreeMap<String, Effect>,
+    /// Since when faults have been confirmed in place without a break:
+    /// checks of the fault window read no figure from before it.
+    in_place_since: Option<Duration>,
 }
 
 impl Run {
@@ -230,6 +233,7 @@ impl Run {
             ever_held: BTreeSet::new(),
             ever_confirmed: BTreeSet::new(),
             effects: BTreeMap::new(),
+            in_place_since: None,
         }
     }
 
@@ -436,6 +440,29 @@ impl Run {
             self.ever_confirmed.insert(i.fault.clone());
             self.confirmed.insert(i);
         }
+        self.note_in_place(now);
+    }
+
+    /// Keeps `in_place_since` in step with whether faults are in place.
+    fn note_in_place(&mut self, now: Duration) {
+        let in_place =
+            matches!(self.phase, Phase::Injecting | Phase::Running) && self.faults_confirmed(now);
+        self.in_place_since = in_place.then(|| self.in_place_since.unwrap_or(now));
+    }
+
+    /// The window to read a due check over at `now`: a check of the fault
+    /// window reads no further back than the moment faults were confirmed
+    /// in place (whole seconds, at least one), so figures from before the
+    /// fault never count as figures under it. None: the check's own.
+    pub fn window_for(&self, check: CheckRef, now: Duration) -> Option<faultline_api::Duration> {
+        if check.abort || !matches!(self.phase, Phase::Injecting | Phase::Running) {
+            return None;
+        }
+        let since = self.in_place_since?;
+        let own = self.spec.hypothesis.get(check.index)?.kind.window()?;
+        let secs = now.saturating_sub(since).as_secs().max(1);
+        let clipped = faultline_api::Duration::from_secs(secs)?;
+        (clipped < own).then_some(clipped)
     }
 
     /// Held instances nobody confirmed within the experiment's
@@ -595,6 +622,7 @@ impl Run {
                 actions.extend(self.signals(now));
                 self.killing = self.kill_window(now);
                 self.track_confirmations(now);
+                self.note_in_place(now);
                 let faulting = !self.active.is_empty() || !self.killing.is_empty();
                 self.faults_since = faulting.then(|| self.faults_since.unwrap_or(now));
                 self.set_phase(

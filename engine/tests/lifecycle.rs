@@ -1075,3 +1075,32 @@ fn a_fault_confirmed_nowhere_breaks_the_run_even_beside_one_that_was() {
         Some("faults never confirmed in place during their window: cut on 1 target")
     );
 }
+
+#[test]
+fn checks_of_the_fault_window_read_no_figure_from_before_it() {
+    let healthy = CheckRef {
+        abort: false,
+        index: 1,
+    };
+    let abort = CheckRef {
+        abort: true,
+        index: 0,
+    };
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    answer(&mut run, s(0), |c| others(c).unwrap_or(rate(0.0)));
+    run.step(s(10), &shop());
+    assert_eq!(run.window_for(healthy, s(11)), None, "not in place yet");
+    run.confirm(s(12), |_| true);
+    let w = |t: u64| run.window_for(healthy, s(t)).map(|d| d.as_millis() / 1000);
+    // `healthy` reads 30 s windows: from the confirmation on, 1 s, then
+    // what has passed since, until a whole window has.
+    assert_eq!(w(12), Some(1));
+    assert_eq!(w(20), Some(8));
+    assert_eq!(w(41), Some(29));
+    assert_eq!(w(42), None);
+    assert_eq!(
+        run.window_for(abort, s(20)),
+        None,
+        "abort checks read their own"
+    );
+}

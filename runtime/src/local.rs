@@ -271,7 +271,12 @@ async fn drive(
                 } else {
                     &run.spec().hypothesis[c.index]
                 };
-                let observed = observe(&observer.observer, &check.kind).await;
+                // Under faults, no further back than when they were in place.
+                let kind = match run.window_for(c, now) {
+                    Some(w) => check.kind.with_window(w),
+                    None => check.kind.clone(),
+                };
+                let observed = observe(&observer.observer, &kind).await;
                 run.observe(now, c, &observed);
             }
         }
