@@ -380,18 +380,20 @@ async fn drive(
 type Edge = (String, String);
 
 /// What each fault did, from the proxies' counters and the signals sent:
-/// counted on every edge a fault was ever carried on, from when it was.
+/// counted on each edge only while the fault is carried there, so traffic
+/// another fault of the same kind slows on a shared edge later is not
+/// taken for this one's.
 #[derive(Debug, Default)]
 struct Effects {
-    /// Per fault and edge, the edge's counters when the fault took it.
-    since: BTreeMap<String, BTreeMap<Edge, Counters>>,
+    /// Per fault and edge, what was counted there so far.
+    edges: BTreeMap<String, BTreeMap<Edge, Span>>,
     /// Successful signals per kill fault.
     signals: BTreeMap<String, u64>,
 }
 
 /// An edge's evidence counters: what latency does (chunks delayed,
 /// connections dropped) and what partitions do (connections held, reset).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Counters {
     latency: u64,
     partition: u64,
@@ -405,18 +407,52 @@ impl Counters {
             partition: stats.blackholed.load(Relaxed) + stats.reset.load(Relaxed),
         }
     }
+
+    fn since(self, then: Counters) -> Counters {
+        Counters {
+            latency: self.latency.saturating_sub(then.latency),
+            partition: self.partition.saturating_sub(then.partition),
+        }
+    }
+
+    fn plus(self, other: Counters) -> Counters {
+        Counters {
+            latency: self.latency + other.latency,
+            partition: self.partition + other.partition,
+        }
+    }
+}
+
+/// A fault's count on one edge: closed stretches, and the open one's start.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    counted: Counters,
+    open_since: Option<Counters>,
 }
 
 impl Effects {
-    /// Starts counting on the edges newly carrying a fault.
+    /// Opens counting where a fault is carried now, closes it where it no
+    /// longer is.
     fn watch(&mut self, in_place: &BTreeMap<Instance, Vec<Edge>>, proxies: &BTreeMap<Edge, Proxy>) {
+        let mut now: BTreeMap<&str, BTreeSet<&Edge>> = BTreeMap::new();
         for (i, edges) in in_place {
-            let since = self.since.entry(i.fault.clone()).or_default();
+            now.entry(i.fault.as_str()).or_default().extend(edges);
+        }
+        for (fault, edges) in &now {
+            let spans = self.edges.entry((*fault).to_owned()).or_default();
             for e in edges {
-                if let Some(p) = proxies.get(e) {
-                    since
-                        .entry(e.clone())
-                        .or_insert_with(|| Counters::of(p.stats()));
+                let span = spans.entry((*e).clone()).or_default();
+                if span.open_since.is_none() {
+                    span.open_since = proxies.get(*e).map(|p| Counters::of(p.stats()));
+                }
+            }
+        }
+        for (fault, spans) in &mut self.edges {
+            for (e, span) in spans.iter_mut() {
+                let carried = now.get(fault.as_str()).is_some_and(|s| s.contains(e));
+                if !carried && let (Some(start), Some(p)) = (span.open_since, proxies.get(e)) {
+                    span.counted = span.counted.plus(Counters::of(p.stats()).since(start));
+                    span.open_since = None;
                 }
             }
         }
@@ -435,23 +471,23 @@ impl Effects {
                     None => continue,
                 },
                 action => {
-                    let Some(edges) = self.since.get(&f.name) else {
+                    let Some(spans) = self.edges.get(&f.name) else {
                         continue;
                     };
+                    let total = spans.iter().fold(Counters::default(), |sum, (e, span)| {
+                        let open = match (span.open_since, proxies.get(e)) {
+                            (Some(start), Some(p)) => Counters::of(p.stats()).since(start),
+                            _ => Counters::default(),
+                        };
+                        sum.plus(span.counted).plus(open)
+                    });
                     let latency = matches!(action, FaultAction::Latency(_));
-                    let count = edges
-                        .iter()
-                        .filter_map(|(e, then)| {
-                            let now = Counters::of(proxies.get(e)?.stats());
-                            Some(if latency {
-                                now.latency.saturating_sub(then.latency)
-                            } else {
-                                now.partition.saturating_sub(then.partition)
-                            })
-                        })
-                        .sum();
                     Effect {
-                        count,
+                        count: if latency {
+                            total.latency
+                        } else {
+                            total.partition
+                        },
                         what: if latency {
                             "chunks delayed or connections dropped".into()
                         } else {
@@ -662,6 +698,81 @@ spec:
 {rest}"
         );
         faultline_api::parse_one(doc.as_bytes()).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn an_effect_counts_only_while_its_fault_holds_the_edge() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // An echo upstream behind one proxied edge.
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let up = upstream.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let edge: Edge = ("a".into(), "b".into());
+        let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], 0)), up)
+            .await
+            .expect("proxy");
+        proxy.set_faults(Faults {
+            latency: Some(Latency {
+                delay: Duration::from_millis(1),
+                jitter: Duration::ZERO,
+                loss: 0.0,
+                correlation: 0.0,
+            }),
+            partition: None,
+        });
+        let mut client = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .expect("connect");
+        let proxies = BTreeMap::from([(edge.clone(), proxy)]);
+        let mut exchange = async || {
+            client.write_all(b"x").await.expect("write");
+            let mut one = [0u8; 1];
+            client.read_exact(&mut one).await.expect("echo");
+        };
+        let held = |fault: &str| {
+            BTreeMap::from([(
+                Instance {
+                    fault: fault.into(),
+                    target: "b".into(),
+                },
+                vec![edge.clone()],
+            )])
+        };
+        let mut effects = Effects::default();
+        // `one` holds the edge for one exchange, then `two` for two.
+        effects.watch(&held("one"), &proxies);
+        exchange().await;
+        effects.watch(&held("two"), &proxies);
+        exchange().await;
+        exchange().await;
+        let e = experiment(
+            "    b: {labels: {app: b}}
+  faults:
+    - {name: one, target: b, latency: {delay: 1ms}}
+    - {name: two, target: b, latency: {delay: 1ms}}
+",
+        );
+        let mut run = Run::new(e.spec, "demo", 1);
+        effects.record(&mut run, &proxies);
+        let counts: Vec<(&str, Option<u64>)> = run
+            .effects()
+            .into_iter()
+            .map(|(f, e)| (f, e.map(|e| e.count)))
+            .collect();
+        assert_eq!(counts, vec![("one", Some(1)), ("two", Some(2))]);
     }
 
     #[tokio::test]
