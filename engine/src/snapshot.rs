@@ -38,6 +38,8 @@ pub struct FaultSnapshot {
     /// The targets it is active on now; None when not known (a cluster's
     /// status counts instances, it does not name them).
     pub targets: Option<Vec<String>>,
+    /// What it has touched so far; None where nothing is counted.
+    pub effect: Option<crate::Effect>,
 }
 
 impl FaultSnapshot {
@@ -49,6 +51,7 @@ impl FaultSnapshot {
             action: f.action.summary(),
             window: (f.start().as_std(), f.end(spec.duration).as_std()),
             targets,
+            effect: None,
         }
     }
 }
@@ -156,7 +159,13 @@ impl Run {
                         .filter(|r| r.fault.name == f.name)
                         .map(|r| r.target.to_owned())
                         .collect();
-                    FaultSnapshot::of(f, spec, Some(targets))
+                    let mut snap = FaultSnapshot::of(f, spec, Some(targets));
+                    snap.effect = self
+                        .effects()
+                        .into_iter()
+                        .find(|(name, _)| *name == f.name)
+                        .and_then(|(_, e)| e.cloned());
+                    snap
                 })
                 .collect(),
             checks: self.report(),

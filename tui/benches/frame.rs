@@ -82,6 +82,7 @@ fn run_feed() -> RunFeed {
                 action: "latency 300ms".into(),
                 window: (Duration::from_secs(10), Duration::from_secs(50)),
                 targets: Some(vec!["service-0001".into()]),
+                effect: None,
             }],
             checks: vec![CheckReport {
                 name: "error rate under 5%".into(),

@@ -584,11 +584,22 @@ fn draw_experiment(frame: &mut Frame<'_>, area: Rect, app: &App, snapshot: Optio
                 }
                 FaultState::Done => ("removed".to_owned(), Color::DarkGray),
             };
+            // What it touched: the evidence it acted at all.
+            // Short: the count and its verb ("1834 delayed", "2 signalled").
+            let (effect, effect_color) = match &f.effect {
+                Some(e) if e.count > 0 => {
+                    let verb = e.what.split(' ').nth(1).unwrap_or(&e.what);
+                    (format!("{} {verb}", e.count), Color::Reset)
+                }
+                Some(_) => ("no effect yet".to_owned(), Color::Yellow),
+                None => ("-".to_owned(), Color::DarkGray),
+            };
             Row::new([
                 Cell::from(f.name.clone()).bold(),
                 Cell::from(f.action.clone()),
                 Cell::from(targets),
                 Cell::from(state).fg(color),
+                Cell::from(effect).fg(effect_color),
             ])
         })
         .collect();
@@ -596,14 +607,15 @@ fn draw_experiment(frame: &mut Frame<'_>, area: Rect, app: &App, snapshot: Optio
         Table::new(
             fault_rows,
             [
-                Constraint::Fill(2),
+                Constraint::Fill(3),
                 Constraint::Fill(3),
                 Constraint::Fill(2),
-                Constraint::Length(18),
+                Constraint::Length(17),
+                Constraint::Length(14),
             ],
         )
         .header(
-            Row::new(["FAULT", "WHAT", "TARGETS", "STATE"])
+            Row::new(["FAULT", "WHAT", "TARGETS", "STATE", "EFFECT"])
                 .style(Style::new().fg(Color::Cyan).bold()),
         ),
         faults,

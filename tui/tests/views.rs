@@ -133,6 +133,10 @@ fn run(phase: Phase, at: u64, verdict: Option<Verdict>) -> RunFeed {
                 } else {
                     vec![]
                 }),
+                effect: (at >= 10).then(|| faultline_engine::Effect {
+                    count: 1834,
+                    what: "chunks delayed or connections dropped".into(),
+                }),
             }],
             checks: vec![
                 check(
