@@ -565,7 +565,7 @@ pub struct CheckStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_judged_at: Option<Time>,
     /// A relative check's baseline, measured before the first fault
-    /// (e.g. "42.0ms over 230 requests"), or why there is none.
+    /// (e.g. "42.000ms over 230 requests"), or why there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub baseline: Option<String>,

@@ -356,6 +356,7 @@ fn outcome_of(status: &ExperimentStatus, journal: Vec<Entry>) -> Outcome {
     Outcome {
         // Agents do not report effects yet: nothing is claimed.
         effects: Vec::new(),
+        effect_failures: Vec::new(),
         verdict: status.verdict.unwrap_or(Verdict::Aborted),
         phase: status.phase.unwrap_or(Phase::Recovered),
         message: status.message.clone(),

@@ -66,23 +66,16 @@ pub fn junit(experiment: &str, outcome: &Outcome, seconds: f64) -> String {
         }
         cases.push_str("</testcase>\n");
     }
-    // Failed with no check failing (a fault that required an effect and
-    // had none): the run itself is the failing case.
-    // Failed for a fault without effect: said as a case of its own, even
-    // beside checks that failed too.
-    let run_failed = outcome.verdict == Verdict::Failed
-        && (failures == 0
-            || outcome
-                .message
-                .as_deref()
-                .is_some_and(|m| m.starts_with("requireEffect:")));
+    // A fault that required an effect and had none: a failing case of its
+    // own, beside any check that failed too.
+    let run_failed = !outcome.effect_failures.is_empty();
     if run_failed {
         failures += 1;
         let _ = writeln!(
             cases,
-            "    <testcase classname=\"faultline.{}\" name=\"run\" time=\"{seconds:.3}\">\n      <failure type=\"effect\" message=\"{}\"/>\n    </testcase>",
+            "    <testcase classname=\"faultline.{}\" name=\"effects\" time=\"{seconds:.3}\">\n      <failure type=\"effect\" message=\"{}\"/>\n    </testcase>",
             xml(experiment),
-            xml(outcome.message.as_deref().unwrap_or("failed"))
+            xml(&outcome.effect_failures.join("; "))
         );
     }
     if matches!(outcome.verdict, Verdict::Aborted | Verdict::Broken) {

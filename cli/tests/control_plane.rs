@@ -76,10 +76,14 @@ spec:
     path
 }
 
-/// Ctrl-C, as a person at the terminal would.
-fn interrupt(child: &tokio::process::Child) {
+/// Ctrl-C, as a person at the terminal would; what the run then printed.
+async fn interrupted(child: tokio::process::Child) -> std::process::Output {
     let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the run ends")
+        .expect("output")
 }
 
 async fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
@@ -181,11 +185,7 @@ async fn game_days_on_a_real_api_server_exit_0_1_3_4_and_broken() {
         (!status(&client).await["nextRunAt"].is_null()).then_some(())
     })
     .await;
-    interrupt(&child);
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("the run ends")
-        .expect("output");
+    let out = interrupted(child).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("nothing was injected"), "{stdout}");
@@ -225,11 +225,7 @@ async fn game_days_on_a_real_api_server_exit_0_1_3_4_and_broken() {
         (entries(&client).await == 2).then_some(())
     })
     .await;
-    interrupt(&child);
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("the run ends")
-        .expect("output");
+    let out = interrupted(child).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

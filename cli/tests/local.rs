@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use faultline_testkit::free_port;
+
 /// `faultline` with a mark in its environment, which the services it starts
 /// inherit, so a test finds exactly its own processes.
 fn faultline(mark: &str) -> Command {
@@ -144,11 +146,7 @@ fn private_topology(dir: &std::path::Path) -> PathBuf {
     let mut text =
         std::fs::read_to_string(root.join("experiments/demo/topology.yaml")).expect("topology");
     for fixed in 17101..=17105u16 {
-        let free = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        text = text.replace(&fixed.to_string(), &free.to_string());
+        text = text.replace(&fixed.to_string(), &free_port().to_string());
     }
     let path = dir.join("topology.yaml");
     std::fs::write(&path, text).expect("write");
@@ -300,17 +298,10 @@ fn invalid_input_starts_nothing() {
     assert!(stderr.contains("nothing was started"), "{stderr}");
 }
 
-/// A one-service topology (payments of the demo shop) on a free port.
 /// Payments, and a caller that never calls it: a fault on payments has
 /// an edge (a proxy) to act on, and no traffic.
 fn payments_and_a_caller(dir: &std::path::Path) -> PathBuf {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port")
-    };
-    let (port, caller) = (free(), free());
+    let (port, caller) = (free_port(), free_port());
     let path = dir.join("payments.yaml");
     std::fs::write(
         &path,
@@ -634,10 +625,7 @@ spec:
 #[test]
 fn a_fault_no_proxy_carries_is_broken_with_exit_4() {
     let dir = tempfile::tempdir().expect("tmp");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = free_port();
     // Nothing depends on payments: no proxy carries its traffic, so a
     // latency fault on it is injected nowhere.
     let topology = dir.path().join("alone.yaml");

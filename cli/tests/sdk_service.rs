@@ -7,12 +7,7 @@
 
 use std::{path::Path, process::Command};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use faultline_testkit::free_port;
 
 fn topology(dir: &Path, python: &str) -> std::path::PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_service.py");

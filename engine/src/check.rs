@@ -59,7 +59,7 @@ impl Baseline {
     }
 
     /// A baseline or why there is none, as reports and the status carry
-    /// it: `42.0ms over 230 requests`, `none: 3 requests, fewer than 10`.
+    /// it: `42.000ms over 230 requests`, `none: 3 requests, fewer than 10`.
     pub fn describe(baseline: &Result<Baseline, String>, kind: &CheckKind) -> String {
         // More digits than `show`: a restarted controller goes on with it.
         match (baseline, kind) {

@@ -197,6 +197,8 @@ pub struct Run {
     ever_confirmed: BTreeSet<String>,
     /// Per fault, its effect so far, as the driver last counted it.
     effects: BTreeMap<String, Effect>,
+    /// Faults that required an effect and had none, as said at the end.
+    effect_failures: Vec<String>,
     /// Since when faults have been confirmed in place without a break:
     /// checks of the fault window read no figure from before it.
     in_place_since: Option<Duration>,
@@ -233,6 +235,7 @@ impl Run {
             ever_held: BTreeSet::new(),
             ever_confirmed: BTreeSet::new(),
             effects: BTreeMap::new(),
+            effect_failures: Vec::new(),
             in_place_since: None,
         }
     }
@@ -378,18 +381,8 @@ impl Run {
     /// A due check whose figure could not be read at all (the observer did
     /// not answer): not judged, for `why`.
     pub fn unreadable(&mut self, now: Duration, check: CheckRef, why: &str) {
-        let (name, state) = if check.abort {
-            (
-                self.spec.abort[check.index].display_name(),
-                &mut self.aborts[check.index],
-            )
-        } else {
-            (
-                self.spec.hypothesis[check.index].display_name(),
-                &mut self.hypothesis[check.index],
-            )
-        };
-        state.not_judged = Some(why.to_owned());
+        let name = self.check(check).display_name();
+        self.state_mut(check).not_judged = Some(why.to_owned());
         self.journal.push(Entry {
             at: now,
             event: format!("check {name}: not judged: {why}"),
@@ -492,6 +485,11 @@ impl Run {
             .iter()
             .map(|f| (f.name.as_str(), self.effects.get(&f.name)))
             .collect()
+    }
+
+    /// Faults with `requireEffect` that had none: why each failed the run.
+    pub fn effect_failures(&self) -> &[String] {
+        &self.effect_failures
     }
 
     /// Held instances not confirmed yet.
@@ -838,6 +836,40 @@ impl Run {
         }
     }
 
+    /// The spec's check a reference names.
+    fn check(&self, c: CheckRef) -> &faultline_api::Check {
+        if c.abort {
+            &self.spec.abort[c.index]
+        } else {
+            &self.spec.hypothesis[c.index]
+        }
+    }
+
+    fn state(&self, c: CheckRef) -> &CheckState {
+        if c.abort {
+            &self.aborts[c.index]
+        } else {
+            &self.hypothesis[c.index]
+        }
+    }
+
+    fn state_mut(&mut self, c: CheckRef) -> &mut CheckState {
+        if c.abort {
+            &mut self.aborts[c.index]
+        } else {
+            &mut self.hypothesis[c.index]
+        }
+    }
+
+    /// The phase a check evaluated now is judged for.
+    fn check_phase(&self) -> CheckPhase {
+        match self.phase {
+            Phase::Pending => CheckPhase::Before,
+            Phase::Recovering | Phase::Completed => CheckPhase::After,
+            _ => CheckPhase::During,
+        }
+    }
+
     /// Whether no fault has started yet at `now`: steady state, where
     /// relative checks take their baseline.
     fn before_first_fault(&self, now: Duration) -> bool {
@@ -867,32 +899,17 @@ impl Run {
     /// check aborts the run; a failed steady-state check ends it before any
     /// fault is injected.
     pub fn observe(&mut self, now: Duration, check: CheckRef, observed: &Observed) -> Evaluation {
-        let spec_check = if check.abort {
-            &self.spec.abort[check.index]
-        } else {
-            &self.spec.hypothesis[check.index]
-        };
-        let name = spec_check.display_name();
-        let kind = spec_check.kind.clone();
-        let phase = match self.phase {
-            Phase::Pending => CheckPhase::Before,
-            Phase::Recovering | Phase::Completed => CheckPhase::After,
-            _ => CheckPhase::During,
-        };
+        let name = self.check(check).display_name();
+        let kind = self.check(check).kind.clone();
+        let phase = self.check_phase();
         if phase == CheckPhase::During && kind.is_relative() && self.before_first_fault(now) {
             return self.take_baseline(now, check, observed);
         }
-        let baseline = {
-            let state = if check.abort {
-                &self.aborts[check.index]
-            } else {
-                &self.hypothesis[check.index]
-            };
-            state
-                .baseline
-                .clone()
-                .unwrap_or_else(|| Err("none was measured before the first fault".into()))
-        };
+        let baseline = self
+            .state(check)
+            .baseline
+            .clone()
+            .unwrap_or_else(|| Err("none was measured before the first fault".into()));
         let mut evaluation = evaluate_against(&kind, observed, &baseline);
         let within = match &kind {
             CheckKind::Breaker(b) if phase == CheckPhase::During => {
@@ -903,11 +920,7 @@ impl Run {
         let origin = within
             .as_ref()
             .map(|(_, fault)| self.breaker_origin(fault.as_deref()));
-        let state = if check.abort {
-            &mut self.aborts[check.index]
-        } else {
-            &mut self.hypothesis[check.index]
-        };
+        let state = self.state_mut(check);
         state.evaluations += 1;
         state.done.insert(phase);
         if !evaluation.judged {
@@ -978,20 +991,11 @@ impl Run {
     /// A relative check's figure before the first fault: its baseline,
     /// the last one taken counting. Nothing is judged.
     fn take_baseline(&mut self, now: Duration, check: CheckRef, observed: &Observed) -> Evaluation {
-        let spec_check = if check.abort {
-            &self.spec.abort[check.index]
-        } else {
-            &self.spec.hypothesis[check.index]
-        };
-        let name = spec_check.display_name();
-        let kind = spec_check.kind.clone();
-        let baseline = Baseline::of(&kind, observed);
-        let shown = Baseline::describe(&baseline, &kind);
-        let state = if check.abort {
-            &mut self.aborts[check.index]
-        } else {
-            &mut self.hypothesis[check.index]
-        };
+        let name = self.check(check).display_name();
+        let kind = &self.check(check).kind;
+        let baseline = Baseline::of(kind, observed);
+        let shown = Baseline::describe(&baseline, kind);
+        let state = self.state_mut(check);
         // A baseline taken once is not lost to a quieter window after it.
         if baseline.is_ok() || !state.baseline.as_ref().is_some_and(Result::is_ok) {
             state.baseline = Some(baseline);
@@ -1013,22 +1017,10 @@ impl Run {
     /// steady-state check then ends the run before anything is injected,
     /// an after-check ends it failed.
     pub fn give_up_due(&mut self, now: Duration, why: &str) {
-        let phase = match self.phase {
-            Phase::Pending => CheckPhase::Before,
-            Phase::Recovering | Phase::Completed => CheckPhase::After,
-            _ => CheckPhase::During,
-        };
+        let phase = self.check_phase();
         for c in self.due(now) {
-            let name = if c.abort {
-                self.spec.abort[c.index].display_name()
-            } else {
-                self.spec.hypothesis[c.index].display_name()
-            };
-            let state = if c.abort {
-                &mut self.aborts[c.index]
-            } else {
-                &mut self.hypothesis[c.index]
-            };
+            let name = self.check(c).display_name();
+            let state = self.state_mut(c);
             state.done.insert(phase);
             if !c.abort && state.failure.is_none() {
                 state.failure = Some(format!("{name}: {why} ({phase})"));
@@ -1053,7 +1045,7 @@ impl Run {
         let failed_on_figures = self.hypothesis.iter().any(|s| s.failure.is_some());
         // A fault that touched nothing proved nothing: said for every
         // fault, a failure for those that require an effect.
-        let mut no_effect = Vec::new();
+        self.effect_failures.clear();
         for f in &self.spec.faults {
             let seen = self.effects.get(&f.name).filter(|e| e.count > 0);
             if seen.is_some() {
@@ -1071,7 +1063,7 @@ impl Run {
                 event: why.clone(),
             });
             if f.require_effect {
-                no_effect.push(why);
+                self.effect_failures.push(why);
             }
         }
         // A check that was never judged is no evidence that the hypothesis held.
@@ -1151,8 +1143,11 @@ impl Run {
             self.set_phase(now, Phase::Completed);
             return;
         }
-        if !no_effect.is_empty() {
-            self.message = Some(format!("requireEffect: {}", no_effect.join("; ")));
+        if !self.effect_failures.is_empty() {
+            self.message = Some(format!(
+                "requireEffect: {}",
+                self.effect_failures.join("; ")
+            ));
             self.verdict = Some(Verdict::Failed);
             self.set_phase(now, Phase::Completed);
             return;

@@ -56,6 +56,8 @@ pub struct Outcome {
     pub report: Vec<CheckReport>,
     /// Each fault with the effect counted for it (None: nothing counted).
     pub effects: Vec<(String, Option<Effect>)>,
+    /// Faults that required an effect and had none, each with why.
+    pub effect_failures: Vec<String>,
     pub journal: Vec<Entry>,
     /// Service restarts during the run, and supervisor messages.
     pub restarts: BTreeMap<String, u64>,
@@ -370,6 +372,7 @@ async fn drive(
             .into_iter()
             .map(|(f, e)| (f.to_owned(), e.cloned()))
             .collect(),
+        effect_failures: run.effect_failures().to_vec(),
         journal: run.journal().to_vec(),
         restarts,
         log,
