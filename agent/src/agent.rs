@@ -23,7 +23,7 @@ use crate::{
     metrics::Metrics,
     reconcile::{Action, Desired, Receipt, State, deadline, expired},
     report, spans,
-    status::{self, Outcomes},
+    status::{self, Effects, Outcomes},
 };
 
 /// What sources tell the loop.
@@ -91,10 +91,17 @@ pub struct Agent<B: Backend> {
     desired: Desired,
     metrics: Metrics,
     outcomes: Outcomes,
+    effects: Effects,
+    /// When the applied faults' effects were last read.
+    effects_read_at: Option<Timestamp>,
     generation: Option<i64>,
     observed: Option<i64>,
     status: Option<StatusSink>,
 }
+
+/// How often the applied faults' counters are read while a status is
+/// reported: a fault's first effect reaches the status within this.
+const READ_EFFECTS_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_secs(2);
 
 /// Where the agent publishes its status after every change (kube mode
 /// writes it to the API); it holds None until the first status.
@@ -131,6 +138,8 @@ impl<B: Backend> Agent<B> {
             desired,
             metrics,
             outcomes: Outcomes::default(),
+            effects: Effects::default(),
+            effects_read_at: None,
             generation: None,
             observed: None,
             status: None,
@@ -171,6 +180,7 @@ impl<B: Backend> Agent<B> {
                 self.generation,
                 self.observed,
                 &self.outcomes,
+                &self.effects,
                 now,
             )),
             Desired::Unknown(_) => None,
@@ -204,6 +214,7 @@ impl<B: Backend> Agent<B> {
         self.state.prune_failures(&d);
         if let Desired::Faults(list) = &d {
             self.outcomes.retain_desired(list);
+            self.effects.retain_desired(list);
         }
         self.desired = d;
     }
@@ -226,6 +237,13 @@ impl<B: Backend> Agent<B> {
             *active.entry(a.fault.action.kind()).or_default() += 1;
         }
         self.metrics.set_active(active);
+        if self.status.is_some()
+            && self
+                .effects_read_at
+                .is_none_or(|t| now.duration_since(t) >= READ_EFFECTS_EVERY)
+        {
+            self.read_effects(now);
+        }
         self.publish(now);
         self.backend.tidy();
         // After the kernel changes, so a rewrite never delays one.
@@ -237,9 +255,43 @@ impl<B: Backend> Agent<B> {
         }
     }
 
+    /// Reads what every applied fault has done so far.
+    fn read_effects(&mut self, now: Timestamp) {
+        self.effects_read_at = Some(now);
+        let applied: Vec<(NodeFault, Receipt)> = self
+            .state
+            .applied()
+            .filter(|a| a.confirmed)
+            .map(|a| (a.fault.clone(), a.receipt.clone()))
+            .collect();
+        for (fault, receipt) in &applied {
+            self.read_effect(fault, receipt);
+        }
+        self.effects.publish(now, false);
+    }
+
+    fn read_effect(&mut self, fault: &NodeFault, receipt: &Receipt) {
+        match self.backend.effect(fault, receipt) {
+            Ok(Some(n)) => self.effects.reading(&fault.id, n),
+            Ok(None) => {}
+            // Evidence missing for a turn: the last count stands.
+            Err(e) => {
+                tracing::debug!(fault = %fault.id, "{}: cannot count its effect: {e}", fault.id)
+            }
+        }
+    }
+
     /// When the loop must next run without any event.
     pub(crate) fn next_wakeup(&self) -> Option<Timestamp> {
-        self.state.next_wakeup(&self.desired)
+        let next = self.state.next_wakeup(&self.desired);
+        let reading = match (&self.status, self.effects_read_at) {
+            (Some(_), Some(t)) if !self.state.is_empty() => t.checked_add(READ_EFFECTS_EVERY).ok(),
+            _ => None,
+        };
+        match (next, reading) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Removes everything applied; true when nothing is left.
@@ -452,6 +504,15 @@ impl<B: Backend> Agent<B> {
 
     fn remove(&mut self, fault: &NodeFault, receipt: &Receipt, now: Timestamp) {
         let kind = fault.action.kind();
+        // The last count, before the removal takes the kernel's counters
+        // with it: in the status, and in the log for standalone mode.
+        if self.state.get(&fault.id).is_some_and(|a| a.confirmed) {
+            self.read_effect(fault, receipt);
+            self.effects.publish(now, true);
+            if let Some(n) = self.effects.published(&fault.id) {
+                tracing::info!(fault = %fault.id, kind, "{}: effect: {n} {}", fault.id, fault.action.effect_unit());
+            }
+        }
         match self.backend.remove(fault, receipt) {
             Ok(()) | Err(BackendError::Gone(_)) => {
                 if let Err(e) = self.journal.delete(&fault.id) {
@@ -523,6 +584,40 @@ mod tests {
             .into_iter()
             .map(|r| (r.fault.id, r.state))
             .collect()
+    }
+
+    #[test]
+    fn effects_are_read_while_reporting_and_once_more_at_removal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recording::default();
+        let a = partition("a", "/n", "10.0.0.1", 10);
+        let mut ag = agent(dir.path(), &rec, Desired::Faults(vec![a.clone()]), t(0));
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        ag.report_to(tx);
+        let effect = || {
+            rx.borrow()
+                .as_ref()
+                .and_then(|s| s.faults.first().and_then(|f| f.effect))
+        };
+        let set = |n: u64| {
+            rec.effects.lock().expect("lock").insert("a".into(), n);
+        };
+        ag.reconcile(t(0));
+        assert_eq!(effect(), None, "the backend counts nothing yet");
+        set(5);
+        assert_eq!(ag.next_wakeup(), Some(t(2)), "woken to read again");
+        ag.reconcile(t(1));
+        assert_eq!(effect(), None, "not read again before READ_EFFECTS_EVERY");
+        ag.reconcile(t(2));
+        assert_eq!(effect(), Some(5));
+        set(8);
+        ag.reconcile(t(4));
+        assert_eq!(effect(), Some(5), "held back");
+        set(9);
+        // Its deadline: read once more and published as it goes.
+        ag.set_desired(Desired::Faults(vec![a.clone()]));
+        ag.remove(&a, &Receipt::None, t(5));
+        assert_eq!(ag.status(t(5)).and_then(|s| s.faults[0].effect), Some(9));
     }
 
     #[test]

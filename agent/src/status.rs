@@ -63,6 +63,72 @@ impl Outcomes {
     }
 }
 
+/// How often a fault's count is published again once it has been (a
+/// status write per node per change; the first effect goes out at once).
+pub(crate) const PUBLISH_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+
+/// Per fault id, what its backend counted: kept across counter resets (a
+/// fault re-applied starts its kernel counters from zero) and published
+/// at a bounded rate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Effects(BTreeMap<String, Counted>);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Counted {
+    /// Counted by earlier copies of the fault's kernel state.
+    earlier: u64,
+    /// The last reading of the current copy.
+    last: u64,
+    published: Option<u64>,
+    published_at: Option<Timestamp>,
+}
+
+impl Counted {
+    fn total(&self) -> u64 {
+        self.earlier.saturating_add(self.last)
+    }
+}
+
+impl Effects {
+    /// Takes a reading of the fault's counter; a reading below the last
+    /// means the counter started again.
+    pub(crate) fn reading(&mut self, id: &str, count: u64) {
+        let c = self.0.entry(id.to_owned()).or_default();
+        if count < c.last {
+            c.earlier = c.earlier.saturating_add(c.last);
+        }
+        c.last = count;
+    }
+
+    /// Makes the latest totals what the status says: the first count and
+    /// the first non-zero one at once, later ones every [`PUBLISH_EVERY`],
+    /// every one when `all` (a fault about to be removed).
+    pub(crate) fn publish(&mut self, now: Timestamp, all: bool) {
+        for c in self.0.values_mut() {
+            let total = c.total();
+            let due = match (c.published, c.published_at) {
+                (Some(p), _) if p == total => false,
+                (None, _) | (Some(0), _) => true,
+                (_, Some(at)) => now.duration_since(at) >= PUBLISH_EVERY,
+                (_, None) => true,
+            };
+            if due || all {
+                c.published = Some(total);
+                c.published_at = Some(now);
+            }
+        }
+    }
+
+    pub(crate) fn published(&self, id: &str) -> Option<u64> {
+        self.0.get(id).and_then(|c| c.published)
+    }
+
+    pub(crate) fn retain_desired(&mut self, desired: &[NodeFault]) {
+        self.0
+            .retain(|id, _| desired.iter().any(|f| f.id == id.as_str()));
+    }
+}
+
 /// The status for `desired` (the faults of object generation `generation`).
 /// `observedGeneration` is `generation` once every desired fault has an
 /// outcome (applied, failed or removed), and `previous_observed` until then.
@@ -71,6 +137,7 @@ pub(crate) fn build(
     generation: Option<i64>,
     previous_observed: Option<i64>,
     outcomes: &Outcomes,
+    effects: &Effects,
     now: Timestamp,
 ) -> NodeFaultsStatus {
     let mut faults = Vec::with_capacity(desired.len());
@@ -93,6 +160,9 @@ pub(crate) fn build(
                 state,
                 reason,
                 since: Some(Time(since)),
+                effect: effects
+                    .published(&f.id)
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             }),
             None => converged = false,
         }
@@ -124,7 +194,7 @@ mod tests {
         let desired = vec![a.clone(), b.clone()];
         let mut o = Outcomes::default();
         o.record(&a, FaultState::Applied, None, t(1));
-        let s = build(&desired, Some(3), Some(2), &o, t(1));
+        let s = build(&desired, Some(3), Some(2), &o, &Effects::default(), t(1));
         assert_eq!(s.observed_generation, Some(2), "b has no outcome yet");
         assert_eq!(s.applied, Some(1));
         assert_eq!(s.faults.len(), 1);
@@ -135,7 +205,7 @@ mod tests {
             Some("nft: no such table".into()),
             t(2),
         );
-        let s = build(&desired, Some(3), Some(2), &o, t(2));
+        let s = build(&desired, Some(3), Some(2), &o, &Effects::default(), t(2));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.applied, Some(1));
         let fb = &s.faults[1];
@@ -151,7 +221,7 @@ mod tests {
         let mut o = Outcomes::default();
         o.record(&a, FaultState::Applied, None, t(1));
         let changed = partition("a", "/n", "10.0.0.9", 10);
-        let s = build(&[changed], Some(2), Some(1), &o, t(2));
+        let s = build(&[changed], Some(2), Some(1), &o, &Effects::default(), t(2));
         assert_eq!((s.observed_generation, s.faults.len()), (Some(1), 0));
     }
 
@@ -163,12 +233,47 @@ mod tests {
             Some(4),
             None,
             &Outcomes::default(),
+            &Effects::default(),
             t(6),
         );
         assert_eq!(s.observed_generation, Some(4));
         assert_eq!(s.faults[0].state, FaultState::Removed);
         assert_eq!(s.faults[0].since, Some(Time(t(5))));
         assert_eq!(s.applied, Some(0));
+    }
+
+    #[test]
+    fn effects_survive_counter_resets_and_publish_at_a_bounded_rate() {
+        let a = partition("a", "/n", "10.0.0.1", 100);
+        let mut o = Outcomes::default();
+        o.record(&a, FaultState::Applied, None, t(1));
+        let mut e = Effects::default();
+        let effect = |e: &Effects| {
+            build(std::slice::from_ref(&a), Some(1), None, &o, e, t(1)).faults[0].effect
+        };
+        assert_eq!(effect(&e), None, "nothing read yet");
+        e.reading("a", 0);
+        e.publish(t(1), false);
+        assert_eq!(
+            effect(&e),
+            Some(0),
+            "a zero is published: it can be counted"
+        );
+        e.reading("a", 3);
+        e.publish(t(2), false);
+        assert_eq!(effect(&e), Some(3), "the first effect goes out at once");
+        e.reading("a", 9);
+        e.publish(t(5), false);
+        assert_eq!(effect(&e), Some(3), "held back until PUBLISH_EVERY passed");
+        // Re-applied: the kernel counts from zero again.
+        e.reading("a", 2);
+        e.publish(t(12), false);
+        assert_eq!(effect(&e), Some(11));
+        e.reading("a", 4);
+        e.publish(t(13), true);
+        assert_eq!(effect(&e), Some(13), "published at once on removal");
+        e.retain_desired(&[]);
+        assert_eq!(e.published("a"), None);
     }
 
     #[test]

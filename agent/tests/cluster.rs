@@ -34,6 +34,7 @@ async fn controller(server: &ApiServer) -> (oneshot::Sender<()>, tokio::task::Jo
             tick: Duration::from_millis(100),
             check_every: Duration::from_millis(200),
             max_wait: Duration::from_millis(500),
+            ..Settings::default()
         },
         Metrics::default(),
         None,

@@ -110,8 +110,8 @@ spec:
     payments: {labels: {app: payments}}
     cart: {labels: {app: cart}}
   faults:
-    - {name: cut, target: checkout, partition: {peers: [payments]}}
-    - {name: kill-cart, target: cart, kill: {signal: SIGKILL}}
+    - {name: cut, target: checkout, requireEffect: true, partition: {peers: [payments]}}
+    - {name: kill-cart, target: cart, requireEffect: true, kill: {signal: SIGKILL}}
 ",
     );
 
@@ -158,6 +158,51 @@ spec:
         let e = exps.get("cut-checkout").await.ok()?;
         (e.data["status"]["phase"] == "Running").then_some(())
     }));
+    // The connections the test tried were dropped, counted by the rule's
+    // counter, reported by the agent and summed per fault by the controller.
+    for _ in 0..3 {
+        assert!(!net.reachable(addr));
+    }
+    let faults = rt.block_on(eventually(
+        "the faults' effects in the status",
+        WAIT,
+        || async {
+            let e = exps.get("cut-checkout").await.ok()?;
+            let faults = e.data["status"]["faults"].as_array()?.clone();
+            let counted = |name: &str| {
+                faults
+                    .iter()
+                    .find(|f| f["name"] == name)
+                    .and_then(|f| f["effect"]["count"].as_i64())
+                    .is_some_and(|n| n > 0)
+            };
+            (counted("cut") && counted("kill-cart")).then_some(faults)
+        },
+    ));
+    let effect = |name: &str| {
+        let f = faults.iter().find(|f| f["name"] == name).expect("fault");
+        (
+            f["effect"]["count"].as_i64().unwrap_or(0),
+            f["effect"]["what"].clone(),
+            f["confirmed"].clone(),
+        )
+    };
+    let (dropped, what, confirmed) = effect("cut");
+    assert!(dropped >= 3, "{faults:?}");
+    assert_eq!((what, confirmed), (json!("packets dropped"), json!(true)));
+    assert_eq!(
+        effect("kill-cart"),
+        (1, json!("processes signalled"), json!(true)),
+        "the cart pod's one process"
+    );
+    let entry = rt.block_on(nfs.get("node-a")).expect("node-a");
+    let reported = entry.data["status"]["faults"]
+        .as_array()
+        .expect("status")
+        .iter()
+        .find(|f| f["id"].as_str().is_some_and(|id| id.contains("/cut/")))
+        .and_then(|f| f["effect"].as_i64());
+    assert!(reported.is_some_and(|n| n >= 3), "{entry:?}");
 
     // The API server goes away past the fault's deadline: the agent removes
     // the partition at its expiresAt with nobody telling it to.
@@ -178,6 +223,7 @@ spec:
         let e = exps.get("cut-checkout").await.ok()?;
         (e.data["status"]["phase"] == "Completed").then(|| e.data["status"].clone())
     }));
+    // Both faults had an effect, as requireEffect wants.
     assert_eq!(status["verdict"], "Passed", "no check could fail: {status}");
     rt.block_on(eventually("node-a emptied", WAIT, || async {
         let nf = nfs.get("node-a").await.ok()?;

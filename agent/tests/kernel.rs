@@ -60,14 +60,17 @@ fn partition_cuts_exactly_while_active_and_leaves_other_tables() {
     for (chain, field) in [(&cut_in, "saddr"), (&cut_out, "daddr")] {
         let rules = net.our_rules(chain);
         assert_eq!(rules.len(), 1, "{chain}: {rules:?}");
-        let r = &rules[0];
+        let mut r = rules[0].clone();
         assert_eq!(r["comment"], json!("faultline cut"), "{r}");
+        // Packets of the test's own first probe may have been counted already.
+        r["expr"][1]["counter"] = json!({"packets": 0, "bytes": 0});
         assert_eq!(
             r["expr"],
             json!([
                 {"match": {"op": "==",
                     "left": {"payload": {"protocol": "ip", "field": field}},
                     "right": PEER_IP}},
+                {"counter": {"packets": 0, "bytes": 0}},
                 {"drop": null}
             ]),
             "{r}"
@@ -98,9 +101,21 @@ fn partition_cuts_exactly_while_active_and_leaves_other_tables() {
         );
     }
 
-    // Removed from the desired file: reachable again, only our table gone.
+    // Every connection attempt meanwhile was dropped and counted.
+    for _ in 0..3 {
+        assert!(!net.reachable(addr));
+    }
+
+    // Removed from the desired file: reachable again, only our table gone,
+    // and what the rules dropped said as they go.
     agent.write_faults(&[]);
     net.expect_reachable(addr, true, 3 * SEC, &agent);
+    let dropped = effect_in_log(&agent, "cut", "packets dropped");
+    assert!(
+        dropped >= 3,
+        "{dropped} packets dropped; log:\n{}",
+        agent.log()
+    );
     let rules = net.ruleset();
     assert!(
         !rules.contains("faultline") && rules.contains("table inet theirs"),
@@ -151,7 +166,7 @@ fn partition_by_port_and_direction_and_two_faults_coexist() {
     let rules = net.our_rules(&port_in);
     assert_eq!(rules.len(), 1, "{rules:?}");
     let expr = rules[0]["expr"].as_array().expect("expr");
-    assert_eq!(expr.len(), 4, "{expr:?}");
+    assert_eq!(expr.len(), 5, "{expr:?}");
     assert_eq!(
         expr[0],
         json!({"match": {"op": "==",
@@ -172,7 +187,12 @@ fn partition_by_port_and_direction_and_two_faults_coexist() {
         dport["right"] == json!({"set": [cut.port()]}) || dport["right"] == json!(cut.port()),
         "{dport}"
     );
-    assert_eq!(expr[3], json!({"drop": null}));
+    assert_eq!(
+        expr[3]["counter"]["packets"].as_u64().map(|_| ()),
+        Some(()),
+        "{expr:?}"
+    );
+    assert_eq!(expr[4], json!({"drop": null}));
     assert!(net.our_rules(&port_out).is_empty(), "ingress only");
 
     // A second fault on the same target cuts everything; removing it leaves the first.
@@ -260,7 +280,7 @@ fn a_changed_partition_is_replaced_in_one_transaction() {
     assert_eq!(rules.len(), 1, "{rules:?}");
     assert_eq!(
         rules[0]["expr"].as_array().map(Vec::len),
-        Some(4),
+        Some(5),
         "{rules:?}"
     );
     assert!(!net.reachable(addr), "still cut");
@@ -269,6 +289,18 @@ fn a_changed_partition_is_replaced_in_one_transaction() {
 }
 
 /// How many sockets the process holds.
+/// The count of the agent's `ID: effect: N UNIT` log line.
+fn effect_in_log(agent: &AgentProc, id: &str, unit: &str) -> u64 {
+    let log = agent.log();
+    let prefix = format!("{id}: effect: ");
+    log.lines()
+        .filter_map(|l| l.split_once(&prefix).map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once(unit).map(|(n, _)| n))
+        .filter_map(|n| n.trim().parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no {prefix}N {unit} in the log:\n{log}"))
+}
+
 fn sockets(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
@@ -520,6 +552,9 @@ fn kill_signals_every_process_repeatedly_until_the_deadline() {
     std::thread::sleep(Duration::from_millis(900));
     assert_eq!(cg.ended_by(third), None, "signalled after its deadline");
     agent.wait_log("kill: removed kill at its deadline", SEC);
+    // The two sleeps (one signalled twice should a repeat catch it dying).
+    let signalled = effect_in_log(&agent, "kill", "processes signalled");
+    assert!((2..=4).contains(&signalled), "{signalled}");
     assert!(agent.sigterm().success());
 }
 

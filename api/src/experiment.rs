@@ -533,8 +533,46 @@ pub struct ExperimentStatus {
     /// The latest result of each check, one entry per check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckStatus>,
+    /// Where each fault was placed and confirmed, and what it did: one
+    /// entry per fault of the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FAULTS))]
+    pub faults: Vec<FaultStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultStatus {
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// Instances applied now, as their agents confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected: Option<u32>,
+    /// Written to some node during this run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placed: bool,
+    /// Confirmed applied on some target during this run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirmed: bool,
+    /// Targets whose window ended before their agent confirmed the fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed_targets: Option<u32>,
+    /// What the fault did so far, summed over its targets; absent when
+    /// nothing could be counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<FaultEffect>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultEffect {
+    #[schemars(range(min = 0))]
+    pub count: i64,
+    /// What was counted, in the plural: "packets dropped".
+    #[schemars(length(max = 64))]
+    pub what: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]

@@ -161,6 +161,16 @@ impl FaultAction {
         }
     }
 
+    /// What a node agent counts as this fault's effect, in the plural.
+    pub fn effect_unit(&self) -> &'static str {
+        match self {
+            FaultAction::Latency(_) => "packets delayed",
+            FaultAction::Kill(k) if k.method == KillMethod::Delete => "pods deleted",
+            FaultAction::Kill(_) => "processes signalled",
+            FaultAction::Partition(_) => "packets dropped",
+        }
+    }
+
     /// One line saying what the fault does, for displays: `latency 300ms
     /// ±20ms, 5% loss`, `kill SIGTERM every 10s`, `partition from db`.
     pub fn summary(&self) -> String {

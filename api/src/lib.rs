@@ -31,9 +31,9 @@ pub use document::{
 };
 pub use experiment::{
     BreakerCheck, BreakerState, Check, CheckKind, CheckPhase, CheckStatus, DEFAULT_MIN_REQUESTS,
-    ErrorRateCheck, Experiment, ExperimentSpec, ExperimentStatus, Fault, HttpCheck, LatencyCheck,
-    Limits, Phase, SelectionMode, TargetSelector, Verdict, default_abort_grace,
-    default_confirm_timeout, forbidden_host, forbidden_ip, url_host,
+    ErrorRateCheck, Experiment, ExperimentSpec, ExperimentStatus, Fault, FaultEffect, FaultStatus,
+    HttpCheck, LatencyCheck, Limits, Phase, SelectionMode, TargetSelector, Verdict,
+    default_abort_grace, default_confirm_timeout, forbidden_host, forbidden_ip, url_host,
 };
 pub use fault::{
     Direction, FaultAction, Kill, KillMethod, Latency, MAX_PEERS, Partition, Signal, parse_cidr,

@@ -127,6 +127,12 @@ pub struct NodeFaultStatus {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+    /// What the fault has done on this node so far, as the kernel counts
+    /// it: packets a partition dropped, packets a latency fault delayed,
+    /// processes a kill signalled. Absent when it cannot be counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub effect: Option<i64>,
 }
 
 // ---- decoding ----

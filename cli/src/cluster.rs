@@ -10,7 +10,7 @@ use std::{
 };
 
 use faultline_api::{Experiment, ExperimentStatus, Phase, Verdict};
-use faultline_engine::{CheckReport, Entry};
+use faultline_engine::{CheckReport, Effect, Entry};
 use faultline_runtime::Outcome;
 use kube::{
     Api, Client, ResourceExt,
@@ -353,10 +353,28 @@ fn progress_line(s: &ExperimentStatus) -> String {
 /// The run as the local mode's reports read it, built from the status.
 fn outcome_of(status: &ExperimentStatus, journal: Vec<Entry>) -> Outcome {
     let report = status.checks.iter().map(CheckReport::from_status).collect();
+    let effects = status
+        .faults
+        .iter()
+        .map(|f| {
+            let effect = f.effect.as_ref().map(|e| Effect {
+                count: u64::try_from(e.count).unwrap_or(0),
+                what: e.what.clone(),
+            });
+            (f.name.clone(), effect)
+        })
+        .collect();
+    // The engine's own words: "requireEffect: fault a: …; fault b: …".
+    let effect_failures = match (status.verdict, status.message.as_deref()) {
+        (Some(Verdict::Failed), Some(m)) => m
+            .strip_prefix("requireEffect: ")
+            .map(|rest| rest.split("; ").map(str::to_owned).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     Outcome {
-        // Agents do not report effects yet: nothing is claimed.
-        effects: Vec::new(),
-        effect_failures: Vec::new(),
+        effects,
+        effect_failures,
         verdict: status.verdict.unwrap_or(Verdict::Aborted),
         phase: status.phase.unwrap_or(Phase::Recovered),
         message: status.message.clone(),

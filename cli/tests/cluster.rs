@@ -35,6 +35,7 @@ async fn controller(server: &ApiServer) -> oneshot::Sender<()> {
             tick: Duration::from_millis(100),
             check_every: Duration::from_millis(200),
             max_wait: Duration::from_millis(100),
+            ..Settings::default()
         },
         Metrics::default(),
         None,

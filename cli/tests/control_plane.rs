@@ -8,11 +8,11 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use faultline_testkit::{
     KillOnDrop,
-    agents::report_applied,
+    agents::{report_applied, report_applied_counting},
     cluster::{ControlPlane, Options, eventually, faultline_api, gone, ready},
 };
 use kube::{Api, api::DynamicObject};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -166,7 +166,7 @@ async fn game_days_on_a_real_api_server_exit_0_1_3_4_and_broken() {
     assert_eq!(status(&client).await["injected"], 0);
     assert_eq!(entries(&client).await, 0, "every fault removed");
     // From here on the nodes' agents answer.
-    let _agents = report_applied(client.clone(), &["node-a", "node-b"]);
+    let agents = report_applied(client.clone(), &["node-a", "node-b"]);
 
     // Ctrl-C while a scheduled run waits for its start: exit 3, nothing
     // injected, the experiment deleted (its finalizer lets it go).
@@ -216,7 +216,55 @@ async fn game_days_on_a_real_api_server_exit_0_1_3_4_and_broken() {
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("removing the finished run"), "{stdout}");
     assert!(stdout.contains("PASSED"), "{stdout}");
+    assert!(
+        stdout.contains("fault slow: no effect observed (none could be counted)"),
+        "{stdout}"
+    );
     assert_eq!(entries(&client).await, 0);
+
+    // requireEffect: agents that count nothing fail the run (exit 1); once
+    // they count what the fault delayed, it passes, the count reported.
+    let require = |name: &str| {
+        let path = cp.dir().join(name);
+        let text = std::fs::read_to_string(experiment(&cp, name, "3s", false))
+            .expect("read")
+            .replace("{name: slow,", "{name: slow, requireEffect: true,");
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let (code, stdout, stderr) = run(faultline(&cp)
+        .arg("run")
+        .arg(require("uncounted.yaml"))
+        .arg("--junit")
+        .arg(&junit))
+    .await;
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("requireEffect: fault slow: no effect observed (none could be counted)"),
+        "{stdout}"
+    );
+    let report = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(report.contains("<failure type=\"effect\""), "{report}");
+    drop(agents);
+    let _agents = report_applied_counting(client.clone(), &["node-a", "node-b"], Some(40));
+    let (code, stdout, stderr) = run(faultline(&cp)
+        .arg("run")
+        .arg(require("counted.yaml"))
+        .arg("--junit")
+        .arg(&junit))
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let faults = status(&client).await["faults"].clone();
+    assert_eq!(
+        faults[0]["effect"],
+        json!({"count": 80, "what": "packets delayed"}),
+        "40 on each of the two targets: {faults}"
+    );
+    let report = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(
+        report.contains("<property name=\"effect.slow\" value=\"80 packets delayed\"/>"),
+        "{report}"
+    );
 
     // Ctrl-C mid-run: exit 3, every fault removed.
     let file = experiment(&cp, "long.yaml", "10m", false);

@@ -36,6 +36,9 @@ pub struct Settings {
     /// The longest a waiting experiment (a scheduled one between runs) goes
     /// unlooked at, so a changed clock is noticed.
     pub max_wait: Duration,
+    /// How long into a run a check's service may stay unknown to the
+    /// observer before an Event names it (most likely misnamed).
+    pub unseen_grace: Duration,
 }
 
 impl Default for Settings {
@@ -44,6 +47,7 @@ impl Default for Settings {
             tick: Duration::from_secs(1),
             check_every: Duration::from_secs(2),
             max_wait: Duration::from_secs(30),
+            unseen_grace: Duration::from_secs(30),
         }
     }
 }

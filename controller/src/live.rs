@@ -41,6 +41,10 @@ pub(crate) struct Live {
     pub told_injected: bool,
     /// Checks whose unseen service was reported (once per run).
     pub told_unseen: BTreeSet<String>,
+    /// Per entry id, the largest effect its agent reported.
+    pub entry_effects: BTreeMap<String, u64>,
+    /// Per kill fault with `method: delete`, the pods this controller deleted.
+    pub deleted: BTreeMap<String, u64>,
     /// The end was reported (status, Event, spans).
     pub closed: bool,
 }
@@ -121,6 +125,8 @@ impl Live {
             written: BTreeMap::new(),
             told_injected: false,
             told_unseen: BTreeSet::new(),
+            entry_effects: BTreeMap::new(),
+            deleted: BTreeMap::new(),
             closed: false,
         }
     }
@@ -161,6 +167,8 @@ impl Live {
             written: BTreeMap::new(),
             told_injected: status.injected.unwrap_or(0) > 0,
             told_unseen: BTreeSet::new(),
+            entry_effects: BTreeMap::new(),
+            deleted: BTreeMap::new(),
             closed: false,
         }
     }

@@ -57,6 +57,10 @@ struct Args {
     /// How often due checks read the observer.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     check_every: Duration,
+    /// How long into a run a check's service may stay unknown to the
+    /// observer before an UnseenService Event names it.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    unseen_grace: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -157,6 +161,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Settings {
             tick: args.tick,
             check_every: args.check_every,
+            unseen_grace: args.unseen_grace,
             ..Settings::default()
         },
         metrics.clone(),

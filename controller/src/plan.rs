@@ -176,6 +176,12 @@ impl ExperimentRef {
     pub(crate) fn owns(&self, id: &str) -> bool {
         id.starts_with(&self.id_prefix())
     }
+
+    /// The fault an entry id of this experiment is for.
+    pub(crate) fn fault_of<'a>(&self, id: &'a str) -> Option<&'a str> {
+        let rest = id.strip_prefix(&self.id_prefix())?;
+        rest.rsplit_once('/').map(|(fault, _)| fault)
+    }
 }
 
 /// Resolves target names to the addresses of the pods they select.

@@ -51,9 +51,6 @@ pub(crate) const ABORT_ANNOTATION: &str = "faultline.dev/abort";
 pub(crate) const STATUS_MANAGER: &str = "faultline-controller";
 /// A scheduled start this late is still taken; later ones count as missed.
 const START_SLACK: SignedDuration = SignedDuration::from_secs(30);
-/// How long a check's service may be unknown to the observer before it is
-/// reported as most likely misnamed (services need a moment to report).
-const UNSEEN_GRACE: Duration = Duration::from_secs(30);
 /// How long checks due before or after the faults may go unreadable
 /// before they count as failed (the run would otherwise wait forever).
 const CHECK_PATIENCE: Duration = Duration::from_secs(60);
@@ -484,7 +481,7 @@ async fn step(
                     // A service still unknown after the grace is most likely
                     // misnamed: said once, by name, while the run goes on.
                     if let faultline_engine::Observed::Unseen(why) = &observed
-                        && elapsed >= UNSEEN_GRACE
+                        && elapsed >= ctx.settings.unseen_grace
                         && live.told_unseen.insert(check.display_name())
                     {
                         ctx.event(
@@ -537,6 +534,7 @@ async fn step(
     // confirmed at once when their agents already say so.
     let reports = nodes::reports(ctx, r, &live.written);
     confirm(r, &mut live, &index, &reports, elapsed);
+    record_effects(r, &mut live, &reports);
     break_overdue(r, &mut live, &index, &reports, elapsed);
 
     let mut actions = live.run.step(elapsed, &candidates);
@@ -550,7 +548,9 @@ async fn step(
         desired = desired_entries(ctx, r, &mut live, &index);
     }
     let planning = work.elapsed();
-    delete_pods(ctx, exp, &live.run, &actions, &pods).await;
+    for fault in delete_pods(ctx, exp, &live.run, &actions, &pods).await {
+        *live.deleted.entry(fault).or_default() += 1;
+    }
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
     if let Err(e) = converge(ctx, r, &desired, &mut live.written).await {
@@ -647,6 +647,41 @@ async fn step(
     };
     ctx.keep_run(&r.uid, live);
     Ok(action)
+}
+
+/// Each fault's effect: the sum over its entries of the largest count
+/// each entry's agent reported, or the pods this controller deleted. A
+/// fault no agent counted anything for has none (not zero).
+fn record_effects(r: &ExperimentRef, live: &mut Live, reports: &nodes::Reports) {
+    for (id, n) in &reports.effects {
+        let e = live.entry_effects.entry(id.clone()).or_default();
+        *e = (*e).max(*n);
+    }
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for (id, n) in &live.entry_effects {
+        if let Some(f) = r.fault_of(id) {
+            let t = totals.entry(f).or_default();
+            *t = t.saturating_add(*n);
+        }
+    }
+    let faults = live.run.spec().faults.clone();
+    for f in &faults {
+        let deletes = matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete);
+        let count = if deletes {
+            Some(live.deleted.get(&f.name).copied().unwrap_or(0))
+        } else {
+            totals.get(f.name.as_str()).copied()
+        };
+        if let Some(count) = count {
+            live.run.record_effect(
+                &f.name,
+                faultline_engine::Effect {
+                    count,
+                    what: f.action.effect_unit().to_owned(),
+                },
+            );
+        }
+    }
 }
 
 /// Takes the agents' reports as confirmation of the run's fault instances
@@ -836,13 +871,16 @@ async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// Deletes the pods of kill faults with `method: delete` that are due;
+/// returns the fault of each pod deleted.
 async fn delete_pods(
     ctx: &Context,
     exp: &Experiment,
     run: &Run,
     actions: &[faultline_engine::Action],
     pods: &[PodInfo],
-) {
+) -> Vec<String> {
+    let mut deleted = Vec::new();
     for action in actions {
         let faultline_engine::Action::Signal(instance, _) = action else {
             continue;
@@ -868,6 +906,7 @@ async fn delete_pods(
         };
         match api.delete(&pod.name, &params).await {
             Ok(_) => {
+                deleted.push(instance.fault.clone());
                 tracing::info!(experiment = %key(exp), pod = %format!("{}/{}", pod.namespace, pod.name), fault = %instance.fault, "deleted a pod");
                 ctx.event(
                     exp,
@@ -882,4 +921,5 @@ async fn delete_pods(
             }
         }
     }
+    deleted
 }

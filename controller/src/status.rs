@@ -2,8 +2,8 @@
 //! its status: pure. Status stays small whatever the number of targets:
 //! counts and one entry per check, never one per pod.
 
-use faultline_api::{CheckStatus, ExperimentStatus, Phase, Verdict};
-use faultline_engine::{Baseline, Evaluation, Resume, ResumedCheck, Run};
+use faultline_api::{CheckStatus, ExperimentStatus, FaultEffect, FaultStatus, Phase, Verdict};
+use faultline_engine::{Baseline, Effect, Evaluation, FaultReport, Resume, ResumedCheck, Run};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -90,6 +90,21 @@ pub fn of_run(
         missed_runs: (facts.missed_runs > 0).then_some(facts.missed_runs),
         traceparent: facts.traceparent.clone(),
         checks,
+        faults: run
+            .fault_reports()
+            .into_iter()
+            .map(|f| FaultStatus {
+                name: f.name,
+                injected: Some(f.injected),
+                placed: f.placed,
+                confirmed: f.confirmed,
+                unconfirmed_targets: (f.unconfirmed_targets > 0).then_some(f.unconfirmed_targets),
+                effect: f.effect.map(|e| FaultEffect {
+                    count: i64::try_from(e.count).unwrap_or(i64::MAX),
+                    what: e.what.chars().take(64).collect(),
+                }),
+            })
+            .collect(),
         message: run.message().map(str::to_owned),
     };
     status.conditions = conditions(&status, generation, previous, now);
@@ -212,6 +227,21 @@ pub(crate) fn resume_of(status: &ExperimentStatus) -> Resume {
                     .and_then(|(start, at)| at.0.duration_since(start.0).try_into().ok()),
             })
             .collect(),
+        faults: status
+            .faults
+            .iter()
+            .map(|f| FaultReport {
+                name: f.name.clone(),
+                injected: f.injected.unwrap_or(0),
+                placed: f.placed,
+                confirmed: f.confirmed,
+                unconfirmed_targets: f.unconfirmed_targets.unwrap_or(0),
+                effect: f.effect.as_ref().map(|e| Effect {
+                    count: u64::try_from(e.count).unwrap_or(0),
+                    what: e.what.clone(),
+                }),
+            })
+            .collect(),
     }
 }
 
@@ -260,6 +290,13 @@ spec:
             run.observe(Duration::from_secs(1), c, &observed);
         }
         run.step(Duration::from_secs(1), &cands);
+        run.record_effect(
+            "slow",
+            Effect {
+                count: 12,
+                what: "packets delayed".into(),
+            },
+        );
         let now: Timestamp = "2026-01-01T00:00:01Z".parse().expect("time");
         let status = of_run(
             &run,
@@ -277,6 +314,22 @@ spec:
             (running.type_.as_str(), running.status.as_str()),
             ("Running", "True")
         );
+
+        assert_eq!(
+            status.faults,
+            [FaultStatus {
+                name: "slow".into(),
+                injected: Some(1),
+                placed: true,
+                confirmed: true,
+                unconfirmed_targets: None,
+                effect: Some(FaultEffect {
+                    count: 12,
+                    what: "packets delayed".into()
+                }),
+            }]
+        );
+        assert_eq!(resume_of(&status).faults, run.fault_reports());
 
         // A controller restarted 30 s later continues the same run.
         let mut resumed = Run::resume(

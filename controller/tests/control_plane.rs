@@ -787,8 +787,11 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
     // The nodes' agents confirm what is placed on them.
     let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
     let observer_url = format!("http://{api}");
-    let (_controller, _) =
-        cp.start_controller(&kubeconfig, "controller-1", &["--observer", &observer_url]);
+    let (_controller, _) = cp.start_controller(
+        &kubeconfig,
+        "controller-1",
+        &["--observer", &observer_url, "--unseen-grace", "3s"],
+    );
     // minRequests 0: with the observer up, an empty window is judged met,
     // so only the observer's going can leave the check unjudged.
     cp.apply(&format!(
@@ -826,6 +829,30 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
             .as_str()
             .is_some_and(|m| m.contains("no figures for service \"chekout\"")),
         "{typo}"
+    );
+    // Past the grace, an Event names it once, with the likely name.
+    let said = eventually("an UnseenService Event", WAIT, || async {
+        let out = cp
+            .kubectl()
+            .args(["get", "events.events.k8s.io", "-n", "shop", "-o", "json"])
+            .output()
+            .ok()?;
+        let events: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let notes: Vec<String> = events["items"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["reason"] == "UnseenService")
+            .filter_map(|e| e["note"].as_str().map(str::to_owned))
+            .collect();
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert_eq!(said.len(), 1, "once per run: {said:?}");
+    assert!(
+        said[0].contains("\"chekout\"")
+            && said[0].contains("did you mean")
+            && said[0].contains("checkout"),
+        "{said:?}"
     );
 
     let _ = observer.0.kill();

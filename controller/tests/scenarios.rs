@@ -52,6 +52,7 @@ impl Controller {
                 tick: Duration::from_millis(40),
                 check_every: Duration::from_millis(40),
                 max_wait: Duration::from_millis(100),
+                ..Settings::default()
             },
             Metrics::default(),
             Some("test".into()),

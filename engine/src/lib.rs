@@ -13,7 +13,8 @@ pub mod snapshot;
 
 pub use check::{Baseline, Evaluation, Observed, evaluate, evaluate_against};
 pub use run::{
-    Action, CheckRef, CheckReport, Effect, Entry, Instance, Resolved, Resume, ResumedCheck, Run,
+    Action, CheckRef, CheckReport, Effect, Entry, FaultReport, Instance, Resolved, Resume,
+    ResumedCheck, Run,
 };
 pub use schedule::{NextStart, next_start, upcoming};
 pub use select::{Candidate, Plan, PlanError, plan};

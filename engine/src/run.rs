@@ -73,6 +73,24 @@ pub struct Resume {
     pub message: Option<String>,
     /// One per check, hypothesis first then abort checks, as `report` lists them.
     pub checks: Vec<ResumedCheck>,
+    /// What the run knew of its faults, by name.
+    pub faults: Vec<FaultReport>,
+}
+
+/// What a run knows of one of its faults: where it was placed and
+/// confirmed, and its effect. Reports carry it; a resumed run reads it back.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FaultReport {
+    pub name: String,
+    /// Instances held and confirmed applied now.
+    pub injected: u32,
+    /// Held on some target at some point of the run.
+    pub placed: bool,
+    /// Confirmed applied on some target at some point of the run.
+    pub confirmed: bool,
+    /// Targets whose window ended before the fault was confirmed there.
+    pub unconfirmed_targets: u32,
+    pub effect: Option<Effect>,
 }
 
 /// A check's state as reports carry it.
@@ -191,6 +209,8 @@ pub struct Run {
     unconfirmed: BTreeMap<Instance, Duration>,
     /// Instances whose window ended before anyone confirmed them.
     never_confirmed: BTreeSet<Instance>,
+    /// Per fault, instances a driver before a restart saw so end.
+    never_confirmed_earlier: BTreeMap<String, u32>,
     /// Faults held on some target at some point, and those confirmed on
     /// one: a fault held but never confirmed anywhere tested nothing.
     ever_held: BTreeSet<String>,
@@ -232,6 +252,7 @@ impl Run {
             confirmed: BTreeSet::new(),
             unconfirmed: BTreeMap::new(),
             never_confirmed: BTreeSet::new(),
+            never_confirmed_earlier: BTreeMap::new(),
             ever_held: BTreeSet::new(),
             ever_confirmed: BTreeSet::new(),
             effects: BTreeMap::new(),
@@ -290,6 +311,24 @@ impl Run {
                     .last
                     .as_ref()
                     .is_some_and(|e| e.observed == e.expected);
+        }
+        for f in &resume.faults {
+            if !run.spec.faults.iter().any(|s| s.name == f.name) {
+                continue;
+            }
+            if f.placed {
+                run.ever_held.insert(f.name.clone());
+            }
+            if f.confirmed {
+                run.ever_confirmed.insert(f.name.clone());
+            }
+            if f.unconfirmed_targets > 0 {
+                run.never_confirmed_earlier
+                    .insert(f.name.clone(), f.unconfirmed_targets);
+            }
+            if let Some(e) = &f.effect {
+                run.effects.insert(f.name.clone(), e.clone());
+            }
         }
         if matches!(phase, Phase::Injecting | Phase::Running) {
             // Faults were in place before the restart: the abort checks'
@@ -445,13 +484,23 @@ impl Run {
 
     /// The window to read a due check over at `now`: a check of the fault
     /// window reads no further back than the moment faults were confirmed
-    /// in place (whole seconds, at least one), so figures from before the
-    /// fault never count as figures under it. None: the check's own.
+    /// in place, a check after the faults no further back than their end
+    /// (whole seconds, at least one), so figures from one never count as
+    /// figures of the other. None: the check's own.
     pub fn window_for(&self, check: CheckRef, now: Duration) -> Option<faultline_api::Duration> {
-        if check.abort || !matches!(self.phase, Phase::Injecting | Phase::Running) {
+        if check.abort {
             return None;
         }
-        let since = self.in_place_since?;
+        let since = match self.phase {
+            Phase::Injecting | Phase::Running => self.in_place_since?,
+            Phase::Recovering => self
+                .spec
+                .faults
+                .iter()
+                .map(|f| f.end(self.spec.duration).as_std())
+                .max()?,
+            _ => return None,
+        };
         let own = self.spec.hypothesis.get(check.index)?.kind.window()?;
         let secs = now.saturating_sub(since).as_secs().max(1);
         let clipped = faultline_api::Duration::from_secs(secs)?;
@@ -473,9 +522,45 @@ impl Run {
             .collect()
     }
 
-    /// A fault's effect so far (cumulative, as the driver counts it).
+    /// A fault's effect so far (cumulative, as the driver counts it). A
+    /// count below one already recorded (a driver restarted and lost some
+    /// of its figures) does not lower it.
     pub fn record_effect(&mut self, fault: &str, effect: Effect) {
-        self.effects.insert(fault.to_owned(), effect);
+        match self.effects.get_mut(fault) {
+            Some(e) if e.what == effect.what && e.count >= effect.count => {}
+            Some(e) => *e = effect,
+            None => {
+                self.effects.insert(fault.to_owned(), effect);
+            }
+        }
+    }
+
+    /// What the run knows of each fault of the spec, in its order.
+    pub fn fault_reports(&self) -> Vec<FaultReport> {
+        self.spec
+            .faults
+            .iter()
+            .map(|f| {
+                let ended = self
+                    .never_confirmed
+                    .iter()
+                    .filter(|i| i.fault == f.name)
+                    .count();
+                let earlier = self
+                    .never_confirmed_earlier
+                    .get(&f.name)
+                    .copied()
+                    .unwrap_or(0);
+                FaultReport {
+                    name: f.name.clone(),
+                    injected: self.confirmed.iter().filter(|i| i.fault == f.name).count() as u32,
+                    placed: self.ever_held.contains(&f.name),
+                    confirmed: self.ever_confirmed.contains(&f.name),
+                    unconfirmed_targets: earlier.saturating_add(ended as u32),
+                    effect: self.effects.get(&f.name).cloned(),
+                }
+            })
+            .collect()
     }
 
     /// Each fault of the spec with its effect, None where none was counted.
@@ -1117,7 +1202,11 @@ impl Run {
         // went. A check that failed did so on evidence gathered while
         // every held fault was confirmed (only then are fault-window
         // checks due), so a failure still stands.
-        let mut per_fault: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut per_fault: BTreeMap<&str, usize> = self
+            .never_confirmed_earlier
+            .iter()
+            .map(|(f, n)| (f.as_str(), *n as usize))
+            .collect();
         for i in &self.never_confirmed {
             *per_fault.entry(i.fault.as_str()).or_default() += 1;
         }

@@ -131,7 +131,19 @@ impl Snapshot {
             faults: spec
                 .faults
                 .iter()
-                .map(|f| FaultSnapshot::of(f, spec, None))
+                .map(|f| {
+                    let mut snap = FaultSnapshot::of(f, spec, None);
+                    snap.effect = status
+                        .faults
+                        .iter()
+                        .find(|s| s.name == f.name)
+                        .and_then(|s| s.effect.as_ref())
+                        .map(|e| crate::Effect {
+                            count: u64::try_from(e.count).unwrap_or(0),
+                            what: e.what.clone(),
+                        });
+                    snap
+                })
                 .collect(),
             checks,
             injected: status.injected,
@@ -318,6 +330,14 @@ spec:
                     ..CheckStatus::default()
                 },
             ],
+            faults: vec![faultline_api::FaultStatus {
+                name: spec().faults[0].name.clone(),
+                effect: Some(faultline_api::FaultEffect {
+                    count: 42,
+                    what: "packets delayed".into(),
+                }),
+                ..Default::default()
+            }],
             ..ExperimentStatus::default()
         };
         let s = Snapshot::from_status(&spec(), &status, Duration::from_secs(61));
@@ -328,6 +348,10 @@ spec:
             (Duration::from_secs(10), Duration::from_secs(30))
         );
         assert_eq!(s.faults[0].targets, None);
+        assert_eq!(
+            s.faults[0].effect.as_ref().map(ToString::to_string),
+            Some("42 packets delayed".into())
+        );
         let hypothesis = &s.checks[0];
         assert!(!hypothesis.passed && !hypothesis.abort);
         assert_eq!(hypothesis.evaluations, 3);

@@ -819,6 +819,67 @@ fn a_window_that_ends_unconfirmed_ends_the_run_broken() {
     );
 }
 
+#[test]
+fn a_resumed_run_remembers_where_its_faults_went_unconfirmed_and_their_effect() {
+    let patient = SLOW.replace(
+        "  duration: 60s\n",
+        "  duration: 60s\n  confirmTimeout: 2m\n",
+    );
+    let mut first = Run::new(spec(&patient), "shop", 7);
+    for t in 0..=45 {
+        answer(&mut first, s(t), |c| others(c).unwrap_or(rate(0.0)));
+        first.step(s(t), &shop());
+        first.confirm(s(t), |i| i.target == "payments-1");
+    }
+    first.record_effect(
+        "slow",
+        faultline_engine::Effect {
+            count: 5,
+            what: "packets delayed".into(),
+        },
+    );
+    let reports = first.fault_reports();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert!(
+        r.placed && r.confirmed && r.unconfirmed_targets == 1,
+        "{r:?}"
+    );
+    assert_eq!(first.phase(), Phase::Running);
+    let resume = faultline_engine::Resume {
+        phase: Some(first.phase()),
+        faults: reports.clone(),
+        ..Default::default()
+    };
+    let mut second = Run::resume(spec(&patient), "shop", 7, s(46), &resume);
+    // A restarted driver that lost some figures does not lower the count.
+    second.record_effect(
+        "slow",
+        faultline_engine::Effect {
+            count: 2,
+            what: "packets delayed".into(),
+        },
+    );
+    for t in 46..=62 {
+        answer(&mut second, s(t), |c| others(c).unwrap_or(rate(0.0)));
+        second.step(s(t), &shop());
+        second.confirm(s(t), |i| i.target == "payments-1");
+    }
+    let after = &second.fault_reports()[0];
+    assert_eq!(after.effect.as_ref().map(|e| e.count), Some(5));
+    assert_eq!(after.unconfirmed_targets, 1, "{after:?}");
+    assert_eq!(
+        second.verdict(),
+        Some(Verdict::Broken),
+        "{:?}",
+        second.message()
+    );
+    assert_eq!(
+        second.message(),
+        Some("faults never confirmed in place during their window: slow on 1 target")
+    );
+}
+
 const RELATIVE: &str = "  duration: 60s
   targets:
     payments: {labels: {app: payments}}
@@ -933,6 +994,7 @@ fn a_resumed_run_keeps_its_baseline() {
             judged_at: saved.judged_at,
             baseline: saved.baseline.clone().and_then(Result::ok),
         }],
+        faults: Vec::new(),
     };
     let mut second = Run::resume(spec(RELATIVE), "shop", 7, s(21), &resume);
     for t in 21..=62 {
@@ -1103,4 +1165,17 @@ fn checks_of_the_fault_window_read_no_figure_from_before_it() {
         None,
         "abort checks read their own"
     );
+    // After the faults (their window ends at 40 s), no further back than
+    // their end: figures under the fault are not figures of the recovery.
+    for t in 13..=59 {
+        answer(&mut run, s(t), |c| others(c).unwrap_or(rate(0.0)));
+        run.step(s(t), &shop());
+        run.confirm(s(t), |_| true);
+    }
+    run.step(s(60), &shop());
+    assert_eq!(run.phase(), Phase::Recovering);
+    let w = |t: u64| run.window_for(healthy, s(t)).map(|d| d.as_millis() / 1000);
+    assert_eq!(w(60), Some(20));
+    assert_eq!(w(69), Some(29));
+    assert_eq!(w(70), None);
 }

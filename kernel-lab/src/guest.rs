@@ -384,6 +384,20 @@ fn logged(text: &str) -> bool {
     false
 }
 
+/// The count of the agent's last `ID: effect: N UNIT` log line.
+fn effect_logged(id: &str, unit: &str) -> Option<u64> {
+    let prefix = format!("{id}: effect: ");
+    if !logged(&prefix) {
+        return None;
+    }
+    let log = fs::read_to_string(LOG).ok()?;
+    log.lines()
+        .filter_map(|l| l.split_once(&prefix).map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once(unit).map(|(n, _)| n.trim().parse().ok()))
+        .next_back()
+        .flatten()
+}
+
 fn sigterm(agent: &mut Child) -> Option<i32> {
     let pid = rustix::process::Pid::from_raw(i32::try_from(agent.id()).ok()?)?;
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).ok()?;
@@ -461,6 +475,13 @@ fn scenarios(f: &Faults, samples: u64) {
         "agent-removed-to",
         "the agent logged lat-to: removed latency",
         logged("lat-to: removed latency"),
+    );
+    // Every echo request to the delayed peer went through its netem.
+    let delayed = effect_logged("lat-to", "packets delayed");
+    check(
+        "latency-effect-to",
+        &format!("the agent counted at least {samples} packets delayed: {delayed:?}"),
+        delayed.is_some_and(|n| n >= samples),
     );
     check(
         "qdisc-restored-to",
@@ -626,11 +647,17 @@ fn scenarios(f: &Faults, samples: u64) {
         ("partition-rule-in", "saddr"),
         ("partition-rule-out", "daddr"),
     ] {
-        let rule = format!("ip {dir} {OTHER_LINK} drop comment \"faultline part\"");
+        // The counter's figures vary: only its place in the rule is checked.
+        let (head, tail) = (
+            format!("ip {dir} {OTHER_LINK} counter packets "),
+            " drop comment \"faultline part\"",
+        );
         check(
             name,
-            &format!("nft lists {rule}"),
-            ruleset().contains(&rule),
+            &format!("nft lists {head}N bytes N{tail}"),
+            ruleset()
+                .lines()
+                .any(|l| l.trim().starts_with(&head) && l.trim_end().ends_with(tail)),
         );
     }
     check(
@@ -648,6 +675,12 @@ fn scenarios(f: &Faults, samples: u64) {
         "agent-removed-partition",
         "the agent logged part: removed partition",
         logged("part: removed partition"),
+    );
+    let dropped = effect_logged("part", "packets dropped");
+    check(
+        "partition-effect",
+        &format!("the agent counted the probes it dropped: {dropped:?}"),
+        dropped.is_some_and(|n| n > 0),
     );
     check(
         "partition-table-gone",

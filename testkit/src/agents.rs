@@ -28,8 +28,14 @@ impl Drop for Reporting {
 }
 
 /// Reports every entry on `nodes` applied, within about 200 ms of each
-/// change to their objects.
+/// change to their objects, with no effect counted.
 pub fn report_applied(client: Client, nodes: &[&str]) -> Reporting {
+    report_applied_counting(client, nodes, None)
+}
+
+/// As [`report_applied`], each entry reported with `effect` as the count
+/// its kernel made (None: nothing could be counted).
+pub fn report_applied_counting(client: Client, nodes: &[&str], effect: Option<i64>) -> Reporting {
     let nodes: BTreeSet<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
     let task = tokio::spawn(async move {
         let api = Api::<NodeFaults>::all(client);
@@ -40,7 +46,7 @@ pub fn report_applied(client: Client, nodes: &[&str]) -> Reporting {
                     .iter()
                     .filter(|nf| nodes.contains(&nf.name_any()))
                 {
-                    report(&api, nf).await;
+                    report(&api, nf, effect).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -49,7 +55,7 @@ pub fn report_applied(client: Client, nodes: &[&str]) -> Reporting {
     Reporting { task }
 }
 
-async fn report(api: &Api<NodeFaults>, nf: &NodeFaults) {
+async fn report(api: &Api<NodeFaults>, nf: &NodeFaults, effect: Option<i64>) {
     let generation = nf.metadata.generation;
     if nf.status.as_ref().and_then(|s| s.observed_generation) == generation {
         return;
@@ -61,7 +67,13 @@ async fn report(api: &Api<NodeFaults>, nf: &NodeFaults) {
         .spec
         .faults
         .iter()
-        .map(|f| json!({"id": f.id, "state": "applied", "since": now.to_string()}))
+        .map(|f| {
+            let mut s = json!({"id": f.id, "state": "applied", "since": now.to_string()});
+            if let Some(n) = effect {
+                s["effect"] = json!(n);
+            }
+            s
+        })
         .collect();
     let patch = json!({"status": {
         "observedGeneration": generation,

@@ -21,28 +21,30 @@ fn to_rustix(s: Signal) -> RSignal {
     }
 }
 
-/// Signals every process of the target; returns an error only when the
-/// target cannot be read or a live process refuses the signal.
+/// Signals every process of the target; returns how many got the signal,
+/// or an error when the target cannot be read or a live process refuses it.
 pub(crate) fn signal_all(
     resolver: &Resolver,
     target: &NodeTarget,
     signal: Signal,
-) -> Result<(), BackendError> {
+) -> Result<u64, BackendError> {
     let pids = resolver.processes(target)?;
     let sig = to_rustix(signal);
     let mut refused = Vec::new();
+    let mut signalled = 0u64;
     for pid in pids {
         let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
             continue;
         };
         match kill_process(p, sig) {
+            Ok(()) => signalled += 1,
             // Exited between listing and signalling: it got what it was due.
-            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(rustix::io::Errno::SRCH) => {}
             Err(e) => refused.push(format!("{pid}: {e}")),
         }
     }
     if refused.is_empty() {
-        Ok(())
+        Ok(signalled)
     } else {
         Err(BackendError::Failed(format!(
             "cannot send {signal} to {}",

@@ -57,6 +57,16 @@ pub trait Backend: Send {
     /// Lets go of what no fault needs any more (idle sockets); called on
     /// every turn of the loop.
     fn tidy(&mut self) {}
+    /// What the applied fault has done so far, as the kernel counts it:
+    /// packets a partition dropped, packets a latency fault delayed,
+    /// processes a kill signalled. None when nothing can be counted.
+    fn effect(
+        &mut self,
+        _fault: &NodeFault,
+        _receipt: &Receipt,
+    ) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
 }
 
 /// The real kernel.
@@ -67,6 +77,21 @@ pub struct Kernel {
     pub partitions: nft::Partitions,
     /// Interfaces each applied latency fault was last seen to cover.
     pub latency_links: std::collections::HashMap<String, Vec<String>>,
+    /// Processes each kill fault has signalled, by fault id.
+    pub signalled: std::collections::HashMap<String, u64>,
+}
+
+impl Kernel {
+    fn signal(
+        &mut self,
+        fault: &NodeFault,
+        signal: faultline_api::Signal,
+    ) -> Result<(), BackendError> {
+        let n = kill::signal_all(&self.resolver, &fault.target, signal)?;
+        let total = self.signalled.entry(fault.id.clone()).or_default();
+        *total = total.saturating_add(n);
+        Ok(())
+    }
 }
 
 impl Backend for Kernel {
@@ -76,7 +101,7 @@ impl Backend for Kernel {
                 let ns = self.resolver.netns(&fault.target)?;
                 self.partitions.apply(&ns, &fault.id, p)
             }
-            FaultAction::Kill(k) => kill::signal_all(&self.resolver, &fault.target, k.signal),
+            FaultAction::Kill(k) => self.signal(fault, k.signal),
             FaultAction::Latency(l) => {
                 let Receipt::Latency { band } = receipt else {
                     return Err(BackendError::Failed(
@@ -106,7 +131,10 @@ impl Backend for Kernel {
                 }
             },
             // A signal cannot be taken back; stopping the repeats is the removal.
-            FaultAction::Kill(_) => Ok(()),
+            FaultAction::Kill(_) => {
+                self.signalled.remove(&fault.id);
+                Ok(())
+            }
             FaultAction::Latency(_) => {
                 let Receipt::Latency { band } = receipt else {
                     // Journaled without a band means nothing was ever applied.
@@ -121,9 +149,7 @@ impl Backend for Kernel {
 
     fn repeat(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<bool, BackendError> {
         match &fault.action {
-            FaultAction::Kill(k) => {
-                kill::signal_all(&self.resolver, &fault.target, k.signal).map(|()| true)
-            }
+            FaultAction::Kill(k) => self.signal(fault, k.signal).map(|()| true),
             FaultAction::Latency(l) => match receipt {
                 Receipt::Latency { band } => {
                     let ns = self.resolver.netns(&fault.target)?;
@@ -147,6 +173,27 @@ impl Backend for Kernel {
     fn tidy(&mut self) {
         self.partitions.prune();
     }
+
+    fn effect(
+        &mut self,
+        fault: &NodeFault,
+        receipt: &Receipt,
+    ) -> Result<Option<u64>, BackendError> {
+        match (&fault.action, receipt) {
+            (FaultAction::Partition(_), _) => {
+                let ns = self.resolver.netns(&fault.target)?;
+                self.partitions.dropped(&ns, &fault.id).map(Some)
+            }
+            (FaultAction::Latency(_), Receipt::Latency { band }) => {
+                let ns = self.resolver.netns(&fault.target)?;
+                netem::delayed(&ns, *band).map(Some)
+            }
+            (FaultAction::Latency(_), Receipt::None) => Ok(None),
+            (FaultAction::Kill(_), _) => {
+                Ok(Some(self.signalled.get(&fault.id).copied().unwrap_or(0)))
+            }
+        }
+    }
 }
 
 /// One call a [`Recording`] backend saw.
@@ -163,6 +210,8 @@ pub struct Recording {
     pub calls: Arc<Mutex<Vec<Call>>>,
     /// Calls that fail, with the error they return.
     pub failures: Arc<Mutex<Vec<(Call, BackendError)>>>,
+    /// What `effect` answers, by fault id (None for ids not in it).
+    pub effects: Arc<Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl Recording {
@@ -197,5 +246,12 @@ impl Backend for Recording {
     }
     fn repeat(&mut self, fault: &NodeFault, _: &Receipt) -> Result<bool, BackendError> {
         self.record(Call::Repeat(fault.id.clone())).map(|()| true)
+    }
+    fn effect(&mut self, fault: &NodeFault, _: &Receipt) -> Result<Option<u64>, BackendError> {
+        Ok(self
+            .effects
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&fault.id).copied()))
     }
 }

@@ -323,6 +323,21 @@ pub(crate) fn refresh(
     Ok((Some(now), changed))
 }
 
+/// The packets the band's netem qdiscs have sent on, over every
+/// interface: those the fault delayed.
+pub fn delayed(ns: &Path, band: u8) -> Result<u64, BackendError> {
+    let mut sock = open(ns)?;
+    let qdiscs = sock.qdiscs().map_err(failed)?;
+    Ok(delayed_by(&qdiscs, band))
+}
+
+fn delayed_by(qdiscs: &[Qdisc], band: u8) -> u64 {
+    qdiscs
+        .iter()
+        .filter(|q| q.kind == "netem" && q.handle == handle(band) && q.parent == class(band))
+        .fold(0u64, |n, q| n.saturating_add(q.packets))
+}
+
 pub fn remove(ns: &Path, band: u8) -> Result<(), BackendError> {
     let mut sock = open(ns)?;
     let links = sock.links().map_err(failed)?;
@@ -359,6 +374,7 @@ mod tests {
             handle,
             parent,
             kind: kind.into(),
+            packets: 0,
         }
     }
 
@@ -507,6 +523,27 @@ mod tests {
                 .expect("plan")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn delayed_counts_the_bands_netems_on_every_interface() {
+        let counted = |ifindex, band: u8, packets| Qdisc {
+            packets,
+            ..q(ifindex, "netem", handle(band), class(band))
+        };
+        let qdiscs = [
+            q(2, "prio", ROOT, TC_H_ROOT),
+            counted(2, 2, 40),
+            counted(3, 2, 2),
+            // Another band, and a netem of someone else's under our class.
+            counted(2, 3, 1000),
+            Qdisc {
+                packets: 7,
+                ..q(2, "netem", 0x0010_0000, class(2))
+            },
+        ];
+        assert_eq!(delayed_by(&qdiscs, 2), 42);
+        assert_eq!(delayed_by(&qdiscs, 4), 0);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use faultline_api::{Direction, MAX_PEERS, Partition, parse_cidr};
 
 use super::{
     BackendError,
-    netlink::NetlinkError,
+    netlink::{ENOENT, NetlinkError},
     nfnl::{
         Batch, Encoded, Expr, Hook, NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, NFT_META_L4PROTO,
         NFT_META_NFPROTO, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER, Socket,
@@ -187,7 +187,8 @@ pub(crate) fn apply_batch(id: &str, p: &Partition) -> Result<Encoded, BackendErr
                     Expr::Lookup { set_id: dports },
                 ]);
             }
-            exprs.push(Expr::Drop);
+            // Counted as it is dropped: the fault's evidence of effect.
+            exprs.extend([Expr::Counter, Expr::Drop]);
             b.add_rule(TABLE, chain, &exprs, &comment);
         }
     }
@@ -361,6 +362,24 @@ impl Partitions {
             self.forget(id);
         }
         r
+    }
+
+    /// The packets the fault's rules have dropped since they were last
+    /// written (a chain of a direction the fault does not cut counts 0).
+    pub fn dropped(&mut self, ns: &Path, id: &str) -> Result<u64, BackendError> {
+        let (nsid, sock) = self.socket(ns)?;
+        let mut total = 0u64;
+        for chain in chain_names(id) {
+            match sock.counted(NFPROTO_INET, TABLE, &chain) {
+                Ok(n) => total = total.saturating_add(n),
+                Err(NetlinkError::Kernel { errno, .. }) if errno == ENOENT => {}
+                Err(e) => {
+                    self.discard(nsid);
+                    return Err(failed(e));
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// The fault is gone from the kernel (removed, or its target is): its

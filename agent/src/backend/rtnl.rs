@@ -36,6 +36,10 @@ const RTM_NEWTFILTER: u16 = 44;
 const RTM_DELTFILTER: u16 = 45;
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
+const TCA_STATS2: u16 = 7;
+// linux/gen_stats.h
+const TCA_STATS_BASIC: u16 = 1;
+const TCA_STATS_PKT64: u16 = 8;
 // linux/if_link.h, linux/if.h
 const IFLA_IFNAME: u16 = 3;
 const IFF_LOOPBACK: u32 = 0x8;
@@ -77,6 +81,8 @@ pub(crate) struct Qdisc {
     pub handle: u32,
     pub parent: u32,
     pub kind: String,
+    /// Packets it has sent on (0 when the kernel gave no statistics).
+    pub packets: u64,
 }
 
 /// A handle as tc writes it: `fa00:`, `fa00:2`.
@@ -414,15 +420,39 @@ fn qdisc_of(r: &Reply<'_>) -> Option<Qdisc> {
         return None;
     }
     let p = r.payload;
+    let a = attrs(p.get(TCMSG_LEN..)?);
     Some(Qdisc {
         ifindex: i32::from_ne_bytes(p.get(4..8)?.try_into().ok()?),
         handle: ne_u32(p, 8)?,
         parent: ne_u32(p, 12)?,
-        kind: attrs(p.get(TCMSG_LEN..)?)
-            .into_iter()
+        kind: a
+            .iter()
             .find(|(t, _)| *t == TCA_KIND)
             .map(|(_, d)| attr_str(d))?,
+        packets: a
+            .iter()
+            .find(|(t, _)| *t == TCA_STATS2)
+            .map_or(0, |(_, d)| stats_packets(d)),
     })
+}
+
+/// The packet count of a TCA_STATS2 nest: the 64-bit counter where the
+/// kernel sends one, else the 32-bit one of `struct gnet_stats_basic`
+/// (a u64 of bytes, then a u32 of packets).
+fn stats_packets(nest: &[u8]) -> u64 {
+    let a = attrs(nest);
+    let wide = a
+        .iter()
+        .find(|(t, _)| *t == TCA_STATS_PKT64)
+        .and_then(|(_, d)| <[u8; 8]>::try_from(*d).ok())
+        .map(u64::from_ne_bytes);
+    let basic = || {
+        a.iter()
+            .find(|(t, _)| *t == TCA_STATS_BASIC)
+            .and_then(|(_, d)| ne_u32(d, 8))
+            .map(u64::from)
+    };
+    wide.or_else(basic).unwrap_or(0)
 }
 
 /// A `NETLINK_ROUTE` socket inside one network namespace.
@@ -735,9 +765,34 @@ mod tests {
                 ifindex: 3,
                 handle: 0xfb02_0000,
                 parent: 0xfa00_0002,
-                kind: "netem".into()
+                kind: "netem".into(),
+                packets: 0,
             })
         );
+        // Statistics: the 64-bit count wins over the basic one.
+        let mut w = Writer::default();
+        let start = w.begin_msg(RTM_NEWQDISC, 0x02, &tcmsg(3, 0xfb02_0000, 0xfa00_0002, 1));
+        w.str(TCA_KIND, "netem");
+        w.nest(TCA_STATS2, |w| {
+            let mut basic = 9000u64.to_ne_bytes().to_vec();
+            basic.extend(17u32.to_ne_bytes());
+            basic.extend([0; 4]);
+            w.attr(TCA_STATS_BASIC, &basic);
+        });
+        w.end_msg(start);
+        let basic_only = w.buf;
+        let mut w = Writer::default();
+        let start = w.begin_msg(RTM_NEWQDISC, 0x02, &tcmsg(3, 0xfb02_0000, 0xfa00_0002, 1));
+        w.str(TCA_KIND, "netem");
+        w.nest(TCA_STATS2, |w| {
+            w.attr(TCA_STATS_BASIC, &[0; 16]);
+            w.attr(TCA_STATS_PKT64, &(5u64 << 33).to_ne_bytes());
+        });
+        w.end_msg(start);
+        let d = [basic_only, w.buf].concat();
+        let r = replies(FAMILY, &d).expect("parses");
+        let packets: Vec<Option<u64>> = r.iter().map(|m| qdisc_of(m).map(|q| q.packets)).collect();
+        assert_eq!(packets, [Some(17), Some(5 << 33)]);
         // Truncated answers are skipped, not a panic.
         let short = Reply {
             ty: RTM_NEWQDISC,
