@@ -57,6 +57,7 @@ spec:
                 (i >> 8) as u8,
                 i as u8,
             ])],
+            host_network: false,
         })
         .collect();
     let r = ExperimentRef {
@@ -84,7 +85,7 @@ spec:
             &run.resolved(),
             run.plan(),
             &index,
-            started,
+            (started, None),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
         stages[2] += s.elapsed();
@@ -103,7 +104,14 @@ spec:
     let st = status::of_run(&run, &facts, Some(1), &ExperimentStatus::default(), started);
     let status_bytes = serde_json::to_vec(&st).expect("json").len();
     let largest_node = {
-        let by_node = plan::node_entries(&r, &run.resolved(), run.plan(), &index, started, None);
+        let by_node = plan::node_entries(
+            &r,
+            &run.resolved(),
+            run.plan(),
+            &index,
+            (started, None),
+            None,
+        );
         by_node
             .values()
             .map(|v| serde_json::to_vec(v).expect("json").len())

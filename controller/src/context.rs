@@ -39,6 +39,13 @@ pub struct Settings {
     /// How long into a run a check's service may stay unknown to the
     /// observer before an Event names it (most likely misnamed).
     pub unseen_grace: Duration,
+    /// The dead-man's switch: an entry expires at the latest this long
+    /// after the controller last renewed it, so with the controller gone
+    /// or the API unreachable every fault ends within one lease.
+    pub fault_lease: Duration,
+    /// Namespaces whose pods are never targets, whatever an Experiment
+    /// says (besides those labelled `faultline.dev/protected=true`).
+    pub protected_namespaces: Vec<String>,
 }
 
 impl Default for Settings {
@@ -48,6 +55,11 @@ impl Default for Settings {
             check_every: Duration::from_secs(2),
             max_wait: Duration::from_secs(30),
             unseen_grace: Duration::from_secs(30),
+            fault_lease: Duration::from_secs(60),
+            protected_namespaces: crate::plan::ALWAYS_PROTECTED
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -85,6 +97,8 @@ fn slim(pod: &mut Pod) {
     if let Some(spec) = pod.spec.as_mut() {
         *spec = k8s_openapi::api::core::v1::PodSpec {
             node_name: spec.node_name.take(),
+            // A pod in the node's own network namespace is never a target.
+            host_network: spec.host_network.take(),
             ..Default::default()
         };
     }

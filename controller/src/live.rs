@@ -45,6 +45,9 @@ pub(crate) struct Live {
     pub entry_effects: BTreeMap<String, u64>,
     /// Per kill fault with `method: delete`, the pods this controller deleted.
     pub deleted: BTreeMap<String, u64>,
+    /// No entry of this run expires later than this (the dead-man's
+    /// switch), renewed while the run goes on.
+    pub lease_until: Option<Timestamp>,
     /// The end was reported (status, Event, spans).
     pub closed: bool,
 }
@@ -127,6 +130,7 @@ impl Live {
             told_unseen: BTreeSet::new(),
             entry_effects: BTreeMap::new(),
             deleted: BTreeMap::new(),
+            lease_until: None,
             closed: false,
         }
     }
@@ -169,6 +173,7 @@ impl Live {
             told_unseen: BTreeSet::new(),
             entry_effects: BTreeMap::new(),
             deleted: BTreeMap::new(),
+            lease_until: None,
             closed: false,
         }
     }

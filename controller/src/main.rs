@@ -39,7 +39,7 @@ struct Args {
     /// replicas only one writes.
     #[arg(long, env = "FAULTLINE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
-    /// The Lease's namespace (the controller's own).
+    /// The Lease's namespace (the controller's own: its pods are never targets).
     #[arg(long, env = "POD_NAMESPACE", default_value = "faultline")]
     lease_namespace: String,
     /// The Lease's name.
@@ -61,6 +61,11 @@ struct Args {
     /// observer before an UnseenService Event names it.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     unseen_grace: Duration,
+    /// The dead-man's switch: no entry expires later than this after the
+    /// controller last renewed it (renewed every half lease), so every
+    /// fault ends within one lease of the controller or the API going.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    fault_lease: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -72,6 +77,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     faultline_telemetry::init_logs();
+    // Renewed every half lease, on a tick: a shorter one could lapse
+    // between two renewals and end faults the run still wants.
+    let shortest = (args.tick * 4).max(Duration::from_secs(2));
+    if args.fault_lease < shortest {
+        tracing::error!(
+            "--fault-lease {:?} is too short: at least {shortest:?} (4 ticks, and 2s)",
+            args.fault_lease
+        );
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,6 +177,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tick: args.tick,
             check_every: args.check_every,
             unseen_grace: args.unseen_grace,
+            fault_lease: args.fault_lease,
+            protected_namespaces: faultline_controller::plan::ALWAYS_PROTECTED
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain([args.lease_namespace.clone()])
+                .collect(),
             ..Settings::default()
         },
         metrics.clone(),

@@ -4,7 +4,8 @@
 //! A target name in `partition.peers` or `latency.to` stands for the pods
 //! that target selects now, written as their addresses (`/32`, `/128`);
 //! CIDRs pass through. Every entry expires at the end of its fault's
-//! window, so an agent removes it on its own if the controller is gone.
+//! window or at the end of the run's lease, whichever comes first, so an
+//! agent removes it on its own within one lease if the controller is gone.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -25,6 +26,13 @@ use k8s_openapi::{
 /// pods can be a target.
 pub(crate) const OPT_IN_LABEL: &str = "faultline.dev/enabled";
 
+/// A namespace labelled so (value `true`) is never a target's, opted in or not.
+pub(crate) const PROTECTED_LABEL: &str = "faultline.dev/protected";
+
+/// The cluster's own namespaces: never targets (the controller's own
+/// namespace is added to these at start).
+pub const ALWAYS_PROTECTED: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
 /// What the planner needs of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
@@ -34,6 +42,8 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     pub node: String,
     pub ips: Vec<IpAddr>,
+    /// In the node's own network namespace: never a target.
+    pub host_network: bool,
 }
 
 impl PodInfo {
@@ -67,6 +77,11 @@ impl PodInfo {
             labels: meta.labels.clone().unwrap_or_default(),
             node,
             ips,
+            host_network: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false),
         })
     }
 }
@@ -92,6 +107,36 @@ pub(crate) fn opted_in(ns: &Namespace) -> bool {
         .as_ref()
         .and_then(|l| l.get(OPT_IN_LABEL))
         .is_some_and(|v| v == "true")
+}
+
+/// Whether a namespace object carries the protection label.
+pub(crate) fn labelled_protected(ns: &Namespace) -> bool {
+    ns.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(PROTECTED_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// Why the run must not go on: the target namespaces that are protected
+/// (the cluster's own, the controller's, or labelled so), or None.
+pub fn protected_refusal(
+    spec: &ExperimentSpec,
+    own: &str,
+    is_protected: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let refused: Vec<&str> = target_namespaces(spec, own)
+        .into_iter()
+        .filter(|ns| is_protected(ns))
+        .collect();
+    (!refused.is_empty()).then(|| {
+        format!(
+            "namespace{} {} {} protected: never a target, whatever an Experiment says (the cluster's own, Faultline's, or labelled {PROTECTED_LABEL}=true); nothing was injected",
+            if refused.len() == 1 { "" } else { "s" },
+            refused.join(", "),
+            if refused.len() == 1 { "is" } else { "are" },
+        )
+    })
 }
 
 /// Why the run must not start: the target namespaces that have not opted
@@ -126,6 +171,8 @@ pub fn candidates<'a>(
     let namespaces = target_namespaces(spec, own);
     let mut out: Vec<Candidate> = pods
         .into_iter()
+        // A fault on a pod in the node's network namespace is a fault on the node.
+        .filter(|p| !p.host_network)
         .filter(|p| namespaces.contains(p.namespace.as_str()))
         .filter(|p| {
             spec.targets.values().any(|t| {
@@ -210,7 +257,7 @@ pub fn node_entries(
     resolved: &[Resolved<'_>],
     plan: &Plan,
     pods: &HashMap<&str, &PodInfo>,
-    started_at: Timestamp,
+    (started_at, lease_until): (Timestamp, Option<Timestamp>),
     traceparent: Option<&str>,
 ) -> BTreeMap<String, Vec<NodeFault>> {
     let mut out: BTreeMap<String, Vec<NodeFault>> = BTreeMap::new();
@@ -254,6 +301,9 @@ pub fn node_entries(
                     .mode(jiff::RoundMode::Ceil),
             )
             .unwrap_or(expires);
+        // The dead-man's switch: never later than the lease the running
+        // controller keeps renewing.
+        let expires = lease_until.map_or(expires, |l| expires.min(l));
         out.entry(pod.node.clone()).or_default().push(NodeFault {
             id: exp.entry_id(&r.fault.name, &pod.uid),
             target: NodeTarget::Pod(PodRef {
@@ -284,6 +334,7 @@ mod tests {
             labels: [("app".to_owned(), app.to_owned())].into(),
             node: node.into(),
             ips: vec![ip.parse().expect("ip")],
+            host_network: false,
         }
     }
 
@@ -357,7 +408,7 @@ spec:
             &run.resolved(),
             run.plan(),
             &index,
-            t0,
+            (t0, None),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
         let ids = |n: &str| -> Vec<&str> { by_node[n].iter().map(|f| f.id.as_str()).collect() };
@@ -384,6 +435,23 @@ spec:
         );
         assert!(cut.traceparent.is_some());
         assert!(exp.owns(&cut.id) && !exp.owns("shop/xy/cut/c1"));
+        assert_eq!(exp.fault_of(&cut.id), Some("cut"));
+        assert_eq!(exp.fault_of("shop/xy/cut/c1"), None);
+        // Under a lease, nothing expires after it; what ends before stays.
+        let lease_until: Timestamp = "2026-01-01T00:00:45Z".parse().expect("time");
+        let leased = node_entries(
+            &exp,
+            &run.resolved(),
+            run.plan(),
+            &index,
+            (t0, Some(lease_until)),
+            None,
+        );
+        assert_eq!(leased["n1"][0].expires_at.0, lease_until);
+        assert_eq!(
+            leased["n2"][0].expires_at.0.to_string(),
+            "2026-01-01T00:00:30Z"
+        );
         // Every entry is what an agent accepts.
         for entries in by_node.values() {
             let nf = faultline_api::NodeFaults::new(
@@ -422,7 +490,7 @@ spec:
             &run.resolved(),
             run.plan(),
             &index,
-            Timestamp::UNIX_EPOCH,
+            (Timestamp::UNIX_EPOCH, None),
             None,
         );
         assert!(by_node.is_empty(), "{by_node:?}");
@@ -446,6 +514,34 @@ spec:
         assert!(
             opt_in_refusal(&e.spec, "shop", |_| false)
                 .is_some_and(|m| m.starts_with("namespaces prod, shop are"))
+        );
+        // Protection is asked of the same namespaces, and wins over opt-in.
+        assert_eq!(protected_refusal(&e.spec, "shop", |_| false), None);
+        assert!(
+            protected_refusal(&e.spec, "shop", |ns| ALWAYS_PROTECTED.contains(&ns)
+                || ns == "prod")
+            .is_some_and(|m| m.starts_with("namespace prod is protected"))
+        );
+        // Host-network pods are no candidates, however they are labelled.
+        let mut host = pod(
+            "00000000-0000-4000-8000-00000000000a",
+            "shop",
+            "payments",
+            "n1",
+            "10.0.0.1",
+        );
+        let ordinary = pod(
+            "00000000-0000-4000-8000-00000000000b",
+            "shop",
+            "payments",
+            "n1",
+            "10.0.0.2",
+        );
+        host.host_network = true;
+        let c = candidates(&e.spec, "shop", [&host, &ordinary]);
+        assert_eq!(
+            c.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            [ordinary.uid.as_str()]
         );
     }
 }

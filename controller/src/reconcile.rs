@@ -451,6 +451,17 @@ async fn step(
         }
     }
     if !live.run.is_finished()
+        && let Some(why) = plan::protected_refusal(&spec, &r.namespace, |ns| {
+            ctx.settings.protected_namespaces.iter().any(|p| p == ns)
+                || ctx
+                    .namespaces
+                    .get(&reflector::ObjectRef::new(ns))
+                    .is_some_and(|n| plan::labelled_protected(&n))
+        })
+    {
+        live.run.abort(elapsed, why);
+    }
+    if !live.run.is_finished()
         && let Some(why) = plan::opt_in_refusal(&spec, &r.namespace, |ns| {
             ctx.namespaces
                 .get(&reflector::ObjectRef::new(ns))
@@ -539,6 +550,7 @@ async fn step(
 
     let mut actions = live.run.step(elapsed, &candidates);
     confirm(r, &mut live, &index, &reports, elapsed);
+    renew_lease(&mut live, ctx.settings.fault_lease, now);
     let mut desired = desired_entries(ctx, r, &mut live, &index);
     if let Some(why) = nodes::refused(&desired) {
         // Refused before anything of this step is done: no pod deleted either.
@@ -788,6 +800,25 @@ async fn clear_abort(ctx: &Context, exp: &Experiment) {
 /// The entries the run wants now on each node, each fault's carrying its
 /// span's traceparent (a resumed run keeps the one its entries carry, so a
 /// restart rewrites nothing).
+/// Moves the run's lease on once half of it has passed: entries are
+/// rewritten (a new `expiresAt`) every half lease, not every tick.
+fn renew_lease(live: &mut Live, lease: Duration, now: Timestamp) {
+    let lease = SignedDuration::try_from(lease).unwrap_or(SignedDuration::from_secs(60));
+    let due = live
+        .lease_until
+        .is_none_or(|until| until.duration_since(now) < lease / 2);
+    if due {
+        live.lease_until = now.checked_add(lease).ok().map(|t| {
+            t.round(
+                jiff::TimestampRound::new()
+                    .smallest(Unit::Second)
+                    .mode(jiff::RoundMode::Ceil),
+            )
+            .unwrap_or(t)
+        });
+    }
+}
+
 fn desired_entries(
     ctx: &Context,
     r: &ExperimentRef,
@@ -818,9 +849,14 @@ fn desired_entries(
             .copied()
             .collect();
         let tp = live.fault_traceparent(fault);
-        for (node, entries) in
-            plan::node_entries(r, &of_fault, live.run.plan(), index, live.started_at, tp)
-        {
+        for (node, entries) in plan::node_entries(
+            r,
+            &of_fault,
+            live.run.plan(),
+            index,
+            (live.started_at, live.lease_until),
+            tp,
+        ) {
             desired.entry(node).or_default().extend(entries);
         }
     }

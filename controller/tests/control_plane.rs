@@ -724,6 +724,159 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_namespaces_and_host_network_pods_are_never_targets() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    // Opted in, and still never a target: the cluster's own namespaces,
+    // the controller's, and any labelled faultline.dev/protected=true.
+    cp.namespace("kube-system", true).await;
+    cp.namespace("vault", true).await;
+    let labelled = cp
+        .kubectl()
+        .args([
+            "label",
+            "namespace",
+            "vault",
+            "faultline.dev/protected=true",
+        ])
+        .output()
+        .expect("kubectl label");
+    assert!(labelled.status.success(), "{labelled:?}");
+    let pod = cp
+        .running_pod(
+            "shop",
+            "payments-1",
+            json!({"app": "payments"}),
+            "node-a",
+            "10.0.0.1",
+        )
+        .await;
+    // In the node's own network namespace: a fault on it would be on the node.
+    cp.pod_with_spec(
+        "shop",
+        "payments-host",
+        json!({"app": "payments"}),
+        "node-b",
+        "127.0.0.1",
+        json!({"hostNetwork": true}),
+    )
+    .await;
+    for ns in ["kube-system", "vault"] {
+        cp.running_pod(ns, "dns-1", json!({"app": "dns"}), "node-a", "10.0.0.9")
+            .await;
+    }
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
+    let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    let client = cp.client().await;
+    let nfs = nodefaults(&client);
+
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
+    eventually("the ordinary pod's entry on node-a", WAIT, || async {
+        let (ids, _) = node_state(&nfs, "node-a").await;
+        (ids == [format!("shop/slow-payments/slow/{pod}")]).then_some(())
+    })
+    .await;
+    let exps = experiments(&client, "shop");
+    let status = eventually("the run placed", WAIT, || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        (e.data["status"]["injected"] == 1).then(|| e.data["status"].clone())
+    })
+    .await;
+    assert_eq!(
+        status["targets"], 1,
+        "the host-network pod is no target: {status}"
+    );
+    let (ids, _) = node_state(&nfs, "node-b").await;
+    assert!(ids.is_empty(), "nothing for the host-network pod: {ids:?}");
+
+    for (name, ns) in [("cut-dns", "kube-system"), ("cut-vault", "vault")] {
+        cp.apply(&format!(
+            "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  duration: 1m
+  targets:
+    dns: {{namespaces: [{ns}], labels: {{app: dns}}}}
+  faults:
+    - {{name: cut, target: dns, partition: {{peers: [10.0.0.0/8]}}}}
+"
+        ));
+        let status = eventually("the run refused", WAIT, || async {
+            let e = exps.get(name).await.ok()?;
+            (e.data["status"]["verdict"] == "Aborted").then(|| e.data["status"].clone())
+        })
+        .await;
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("namespace {ns} is protected")),
+            "{status}"
+        );
+    }
+    let (ids, _) = node_state(&nfs, "node-a").await;
+    assert_eq!(
+        ids.len(),
+        1,
+        "nothing placed in a protected namespace: {ids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_mans_switch_bounds_every_entry_by_the_lease() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    cp.running_pod(
+        "shop",
+        "payments-1",
+        json!({"app": "payments"}),
+        "node-a",
+        "10.0.0.1",
+    )
+    .await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
+    let (mut controller, _) =
+        cp.start_controller(&kubeconfig, "controller-1", &["--fault-lease", "6s"]);
+    let client = cp.client().await;
+    let nfs = nodefaults(&client);
+    let expires = || async {
+        let nf = nfs.get("node-a").await.ok()?;
+        let at = nf.data["spec"]["faults"][0]["expiresAt"].as_str()?;
+        at.parse::<jiff::Timestamp>().ok()
+    };
+    // A 10-minute fault: its entry expires within one lease, renewed
+    // every half lease while the controller runs.
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
+    let first = eventually("the entry placed", WAIT, || async { expires().await }).await;
+    let ahead = first.duration_since(jiff::Timestamp::now());
+    assert!(
+        ahead <= jiff::SignedDuration::from_secs(7),
+        "expires {ahead:?} ahead, more than a lease"
+    );
+    let renewed = eventually("the lease renewed", WAIT, || async {
+        expires().await.filter(|t| *t > first)
+    })
+    .await;
+    assert!(renewed.duration_since(first) >= jiff::SignedDuration::from_secs(2));
+
+    // The controller gone, nobody renews: the entry's end comes within a
+    // lease, and an agent removes the fault then on its own.
+    let _ = controller.0.kill();
+    let _ = controller.0.wait();
+    let killed = jiff::Timestamp::now();
+    let last = expires().await.expect("the entry stays in the spec");
+    assert!(
+        last.duration_since(killed) <= jiff::SignedDuration::from_secs(7),
+        "{last} is more than a lease after {killed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
     use faultline_testkit::{KillOnDrop, cluster::workspace_bin, free_port};
     let Some((cp, chart)) = installed().await else {

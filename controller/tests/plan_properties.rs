@@ -23,6 +23,7 @@ fn pod(i: usize, ns: usize, app: usize, node: usize) -> PodInfo {
         labels: [("app".to_owned(), format!("app{app}"))].into(),
         node: format!("node-{node}"),
         ips: vec![std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8])],
+        host_network: i % 7 == 3,
     }
 }
 
@@ -97,7 +98,7 @@ proptest! {
         let mut run = Run::new(exp.spec.clone(), "shop", 9);
         run.step(Duration::ZERO, &candidates);
         let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
-        let by_node = plan::node_entries(&r, &run.resolved(), run.plan(), &index, Timestamp::UNIX_EPOCH, None);
+        let by_node = plan::node_entries(&r, &run.resolved(), run.plan(), &index, (Timestamp::UNIX_EPOCH, None), None);
 
         let max = exp.spec.limits.as_ref().and_then(|l| l.max_targets);
         let selected: BTreeSet<&String> = run.plan().values().flatten().collect();
@@ -118,6 +119,7 @@ proptest! {
                 let pod = index[p.uid.as_str()];
                 prop_assert_eq!(&pod.node, node);
                 prop_assert!(wanted.contains(pod.namespace.as_str()));
+                prop_assert!(!pod.host_network, "a host-network pod is never a target");
                 prop_assert!(selected.contains(&pod.uid));
             }
         }

@@ -657,11 +657,30 @@ impl ControlPlane {
         ip: &str,
         service_account: Option<&str>,
     ) -> String {
+        let extra = match service_account {
+            Some(sa) => json!({"serviceAccountName": sa}),
+            None => json!({}),
+        };
+        self.pod_with_spec(namespace, name, labels, node, ip, extra)
+            .await
+    }
+
+    /// As [`ControlPlane::running_pod`], with these fields added to its
+    /// spec (`{"hostNetwork": true}`).
+    pub async fn pod_with_spec(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: Value,
+        node: &str,
+        ip: &str,
+        extra: Value,
+    ) -> String {
         let api: Api<Pod> = Api::namespaced(self.client().await, namespace);
         let mut spec = json!({"nodeName": node,
             "containers": [{"name": "main", "image": "registry.invalid/test:1"}]});
-        if let Some(sa) = service_account {
-            spec["serviceAccountName"] = json!(sa);
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
         }
         let object: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "labels": labels},
