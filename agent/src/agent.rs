@@ -14,14 +14,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultline_api::{FaultAction, FaultState, NodeFault, NodeFaultsStatus};
+use faultline_api::{FaultAction, FaultState, NodeFault, NodeFaultsStatus, NodeTarget};
 use jiff::Timestamp;
 
 use crate::{
     backend::{Backend, BackendError},
     journal::{Journal, Record, RecordState},
     metrics::Metrics,
-    reconcile::{Action, Desired, Receipt, State, deadline, expired},
+    reconcile::{Action, Desired, Receipt, State, deadline, expired, spec_key},
     report, spans,
     status::{self, Effects, Outcomes},
 };
@@ -97,7 +97,13 @@ pub struct Agent<B: Backend> {
     generation: Option<i64>,
     observed: Option<i64>,
     status: Option<StatusSink>,
+    /// Kube mode: anyone who can write a NodeFaults object reaches this
+    /// agent, so it applies only pod targets, for at most a day.
+    cluster: bool,
 }
+
+/// How far ahead a fault's `expiresAt` may be in kube mode.
+const MAX_AHEAD: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
 
 /// How often the applied faults' counters are read while a status is
 /// reported: a fault's first effect reaches the status within this.
@@ -143,6 +149,7 @@ impl<B: Backend> Agent<B> {
             generation: None,
             observed: None,
             status: None,
+            cluster: false,
         };
         if let Desired::Unknown(why) = &agent.desired {
             tracing::warn!(
@@ -164,6 +171,33 @@ impl<B: Backend> Agent<B> {
             "started: {found} fault(s) in the journal, {n} stale removed before anything else"
         );
         agent
+    }
+
+    /// Kube mode: from now on only `pod` targets are applied (`netns`,
+    /// `pid` and `cgroup` stay for standalone mode, whose file only root
+    /// writes), and none whose `expiresAt` is more than a day ahead.
+    pub fn cluster_mode(&mut self) {
+        self.cluster = true;
+    }
+
+    /// Why a fault must not be applied here, whatever the kernel would say.
+    fn refusal(&self, fault: &NodeFault, now: Timestamp) -> Option<String> {
+        if !self.cluster {
+            return None;
+        }
+        if !matches!(fault.target, NodeTarget::Pod(_)) {
+            return Some(
+                "refused: in kube mode only pod targets are applied (netns, pid and cgroup targets are for standalone mode)"
+                    .into(),
+            );
+        }
+        let ahead = deadline(fault).duration_since(now);
+        (ahead > MAX_AHEAD).then(|| {
+            format!(
+                "refused: expiresAt {} is more than 24h ahead",
+                deadline(fault)
+            )
+        })
     }
 
     /// Publishes a status to `sink` after every change from now on.
@@ -425,6 +459,9 @@ impl<B: Backend> Agent<B> {
     fn apply(&mut self, fault: &NodeFault, now: Timestamp) {
         let kind = fault.action.kind();
         let started = Instant::now();
+        if let Some(why) = self.refusal(fault, now) {
+            return self.apply_refused(fault, now, &why);
+        }
         let receipt = match self.receipt_for(fault) {
             Ok(r) => r,
             Err(why) => return self.apply_refused(fault, now, &why),
@@ -496,10 +533,18 @@ impl<B: Backend> Agent<B> {
     fn apply_refused(&mut self, fault: &NodeFault, now: Timestamp, why: &str) {
         self.state.apply_failed(fault, now);
         self.metrics.failed(fault.action.kind(), "apply");
+        // Retried every second: said once per version of the fault and reason.
+        let said = self.outcomes.get(&fault.id).is_some_and(|o| {
+            o.key == spec_key(fault)
+                && o.state == FaultState::Failed
+                && o.reason.as_deref() == Some(why)
+        });
         self.outcomes
             .record(fault, FaultState::Failed, Some(why.to_owned()), now);
-        spans::record("inject", fault, Err(why));
-        tracing::warn!(fault = %fault.id, "{}: not applied: {why}", fault.id);
+        if !said {
+            spans::record("inject", fault, Err(why));
+            tracing::warn!(fault = %fault.id, "{}: not applied: {why}", fault.id);
+        }
     }
 
     fn remove(&mut self, fault: &NodeFault, receipt: &Receipt, now: Timestamp) {
@@ -618,6 +663,47 @@ mod tests {
         ag.set_desired(Desired::Faults(vec![a.clone()]));
         ag.remove(&a, &Receipt::None, t(5));
         assert_eq!(ag.status(t(5)).and_then(|s| s.faults[0].effect), Some(9));
+    }
+
+    #[test]
+    fn kube_mode_applies_only_pod_targets_for_at_most_a_day() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = Recording::default();
+        let on_netns = partition("host", "/proc/1/ns/net", "10.0.0.1", 100);
+        let pod = |id: &str, expires: i64| NodeFault {
+            id: id.into(),
+            target: NodeTarget::Pod(faultline_api::PodRef {
+                uid: "6f1c2d3e-0000-4000-8000-000000000001".into(),
+            }),
+            ..partition(id, "/n", "10.0.0.1", expires)
+        };
+        let day = 24 * 3600;
+        let desired = vec![on_netns, pod("soon", 100), pod("too-far", day + 10)];
+        let mut ag = agent(dir.path(), &rec, Desired::Faults(desired), t(0));
+        ag.cluster_mode();
+        ag.reconcile(t(0));
+        ag.reconcile(t(2));
+        assert_eq!(
+            rec.calls(),
+            [Call::Apply("soon".into())],
+            "only the pod, within a day"
+        );
+        let status = ag.status(t(2)).expect("status");
+        let reason = |id: &str| {
+            status
+                .faults
+                .iter()
+                .find(|f| f.id == id)
+                .map(|f| (f.state, f.reason.clone().unwrap_or_default()))
+                .expect("reported")
+        };
+        let (state, why) = reason("host");
+        assert_eq!(state, FaultState::Failed);
+        assert!(why.contains("only pod targets"), "{why}");
+        let (state, why) = reason("too-far");
+        assert_eq!(state, FaultState::Failed);
+        assert!(why.contains("more than 24h ahead"), "{why}");
+        assert!(journal_ids(dir.path()).iter().all(|(id, _)| id == "soon"));
     }
 
     #[test]

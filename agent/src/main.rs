@@ -67,6 +67,11 @@ struct KernelArgs {
     /// The cgroup v2 mount (found in /proc/self/mountinfo when not given).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// The node's own network namespace: a pod found in it (hostNetwork)
+    /// is never partitioned or delayed. PID 1's needs hostPID and
+    /// CAP_SYS_PTRACE, as the chart gives; unreadable, pods are refused.
+    #[arg(long, default_value = "/proc/1/ns/net")]
+    host_netns: PathBuf,
 }
 
 /// A node name as Kubernetes accepts it (a DNS subdomain).
@@ -157,6 +162,7 @@ fn run() -> anyhow::Result<bool> {
     if let Some(root) = common.kernel.cgroup_root {
         resolver.cgroup_root = root;
     }
+    resolver.host_netns = common.kernel.host_netns;
     let backend = Kernel {
         resolver,
         ..Kernel::default()
@@ -181,6 +187,7 @@ fn run() -> anyhow::Result<bool> {
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
     if matches!(source, Source::Kube { .. }) {
         agent.report_to(status_tx);
+        agent.cluster_mode();
     }
 
     // The file source is waited on by the loop's thread itself; the

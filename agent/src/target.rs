@@ -40,6 +40,8 @@ pub(crate) enum TargetError {
 pub struct Resolver {
     pub cgroup_root: PathBuf,
     pub proc_root: PathBuf,
+    /// The node's own network namespace file, which no pod's may be.
+    pub host_netns: PathBuf,
 }
 
 impl Default for Resolver {
@@ -47,6 +49,7 @@ impl Default for Resolver {
         Resolver {
             cgroup_root: cgroup2_mount().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
             proc_root: PathBuf::from("/proc"),
+            host_netns: PathBuf::from("/proc/1/ns/net"),
         }
     }
 }
@@ -264,6 +267,7 @@ mod tests {
         }
         Resolver {
             cgroup_root: root.join("cg"),
+            host_netns: proc_root.join("1/ns/net"),
             proc_root,
         }
     }

@@ -656,5 +656,110 @@ fn pod_targets_resolve_through_the_kubelets_cgroup_layouts() {
         "no cgroup for pod 11111111-2222-3333-4444-555555555555",
         3 * SEC,
     );
+    // A pod in the node's own network namespace (hostNetwork): a partition
+    // there would cut the node, so it is refused and the host untouched.
+    let host_uid = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f";
+    tree.host_pod_process(&format!("kubepods/besteffort/pod{host_uid}/5e6f"));
+    agent.write_faults(&[format!(
+        "    - id: host-cut\n      target: {{pod: {{uid: {host_uid}}}}}\n      expiresAt: \"{far}\"\n      partition: {{peers: [{PEER_IP}/32]}}\n"
+    )]);
+    agent.wait_log("(hostNetwork): refused", 3 * SEC);
+    let host_rules = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    assert!(
+        !String::from_utf8_lossy(&host_rules.stdout).contains("faultline"),
+        "nothing in the host's own namespace"
+    );
+    assert!(agent.sigterm().success());
+}
+
+/// The state letter of a process (`T` stopped, `S` sleeping, ...).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command in parentheses, which may itself hold spaces.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// SIGSTOP is taken back: SIGCONT when the fault ends, and from a restarted
+/// agent that finds the fault in its journal. A pod's sandbox (`pause`)
+/// process is never signalled, so the kubelet does not recreate the pod.
+#[test]
+fn a_stopped_process_is_continued_and_the_sandbox_left_alone() {
+    if !kernel_ready() {
+        return;
+    }
+    let mut cg = TestCgroup::new();
+    let i = cg.spawn_sleep();
+    let pid = cg.children[i].id();
+    let stop = |id: &str, ms: i64| {
+        let (_, until) = in_ms(ms);
+        format!(
+            "    - id: {id}\n      target: {{cgroup: {}}}\n      expiresAt: \"{until}\"\n      kill: {{signal: SIGSTOP}}\n",
+            cg.path.display()
+        )
+    };
+    let mut agent = AgentProc::new();
+    agent.write_faults(&[stop("freeze", 1500)]);
+    agent.start();
+    assert!(
+        wait_for(3 * SEC, || proc_state(pid) == Some('T')).is_some(),
+        "never stopped; log:\n{}",
+        agent.log()
+    );
+    agent.wait_log("freeze: removed kill at its deadline", 3 * SEC);
+    assert!(
+        wait_for(SEC, || proc_state(pid) == Some('S')).is_some(),
+        "still stopped after the fault: {:?}",
+        proc_state(pid)
+    );
+    assert!(
+        agent
+            .log()
+            .contains("freeze: SIGCONT to 1 stopped process(es)")
+    );
+
+    // Stopped, then the agent dies; the next one finds the fault no longer
+    // desired in its journal and lets the process go on first thing.
+    agent.write_faults(&[stop("freeze2", 60_000)]);
+    assert!(wait_for(3 * SEC, || proc_state(pid) == Some('T')).is_some());
+    agent.sigkill();
+    assert_eq!(proc_state(pid), Some('T'), "stopped with its agent gone");
+    agent.write_faults(&[]);
+    agent.start();
+    assert!(
+        wait_for(3 * SEC, || proc_state(pid) == Some('S')).is_some(),
+        "the restarted agent left it stopped; log:\n{}",
+        agent.log()
+    );
+    assert!(agent.sigterm().success());
+
+    // A pod: its container process is killed, its `pause` is not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pause = dir.path().join("pause");
+    std::fs::copy("/bin/sleep", &pause).expect("a pause binary");
+    let net = NetPair::new();
+    let mut tree = KubeletTree::new();
+    let uid = "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d";
+    let app = tree.pod_process(&format!("kubepods/besteffort/pod{uid}/a1b2"), &net.target);
+    let sandbox = tree.command_in(
+        &format!("kubepods/besteffort/pod{uid}/c3d4"),
+        std::process::Command::new(&pause).arg("60"),
+    );
+    let mut agent = AgentProc::new();
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[format!(
+        "    - id: pod-kill\n      target: {{pod: {{uid: {uid}}}}}\n      expiresAt: \"{far}\"\n      kill: {{signal: SIGKILL}}\n"
+    )]);
+    let root = tree.root.display().to_string();
+    agent.start_with(&["--cgroup-root", &root]);
+    assert!(
+        wait_for(3 * SEC, || tree.ended_by(app).is_some()).is_some(),
+        "log:\n{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tree.ended_by(sandbox), None, "the sandbox was signalled");
     assert!(agent.sigterm().success());
 }

@@ -1,7 +1,7 @@
 //! Kill faults: a signal to every process of the target.
 
 use faultline_api::{NodeTarget, Signal};
-use rustix::process::{Pid, Signal as RSignal, kill_process};
+use rustix::process::{Pid, PidfdFlags, Signal as RSignal, pidfd_open, pidfd_send_signal};
 
 use super::BackendError;
 use crate::target::Resolver;
@@ -23,22 +23,52 @@ fn to_rustix(s: Signal) -> RSignal {
 
 /// Signals every process of the target; returns how many got the signal,
 /// or an error when the target cannot be read or a live process refuses it.
+///
+/// Through pidfds, so a PID that was reused is never hit: each listed
+/// process is opened first, the target listed again, and only those still
+/// in it are signalled through their pidfd. A process that exited in
+/// between was listed again only if its number went to another process
+/// of the target, and its pidfd then answers ESRCH: nobody else is hit.
+/// A pod's sandbox (`pause`) process is left alone: signalling it would
+/// have the kubelet recreate the whole pod.
 pub(crate) fn signal_all(
     resolver: &Resolver,
     target: &NodeTarget,
     signal: Signal,
 ) -> Result<u64, BackendError> {
-    let pids = resolver.processes(target)?;
-    let sig = to_rustix(signal);
-    let mut refused = Vec::new();
-    let mut signalled = 0u64;
-    for pid in pids {
+    let listed = resolver.processes(target)?;
+    let mut opened = Vec::with_capacity(listed.len());
+    for pid in listed {
         let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
             continue;
         };
-        match kill_process(p, sig) {
+        if matches!(target, NodeTarget::Pod(_)) && is_sandbox(resolver, pid) {
+            continue;
+        }
+        match pidfd_open(p, PidfdFlags::empty()) {
+            Ok(fd) => opened.push((pid, fd)),
+            // Exited before it was opened: it got what it was due.
+            Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => {
+                return Err(BackendError::Failed(format!(
+                    "cannot open process {pid}: {e}"
+                )));
+            }
+        }
+    }
+    let still: std::collections::BTreeSet<u32> = match resolver.processes(target) {
+        Ok(p) => p.into_iter().collect(),
+        // Every process gone since the first listing: nothing left to signal.
+        Err(crate::target::TargetError::Gone(_)) => Default::default(),
+        Err(e) => return Err(e.into()),
+    };
+    let sig = to_rustix(signal);
+    let mut refused = Vec::new();
+    let mut signalled = 0u64;
+    for (pid, fd) in opened.iter().filter(|(pid, _)| still.contains(pid)) {
+        match pidfd_send_signal(fd, sig) {
             Ok(()) => signalled += 1,
-            // Exited between listing and signalling: it got what it was due.
+            // Exited meanwhile: it got what it was due.
             Err(rustix::io::Errno::SRCH) => {}
             Err(e) => refused.push(format!("{pid}: {e}")),
         }
@@ -51,6 +81,13 @@ pub(crate) fn signal_all(
             refused.join(", ")
         )))
     }
+}
+
+/// A pod's sandbox process: the `pause` binary every runtime starts to
+/// hold the pod's namespaces.
+fn is_sandbox(resolver: &Resolver, pid: u32) -> bool {
+    std::fs::read_to_string(resolver.proc_root.join(pid.to_string()).join("comm"))
+        .is_ok_and(|c| c.trim_end() == "pause")
 }
 
 #[cfg(test)]

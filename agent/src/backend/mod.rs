@@ -10,7 +10,7 @@ pub(crate) mod rtnl;
 
 use std::sync::{Arc, Mutex};
 
-use faultline_api::{FaultAction, NodeFault};
+use faultline_api::{FaultAction, NodeFault, NodeTarget};
 
 use crate::{
     netns::NetnsError,
@@ -82,6 +82,30 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// The network namespace a fault on `target` is applied in. A pod in
+    /// the node's own namespace (hostNetwork) is refused: a fault there
+    /// would be a fault on the whole node.
+    fn netns_to_apply(&self, target: &NodeTarget) -> Result<std::path::PathBuf, BackendError> {
+        let ns = self.resolver.netns(target)?;
+        if let NodeTarget::Pod(pod) = target {
+            // Unreadable, the pod might be in it: refused (fail safe).
+            let host = crate::netns::id_of(&self.resolver.host_netns).map_err(|e| {
+                BackendError::Failed(format!(
+                    "cannot tell the node's network namespace from pod {}'s: {} (see --host-netns)",
+                    pod.uid,
+                    crate::report(&e)
+                ))
+            })?;
+            if crate::netns::id_of(&ns)? == host {
+                return Err(BackendError::Failed(format!(
+                    "pod {} is in the node's own network namespace (hostNetwork): refused, a fault there would cut the whole node",
+                    pod.uid
+                )));
+            }
+        }
+        Ok(ns)
+    }
+
     fn signal(
         &mut self,
         fault: &NodeFault,
@@ -98,7 +122,7 @@ impl Backend for Kernel {
     fn apply(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError> {
         match &fault.action {
             FaultAction::Partition(p) => {
-                let ns = self.resolver.netns(&fault.target)?;
+                let ns = self.netns_to_apply(&fault.target)?;
                 self.partitions.apply(&ns, &fault.id, p)
             }
             FaultAction::Kill(k) => self.signal(fault, k.signal),
@@ -108,7 +132,7 @@ impl Backend for Kernel {
                         "latency fault without a band in its journal record".into(),
                     ));
                 };
-                let ns = self.resolver.netns(&fault.target)?;
+                let ns = self.netns_to_apply(&fault.target)?;
                 let devs = netem::apply(&ns, *band, l)?;
                 self.latency_links.insert(fault.id.clone(), devs);
                 Ok(())
@@ -130,9 +154,22 @@ impl Backend for Kernel {
                     Err(e)
                 }
             },
-            // A signal cannot be taken back; stopping the repeats is the removal.
-            FaultAction::Kill(_) => {
+            // A signal cannot be taken back; stopping the repeats is the
+            // removal, and a stopped process is let go on again.
+            FaultAction::Kill(k) => {
                 self.signalled.remove(&fault.id);
+                if k.signal == faultline_api::Signal::Stop {
+                    match kill::signal_all(
+                        &self.resolver,
+                        &fault.target,
+                        faultline_api::Signal::Cont,
+                    ) {
+                        Ok(n) => {
+                            tracing::info!(fault = %fault.id, "{}: SIGCONT to {n} stopped process(es)", fault.id)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 Ok(())
             }
             FaultAction::Latency(_) => {

@@ -340,6 +340,9 @@ impl AgentProc {
             .args(mode)
             .arg("--state-dir")
             .arg(&self.state)
+            // The test's own network namespace is the host's; PID 1's may
+            // be out of reach in a sandbox.
+            .args(["--host-netns", "/proc/self/ns/net"])
             .args(extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -547,6 +550,23 @@ impl KubeletTree {
             ns_id(&format!("/proc/{}/ns/net", child.id())) == want
         });
         assert!(entered.is_some(), "the pod process never entered {netns}");
+        std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).expect("join cgroup");
+        self.leaves.push(leaf);
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// As [`KubeletTree::pod_process`], the process left in the host's
+    /// own network namespace, as a `hostNetwork` pod's is.
+    pub fn host_pod_process(&mut self, rel: &str) -> usize {
+        self.command_in(rel, std::process::Command::new("sleep").arg("60"))
+    }
+
+    /// Starts `command` (in the host's namespaces) in cgroup `rel`.
+    pub fn command_in(&mut self, rel: &str, command: &mut std::process::Command) -> usize {
+        let leaf = self.root.join(rel);
+        std::fs::create_dir_all(&leaf).expect("pod cgroup");
+        let child = command.spawn().expect("start the pod's process");
         std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).expect("join cgroup");
         self.leaves.push(leaf);
         self.children.push(child);
