@@ -563,6 +563,9 @@ pub struct FaultStatus {
     /// nothing could be counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<FaultEffect>,
+    /// Evictions the API refused (PodDisruptionBudgets), for `kill.method: delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evictions_refused: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -95,16 +95,24 @@ string_enum! {
         /// A signal to every process of the target (through the node agent).
         #[default]
         Signal = "signal",
-        /// The pod is deleted through the Kubernetes API (by the controller),
-        /// so its owner replaces it; in local mode, the service gets SIGKILL
-        /// and its supervisor restarts it.
+        /// The pod is evicted through the Kubernetes API (by the controller),
+        /// PodDisruptionBudgets respected, so its owner replaces it; in local
+        /// mode, the service gets SIGKILL and its supervisor restarts it.
         Delete = "delete",
+        /// As `delete`, but deleted outright: PodDisruptionBudgets do not
+        /// stop it. An explicit opt-in.
+        ForceDelete = "force-delete",
     }
 }
 
 impl KillMethod {
     fn is_signal(&self) -> bool {
         *self == KillMethod::Signal
+    }
+
+    /// The controller takes the pod away through the API (no agent involved).
+    pub fn deletes_pod(&self) -> bool {
+        matches!(self, KillMethod::Delete | KillMethod::ForceDelete)
     }
 }
 
@@ -165,7 +173,8 @@ impl FaultAction {
     pub fn effect_unit(&self) -> &'static str {
         match self {
             FaultAction::Latency(_) => "packets delayed",
-            FaultAction::Kill(k) if k.method == KillMethod::Delete => "pods deleted",
+            FaultAction::Kill(k) if k.method == KillMethod::Delete => "pods evicted",
+            FaultAction::Kill(k) if k.method == KillMethod::ForceDelete => "pods deleted",
             FaultAction::Kill(_) => "processes signalled",
             FaultAction::Partition(_) => "packets dropped",
         }
@@ -191,7 +200,8 @@ impl FaultAction {
             FaultAction::Kill(k) => {
                 let mut s = match k.method {
                     KillMethod::Signal => format!("kill {}", k.signal),
-                    KillMethod::Delete => "delete pod".to_owned(),
+                    KillMethod::Delete => "evict pod".to_owned(),
+                    KillMethod::ForceDelete => "delete pod (force)".to_owned(),
                 };
                 if let Some(every) = k.every {
                     s.push_str(&format!(" every {every}"));
@@ -427,7 +437,8 @@ spec:
                 "kill: {signal: SIGTERM, every: 10s}",
                 "kill SIGTERM every 10s",
             ),
-            ("kill: {method: delete}", "delete pod"),
+            ("kill: {method: delete}", "evict pod"),
+            ("kill: {method: force-delete}", "delete pod (force)"),
             (
                 "partition: {direction: ingress, peers: [db], ports: [5432]}",
                 "partition from db ports 5432",

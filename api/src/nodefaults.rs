@@ -351,11 +351,11 @@ impl NodeFaultsSpec {
             };
             f.action.validate(&fp, p, &cidr_only);
             if let FaultAction::Kill(k) = &f.action
-                && k.method == crate::fault::KillMethod::Delete
+                && k.method.deletes_pod()
             {
                 p.add(
                     fp.key("kill").key("method"),
-                    "delete is done by the controller through the Kubernetes API; a node agent only sends signals",
+                    "delete and force-delete are done by the controller through the Kubernetes API; a node agent only sends signals",
                 );
             }
         }

@@ -43,8 +43,13 @@ pub(crate) struct Live {
     pub told_unseen: BTreeSet<String>,
     /// Per entry id, the largest effect its agent reported.
     pub entry_effects: BTreeMap<String, u64>,
-    /// Per kill fault with `method: delete`, the pods this controller deleted.
+    /// Per kill fault with `method: delete` or `force-delete`, the pods
+    /// this controller evicted or deleted.
     pub deleted: BTreeMap<String, u64>,
+    /// Per such fault, the evictions the API refused (PodDisruptionBudgets),
+    /// and per pod uid the last refusal's words.
+    pub refused: BTreeMap<String, u64>,
+    pub refused_pods: BTreeMap<String, String>,
     /// No entry of this run expires later than this (the dead-man's
     /// switch), renewed while the run goes on.
     pub lease_until: Option<Timestamp>,
@@ -130,6 +135,8 @@ impl Live {
             told_unseen: BTreeSet::new(),
             entry_effects: BTreeMap::new(),
             deleted: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            refused_pods: BTreeMap::new(),
             lease_until: None,
             closed: false,
         }
@@ -173,6 +180,8 @@ impl Live {
             told_unseen: BTreeSet::new(),
             entry_effects: BTreeMap::new(),
             deleted: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            refused_pods: BTreeMap::new(),
             lease_until: None,
             closed: false,
         }

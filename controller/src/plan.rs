@@ -12,9 +12,7 @@ use std::{
     net::IpAddr,
 };
 
-use faultline_api::{
-    ExperimentSpec, FaultAction, KillMethod, NodeFault, NodeTarget, PodRef, parse_cidr,
-};
+use faultline_api::{ExperimentSpec, FaultAction, NodeFault, NodeTarget, PodRef, parse_cidr};
 use faultline_engine::{Candidate, Plan, Resolved};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
@@ -283,7 +281,7 @@ pub fn node_entries(
                         .then(|| FaultAction::Latency(faultline_api::Latency { to, ..l.clone() }))
                 }
                 // Pods are deleted by the controller itself, not by an agent.
-                FaultAction::Kill(k) if k.method == KillMethod::Delete => None,
+                FaultAction::Kill(k) if k.method.deletes_pod() => None,
                 FaultAction::Kill(k) => Some(FaultAction::Kill(k.clone())),
             }
         });

@@ -398,6 +398,11 @@ fn facts(ctx: &Context, r: &ExperimentRef, live: &Live, targets: u32, injected: 
         targets,
         injected,
         failed: nodes::failed(ctx, r),
+        evictions_refused: live
+            .refused
+            .iter()
+            .map(|(f, n)| (f.clone(), u32::try_from(*n).unwrap_or(u32::MAX)))
+            .collect(),
     }
 }
 
@@ -560,8 +565,14 @@ async fn step(
         desired = desired_entries(ctx, r, &mut live, &index);
     }
     let planning = work.elapsed();
-    for fault in delete_pods(ctx, exp, &live.run, &actions, &pods).await {
-        *live.deleted.entry(fault).or_default() += 1;
+    for removal in delete_pods(ctx, exp, &live.run, &actions, &pods).await {
+        match removal {
+            Removal::Done { fault } => *live.deleted.entry(fault).or_default() += 1,
+            Removal::Refused { fault, pod, why } => {
+                *live.refused.entry(fault).or_default() += 1;
+                live.refused_pods.insert(pod, why);
+            }
+        }
     }
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
@@ -678,7 +689,7 @@ fn record_effects(r: &ExperimentRef, live: &mut Live, reports: &nodes::Reports) 
     }
     let faults = live.run.spec().faults.clone();
     for f in &faults {
-        let deletes = matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete);
+        let deletes = matches!(&f.action, FaultAction::Kill(k) if k.method.deletes_pod());
         let count = if deletes {
             Some(live.deleted.get(&f.name).copied().unwrap_or(0))
         } else {
@@ -710,7 +721,7 @@ fn confirm(
         .spec()
         .faults
         .iter()
-        .filter(|f| matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete))
+        .filter(|f| matches!(&f.action, FaultAction::Kill(k) if k.method.deletes_pod()))
         .map(|f| f.name.clone())
         .collect();
     live.run.confirm(elapsed, |i| {
@@ -745,6 +756,9 @@ fn break_overdue(
     for i in &overdue {
         let id = r.entry_id(&i.fault, &i.target);
         let (node, why) = match (index.get(i.target.as_str()), reports.failed.get(&id)) {
+            (Some(pod), _) if live.refused_pods.contains_key(&i.target) => {
+                (pod.node.clone(), live.refused_pods[&i.target].clone())
+            }
             (Some(pod), Some(reason)) => (pod.node.clone(), format!("failed: {reason}")),
             (Some(pod), None)
                 if live
@@ -907,32 +921,50 @@ async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// Deletes the pods of kill faults with `method: delete` that are due;
-/// returns the fault of each pod deleted.
+/// How long an eviction may be retried (429) before it counts as refused.
+const EVICTION_PATIENCE: Duration = Duration::from_secs(3);
+
+/// What became of one pod a kill fault was to take away.
+#[derive(Debug)]
+pub(crate) enum Removal {
+    Done {
+        fault: String,
+    },
+    /// The API refused the eviction (a PodDisruptionBudget), with why.
+    Refused {
+        fault: String,
+        pod: String,
+        why: String,
+    },
+}
+
+/// Takes away the pods of due kill faults with `method: delete` (through
+/// the Eviction API, so PodDisruptionBudgets hold) or `force-delete` (a
+/// plain delete); what became of each.
 async fn delete_pods(
     ctx: &Context,
     exp: &Experiment,
     run: &Run,
     actions: &[faultline_engine::Action],
     pods: &[PodInfo],
-) -> Vec<String> {
-    let mut deleted = Vec::new();
+) -> Vec<Removal> {
+    let mut out = Vec::new();
     for action in actions {
         let faultline_engine::Action::Signal(instance, _) = action else {
             continue;
         };
-        let deletes = run.spec().faults.iter().any(|f| {
-            f.name == instance.fault
-                && matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete)
+        let method = run.spec().faults.iter().find_map(|f| match &f.action {
+            FaultAction::Kill(k) if f.name == instance.fault && k.method.deletes_pod() => {
+                Some(k.method)
+            }
+            _ => None,
         });
-        let Some(pod) = pods.iter().find(|p| p.uid == instance.target) else {
+        let (Some(method), Some(pod)) = (method, pods.iter().find(|p| p.uid == instance.target))
+        else {
             continue;
         };
-        if !deletes {
-            continue;
-        }
         let api = Api::<Pod>::namespaced(ctx.client.clone(), &pod.namespace);
-        // The uid precondition: never delete a successor that took the name.
+        // The uid precondition: never take a successor that took the name.
         let params = kube::api::DeleteParams {
             preconditions: Some(kube::api::Preconditions {
                 uid: Some(pod.uid.clone()),
@@ -940,22 +972,76 @@ async fn delete_pods(
             }),
             ..Default::default()
         };
-        match api.delete(&pod.name, &params).await {
-            Ok(_) => {
-                deleted.push(instance.fault.clone());
-                tracing::info!(experiment = %key(exp), pod = %format!("{}/{}", pod.namespace, pod.name), fault = %instance.fault, "deleted a pod");
+        let name = format!("{}/{}", pod.namespace, pod.name);
+        // 429 is a PodDisruptionBudget's answer: no disruption allowed now.
+        let answer = |r: Result<(), kube::Error>| match r {
+            Ok(()) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 429 => Err(Some(e.message.clone())),
+            Err(e) => {
+                tracing::warn!(experiment = %key(exp), pod = %name, error = %chain(&e), "cannot take a pod away");
+                Err(None)
+            }
+        };
+        let (result, verb) = if method == KillMethod::ForceDelete {
+            (
+                answer(api.delete(&pod.name, &params).await.map(|_| ())),
+                "deleted",
+            )
+        } else {
+            let evict = kube::api::EvictParams {
+                delete_options: Some(params),
+                ..Default::default()
+            };
+            // kube's client retries a 429 for minutes; for an eviction it
+            // is the budget's answer, taken after a few tries.
+            let result = match tokio::time::timeout(EVICTION_PATIENCE, api.evict(&pod.name, &evict))
+                .await
+            {
+                Ok(r) => answer(r.map(|_| ())),
+                Err(_) => Err(Some(format!(
+                    "429 Too Many Requests for {} s (a PodDisruptionBudget allows no disruption now)",
+                    EVICTION_PATIENCE.as_secs()
+                ))),
+            };
+            (result, "evicted")
+        };
+        match result {
+            Ok(()) => {
+                out.push(Removal::Done {
+                    fault: instance.fault.clone(),
+                });
+                tracing::info!(experiment = %key(exp), pod = %name, fault = %instance.fault, "{verb} a pod");
+                let reason = if verb == "evicted" {
+                    "PodEvicted"
+                } else {
+                    "PodDeleted"
+                };
                 ctx.event(
                     exp,
                     EventType::Normal,
-                    "PodDeleted",
-                    format!("{} deleted {}/{}", instance.fault, pod.namespace, pod.name),
+                    reason,
+                    format!("{} {verb} {name}", instance.fault),
                 )
                 .await;
             }
-            Err(e) => {
-                tracing::warn!(experiment = %key(exp), pod = %pod.name, error = %chain(&e), "cannot delete a pod");
+            Err(Some(message)) => {
+                let why = format!("eviction of {name} refused: {message}");
+                tracing::warn!(experiment = %key(exp), pod = %name, fault = %instance.fault, "{why}");
+                ctx.event(
+                    exp,
+                    EventType::Warning,
+                    "EvictionRefused",
+                    format!("{}: {why}", instance.fault),
+                )
+                .await;
+                out.push(Removal::Refused {
+                    fault: instance.fault.clone(),
+                    pod: pod.uid.clone(),
+                    why,
+                });
             }
+            Err(None) => {}
         }
     }
-    deleted
+    out
 }

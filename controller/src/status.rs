@@ -22,6 +22,8 @@ pub struct RunFacts {
     pub injected: u32,
     /// Entries the agents report as failed.
     pub failed: u32,
+    /// Per fault, evictions the API refused.
+    pub evictions_refused: std::collections::BTreeMap<String, u32>,
 }
 
 /// Whether a phase is one a run ends in.
@@ -94,6 +96,7 @@ pub fn of_run(
             .fault_reports()
             .into_iter()
             .map(|f| FaultStatus {
+                evictions_refused: facts.evictions_refused.get(&f.name).copied(),
                 name: f.name,
                 injected: Some(f.injected),
                 placed: f.placed,
@@ -323,6 +326,7 @@ spec:
                 placed: true,
                 confirmed: true,
                 unconfirmed_targets: None,
+                evictions_refused: None,
                 effect: Some(FaultEffect {
                     count: 12,
                     what: "packets delayed".into()

@@ -88,6 +88,11 @@ async fn the_chart_grants_its_accounts_what_they_need_and_no_more() {
         (&controller, &["delete", "pods", "-n", "shop"], true),
         (
             &controller,
+            &["create", "pods", "--subresource=eviction", "-n", "shop"],
+            true,
+        ),
+        (
+            &controller,
             &["create", "events.events.k8s.io", "-n", "shop"],
             true,
         ),
@@ -822,6 +827,158 @@ spec:
         1,
         "nothing placed in a protected namespace: {ids:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_by_eviction_respect_disruption_budgets_and_force_delete_does_not() {
+    // The disruption controller keeps the budget's status.
+    let options = Options {
+        controller_manager: true,
+        ..Options::default()
+    };
+    let Some(cp) = ControlPlane::start(options).await else {
+        return;
+    };
+    let chart = cp.install_chart().await;
+    cp.node("node-a").await;
+    cp.namespace("shop", true).await;
+    cp.running_pod(
+        "shop",
+        "payments-1",
+        json!({"app": "payments"}),
+        "node-a",
+        "10.0.0.1",
+    )
+    .await;
+    cp.apply(
+        "apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: payments, namespace: shop}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: payments}}
+",
+    );
+    let client = cp.client().await;
+    let pdbs: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop",
+        &kube::discovery::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+        )),
+    );
+    eventually("the budget counted", WAIT, || async {
+        let p = pdbs.get("payments").await.ok()?;
+        (p.data["status"]["currentHealthy"] == 1).then_some(())
+    })
+    .await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a"]);
+    let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    let exps = experiments(&client, "shop");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "shop");
+    let kill = |name: &str, method: &str| {
+        format!(
+            "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  duration: 6s
+  confirmTimeout: 3s
+  targets:
+    payments: {{labels: {{app: payments}}}}
+  faults:
+    - {{name: kill, target: payments, kill: {{method: {method}}}}}
+"
+        )
+    };
+    let finished = |name: &'static str| {
+        let exps = exps.clone();
+        async move {
+            eventually("the run's end", Duration::from_secs(60), || async {
+                let e = exps.get(name).await.ok()?;
+                let s = &e.data["status"];
+                (s["phase"] == "Completed" || s["phase"] == "Recovered").then(|| s.clone())
+            })
+            .await
+        }
+    };
+
+    // The budget allows no disruption: the eviction is refused, counted,
+    // and the run cannot be carried out (Broken), the pod untouched.
+    cp.apply(&kill("evict", "delete"));
+    let status = finished("evict").await;
+    assert_eq!(status["verdict"], "Broken", "{status}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("eviction of shop/payments-1 refused"),
+        "{status}"
+    );
+    assert!(
+        status["faults"][0]["evictionsRefused"].as_u64() >= Some(1),
+        "{status}"
+    );
+    let pod = pods
+        .get("payments-1")
+        .await
+        .expect("the pod is still there");
+    assert!(pod.metadata.deletion_timestamp.is_none());
+
+    // force-delete is the explicit way past the budget.
+    cp.apply(&kill("force", "force-delete"));
+    let status = finished("force").await;
+    assert_eq!(status["verdict"], "Passed", "{status}");
+    assert_eq!(
+        status["faults"][0]["effect"],
+        json!({"count": 1, "what": "pods deleted"}),
+        "{status}"
+    );
+    let gone = pods
+        .get_opt("payments-1")
+        .await
+        .expect("get")
+        .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    assert!(gone, "deleted past the budget");
+
+    // A budget that allows it: the eviction goes through.
+    cp.running_pod(
+        "shop",
+        "payments-2",
+        json!({"app": "payments"}),
+        "node-a",
+        "10.0.0.2",
+    )
+    .await;
+    cp.apply(
+        "apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: payments, namespace: shop}
+spec:
+  minAvailable: 0
+  selector: {matchLabels: {app: payments}}
+",
+    );
+    eventually("the budget allowing a disruption", WAIT, || async {
+        let p = pdbs.get("payments").await.ok()?;
+        (p.data["status"]["disruptionsAllowed"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    cp.apply(&kill("allowed", "delete"));
+    let status = finished("allowed").await;
+    assert_eq!(status["verdict"], "Passed", "{status}");
+    assert_eq!(
+        status["faults"][0]["effect"],
+        json!({"count": 1, "what": "pods evicted"}),
+        "{status}"
+    );
+    let evicted = pods
+        .get_opt("payments-2")
+        .await
+        .expect("get")
+        .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    assert!(evicted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@ use std::{
 
 use bytes::Bytes;
 use faultline_api::{
-    BreakerState, CheckKind, Direction, Experiment, FaultAction, KillMethod, Phase, Signal,
-    Topology, Verdict, addr_var,
+    BreakerState, CheckKind, Direction, Experiment, FaultAction, Phase, Signal, Topology, Verdict,
+    addr_var,
 };
 use faultline_engine::{
     Action, Candidate, CheckReport, Effect, Entry, Instance, Observed, Resolved, Run, Snapshot,
@@ -289,7 +289,7 @@ async fn drive(
             let deletes = |fault: &str| {
                 run.spec().faults.iter().any(|f| {
                     f.name == fault
-                        && matches!(&f.action, FaultAction::Kill(k) if k.method == KillMethod::Delete)
+                        && matches!(&f.action, FaultAction::Kill(k) if k.method.deletes_pod())
                 })
             };
             let Action::Signal(i, sig) = a else { continue };
