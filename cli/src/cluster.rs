@@ -422,8 +422,9 @@ pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) 
             Ok(c) => c,
             Err(code) => return code,
         };
-        let namespace = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
-        let api = Api::<Experiment>::namespaced(client, &namespace);
+        let namespace =
+            namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
+        let api = Api::<Experiment>::namespaced(client.clone(), &namespace);
         let what = format!("experiment {namespace}/{name}");
         match api.get_opt(name).await {
             Ok(Some(e)) if is_final(e.status.as_ref().and_then(|s| s.phase)) => {
@@ -432,7 +433,7 @@ pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) 
             }
             // Between scheduled runs (or before the first): nothing runs,
             // and an annotation now would abort the next run instead.
-            Ok(Some(e)) if e.status.as_ref().and_then(|s| s.started_at.as_ref()).is_none() => {
+            Ok(Some(e)) if !in_progress(&e) => {
                 say!("{what} has no run in progress; nothing to abort");
                 return ExitCode::SUCCESS;
             }
@@ -446,14 +447,89 @@ pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) 
                 return ExitCode::from(EXIT_BROKE);
             }
         }
-        if let Err(e) = annotate_abort(&api, name, reason).await {
-            tell!("faultline abort: cannot abort {what}: {}", chain(&e));
-            return ExitCode::from(EXIT_BROKE);
+        abort_and_wait(&client, vec![(namespace, name.to_owned())], reason, wait).await
+    })
+}
+
+/// A run has started and not ended.
+fn in_progress(e: &Experiment) -> bool {
+    let status = e.status.as_ref();
+    status.and_then(|s| s.started_at.as_ref()).is_some() && !is_final(status.and_then(|s| s.phase))
+}
+
+/// `faultline abort --all`: aborts every run in progress, in `namespace`
+/// or in every namespace, and waits until each has removed its faults.
+pub fn abort_all(namespace: Option<&str>, reason: &str, wait: Duration) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let client = match client().await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let api: Api<Experiment> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let scope = namespace.map_or_else(
+            || "any namespace".to_owned(),
+            |ns| format!("namespace {ns}"),
+        );
+        let list = match api.list(&Default::default()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tell!(
+                    "faultline abort: listing experiments in {scope}: {}",
+                    chain(&e)
+                );
+                return ExitCode::from(EXIT_BROKE);
+            }
+        };
+        let running: Vec<(String, String)> = list
+            .items
+            .iter()
+            .filter(|e| in_progress(e))
+            .filter_map(|e| Some((e.namespace()?, e.name_any())))
+            .collect();
+        if running.is_empty() {
+            say!("no experiment runs in {scope}; nothing to abort");
+            return ExitCode::SUCCESS;
         }
-        say!("{what}: abort requested; waiting for its faults to be removed");
-        let deadline = Instant::now() + wait;
-        loop {
-            match api.get_opt(name).await {
+        abort_and_wait(&client, running, reason, wait).await
+    })
+}
+
+/// Annotates each experiment to abort, then waits until every one has
+/// ended (its faults removed) or is gone.
+async fn abort_and_wait(
+    client: &kube::Client,
+    experiments: Vec<(String, String)>,
+    reason: &str,
+    wait: Duration,
+) -> ExitCode {
+    let mut pending = Vec::new();
+    let mut failed = false;
+    for (ns, name) in experiments {
+        let api = Api::<Experiment>::namespaced(client.clone(), &ns);
+        let what = format!("experiment {ns}/{name}");
+        match annotate_abort(&api, &name, reason).await {
+            Ok(()) => {
+                say!("{what}: abort requested; waiting for its faults to be removed");
+                pending.push((api, name, what));
+            }
+            Err(e) => {
+                tell!("faultline abort: cannot abort {what}: {}", chain(&e));
+                failed = true;
+            }
+        }
+    }
+    let deadline = Instant::now() + wait;
+    while !pending.is_empty() {
+        let mut left = Vec::new();
+        for (api, name, what) in pending {
+            match api.get_opt(&name).await {
                 Ok(Some(e)) if is_final(e.status.as_ref().and_then(|s| s.phase)) => {
                     let s = e.status.unwrap_or_default();
                     say!(
@@ -461,20 +537,28 @@ pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) 
                         s.phase.map_or("", Phase::as_str),
                         s.message.as_deref().unwrap_or("aborted")
                     );
-                    return ExitCode::SUCCESS;
                 }
-                Ok(None) => {
-                    say!("{what}: deleted");
-                    return ExitCode::SUCCESS;
-                }
-                _ if Instant::now() > deadline => {
-                    tell!(
-                        "faultline abort: {what} has not confirmed within {wait:?}; the agents still remove each fault at its deadline"
-                    );
-                    return ExitCode::from(EXIT_BROKE);
-                }
-                _ => tokio::time::sleep(POLL).await,
+                Ok(None) => say!("{what}: deleted"),
+                _ => left.push((api, name, what)),
             }
         }
-    })
+        pending = left;
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            for (_, _, what) in &pending {
+                tell!(
+                    "faultline abort: {what} has not confirmed within {wait:?}; the agents still remove each fault at its deadline"
+                );
+            }
+            return ExitCode::from(EXIT_BROKE);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    if failed {
+        ExitCode::from(EXIT_BROKE)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

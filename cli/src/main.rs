@@ -153,8 +153,12 @@ enum Command {
     /// placed is removed. Exit 0 once the controller confirms.
     Abort {
         /// The Experiment's name.
-        name: String,
-        /// Its namespace (default: the kubeconfig's).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every running Experiment: in NAMESPACE with -n, else in every namespace.
+        #[arg(long)]
+        all: bool,
+        /// Its namespace (default: the kubeconfig's; with --all, every one).
         #[arg(short, long)]
         namespace: Option<String>,
         /// Why, for its status and Events.
@@ -226,10 +230,14 @@ fn main() -> ExitCode {
         )),
         Command::Abort {
             name,
+            all,
             namespace,
             reason,
             wait,
-        } => Ok(cluster::abort(&name, namespace.as_deref(), &reason, wait)),
+        } => Ok(match (name, all) {
+            (Some(name), false) => cluster::abort(&name, namespace.as_deref(), &reason, wait),
+            _ => cluster::abort_all(namespace.as_deref(), &reason, wait),
+        }),
         Command::Demo {
             duration,
             no_breaker,

@@ -319,6 +319,34 @@ async fn faultline_abort_and_the_dashboard_on_a_real_api_server() {
         "an unknown experiment is invalid input: {stderr}"
     );
 
+    // Stop everything: --all in one namespace, or in every one.
+    let text = std::fs::read_to_string(&file).expect("read");
+    for name in ["long-a", "long-b"] {
+        cp.apply(&text.replace("name: slow-payments", &format!("name: {name}")));
+    }
+    eventually("both runs' faults placed", WAIT, || async {
+        (entries(&client).await == 4).then_some(())
+    })
+    .await;
+    let (code, stdout, _) = run(faultline(&cp).args(["abort", "--all", "-n", "bank"])).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("no experiment runs in namespace bank"),
+        "{stdout}"
+    );
+    assert_eq!(entries(&client).await, 4, "other namespaces untouched");
+    let (code, stdout, stderr) = run(faultline(&cp).args(["abort", "--all"])).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    for name in ["long-a", "long-b"] {
+        assert!(
+            stdout.contains(&format!("experiment shop/{name}: Recovered")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(entries(&client).await, 0, "every fault removed");
+    let (code, _, stderr) = run(faultline(&cp).args(["abort", "slow-payments", "--all"])).await;
+    assert_eq!(code, Some(2), "a name and --all: {stderr}");
+
     // The dashboard follows a second run and aborts it.
     if !tmux_available() {
         return;
