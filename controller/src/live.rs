@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use faultline_api::{Experiment, ExperimentStatus};
+use faultline_api::{Experiment, ExperimentSpec, ExperimentStatus};
 use faultline_engine::Run;
 use jiff::Timestamp;
 use opentelemetry::{
@@ -108,17 +108,33 @@ fn experiment_span(r: &ExperimentRef, parent: Option<&str>) -> (global::BoxedSpa
     (span, tp)
 }
 
+/// The spec a run follows: the Experiment's, with the cluster's ceiling
+/// on targets as its limit when it sets none (or a higher one, which
+/// admission refuses anyway).
+pub(crate) fn capped(spec: &ExperimentSpec, max_targets: Option<u32>) -> ExperimentSpec {
+    let mut spec = spec.clone();
+    if let Some(ceiling) = max_targets {
+        let limits = spec.limits.get_or_insert_with(Default::default);
+        limits.max_targets = Some(limits.max_targets.map_or(ceiling, |m| m.min(ceiling)));
+    }
+    spec
+}
+
 impl Live {
     pub(crate) fn start(
         r: &ExperimentRef,
         exp: &Experiment,
         now: Timestamp,
-        runs: u32,
-        missed_runs: u32,
+        (runs, missed_runs): (u32, u32),
+        max_targets: Option<u32>,
     ) -> Live {
         let (span, traceparent) = experiment_span(r, None);
         Live {
-            run: Run::new(exp.spec.clone(), &r.namespace, seed(&r.uid, runs)),
+            run: Run::new(
+                capped(&exp.spec, max_targets),
+                &r.namespace,
+                seed(&r.uid, runs),
+            ),
             generation: exp.metadata.generation,
             started_at: now,
             finished_at: None,
@@ -146,8 +162,8 @@ impl Live {
         r: &ExperimentRef,
         exp: &Experiment,
         status: &ExperimentStatus,
-        started_at: Timestamp,
-        now: Timestamp,
+        (started_at, now): (Timestamp, Timestamp),
+        max_targets: Option<u32>,
     ) -> Live {
         let runs = status.runs.unwrap_or(1).max(1);
         let elapsed = elapsed(started_at, now);
@@ -157,7 +173,7 @@ impl Live {
         let traceparent = status.traceparent.clone().or(new_traceparent);
         Live {
             run: Run::resume(
-                exp.spec.clone(),
+                capped(&exp.spec, max_targets),
                 &r.namespace,
                 seed(&r.uid, runs),
                 elapsed,

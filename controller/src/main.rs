@@ -66,6 +66,10 @@ struct Args {
     /// fault ends within one lease of the controller or the API going.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     fault_lease: Duration,
+    /// The cluster's ceiling on pods per run: the limit of every
+    /// Experiment that sets none, and the highest one may set.
+    #[arg(long)]
+    max_targets: Option<u32>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -178,6 +182,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             check_every: args.check_every,
             unseen_grace: args.unseen_grace,
             fault_lease: args.fault_lease,
+            max_targets: args.max_targets,
             protected_namespaces: faultline_controller::plan::ALWAYS_PROTECTED
                 .iter()
                 .map(|s| (*s).to_owned())

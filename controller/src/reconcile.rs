@@ -290,7 +290,8 @@ async fn start_or_resume(
     let in_progress = phase.is_some_and(|p| !status::is_final(p));
     if in_progress && let Some(started) = &previous.started_at {
         tracing::info!(experiment = %key(exp), phase = ?phase, "resuming a run");
-        return Ok(Ok(Live::resume(r, exp, previous, started.0, now)));
+        let max = ctx.settings.max_targets;
+        return Ok(Ok(Live::resume(r, exp, previous, (started.0, now), max)));
     }
     // Whatever ended before (a restart after the end, a removal that
     // failed) must have left nothing on the nodes.
@@ -298,7 +299,8 @@ async fn start_or_resume(
     let runs = previous.runs.unwrap_or(0);
     if exp.spec.schedule.is_none() {
         if phase.is_none() || phase == Some(Phase::Invalid) {
-            return Ok(Ok(Live::start(r, exp, second(now), runs + 1, 0)));
+            let max = ctx.settings.max_targets;
+            return Ok(Ok(Live::start(r, exp, second(now), (runs + 1, 0), max)));
         }
         return Ok(Err(Action::await_change()));
     }
@@ -308,8 +310,8 @@ async fn start_or_resume(
             r,
             exp,
             second(now),
-            runs + 1,
-            missed_before,
+            (runs + 1, missed_before),
+            ctx.settings.max_targets,
         ))),
         Some(at) if now < at => Ok(Err(Action::requeue(
             until(at, now).min(ctx.settings.max_wait),
@@ -368,7 +370,13 @@ async fn ended(
         return Ok(Action::requeue(until(at, now).min(ctx.settings.max_wait)));
     }
     if now.duration_since(at) <= START_SLACK {
-        let next = Live::start(r, exp, second(now), live.runs + 1, live.missed_runs);
+        let next = Live::start(
+            r,
+            exp,
+            second(now),
+            (live.runs + 1, live.missed_runs),
+            ctx.settings.max_targets,
+        );
         return step(exp, ctx, r, next, previous, now).await;
     }
     // The start time passed unseen (the controller was busy or away).

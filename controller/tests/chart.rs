@@ -212,10 +212,20 @@ fn rbac_is_least_privilege() {
             assert_eq!(role["rules"][0]["resources"], serde_json::json!(["leases"]));
         }
         // The own-node policy binds the agent's status writes to its node.
-        let policy = docs
-            .iter()
-            .find(|d| d["kind"] == "ValidatingAdmissionPolicy");
+        let policy = docs.iter().find(|d| {
+            d["kind"] == "ValidatingAdmissionPolicy"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-agent-own-node"))
+        });
         assert_eq!(policy.is_some(), extra.is_empty());
+        // Who may fault a namespace: on by default (admission.enabled).
+        assert!(
+            named(&docs, "ValidatingAdmissionPolicy", "-experiments")["spec"]["validations"]
+                [0]["expression"]
+                .as_str()
+                .is_some_and(|e| e.contains("authorizer.group('').resource('pods')")),
+        );
         if let Some(p) = policy {
             let rule = p["spec"]["validations"][0]["expression"]
                 .as_str()

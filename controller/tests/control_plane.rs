@@ -699,20 +699,32 @@ async fn two_experiments_share_a_node_and_an_unopted_namespace_is_refused() {
         "{managers:?}"
     );
 
-    // A namespace not labelled faultline.dev/enabled: nothing placed.
-    cp.apply(
-        "apiVersion: faultline.dev/v1alpha1
+    // A namespace not labelled faultline.dev/enabled: refused at admission
+    // when the Experiment lives there; from another namespace (whose
+    // labels admission cannot read) by the controller, nothing placed.
+    let cut_ledger = |ns: &str, targets: &str| {
+        format!(
+            "apiVersion: faultline.dev/v1alpha1
 kind: Experiment
-metadata: {name: cut-ledger, namespace: bank}
+metadata: {{name: cut-ledger, namespace: {ns}}}
 spec:
   duration: 1m
   targets:
-    ledger: {labels: {app: ledger}}
+    ledger: {{{targets}labels: {{app: ledger}}}}
   faults:
-    - {name: cut, target: ledger, partition: {peers: [10.0.0.0/8]}}
-",
+    - {{name: cut, target: ledger, partition: {{peers: [10.0.0.0/8]}}}}
+"
+        )
+    };
+    let e = cp
+        .apply_as(None, &cut_ledger("bank", ""))
+        .expect_err("refused at admission");
+    assert!(
+        e.contains("namespace bank is targeted but not opted in"),
+        "{e}"
     );
-    let bank = experiments(&client, "bank");
+    cp.apply(&cut_ledger("shop", "namespaces: [bank], "));
+    let bank = experiments(&client, "shop");
     let status = eventually("the run refused", WAIT, || async {
         let e = bank.get("cut-ledger").await.ok()?;
         (e.data["status"]["verdict"] == "Aborted").then(|| e.data["status"].clone())
@@ -797,9 +809,14 @@ async fn protected_namespaces_and_host_network_pods_are_never_targets() {
     let (ids, _) = node_state(&nfs, "node-b").await;
     assert!(ids.is_empty(), "nothing for the host-network pod: {ids:?}");
 
+    // The cluster's own namespaces are refused at admission already; one
+    // labelled protected (which admission cannot see from another
+    // namespace) by the controller.
     for (name, ns) in [("cut-dns", "kube-system"), ("cut-vault", "vault")] {
-        cp.apply(&format!(
-            "apiVersion: faultline.dev/v1alpha1
+        let refused = cp.apply_as(
+            None,
+            &format!(
+                "apiVersion: faultline.dev/v1alpha1
 kind: Experiment
 metadata: {{name: {name}, namespace: shop}}
 spec:
@@ -809,7 +826,17 @@ spec:
   faults:
     - {{name: cut, target: dns, partition: {{peers: [10.0.0.0/8]}}}}
 "
-        ));
+            ),
+        );
+        if ns == "kube-system" {
+            let e = refused.expect_err("admission refuses kube-system");
+            assert!(
+                e.contains("kube-system, kube-public, kube-node-lease and faultline are protected"),
+                "{e}"
+            );
+            continue;
+        }
+        refused.expect("admitted: vault's label is not visible from shop");
         let status = eventually("the run refused", WAIT, || async {
             let e = exps.get(name).await.ok()?;
             (e.data["status"]["verdict"] == "Aborted").then(|| e.data["status"].clone())
@@ -979,6 +1006,119 @@ spec:
         .expect("get")
         .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
     assert!(evicted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_asks_who_may_fault_each_namespace_and_holds_the_ceilings() {
+    let Some((cp, _chart)) = installed().await else {
+        return;
+    };
+    for ns in ["team-a", "team-b"] {
+        cp.namespace(ns, true).await;
+    }
+    cp.namespace("unopted", false).await;
+    // Alice owns team-a: she may write Experiments there and delete and
+    // patch its pods; nothing in team-b.
+    cp.apply(
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {name: alice, namespace: team-a}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: chaos, namespace: team-a}
+rules:
+  - {apiGroups: [faultline.dev], resources: [experiments], verbs: [get, list, create, update, patch]}
+  - {apiGroups: [''], resources: [pods], verbs: [get, list, delete, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-chaos, namespace: team-a}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: chaos}
+subjects: [{kind: ServiceAccount, name: alice, namespace: team-a}]
+",
+    );
+    let token = cp.token("team-a", "alice", None).await;
+    let alice = cp.kubeconfig_with_token("alice", &token);
+    let experiment = |name: &str, ns: &str, extra: &str, targets: &str, fault: &str| {
+        format!(
+            "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  duration: 1m
+{extra}  targets:
+    t: {{{targets}labels: {{app: payments}}}}
+  faults:
+    - {{name: f, target: t, {fault}}}
+"
+        )
+    };
+    let kill = "kill: {}";
+    let cut = "partition: {peers: [10.0.0.0/8]}";
+    // Her own namespace: allowed, for kills and network faults alike.
+    cp.apply_as(Some(&alice), &experiment("own", "team-a", "", "", kill))
+        .expect("alice may fault team-a");
+    cp.apply_as(Some(&alice), &experiment("own-cut", "team-a", "", "", cut))
+        .expect("alice may cut team-a");
+    // Another team's: refused, whatever the fault.
+    for fault in [kill, cut] {
+        let e = cp
+            .apply_as(
+                Some(&alice),
+                &experiment("theirs", "team-a", "", "namespaces: [team-b], ", fault),
+            )
+            .expect_err("alice may not fault team-b");
+        assert!(e.contains("you may not fault every namespace"), "{e}");
+    }
+    // The administrator may; ceilings and protection hold for everyone.
+    cp.apply_as(
+        None,
+        &experiment("admin", "team-a", "", "namespaces: [team-b], ", kill),
+    )
+    .expect("the administrator may fault team-b");
+    let refusals = [
+        (
+            experiment("long", "team-a", "", "", kill).replace("duration: 1m", "duration: 5h"),
+            "an Experiment lasts at most 4h",
+        ),
+        (
+            experiment("wide", "team-a", "  limits: {maxTargets: 500}\n", "", kill),
+            "limits.maxTargets is at most 100",
+        ),
+        (
+            experiment("system", "team-a", "", "namespaces: [kube-public], ", kill),
+            "are protected",
+        ),
+        (
+            experiment("unopted", "unopted", "", "", kill),
+            "namespace unopted is targeted but not opted in",
+        ),
+    ];
+    for (yaml, why) in refusals {
+        let e = cp.apply_as(None, &yaml).expect_err(why);
+        assert!(e.contains(why), "{why}: {e}");
+    }
+    // An abort annotation changes no fault: no right over the pods needed.
+    let annotate = cp
+        .kubectl()
+        .arg("--kubeconfig")
+        .arg(&alice)
+        .args([
+            "annotate",
+            "experiment",
+            "admin",
+            "-n",
+            "team-a",
+            "faultline.dev/abort=stop",
+        ])
+        .output()
+        .expect("kubectl annotate");
+    assert!(
+        annotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&annotate.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -568,19 +568,30 @@ impl ControlPlane {
     /// folder), as a user applies an Experiment; panics with kubectl's
     /// error when it refuses.
     pub fn apply(&self, yaml: &str) {
+        if let Err(e) = self.apply_as(None, yaml) {
+            panic!("kubectl apply: {e}");
+        }
+    }
+
+    /// `kubectl apply -f` of `yaml` as the user of `kubeconfig` (the
+    /// administrator's when None): Err with kubectl's error when refused.
+    pub fn apply_as(&self, kubeconfig: Option<&Path>, yaml: &str) -> Result<(), String> {
         let path = self.dir.join("applied.yaml");
         std::fs::write(&path, yaml).expect("write the manifest");
-        let out = self
-            .kubectl()
+        let mut cmd = self.kubectl();
+        if let Some(k) = kubeconfig {
+            cmd.arg("--kubeconfig").arg(k);
+        }
+        let out = cmd
             .args(["apply", "-f"])
             .arg(&path)
             .output()
             .expect("run kubectl");
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// One running pod labelled `app: APP` on each of `nodes`, named
