@@ -32,6 +32,9 @@ struct Args {
     /// other than `http` are not evaluated.
     #[arg(long, env = "FAULTLINE_OBSERVER", value_name = "URL")]
     observer: Option<String>,
+    /// A file holding the observer's bearer token (a mounted Secret).
+    #[arg(long, value_name = "PATH")]
+    observer_token_file: Option<std::path::PathBuf>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "FAULTLINE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -173,9 +176,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => shutdown_signal().await,
         }
     };
+    let mut observer = ObserverClient::new(args.observer.clone());
+    if let Some(path) = &args.observer_token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("--observer-token-file {}", path.display()))?;
+        observer = observer.with_token(token.trim().to_owned());
+    }
     let (ctx, task) = reconcile::start(
         client,
-        ObserverClient::new(args.observer.clone()),
+        observer,
         Arc::new(jiff::Timestamp::now),
         Settings {
             tick: args.tick,

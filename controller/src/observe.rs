@@ -134,6 +134,8 @@ pub struct ObserverClient {
     client: Client<Https, Empty<Bytes>>,
     /// For checks that allow link-local and metadata addresses.
     client_link_local: Client<Https, Empty<Bytes>>,
+    /// The observer's bearer token, when it wants one.
+    token: Option<String>,
 }
 
 /// The observer's window for a check's window: whole seconds, 1 s to 5 m.
@@ -148,7 +150,15 @@ impl ObserverClient {
             base: base.map(|b| b.trim_end_matches('/').to_owned()),
             client: https_client(false),
             client_link_local: https_client(true),
+            token: None,
         }
+    }
+
+    /// Sends `authorization: Bearer TOKEN` to the observer (never to an
+    /// `http` check's URL).
+    pub fn with_token(mut self, token: String) -> Self {
+        self.token = Some(token);
+        self
     }
 
     /// Whether an observer was given (checks other than `http` need one).
@@ -159,9 +169,11 @@ impl ObserverClient {
     /// GET `url` from the observer: the status and body (at most
     /// OBSERVER_MAX_BYTES), or why nothing came back in time.
     async fn get(&self, url: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
-        let req = hyper::Request::get(url)
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+        let mut req = hyper::Request::get(url);
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(timeout, self.client.request(req))
             .await
             .map_err(|_| format!("no answer within {timeout:?}"))?

@@ -54,6 +54,8 @@ const OTHER_VALUES: &[&str] = &[
     "controller.nodeSelector.role=infra,observer.tolerations[0].operator=Exists,image.tag=dev",
     "--set",
     "controller.leaderElect=false,agent.stateDir=/var/lib/fl",
+    "--set",
+    "observer.tokenSecret=observer-token,admission.enabled=false,ceilings.maxTargets=0",
 ];
 
 fn render(extra: &[&str]) -> Option<String> {
@@ -220,12 +222,41 @@ fn rbac_is_least_privilege() {
         });
         assert_eq!(policy.is_some(), extra.is_empty());
         // Who may fault a namespace: on by default (admission.enabled).
-        assert!(
-            named(&docs, "ValidatingAdmissionPolicy", "-experiments")["spec"]["validations"]
-                [0]["expression"]
-                .as_str()
-                .is_some_and(|e| e.contains("authorizer.group('').resource('pods')")),
+        let admission = docs.iter().find(|d| {
+            d["kind"] == "ValidatingAdmissionPolicy"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-experiments"))
+        });
+        assert_eq!(admission.is_some(), extra.is_empty());
+        if let Some(a) = admission {
+            assert!(
+                a["spec"]["validations"][0]["expression"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("authorizer.group('').resource('pods')")),
+            );
+        }
+        // The observer's token: its Secret mounted for the observer and the
+        // controller, and in the OTLP headers of the controller and agents.
+        let args = |kind: &str, suffix: &str| -> String {
+            named(&docs, kind, suffix)["spec"]["template"]["spec"]["containers"][0]["args"]
+                .to_string()
+        };
+        let token = !extra.is_empty();
+        assert_eq!(
+            args("Deployment", "-observer").contains("--token-file="),
+            token
         );
+        assert_eq!(
+            args("Deployment", "-controller").contains("--observer-token-file="),
+            token
+        );
+        for (kind, suffix) in [("Deployment", "-controller"), ("DaemonSet", "-agent")] {
+            let env =
+                named(&docs, kind, suffix)["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .to_string();
+            assert_eq!(env.contains("OTEL_EXPORTER_OTLP_HEADERS"), token, "{kind}");
+        }
         if let Some(p) = policy {
             let rule = p["spec"]["validations"][0]["expression"]
                 .as_str()

@@ -1190,8 +1190,14 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
     .await;
     let api = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let otlp_http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // The observer wants a token; the controller reads it from a file, as
+    // from a mounted Secret.
+    let token_file = cp.dir().join("observer-token");
+    std::fs::write(&token_file, "t0ken\n").expect("write the token");
     let mut observer = KillOnDrop(
         std::process::Command::new(workspace_bin("faultline-observer"))
+            .arg("--token-file")
+            .arg(&token_file)
             .arg("--otlp-grpc")
             .arg(format!("127.0.0.1:{}", free_port()))
             .arg("--otlp-http")
@@ -1202,8 +1208,9 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
             .spawn()
             .expect("start faultline-observer"),
     );
+    let bearer = ("authorization", "Bearer t0ken");
     eventually("the observer's API", WAIT, || async {
-        faultline_testkit::http(api, "GET", "/api/v1/services", &[], b"")
+        faultline_testkit::http(api, "GET", "/api/v1/services", &[bearer], b"")
             .await
             .ok()
             .filter(|(status, _)| *status == 200)
@@ -1227,7 +1234,7 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
         otlp_http,
         "POST",
         "/v1/traces",
-        &[("content-type", "application/json")],
+        &[("content-type", "application/json"), bearer],
         span.to_string().as_bytes(),
     )
     .await
@@ -1240,7 +1247,14 @@ async fn an_abort_check_nobody_can_read_aborts_the_run_within_its_grace() {
     let (_controller, _) = cp.start_controller(
         &kubeconfig,
         "controller-1",
-        &["--observer", &observer_url, "--unseen-grace", "3s"],
+        &[
+            "--observer",
+            &observer_url,
+            "--observer-token-file",
+            token_file.to_str().expect("a path"),
+            "--unseen-grace",
+            "3s",
+        ],
     );
     // minRequests 0: with the observer up, an empty window is judged met,
     // so only the observer's going can leave the check unjudged.

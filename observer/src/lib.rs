@@ -74,6 +74,9 @@ pub struct Observer {
     forwarder: Option<forward::Forwarder>,
     /// This second's snapshot per window (in seconds).
     snapshots: Arc<Mutex<HashMap<u64, Arc<Snapshot>>>>,
+    /// When set, every OTLP export and API call (but `/health`) must carry
+    /// `authorization: Bearer TOKEN`.
+    token: Option<Arc<str>>,
 }
 
 pub fn now_nanos() -> u64 {
@@ -89,7 +92,34 @@ impl Observer {
             stats: Arc::default(),
             forwarder: None,
             snapshots: Arc::default(),
+            token: None,
         }
+    }
+
+    /// Refuses every export and API call without `authorization: Bearer
+    /// TOKEN` from now on: on a shared cluster any pod could otherwise
+    /// forge spans to pass a hypothesis or trip another team's abort.
+    pub fn require_token(mut self, token: &str) -> Self {
+        self.token = Some(Arc::from(token));
+        self
+    }
+
+    /// Whether a request's `authorization` header value lets it in.
+    pub(crate) fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(given) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        // Constant time over the token's length: no timing oracle.
+        let want = token.as_bytes();
+        given.len() == want.len()
+            && given
+                .iter()
+                .zip(want)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 
     /// Passes every export on to another receiver (starts a sending task).

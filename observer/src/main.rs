@@ -34,6 +34,10 @@ struct Cli {
     /// Services tracked at most; spans of others are dropped and counted.
     #[arg(long, default_value_t = Limits::default().max_services)]
     max_services: usize,
+    /// A file holding a bearer token (a mounted Secret): every OTLP export
+    /// and API call but /health must then carry `authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -59,6 +63,19 @@ async fn main() -> ExitCode {
         ..Limits::default()
     };
     let mut observer = faultline_observer::Observer::new(limits);
+    if let Some(path) = &cli.token_file {
+        match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => observer = observer.require_token(t.trim()),
+            Ok(_) => {
+                tracing::error!("--token-file {}: the file is empty", path.display());
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                tracing::error!("--token-file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Some(endpoint) = cli.forward {
         let protocol = match cli.forward_protocol.as_deref() {
             None => ForwardProtocol::from_env(),

@@ -73,13 +73,53 @@ impl TraceService for Grpc {
 /// get UNIMPLEMENTED from tonic's router.
 pub(crate) fn grpc_service(observer: Observer) -> tonic::service::Routes {
     let stats = observer.stats.clone();
+    let gate = observer.clone();
     let traces = TraceServiceServer::new(Grpc(observer))
         .max_decoding_message_size(MAX_BODY_BYTES)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    // Before the export is decoded: an unauthenticated sender costs nothing.
+    let traces = tonic::service::interceptor::InterceptedService::new(
+        traces,
+        move |req: tonic::Request<()>| {
+            let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
+            if gate.admits(auth) {
+                Ok(req)
+            } else {
+                Err(tonic::Status::unauthenticated(
+                    "this observer wants authorization: Bearer TOKEN",
+                ))
+            }
+        },
+    );
     tonic::service::Routes::new(CountRefusals {
         inner: traces,
         stats,
     })
+}
+
+/// Lets through requests that carry the observer's token (all of them
+/// when it has none), and `/health` for probes; counts refused exports.
+async fn require_token(
+    State(observer): State<Observer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let auth = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if request.uri().path() == "/health" || observer.admits(auth) {
+        return next.run(request).await;
+    }
+    if request.uri().path().starts_with("/v1/") {
+        observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this observer wants authorization: Bearer TOKEN",
+    )
+        .into_response()
 }
 
 /// Put on each gRPC request; set by `Grpc::export` once tonic has decoded
@@ -142,6 +182,10 @@ pub(crate) fn http_router(observer: Observer) -> Router {
         .route("/v1/logs", post(unimplemented))
         .route("/v1/metrics", post(unimplemented))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            observer.clone(),
+            require_token,
+        ))
         .with_state(observer)
 }
 
@@ -275,6 +319,10 @@ pub(crate) fn api_router(observer: Observer) -> Router {
         .route("/api/v1/stream", get(stream))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn_with_state(
+            observer.clone(),
+            require_token,
+        ))
         .with_state(observer)
 }
 

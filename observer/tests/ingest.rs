@@ -528,3 +528,96 @@ async fn malformed_and_oversized_grpc_exports_are_refused_counted_and_ingest_goe
         "each refusal counted once, the accepted export not at all"
     );
 }
+
+/// With a token, nothing gets in without it: OTLP over gRPC and HTTP and
+/// the API alike (probes' `/health` aside), before anything is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_keeps_out_forged_spans_and_readers() {
+    let observer = faultline_observer::Observer::new(Limits::default()).require_token("s3cret");
+    let obs = faultline_observer::start_with(&Addresses::ephemeral(), observer)
+        .await
+        .expect("observer starts");
+    let export = prost::Message::encode_to_vec(&otlp::one_span("checkout"));
+    let bearer = [("authorization", "Bearer s3cret")];
+    let wrong = [("authorization", "Bearer s3creT")];
+    let proto = ("content-type", "application/x-protobuf");
+    for headers in [&[proto][..], &[proto, wrong[0]][..]] {
+        let (status, _) = http(
+            obs.addresses.otlp_http,
+            "POST",
+            "/v1/traces",
+            headers,
+            &export,
+        )
+        .await
+        .expect("http");
+        assert_eq!(status, 401, "{headers:?}");
+    }
+    let (status, _) = http(
+        obs.addresses.otlp_http,
+        "POST",
+        "/v1/traces",
+        &[proto, bearer[0]],
+        &export,
+    )
+    .await
+    .expect("http");
+    assert_eq!(status, 200);
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", obs.addresses.otlp_grpc))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+    let send = |token: Option<&'static str>| {
+        let channel = channel.clone();
+        let body = export.clone();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.expect("ready");
+            let mut request = tonic::Request::new(body);
+            if let Some(t) = token {
+                request.metadata_mut().insert(
+                    "authorization",
+                    tonic::metadata::MetadataValue::from_static(t),
+                );
+            }
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            );
+            grpc.unary(request, path, RawCodec).await
+        }
+    };
+    let err = send(None).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = send(Some("Bearer nope")).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    send(Some("Bearer s3cret")).await.expect("with the token");
+
+    let api = obs.addresses.api;
+    let (status, _) = http(api, "GET", "/api/v1/services", &[], b"")
+        .await
+        .expect("http");
+    assert_eq!(status, 401);
+    let (status, _) = http(api, "GET", "/health", &[], b"").await.expect("http");
+    assert_eq!(status, 200, "probes need no token");
+    let (status, body) = http(api, "GET", "/api/v1/services", &bearer, b"")
+        .await
+        .expect("http");
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("checkout"),
+        "only the two exports with the token: {text}"
+    );
+    let (status, body) = http(api, "GET", "/metrics", &bearer, b"")
+        .await
+        .expect("http");
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(
+        metrics.contains("faultline_observer_rejected_total 4"),
+        "the refused exports counted: {metrics}"
+    );
+}

@@ -118,8 +118,15 @@ async fn get(
     client: &Client<HttpConnector, Empty<Bytes>>,
     url: &str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ReadError> {
-    let req = hyper::Request::get(url)
-        .header(hyper::header::ACCEPT, "text/event-stream, application/json")
+    let mut req = hyper::Request::get(url)
+        .header(hyper::header::ACCEPT, "text/event-stream, application/json");
+    // An observer that wants a token (chart observer.tokenSecret).
+    if let Ok(token) = std::env::var("FAULTLINE_OBSERVER_TOKEN")
+        && !token.is_empty()
+    {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
         .body(Empty::new())
         .map_err(|e| ReadError::Url(e.to_string()))?;
     let response = tokio::time::timeout(SILENCE, client.request(req))

@@ -33,3 +33,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "faultline.otlpEndpoint" -}}
 {{- .Values.otlpEndpoint | default (printf "http://%s-observer.%s.svc:4317" (include "faultline.fullname" .) .Release.Namespace) -}}
 {{- end -}}
+
+{{/*
+The observer's token for OTLP exports (OpenTelemetry's own variable; the
+value is percent-decoded, %20 a space), when observer.tokenSecret is set.
+*/}}
+{{- define "faultline.otlpToken" -}}
+{{- if .Values.observer.tokenSecret }}
+- name: FAULTLINE_OBSERVER_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.observer.tokenSecret }}, key: token}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  value: authorization=Bearer%20$(FAULTLINE_OBSERVER_TOKEN)
+{{- end }}
+{{- end }}
