@@ -71,6 +71,16 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "supply chain (cargo deny: bans, licenses, sources)"
+# Built once into the peers directory; its own build tree is removed after.
+deny_version=0.20.2
+if ! "$peers/cargo-deny/bin/cargo-deny" --version 2>/dev/null | grep -q "$deny_version"; then
+    CARGO_TARGET_DIR="$peers/cargo-deny-build" cargo install --quiet --locked \
+        cargo-deny --version "$deny_version" --root "$peers/cargo-deny"
+    rm -rf "$peers/cargo-deny-build"
+fi
+"$peers/cargo-deny/bin/cargo-deny" check bans licenses sources
+
 step "tests"
 # The kernel lab's test takes the agent this build makes (kernel-lab/src/lib.rs).
 export FAULTLINE_AGENT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/faultline-agent"
