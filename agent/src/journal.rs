@@ -69,9 +69,7 @@ pub enum JournalError {
     Dir { path: PathBuf, source: io::Error },
     #[error("cannot read journal {path}")]
     Read { path: PathBuf, source: io::Error },
-    #[error(
-        "journal {path} is not readable ({message}); refusing to start, since the faults it records could not be removed"
-    )]
+    #[error("journal {path} is not readable ({message})")]
     Corrupt { path: PathBuf, message: String },
     #[error("cannot write journal {path}")]
     Write { path: PathBuf, source: io::Error },
@@ -262,6 +260,25 @@ impl Journal {
             tidy_after: 0,
             torn: false,
         })
+    }
+
+    /// Moves an unreadable journal aside (`journal.log.corrupt-SECONDS`,
+    /// kept for a person to read), so the next open starts empty.
+    pub fn set_aside_corrupt(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut moved = Vec::new();
+        for name in [FILE_NAME, OLD_FILE_NAME] {
+            let from = dir.join(name);
+            let to = dir.join(format!("{name}.corrupt-{stamp}"));
+            match fs::rename(&from, &to) {
+                Ok(()) => moved.push(to),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(JournalError::Write { path: from, source }),
+            }
+        }
+        Ok(moved)
     }
 
     /// The records a journal holds, read without changing it (for tools
@@ -782,7 +799,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join(FILE_NAME), b"{not json\n").expect("write");
         let e = Journal::open(dir.path()).expect_err("corrupt");
-        assert!(e.to_string().contains("refusing to start"), "{e}");
+        assert!(e.to_string().contains("is not readable"), "{e}");
     }
 
     #[test]

@@ -44,6 +44,7 @@ mod reconcile;
 mod source;
 mod spans;
 mod status;
+mod sweep;
 mod target;
 
 pub use agent::{Agent, Clock, Event, Events, SystemClock, Wait};
@@ -58,6 +59,7 @@ pub use metrics::{Metrics, serve as serve_metrics};
 pub use netns::NetnsError;
 pub use reconcile::{Desired, Receipt};
 pub use source::{Doorbell, FileEvents, FileSource, read_desired};
+pub use sweep::{Swept, sweep};
 pub use target::{Resolver, cgroup2_mount};
 
 /// An error with its causes, `outer: inner: …`.

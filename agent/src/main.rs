@@ -5,8 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::mpsc, time::D
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use faultline_agent::{
-    Agent, Desired, Doorbell, Event, Events, FileEvents, FileSource, Journal, Kernel, Metrics,
-    Resolver, StateLock, SystemClock, cluster, read_desired,
+    Agent, Desired, Doorbell, Event, Events, FileEvents, FileSource, Journal, JournalError, Kernel,
+    Metrics, Resolver, StateLock, SystemClock, cluster, read_desired,
 };
 use faultline_api::NodeFaults;
 use tokio::{
@@ -72,6 +72,14 @@ struct KernelArgs {
     /// CAP_SYS_PTRACE, as the chart gives; unreadable, pods are refused.
     #[arg(long, default_value = "/proc/1/ns/net")]
     host_netns: PathBuf,
+    /// The host's /proc (mounted elsewhere when the agent has no hostPID).
+    #[arg(long, default_value = "/proc")]
+    proc_root: PathBuf,
+    /// Where container runtimes bind pod network namespaces: swept, with
+    /// every process's, for Faultline's tables and qdiscs when the journal
+    /// cannot be read.
+    #[arg(long, default_value = "/run/netns")]
+    netns_dir: PathBuf,
 }
 
 /// A node name as Kubernetes accepts it (a DNS subdomain).
@@ -163,6 +171,9 @@ fn run() -> anyhow::Result<bool> {
         resolver.cgroup_root = root;
     }
     resolver.host_netns = common.kernel.host_netns;
+    resolver.proc_root = common.kernel.proc_root;
+    let netns_dir = common.kernel.netns_dir;
+    let resolver_proc_root = resolver.proc_root.clone();
     let backend = Kernel {
         resolver,
         ..Kernel::default()
@@ -174,7 +185,33 @@ fn run() -> anyhow::Result<bool> {
             path.display()
         );
     })?;
-    let journal = Journal::open(&common.state_dir)?;
+    let journal = match Journal::open(&common.state_dir) {
+        Ok(j) => j,
+        // What was applied is unknown: remove all of Faultline's that can be
+        // found on the node and start clean, rather than crash-loop with
+        // faults in the kernel.
+        Err(e @ JournalError::Corrupt { .. }) => {
+            tracing::error!(
+                "{}: what it recorded is unknown, so everything of Faultline's on the node is removed",
+                faultline_agent::report(&e)
+            );
+            let swept = faultline_agent::sweep(&resolver_proc_root, &netns_dir);
+            tracing::warn!(
+                "swept {} network namespace(s): removed {} nftables table(s) and {} netem root(s) of Faultline's",
+                swept.namespaces,
+                swept.tables,
+                swept.qdiscs
+            );
+            for f in &swept.failures {
+                tracing::warn!("sweep: {f}");
+            }
+            for moved in Journal::set_aside_corrupt(&common.state_dir)? {
+                tracing::warn!("the unreadable journal is kept as {}", moved.display());
+            }
+            Journal::open(&common.state_dir)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let registry = Metrics::default();
     // The stale sweep runs here, before any source, signal handler or listener starts.
     let mut agent = Agent::start(

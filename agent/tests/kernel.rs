@@ -397,6 +397,57 @@ fn crash_recovery_removes_what_is_no_longer_desired_first() {
     assert!(agent.sigterm().success());
 }
 
+/// A journal that cannot be read: the agent sweeps every network namespace
+/// for Faultline's own table and qdiscs, sets the journal aside and starts
+/// clean, rather than crash-looping with the fault in the kernel.
+#[test]
+fn an_unreadable_journal_is_swept_clean_not_crash_looped() {
+    if !kernel_ready() {
+        return;
+    }
+    let (net, addr, mut agent) = cut_by_a_running_agent();
+    net.nft(&["add", "table", "inet", "theirs"]);
+    agent.sigkill();
+    let journal = agent.state.join("journal.log");
+    std::fs::write(&journal, "{not a journal\n").expect("corrupt the journal");
+    agent.write_faults(&[]);
+    // Swept: this test's namespace only (other tests run beside it), as
+    // if it were the node's one pod namespace and no process ran.
+    let scope = tempfile::tempdir().expect("tempdir");
+    let (procs, bound) = (scope.path().join("proc"), scope.path().join("netns"));
+    std::fs::create_dir_all(&procs).expect("mkdir");
+    std::fs::create_dir_all(&bound).expect("mkdir");
+    std::os::unix::fs::symlink(net.target_path(), bound.join(&net.target)).expect("symlink");
+    agent.start_with(&[
+        "--proc-root",
+        procs.to_str().expect("path"),
+        "--netns-dir",
+        bound.to_str().expect("path"),
+    ]);
+    agent.wait_log("removed 1 nftables table(s)", 5 * SEC);
+    net.expect_reachable(addr, true, 3 * SEC, &agent);
+    let rules = net.ruleset();
+    assert!(
+        !rules.contains("table inet faultline") && rules.contains("table inet theirs"),
+        "only ours removed: {rules}"
+    );
+    let kept = std::fs::read_dir(&agent.state)
+        .expect("state dir")
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("journal.log.corrupt-")
+        });
+    assert!(kept, "the unreadable journal is kept for a person to read");
+    // It runs on, as any agent does.
+    let (_, far) = in_ms(60_000);
+    agent.write_faults(&[partition("again", &net.target_path(), &far, "")]);
+    net.expect_reachable(addr, false, 3 * SEC, &agent);
+    assert!(agent.sigterm().success(), "log:\n{}", agent.log());
+    assert!(net.reachable(addr));
+}
+
 #[test]
 fn crash_recovery_keeps_what_is_still_desired() {
     if !kernel_ready() {
