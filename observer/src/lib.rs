@@ -11,6 +11,7 @@
 mod forward;
 mod otlp;
 mod server;
+mod shape;
 mod sketch;
 mod store;
 
@@ -37,6 +38,9 @@ use store::{Store, StoreStats};
 /// Spans one export may carry: bounds the time the store is locked and the
 /// memory a tiny, highly compressible body can expand into.
 pub const MAX_SPANS_PER_EXPORT: usize = 100_000;
+
+/// Exports decoded at once, over gRPC and HTTP together.
+pub const MAX_CONCURRENT_EXPORTS: usize = 16;
 
 /// Why an export was refused whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -302,10 +306,18 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
         api: api.local_addr()?,
     };
     let mut tasks = JoinSet::new();
+    // One bound for both OTLP servers: exports in flight at once, each at
+    // most MAX_BODY_BYTES and MAX_ITEMS_PER_EXPORT, so memory is bounded
+    // whatever the senders do; more wait their turn.
+    let exports = tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
+        tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS),
+    ));
     let routes = server::grpc_service(observer.clone());
+    let grpc_limit = exports.clone();
     tasks.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         if let Err(e) = tonic::transport::Server::builder()
+            .layer(grpc_limit)
             .add_routes(routes)
             .serve_with_incoming(incoming)
             .await
@@ -313,7 +325,7 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
             tracing::error!(error = %e, "the OTLP/gRPC server stopped");
         }
     });
-    let router = server::http_router(observer.clone());
+    let router = server::http_router(observer.clone()).layer(exports);
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, router).await {
             tracing::error!(error = %e, "the OTLP/HTTP server stopped");

@@ -25,7 +25,6 @@ use axum::{
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -50,36 +49,146 @@ use crate::{Observer, ServiceFigures};
 /// inflate to: a gzip bomb stops here.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 
+/// OTLP/gRPC `TraceService/Export`, decoded here rather than by the
+/// generated server: the export's bytes are counted (see `shape`) before
+/// prost builds anything of it.
 #[derive(Clone)]
-struct Grpc(Observer);
+struct ExportService(Observer);
 
-#[tonic::async_trait]
-impl TraceService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        if let Some(decoded) = request.extensions().get::<Decoded>() {
-            decoded.0.store(true, Ordering::Relaxed);
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl NamedService for ExportService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> Service<http::Request<B>> for ExportService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let observer = self.0.clone();
+        if request.uri().path() != EXPORT_PATH {
+            return Box::pin(async move {
+                Ok(
+                    tonic::Status::unimplemented("the Faultline observer takes traces only")
+                        .into_http(),
+                )
+            });
         }
-        self.0
-            .ingest(&request.into_inner())
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        Box::pin(async move {
+            let mut accept = tonic::codec::EnabledCompressionEncodings::default();
+            accept.enable(tonic::codec::CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(ExportCodec)
+                .apply_compression_config(accept, Default::default())
+                .apply_max_message_size_config(Some(MAX_BODY_BYTES), None);
+            Ok(grpc.unary(Export(observer), request).await)
+        })
+    }
+}
+
+/// One export call: its raw bytes, counted, then decoded and ingested.
+struct Export(Observer);
+
+impl tonic::server::UnaryService<Bytes> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let observer = self.0.clone();
+        Box::pin(async move {
+            let decoded = request.extensions().get::<Decoded>().cloned();
+            let body = request.into_inner();
+            // Refusals here are counted by `CountRefusals` (not decoded).
+            match crate::shape::check_protobuf(&body, crate::shape::MAX_ITEMS_PER_EXPORT) {
+                Ok(_) => {}
+                Err(e @ crate::shape::ShapeError::TooManyItems { .. }) => {
+                    return Err(tonic::Status::invalid_argument(e.to_string()));
+                }
+                // As tonic's own decoder answers what it cannot parse.
+                Err(e) => return Err(tonic::Status::internal(e.to_string())),
+            }
+            let export = ExportTraceServiceRequest::decode(body)
+                .map_err(|e| tonic::Status::internal(format!("bad protobuf: {e}")))?;
+            if let Some(d) = decoded {
+                d.0.store(true, Ordering::Relaxed);
+            }
+            observer
+                .ingest(&export)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        })
+    }
+}
+
+/// Raw bytes in, a prost response out.
+#[derive(Debug, Clone, Copy, Default)]
+struct ExportCodec;
+
+#[derive(Debug)]
+struct BytesDecoder;
+
+#[derive(Debug)]
+struct ResponseEncoder;
+
+impl tonic::codec::Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
+    }
+}
+
+impl tonic::codec::Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: ExportTraceServiceResponse,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for ExportCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> ResponseEncoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
     }
 }
 
 /// The gRPC OTLP endpoint; logs and metrics are not served, so their calls
-/// get UNIMPLEMENTED from tonic's router.
+/// get UNIMPLEMENTED.
 pub(crate) fn grpc_service(observer: Observer) -> tonic::service::Routes {
     let stats = observer.stats.clone();
     let gate = observer.clone();
-    let traces = TraceServiceServer::new(Grpc(observer))
-        .max_decoding_message_size(MAX_BODY_BYTES)
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     // Before the export is decoded: an unauthenticated sender costs nothing.
     let traces = tonic::service::interceptor::InterceptedService::new(
-        traces,
+        ExportService(observer),
         move |req: tonic::Request<()>| {
             let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
             if gate.admits(auth) {
@@ -122,7 +231,7 @@ async fn require_token(
         .into_response()
 }
 
-/// Put on each gRPC request; set by `Grpc::export` once tonic has decoded
+/// Put on each gRPC request; set by `Export::call` once it has decoded
 /// the export and handed it over.
 #[derive(Debug, Clone, Default)]
 struct Decoded(Arc<AtomicBool>);
@@ -250,11 +359,21 @@ async fn http_traces(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Counted on the bytes first: what decoding would build stays bounded.
+    let max = crate::shape::MAX_ITEMS_PER_EXPORT;
     let request = if content_type.starts_with("application/x-protobuf") {
-        ExportTraceServiceRequest::decode(body).map_err(|e| format!("bad protobuf: {e}"))
+        crate::shape::check_protobuf(&body, max)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                ExportTraceServiceRequest::decode(body).map_err(|e| format!("bad protobuf: {e}"))
+            })
     } else if content_type.starts_with("application/json") {
-        serde_json::from_slice::<ExportTraceServiceRequest>(&body)
-            .map_err(|e| format!("bad OTLP JSON: {e}"))
+        crate::shape::check_json(&body, max)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                serde_json::from_slice::<ExportTraceServiceRequest>(&body)
+                    .map_err(|e| format!("bad OTLP JSON: {e}"))
+            })
     } else {
         observer.stats.rejected.fetch_add(1, Ordering::Relaxed);
         return (

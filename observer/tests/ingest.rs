@@ -621,3 +621,117 @@ async fn a_token_keeps_out_forged_spans_and_readers() {
         "the refused exports counted: {metrics}"
     );
 }
+
+/// The peak memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// 8 MiB that would decode to gigabytes (four million empty spans, or two
+/// million empty JSON objects): refused on their bytes, over gRPC and both
+/// HTTP encodings, several at once, and the observer's peak memory stays
+/// far below what decoding them would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_that_would_decode_huge_are_refused_with_memory_bounded() {
+    use faultline_testkit::{KillOnDrop, free_port};
+    let (grpc_port, http_port, api_port) = (free_port(), free_port(), free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_faultline-observer"))
+        .args(["--otlp-grpc", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--otlp-http", &format!("127.0.0.1:{http_port}")])
+        .args(["--api", &format!("127.0.0.1:{api_port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the observer");
+    let pid = child.id();
+    let _child = KillOnDrop(child);
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], api_port));
+    let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+    for _ in 0..100 {
+        if http(api, "GET", "/health", &[], b"").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = peak_rss_kib(pid);
+
+    // Four million empty spans in one scope: 8 MiB of protobuf.
+    let wrap = |field: u8, inner: &[u8]| {
+        let mut out = vec![field];
+        prost::encoding::encode_varint(inner.len() as u64, &mut out);
+        out.extend_from_slice(inner);
+        out
+    };
+    let spans: Vec<u8> = std::iter::repeat_n([0x12u8, 0x00], (4 << 20) - 64)
+        .flatten()
+        .collect();
+    let proto = wrap(0x0a, &wrap(0x12, &spans));
+    assert!(proto.len() <= 8 << 20);
+    let json = format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+        vec!["{}"; 2_000_000].join(",")
+    );
+    let mut sends = Vec::new();
+    for _ in 0..2 {
+        let (p, j) = (proto.clone(), json.clone());
+        sends.push(tokio::spawn(async move {
+            http(
+                http_addr,
+                "POST",
+                "/v1/traces",
+                &[("content-type", "application/x-protobuf")],
+                &p,
+            )
+            .await
+            .expect("http")
+            .0
+        }));
+        sends.push(tokio::spawn(async move {
+            http(
+                http_addr,
+                "POST",
+                "/v1/traces",
+                &[("content-type", "application/json")],
+                j.as_bytes(),
+            )
+            .await
+            .expect("http")
+            .0
+        }));
+    }
+    for s in sends {
+        assert_eq!(s.await.expect("task"), 400, "refused");
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let err = grpc
+        .unary(tonic::Request::new(proto.clone()), path, RawCodec)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("more than 1000000"), "{err}");
+
+    // Decoded, four million spans would be gigabytes; the bodies
+    // themselves are what remains (a few copies of 8 MiB).
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 200 * 1024,
+        "the observer's peak memory grew by {} MiB",
+        grown / 1024
+    );
+    let (status, _) = http(api, "GET", "/health", &[], b"").await.expect("http");
+    assert_eq!(status, 200, "unharmed");
+    assert_eq!(rejected_total(api).await, 5, "each refusal counted once");
+}
