@@ -929,6 +929,30 @@ async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// Evicts a pod through the Eviction API, with its uid as precondition.
+/// Sent by hand: kube's `Api::evict` writes the body's `deleteOptions` as
+/// `delete_options`, which the API server drops, and with it the
+/// precondition that keeps a successor with the same name safe.
+async fn evict(ctx: &Context, pod: &PodInfo) -> Result<(), kube::Error> {
+    let body = serde_json::json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod.name, "namespace": pod.namespace},
+        "deleteOptions": {"preconditions": {"uid": pod.uid}},
+    });
+    let request = hyper::Request::post(format!(
+        "/api/v1/namespaces/{}/pods/{}/eviction",
+        pod.namespace, pod.name
+    ))
+    .header(hyper::header::CONTENT_TYPE, "application/json")
+    .body(serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?)
+    .map_err(kube::Error::HttpError)?;
+    ctx.client
+        .request::<serde_json::Value>(request)
+        .await
+        .map(|_| ())
+}
+
 /// How long an eviction may be retried (429) before it counts as refused.
 const EVICTION_PATIENCE: Duration = Duration::from_secs(3);
 
@@ -996,15 +1020,9 @@ async fn delete_pods(
                 "deleted",
             )
         } else {
-            let evict = kube::api::EvictParams {
-                delete_options: Some(params),
-                ..Default::default()
-            };
             // kube's client retries a 429 for minutes; for an eviction it
             // is the budget's answer, taken after a few tries.
-            let result = match tokio::time::timeout(EVICTION_PATIENCE, api.evict(&pod.name, &evict))
-                .await
-            {
+            let result = match tokio::time::timeout(EVICTION_PATIENCE, evict(ctx, pod)).await {
                 Ok(r) => answer(r.map(|_| ())),
                 Err(_) => Err(Some(format!(
                     "429 Too Many Requests for {} s (a PodDisruptionBudget allows no disruption now)",

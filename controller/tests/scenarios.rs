@@ -500,7 +500,7 @@ async fn an_invalid_experiment_that_got_past_the_crd_is_marked_invalid() {
 }
 
 #[tokio::test]
-async fn a_delete_kill_deletes_pods_through_the_api_each_period() {
+async fn a_delete_kill_evicts_pods_through_the_api_each_period() {
     let server = ApiServer::new();
     let clock = clock();
     let (p1, p2, _) = shop(&server);
@@ -515,14 +515,14 @@ async fn a_delete_kill_deletes_pods_through_the_api_each_period() {
         server
             .writes()
             .into_iter()
-            .filter(|w| w.method == "DELETE" && w.path.contains("/pods/"))
+            .filter(|w| w.method == "POST" && w.path.ends_with("/eviction"))
             .collect()
     };
-    until("both pods deleted", WAIT, || deletes(&server).len() == 2).await;
+    until("both pods evicted", WAIT, || deletes(&server).len() == 2).await;
     let uids: Vec<String> = deletes(&server)
         .iter()
         .map(|w| {
-            w.body["preconditions"]["uid"]
+            w.body["deleteOptions"]["preconditions"]["uid"]
                 .as_str()
                 .unwrap_or("")
                 .to_owned()
@@ -530,14 +530,15 @@ async fn a_delete_kill_deletes_pods_through_the_api_each_period() {
         .collect();
     assert!(
         uids.contains(&p1) && uids.contains(&p2),
-        "uid preconditions: {uids:?}"
+        "uid preconditions: {uids:?} in {:?}",
+        deletes(&server).first().map(|w| w.body.clone())
     );
     assert!(
         server.list("NodeFaults").is_empty(),
         "no agent entry for a delete kill"
     );
-    until("a PodDeleted event", WAIT, || {
-        reasons(&server).contains(&"PodDeleted".to_owned())
+    until("a PodEvicted event", WAIT, || {
+        reasons(&server).contains(&"PodEvicted".to_owned())
     })
     .await;
     // The Deployment's replacement is left alone until the next period.
@@ -546,7 +547,7 @@ async fn a_delete_kill_deletes_pods_through_the_api_each_period() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(deletes(&server).len(), 2);
     advance(&clock, 15);
-    until("the replacement deleted at 20 s", WAIT, || {
+    until("the replacement evicted at 20 s", WAIT, || {
         deletes(&server).len() == 3
     })
     .await;

@@ -458,6 +458,30 @@ current-context: mock
                     .push(parsed.clone());
                 respond(201, &parsed)
             }
+            // An eviction (no PodDisruptionBudget here): the pod is deleted,
+            // unless the uid precondition names another one.
+            (Method::POST, Some(name))
+                if resource == "pods" && sub.as_deref() == Some("eviction") =>
+            {
+                let mut s = self.state.lock().expect("state");
+                let key = (resource.clone(), ns.clone(), name.clone());
+                let want = parsed["deleteOptions"]["preconditions"]["uid"].as_str();
+                match s.objects.get(&key).cloned() {
+                    Some(v) if want.is_none_or(|u| v["metadata"]["uid"] == u) => {
+                        delete_locked(&mut s, key);
+                        respond(201, &parsed)
+                    }
+                    Some(_) => {
+                        let (code, v) = status(409, "Conflict", "the uid precondition failed");
+                        respond(code, &v)
+                    }
+                    None => {
+                        let (code, v) =
+                            status(404, "NotFound", &format!("{resource} {name} not found"));
+                        respond(code, &v)
+                    }
+                }
+            }
             (Method::DELETE, Some(name)) => {
                 let mut s = self.state.lock().expect("state");
                 let key = (resource.clone(), ns.clone(), name.clone());
