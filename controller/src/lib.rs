@@ -13,3 +13,4 @@ pub mod observe;
 pub mod plan;
 pub mod reconcile;
 pub mod status;
+pub mod uninstall;

@@ -73,6 +73,11 @@ struct Args {
     /// Experiment that sets none, and the highest one may set.
     #[arg(long)]
     max_targets: Option<u32>,
+    /// Instead of running: delete every NodeFaults object, record every
+    /// run in progress as aborted and remove every Experiment's finalizer
+    /// (the chart's post-delete hook, once the controller and agents are gone).
+    #[arg(long)]
+    uninstall: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -130,6 +135,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::try_default()
         .await
         .context("cannot set up a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    if args.uninstall {
+        let done = faultline_controller::uninstall::uninstall(client)
+            .await
+            .context("cannot clean up after the uninstall")?;
+        tracing::info!(
+            nodefaults_deleted = done.nodefaults_deleted,
+            runs_ended = done.runs_ended,
+            finalizers_removed = done.finalizers_removed,
+            "cleaned up: nothing of Faultline's is left running"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);

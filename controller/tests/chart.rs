@@ -236,6 +236,23 @@ fn rbac_is_least_privilege() {
                     .is_some_and(|e| e.contains("authorizer.group('').resource('pods')")),
             );
         }
+        // helm uninstall runs the clean-up once the controller and agents
+        // are gone, as its own account, allowed only what it does.
+        let hook = named(&docs, "Job", "-uninstall");
+        assert_eq!(
+            hook["metadata"]["annotations"]["helm.sh/hook"],
+            "post-delete"
+        );
+        assert_eq!(
+            hook["spec"]["template"]["spec"]["containers"][0]["args"],
+            serde_json::json!(["--uninstall"])
+        );
+        let rules = &named(&docs, "ClusterRole", "-uninstall")["rules"];
+        assert_eq!(
+            rules.as_array().map(Vec::len),
+            Some(3),
+            "experiments list/patch, their status, nodefaults list/delete: {rules}"
+        );
         // The observer's token: its Secret mounted for the observer and the
         // controller, and in the OTLP headers of the controller and agents.
         let args = |kind: &str, suffix: &str| -> String {

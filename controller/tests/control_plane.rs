@@ -1122,6 +1122,69 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_uninstall_leaves_no_entry_run_or_finalizer_behind() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
+    let (mut controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
+    let client = cp.client().await;
+    let exps = experiments(&client, "shop");
+    let nfs = nodefaults(&client);
+    eventually("the run placed", WAIT, || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        (e.data["status"]["injected"] == 2).then_some(())
+    })
+    .await;
+    // helm uninstall: the controller goes with its Deployment; then the
+    // post-delete hook runs as its own ServiceAccount.
+    let _ = controller.0.kill();
+    let _ = controller.0.wait();
+    let token = cp
+        .token(
+            &chart.namespace,
+            &format!("{}-uninstall", chart.fullname()),
+            None,
+        )
+        .await;
+    let hook = cp.kubeconfig_with_token("uninstall", &token);
+    let out = std::process::Command::new(faultline_testkit::cluster::workspace_bin(
+        "faultline-controller",
+    ))
+    .env("KUBECONFIG", &hook)
+    .env_remove("KUBERNETES_SERVICE_HOST")
+    .arg("--uninstall")
+    .output()
+    .expect("run the hook");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("nodefaults_deleted=2"), "{log}");
+    assert!(log.contains("runs_ended=1"), "{log}");
+    let left = nfs.list(&Default::default()).await.expect("list");
+    assert!(left.items.is_empty(), "no NodeFaults left");
+    let e = exps.get("slow-payments").await.expect("still there");
+    assert_eq!(e.data["status"]["verdict"], "Aborted", "{:?}", e.data);
+    assert_eq!(
+        e.data["status"]["message"],
+        "Faultline was uninstalled; every fault was removed"
+    );
+    assert!(e.metadata.finalizers.unwrap_or_default().is_empty());
+    // Nothing holds it any more: it goes at once.
+    exps.delete("slow-payments", &Default::default())
+        .await
+        .expect("delete");
+    gone(&exps, "slow-payments", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_mans_switch_bounds_every_entry_by_the_lease() {
     let Some((cp, chart)) = installed().await else {
         return;

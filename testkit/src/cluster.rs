@@ -893,7 +893,7 @@ impl Chart {
         format!("{}-agent", self.fullname())
     }
 
-    fn fullname(&self) -> String {
+    pub fn fullname(&self) -> String {
         if self.release.contains("faultline") {
             self.release.clone()
         } else {
