@@ -20,6 +20,7 @@ macro_rules! tell {
 mod cluster;
 mod dashboard;
 mod local;
+mod plan;
 mod report;
 mod validate;
 
@@ -168,6 +169,26 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = faultline_demo::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Show what an experiment would touch on the cluster of the current
+    /// kubeconfig, applying nothing: the pods each fault hits and on which
+    /// nodes, the pods skipped and why, what each node's agent would change
+    /// in its kernel, and whether the limits pass. Exit 0 when the run
+    /// would start, 2 when it would be refused (each reason printed).
+    Plan {
+        /// The Experiment file.
+        experiment: PathBuf,
+        /// Its namespace (default: the file's, else the kubeconfig's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Faultline's own namespace, never a target.
+        #[arg(long, default_value = "faultline")]
+        release_namespace: String,
+        /// The cluster's ceiling on target pods (chart ceilings.maxTargets).
+        #[arg(long)]
+        max_targets: Option<u32>,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: plan::Output,
+    },
     /// Print the CustomResourceDefinitions, for `kubectl apply -f -`.
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -184,6 +205,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { paths, quiet } => Ok(validate::run(&paths, quiet)),
         Command::Crd { out_dir } => crd(out_dir),
+        Command::Plan {
+            experiment,
+            namespace,
+            release_namespace,
+            max_targets,
+            output,
+        } => Ok(plan::run(
+            &experiment,
+            namespace.as_deref(),
+            &plan::Cluster {
+                release_namespace: &release_namespace,
+                max_targets,
+            },
+            output,
+        )),
         Command::Run {
             experiment,
             local: Some(topology),

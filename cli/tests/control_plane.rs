@@ -397,3 +397,80 @@ async fn faultline_abort_and_the_dashboard_on_a_real_api_server() {
     assert_eq!(code, Some(0), "{}", tmux.screen());
     assert_eq!(status(&client).await["verdict"], "Aborted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faultline_plan_shows_what_a_run_would_touch_and_applies_nothing() {
+    let Some((cp, _kubeconfig)) = shop().await else {
+        return;
+    };
+    // Matched by the target's labels, and no target all the same.
+    cp.pod_with_spec(
+        "shop",
+        "payments-host",
+        json!({"app": "payments"}),
+        "node-a",
+        "127.0.0.1",
+        json!({"hostNetwork": true}),
+    )
+    .await;
+    let file = experiment(&cp, "plan.yaml", "2m", false);
+    let (code, stdout, stderr) =
+        run(faultline(&cp).arg("plan").arg(&file).args(["-o", "json"])).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let plan: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(plan["refused"], json!([]), "{plan}");
+    let pods: Vec<&str> = plan["faults"][0]["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        pods,
+        ["shop/payments-0 on node-a", "shop/payments-1 on node-b"],
+        "{plan}"
+    );
+    assert_eq!(plan["skipped"][0]["pod"], "shop/payments-host", "{plan}");
+    assert!(
+        plan["skipped"][0]["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("hostNetwork")),
+        "{plan}"
+    );
+    for node in ["node-a", "node-b"] {
+        let changes = plan["nodes"][node].to_string();
+        assert!(
+            changes.contains("netem delay 300ms on every interface"),
+            "{plan}"
+        );
+    }
+    assert_eq!(plan["limits"]["pass"], true);
+    // Nothing applied: no Experiment, no entry.
+    let client = cp.client().await;
+    assert_eq!(entries(&client).await, 0);
+    assert!(
+        experiments(&client)
+            .get_opt("slow-payments")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // In words, and refused where a run would be.
+    let (code, stdout, _) = run(faultline(&cp).arg("plan").arg(&file)).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("would start: yes"), "{stdout}");
+    let system = cp.dir().join("system.yaml");
+    let text = std::fs::read_to_string(&file).expect("read").replace(
+        "{labels: {app: payments}}",
+        "{namespaces: [kube-system], labels: {app: payments}}",
+    );
+    std::fs::write(&system, text).expect("write");
+    let (code, stdout, _) = run(faultline(&cp).arg("plan").arg(&system)).await;
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stdout.contains("would start: NO"), "{stdout}");
+    assert!(
+        stdout.contains("namespace kube-system is protected"),
+        "{stdout}"
+    );
+}

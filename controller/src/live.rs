@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use faultline_api::{Experiment, ExperimentSpec, ExperimentStatus};
+use faultline_api::{Experiment, ExperimentStatus};
 use faultline_engine::Run;
 use jiff::Timestamp;
 use opentelemetry::{
@@ -15,7 +15,12 @@ use opentelemetry::{
     trace::{Span as _, SpanKind, TraceContextExt, Tracer},
 };
 
-use crate::{nodes::Written, plan::ExperimentRef, status};
+use crate::{
+    nodes::Written,
+    plan::ExperimentRef,
+    plan::{capped, seed},
+    status,
+};
 
 /// A run this controller is driving (or drove: a finished run stays until
 /// the next one replaces it, since a cached status may not show its end yet).
@@ -106,18 +111,6 @@ fn experiment_span(r: &ExperimentRef, parent: Option<&str>) -> (global::BoxedSpa
         .start_with_context(&tracer, &parent_from(parent));
     let tp = traceparent_of(&span);
     (span, tp)
-}
-
-/// The spec a run follows: the Experiment's, with the cluster's ceiling
-/// on targets as its limit when it sets none (or a higher one, which
-/// admission refuses anyway).
-pub(crate) fn capped(spec: &ExperimentSpec, max_targets: Option<u32>) -> ExperimentSpec {
-    let mut spec = spec.clone();
-    if let Some(ceiling) = max_targets {
-        let limits = spec.limits.get_or_insert_with(Default::default);
-        limits.max_targets = Some(limits.max_targets.map_or(ceiling, |m| m.min(ceiling)));
-    }
-    spec
 }
 
 impl Live {
@@ -269,17 +262,6 @@ impl Live {
             .get(fault)
             .and_then(|(_, tp)| tp.as_deref())
     }
-}
-
-/// Target choices are fixed per experiment and run, so a restarted
-/// controller picks the same pods.
-fn seed(uid: &str, run: u32) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in uid.bytes().chain(run.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 pub(crate) fn elapsed(since: Timestamp, now: Timestamp) -> Duration {

@@ -47,7 +47,7 @@ pub struct PodInfo {
 impl PodInfo {
     /// A pod that can take a fault now: scheduled, running, not being
     /// deleted. Others are not candidates (their successor will be).
-    pub(crate) fn from_pod(pod: &Pod) -> Option<PodInfo> {
+    pub fn from_pod(pod: &Pod) -> Option<PodInfo> {
         let meta = &pod.metadata;
         if meta.deletion_timestamp.is_some() {
             return None;
@@ -84,6 +84,29 @@ impl PodInfo {
     }
 }
 
+/// The spec a run follows: the Experiment's, with the cluster's ceiling
+/// on targets as its limit when it sets none (or a higher one, which
+/// admission refuses anyway).
+pub fn capped(spec: &ExperimentSpec, max_targets: Option<u32>) -> ExperimentSpec {
+    let mut spec = spec.clone();
+    if let Some(ceiling) = max_targets {
+        let limits = spec.limits.get_or_insert_with(Default::default);
+        limits.max_targets = Some(limits.max_targets.map_or(ceiling, |m| m.min(ceiling)));
+    }
+    spec
+}
+
+/// Target choices are fixed per experiment and run, so a restarted
+/// controller picks the same pods.
+pub fn seed(uid: &str, run: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in uid.bytes().chain(run.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// The namespaces an experiment's targets select from.
 pub fn target_namespaces<'a>(spec: &'a ExperimentSpec, own: &'a str) -> BTreeSet<&'a str> {
     spec.targets
@@ -99,7 +122,7 @@ pub fn target_namespaces<'a>(spec: &'a ExperimentSpec, own: &'a str) -> BTreeSet
 }
 
 /// Whether a namespace object carries the opt-in label.
-pub(crate) fn opted_in(ns: &Namespace) -> bool {
+pub fn opted_in(ns: &Namespace) -> bool {
     ns.metadata
         .labels
         .as_ref()
@@ -108,7 +131,7 @@ pub(crate) fn opted_in(ns: &Namespace) -> bool {
 }
 
 /// Whether a namespace object carries the protection label.
-pub(crate) fn labelled_protected(ns: &Namespace) -> bool {
+pub fn labelled_protected(ns: &Namespace) -> bool {
     ns.metadata
         .labels
         .as_ref()
@@ -223,7 +246,7 @@ impl ExperimentRef {
     }
 
     /// The fault an entry id of this experiment is for.
-    pub(crate) fn fault_of<'a>(&self, id: &'a str) -> Option<&'a str> {
+    pub fn fault_of<'a>(&self, id: &'a str) -> Option<&'a str> {
         let rest = id.strip_prefix(&self.id_prefix())?;
         rest.rsplit_once('/').map(|(fault, _)| fault)
     }
