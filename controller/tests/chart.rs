@@ -236,6 +236,17 @@ fn rbac_is_least_privilege() {
                     .is_some_and(|e| e.contains("authorizer.group('').resource('pods')")),
             );
         }
+        // Who reaches the observer: OTLP from opted-in namespaces and the
+        // release's pods, the API from the controller only.
+        let netpol = &named(&docs, "NetworkPolicy", "-observer")["spec"];
+        assert_eq!(
+            netpol["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["faultline.dev/enabled"],
+            "true"
+        );
+        assert_eq!(
+            netpol["ingress"][1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "controller"
+        );
         // helm uninstall runs the clean-up once the controller and agents
         // are gone, as its own account, allowed only what it does.
         let hook = named(&docs, "Job", "-uninstall");
