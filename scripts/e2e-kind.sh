@@ -83,4 +83,18 @@ for node in $(kind get nodes --name "$cluster"); do
     done
 done
 
+step "helm uninstall leaves nothing behind"
+# A run in progress when Faultline goes: the post-delete hook ends it,
+# deletes every NodeFaults object and removes the finalizer.
+sed -e 's/^  duration: .*/  duration: 10m/' -e 's/^  name: payments-latency-breaker/  name: uninstall-check/' \
+    experiments/latency-breaker.yaml | kubectl apply -f -
+for _ in $(seq 60); do
+    [ "$(kubectl get nodefaults -o name | wc -l)" -gt 0 ] && break
+    sleep 2
+done
+helm uninstall faultline --namespace faultline --wait --timeout 5m
+[ "$(kubectl get nodefaults -o name | wc -l)" -eq 0 ] || fail "NodeFaults objects are left"
+left="$(kubectl get experiments -A -o jsonpath='{range .items[*]}{.metadata.finalizers}{"\n"}{end}' | grep -c faultline || true)"
+[ "$left" -eq 0 ] || fail "$left Experiments keep Faultline's finalizer"
+
 step "e2e passed (reports in $reports)"
