@@ -55,6 +55,24 @@ pub(crate) async fn client() -> Result<Client, ExitCode> {
     })
 }
 
+/// Runs `job` with a client of the current kubeconfig's cluster, on a
+/// runtime of its own; what starting either costs is said and exit 4.
+pub(crate) fn with_cluster<F>(job: impl FnOnce(Client) -> F) -> ExitCode
+where
+    F: std::future::Future<Output = ExitCode>,
+{
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        match client().await {
+            Ok(c) => job(c).await,
+            Err(code) => code,
+        }
+    })
+}
+
 pub(crate) use faultline_telemetry::error_chain as chain;
 
 pub(crate) fn is_final(phase: Option<Phase>) -> bool {
@@ -71,15 +89,7 @@ pub fn run_file(path: &Path, reports: &Reports, waits: Waits) -> ExitCode {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    rt.block_on(async {
-        let client = match client().await {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
+    with_cluster(|client| async move {
         match run(client, experiment, &file, reports, waits).await {
             Ok(code) => code,
             Err(message) => {
@@ -413,15 +423,7 @@ fn finish(
 
 /// `faultline abort NAME`: stops a running experiment at once.
 pub fn abort(name: &str, namespace: Option<&str>, reason: &str, wait: Duration) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    rt.block_on(async {
-        let client = match client().await {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
+    with_cluster(|client| async move {
         let namespace =
             namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
         let api = Api::<Experiment>::namespaced(client.clone(), &namespace);
@@ -460,15 +462,7 @@ fn in_progress(e: &Experiment) -> bool {
 /// `faultline abort --all`: aborts every run in progress, in `namespace`
 /// or in every namespace, and waits until each has removed its faults.
 pub fn abort_all(namespace: Option<&str>, reason: &str, wait: Duration) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    rt.block_on(async {
-        let client = match client().await {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
+    with_cluster(|client| async move {
         let api: Api<Experiment> = match namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),

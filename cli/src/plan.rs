@@ -87,15 +87,7 @@ pub fn run(
         Ok(e) => e,
         Err(code) => return code,
     };
-    let rt = match crate::cluster::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    rt.block_on(async {
-        let client = match crate::cluster::client().await {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
+    crate::cluster::with_cluster(|client| async move {
         match planned(client, experiment, namespace, cluster).await {
             Ok(p) => {
                 match output {
@@ -284,18 +276,26 @@ async fn planned(
     let faults = spec
         .faults
         .iter()
-        .map(|f| PlannedFault {
-            name: f.name.clone(),
-            action: f.action.summary(),
-            target: f.target.clone(),
-            pods: chosen
+        .map(|f| {
+            // By name, not by uid: the order a person reads.
+            let mut pods: Vec<String> = chosen
                 .get(&f.target)
                 .into_iter()
                 .flatten()
                 .map(|u| pod_name(u))
-                .collect(),
+                .collect();
+            pods.sort();
+            PlannedFault {
+                name: f.name.clone(),
+                action: f.action.summary(),
+                target: f.target.clone(),
+                pods,
+            }
         })
         .collect();
+    for changes in nodes.values_mut() {
+        changes.sort();
+    }
     let targets = chosen.values().flatten().collect::<BTreeSet<_>>().len();
     let max_targets = spec.limits.as_ref().and_then(|l| l.max_targets);
     Ok(Planned {
