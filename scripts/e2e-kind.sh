@@ -88,10 +88,13 @@ step "helm uninstall leaves nothing behind"
 # deletes every NodeFaults object and removes the finalizer.
 sed -e 's/^  duration: .*/  duration: 10m/' -e 's/^  name: payments-latency-breaker/  name: uninstall-check/' \
     experiments/latency-breaker.yaml | kubectl apply -f -
+injected=0
 for _ in $(seq 60); do
-    [ "$(kubectl get nodefaults -o name | wc -l)" -gt 0 ] && break
+    injected="$(kubectl get experiment uninstall-check -n shop -o jsonpath='{.status.injected}' 2>/dev/null || true)"
+    [ "${injected:-0}" -gt 0 ] && break
     sleep 2
 done
+[ "${injected:-0}" -gt 0 ] || fail "the run to uninstall under never had a fault in place"
 helm uninstall faultline --namespace faultline --wait --timeout 5m
 [ "$(kubectl get nodefaults -o name | wc -l)" -eq 0 ] || fail "NodeFaults objects are left"
 left="$(kubectl get experiments -A -o jsonpath='{range .items[*]}{.metadata.finalizers}{"\n"}{end}' | grep -c faultline || true)"

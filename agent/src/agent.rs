@@ -418,6 +418,27 @@ impl<B: Backend> Agent<B> {
                 self.state.repeated(&fault.id, now);
             }
             Action::Update { fault } => {
+                // A deadline moved past what kube mode allows: the fault
+                // keeps the one it was applied with.
+                if let Some(why) = self.refusal(&fault, now) {
+                    let why = format!("{why}; the fault keeps its earlier deadline");
+                    let said = self.outcomes.get(&fault.id).is_some_and(|o| {
+                        o.key == spec_key(&fault) && o.reason.as_deref() == Some(why.as_str())
+                    });
+                    self.outcomes
+                        .record(&fault, FaultState::Failed, Some(why.clone()), now);
+                    if !said {
+                        tracing::warn!(fault = %fault.id, "{}: {why}", fault.id);
+                    }
+                    // Its own deadline passed: it ends now, as promised.
+                    if let Some(a) = self.state.get(&fault.id)
+                        && expired(&a.fault, now)
+                    {
+                        let (old, receipt) = (a.fault.clone(), a.receipt.clone());
+                        self.remove(&old, &receipt, now);
+                    }
+                    return;
+                }
                 let receipt = self
                     .state
                     .get(&fault.id)
@@ -704,6 +725,27 @@ mod tests {
         assert_eq!(state, FaultState::Failed);
         assert!(why.contains("more than 24h ahead"), "{why}");
         assert!(journal_ids(dir.path()).iter().all(|(id, _)| id == "soon"));
+        // Moving an applied fault's deadline past a day is refused too: it
+        // keeps the deadline it was applied with.
+        let far = pod("soon", day + 1000);
+        ag.set_desired(Desired::Faults(vec![far]));
+        ag.reconcile(t(3));
+        let status = ag.status(t(3)).expect("status");
+        let soon = &status.faults[0];
+        assert_eq!(soon.state, FaultState::Failed);
+        assert!(
+            soon.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("keeps its earlier deadline")),
+            "{soon:?}"
+        );
+        ag.reconcile(t(100));
+        assert_eq!(
+            rec.calls().last(),
+            Some(&Call::Remove("soon".into())),
+            "{:?}",
+            rec.calls()
+        );
     }
 
     #[test]

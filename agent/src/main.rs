@@ -203,7 +203,15 @@ fn run() -> anyhow::Result<bool> {
                 swept.qdiscs
             );
             for f in &swept.failures {
-                tracing::warn!("sweep: {f}");
+                tracing::error!("sweep: {f}");
+            }
+            // Not clean for sure: keep the journal and stop (fail safe),
+            // rather than forget what may still be in the kernel.
+            if !swept.failures.is_empty() {
+                anyhow::bail!(
+                    "{} namespace(s) could not be swept; the journal stays, and the agent stops",
+                    swept.failures.len()
+                );
             }
             for moved in Journal::set_aside_corrupt(&common.state_dir)? {
                 tracing::warn!("the unreadable journal is kept as {}", moved.display());

@@ -55,8 +55,21 @@ pub fn sweep(proc_root: &Path, netns_dir: &Path) -> Swept {
         .flatten()
         .map(|e| e.path());
     for ns in processes.chain(bound) {
-        // A process gone meanwhile, or one we may not look into: skipped.
-        let Ok(id) = netns::id_of(&ns) else { continue };
+        // A process gone meanwhile is skipped; one we may not look into
+        // is a failure: its namespace could hold what we look for.
+        let id = match netns::id_of(&ns) {
+            Ok(id) => id,
+            Err(netns::NetnsError::Gone { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue;
+            }
+            Err(e) => {
+                out.failures
+                    .push(format!("{}: {}", ns.display(), crate::report(&e)));
+                continue;
+            }
+        };
         if !seen.insert(id) {
             continue;
         }

@@ -205,11 +205,11 @@ async fn planned(
     }
     let cands = candidates(&spec, &own, &infos);
     let index: HashMap<&str, &PodInfo> = infos.iter().map(|p| (p.uid.as_str(), p)).collect();
-    let chosen = match plan(&spec, &own, &cands, seed(&uid, runs)) {
-        Ok(p) => p,
+    let (chosen, selection_ok) = match plan(&spec, &own, &cands, seed(&uid, runs)) {
+        Ok(p) => (p, true),
         Err(e) => {
             refused.push(e.to_string());
-            Default::default()
+            (Default::default(), false)
         }
     };
     let pod_name = |uid: &str| {
@@ -303,7 +303,7 @@ async fn planned(
         limits: Limits {
             max_targets,
             targets,
-            pass: max_targets.is_none_or(|m| targets <= m as usize),
+            pass: selection_ok && max_targets.is_none_or(|m| targets <= m as usize),
         },
         refused,
         selection,

@@ -54,8 +54,9 @@ pub(crate) struct Reports {
     pub applied: BTreeSet<String>,
     /// Entry ids that failed, with the agent's reason.
     pub failed: BTreeMap<String, String>,
-    /// What each entry did, as its agent counts it (whatever the state:
-    /// a count is evidence even from an entry since removed).
+    /// What each entry did, as its agent counts it (whatever the state: a
+    /// count is evidence even from an entry since removed), from statuses
+    /// of the entries as written now.
     pub effects: BTreeMap<String, u64>,
 }
 
@@ -77,7 +78,9 @@ pub(crate) fn reports(
             .is_none_or(|w| generation >= w.generation)
             && status.observed_generation >= Some(generation);
         for f in status.faults.iter().filter(|f| r.owns(&f.id)) {
-            if let Some(n) = f.effect.and_then(|n| u64::try_from(n).ok()) {
+            // Only from a status of the entries as written now: an older
+            // one may still count a previous run's entry of the same id.
+            if current && let Some(n) = f.effect.and_then(|n| u64::try_from(n).ok()) {
                 out.effects.insert(f.id.clone(), n);
             }
             match f.state {

@@ -39,8 +39,10 @@ use store::{Store, StoreStats};
 /// memory a tiny, highly compressible body can expand into.
 pub const MAX_SPANS_PER_EXPORT: usize = 100_000;
 
-/// Exports decoded at once, over gRPC and HTTP together.
-pub const MAX_CONCURRENT_EXPORTS: usize = 16;
+/// Exports read and decoded at once, over gRPC and HTTP together: with
+/// `MAX_BODY_BYTES` and `shape::MAX_ITEMS_PER_EXPORT` each, a few hundred
+/// MiB at most.
+pub const MAX_CONCURRENT_EXPORTS: usize = 4;
 
 /// Why an export was refused whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

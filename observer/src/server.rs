@@ -110,7 +110,10 @@ impl tonic::server::UnaryService<Bytes> for Export {
             // Refusals here are counted by `CountRefusals` (not decoded).
             match crate::shape::check_protobuf(&body, crate::shape::MAX_ITEMS_PER_EXPORT) {
                 Ok(_) => {}
-                Err(e @ crate::shape::ShapeError::TooManyItems { .. }) => {
+                Err(
+                    e @ (crate::shape::ShapeError::TooManyItems { .. }
+                    | crate::shape::ShapeError::TooManySpans { .. }),
+                ) => {
                     return Err(tonic::Status::invalid_argument(e.to_string()));
                 }
                 // As tonic's own decoder answers what it cannot parse.

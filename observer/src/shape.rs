@@ -7,14 +7,18 @@
 use prost::encoding::{WireType, decode_key, decode_varint};
 
 /// Items one export may hold (a normal batch: hundreds of spans with tens
-/// of attributes each). Each costs at most a few hundred bytes decoded.
-pub const MAX_ITEMS_PER_EXPORT: usize = 1_000_000;
+/// of attributes each). Each costs at most a few hundred bytes decoded, so
+/// with `MAX_CONCURRENT_EXPORTS` decoding at once, decoded exports stay
+/// within a few hundred MiB.
+pub const MAX_ITEMS_PER_EXPORT: usize = 250_000;
 
 /// Why an export's shape is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShapeError {
     #[error("the export holds more than {max} spans, events, links and attributes")]
     TooManyItems { max: usize },
+    #[error("the export holds more than {max} spans")]
+    TooManySpans { max: usize },
     #[error("the export is not valid protobuf: {0}")]
     Malformed(String),
 }
@@ -65,9 +69,11 @@ impl Msg {
 }
 
 /// Counts the items of a protobuf `ExportTraceServiceRequest`, refusing
-/// past `max`; reads the bytes once, allocating nothing per item.
+/// past `max` items or `crate::MAX_SPANS_PER_EXPORT` spans; reads the
+/// bytes once, allocating nothing per item.
 pub fn check_protobuf(bytes: &[u8], max: usize) -> Result<usize, ShapeError> {
     let mut items = 0usize;
+    let mut spans = 0usize;
     // An explicit stack: nesting is attacker-chosen, recursion is not.
     let mut stack: Vec<(Msg, &[u8])> = vec![(Msg::Export, bytes)];
     while let Some((msg, mut buf)) = stack.pop() {
@@ -93,6 +99,14 @@ pub fn check_protobuf(bytes: &[u8], max: usize) -> Result<usize, ShapeError> {
                         items += 1;
                         if items > max {
                             return Err(ShapeError::TooManyItems { max });
+                        }
+                        if matches!(child, Msg::Span) {
+                            spans += 1;
+                            if spans > crate::MAX_SPANS_PER_EXPORT {
+                                return Err(ShapeError::TooManySpans {
+                                    max: crate::MAX_SPANS_PER_EXPORT,
+                                });
+                            }
                         }
                         stack.push((child, inner));
                     }
@@ -257,6 +271,22 @@ mod tests {
             out.extend_from_slice(inner);
         };
         let mut rs = Vec::new();
+        wrap(0x12, &scope, &mut rs);
+        wrap(0x0a, &rs, &mut body);
+        assert_eq!(
+            check_protobuf(&body, usize::MAX),
+            Err(ShapeError::TooManySpans {
+                max: crate::MAX_SPANS_PER_EXPORT
+            }),
+            "spans are counted before decoding too"
+        );
+        // One span with 300 000 empty attributes: too many items.
+        let mut span = Vec::new();
+        for _ in 0..300_000 {
+            span.extend([0x4a, 0x00]);
+        }
+        let (mut scope, mut rs, mut body) = (Vec::new(), Vec::new(), Vec::new());
+        wrap(0x12, &span, &mut scope);
         wrap(0x12, &scope, &mut rs);
         wrap(0x0a, &rs, &mut body);
         assert_eq!(
