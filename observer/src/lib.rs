@@ -39,6 +39,10 @@ use store::{Store, StoreStats};
 /// memory a tiny, highly compressible body can expand into.
 pub const MAX_SPANS_PER_EXPORT: usize = 100_000;
 
+/// The longest one export may take to arrive and be taken in: a slow
+/// sender must not hold one of the `MAX_CONCURRENT_EXPORTS` turns.
+pub const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Exports read and decoded at once, over gRPC and HTTP together: with
 /// `MAX_BODY_BYTES` and `shape::MAX_ITEMS_PER_EXPORT` each, a few hundred
 /// MiB at most.
@@ -319,6 +323,8 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
     tasks.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         if let Err(e) = tonic::transport::Server::builder()
+            // A sender that takes longer gives its turn back.
+            .timeout(EXPORT_TIMEOUT)
             .layer(grpc_limit)
             .add_routes(routes)
             .serve_with_incoming(incoming)

@@ -294,11 +294,31 @@ pub(crate) fn http_router(observer: Observer) -> Router {
         .route("/v1/logs", post(unimplemented))
         .route("/v1/metrics", post(unimplemented))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(within_export_timeout))
         .layer(axum::middleware::from_fn_with_state(
             observer.clone(),
             require_token,
         ))
         .with_state(observer)
+}
+
+/// An export that has not arrived and been taken in within
+/// `EXPORT_TIMEOUT` is answered 408, giving its turn back.
+async fn within_export_timeout(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(crate::EXPORT_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the export did not arrive within {} s",
+                crate::EXPORT_TIMEOUT.as_secs()
+            ),
+        )
+            .into_response(),
+    }
 }
 
 async fn unimplemented() -> (StatusCode, &'static str) {

@@ -735,3 +735,56 @@ async fn exports_that_would_decode_huge_are_refused_with_memory_bounded() {
     assert_eq!(status, 200, "unharmed");
     assert_eq!(rejected_total(api).await, 5, "each refusal counted once");
 }
+
+/// Senders that never finish their body hold a turn at most
+/// `EXPORT_TIMEOUT`: after it, an export from anyone else gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_give_their_turn_back() {
+    let obs = observer().await;
+    let mut stalled = Vec::new();
+    for _ in 0..faultline_observer::MAX_CONCURRENT_EXPORTS {
+        let mut s = tokio::net::TcpStream::connect(obs.addresses.otlp_http)
+            .await
+            .expect("connect");
+        s.write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000\r\n\r\nab",
+        )
+        .await
+        .expect("send the headers and a little");
+        stalled.push(s);
+    }
+    let export = prost::Message::encode_to_vec(&otlp::one_span("checkout"));
+    let started = std::time::Instant::now();
+    // By hand: it waits longer than the test client's own patience.
+    let mut s = tokio::net::TcpStream::connect(obs.addresses.otlp_http)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+        export.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("send");
+    s.write_all(&export).await.expect("send");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut reply))
+        .await
+        .expect("an answer within 30 s")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "taken in once a stalled sender's time was up: {reply}"
+    );
+    assert!(
+        started.elapsed() >= faultline_observer::EXPORT_TIMEOUT / 2,
+        "it had to wait: every turn was taken"
+    );
+    // The stalled senders were answered 408.
+    let mut answer = vec![0u8; 64];
+    let n = stalled[0].read(&mut answer).await.expect("read");
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
