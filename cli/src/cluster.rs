@@ -366,13 +366,7 @@ fn outcome_of(status: &ExperimentStatus, journal: Vec<Entry>) -> Outcome {
     let effects = status
         .faults
         .iter()
-        .map(|f| {
-            let effect = f.effect.as_ref().map(|e| Effect {
-                count: u64::try_from(e.count).unwrap_or(0),
-                what: e.what.clone(),
-            });
-            (f.name.clone(), effect)
-        })
+        .map(|f| (f.name.clone(), f.effect.as_ref().map(Effect::from)))
         .collect();
     // The engine's own words: "requireEffect: fault a: …; fault b: …".
     let effect_failures = match (status.verdict, status.message.as_deref()) {

@@ -102,10 +102,7 @@ pub fn of_run(
                 placed: f.placed,
                 confirmed: f.confirmed,
                 unconfirmed_targets: (f.unconfirmed_targets > 0).then_some(f.unconfirmed_targets),
-                effect: f.effect.map(|e| FaultEffect {
-                    count: i64::try_from(e.count).unwrap_or(i64::MAX),
-                    what: e.what.chars().take(64).collect(),
-                }),
+                effect: f.effect.as_ref().map(FaultEffect::from),
             })
             .collect(),
         message: run.message().map(str::to_owned),
@@ -239,10 +236,7 @@ pub(crate) fn resume_of(status: &ExperimentStatus) -> Resume {
                 placed: f.placed,
                 confirmed: f.confirmed,
                 unconfirmed_targets: f.unconfirmed_targets.unwrap_or(0),
-                effect: f.effect.as_ref().map(|e| Effect {
-                    count: u64::try_from(e.count).unwrap_or(0),
-                    what: e.what.clone(),
-                }),
+                effect: f.effect.as_ref().map(Effect::from),
             })
             .collect(),
     }

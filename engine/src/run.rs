@@ -58,6 +58,26 @@ pub struct Effect {
     pub what: String,
 }
 
+/// As an Experiment's status carries it (a count never negative there).
+impl From<&faultline_api::FaultEffect> for Effect {
+    fn from(e: &faultline_api::FaultEffect) -> Self {
+        Effect {
+            count: u64::try_from(e.count).unwrap_or(0),
+            what: e.what.clone(),
+        }
+    }
+}
+
+impl From<&Effect> for faultline_api::FaultEffect {
+    fn from(e: &Effect) -> Self {
+        faultline_api::FaultEffect {
+            count: i64::try_from(e.count).unwrap_or(i64::MAX),
+            // The status schema's bound.
+            what: e.what.chars().take(64).collect(),
+        }
+    }
+}
+
 impl std::fmt::Display for Effect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.count, self.what)

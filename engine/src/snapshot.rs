@@ -138,10 +138,7 @@ impl Snapshot {
                         .iter()
                         .find(|s| s.name == f.name)
                         .and_then(|s| s.effect.as_ref())
-                        .map(|e| crate::Effect {
-                            count: u64::try_from(e.count).unwrap_or(0),
-                            what: e.what.clone(),
-                        });
+                        .map(crate::Effect::from);
                     snap
                 })
                 .collect(),

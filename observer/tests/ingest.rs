@@ -447,6 +447,32 @@ impl tonic::codec::Codec for RawCodec {
     }
 }
 
+/// One raw OTLP/gRPC export of `body`, with `authorization: TOKEN` if given.
+async fn grpc_export(
+    addr: std::net::SocketAddr,
+    body: Vec<u8>,
+    token: Option<&'static str>,
+) -> Result<tonic::Response<Vec<u8>>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(body);
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            tonic::metadata::MetadataValue::from_static(t),
+        );
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    grpc.unary(request, path, RawCodec).await
+}
+
 /// The observer's `faultline_observer_rejected_total`, read from `/metrics`.
 async fn rejected_total(api: std::net::SocketAddr) -> u64 {
     let (status, body) = http(api, "GET", "/metrics", &[], b"").await.expect("http");
@@ -564,31 +590,8 @@ async fn a_token_keeps_out_forged_spans_and_readers() {
     .expect("http");
     assert_eq!(status, 200);
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", obs.addresses.otlp_grpc))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-    let send = |token: Option<&'static str>| {
-        let channel = channel.clone();
-        let body = export.clone();
-        async move {
-            let mut grpc = tonic::client::Grpc::new(channel);
-            grpc.ready().await.expect("ready");
-            let mut request = tonic::Request::new(body);
-            if let Some(t) = token {
-                request.metadata_mut().insert(
-                    "authorization",
-                    tonic::metadata::MetadataValue::from_static(t),
-                );
-            }
-            let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-            );
-            grpc.unary(request, path, RawCodec).await
-        }
-    };
+    let grpc = obs.addresses.otlp_grpc;
+    let send = |token| grpc_export(grpc, export.clone(), token);
     let err = send(None).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     let err = send(Some("Bearer nope")).await.expect_err("refused");
@@ -706,18 +709,8 @@ async fn exports_that_would_decode_huge_are_refused_with_memory_bounded() {
     for s in sends {
         assert_eq!(s.await.expect("task"), 400, "refused");
     }
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
-    grpc.ready().await.expect("ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    );
-    let err = grpc
-        .unary(tonic::Request::new(proto.clone()), path, RawCodec)
+    let grpc = std::net::SocketAddr::from(([127, 0, 0, 1], grpc_port));
+    let err = grpc_export(grpc, proto.clone(), None)
         .await
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
