@@ -172,11 +172,19 @@ enum Command {
     /// Show what an experiment would touch on the cluster of the current
     /// kubeconfig, applying nothing: the pods each fault hits and on which
     /// nodes, the pods skipped and why, what each node's agent would change
-    /// in its kernel, and whether the limits pass. Exit 0 when the run
-    /// would start, 2 when it would be refused (each reason printed).
+    /// in its kernel, and whether the limits pass. With --local, what
+    /// `faultline run --local` would do: the services each fault hits, what
+    /// each proxied edge and process gets. Exit 0 when the run would start,
+    /// 2 when it would be refused (each reason printed).
     Plan {
         /// The Experiment file.
         experiment: PathBuf,
+        /// Plan a local run against this Topology file instead.
+        #[arg(long, value_name = "TOPOLOGY")]
+        local: Option<PathBuf>,
+        /// With --local: the seed `faultline run --local` would be given.
+        #[arg(long, default_value_t = 0, requires = "local")]
+        seed: u64,
         /// Its namespace (default: the file's, else the kubeconfig's).
         #[arg(short, long)]
         namespace: Option<String>,
@@ -207,10 +215,19 @@ fn main() -> ExitCode {
         Command::Crd { out_dir } => crd(out_dir),
         Command::Plan {
             experiment,
+            local: Some(topology),
+            seed,
+            output,
+            ..
+        } => Ok(plan::run_local(&experiment, &topology, seed, output)),
+        Command::Plan {
+            experiment,
+            local: None,
             namespace,
             release_namespace,
             max_targets,
             output,
+            ..
         } => Ok(plan::run(
             &experiment,
             namespace.as_deref(),

@@ -10,7 +10,7 @@ use std::{
     process::ExitCode,
 };
 
-use faultline_api::{Experiment, FaultAction, KillMethod};
+use faultline_api::{Experiment, FaultAction, KillMethod, Topology};
 use faultline_controller::plan::{
     ALWAYS_PROTECTED, ExperimentRef, PodInfo, candidates, capped, labelled_protected, node_entries,
     opt_in_refusal, opted_in, protected_refusal, seed, target_namespaces,
@@ -51,6 +51,15 @@ struct Planned {
     skipped: Vec<Skipped>,
     /// Per node, what its agent would change.
     nodes: BTreeMap<String, Vec<String>>,
+    /// Local mode: per proxied edge `from -> to`, what its proxy would do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edges: Option<BTreeMap<String, Vec<String>>>,
+    /// Local mode: per service, the signals its process would get.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processes: Option<BTreeMap<String, Vec<String>>>,
+    /// What of the experiment a local run ignores.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
     limits: Limits,
 }
 
@@ -89,29 +98,105 @@ pub fn run(
     };
     crate::cluster::with_cluster(|client| async move {
         match planned(client, experiment, namespace, cluster).await {
-            Ok(p) => {
-                match output {
-                    Output::Json => match serde_json::to_string_pretty(&p) {
-                        Ok(s) => println!("{s}"),
-                        Err(e) => {
-                            tell!("faultline plan: {e}");
-                            return ExitCode::from(EXIT_BROKE);
-                        }
-                    },
-                    Output::Text => print_text(&p),
-                }
-                if p.refused.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(EXIT_INVALID)
-                }
-            }
+            Ok(p) => show(&p, output),
             Err(message) => {
                 tell!("faultline plan: {message}");
                 ExitCode::from(EXIT_BROKE)
             }
         }
     })
+}
+
+/// `faultline plan EXPERIMENT --local TOPOLOGY`: what `faultline run
+/// --local` with the same seed would do (the runtime's own planning).
+pub fn run_local(path: &Path, topology: &Path, seed: u64, output: Output) -> ExitCode {
+    let experiment: Experiment = match load(path) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let topology: Topology = match load(topology) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let name = path.display().to_string();
+    let mut refused = Vec::new();
+    // As `run --local` refuses them: checks of services nobody runs.
+    let unknown = faultline_api::unknown_services(&experiment.spec, &topology);
+    if !unknown.0.is_empty() {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        refused.extend(
+            faultline_api::locate(&bytes, &unknown)
+                .iter()
+                .map(|d| d.display_in(&name).to_string()),
+        );
+    }
+    let local = faultline_runtime::plan(&experiment, &topology, seed);
+    let chosen = match local.selection {
+        Ok(p) => p,
+        Err(e) => {
+            refused.push(e);
+            Default::default()
+        }
+    };
+    let spec = &experiment.spec;
+    let faults = spec
+        .faults
+        .iter()
+        .map(|f| {
+            let mut services = chosen.get(&f.target).cloned().unwrap_or_default();
+            services.sort();
+            PlannedFault {
+                name: f.name.clone(),
+                action: f.action.summary(),
+                target: f.target.clone(),
+                pods: services,
+            }
+        })
+        .collect();
+    let targets = chosen.values().flatten().collect::<BTreeSet<_>>().len();
+    let max_targets = spec.limits.as_ref().and_then(|l| l.max_targets);
+    let p = Planned {
+        experiment: experiment.name_any(),
+        limits: Limits {
+            max_targets,
+            targets,
+            pass: refused.is_empty(),
+        },
+        refused,
+        selection: "exact: `faultline run --local` with the same --seed chooses these",
+        faults,
+        skipped: Vec::new(),
+        nodes: BTreeMap::new(),
+        edges: Some(
+            local
+                .edges
+                .into_iter()
+                .map(|((from, to), what)| (format!("{from} -> {to}"), what))
+                .collect(),
+        ),
+        processes: Some(local.processes),
+        notes: faultline_runtime::local_mode_notes(&experiment),
+    };
+    show(&p, output)
+}
+
+/// Prints `p`; exit 0 when the run would start, 2 when refused.
+fn show(p: &Planned, output: Output) -> ExitCode {
+    match output {
+        Output::Json => match serde_json::to_string_pretty(p) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                tell!("faultline plan: {e}");
+                return ExitCode::from(EXIT_BROKE);
+            }
+        },
+        Output::Text => print_text(p),
+    }
+    if p.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    }
 }
 
 async fn planned(
@@ -310,6 +395,9 @@ async fn planned(
         faults,
         skipped,
         nodes,
+        edges: None,
+        processes: None,
+        notes: Vec::new(),
     })
 }
 
@@ -357,7 +445,7 @@ fn print_text(p: &Planned) {
     for f in &p.faults {
         say!("fault {} ({}) on target {}:", f.name, f.action, f.target);
         if f.pods.is_empty() {
-            say!("  no pod");
+            say!("  nothing selected");
         }
         for pod in &f.pods {
             say!("  {pod}");
@@ -369,14 +457,24 @@ fn print_text(p: &Planned) {
             say!("  {}: {}", s.pod, s.why);
         }
     }
-    for (node, changes) in &p.nodes {
-        say!("node {node}:");
-        for c in changes {
-            say!("  {c}");
+    let places = [
+        ("node", Some(&p.nodes)),
+        ("edge", p.edges.as_ref()),
+        ("process", p.processes.as_ref()),
+    ];
+    for (kind, changes) in places {
+        for (place, changes) in changes.into_iter().flatten() {
+            say!("{kind} {place}:");
+            for c in changes {
+                say!("  {c}");
+            }
         }
     }
+    for n in &p.notes {
+        say!("note: {n}");
+    }
     say!(
-        "limits: {} target pod(s), maxTargets {} — {}",
+        "limits: {} target(s), maxTargets {} — {}",
         p.limits.targets,
         p.limits
             .max_targets

@@ -620,6 +620,60 @@ spec:
         faultline_testkit::marked_processes("typo").is_empty(),
         "nothing started"
     );
+    // `plan --local` refuses it for the same reason, by line and column.
+    let out = faultline("typo")
+        .args(["plan", "--local"])
+        .arg(&topology)
+        .arg(&experiment)
+        .output()
+        .expect("runs");
+    let stdout = exited_with(&out, 2);
+    assert!(stdout.contains("would start: NO"), "{stdout}");
+    assert!(
+        stdout.contains("typo.yaml:11:28: spec.hypothesis[0].errorRate.service"),
+        "{stdout}"
+    );
+}
+
+/// `faultline plan --local -o json` of a demo experiment.
+fn local_plan(experiment: &str) -> serde_json::Value {
+    let out = faultline("plan")
+        .args([
+            "plan",
+            experiment,
+            "--local",
+            "experiments/demo/topology.yaml",
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("runs");
+    serde_json::from_str(&exited_with(&out, 0)).expect("json")
+}
+
+#[test]
+fn plan_local_shows_the_services_edges_and_processes_a_run_would_touch() {
+    let latency = local_plan("experiments/demo/payments-latency.yaml");
+    assert_eq!(
+        latency["faults"][0]["pods"],
+        serde_json::json!(["payments"])
+    );
+    assert_eq!(
+        latency["edges"],
+        serde_json::json!({"checkout -> payments": [
+            "slow-payments: latency 300ms (on payments, from 10s to 40s)"
+        ]}),
+        "only the edge into payments is slowed"
+    );
+    assert_eq!(latency["processes"], serde_json::json!({}));
+    let kill = local_plan("experiments/demo/payments-kill.yaml");
+    assert_eq!(
+        kill["processes"],
+        serde_json::json!({"payments": ["kill-payments: SIGKILL every 5s (from 10s to 30s)"]})
+    );
+    assert_eq!(kill["edges"], serde_json::json!({}));
+    assert_eq!(kill["limits"]["pass"], true);
+    assert_eq!(kill["refused"], serde_json::json!([]));
 }
 
 #[test]

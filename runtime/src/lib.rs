@@ -3,6 +3,8 @@
 //! on every dependency edge, embeds the observer, and drives the engine.
 
 pub mod local;
+mod plan;
 pub mod processes;
 
 pub use local::{Options, Outcome, Progress, local_mode_notes, run};
+pub use plan::{Edge, LocalPlan, plan};

@@ -11,18 +11,18 @@ use std::{
 
 use bytes::Bytes;
 use faultline_api::{
-    BreakerState, CheckKind, Direction, Experiment, FaultAction, Phase, Signal, Topology, Verdict,
-    addr_var,
+    BreakerState, CheckKind, Experiment, FaultAction, Phase, Signal, Topology, Verdict, addr_var,
 };
-use faultline_engine::{
-    Action, Candidate, CheckReport, Effect, Entry, Instance, Observed, Resolved, Run, Snapshot,
-};
+use faultline_engine::{Action, CheckReport, Effect, Entry, Instance, Observed, Run, Snapshot};
 use faultline_observer::{Addresses, Limits};
-use faultline_proxy::{Faults, Latency, Partition, Proxy};
+use faultline_proxy::{Faults, Proxy};
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::watch;
 
-use crate::processes::{Launch, Supervised, supervise, wait_for_port};
+use crate::{
+    plan::{Edge, candidates, edge_faults, edges, namespace_of},
+    processes::{Launch, Supervised, supervise, wait_for_port},
+};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -176,22 +176,18 @@ async fn drive(
         .iter()
         .map(|s| (s.name.as_str(), s.port))
         .collect();
-    let mut proxies: BTreeMap<(String, String), Proxy> = BTreeMap::new();
-    for s in &topology.spec.services {
-        for dep in &s.depends_on {
-            let upstream = SocketAddr::from((
-                [127, 0, 0, 1],
-                ports.get(dep.as_str()).copied().unwrap_or(0),
-            ));
-            let proxy = Proxy::start(any, upstream)
-                .await
-                .map_err(|source| Error::Proxy {
-                    from: s.name.clone(),
-                    to: dep.clone(),
-                    source,
-                })?;
-            proxies.insert((s.name.clone(), dep.clone()), proxy);
-        }
+    let mut proxies: BTreeMap<Edge, Proxy> = BTreeMap::new();
+    for (from, to) in edges(topology) {
+        let upstream =
+            SocketAddr::from(([127, 0, 0, 1], ports.get(to.as_str()).copied().unwrap_or(0)));
+        let proxy = Proxy::start(any, upstream)
+            .await
+            .map_err(|source| Error::Proxy {
+                from: from.clone(),
+                to: to.clone(),
+                source,
+            })?;
+        proxies.insert((from, to), proxy);
     }
 
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -230,21 +226,8 @@ async fn drive(
         }
     }
 
-    let namespace = experiment
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let candidates: Vec<Candidate> = topology
-        .spec
-        .services
-        .iter()
-        .map(|s| Candidate {
-            id: s.name.clone(),
-            namespace: namespace.clone(),
-            labels: s.labels.clone(),
-        })
-        .collect();
+    let namespace = namespace_of(experiment);
+    let candidates = candidates(topology, &namespace);
     let mut run = Run::new(experiment.spec.clone(), &namespace, options.seed);
     progress.send_modify(|p| p.starting = None);
     let started = tokio::time::Instant::now();
@@ -378,9 +361,6 @@ async fn drive(
         log,
     })
 }
-
-/// A proxied edge: (from service, to service).
-type Edge = (String, String);
 
 /// What each fault did, from the proxies' counters and the signals sent:
 /// counted on each edge only while the fault is carried there, so traffic
@@ -534,95 +514,15 @@ async fn stop_all(procs: BTreeMap<String, Supervised>) {
     futures::future::join_all(procs.into_values().map(Supervised::stop)).await;
 }
 
-/// Sets every proxy's faults from the active instances: latency and
-/// partitions apply to traffic reaching their target (`latency.to` narrows
-/// latency to the target's calls to those targets). Returns the instances
-/// some proxy now carries, with the edges that carry each.
+/// Sets every proxy's faults from the active instances (see
+/// `plan::edge_faults`). Returns the instances some proxy now carries, with
+/// the edges that carry each.
 fn apply_faults(
     run: &Run,
     proxies: &BTreeMap<Edge, Proxy>,
     ports: &HashMap<&str, u16>,
 ) -> BTreeMap<Instance, Vec<Edge>> {
-    let mut wanted: BTreeMap<Edge, Faults> = BTreeMap::new();
-    let mut carried: BTreeMap<Instance, Vec<Edge>> = BTreeMap::new();
-    let services_of =
-        |target: &str| -> Vec<String> { run.plan().get(target).cloned().unwrap_or_default() };
-    for Resolved {
-        fault: f, target, ..
-    } in run.resolved()
-    {
-        match &f.action {
-            FaultAction::Latency(l) => {
-                let latency = Latency {
-                    delay: l.delay.as_std(),
-                    jitter: l.jitter.unwrap_or_default().as_std(),
-                    loss: l.loss.map_or(0.0, |p| p.fraction()),
-                    correlation: l.correlation.map_or(0.0, |p| p.fraction()),
-                };
-                let edges: Vec<(String, String)> = if l.to.is_empty() {
-                    proxies
-                        .keys()
-                        .filter(|(_, to)| to == target)
-                        .cloned()
-                        .collect()
-                } else {
-                    let to: Vec<String> = l.to.iter().flat_map(|t| services_of(t)).collect();
-                    proxies
-                        .keys()
-                        .filter(|(from, t)| from == target && to.contains(t))
-                        .cloned()
-                        .collect()
-                };
-                if !edges.is_empty() {
-                    carried.insert(
-                        Instance {
-                            fault: f.name.clone(),
-                            target: target.to_owned(),
-                        },
-                        edges.clone(),
-                    );
-                }
-                for e in edges {
-                    let w = wanted.entry(e).or_default();
-                    if w.latency.is_none_or(|old| old.delay < latency.delay) {
-                        w.latency = Some(latency);
-                    }
-                }
-            }
-            FaultAction::Partition(p) => {
-                let peers: Vec<String> = p.peers.iter().flat_map(|t| services_of(t)).collect();
-                for ((from, to), _) in proxies.iter() {
-                    // Every edge ends at `to`'s port: the target's for
-                    // ingress, the peer's for egress — what `ports` names.
-                    let port_ok = p.ports.is_empty()
-                        || ports
-                            .get(to.as_str())
-                            .is_some_and(|port| p.ports.contains(port));
-                    let ingress = to == target && peers.contains(from) && port_ok;
-                    let egress = from == target && peers.contains(to) && port_ok;
-                    let cut = match p.direction {
-                        Direction::Ingress => ingress,
-                        Direction::Egress => egress,
-                        Direction::Both => ingress || egress,
-                    };
-                    if cut {
-                        carried
-                            .entry(Instance {
-                                fault: f.name.clone(),
-                                target: target.to_owned(),
-                            })
-                            .or_default()
-                            .push((from.clone(), to.clone()));
-                        wanted
-                            .entry((from.clone(), to.clone()))
-                            .or_default()
-                            .partition = Some(Partition::Blackhole);
-                    }
-                }
-            }
-            FaultAction::Kill(_) => {}
-        }
-    }
+    let (wanted, carried) = edge_faults(&run.resolved(), run.plan(), proxies.keys(), ports);
     for (edge, proxy) in proxies {
         let faults = wanted.get(edge).copied().unwrap_or_default();
         if proxy.faults() != faults {
@@ -688,6 +588,8 @@ async fn http_get(url: &str, timeout: Duration) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use faultline_engine::Candidate;
+    use faultline_proxy::{Latency, Partition};
 
     /// A 10 s experiment in namespace demo; `rest` continues under `targets:`.
     fn experiment(rest: &str) -> Experiment {
