@@ -461,6 +461,12 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_targets: Option<u32>,
+    /// The run does not start if a target would take more than this share
+    /// (in percent) of the pods it matches: 50 keeps half of every
+    /// workload, whatever its mode and size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_percent: Option<u32>,
 }
 
 string_enum! {
@@ -856,10 +862,12 @@ impl Decode for HttpCheck {
 
 impl Decode for Limits {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
-        let f = Fields::new(cx, node, path, &["maxTargets"])?;
+        let f = Fields::new(cx, node, path, &["maxTargets", "maxPercent"])?;
         let max_targets = f.opt(cx, "maxTargets");
+        let max_percent = f.opt(cx, "maxPercent");
         Some(Limits {
             max_targets: max_targets?,
+            max_percent: max_percent?,
         })
     }
 }
@@ -917,11 +925,18 @@ impl ExperimentSpec {
                 self.validate_check(c, &abort.index(i), true, p);
             }
         }
-        if let Some(Limits {
-            max_targets: Some(0),
-        }) = self.limits
-        {
-            p.add(spec.key("limits").key("maxTargets"), "must be at least 1");
+        if let Some(limits) = &self.limits {
+            if limits.max_targets == Some(0) {
+                p.add(spec.key("limits").key("maxTargets"), "must be at least 1");
+            }
+            if let Some(m) = limits.max_percent
+                && !(1..=100).contains(&m)
+            {
+                p.add(
+                    spec.key("limits").key("maxPercent"),
+                    format!("{m} is not 1 to 100"),
+                );
+            }
         }
     }
 

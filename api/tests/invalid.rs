@@ -387,6 +387,15 @@ fn numbers_too_large() {
         &edit("maxTargets: 20", "maxTargets: 0"),
         &["spec.limits.maxTargets: must be at least 1"],
     );
+    for share in ["0", "101"] {
+        assert_refused(
+            &edit(
+                "maxTargets: 20",
+                &format!("maxTargets: 20\n    maxPercent: {share}"),
+            ),
+            &[&format!("spec.limits.maxPercent: {share} is not 1 to 100")],
+        );
+    }
     assert_refused(
         &edit("percentile: 99", "percentile: 1e999"),
         &["spec.hypothesis[2].latency.percentile: expected a number"],

@@ -194,6 +194,10 @@ enum Command {
         /// The cluster's ceiling on target pods (chart ceilings.maxTargets).
         #[arg(long)]
         max_targets: Option<u32>,
+        /// The cluster's ceiling on a target's share of its pods, in
+        /// percent (chart ceilings.maxPercent).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        max_percent: Option<u32>,
         #[arg(short, long, value_enum, default_value = "text")]
         output: plan::Output,
     },
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
             namespace,
             release_namespace,
             max_targets,
+            max_percent,
             output,
             ..
         } => Ok(plan::run(
@@ -233,7 +238,10 @@ fn main() -> ExitCode {
             namespace.as_deref(),
             &plan::Cluster {
                 release_namespace: &release_namespace,
-                max_targets,
+                ceilings: faultline_controller::plan::Ceilings {
+                    max_targets,
+                    max_percent,
+                },
             },
             output,
         )),

@@ -10,10 +10,10 @@ use std::{
     process::ExitCode,
 };
 
-use faultline_api::{Experiment, FaultAction, KillMethod, Topology};
+use faultline_api::{Experiment, ExperimentSpec, FaultAction, KillMethod, Topology};
 use faultline_controller::plan::{
-    ALWAYS_PROTECTED, ExperimentRef, PodInfo, candidates, capped, labelled_protected, node_entries,
-    opt_in_refusal, opted_in, protected_refusal, seed, target_namespaces,
+    ALWAYS_PROTECTED, Ceilings, ExperimentRef, PodInfo, candidates, capped, labelled_protected,
+    node_entries, opt_in_refusal, opted_in, protected_refusal, seed, target_namespaces,
 };
 use faultline_engine::{Resolved, plan};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -34,7 +34,7 @@ pub enum Output {
 pub struct Cluster<'a> {
     /// Faultline's own namespace (the release's): never a target.
     pub release_namespace: &'a str,
-    pub max_targets: Option<u32>,
+    pub ceilings: Ceilings,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,6 +82,7 @@ struct Skipped {
 #[serde(rename_all = "camelCase")]
 struct Limits {
     max_targets: Option<u32>,
+    max_percent: Option<u32>,
     targets: usize,
     pass: bool,
 }
@@ -131,11 +132,11 @@ pub fn run_local(path: &Path, topology: &Path, seed: u64, output: Output) -> Exi
         );
     }
     let local = faultline_runtime::plan(&experiment, &topology, seed);
-    let chosen = match local.selection {
-        Ok(p) => p,
+    let (chosen, selection_ok) = match local.selection {
+        Ok(p) => (p, true),
         Err(e) => {
             refused.push(e);
-            Default::default()
+            (Default::default(), false)
         }
     };
     let spec = &experiment.spec;
@@ -153,15 +154,9 @@ pub fn run_local(path: &Path, topology: &Path, seed: u64, output: Output) -> Exi
             }
         })
         .collect();
-    let targets = chosen.values().flatten().collect::<BTreeSet<_>>().len();
-    let max_targets = spec.limits.as_ref().and_then(|l| l.max_targets);
     let p = Planned {
         experiment: experiment.name_any(),
-        limits: Limits {
-            max_targets,
-            targets,
-            pass: refused.is_empty(),
-        },
+        limits: Limits::of(spec, &chosen, selection_ok),
         refused,
         selection: "exact: `faultline run --local` with the same --seed chooses these",
         faults,
@@ -228,7 +223,7 @@ async fn planned(
             "an example: where a target picks some of its pods, which ones depends on the applied Experiment's uid",
         ),
     };
-    let spec = capped(&experiment.spec, cluster.max_targets);
+    let spec = capped(&experiment.spec, cluster.ceilings);
     let wanted: BTreeSet<String> = target_namespaces(&spec, &own)
         .into_iter()
         .map(str::to_owned)
@@ -381,15 +376,9 @@ async fn planned(
     for changes in nodes.values_mut() {
         changes.sort();
     }
-    let targets = chosen.values().flatten().collect::<BTreeSet<_>>().len();
-    let max_targets = spec.limits.as_ref().and_then(|l| l.max_targets);
     Ok(Planned {
         experiment: format!("{own}/{name}"),
-        limits: Limits {
-            max_targets,
-            targets,
-            pass: selection_ok && max_targets.is_none_or(|m| targets <= m as usize),
-        },
+        limits: Limits::of(&spec, &chosen, selection_ok),
         refused,
         selection,
         faults,
@@ -399,6 +388,19 @@ async fn planned(
         processes: None,
         notes: Vec::new(),
     })
+}
+
+impl Limits {
+    /// `spec`'s limits (the cluster's ceilings applied) and whether the
+    /// selection `chosen` kept them (`pass`: the engine's plan said so).
+    fn of(spec: &ExperimentSpec, chosen: &faultline_engine::Plan, pass: bool) -> Limits {
+        Limits {
+            max_targets: spec.limits.as_ref().and_then(|l| l.max_targets),
+            max_percent: spec.limits.as_ref().and_then(|l| l.max_percent),
+            targets: chosen.values().flatten().collect::<BTreeSet<_>>().len(),
+            pass,
+        }
+    }
 }
 
 /// What an agent would change in the kernel for one entry.
@@ -473,12 +475,13 @@ fn print_text(p: &Planned) {
     for n in &p.notes {
         say!("note: {n}");
     }
+    let or_none =
+        |m: Option<u32>, unit: &str| m.map_or_else(|| "none".to_owned(), |m| format!("{m}{unit}"));
     say!(
-        "limits: {} target(s), maxTargets {} — {}",
+        "limits: {} target(s), maxTargets {}, maxPercent {} — {}",
         p.limits.targets,
-        p.limits
-            .max_targets
-            .map_or_else(|| "none".to_owned(), |m| m.to_string()),
+        or_none(p.limits.max_targets, ""),
+        or_none(p.limits.max_percent, "%"),
         if p.limits.pass { "pass" } else { "FAIL" }
     );
 }

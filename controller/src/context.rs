@@ -43,8 +43,9 @@ pub struct Settings {
     /// after the controller last renewed it, so with the controller gone
     /// or the API unreachable every fault ends within one lease.
     pub fault_lease: Duration,
-    /// The cluster's ceiling on pods per run (chart `ceilings.maxTargets`).
-    pub max_targets: Option<u32>,
+    /// The cluster's ceilings on pods per run and share of a target
+    /// (chart `ceilings`).
+    pub ceilings: crate::plan::Ceilings,
     /// Namespaces whose pods are never targets, whatever an Experiment
     /// says (besides those labelled `faultline.dev/protected=true`).
     pub protected_namespaces: Vec<String>,
@@ -58,7 +59,7 @@ impl Default for Settings {
             max_wait: Duration::from_secs(30),
             unseen_grace: Duration::from_secs(30),
             fault_lease: Duration::from_secs(60),
-            max_targets: None,
+            ceilings: Default::default(),
             protected_namespaces: crate::plan::ALWAYS_PROTECTED
                 .iter()
                 .map(|s| (*s).to_owned())

@@ -18,7 +18,7 @@ use opentelemetry::{
 use crate::{
     nodes::Written,
     plan::ExperimentRef,
-    plan::{capped, seed},
+    plan::{Ceilings, capped, seed},
     status,
 };
 
@@ -119,12 +119,12 @@ impl Live {
         exp: &Experiment,
         now: Timestamp,
         (runs, missed_runs): (u32, u32),
-        max_targets: Option<u32>,
+        ceilings: Ceilings,
     ) -> Live {
         let (span, traceparent) = experiment_span(r, None);
         Live {
             run: Run::new(
-                capped(&exp.spec, max_targets),
+                capped(&exp.spec, ceilings),
                 &r.namespace,
                 seed(&r.uid, runs),
             ),
@@ -156,7 +156,7 @@ impl Live {
         exp: &Experiment,
         status: &ExperimentStatus,
         (started_at, now): (Timestamp, Timestamp),
-        max_targets: Option<u32>,
+        ceilings: Ceilings,
     ) -> Live {
         let runs = status.runs.unwrap_or(1).max(1);
         let elapsed = elapsed(started_at, now);
@@ -166,7 +166,7 @@ impl Live {
         let traceparent = status.traceparent.clone().or(new_traceparent);
         Live {
             run: Run::resume(
-                capped(&exp.spec, max_targets),
+                capped(&exp.spec, ceilings),
                 &r.namespace,
                 seed(&r.uid, runs),
                 elapsed,

@@ -73,6 +73,10 @@ struct Args {
     /// Experiment that sets none, and the highest one may set.
     #[arg(long)]
     max_targets: Option<u32>,
+    /// The cluster's ceiling on the share of a target's pods one run may
+    /// take, in percent: a run that would take more does not start.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_percent: Option<u32>,
     /// Instead of running: delete every NodeFaults object, record every
     /// run in progress as aborted and remove every Experiment's finalizer
     /// (the chart's post-delete hook, once the controller and agents are gone).
@@ -208,7 +212,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             check_every: args.check_every,
             unseen_grace: args.unseen_grace,
             fault_lease: args.fault_lease,
-            max_targets: args.max_targets,
+            ceilings: faultline_controller::plan::Ceilings {
+                max_targets: args.max_targets,
+                max_percent: args.max_percent,
+            },
             protected_namespaces: faultline_controller::plan::ALWAYS_PROTECTED
                 .iter()
                 .map(|s| (*s).to_owned())

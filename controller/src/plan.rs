@@ -84,14 +84,28 @@ impl PodInfo {
     }
 }
 
-/// The spec a run follows: the Experiment's, with the cluster's ceiling
-/// on targets as its limit when it sets none (or a higher one, which
+/// The cluster's ceilings (chart `ceilings`), which no Experiment exceeds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ceilings {
+    /// Pods per run.
+    pub max_targets: Option<u32>,
+    /// The share of a target's pods, in percent.
+    pub max_percent: Option<u32>,
+}
+
+/// The spec a run follows: the Experiment's, with each of the cluster's
+/// ceilings as its limit when it sets none (or a higher one, which
 /// admission refuses anyway).
-pub fn capped(spec: &ExperimentSpec, max_targets: Option<u32>) -> ExperimentSpec {
+pub fn capped(spec: &ExperimentSpec, ceilings: Ceilings) -> ExperimentSpec {
     let mut spec = spec.clone();
-    if let Some(ceiling) = max_targets {
+    let lower = |own: Option<u32>, ceiling: u32| Some(own.map_or(ceiling, |m| m.min(ceiling)));
+    if let Some(ceiling) = ceilings.max_targets {
         let limits = spec.limits.get_or_insert_with(Default::default);
-        limits.max_targets = Some(limits.max_targets.map_or(ceiling, |m| m.min(ceiling)));
+        limits.max_targets = lower(limits.max_targets, ceiling);
+    }
+    if let Some(ceiling) = ceilings.max_percent.filter(|m| *m < 100) {
+        let limits = spec.limits.get_or_insert_with(Default::default);
+        limits.max_percent = lower(limits.max_percent, ceiling);
     }
     spec
 }

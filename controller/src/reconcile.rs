@@ -290,7 +290,7 @@ async fn start_or_resume(
     let in_progress = phase.is_some_and(|p| !status::is_final(p));
     if in_progress && let Some(started) = &previous.started_at {
         tracing::info!(experiment = %key(exp), phase = ?phase, "resuming a run");
-        let max = ctx.settings.max_targets;
+        let max = ctx.settings.ceilings;
         return Ok(Ok(Live::resume(r, exp, previous, (started.0, now), max)));
     }
     // Whatever ended before (a restart after the end, a removal that
@@ -299,7 +299,7 @@ async fn start_or_resume(
     let runs = previous.runs.unwrap_or(0);
     if exp.spec.schedule.is_none() {
         if phase.is_none() || phase == Some(Phase::Invalid) {
-            let max = ctx.settings.max_targets;
+            let max = ctx.settings.ceilings;
             return Ok(Ok(Live::start(r, exp, second(now), (runs + 1, 0), max)));
         }
         return Ok(Err(Action::await_change()));
@@ -311,7 +311,7 @@ async fn start_or_resume(
             exp,
             second(now),
             (runs + 1, missed_before),
-            ctx.settings.max_targets,
+            ctx.settings.ceilings,
         ))),
         Some(at) if now < at => Ok(Err(Action::requeue(
             until(at, now).min(ctx.settings.max_wait),
@@ -375,7 +375,7 @@ async fn ended(
             exp,
             second(now),
             (live.runs + 1, live.missed_runs),
-            ctx.settings.max_targets,
+            ctx.settings.ceilings,
         );
         return step(exp, ctx, r, next, previous, now).await;
     }
@@ -970,9 +970,13 @@ pub(crate) enum Removal {
     },
 }
 
+/// How many pods are taken away at once: a PodDisruptionBudget that holds
+/// each for `EVICTION_PATIENCE` must not hold the step past a lease.
+const REMOVALS_AT_ONCE: usize = 16;
+
 /// Takes away the pods of due kill faults with `method: delete` (through
 /// the Eviction API, so PodDisruptionBudgets hold) or `force-delete` (a
-/// plain delete); what became of each.
+/// plain delete), several at once; what became of each.
 async fn delete_pods(
     ctx: &Context,
     exp: &Experiment,
@@ -980,94 +984,116 @@ async fn delete_pods(
     actions: &[faultline_engine::Action],
     pods: &[PodInfo],
 ) -> Vec<Removal> {
-    let mut out = Vec::new();
-    for action in actions {
-        let faultline_engine::Action::Signal(instance, _) = action else {
-            continue;
-        };
-        let method = run.spec().faults.iter().find_map(|f| match &f.action {
-            FaultAction::Kill(k) if f.name == instance.fault && k.method.deletes_pod() => {
-                Some(k.method)
-            }
-            _ => None,
-        });
-        let (Some(method), Some(pod)) = (method, pods.iter().find(|p| p.uid == instance.target))
-        else {
-            continue;
-        };
-        let api = Api::<Pod>::namespaced(ctx.client.clone(), &pod.namespace);
-        // The uid precondition: never take a successor that took the name.
-        let params = kube::api::DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
-                uid: Some(pod.uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        let name = format!("{}/{}", pod.namespace, pod.name);
-        // 429 is a PodDisruptionBudget's answer: no disruption allowed now.
-        let answer = |r: Result<(), kube::Error>| match r {
-            Ok(()) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 429 => Err(Some(e.message.clone())),
-            Err(e) => {
-                tracing::warn!(experiment = %key(exp), pod = %name, error = %chain(&e), "cannot take a pod away");
-                Err(None)
-            }
-        };
-        let (result, verb) = if method == KillMethod::ForceDelete {
-            (
-                answer(api.delete(&pod.name, &params).await.map(|_| ())),
-                "deleted",
-            )
-        } else {
-            // kube's client retries a 429 for minutes; for an eviction it
-            // is the budget's answer, taken after a few tries.
-            let result = match tokio::time::timeout(EVICTION_PATIENCE, evict(ctx, pod)).await {
-                Ok(r) => answer(r.map(|_| ())),
-                Err(_) => Err(Some(format!(
-                    "429 Too Many Requests for {} s (a PodDisruptionBudget allows no disruption now)",
-                    EVICTION_PATIENCE.as_secs()
-                ))),
+    use futures::StreamExt as _;
+    let due: Vec<(&str, KillMethod, &PodInfo)> = actions
+        .iter()
+        .filter_map(|action| {
+            let faultline_engine::Action::Signal(instance, _) = action else {
+                return None;
             };
-            (result, "evicted")
-        };
-        match result {
-            Ok(()) => {
-                out.push(Removal::Done {
-                    fault: instance.fault.clone(),
-                });
-                tracing::info!(experiment = %key(exp), pod = %name, fault = %instance.fault, "{verb} a pod");
-                let reason = if verb == "evicted" {
-                    "PodEvicted"
-                } else {
-                    "PodDeleted"
-                };
-                ctx.event(
-                    exp,
-                    EventType::Normal,
-                    reason,
-                    format!("{} {verb} {name}", instance.fault),
-                )
-                .await;
-            }
-            Err(Some(message)) => {
-                let why = format!("eviction of {name} refused: {message}");
-                tracing::warn!(experiment = %key(exp), pod = %name, fault = %instance.fault, "{why}");
-                ctx.event(
-                    exp,
-                    EventType::Warning,
-                    "EvictionRefused",
-                    format!("{}: {why}", instance.fault),
-                )
-                .await;
-                out.push(Removal::Refused {
-                    fault: instance.fault.clone(),
-                    pod: pod.uid.clone(),
-                    why,
-                });
-            }
-            Err(None) => {}
+            let method = run.spec().faults.iter().find_map(|f| match &f.action {
+                FaultAction::Kill(k) if f.name == instance.fault && k.method.deletes_pod() => {
+                    Some(k.method)
+                }
+                _ => None,
+            })?;
+            let pod = pods.iter().find(|p| p.uid == instance.target)?;
+            Some((instance.fault.as_str(), method, pod))
+        })
+        .collect();
+    // Built first: a closure inside the stream would not be Send here.
+    let removals: Vec<_> = due
+        .into_iter()
+        .map(|(fault, method, pod)| remove_pod(ctx, exp, fault, method, pod))
+        .collect();
+    let done: Vec<Option<Removal>> = futures::stream::iter(removals)
+        .buffer_unordered(REMOVALS_AT_ONCE)
+        .collect()
+        .await;
+    done.into_iter().flatten().collect()
+}
+
+/// Evicts or deletes one pod for `fault`, with its Event; None when the
+/// API failed otherwise (logged; the next step tries again).
+async fn remove_pod(
+    ctx: &Context,
+    exp: &Experiment,
+    fault: &str,
+    method: KillMethod,
+    pod: &PodInfo,
+) -> Option<Removal> {
+    let api = Api::<Pod>::namespaced(ctx.client.clone(), &pod.namespace);
+    // The uid precondition: never take a successor that took the name.
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(pod.uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let name = format!("{}/{}", pod.namespace, pod.name);
+    // 429 is a PodDisruptionBudget's answer: no disruption allowed now.
+    let answer = |r: Result<(), kube::Error>| match r {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 429 => Err(Some(e.message.clone())),
+        Err(e) => {
+            tracing::warn!(experiment = %key(exp), pod = %name, error = %chain(&e), "cannot take a pod away");
+            Err(None)
         }
+    };
+    let (result, verb) = if method == KillMethod::ForceDelete {
+        (
+            answer(api.delete(&pod.name, &params).await.map(|_| ())),
+            "deleted",
+        )
+    } else {
+        // kube's client retries a 429 for minutes, out of sight; for an
+        // eviction it is mostly the budget's answer, taken after a few
+        // tries — or a server too slow to answer, which refuses as surely.
+        let result = match tokio::time::timeout(EVICTION_PATIENCE, evict(ctx, pod)).await {
+            Ok(r) => answer(r.map(|_| ())),
+            Err(_) => Err(Some(format!(
+                "not evicted within {} s: the API kept answering 429 Too Many Requests (a PodDisruptionBudget allows no disruption now) or did not answer",
+                EVICTION_PATIENCE.as_secs()
+            ))),
+        };
+        (result, "evicted")
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(experiment = %key(exp), pod = %name, fault, "{verb} a pod");
+            let reason = if verb == "evicted" {
+                "PodEvicted"
+            } else {
+                "PodDeleted"
+            };
+            ctx.event(
+                exp,
+                EventType::Normal,
+                reason,
+                format!("{fault} {verb} {name}"),
+            )
+            .await;
+            Some(Removal::Done {
+                fault: fault.to_owned(),
+            })
+        }
+        Err(Some(message)) => {
+            let why = format!("eviction of {name} refused: {message}");
+            tracing::warn!(experiment = %key(exp), pod = %name, fault, "{why}");
+            ctx.event(
+                exp,
+                EventType::Warning,
+                "EvictionRefused",
+                format!("{fault}: {why}"),
+            )
+            .await;
+            Some(Removal::Refused {
+                fault: fault.to_owned(),
+                pod: pod.uid.clone(),
+                why,
+            })
+        }
+        Err(None) => None,
     }
-    out
 }

@@ -857,6 +857,56 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_share_ceiling_refuses_a_run_that_would_take_too_much_of_a_target() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
+    // As the chart sets it for ceilings.maxPercent: 50.
+    let (_controller, _) =
+        cp.start_controller(&kubeconfig, "controller-1", &["--max-percent", "50"]);
+    let exps = experiments(&cp.client().await, "shop");
+    let slow = |name: &str, mode: &str| {
+        format!(
+            "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  duration: 1m
+  targets:
+    payments: {{labels: {{app: payments}}, {mode}}}
+  faults:
+    - {{name: slow, target: payments, latency: {{delay: 300ms}}}}
+"
+        )
+    };
+    // Both of two pods: admitted (a count, not a share), refused at start.
+    cp.apply(&slow("both", "mode: fixed, value: 2"));
+    let status = eventually("the run refused", WAIT, || async {
+        let e = exps.get("both").await.ok()?;
+        (e.data["status"]["verdict"] == "Aborted").then(|| e.data["status"].clone())
+    })
+    .await;
+    assert!(
+        status["message"].as_str().unwrap_or_default().contains(
+            "target payments would take 2 of the 2 pods it matches, more than limits.maxPercent = 50%"
+        ),
+        "{status}"
+    );
+    assert_eq!(status["injected"].as_u64().unwrap_or(0), 0, "{status}");
+    // One of two is half: it runs.
+    cp.apply(&slow("one", "mode: one"));
+    eventually("the run placed", WAIT, || async {
+        let e = exps.get("one").await.ok()?;
+        (e.data["status"]["injected"] == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_by_eviction_respect_disruption_budgets_and_force_delete_does_not() {
     // The disruption controller keeps the budget's status.
     let options = Options {
@@ -969,15 +1019,18 @@ spec:
         .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
     assert!(gone, "deleted past the budget");
 
-    // A budget that allows it: the eviction goes through.
-    cp.running_pod(
-        "shop",
-        "payments-2",
-        json!({"app": "payments"}),
-        "node-a",
-        "10.0.0.2",
-    )
-    .await;
+    // A budget that allows it: the evictions go through, several at once.
+    let replicas = ["payments-2", "payments-3", "payments-4"];
+    for (i, name) in replicas.iter().enumerate() {
+        cp.running_pod(
+            "shop",
+            name,
+            json!({"app": "payments"}),
+            "node-a",
+            &format!("10.0.0.{}", i + 2),
+        )
+        .await;
+    }
     cp.apply(
         "apiVersion: policy/v1
 kind: PodDisruptionBudget
@@ -987,9 +1040,9 @@ spec:
   selector: {matchLabels: {app: payments}}
 ",
     );
-    eventually("the budget allowing a disruption", WAIT, || async {
+    eventually("the budget allowing three disruptions", WAIT, || async {
         let p = pdbs.get("payments").await.ok()?;
-        (p.data["status"]["disruptionsAllowed"].as_u64() >= Some(1)).then_some(())
+        (p.data["status"]["disruptionsAllowed"].as_u64() >= Some(3)).then_some(())
     })
     .await;
     cp.apply(&kill("allowed", "delete"));
@@ -997,15 +1050,17 @@ spec:
     assert_eq!(status["verdict"], "Passed", "{status}");
     assert_eq!(
         status["faults"][0]["effect"],
-        json!({"count": 1, "what": "pods evicted"}),
+        json!({"count": 3, "what": "pods evicted"}),
         "{status}"
     );
-    let evicted = pods
-        .get_opt("payments-2")
-        .await
-        .expect("get")
-        .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
-    assert!(evicted);
+    for name in replicas {
+        let evicted = pods
+            .get_opt(name)
+            .await
+            .expect("get")
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        assert!(evicted, "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,15 @@ pub enum PlanError {
         "the targets select {selected} pods, more than limits.maxTargets = {max}; nothing was injected"
     )]
     TooManyTargets { selected: usize, max: u32 },
+    #[error(
+        "target {target} would take {selected} of the {matching} pods it matches, more than limits.maxPercent = {max}%; nothing was injected"
+    )]
+    OverShare {
+        target: String,
+        selected: usize,
+        matching: usize,
+        max: u32,
+    },
 }
 
 pub fn matches(sel: &TargetSelector, default_namespace: &str, c: &Candidate) -> bool {
@@ -115,6 +124,24 @@ pub fn plan(
             )
         })
         .collect();
+    if let Some(max) = spec.limits.as_ref().and_then(|l| l.max_percent) {
+        for (name, sel) in &spec.targets {
+            let selected = plan.get(name).map_or(0, Vec::len);
+            let matching = candidates
+                .iter()
+                .filter(|c| matches(sel, default_namespace, c))
+                .count();
+            // Whole pods: one of one is 100 %, whatever the mode.
+            if selected * 100 > matching * max as usize {
+                return Err(PlanError::OverShare {
+                    target: name.clone(),
+                    selected,
+                    matching,
+                    max,
+                });
+            }
+        }
+    }
     if let Some(max) = spec.limits.as_ref().and_then(|l| l.max_targets) {
         // A pod selected by two targets counts once: it is one pod at risk.
         let mut all: Vec<&String> = plan.values().flatten().collect();
@@ -190,6 +217,54 @@ mod tests {
         assert_eq!(
             select("t", &in_prod, "shop", &c, 1),
             vec!["elsewhere".to_owned()]
+        );
+    }
+
+    #[test]
+    fn max_percent_holds_every_mode_to_a_share_of_the_matching_pods() {
+        let spec = |mode, value| {
+            let doc = "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: x, namespace: shop}
+spec:
+  duration: 60s
+  limits: {maxPercent: 50}
+  targets:
+    t: {labels: {app: payments}}
+  faults:
+    - {name: k, target: t, kill: {}}
+";
+            let mut s = faultline_api::parse_one::<faultline_api::Experiment>(doc.as_bytes())
+                .expect("valid")
+                .spec;
+            s.targets.insert("t".into(), sel(mode, value));
+            s
+        };
+        let shared = |mode, value, pods_n| {
+            plan(&spec(mode, value), "shop", &pods(pods_n), 1).map(|p| p["t"].len())
+        };
+        assert_eq!(shared(SelectionMode::Fixed, Some(2), 4), Ok(2), "half");
+        assert_eq!(
+            shared(SelectionMode::Percent, Some(50), 3),
+            Err(PlanError::OverShare {
+                target: "t".into(),
+                selected: 2,
+                matching: 3,
+                max: 50
+            }),
+            "50 % of 3 rounds up to 2"
+        );
+        assert!(shared(SelectionMode::Fixed, Some(2), 3).is_err());
+        assert!(
+            shared(SelectionMode::One, None, 1).is_err(),
+            "one of one is all"
+        );
+        assert!(shared(SelectionMode::All, None, 2).is_err());
+        assert_eq!(shared(SelectionMode::One, None, 2), Ok(1));
+        assert_eq!(
+            shared(SelectionMode::All, None, 0),
+            Ok(0),
+            "nothing matched, nothing taken"
         );
     }
 

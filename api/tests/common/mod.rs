@@ -140,6 +140,11 @@ pub fn refusals() -> Vec<Refusal> {
             By::Schema("spec.limits.maxTargets"),
         ),
         edit(
+            "/spec/limits/maxPercent",
+            json!(101),
+            By::Schema("spec.limits.maxPercent"),
+        ),
+        edit(
             "/spec/targets/cart/value",
             json!(4_294_967_296_u64),
             By::Schema("spec.targets.cart.value"),
