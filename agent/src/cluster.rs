@@ -147,18 +147,29 @@ const STATUS_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Writes each status the agent publishes, the latest first when several
 /// queue up; a failed write is retried with backoff, a missing object (404:
-/// deleted, nothing to report on) is skipped.
+/// deleted, nothing to report on) is skipped. The clock skew `skew`
+/// reports goes with it, and a change of it alone is written too.
 pub async fn write_status(
     api: Api<NodeFaults>,
     node: String,
     mut statuses: watch::Receiver<Option<NodeFaultsStatus>>,
+    mut skew: watch::Receiver<Option<i64>>,
 ) {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut retry = STATUS_RETRY_FIRST;
-    while statuses.changed().await.is_ok() {
-        let Some(status) = statuses.borrow_and_update().clone() else {
+    loop {
+        // Without a skew measurer the statuses alone drive the writes.
+        let open = tokio::select! {
+            c = statuses.changed() => c.is_ok(),
+            Ok(()) = skew.changed() => true,
+        };
+        if !open {
+            return;
+        }
+        let Some(mut status) = statuses.borrow_and_update().clone() else {
             continue;
         };
+        status.clock_skew_seconds = *skew.borrow_and_update();
         let patch = status_patch(&status);
         match api
             .patch_status(&node, &params, &Patch::Apply(&patch))
@@ -299,11 +310,12 @@ mod tests {
             observed_generation: Some(2),
             applied: Some(1),
             faults: Vec::new(),
+            clock_skew_seconds: Some(-30),
         });
         assert_eq!(
             p,
             serde_json::json!({"apiVersion": "faultline.dev/v1alpha1", "kind": "NodeFaults",
-                "status": {"observedGeneration": 2, "applied": 1}})
+                "status": {"observedGeneration": 2, "applied": 1, "clockSkewSeconds": -30}})
         );
     }
 }

@@ -30,7 +30,8 @@
 //! encoding. Latency went the same way for the same reason: running `tc`
 //! three to five times per change cost ≈ 60 ms in the kernel lab, against
 //! under a millisecond now, and netlink-packet-route has no netem or prio
-//! options to build on. Kill faults use `kill(2)` through rustix.
+//! options to build on. Kill faults signal through pidfds (`pidfd_open`,
+//! `pidfd_send_signal`), so a reused PID is never hit.
 
 // Modules are private and what the binary, the tests and the benchmarks
 // use is re-exported here, so the compiler reports what nothing uses.
@@ -41,6 +42,7 @@ mod journal;
 mod metrics;
 mod netns;
 mod reconcile;
+pub mod skew;
 mod source;
 mod spans;
 mod status;

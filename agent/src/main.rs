@@ -248,9 +248,20 @@ fn run() -> anyhow::Result<bool> {
             (Box::new(rx), Stop::Channel(tx.clone()), Some((node, tx)))
         }
     };
+    // Kube mode: deadlines by the later of this node's clock and the API
+    // server's (see `skew`); standalone, the node's own.
+    let clock = faultline_agent::skew::ServerAware::default();
+    let skew = clock.skew.clone();
+    let kube_mode = kube.is_some();
     let looper = std::thread::Builder::new()
         .name("reconcile".into())
-        .spawn(move || agent.run(&mut *events, &SystemClock))
+        .spawn(move || {
+            if kube_mode {
+                agent.run(&mut *events, &clock)
+            } else {
+                agent.run(&mut *events, &SystemClock)
+            }
+        })
         .context("cannot start the reconcile thread")?;
     let served = rt.block_on(async move {
         let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -270,10 +281,16 @@ fn run() -> anyhow::Result<bool> {
             let client = kube::Client::try_default().await.map_err(|e| {
                 anyhow::anyhow!("cannot set up a Kubernetes client (in-cluster or kubeconfig): {e}")
             })?;
+            let (skew_tx, skew_rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(faultline_agent::skew::measure(
+                client.clone(),
+                skew,
+                skew_tx,
+            ));
             let api: kube::Api<NodeFaults> = kube::Api::all(client);
             tracing::info!("following NodeFaults {node}");
             tokio::spawn(cluster::follow(api.clone(), node.clone(), tx));
-            tokio::spawn(cluster::write_status(api, node, status_rx));
+            tokio::spawn(cluster::write_status(api, node, status_rx, skew_rx));
         }
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: removing every fault"),

@@ -179,6 +179,8 @@ pub(crate) fn build(
         },
         applied: Some(u32::try_from(applied).unwrap_or(u32::MAX)),
         faults,
+        // The status writer adds it (`cluster::write_status`).
+        clock_skew_seconds: None,
     }
 }
 

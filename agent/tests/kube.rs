@@ -258,7 +258,12 @@ async fn watch_events_drive_faults_and_status_is_server_side_applied() {
     let (tx, mut rx) = mpsc::channel::<Event>();
     let looper = std::thread::spawn(move || agent.run(&mut rx, &SystemClock));
     let follower = tokio::spawn(cluster::follow(api.clone(), NODE.into(), tx.clone()));
-    let writer = tokio::spawn(cluster::write_status(api, NODE.into(), status_rx));
+    let writer = tokio::spawn(cluster::write_status(
+        api,
+        NODE.into(),
+        status_rx,
+        tokio::sync::watch::channel(None).1,
+    ));
 
     // The initial list applies generation 1 and reports it, by server-side apply.
     let w = status_where(&mut writes, "generation 1", |s| {
@@ -425,4 +430,108 @@ async fn an_unreachable_api_keeps_applied_faults_and_recovers() {
         .expect("join");
     assert!(clean);
     follower.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_clock_behind_the_servers_ends_faults_by_the_servers_and_says_so() {
+    // The API server's clock runs two minutes ahead of this node's: a real
+    // server will not do that on demand, so this one is scripted.
+    const AHEAD: i64 = 120;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let (write_tx, mut writes) = tmpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let server_now = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(AHEAD);
+            let date = jiff::fmt::rfc2822::DateTimePrinter::new()
+                .timestamp_to_rfc9110_string(&server_now)
+                .expect("date");
+            let path = req.uri().path().to_owned();
+            let body = if path == "/version" {
+                json!({"major": "1", "minor": "37", "gitVersion": "v1.37.2"})
+            } else {
+                assert_eq!(path, format!("{PATH}/{NODE}/status"));
+                let bytes = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .expect("body")
+                    .to_bytes();
+                let body: Value = serde_json::from_slice(&bytes).expect("status json");
+                let _ = write_tx.send(StatusWrite {
+                    content_type: String::new(),
+                    query: String::new(),
+                    body: body.clone(),
+                });
+                body
+            };
+            let mut response = respond(200, &body);
+            response
+                .headers_mut()
+                .insert(http::header::DATE, date.parse().expect("header"));
+            send.send_response(response);
+        }
+    });
+    let clock = faultline_agent::skew::ServerAware::default();
+    let (skew_tx, skew_rx) = tokio::sync::watch::channel(None);
+    let measurer = tokio::spawn(faultline_agent::skew::measure(
+        client.clone(),
+        clock.skew.clone(),
+        skew_tx,
+    ));
+    let dir = tempfile::tempdir().expect("tmp");
+    let rec = Recording::default();
+    let mut agent = Agent::start(
+        rec.clone(),
+        Journal::open(dir.path()).expect("journal"),
+        Desired::Faults(Vec::new()),
+        Metrics::default(),
+        jiff::Timestamp::now(),
+    );
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    agent.report_to(status_tx);
+    let (tx, mut rx) = mpsc::channel::<Event>();
+    let skew = clock.skew.clone();
+    let looper = std::thread::spawn(move || agent.run(&mut rx, &clock));
+    let writer = tokio::spawn(cluster::write_status(
+        kube::Api::all(client),
+        NODE.into(),
+        status_rx,
+        skew_rx,
+    ));
+    let measured = skew.clone();
+    wait_blocking("the skew measured", move || measured.get().map(|_| ())).await;
+
+    // One minute left by this node's clock is a minute past by the
+    // server's: the entry is over and never applied; one with three
+    // minutes left by the node's clock is applied.
+    let entry = |id: &str, secs: i64| {
+        let mut f = fault(id);
+        f["expiresAt"] =
+            json!((jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs)).to_string());
+        serde_json::from_value::<faultline_api::NodeFault>(f).expect("entry")
+    };
+    tx.send(Event::Versioned {
+        desired: Desired::Faults(vec![entry("stale", 60), entry("live", 180)]),
+        generation: 1,
+    })
+    .expect("send");
+    let w = status_where(&mut writes, "generation 1 and the skew", |s| {
+        s["observedGeneration"] == 1 && s["clockSkewSeconds"].is_i64()
+    })
+    .await;
+    let reported = w.body["status"]["clockSkewSeconds"].as_i64().unwrap_or(0);
+    assert!((AHEAD - 2..=AHEAD + 2).contains(&reported), "{}", w.body);
+    assert_eq!(
+        rec.calls(),
+        [Call::Apply("live".into())],
+        "the stale entry is not applied"
+    );
+
+    tx.send(Event::Shutdown).expect("shutdown");
+    let clean = tokio::task::spawn_blocking(move || looper.join().expect("loop"))
+        .await
+        .expect("join");
+    assert!(clean);
+    measurer.abort();
+    writer.abort();
+    server.abort();
 }

@@ -116,6 +116,11 @@ pub struct NodeFaultsStatus {
     pub applied: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<NodeFaultStatus>,
+    /// How far the API server's clock is ahead of this node's, in seconds
+    /// (negative: behind), when it is 2 s or more; the agent then judges
+    /// deadlines by the later of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_seconds: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -140,8 +140,8 @@ pub fn refusals() -> Vec<Refusal> {
             By::Schema("spec.limits.maxTargets"),
         ),
         edit(
-            "/spec/limits/maxPercent",
-            json!(101),
+            "/spec/limits",
+            json!({"maxTargets": 20, "maxPercent": 101}),
             By::Schema("spec.limits.maxPercent"),
         ),
         edit(
