@@ -35,6 +35,12 @@ struct Args {
     /// A file holding the observer's bearer token (a mounted Secret).
     #[arg(long, value_name = "PATH")]
     observer_token_file: Option<std::path::PathBuf>,
+    /// The observer attributes spans to their sender's namespace (its
+    /// --attribute-namespaces): a check's `service` is read as
+    /// `NAMESPACE/SERVICE`, the Experiment's namespace unless the service
+    /// names another (`other-namespace/service`).
+    #[arg(long)]
+    observer_namespaced: bool,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "FAULTLINE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -198,6 +204,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let mut observer = ObserverClient::new(args.observer.clone());
+    if args.observer_namespaced {
+        observer = observer.namespaced();
+    }
     if let Some(path) = &args.observer_token_file {
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("--observer-token-file {}", path.display()))?;

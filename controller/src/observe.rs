@@ -136,6 +136,23 @@ pub struct ObserverClient {
     client_link_local: Client<Https, Empty<Bytes>>,
     /// The observer's bearer token, when it wants one.
     token: Option<String>,
+    /// The observer records services as `namespace/service`, the sender's
+    /// namespace (its `--attribute-namespaces`).
+    namespaced: bool,
+}
+
+/// `name` as one URL path segment: every byte but the unreserved ones
+/// percent-encoded (`shop/checkout` → `shop%2Fcheckout`).
+fn path_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The observer's window for a check's window: whole seconds, 1 s to 5 m.
@@ -151,6 +168,25 @@ impl ObserverClient {
             client: https_client(false),
             client_link_local: https_client(true),
             token: None,
+            namespaced: false,
+        }
+    }
+
+    /// Reads services as `namespace/service` (the observer attributes spans
+    /// to their sender's namespace): a check's `service` in the
+    /// Experiment's namespace, or `other-namespace/service` as written.
+    pub fn namespaced(mut self) -> Self {
+        self.namespaced = true;
+        self
+    }
+
+    /// The observer's name for a check's `service` in an Experiment of
+    /// `namespace`.
+    fn name_of(&self, service: &str, namespace: &str) -> String {
+        if self.namespaced && !service.contains('/') {
+            format!("{namespace}/{service}")
+        } else {
+            service.to_owned()
         }
     }
 
@@ -230,7 +266,10 @@ impl ObserverClient {
         percentile: Option<f64>,
     ) -> Result<Option<ServiceFigures>, Error> {
         let base = self.base.as_ref().ok_or(Error::NotConfigured)?;
-        let mut url = format!("{base}/api/v1/services/{name}?window={window}s");
+        let mut url = format!(
+            "{base}/api/v1/services/{}?window={window}s",
+            path_segment(name)
+        );
         if let Some(p) = percentile {
             url.push_str(&format!("&percentile={p}"));
         }
@@ -284,30 +323,34 @@ impl ObserverClient {
         ))
     }
 
-    /// The figure a check compares. An observer that cannot be read is an
-    /// error, not "no data": no data lets rate checks pass, and an
-    /// unreadable observer is no evidence either way.
-    pub(crate) async fn observe(&self, kind: &CheckKind) -> Result<Observed, Error> {
+    /// The figure a check of an Experiment in `namespace` compares. An
+    /// observer that cannot be read is an error, not "no data": no data
+    /// lets rate checks pass, and an unreadable observer is no evidence
+    /// either way.
+    pub(crate) async fn observe(
+        &self,
+        kind: &CheckKind,
+        namespace: &str,
+    ) -> Result<Observed, Error> {
+        let name = kind.service().map(|s| self.name_of(s, namespace));
+        let name = name.as_deref().unwrap_or_default();
         Ok(match kind {
             CheckKind::ErrorRate(c) => {
-                match self
-                    .service(&c.service, window_secs(c.window), None)
-                    .await?
-                {
+                match self.service(name, window_secs(c.window), None).await? {
                     Some(f) if f.requests > 0 => Observed::Rate {
                         rate: f.error_rate,
                         requests: f.requests,
                     },
                     Some(_) => Observed::NoData,
-                    None => self.unseen(&c.service).await,
+                    None => self.unseen(name).await,
                 }
             }
             CheckKind::Latency(c) => {
                 let Some(f) = self
-                    .service(&c.service, window_secs(c.window), Some(c.percentile))
+                    .service(name, window_secs(c.window), Some(c.percentile))
                     .await?
                 else {
-                    return Ok(self.unseen(&c.service).await);
+                    return Ok(self.unseen(name).await);
                 };
                 match f.percentile.and_then(|p| p.ms) {
                     Some(ms) => Observed::LatencyMs {
@@ -318,8 +361,8 @@ impl ObserverClient {
                 }
             }
             CheckKind::Breaker(c) => {
-                let Some(f) = self.service(&c.service, 30, None).await? else {
-                    return Ok(self.unseen(&c.service).await);
+                let Some(f) = self.service(name, 30, None).await? else {
+                    return Ok(self.unseen(name).await);
                 };
                 let breaker = f.breakers.into_iter().find(|b| b.name == c.name);
                 match breaker
@@ -367,6 +410,20 @@ mod tests {
         addr
     }
 
+    #[test]
+    fn a_namespaced_observer_is_asked_for_the_experiments_namespace() {
+        let plain = ObserverClient::new(Some("http://o".into()));
+        assert_eq!(plain.name_of("checkout", "shop"), "checkout");
+        let namespaced = plain.namespaced();
+        assert_eq!(namespaced.name_of("checkout", "shop"), "shop/checkout");
+        assert_eq!(
+            namespaced.name_of("payments/api", "shop"),
+            "payments/api",
+            "another namespace, named"
+        );
+        assert_eq!(path_segment("shop/check out"), "shop%2Fcheck%20out");
+    }
+
     #[tokio::test]
     async fn an_endless_body_is_read_no_further_than_the_limit() {
         let addr = endless().await;
@@ -374,7 +431,7 @@ mod tests {
         // The check's own timeout is long: only the read limit ends it.
         let observed = tokio::time::timeout(
             Duration::from_secs(30),
-            client.observe(&check(&format!("http://{addr}/"), "1m", false)),
+            client.observe(&check(&format!("http://{addr}/"), "1m", false), "shop"),
         )
         .await
         .expect("the read stops at the limit")
@@ -391,7 +448,7 @@ mod tests {
             "http://metadata.google.internal/computeMetadata/v1/",
         ] {
             let err = client
-                .observe(&check(url, "200ms", false))
+                .observe(&check(url, "200ms", false), "shop")
                 .await
                 .expect_err(url);
             assert!(

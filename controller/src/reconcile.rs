@@ -500,7 +500,7 @@ async fn step(
                 Some(w) => check.kind.with_window(w),
                 None => check.kind.clone(),
             };
-            match ctx.observer.observe(&kind).await {
+            match ctx.observer.observe(&kind, &r.namespace).await {
                 Ok(observed) => {
                     // A service still unknown after the grace is most likely
                     // misnamed: said once, by name, while the run goes on.

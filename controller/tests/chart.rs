@@ -56,6 +56,8 @@ const OTHER_VALUES: &[&str] = &[
     "controller.leaderElect=false,agent.stateDir=/var/lib/fl",
     "--set",
     "observer.tokenSecret=observer-token,admission.enabled=false,ceilings.maxTargets=0",
+    "--set",
+    "observer.attributeNamespaces=false",
 ];
 
 fn render(extra: &[&str]) -> Option<String> {
@@ -279,6 +281,30 @@ fn rbac_is_least_privilege() {
             args("Deployment", "-controller").contains("--observer-token-file="),
             token
         );
+        // By default spans count in their sender's namespace: the observer
+        // watches pods (list and watch only) and the controller reads
+        // namespaced names.
+        let attributed = extra.is_empty();
+        assert_eq!(
+            args("Deployment", "-observer").contains("--attribute-namespaces"),
+            attributed
+        );
+        assert_eq!(
+            args("Deployment", "-controller").contains("--observer-namespaced"),
+            attributed
+        );
+        let observer_pod = &named(&docs, "Deployment", "-observer")["spec"]["template"]["spec"];
+        assert_eq!(
+            observer_pod["automountServiceAccountToken"] == false,
+            !attributed,
+            "a token only to watch pods"
+        );
+        if attributed {
+            assert_eq!(
+                named(&docs, "ClusterRole", "-observer")["rules"],
+                serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])
+            );
+        }
         for (kind, suffix) in [("Deployment", "-controller"), ("DaemonSet", "-agent")] {
             let env =
                 named(&docs, kind, suffix)["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -8,13 +8,16 @@
 
 // Modules are private and what the binary, the tests and other crates use
 // is re-exported here, so the compiler reports what nothing uses.
+mod attribution;
 mod forward;
 mod otlp;
+pub mod pods;
 mod server;
 mod shape;
 mod sketch;
 mod store;
 
+pub use attribution::{Attribution, PodIps, Senders};
 pub use forward::{ForwardConfig, ForwardProtocol, ForwardStats};
 pub use server::{MAX_BODY_BYTES, parse_window};
 
@@ -61,6 +64,8 @@ pub struct IngestStats {
     pub exports: AtomicU64,
     pub spans: AtomicU64,
     pub rejected: AtomicU64,
+    /// Spans dropped for claiming another namespace than their sender's.
+    pub forged: AtomicU64,
 }
 
 /// The figures of every service over one window, as of one whole second:
@@ -87,6 +92,8 @@ pub struct Observer {
     /// When set, every OTLP export and API call (but `/health`) must carry
     /// `authorization: Bearer TOKEN`.
     token: Option<Arc<str>>,
+    /// When set, spans count in their sender's namespace.
+    attribution: Option<Attribution>,
 }
 
 pub fn now_nanos() -> u64 {
@@ -103,6 +110,7 @@ impl Observer {
             forwarder: None,
             snapshots: Arc::default(),
             token: None,
+            attribution: None,
         }
     }
 
@@ -132,6 +140,13 @@ impl Observer {
                 == 0
     }
 
+    /// Records every span as `namespace/service`, the namespace its sender's
+    /// (see `attribution`), from now on.
+    pub fn attribute(mut self, attribution: Attribution) -> Self {
+        self.attribution = Some(attribution);
+        self
+    }
+
     /// Passes every export on to another receiver (starts a sending task).
     pub fn forward_to(mut self, config: forward::ForwardConfig) -> Self {
         self.forwarder = Some(forward::Forwarder::start(config));
@@ -146,8 +161,18 @@ impl Observer {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one OTLP export, or refuses it whole (too many spans).
+    /// Takes one OTLP export from an unknown sender, or refuses it whole
+    /// (too many spans).
     pub fn ingest(&self, req: &ExportTraceServiceRequest) -> Result<(), IngestError> {
+        self.ingest_from(req, None)
+    }
+
+    /// Takes one OTLP export sent from `from`, or refuses it whole.
+    pub fn ingest_from(
+        &self,
+        req: &ExportTraceServiceRequest,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<(), IngestError> {
         let spans = forward::span_count(req);
         if spans > MAX_SPANS_PER_EXPORT {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -160,7 +185,20 @@ impl Observer {
         if let Some(f) = &self.forwarder {
             f.offer(req);
         }
-        let records = otlp::records(req);
+        let (records, forged) = otlp::records(req, |service, claimed| match &self.attribution {
+            Some(a) => a.key(service, claimed, from),
+            None => attribution::Key::As(service.to_owned()),
+        });
+        if forged > 0 {
+            self.stats.forged.fetch_add(forged, Ordering::Relaxed);
+            // Debug: a forger sending without pause would flood the log;
+            // `faultline_observer_forged_spans_total` counts them.
+            tracing::debug!(
+                from = ?from,
+                spans = forged,
+                "dropped spans that claim another namespace than their sender's"
+            );
+        }
         let now = now_nanos();
         self.stats.exports.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -335,6 +373,7 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
     });
     let router = server::http_router(observer.clone()).layer(exports);
     tasks.spawn(async move {
+        let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(http, router).await {
             tracing::error!(error = %e, "the OTLP/HTTP server stopped");
         }

@@ -38,6 +38,18 @@ struct Cli {
     /// and API call but /health must then carry `authorization: Bearer TOKEN`.
     #[arg(long, value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
+    /// On a cluster: record each span as `NAMESPACE/SERVICE`, NAMESPACE
+    /// being the sending pod's (its IP, from a watch of every pod through
+    /// the in-cluster config or KUBECONFIG). Spans claiming another
+    /// namespace (`k8s.namespace.name`) are dropped; spans from an IP no
+    /// pod owns keep their bare name.
+    #[arg(long)]
+    attribute_namespaces: bool,
+    /// With --attribute-namespaces: a namespace whose pods relay others'
+    /// spans (an OpenTelemetry Collector), whose `k8s.namespace.name`
+    /// claims are believed. Repeatable.
+    #[arg(long, value_name = "NAMESPACE", requires = "attribute_namespaces")]
+    relay_namespace: Vec<String>,
 }
 
 #[tokio::main]
@@ -91,6 +103,26 @@ async fn main() -> ExitCode {
         config.queue_spans = cli.forward_queue;
         config.queue_bytes = cli.forward_queue_bytes;
         observer = observer.forward_to(config);
+    }
+    if cli.attribute_namespaces {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    "--attribute-namespaces: cannot set up a Kubernetes client (in-cluster config or KUBECONFIG): {e}"
+                );
+                return ExitCode::from(2);
+            }
+        };
+        let ips = faultline_observer::PodIps::default();
+        tokio::spawn(faultline_observer::pods::follow(
+            kube::Api::all(client),
+            ips.clone(),
+        ));
+        observer = observer.attribute(faultline_observer::Attribution {
+            senders: std::sync::Arc::new(ips),
+            relays: cli.relay_namespace.into_iter().collect(),
+        });
     }
     let running = match faultline_observer::start_with(&addresses, observer).await {
         Ok(r) => r,

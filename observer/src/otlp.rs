@@ -6,7 +6,10 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind, status::StatusCode},
 };
 
-use crate::store::{BreakerState, Kind, SpanIds, SpanRecord};
+use crate::{
+    attribution::Key,
+    store::{BreakerState, Kind, SpanIds, SpanRecord},
+};
 
 /// A trace (16 bytes) or span (8 bytes) id as a number; None when empty or malformed.
 fn id(bytes: &[u8]) -> Option<u128> {
@@ -45,16 +48,33 @@ fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
     attr(attrs, key).and_then(str_value)
 }
 
-/// Every span of an export, as records. Spans are counted once each.
-pub(crate) fn records(req: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
+/// Every span of an export, as records, each resource's under the name
+/// `key` gives its `service.name` and `k8s.namespace.name`; with the number
+/// of spans dropped as forged. Spans are counted once each.
+pub(crate) fn records(
+    req: &ExportTraceServiceRequest,
+    key: impl Fn(&str, Option<&str>) -> Key,
+) -> (Vec<SpanRecord>, u64) {
     let mut out = Vec::new();
+    let mut forged = 0;
     for rs in &req.resource_spans {
-        let service = rs
-            .resource
-            .as_ref()
-            .and_then(|r| attr_str(&r.attributes, "service.name"))
+        let attrs = rs.resource.as_ref().map(|r| r.attributes.as_slice());
+        let service = attrs
+            .and_then(|a| attr_str(a, "service.name"))
             .filter(|s| !s.is_empty())
             .unwrap_or(UNKNOWN_SERVICE);
+        let claimed = attrs.and_then(|a| attr_str(a, "k8s.namespace.name"));
+        let service = match key(service, claimed) {
+            Key::As(name) => name,
+            Key::Forged => {
+                forged += rs
+                    .scope_spans
+                    .iter()
+                    .map(|ss| ss.spans.len() as u64)
+                    .sum::<u64>();
+                continue;
+            }
+        };
         for ss in &rs.scope_spans {
             for span in &ss.spans {
                 let kind = match SpanKind::try_from(span.kind) {
@@ -98,7 +118,7 @@ pub(crate) fn records(req: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
                     })
                     .collect();
                 out.push(SpanRecord {
-                    service: service.to_owned(),
+                    service: service.clone(),
                     kind,
                     end_nanos: span.end_time_unix_nano,
                     duration_nanos: span
@@ -117,5 +137,5 @@ pub(crate) fn records(req: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
             }
         }
     }
-    out
+    (out, forged)
 }

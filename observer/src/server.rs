@@ -16,7 +16,7 @@ use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State, rejection::BytesRejection},
     http::request::Parts,
-    http::{HeaderMap, StatusCode, header},
+    http::{StatusCode, header},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -106,6 +106,7 @@ impl tonic::server::UnaryService<Bytes> for Export {
         let observer = self.0.clone();
         Box::pin(async move {
             let decoded = request.extensions().get::<Decoded>().cloned();
+            let from = request.remote_addr().map(|a| a.ip());
             let body = request.into_inner();
             // Refusals here are counted by `CountRefusals` (not decoded).
             match crate::shape::check_protobuf(&body, crate::shape::MAX_ITEMS_PER_EXPORT) {
@@ -125,7 +126,7 @@ impl tonic::server::UnaryService<Bytes> for Export {
                 d.0.store(true, Ordering::Relaxed);
             }
             observer
-                .ingest(&export)
+                .ingest_from(&export, from)
                 .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
             Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
         })
@@ -334,9 +335,15 @@ fn bad_request(msg: impl Into<String>) -> Response {
 
 async fn http_traces(
     State(observer): State<Observer>,
-    headers: HeaderMap,
+    parts: axum::http::request::Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let headers = &parts.headers;
+    // Present when served with connect info (`start_with`).
+    let from = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     // Taken as a Result so that a refused body (413 past MAX_BODY_BYTES)
     // is counted like every other refusal.
     let body = match body {
@@ -407,7 +414,7 @@ async fn http_traces(
     };
     match request {
         Ok(req) => {
-            if let Err(e) = observer.ingest(&req) {
+            if let Err(e) = observer.ingest_from(&req, from) {
                 return bad_request(e.to_string());
             }
             let response = ExportTraceServiceResponse::default();
@@ -590,6 +597,11 @@ fn exposition(observer: &Observer) -> Result<String, std::fmt::Error> {
                 "rejected",
                 "Exports refused as malformed or too large",
                 load(&stats.rejected),
+            ),
+            (
+                "forged_spans",
+                "Spans dropped for claiming another namespace than their sender's",
+                load(&stats.forged),
             ),
             (
                 "dropped_services",

@@ -453,8 +453,19 @@ async fn grpc_export(
     body: Vec<u8>,
     token: Option<&'static str>,
 ) -> Result<tonic::Response<Vec<u8>>, tonic::Status> {
+    grpc_export_from(None, addr, body, token).await
+}
+
+/// As [`grpc_export`], from the local address `from` when given.
+async fn grpc_export_from(
+    from: Option<std::net::IpAddr>,
+    addr: std::net::SocketAddr,
+    body: Vec<u8>,
+    token: Option<&'static str>,
+) -> Result<tonic::Response<Vec<u8>>, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
+        .local_address(from)
         .connect()
         .await
         .expect("connect");
@@ -779,5 +790,96 @@ async fn slow_senders_give_their_turn_back() {
         String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 408"),
         "{}",
         String::from_utf8_lossy(&answer[..n])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_count_in_their_senders_namespace_and_forged_ones_are_dropped() {
+    use prost::Message as _;
+    // Three senders on loopback: a pod of shop, one of evil, and an
+    // address no pod holds.
+    let shop: std::net::IpAddr = [127, 0, 0, 2].into();
+    let evil: std::net::IpAddr = [127, 0, 0, 3].into();
+    let stranger: std::net::IpAddr = [127, 0, 0, 4].into();
+    let ips = faultline_observer::PodIps::default();
+    ips.insert(shop, "shop");
+    ips.insert(evil, "evil");
+    let observer = faultline_observer::Observer::new(Limits::default()).attribute(
+        faultline_observer::Attribution {
+            senders: std::sync::Arc::new(ips),
+            relays: Default::default(),
+        },
+    );
+    let obs = faultline_observer::start_with(&Addresses::ephemeral(), observer)
+        .await
+        .expect("observer starts");
+    let a = obs.addresses;
+
+    // shop's own checkout: 10 good requests, over gRPC.
+    let genuine = otlp::server_spans("checkout", 10, 0).encode_to_vec();
+    grpc_export_from(Some(shop), a.otlp_grpc, genuine, None)
+        .await
+        .expect("export");
+    // evil names itself checkout: it is evil's checkout.
+    let failing = otlp::server_spans("checkout", 50, 50).encode_to_vec();
+    grpc_export_from(Some(evil), a.otlp_grpc, failing, None)
+        .await
+        .expect("export");
+    // evil claims shop's namespace over HTTP, and a slashed name: dropped.
+    let mut claim = otlp::server_spans("checkout", 30, 30);
+    claim.resource_spans[0]
+        .resource
+        .as_mut()
+        .expect("resource")
+        .attributes
+        .push(otlp::attr("k8s.namespace.name", "shop"));
+    let slashed = otlp::server_spans("shop/checkout", 20, 20);
+    for forged in [claim, slashed] {
+        let (status, _, body) = faultline_testkit::http_from(
+            Some(evil),
+            a.otlp_http,
+            "POST",
+            "/v1/traces",
+            &[("content-type", "application/x-protobuf")],
+            &forged.encode_to_vec(),
+        )
+        .await
+        .expect("http");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    // Nobody's address: the bare name, which no namespaced check reads.
+    let (status, _, _) = faultline_testkit::http_from(
+        Some(stranger),
+        a.otlp_http,
+        "POST",
+        "/v1/traces",
+        &[("content-type", "application/x-protobuf")],
+        &otlp::server_spans("checkout", 5, 5).encode_to_vec(),
+    )
+    .await
+    .expect("http");
+    assert_eq!(status, 200);
+
+    let figures = |name: &'static str| async move {
+        get_json(a.api, &format!("/api/v1/services/{name}?window=30s")).await
+    };
+    let shop_checkout = figures("shop%2Fcheckout").await;
+    assert_eq!(
+        (
+            shop_checkout["requests"].as_u64(),
+            shop_checkout["errorRate"].as_f64()
+        ),
+        (Some(10), Some(0.0)),
+        "only shop's own spans: {shop_checkout}"
+    );
+    assert_eq!(figures("evil%2Fcheckout").await["requests"], 50);
+    assert_eq!(figures("checkout").await["requests"], 5);
+    let (_, metrics) = http(a.api, "GET", "/metrics", &[], b"")
+        .await
+        .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("faultline_observer_forged_spans_total 50"),
+        "{metrics}"
     );
 }

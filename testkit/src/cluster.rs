@@ -893,6 +893,10 @@ impl Chart {
         format!("{}-agent", self.fullname())
     }
 
+    pub fn observer_account(&self) -> String {
+        format!("{}-observer", self.fullname())
+    }
+
     pub fn fullname(&self) -> String {
         if self.release.contains("faultline") {
             self.release.clone()
@@ -965,6 +969,14 @@ impl ControlPlane {
             .token(&chart.namespace, &chart.controller_account(), None)
             .await;
         self.kubeconfig_with_token("controller", &token)
+    }
+
+    /// A kubeconfig acting as the chart's observer ServiceAccount.
+    pub async fn observer_kubeconfig(&self, chart: &Chart) -> PathBuf {
+        let token = self
+            .token(&chart.namespace, &chart.observer_account(), None)
+            .await;
+        self.kubeconfig_with_token("observer", &token)
     }
 
     /// A kubeconfig acting as the chart's agent on `node`: a pod of the

@@ -56,9 +56,33 @@ pub async fn http_with_head(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String, Vec<u8>)> {
+    http_from(None, addr, method, path, headers, body).await
+}
+
+/// As [`http_with_head`], from the local address `from` when given (any
+/// of 127.0.0.0/8 reaches a loopback listener, so a test can be several
+/// senders).
+pub async fn http_from(
+    from: Option<std::net::IpAddr>,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let mut stream = match from {
+            None => tokio::net::TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = match ip {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
             body.len()
