@@ -426,6 +426,7 @@ pub(crate) mod tests {
                 method: Default::default(),
                 signal: Signal::Kill,
                 every: every_ms.and_then(Duration::from_millis),
+                sandbox: false,
             }),
         }
     }

@@ -812,5 +812,14 @@ fn a_stopped_process_is_continued_and_the_sandbox_left_alone() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(tree.ended_by(sandbox), None, "the sandbox was signalled");
+    // Asked for the whole pod, the sandbox gets it too.
+    agent.write_faults(&[format!(
+        "    - id: pod-kill-whole\n      target: {{pod: {{uid: {uid}}}}}\n      expiresAt: \"{far}\"\n      kill: {{signal: SIGKILL, sandbox: true}}\n"
+    )]);
+    assert!(
+        wait_for(3 * SEC, || tree.ended_by(sandbox).is_some()).is_some(),
+        "the sandbox was spared; log:\n{}",
+        agent.log()
+    );
     assert!(agent.sigterm().success());
 }

@@ -130,6 +130,12 @@ pub struct Kill {
     /// Repeat this often until the fault ends; without it, the signal is sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<Duration>,
+    /// Signal the pod's sandbox (`pause`) process too: the whole pod is
+    /// then recreated in place by its kubelet (new sandbox and network
+    /// namespace, every container restarted), as when a node's runtime
+    /// loses it. Without it the sandbox is left alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
 }
 
 /// Cut the target off from some peers.
@@ -276,6 +282,15 @@ impl FaultAction {
                 if k.every.is_some_and(Duration::is_zero) {
                     p.add(path.key("kill").key("every"), "must be greater than 0s");
                 }
+                if k.sandbox && k.method.deletes_pod() {
+                    p.add(
+                        path.key("kill").key("sandbox"),
+                        format!(
+                            "is for signals; method {} takes the whole pod already",
+                            k.method
+                        ),
+                    );
+                }
             }
             FaultAction::Partition(part) => {
                 let path = path.key("partition");
@@ -376,14 +391,16 @@ impl Decode for Latency {
 
 impl Decode for Kill {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
-        let f = Fields::new(cx, node, path, &["signal", "method", "every"])?;
+        let f = Fields::new(cx, node, path, &["signal", "method", "every", "sandbox"])?;
         let signal = f.opt(cx, "signal");
         let method = f.opt(cx, "method");
         let every = f.opt(cx, "every");
+        let sandbox = f.opt(cx, "sandbox");
         Some(Kill {
             signal: signal?.unwrap_or_default(),
             method: method?.unwrap_or_default(),
             every: every?,
+            sandbox: sandbox?.unwrap_or(false),
         })
     }
 }

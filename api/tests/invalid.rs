@@ -368,6 +368,17 @@ fn selection_modes() {
 }
 
 #[test]
+fn a_sandbox_is_signalled_not_deleted() {
+    assert_refused(
+        &edit(
+            "kill: {signal: SIGKILL, every: 20s}",
+            "kill: {method: delete, sandbox: true}",
+        ),
+        &["kill.sandbox: is for signals; method delete takes the whole pod already"],
+    );
+}
+
+#[test]
 fn numbers_too_large() {
     assert_refused(
         &edit("maxTargets: 20", "maxTargets: 99999999999999999999999"),

@@ -426,8 +426,13 @@ fn kernel_change(action: &FaultAction) -> String {
             }
         ),
         FaultAction::Kill(k) => format!(
-            "{} to every process of the pod but its pause{}",
+            "{} to every process of the pod {}{}",
             k.signal,
+            if k.sandbox {
+                "and its pause (the kubelet recreates the pod)"
+            } else {
+                "but its pause"
+            },
             k.every.map_or(String::new(), |e| format!(", every {e}"))
         ),
     }

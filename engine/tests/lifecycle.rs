@@ -465,7 +465,7 @@ prop_compose! {
             let action = match kind {
                 0 => FaultAction::Latency(Latency { delay: dur(100), jitter: None, correlation: None, loss: None, to: vec![] }),
                 1 => FaultAction::Partition(Partition { direction: Direction::Both, peers: vec!["10.0.0.0/8".into()], ports: vec![] }),
-                _ => FaultAction::Kill(Kill { signal: Signal::Kill, method: Default::default(), every: Some(dur(3000)) }),
+                _ => FaultAction::Kill(Kill { signal: Signal::Kill, method: Default::default(), every: Some(dur(3000)), sandbox: false }),
             };
             Fault {
                 name: format!("f{i}"),

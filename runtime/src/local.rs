@@ -100,7 +100,15 @@ pub fn local_mode_notes(experiment: &Experiment) -> Vec<String> {
         let (field, list) = match &f.action {
             FaultAction::Latency(l) => ("latency.to", &l.to),
             FaultAction::Partition(p) => ("partition.peers", &p.peers),
-            FaultAction::Kill(_) => continue,
+            FaultAction::Kill(k) => {
+                if k.sandbox {
+                    notes.push(format!(
+                        "fault {}: kill.sandbox has no meaning for a local process; the service gets the signal alone",
+                        f.name
+                    ));
+                }
+                continue;
+            }
         };
         let cidrs: Vec<&str> = list
             .iter()

@@ -29,12 +29,13 @@ fn to_rustix(s: Signal) -> RSignal {
 /// in it are signalled through their pidfd. A process that exited in
 /// between was listed again only if its number went to another process
 /// of the target, and its pidfd then answers ESRCH: nobody else is hit.
-/// A pod's sandbox (`pause`) process is left alone: signalling it would
-/// have the kubelet recreate the whole pod.
+/// A pod's sandbox (`pause`) process is left alone unless `sandbox` says
+/// otherwise: signalling it has the kubelet recreate the whole pod.
 pub(crate) fn signal_all(
     resolver: &Resolver,
     target: &NodeTarget,
     signal: Signal,
+    sandbox: bool,
 ) -> Result<u64, BackendError> {
     let listed = resolver.processes(target)?;
     let mut opened = Vec::with_capacity(listed.len());
@@ -42,7 +43,7 @@ pub(crate) fn signal_all(
         let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
             continue;
         };
-        if matches!(target, NodeTarget::Pod(_)) && is_sandbox(resolver, pid) {
+        if !sandbox && matches!(target, NodeTarget::Pod(_)) && is_sandbox(resolver, pid) {
             continue;
         }
         match pidfd_open(p, PidfdFlags::empty()) {

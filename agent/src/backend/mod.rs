@@ -111,7 +111,8 @@ impl Kernel {
         fault: &NodeFault,
         signal: faultline_api::Signal,
     ) -> Result<(), BackendError> {
-        let n = kill::signal_all(&self.resolver, &fault.target, signal)?;
+        let sandbox = matches!(&fault.action, FaultAction::Kill(k) if k.sandbox);
+        let n = kill::signal_all(&self.resolver, &fault.target, signal, sandbox)?;
         let total = self.signalled.entry(fault.id.clone()).or_default();
         *total = total.saturating_add(n);
         Ok(())
@@ -163,6 +164,7 @@ impl Backend for Kernel {
                         &self.resolver,
                         &fault.target,
                         faultline_api::Signal::Cont,
+                        k.sandbox,
                     ) {
                         Ok(n) => {
                             tracing::info!(fault = %fault.id, "{}: SIGCONT to {n} stopped process(es)", fault.id)
