@@ -94,6 +94,9 @@ pub struct Observer {
     token: Option<Arc<str>>,
     /// When set, spans count in their sender's namespace.
     attribution: Option<Attribution>,
+    /// The turns of exports in flight (`MAX_CONCURRENT_EXPORTS`), shared
+    /// by both OTLP servers.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn now_nanos() -> u64 {
@@ -111,6 +114,7 @@ impl Observer {
             snapshots: Arc::default(),
             token: None,
             attribution: None,
+            turns: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS)),
         }
     }
 
@@ -280,6 +284,11 @@ impl Observer {
         self.store().stats()
     }
 
+    /// Exports being read or taken in now.
+    fn exports_in_flight(&self) -> usize {
+        MAX_CONCURRENT_EXPORTS.saturating_sub(self.turns.available_permits())
+    }
+
     fn store_bytes(&self) -> usize {
         self.store().heap_bytes()
     }
@@ -353,9 +362,7 @@ pub async fn start_with(addresses: &Addresses, observer: Observer) -> std::io::R
     // One bound for both OTLP servers: exports in flight at once, each at
     // most MAX_BODY_BYTES and MAX_ITEMS_PER_EXPORT, so memory is bounded
     // whatever the senders do; more wait their turn.
-    let exports = tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
-        tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS),
-    ));
+    let exports = tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(observer.turns.clone());
     let routes = server::grpc_service(observer.clone());
     let grpc_limit = exports.clone();
     tasks.spawn(async move {

@@ -633,6 +633,11 @@ fn exposition(observer: &Observer) -> Result<String, std::fmt::Error> {
             r.register(name, help, ConstCounter::new(value));
         }
         r.register(
+            "exports_in_flight",
+            "OTLP exports being read or taken in now (at most 4 at once)",
+            ConstGauge::new(observer.exports_in_flight() as u64),
+        );
+        r.register(
             "store_bytes",
             "Approximate memory held by the sliding windows",
             ConstGauge::new(observer.store_bytes() as u64),

@@ -757,6 +757,16 @@ async fn slow_senders_give_their_turn_back() {
         .expect("send the headers and a little");
         stalled.push(s);
     }
+    // Every turn taken before the next export comes (the server may take
+    // connections in any order).
+    let api = obs.addresses.api;
+    faultline_testkit::cluster::eventually("every turn taken", Duration::from_secs(5), || async {
+        let (_, metrics) = http(api, "GET", "/metrics", &[], b"").await.ok()?;
+        String::from_utf8_lossy(&metrics)
+            .contains("faultline_observer_exports_in_flight 4")
+            .then_some(())
+    })
+    .await;
     let export = prost::Message::encode_to_vec(&otlp::one_span("checkout"));
     let started = std::time::Instant::now();
     // By hand: it waits longer than the test client's own patience.
