@@ -14,14 +14,16 @@ use std::{
 use anyhow::Context as _;
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
 use clap::Parser;
+use faultline_controller::leader::Elector;
 use faultline_controller::{
     metrics::Metrics,
     observe::ObserverClient,
     reconcile::{self, Settings},
 };
-use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 
 /// Faultline's controller: Experiments become faults on the nodes' agents.
 #[derive(Debug, Parser)]
@@ -171,37 +173,39 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("faultline-controller-{}", std::process::id()));
-    let mut leadership = None;
+    // SIGTERM stops the reconciles first, then the election lets go of
+    // the Lease: nothing is written once a standby may lead.
+    let (terminate, terminated) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        terminate.send_replace(true);
+    });
+    let (leading_tx, leading) = watch::channel(!args.leader_elect);
+    let (released_tx, released) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
     if args.leader_elect {
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(&identity)
-            .with_duration(args.lease_seconds)
-            .with_grace((args.lease_seconds / 3).max(1))
-            .build()
-            .await
-            .context("cannot set up leader election")?;
-        let (mut leader, task) = manager.watch().await;
-        tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting to lead");
-        tokio::select! {
-            r = leader.wait_for(|l| *l) => { r.context("leader election stopped")?; }
-            _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
-        }
-        tracing::info!(%identity, "leading");
-        leadership = Some((leader, task));
+        let elector = Elector::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_seconds),
+        );
+        tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "standing by for the leader lease");
+        tokio::spawn(async move {
+            elector
+                .run(leading_tx, async {
+                    let _ = done.await;
+                })
+                .await;
+            let _ = released_tx.send(());
+        });
+    } else {
+        drop(released_tx);
+        drop(leading_tx);
     }
-    metrics.leader.set(1);
-
-    let lost = Arc::new(AtomicBool::new(false));
-    let lost_flag = lost.clone();
+    let mut stop_on = terminated.clone();
     let stop = async move {
-        match leadership {
-            Some((mut leader, _task)) => tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = leader.wait_for(|l| !*l) => lost_flag.store(true, Ordering::Relaxed),
-            },
-            None => shutdown_signal().await,
-        }
+        let _ = stop_on.wait_for(|t| *t).await;
     };
     let mut observer = ObserverClient::new(args.observer.clone());
     if args.observer_namespaced {
@@ -212,7 +216,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--observer-token-file {}", path.display()))?;
         observer = observer.with_token(token.trim().to_owned());
     }
-    let (ctx, task) = reconcile::start(
+    let (ctx, task) = reconcile::start_replica(
         client,
         observer,
         Arc::new(jiff::Timestamp::now),
@@ -233,7 +237,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..Settings::default()
         },
         metrics.clone(),
-        Some(identity),
+        reconcile::Replica {
+            instance: Some(identity),
+            leading,
+        },
         stop,
     );
     tokio::spawn(async move {
@@ -245,13 +252,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Err(e) = task.await {
         tracing::error!(error = %e, "the controller's task failed");
     }
-    metrics.leader.set(0);
-    if lost.load(Ordering::Relaxed) {
-        // Another replica may lead now: stop writing at once; the
-        // Deployment restarts this one as a candidate.
-        tracing::warn!("lost the leader lease; exiting");
-        return Ok(ExitCode::FAILURE);
-    }
+    // The reconciles are over: the Lease may go.
+    let _ = done_tx.send(());
+    let _ = released.await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

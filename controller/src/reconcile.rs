@@ -69,9 +69,9 @@ pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) use faultline_telemetry::error_chain as chain;
 
-/// The controller on `client` as a task: its watches, its context and its
-/// reconciler, until `shutdown` resolves. The context tells when it is
-/// ready (`Context::wait_ready`).
+/// The controller on `client` as a task, the only replica: its watches,
+/// its context and its reconciler, until `shutdown` resolves. The context
+/// tells when it is ready (`Context::wait_ready`).
 pub fn start(
     client: kube::Client,
     observer: crate::observe::ObserverClient,
@@ -81,21 +81,71 @@ pub fn start(
     instance: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
+    let replica = Replica {
+        instance,
+        leading: tokio::sync::watch::channel(true).1,
+    };
+    start_replica(
+        client, observer, clock, settings, metrics, replica, shutdown,
+    )
+}
+
+/// Who this replica is, and whether it leads (see [`run`]).
+#[derive(Debug)]
+pub struct Replica {
+    /// Its name in Events.
+    pub instance: Option<String>,
+    /// True while it holds the leader Lease.
+    pub leading: tokio::sync::watch::Receiver<bool>,
+}
+
+/// As [`start`], for one of several replicas: it reconciles only while
+/// `replica.leading` says so.
+pub fn start_replica(
+    client: kube::Client,
+    observer: crate::observe::ObserverClient,
+    clock: crate::context::Clock,
+    settings: crate::context::Settings,
+    metrics: crate::metrics::Metrics,
+    replica: Replica,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
     let (stores, driver) = watches(&client);
     let ctx = Arc::new(Context::new(
-        client, stores, observer, clock, settings, metrics, instance,
+        client,
+        stores,
+        observer,
+        clock,
+        settings,
+        metrics,
+        replica.instance,
     ));
-    let task = tokio::spawn(run(ctx.clone(), driver, shutdown));
+    let task = tokio::spawn(run(ctx.clone(), driver, replica.leading, shutdown));
     (ctx, task)
+}
+
+/// Resolves when `leading` turns to `want`; never, if it cannot any more
+/// (its sender gone with another value).
+async fn until_leading_is(leading: &mut tokio::sync::watch::Receiver<bool>, want: bool) {
+    if leading.wait_for(|l| *l == want).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Runs the controller, and the watches its stores read (`driver`, from
 /// [`watches`]), until `shutdown` resolves; reconciles under way finish.
 /// Nothing is reconciled before every store has listed: an empty store
 /// would read as "no pods, no namespace opted in, no entries placed".
+///
+/// The stores are kept, and the context is ready, whether or not this
+/// replica leads (a warm standby); experiments are reconciled only while
+/// `leading` is true. When it turns false, reconciles under way finish and
+/// no new one starts; what a later term needs is read back from the
+/// statuses and NodeFaults objects, so nothing of this term is kept.
 pub async fn run(
     ctx: Arc<Context>,
     driver: futures::future::BoxFuture<'static, ()>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let stores = Stores {
@@ -114,18 +164,34 @@ pub async fn run(
             _ = stopped.wait_for(|s| *s) => return,
         }
         ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        let experiments = Api::<Experiment>::all(ctx.client.clone());
-        Controller::new(experiments, Config::default())
-            .graceful_shutdown_on(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %chain(&e), "reconcile");
-                }
-            })
-            .await;
+        loop {
+            tokio::select! {
+                () = until_leading_is(&mut leading, true) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            ctx.metrics.leader.set(1);
+            let experiments = Api::<Experiment>::all(ctx.client.clone());
+            let (mut stop, mut lost) = (stopped.clone(), leading.clone());
+            Controller::new(experiments, Config::default())
+                .graceful_shutdown_on(async move {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => {}
+                        () = until_leading_is(&mut lost, false) => {}
+                    }
+                })
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %chain(&e), "reconcile");
+                    }
+                })
+                .await;
+            ctx.metrics.leader.set(0);
+            ctx.runs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            if *stopped.borrow() {
+                return;
+            }
+        }
     };
     // The watches stop with the controller.
     tokio::select! {

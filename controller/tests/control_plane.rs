@@ -427,6 +427,137 @@ async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
     }
 }
 
+/// `faultline_controller_leader` of the controller serving `metrics`.
+async fn leads(metrics: std::net::SocketAddr) -> Option<bool> {
+    let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("faultline_controller_leader "))?;
+    Some(value.trim() == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_are_ready_hand_over_on_sigterm_and_a_cut_off_leader_steps_down() {
+    let Some((mut cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
+    // A long lease: handing over by SIGTERM must be much quicker than
+    // waiting for it to expire. Entries need no renewal within the run
+    // (`--fault-lease`), so every write is counted below.
+    let lease_args = ["--lease-seconds", "24", "--fault-lease", "5m"];
+    let (mut first, first_metrics) = cp.start_controller(&kubeconfig, "controller-1", &lease_args);
+    let client = cp.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "faultline");
+    let holder = || async {
+        leases
+            .get("faultline-controller")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    };
+    eventually("controller-1 leads", WAIT, || async {
+        (holder().await? == "controller-1").then_some(())
+    })
+    .await;
+    let (second, second_metrics) = cp.start_controller(&kubeconfig, "controller-2", &lease_args);
+    // The standby is warm: ready, and not leading.
+    ready(second_metrics, WAIT).await;
+    assert_eq!(leads(second_metrics).await, Some(false));
+    assert_eq!(leads(first_metrics).await, Some(true));
+
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "90s"));
+    let exps = experiments(&client, "shop");
+    let nfs = nodefaults(&client);
+    eventually("entries on both nodes", WAIT, || async {
+        let a = node_state(&nfs, "node-a").await.0.len();
+        let b = node_state(&nfs, "node-b").await.0.len();
+        (a == 1 && b == 1).then_some(())
+    })
+    .await;
+    let before = generations(&nfs).await;
+
+    // An upgrade, as a rolling update does it: a new replica comes up and
+    // is ready, the old one gets SIGTERM and lets go of the Lease, which a
+    // standby takes at its next look — well before it would have expired.
+    let sigterm = |child: &mut faultline_testkit::KillOnDrop| {
+        let pid = rustix::process::Pid::from_raw(child.0.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        child.0.wait().expect("wait")
+    };
+    let (third, third_metrics) = cp.start_controller(&kubeconfig, "controller-3", &lease_args);
+    ready(third_metrics, WAIT).await;
+    let handed = std::time::Instant::now();
+    assert!(sigterm(&mut first).success(), "controller-1 stops cleanly");
+    let next = eventually("a standby leads", WAIT, || async {
+        holder().await.filter(|h| h != "controller-1")
+    })
+    .await;
+    assert!(
+        handed.elapsed() < Duration::from_secs(16),
+        "handed over after {:?}: the Lease was not let go",
+        handed.elapsed()
+    );
+    let (mut leader, leader_metrics, standby_metrics) = if next == "controller-2" {
+        (second, second_metrics, third_metrics)
+    } else {
+        (third, third_metrics, second_metrics)
+    };
+    eventually("the new leader says so", WAIT, || async {
+        leads(leader_metrics).await?.then_some(())
+    })
+    .await;
+
+    // The API goes away: the leader cannot renew, and stops leading on its
+    // own within two thirds of the lease, before anyone could take over.
+    cp.stop_apiserver();
+    let cut = std::time::Instant::now();
+    eventually(
+        "the cut-off leader steps down",
+        Duration::from_secs(30),
+        || async { (!leads(leader_metrics).await?).then_some(()) },
+    )
+    .await;
+    assert!(
+        cut.elapsed() < Duration::from_secs(24),
+        "stepped down after {:?}, past the lease",
+        cut.elapsed()
+    );
+    assert_eq!(leads(standby_metrics).await, Some(false));
+    cp.start_apiserver().await;
+    let client = cp.client().await;
+    let exps_after = experiments(&client, "shop");
+    let nfs = nodefaults(&client);
+    eventually("someone leads again", Duration::from_secs(60), || async {
+        let a = leads(leader_metrics).await?;
+        let b = leads(standby_metrics).await?;
+        (a || b).then_some(())
+    })
+    .await;
+    drop(exps);
+    // One run throughout: the same entries, written once to place and
+    // once to remove.
+    let status = eventually("the run to complete", Duration::from_secs(120), || async {
+        let e = exps_after.get("slow-payments").await.ok()?;
+        (e.data["status"]["phase"] == "Completed").then(|| e.data["status"].clone())
+    })
+    .await;
+    assert_eq!(status["runs"], json!(1), "{status}");
+    let after = generations(&nfs).await;
+    for (node, generation) in &before {
+        let now = after.iter().find(|(n, _)| n == node).map_or(0, |(_, g)| *g);
+        assert_eq!(now, generation + 1, "{node}: {before:?} → {after:?}");
+    }
+    assert!(sigterm(&mut leader).success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_recover_from_410_gone_and_a_recreated_pod_gets_the_fault() {
     use k8s_openapi::api::core::v1::Pod;
