@@ -9,11 +9,12 @@ use std::{
 };
 
 use faultline_api::{Experiment, NodeFaults};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client, Resource, ResourceExt,
+    core::DeserializeGuard,
     runtime::{
         WatchStreamExt,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
@@ -156,10 +157,14 @@ pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, 
         .default_backoff()
         .reflect(ns_writer)
         .touched_objects();
-    let nf_stream = watcher(Api::<NodeFaults>::all(client.clone()), Config::default())
-        .default_backoff()
-        .reflect(nf_writer)
-        .touched_objects();
+    let nf_stream = watcher(
+        Api::<DeserializeGuard<NodeFaults>>::all(client.clone()),
+        Config::default(),
+    )
+    .default_backoff()
+    .try_filter_map(|event| std::future::ready(Ok(readable(event))))
+    .reflect(nf_writer)
+    .touched_objects();
     let driver = async move {
         futures::join!(
             pod_stream.for_each(|_| async {}),
@@ -175,6 +180,32 @@ pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, 
         },
         Box::pin(driver),
     )
+}
+
+/// A NodeFaults event with what does not decode left out (a guarded watch
+/// goes on past it): an object that turned unreadable leaves the store, as
+/// if deleted, and the controller's next write sets its own entries again.
+fn readable(
+    event: watcher::Event<DeserializeGuard<NodeFaults>>,
+) -> Option<watcher::Event<NodeFaults>> {
+    let gone = |invalid: kube::core::error_boundary::InvalidObject| {
+        tracing::warn!(nodefaults = ?invalid.metadata.name, error = %invalid.error, "unreadable NodeFaults object");
+        NodeFaults {
+            metadata: invalid.metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    };
+    Some(match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::InitApply(g) => watcher::Event::InitApply(g.0.ok()?),
+        watcher::Event::Apply(g) => match g.0 {
+            Ok(nf) => watcher::Event::Apply(nf),
+            Err(invalid) => watcher::Event::Delete(gone(invalid)),
+        },
+        watcher::Event::Delete(g) => watcher::Event::Delete(g.0.unwrap_or_else(gone)),
+    })
 }
 
 fn watcher<K>(
@@ -267,5 +298,35 @@ impl Context {
         if let Err(e) = self.recorder.publish(&ev, &exp.object_ref(&())).await {
             tracing::warn!(experiment = %exp.name_any(), reason, error = %chain(&e), "cannot record an event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guarded(json: serde_json::Value) -> DeserializeGuard<NodeFaults> {
+        serde_json::from_value(json).expect("a guard decodes anything with metadata")
+    }
+
+    #[test]
+    fn an_unreadable_nodefaults_object_leaves_the_store_and_the_watch_goes_on() {
+        let good = guarded(serde_json::json!({
+            "apiVersion": "faultline.dev/v1alpha1", "kind": "NodeFaults",
+            "metadata": {"name": "node-a"}, "spec": {"faults": []},
+        }));
+        let bad = guarded(serde_json::json!({
+            "apiVersion": "faultline.dev/v1alpha1", "kind": "NodeFaults",
+            "metadata": {"name": "node-b"}, "spec": {"faults": "not a list"},
+        }));
+        assert!(matches!(
+            readable(watcher::Event::InitApply(good.clone())),
+            Some(watcher::Event::InitApply(nf)) if nf.name_any() == "node-a"
+        ));
+        assert!(readable(watcher::Event::InitApply(bad.clone())).is_none());
+        assert!(matches!(
+            readable(watcher::Event::Apply(bad)),
+            Some(watcher::Event::Delete(nf)) if nf.name_any() == "node-b"
+        ));
     }
 }

@@ -23,7 +23,8 @@ use jiff::{SignedDuration, Timestamp, Unit};
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::{
         Controller,
         controller::Action,
@@ -170,7 +171,9 @@ pub async fn run(
                 _ = stopped.wait_for(|s| *s) => return,
             }
             ctx.metrics.leader.set(1);
-            let experiments = Api::<Experiment>::all(ctx.client.clone());
+            // Guarded: an object that does not decode is one Invalid
+            // experiment, not a broken watch for all of them.
+            let experiments = Api::<DeserializeGuard<Experiment>>::all(ctx.client.clone());
             let (mut stop, mut lost) = (stopped.clone(), leading.clone());
             Controller::new(experiments, Config::default())
                 .graceful_shutdown_on(async move {
@@ -200,9 +203,14 @@ pub async fn run(
     }
 }
 
-fn error_policy(exp: Arc<Experiment>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    exp: Arc<DeserializeGuard<Experiment>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     ctx.metrics.reconcile_errors.inc();
-    tracing::warn!(experiment = %key(&exp), error = %chain(error), "reconcile failed; retrying");
+    let key = format!("{}/{}", exp.namespace().unwrap_or_default(), exp.name_any());
+    tracing::warn!(experiment = %key, error = %chain(error), "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
 }
 
@@ -218,8 +226,19 @@ fn experiment_ref(exp: &Experiment) -> Result<ExperimentRef> {
     })
 }
 
-pub(crate) async fn reconcile(exp: Arc<Experiment>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(
+    guarded: Arc<DeserializeGuard<Experiment>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
     let started = std::time::Instant::now();
+    let exp = match &guarded.0 {
+        Ok(exp) => Arc::new(exp.clone()),
+        Err(invalid) => {
+            let result = unreadable(invalid, &ctx).await;
+            ctx.metrics.reconciles.inc();
+            return result;
+        }
+    };
     let ns = exp.namespace().ok_or(Error::Malformed("namespace"))?;
     let api = Api::<Experiment>::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, exp, |event| async {
@@ -235,6 +254,76 @@ pub(crate) async fn reconcile(exp: Arc<Experiment>, ctx: Arc<Context>) -> Result
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// An Experiment stored in a shape this controller cannot decode (written
+/// under an older CRD, or past its schema): whatever it had placed is
+/// removed, its status says Invalid and why, and being deleted, its
+/// finalizer goes. Nothing else waits for it.
+async fn unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<Action> {
+    let meta = &invalid.metadata;
+    let r = ExperimentRef {
+        namespace: meta
+            .namespace
+            .clone()
+            .ok_or(Error::Malformed("namespace"))?,
+        name: meta.name.clone().ok_or(Error::Malformed("name"))?,
+        uid: meta.uid.clone().ok_or(Error::Malformed("uid"))?,
+    };
+    if let Some(mut live) = ctx.take_run(&r.uid) {
+        live.end_spans();
+    }
+    converge(ctx, &r, &BTreeMap::new(), &mut BTreeMap::new()).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &r.namespace,
+        &ApiResource::erase::<Experiment>(&()),
+    );
+    if meta.deletion_timestamp.is_some() {
+        let finalizers: Vec<&String> = meta
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|f| *f != FINALIZER)
+            .collect();
+        if finalizers.len() != meta.finalizers.as_ref().map_or(0, Vec::len) {
+            let patch = serde_json::json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": meta.resource_version,
+            }});
+            api.patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(Error::Kube)?;
+        }
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "the controller cannot read this Experiment ({}); nothing of it runs — fix it or apply it again",
+        invalid.error
+    );
+    tracing::warn!(experiment = %format!("{}/{}", r.namespace, r.name), error = %invalid.error, "unreadable experiment");
+    // The whole status, as its manager: what an earlier run wrote goes.
+    // Applying the same again changes nothing and wakes nobody, so this
+    // settles after one write.
+    let status = ExperimentStatus {
+        phase: Some(Phase::Invalid),
+        observed_generation: meta.generation,
+        message: Some(message),
+        ..ExperimentStatus::default()
+    };
+    let patch = serde_json::json!({
+        "apiVersion": "faultline.dev/v1alpha1",
+        "kind": "Experiment",
+        "status": status,
+    });
+    api.patch_status(
+        &r.name,
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(Action::await_change())
 }
 
 /// Validates an object the API server accepted: a spec that slipped past

@@ -427,6 +427,117 @@ async fn a_standby_takes_over_within_the_lease_and_the_run_goes_on() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_that_no_longer_decodes_is_invalid_alone() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
+    let (_controller, _) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    let client = cp.client().await;
+    let exps = experiments(&client, "shop");
+    let nfs = nodefaults(&client);
+    // Running, with its entries placed and its finalizer on.
+    cp.apply(
+        &SLOW_PAYMENTS
+            .replace("slow-payments", "turns-bad")
+            .replace("DURATION", "10m"),
+    );
+    eventually("its entries placed", WAIT, || async {
+        let (ids, _) = node_state(&nfs, "node-a").await;
+        ids.iter()
+            .any(|i| i.starts_with("shop/turns-bad/"))
+            .then_some(())
+    })
+    .await;
+
+    // Under a looser CRD (as an older version was), its spec is changed
+    // into something this controller cannot decode; then the CRD is put
+    // back. The object stays as stored.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let strict = crds
+        .get("experiments.faultline.dev")
+        .await
+        .expect("the CRD");
+    let mut loose = strict.clone();
+    for v in &mut loose.spec.versions {
+        if let Some(schema) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.x_kubernetes_validations = None;
+            if let Some(props) = schema.properties.as_mut() {
+                props.insert(
+                    "spec".into(),
+                    serde_json::from_value(
+                        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+                    )
+                    .expect("schema"),
+                );
+            }
+        }
+    }
+    crds.replace("experiments.faultline.dev", &Default::default(), &loose)
+        .await
+        .expect("loosen the CRD");
+    eventually("the loose schema in force", WAIT, || async {
+        exps.patch(
+            "turns-bad",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"faults": [{"name": "slow", "target": "payments", "latency": {"delay": "very slow"}}]}})),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    let mut back = crds
+        .get("experiments.faultline.dev")
+        .await
+        .expect("the CRD");
+    back.spec = strict.spec.clone();
+    crds.replace("experiments.faultline.dev", &Default::default(), &back)
+        .await
+        .expect("restore the CRD");
+
+    // A good one beside it runs as ever.
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "4s"));
+    let status = eventually("the bad one marked Invalid", WAIT, || async {
+        let e = exps.get("turns-bad").await.ok()?;
+        (e.data["status"]["phase"] == "Invalid").then(|| e.data["status"].clone())
+    })
+    .await;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cannot read this Experiment") && message.contains("very slow"),
+        "{status}"
+    );
+    eventually("its entries removed", WAIT, || async {
+        let (ids, _) = node_state(&nfs, "node-a").await;
+        (!ids.iter().any(|i| i.starts_with("shop/turns-bad/"))).then_some(())
+    })
+    .await;
+    let good = eventually(
+        "the good one completes",
+        Duration::from_secs(60),
+        || async {
+            let e = exps.get("slow-payments").await.ok()?;
+            (e.data["status"]["phase"] == "Completed").then(|| e.data["status"].clone())
+        },
+    )
+    .await;
+    assert_eq!(good["verdict"], "Passed", "{good}");
+    // Deleted, it goes: its finalizer is taken off.
+    exps.delete("turns-bad", &Default::default())
+        .await
+        .expect("delete");
+    gone(&exps, "turns-bad", WAIT).await;
+}
+
 /// `faultline_controller_leader` of the controller serving `metrics`.
 async fn leads(metrics: std::net::SocketAddr) -> Option<bool> {
     let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
