@@ -499,7 +499,7 @@ string_enum! {
 }
 
 /// What the controller reports. Small by design: counts, never one entry per pod.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ExperimentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -508,7 +508,11 @@ pub struct ExperimentStatus {
     pub verdict: Option<Verdict>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Running` and `Succeeded` (the run), and `Degraded` while the
+    /// controller's calls for this experiment are refused; keyed by type,
+    /// so each has its own field manager.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Pods selected by the current run.
     #[serde(default, skip_serializing_if = "Option::is_none")]

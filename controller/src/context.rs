@@ -81,6 +81,9 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     pub(crate) runs: Mutex<HashMap<String, Live>>,
+    /// Per Experiment (by uid): failed reconciles in a row, and the last
+    /// failure's kind, for the backoff.
+    pub(crate) failures: Mutex<HashMap<String, u32>>,
     /// Every store has listed (set by `reconcile::run`, read by /readyz).
     pub(crate) ready: std::sync::atomic::AtomicBool,
 }
@@ -246,6 +249,7 @@ impl Context {
             settings,
             metrics,
             runs: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             ready: std::sync::atomic::AtomicBool::new(false),
         }
     }

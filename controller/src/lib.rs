@@ -6,6 +6,7 @@
 //! entries and status out); `reconcile` does the API calls.
 
 mod context;
+mod errors;
 pub mod leader;
 mod live;
 pub mod metrics;

@@ -1,14 +1,25 @@
 //! The controller's Prometheus metrics (`/metrics`), with prometheus-client.
 
 use prometheus_client::{
-    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+/// What a failed reconcile ran into.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `permanent` (refused as asked; retried slowly, shown as Degraded)
+    /// or `transient`.
+    pub kind: String,
+    /// The API's reason (`Forbidden`, `Conflict`, …) or `Unreachable`.
+    pub reason: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub reconciles: Counter,
-    pub reconcile_errors: Counter,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_seconds: Histogram,
     pub nodefaults_writes: Counter,
     pub runs_finished: Counter,
@@ -19,7 +30,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             reconciles: Counter::default(),
-            reconcile_errors: Counter::default(),
+            reconcile_errors: Family::default(),
             reconcile_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             nodefaults_writes: Counter::default(),
             runs_finished: Counter::default(),
@@ -39,7 +50,7 @@ impl Metrics {
         );
         r.register(
             "reconcile_errors",
-            "Reconciles that failed (retried)",
+            "Reconciles that failed (retried), by kind and reason",
             self.reconcile_errors.clone(),
         );
         r.register(

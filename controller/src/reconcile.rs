@@ -203,15 +203,96 @@ pub async fn run(
     }
 }
 
+/// When to try a failed Experiment again: backed off per Experiment by
+/// the kind of failure (`errors`), counted in the metrics.
 fn error_policy(
     exp: Arc<DeserializeGuard<Experiment>>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    ctx.metrics.reconcile_errors.inc();
+    let c = crate::errors::classify(error);
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            kind: c.kind.as_str().into(),
+            reason: c.reason.clone(),
+        })
+        .inc();
+    let failures = {
+        let mut all = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = all.entry(exp.uid().unwrap_or_default()).or_insert(0);
+        *entry = entry.saturating_add(1);
+        *entry
+    };
+    // Spread by the clock's nanoseconds: enough to keep retries apart.
+    let jitter = f64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    ) / 1e9;
+    let wait = crate::errors::backoff(c.kind, failures, jitter);
     let key = format!("{}/{}", exp.namespace().unwrap_or_default(), exp.name_any());
-    tracing::warn!(experiment = %key, error = %chain(error), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+    tracing::warn!(experiment = %key, kind = c.kind.as_str(), failures, retry_in = ?wait, error = %chain(error), "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// The field manager of the `Degraded` condition alone, so that the
+/// status writes of runs leave it be.
+const DEGRADED_MANAGER: &str = "faultline-controller-errors";
+const DEGRADED: &str = "Degraded";
+
+/// Shows (or, with None, clears) a permanent failure on the Experiment as
+/// its `Degraded` condition. Best effort: the write may be refused too.
+async fn set_degraded(
+    ctx: &Context,
+    exp: &Experiment,
+    failure: Option<&crate::errors::Classified>,
+) {
+    // The status is the record: a restarted controller clears what an
+    // earlier one set.
+    let was = exp
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == DEGRADED));
+    if failure.is_none() && !was {
+        return;
+    }
+    let conditions = match failure {
+        Some(c) => serde_json::json!([{
+            "type": DEGRADED,
+            "status": "True",
+            "reason": c.reason,
+            "message": format!(
+                "{}{} (retried with backoff until it goes through)",
+                c.code.map(|code| format!("{code}: ")).unwrap_or_default(),
+                c.message
+            ),
+            "lastTransitionTime": Time(second((ctx.clock)())),
+            "observedGeneration": exp.metadata.generation,
+        }]),
+        // Applying none drops the one this manager owned.
+        None => serde_json::json!([]),
+    };
+    let Some(ns) = exp.namespace() else { return };
+    let api = Api::<Experiment>::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": "faultline.dev/v1alpha1",
+        "kind": "Experiment",
+        "status": {"conditions": conditions},
+    });
+    match api
+        .patch_status(
+            &exp.name_any(),
+            &PatchParams::apply(DEGRADED_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(experiment = %key(exp), error = %chain(&e), "cannot write the Degraded condition");
+        }
+    }
 }
 
 fn key(exp: &Experiment) -> String {
@@ -241,7 +322,7 @@ pub(crate) async fn reconcile(
     };
     let ns = exp.namespace().ok_or(Error::Malformed("namespace"))?;
     let api = Api::<Experiment>::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, exp, |event| async {
+    let result = finalizer(&api, FINALIZER, exp.clone(), |event| async {
         match event {
             Finalize::Apply(exp) => apply(&exp, &ctx).await,
             Finalize::Cleanup(exp) => cleanup(&exp, &ctx).await,
@@ -249,6 +330,23 @@ pub(crate) async fn reconcile(
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    match &result {
+        Ok(_) => {
+            let uid = exp.uid().unwrap_or_default();
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+            set_degraded(&ctx, &exp, None).await;
+        }
+        Err(e) => {
+            let c = crate::errors::classify(e);
+            if c.kind == crate::errors::Kind::Permanent && exp.metadata.deletion_timestamp.is_none()
+            {
+                set_degraded(&ctx, &exp, Some(&c)).await;
+            }
+        }
+    }
     ctx.metrics.reconciles.inc();
     ctx.metrics
         .reconcile_seconds
@@ -349,7 +447,12 @@ fn second(t: Timestamp) -> Timestamp {
 }
 
 async fn write_status(ctx: &Context, exp: &Experiment, status: &ExperimentStatus) -> Result<()> {
-    if exp.status.as_ref() == Some(status) {
+    // As this manager wrote it: `Degraded` is another manager's.
+    let mut current = exp.status.clone();
+    if let Some(s) = current.as_mut() {
+        s.conditions.retain(|c| c.type_ != DEGRADED);
+    }
+    if current.as_ref() == Some(status) {
         return Ok(());
     }
     let ns = exp.namespace().ok_or(Error::Malformed("namespace"))?;

@@ -538,6 +538,81 @@ async fn an_experiment_that_no_longer_decodes_is_invalid_alone() {
     gone(&exps, "turns-bad", WAIT).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_shows_as_degraded_and_clears_when_allowed() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    cp.pods_on("shop", "payments", &["node-a", "node-b"]).await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a", "node-b"]);
+    let client = cp.client().await;
+    // The controller may no longer write NodeFaults: a refusal that
+    // asking again will not change.
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role_name = format!("{}-controller", chart.fullname());
+    let granted = roles.get(&role_name).await.expect("the controller's role");
+    let mut narrowed = granted.clone();
+    for rule in narrowed.rules.iter_mut().flatten() {
+        if rule.resources.iter().flatten().any(|r| r == "nodefaults") {
+            rule.verbs.retain(|v| v != "create" && v != "patch");
+        }
+    }
+    roles
+        .replace(&role_name, &Default::default(), &narrowed)
+        .await
+        .expect("narrow the role");
+    let (_controller, metrics) = cp.start_controller(&kubeconfig, "controller-1", &[]);
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "5s"));
+    let exps = experiments(&client, "shop");
+    let degraded = |e: &DynamicObject| {
+        e.data["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Degraded")
+            .cloned()
+    };
+    let condition = eventually("Degraded, with the API's word", WAIT, || async {
+        degraded(&exps.get("slow-payments").await.ok()?)
+    })
+    .await;
+    assert_eq!(condition["status"], "True", "{condition}");
+    assert_eq!(condition["reason"], "Forbidden", "{condition}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("403: ") && m.contains("nodefaults")),
+        "{condition}"
+    );
+    let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "faultline_controller_reconcile_errors_total{kind=\"permanent\",reason=\"Forbidden\"}"
+        )),
+        "{text}"
+    );
+
+    // Allowed again: the run goes on at the next try and the condition goes.
+    let mut back = roles.get(&role_name).await.expect("the role");
+    back.rules = granted.rules.clone();
+    roles
+        .replace(&role_name, &Default::default(), &back)
+        .await
+        .expect("restore the role");
+    let status = eventually("the run completes", Duration::from_secs(90), || async {
+        let e = exps.get("slow-payments").await.ok()?;
+        (e.data["status"]["phase"] == "Completed").then_some(e)
+    })
+    .await;
+    assert!(degraded(&status).is_none(), "{:?}", status.data["status"]);
+}
+
 /// `faultline_controller_leader` of the controller serving `metrics`.
 async fn leads(metrics: std::net::SocketAddr) -> Option<bool> {
     let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
