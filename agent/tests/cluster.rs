@@ -131,9 +131,15 @@ fn an_experiment_becomes_a_partition_in_a_real_namespace_and_goes_at_its_deadlin
     let node_a = server
         .get("NodeFaults", None, "node-a")
         .expect("node-a's object");
+    let experiment = server
+        .get("Experiment", Some("shop"), "cut-checkout")
+        .expect("the experiment");
     assert_eq!(
         node_a["spec"]["faults"][0]["id"],
-        json!(format!("shop/cut-checkout/cut/{uid}"))
+        json!(format!(
+            "{}/cut/{uid}",
+            experiment["metadata"]["uid"].as_str().expect("uid")
+        ))
     );
     assert_eq!(
         node_a["spec"]["faults"][0]["partition"]["peers"],

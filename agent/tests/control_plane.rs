@@ -144,8 +144,14 @@ spec:
         .iter()
         .filter_map(|f| f["id"].as_str())
         .collect();
+    let experiment_uid = rt
+        .block_on(exps.get("cut-checkout"))
+        .expect("the experiment")
+        .metadata
+        .uid
+        .expect("uid");
     assert!(
-        ids.contains(&format!("shop/cut-checkout/cut/{checkout}").as_str()),
+        ids.contains(&format!("{experiment_uid}/cut/{checkout}").as_str()),
         "{ids:?}"
     );
     assert!(

@@ -11,10 +11,10 @@ use std::{
 use faultline_api::{Experiment, NodeFaults};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::DeserializeGuard,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         WatchStreamExt,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
@@ -44,6 +44,9 @@ pub struct Settings {
     /// after the controller last renewed it, so with the controller gone
     /// or the API unreachable every fault ends within one lease.
     pub fault_lease: Duration,
+    /// How often the leader sweeps leftovers (entries of Experiments that
+    /// no longer exist, empty NodeFaults objects).
+    pub sweep_every: Duration,
     /// The cluster's ceilings on pods per run and share of a target
     /// (chart `ceilings`).
     pub ceilings: crate::plan::Ceilings,
@@ -61,6 +64,7 @@ impl Default for Settings {
             unseen_grace: Duration::from_secs(30),
             fault_lease: Duration::from_secs(60),
             ceilings: Default::default(),
+            sweep_every: Duration::from_secs(60),
             protected_namespaces: crate::plan::ALWAYS_PROTECTED
                 .iter()
                 .map(|s| (*s).to_owned())
@@ -75,6 +79,7 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub namespaces: Store<Namespace>,
     pub nodefaults: Store<NodeFaults>,
+    pub nodes: Store<PartialObjectMeta<Node>>,
     pub observer: ObserverClient,
     pub recorder: Recorder,
     pub clock: Clock,
@@ -126,6 +131,8 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub namespaces: Store<Namespace>,
     pub nodefaults: Store<NodeFaults>,
+    /// Nodes, metadata only: the owners of their NodeFaults objects.
+    pub nodes: Store<PartialObjectMeta<Node>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -142,6 +149,18 @@ impl Stores {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.nodefaults.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+    }
+}
+
+/// Managed fields are most of a small object's size; a NodeFaults object
+/// keeps its managers' names (the sweeper reads whose entries are there),
+/// without the fields each holds.
+fn slim_nodefaults(nf: &mut NodeFaults) {
+    if let Some(managed) = nf.metadata.managed_fields.as_mut() {
+        for m in managed.iter_mut() {
+            m.fields_v1 = None;
+        }
     }
 }
 
@@ -151,6 +170,7 @@ pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, 
     let (pods, pod_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
     let (nodefaults, nf_writer) = reflector::store();
+    let (nodes, node_writer) = reflector::store();
     let pod_stream = watcher(Api::<Pod>::all(client.clone()), Config::default())
         .default_backoff()
         .modify(slim)
@@ -158,14 +178,24 @@ pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, 
         .touched_objects();
     let ns_stream = watcher(Api::<Namespace>::all(client.clone()), Config::default())
         .default_backoff()
+        .modify(|ns| ns.metadata.managed_fields = None)
         .reflect(ns_writer)
         .touched_objects();
+    let node_stream = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        Config::default(),
+    )
+    .default_backoff()
+    .modify(|n| n.metadata.managed_fields = None)
+    .reflect(node_writer)
+    .touched_objects();
     let nf_stream = watcher(
         Api::<DeserializeGuard<NodeFaults>>::all(client.clone()),
         Config::default(),
     )
     .default_backoff()
     .try_filter_map(|event| std::future::ready(Ok(readable(event))))
+    .modify(slim_nodefaults)
     .reflect(nf_writer)
     .touched_objects();
     let driver = async move {
@@ -173,6 +203,7 @@ pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, 
             pod_stream.for_each(|_| async {}),
             ns_stream.for_each(|_| async {}),
             nf_stream.for_each(|_| async {}),
+            node_stream.for_each(|_| async {}),
         );
     };
     (
@@ -180,6 +211,7 @@ pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, 
             pods,
             namespaces,
             nodefaults,
+            nodes,
         },
         Box::pin(driver),
     )
@@ -243,6 +275,7 @@ impl Context {
             pods: stores.pods,
             namespaces: stores.namespaces,
             nodefaults: stores.nodefaults,
+            nodes: stores.nodes,
             observer,
             recorder,
             clock,

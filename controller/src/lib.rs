@@ -15,4 +15,5 @@ pub mod observe;
 pub mod plan;
 pub mod reconcile;
 pub mod status;
+mod sweep;
 pub mod uninstall;

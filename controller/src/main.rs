@@ -81,6 +81,10 @@ struct Args {
     /// Experiment that sets none, and the highest one may set.
     #[arg(long)]
     max_targets: Option<u32>,
+    /// How often the leader takes off the entries of Experiments that no
+    /// longer exist and deletes empty NodeFaults objects.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    sweep_every: Duration,
     /// The cluster's ceiling on the share of a target's pods one run may
     /// take, in percent: a run that would take more does not start.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -225,6 +229,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             check_every: args.check_every,
             unseen_grace: args.unseen_grace,
             fault_lease: args.fault_lease,
+            sweep_every: args.sweep_every,
             ceilings: faultline_controller::plan::Ceilings {
                 max_targets: args.max_targets,
                 max_percent: args.max_percent,

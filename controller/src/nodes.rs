@@ -24,6 +24,9 @@ use crate::{
 pub(crate) struct Written {
     pub entries: Vec<NodeFault>,
     pub generation: i64,
+    /// The cache has shown the object at this generation or later: an
+    /// object missing from it since was deleted, not yet to arrive.
+    pub seen: bool,
 }
 
 /// This experiment's entries in each cached NodeFaults object (none for
@@ -128,29 +131,66 @@ pub(crate) fn refused(desired: &BTreeMap<String, Vec<NodeFault>>) -> Option<Stri
     None
 }
 
-/// Writes this experiment's entries on one node (an empty list removes
+/// Writes the entries `manager` holds on one node (an empty list removes
 /// them; other experiments' entries are other managers' and stay).
-/// Returns the object's generation after the write.
-async fn write_node(
+/// Returns the object's generation after the write. The object is owned
+/// by its Node, so it goes when the node does.
+pub(crate) async fn write_node(
     ctx: &Context,
-    r: &ExperimentRef,
+    manager: &str,
     node: &str,
     entries: &[NodeFault],
 ) -> Result<i64> {
     let api = Api::<NodeFaults>::all(ctx.client.clone());
+    let owner = ctx
+        .nodes
+        .get(&kube::runtime::reflector::ObjectRef::new(node))
+        .and_then(|n| n.metadata.uid.clone())
+        .map(|uid| {
+            serde_json::json!([{
+                "apiVersion": "v1",
+                "kind": "Node",
+                "name": node,
+                "uid": uid,
+            }])
+        });
+    let mut metadata = serde_json::json!({"name": node});
+    if let Some(owner) = owner {
+        metadata["ownerReferences"] = owner;
+    }
     let object = serde_json::json!({
         "apiVersion": "faultline.dev/v1alpha1",
         "kind": "NodeFaults",
-        "metadata": {"name": node},
+        "metadata": metadata,
         "spec": NodeFaultsSpec { faults: entries.to_vec() },
     });
-    let params = PatchParams::apply(&r.field_manager()).force();
+    let params = PatchParams::apply(manager).force();
     let written = api
         .patch(node, &params, &Patch::Apply(&object))
         .await
         .map_err(Error::Kube)?;
     ctx.metrics.nodefaults_writes.inc();
     Ok(written.metadata.generation.unwrap_or(0))
+}
+
+/// Lets go of everything `manager` holds on `node`'s object: its entries
+/// and its part of the owner reference, so it leaves the object's managers.
+pub(crate) async fn release_node(ctx: &Context, manager: &str, node: &str) -> Result<()> {
+    let api = Api::<NodeFaults>::all(ctx.client.clone());
+    let object = serde_json::json!({
+        "apiVersion": "faultline.dev/v1alpha1",
+        "kind": "NodeFaults",
+        "metadata": {"name": node},
+    });
+    api.patch(
+        node,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    ctx.metrics.nodefaults_writes.inc();
+    Ok(())
 }
 
 /// Brings every node to `desired`. What a node holds now is the cached
@@ -164,6 +204,11 @@ pub(crate) async fn converge(
     written: &mut BTreeMap<String, Written>,
 ) -> Result<()> {
     let cached = in_store(ctx, r);
+    for (node, w) in written.iter_mut() {
+        if cached.get(node).is_some_and(|(_, g)| *g >= w.generation) {
+            w.seen = true;
+        }
+    }
     let nodes: BTreeSet<&String> = desired
         .keys()
         .chain(cached.keys())
@@ -177,6 +222,9 @@ pub(crate) async fn converge(
             (Some(w), Some((entries, generation))) if *generation >= w.generation => {
                 entries.as_slice()
             }
+            // Seen after the write, gone since: deleted (by hand), so
+            // nothing of it is there.
+            (Some(w), None) if w.seen => &[],
             (Some(w), _) => w.entries.as_slice(),
             (None, Some((entries, _))) => entries.as_slice(),
             (None, None) => &[],
@@ -188,7 +236,7 @@ pub(crate) async fn converge(
     // Bounded concurrency: thousands of nodes at the start of a run.
     let results: Vec<(String, Vec<NodeFault>, Result<i64>)> = futures::stream::iter(writes)
         .map(|(node, want)| async move {
-            let result = write_node(ctx, r, &node, &want).await;
+            let result = write_node(ctx, &r.field_manager(), &node, &want).await;
             (node, want, result)
         })
         .buffer_unordered(16)
@@ -203,6 +251,7 @@ pub(crate) async fn converge(
                     Written {
                         entries,
                         generation,
+                        seen: false,
                     },
                 );
             }

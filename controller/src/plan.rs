@@ -235,13 +235,15 @@ pub struct ExperimentRef {
 }
 
 impl ExperimentRef {
-    /// Every entry id of this experiment starts with this.
+    /// Every entry id of this experiment starts with this: its uid, so an
+    /// Experiment re-created under the same name is another one, whose
+    /// entries it neither takes for its own nor rewrites.
     pub(crate) fn id_prefix(&self) -> String {
-        format!("{}/{}/", self.namespace, self.name)
+        format!("{}/", self.uid)
     }
 
-    /// `NAMESPACE/EXPERIMENT/FAULT/POD-UID`: unique per node object, and
-    /// readable in `kubectl get nf -o yaml`.
+    /// `EXPERIMENT-UID/FAULT/POD-UID`: unique per node object, and short
+    /// (at most 137 characters, whatever the names).
     pub(crate) fn entry_id(&self, fault: &str, pod_uid: &str) -> String {
         format!("{}{fault}/{pod_uid}", self.id_prefix())
     }
@@ -450,14 +452,11 @@ spec:
         assert_eq!(
             ids("n1"),
             [
-                "shop/x/cut/00000000-0000-4000-8000-000000000009",
-                "shop/x/slow/00000000-0000-4000-8000-000000000001"
+                "u/cut/00000000-0000-4000-8000-000000000009",
+                "u/slow/00000000-0000-4000-8000-000000000001"
             ]
         );
-        assert_eq!(
-            ids("n2"),
-            ["shop/x/slow/00000000-0000-4000-8000-000000000002"]
-        );
+        assert_eq!(ids("n2"), ["u/slow/00000000-0000-4000-8000-000000000002"]);
         let cut = &by_node["n1"][0];
         let FaultAction::Partition(p) = &cut.action else {
             panic!("{cut:?}")
@@ -469,9 +468,9 @@ spec:
             "2026-01-01T00:00:30Z"
         );
         assert!(cut.traceparent.is_some());
-        assert!(exp.owns(&cut.id) && !exp.owns("shop/xy/cut/c1"));
+        assert!(exp.owns(&cut.id) && !exp.owns("shop/x/cut/c1"));
         assert_eq!(exp.fault_of(&cut.id), Some("cut"));
-        assert_eq!(exp.fault_of("shop/xy/cut/c1"), None);
+        assert_eq!(exp.fault_of("another-uid/cut/c1"), None);
         // Under a lease, nothing expires after it; what ends before stays.
         let lease_until: Timestamp = "2026-01-01T00:00:45Z".parse().expect("time");
         let leased = node_entries(

@@ -153,6 +153,7 @@ pub async fn run(
         pods: ctx.pods.clone(),
         namespaces: ctx.namespaces.clone(),
         nodefaults: ctx.nodefaults.clone(),
+        nodes: ctx.nodes.clone(),
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -171,6 +172,7 @@ pub async fn run(
                 _ = stopped.wait_for(|s| *s) => return,
             }
             ctx.metrics.leader.set(1);
+            let sweeper = tokio::spawn(sweep_now_and_then(ctx.clone()));
             // Guarded: an object that does not decode is one Invalid
             // experiment, not a broken watch for all of them.
             let experiments = Api::<DeserializeGuard<Experiment>>::all(ctx.client.clone());
@@ -189,6 +191,7 @@ pub async fn run(
                     }
                 })
                 .await;
+            sweeper.abort();
             ctx.metrics.leader.set(0);
             ctx.runs.lock().unwrap_or_else(|e| e.into_inner()).clear();
             if *stopped.borrow() {
@@ -200,6 +203,23 @@ pub async fn run(
     tokio::select! {
         _ = work => {}
         _ = driver => {}
+    }
+}
+
+/// Sweeps leftovers every `sweep_every` while this replica leads (the
+/// task is aborted when it stops leading).
+async fn sweep_now_and_then(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(ctx.settings.sweep_every).await;
+        match crate::sweep::sweep(&ctx).await {
+            Ok(s) if s.orphans.is_empty() && s.deleted.is_empty() => {}
+            Ok(s) => tracing::info!(
+                orphans = s.orphans.len(),
+                deleted = s.deleted.len(),
+                "swept leftovers"
+            ),
+            Err(e) => tracing::warn!(error = %chain(&e), "cannot sweep leftovers"),
+        }
     }
 }
 

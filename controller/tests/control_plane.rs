@@ -83,8 +83,16 @@ async fn the_chart_grants_its_accounts_what_they_need_and_no_more() {
         ),
         (&controller, &["create", "nodefaults.faultline.dev"], true),
         (&controller, &["patch", "nodefaults.faultline.dev"], true),
-        (&controller, &["delete", "nodefaults.faultline.dev"], false),
+        // The sweeper deletes objects left empty.
+        (&controller, &["delete", "nodefaults.faultline.dev"], true),
         (&controller, &["watch", "pods", "-A"], true),
+        (&controller, &["watch", "nodes"], true),
+        (&controller, &["delete", "nodes"], false),
+        (
+            &controller,
+            &["patch", "leases.coordination.k8s.io", "-n", "faultline"],
+            false,
+        ),
         (&controller, &["delete", "pods", "-n", "shop"], true),
         (
             &controller,
@@ -178,6 +186,17 @@ spec:
     - {name: slow, target: payments, latency: {delay: 300ms}}
 ";
 
+/// The id of `fault`'s entry for `pod` of Experiment `name` in shop:
+/// `EXPERIMENT-UID/FAULT/POD-UID`.
+async fn entry_id(client: &kube::Client, name: &str, fault: &str, pod: &str) -> String {
+    let exps = experiments(client, "shop");
+    let uid = eventually(&format!("experiment {name}"), WAIT, || async {
+        exps.get(name).await.ok()?.metadata.uid
+    })
+    .await;
+    format!("{uid}/{fault}/{pod}")
+}
+
 /// The ids of the entries on `node` and the managers that hold fields there.
 async fn node_state(api: &Api<DynamicObject>, node: &str) -> (Vec<String>, Vec<String>) {
     let Ok(object) = api.get(node).await else {
@@ -249,7 +268,7 @@ async fn the_controller_runs_an_experiment_as_its_service_account() {
             (!state.0.is_empty()).then_some(state)
         })
         .await;
-        assert_eq!(ids, [format!("shop/slow-payments/slow/{pod}")]);
+        assert_eq!(ids, [entry_id(&client, "slow-payments", "slow", pod).await]);
         assert!(managers.contains(&manager), "{managers:?}");
     }
     let object = exps.get("slow-payments").await.expect("the experiment");
@@ -613,6 +632,78 @@ async fn a_refused_write_shows_as_degraded_and_clears_when_allowed() {
     assert!(degraded(&status).is_none(), "{:?}", status.data["status"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_are_swept_and_a_deleted_object_is_written_again() {
+    let Some((cp, chart)) = installed().await else {
+        return;
+    };
+    cp.namespace("shop", true).await;
+    let pods = cp.pods_on("shop", "payments", &["node-a"]).await;
+    let kubeconfig = cp.controller_kubeconfig(&chart).await;
+    let _agents = report_applied(cp.client().await, &["node-a"]);
+    let (_controller, _) =
+        cp.start_controller(&kubeconfig, "controller-1", &["--sweep-every", "1s"]);
+    let client = cp.client().await;
+    let nfs = nodefaults(&client);
+    let exps = experiments(&client, "shop");
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
+    let first = entry_id(&client, "slow-payments", "slow", &pods[0]).await;
+    eventually("the entry on node-a", WAIT, || async {
+        (node_state(&nfs, "node-a").await.0 == [first.clone()]).then_some(())
+    })
+    .await;
+    // Owned by its Node.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let node_uid = nodes.get("node-a").await.expect("node-a").metadata.uid;
+    let object = nfs.get("node-a").await.expect("node-a's object");
+    let owners = object.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        owners
+            .iter()
+            .map(|o| (o.kind.as_str(), o.name.as_str(), Some(o.uid.clone())))
+            .collect::<Vec<_>>(),
+        [("Node", "node-a", node_uid)]
+    );
+
+    // Deleted by hand: written again.
+    nfs.delete("node-a", &Default::default())
+        .await
+        .expect("delete node-a's object");
+    eventually("node-a's object written again", WAIT, || async {
+        let o = nfs.get("node-a").await.ok()?;
+        (o.metadata.deletion_timestamp.is_none()
+            && node_state(&nfs, "node-a").await.0 == [first.clone()])
+        .then_some(())
+    })
+    .await;
+
+    // The Experiment goes without its clean-up (its finalizer taken off by
+    // hand): its entries are swept, then the empty object.
+    exps.patch(
+        "slow-payments",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop the finalizer");
+    exps.delete("slow-payments", &Default::default())
+        .await
+        .expect("delete");
+    gone(&nfs, "node-a", WAIT).await;
+
+    // The same name again is another experiment: its own entry only.
+    cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
+    let second = eventually("the new experiment's uid", WAIT, || async {
+        let uid = exps.get("slow-payments").await.ok()?.metadata.uid?;
+        (!first.starts_with(&uid)).then_some(format!("{uid}/slow/{}", pods[0]))
+    })
+    .await;
+    eventually("the new entry on node-a", WAIT, || async {
+        (node_state(&nfs, "node-a").await.0 == [second.clone()]).then_some(())
+    })
+    .await;
+}
+
 /// `faultline_controller_leader` of the controller serving `metrics`.
 async fn leads(metrics: std::net::SocketAddr) -> Option<bool> {
     let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
@@ -784,9 +875,10 @@ async fn watches_recover_from_410_gone_and_a_recreated_pod_gets_the_fault() {
     cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
     let client = cp.client().await;
     let nfs = nodefaults(&client);
+    let old_entry = entry_id(&client, "slow-payments", "slow", &old_uid).await;
     eventually("the entry on node-a", WAIT, || async {
         let (ids, _) = node_state(&nfs, "node-a").await;
-        (ids == [format!("shop/slow-payments/slow/{old_uid}")]).then_some(())
+        (ids == [old_entry.clone()]).then_some(())
     })
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
@@ -848,10 +940,8 @@ async fn watches_recover_from_410_gone_and_a_recreated_pod_gets_the_fault() {
         (ids.len() == 1).then_some(ids)
     })
     .await;
-    assert!(
-        new_pod[0].starts_with("shop/slow-payments/slow/"),
-        "{new_pod:?}"
-    );
+    let prefix = entry_id(&client, "slow-payments", "slow", "").await;
+    assert!(new_pod[0].starts_with(&prefix), "{new_pod:?}");
     assert!(
         pod_lists() > lists_before,
         "the controller met 410 Gone and listed pods again"
@@ -873,7 +963,7 @@ async fn watches_recover_from_410_gone_and_a_recreated_pod_gets_the_fault() {
     assert_ne!(new_uid, old_uid);
     eventually("the fault on the recreated pod", WAIT, || async {
         let (ids, _) = node_state(&nfs, "node-a").await;
-        (ids == [format!("shop/slow-payments/slow/{new_uid}")]).then_some(())
+        (ids == [format!("{prefix}{new_uid}")]).then_some(())
     })
     .await;
 }
@@ -990,13 +1080,15 @@ async fn two_experiments_share_a_node_and_an_unopted_namespace_is_refused() {
             .replace("name: slow-payments", "name: brief"),
     );
     let both = [
-        format!("shop/brief/slow/{pod}"),
-        format!("shop/slow-payments/slow/{pod}"),
+        entry_id(&client, "brief", "slow", &pod).await,
+        entry_id(&client, "slow-payments", "slow", &pod).await,
     ];
     eventually("both entries on node-a", WAIT, || async {
         let (mut ids, _) = node_state(&nfs, "node-a").await;
+        let mut want = both.to_vec();
         ids.sort();
-        (ids == both).then_some(())
+        want.sort();
+        (ids == want).then_some(())
     })
     .await;
     let (_, managers) = eventually("one entry left on node-a", WAIT, || async {
@@ -1108,9 +1200,10 @@ async fn protected_namespaces_and_host_network_pods_are_never_targets() {
     let nfs = nodefaults(&client);
 
     cp.apply(&SLOW_PAYMENTS.replace("DURATION", "10m"));
+    let entry = entry_id(&client, "slow-payments", "slow", &pod).await;
     eventually("the ordinary pod's entry on node-a", WAIT, || async {
         let (ids, _) = node_state(&nfs, "node-a").await;
-        (ids == [format!("shop/slow-payments/slow/{pod}")]).then_some(())
+        (ids == [entry.clone()]).then_some(())
     })
     .await;
     let exps = experiments(&client, "shop");

@@ -140,7 +140,20 @@ fn shop(server: &ApiServer) -> (String, String, String) {
     (uid(&p1), uid(&p2), uid(&c1))
 }
 
+/// The entry ids on `node`, each experiment's uid shown as
+/// `NAMESPACE/NAME` for reading.
 fn ids(server: &ApiServer, node: &str) -> Vec<String> {
+    let names: std::collections::HashMap<String, String> = server
+        .list("Experiment")
+        .iter()
+        .filter_map(|e| {
+            let m = &e["metadata"];
+            Some((
+                m["uid"].as_str()?.to_owned(),
+                format!("{}/{}", m["namespace"].as_str()?, m["name"].as_str()?),
+            ))
+        })
+        .collect();
     server
         .get("NodeFaults", None, node)
         .map(|nf| {
@@ -148,8 +161,20 @@ fn ids(server: &ApiServer, node: &str) -> Vec<String> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|f| f["id"].as_str().expect("id").to_owned())
-                .collect()
+                .map(|f| {
+                    let id = f["id"].as_str().expect("id");
+                    match id.split_once('/') {
+                        Some((uid, rest)) if names.contains_key(uid) => {
+                            format!("{}/{rest}", names[uid])
+                        }
+                        _ => id.to_owned(),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .map(|mut ids| {
+            ids.sort();
+            ids
         })
         .unwrap_or_default()
 }
@@ -428,7 +453,12 @@ async fn two_experiments_on_one_node_keep_each_others_entries() {
     })
     .await;
     let node_a = server.get("NodeFaults", None, "node-a").expect("node-a");
-    let cut = &node_a["spec"]["faults"][0];
+    let cut = node_a["spec"]["faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f.get("partition").is_some())
+        .expect("the cut entry");
     assert_eq!(
         cut["partition"]["peers"],
         json!(["10.0.0.1/32", "10.0.0.2/32"])
