@@ -582,6 +582,9 @@ async fn start_or_resume(
         }
         return Ok(Err(Action::await_change()));
     }
+    if stale_abort(ctx, exp).await {
+        return Ok(Err(Action::requeue(Duration::from_millis(100))));
+    }
     let missed_before = previous.missed_runs.unwrap_or(0);
     match previous.next_run_at.as_ref().map(|t| t.0) {
         Some(at) if now >= at && now.duration_since(at) <= START_SLACK => Ok(Ok(Live::start(
@@ -640,9 +643,13 @@ async fn ended(
         return Err(e);
     }
     let Some(at) = live.next_run_at else {
-        ctx.keep_run(&r.uid, live);
+        // Nothing more to run: the status is the record, memory is let go.
         return Ok(Action::await_change());
     };
+    if stale_abort(ctx, exp).await {
+        ctx.keep_run(&r.uid, live);
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     if now < at {
         ctx.keep_run(&r.uid, live);
         return Ok(Action::requeue(until(at, now).min(ctx.settings.max_wait)));
@@ -1081,6 +1088,25 @@ fn break_overdue(
 
 /// The abort annotation stops one run; once it has ended, it goes, so a
 /// scheduled experiment's next run (or a fixed spec) is not aborted too.
+/// Between runs an abort annotation has nothing to stop, and left there it
+/// would stop the next run the moment it starts: it is removed, with an
+/// Event. True when there was one (the caller looks again once the
+/// removal is seen).
+async fn stale_abort(ctx: &Context, exp: &Experiment) -> bool {
+    if !exp.annotations().contains_key(ABORT_ANNOTATION) {
+        return false;
+    }
+    clear_abort(ctx, exp).await;
+    ctx.event(
+        exp,
+        EventType::Normal,
+        "AbortIgnored",
+        "no run was in progress to abort; the annotation is removed and the next run starts as scheduled".into(),
+    )
+    .await;
+    true
+}
+
 async fn clear_abort(ctx: &Context, exp: &Experiment) {
     let Some(ns) = exp.namespace() else { return };
     let api = Api::<Experiment>::namespaced(ctx.client.clone(), &ns);
@@ -1097,9 +1123,6 @@ async fn clear_abort(ctx: &Context, exp: &Experiment) {
     }
 }
 
-/// The entries the run wants now on each node, each fault's carrying its
-/// span's traceparent (a resumed run keeps the one its entries carry, so a
-/// restart rewrites nothing).
 /// Moves the run's lease on once half of it has passed: entries are
 /// rewritten (a new `expiresAt`) every half lease, not every tick.
 fn renew_lease(live: &mut Live, lease: Duration, now: Timestamp) {
@@ -1119,6 +1142,9 @@ fn renew_lease(live: &mut Live, lease: Duration, now: Timestamp) {
     }
 }
 
+/// The entries the run wants now on each node, each fault's carrying its
+/// span's traceparent (a resumed run keeps the one its entries carry, so a
+/// restart rewrites nothing).
 fn desired_entries(
     ctx: &Context,
     r: &ExperimentRef,

@@ -638,6 +638,56 @@ async fn a_scheduled_experiment_runs_at_its_start_times_and_counts_missed_ones()
 }
 
 #[tokio::test]
+async fn an_abort_left_between_runs_does_not_stop_the_next_one() {
+    let server = ApiServer::new();
+    let clock = clock(); // 10:00:00
+    let (p1, _, _) = shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    let mut exp = experiment("nightly", "shop", "30s", slow_payments());
+    exp["spec"]["schedule"] = json!("*/5 * * * *");
+    server.apply(exp);
+    until("the next start time", WAIT, || {
+        status(&server, "shop", "nightly")["nextRunAt"] == "2026-03-01T10:05:00Z"
+    })
+    .await;
+    // Aborted while nothing runs: there is nothing to stop.
+    let mut object = server
+        .get("Experiment", Some("shop"), "nightly")
+        .expect("nightly");
+    object["metadata"]["annotations"] = json!({"faultline.dev/abort": "stop it"});
+    server.apply(object);
+    until("the annotation taken off", WAIT, || {
+        server
+            .get("Experiment", Some("shop"), "nightly")
+            .is_some_and(|o| {
+                o["metadata"]["annotations"]
+                    .get("faultline.dev/abort")
+                    .is_none()
+            })
+    })
+    .await;
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "AbortIgnored"),
+        "{:?}",
+        server.events()
+    );
+    advance(&clock, 300); // 10:05:00
+    until("the run, not aborted", WAIT, || {
+        ids(&server, "node-a") == [format!("shop/nightly/slow/{p1}")]
+    })
+    .await;
+    let s = status(&server, "shop", "nightly");
+    assert!(
+        (s["phase"] == "Injecting" || s["phase"] == "Running") && s["verdict"].is_null(),
+        "{s}"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
 async fn runs_that_cannot_be_placed_or_judged_stop_with_the_reason() {
     let server = ApiServer::new();
     let clock = clock();

@@ -94,6 +94,7 @@ fn resource_of(kind: &str) -> &'static str {
     match kind {
         "Pod" => "pods",
         "Namespace" => "namespaces",
+        "Node" => "nodes",
         "Experiment" => "experiments",
         "NodeFaults" => "nodefaults",
         other => panic!("unknown kind {other}"),
@@ -102,7 +103,7 @@ fn resource_of(kind: &str) -> &'static str {
 
 fn api_version_of(resource: &str) -> &'static str {
     match resource {
-        "pods" | "namespaces" => "v1",
+        "pods" | "namespaces" | "nodes" => "v1",
         _ => "faultline.dev/v1alpha1",
     }
 }
@@ -111,6 +112,7 @@ fn kind_of(resource: &str) -> &'static str {
     match resource {
         "pods" => "Pod",
         "namespaces" => "Namespace",
+        "nodes" => "Node",
         "experiments" => "Experiment",
         "nodefaults" => "NodeFaults",
         other => panic!("unknown resource {other}"),
