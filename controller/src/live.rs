@@ -44,6 +44,10 @@ pub(crate) struct Live {
     /// What was last written per node (so unchanged nodes cost nothing).
     pub written: BTreeMap<String, Written>,
     pub told_injected: bool,
+    /// The Started and Aborted Events went out (once per run, even when the
+    /// step that got there failed to write its status).
+    pub told_started: bool,
+    pub told_aborted: bool,
     /// Checks whose unseen service was reported (once per run).
     pub told_unseen: BTreeSet<String>,
     /// Per entry id, the largest effect its agent reported.
@@ -141,6 +145,8 @@ impl Live {
             fault_spans: BTreeMap::new(),
             written: BTreeMap::new(),
             told_injected: false,
+            told_started: false,
+            told_aborted: false,
             told_unseen: BTreeSet::new(),
             entry_effects: BTreeMap::new(),
             deleted: BTreeMap::new(),
@@ -186,6 +192,10 @@ impl Live {
             fault_spans: BTreeMap::new(),
             written: BTreeMap::new(),
             told_injected: status.injected.unwrap_or(0) > 0,
+            // A resumed run was started (and, if recovering, aborted) by
+            // the controller before: it told them then.
+            told_started: true,
+            told_aborted: status.phase == Some(faultline_api::Phase::Recovered),
             told_unseen: BTreeSet::new(),
             entry_effects: BTreeMap::new(),
             deleted: BTreeMap::new(),

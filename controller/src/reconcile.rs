@@ -858,6 +858,18 @@ async fn step(
         desired = desired_entries(ctx, r, &mut live, &index);
     }
     let planning = work.elapsed();
+    // Durable intent first: the run's start is in the status before the
+    // first pod is taken or entry written, so a controller that dies in
+    // between resumes this run instead of starting another.
+    let recorded = previous.started_at.as_ref().map(|t| t.0) == Some(live.started_at);
+    if !recorded && (!actions.is_empty() || desired.values().any(|e| !e.is_empty())) {
+        let facts = facts(ctx, r, &live, live.targets, 0);
+        let starting = status::of_run(&live.run, &facts, live.generation, previous, second(now));
+        if let Err(e) = write_status(ctx, exp, &starting).await {
+            ctx.keep_run(&r.uid, live);
+            return Err(e);
+        }
+    }
     for removal in delete_pods(ctx, exp, &live.run, &actions, &pods).await {
         match removal {
             Removal::Done { fault } => *live.deleted.entry(fault).or_default() += 1,
@@ -903,9 +915,10 @@ async fn step(
         return Err(e);
     }
 
-    // Events on what changed.
+    // Events on what changed, each once per run.
     let after = live.run.phase();
-    if before == Phase::Pending && after != Phase::Pending && !live.run.plan().is_empty() {
+    if !live.told_started && after != Phase::Pending && !live.run.plan().is_empty() {
+        live.told_started = true;
         ctx.event(
             exp,
             EventType::Normal,
@@ -925,7 +938,8 @@ async fn step(
         )
         .await;
     }
-    if before != after && after == Phase::Recovered {
+    if !live.told_aborted && after == Phase::Recovered {
+        live.told_aborted = true;
         let why = live.run.message().unwrap_or("aborted").to_owned();
         ctx.event(exp, EventType::Warning, "Aborted", why).await;
     }

@@ -600,6 +600,10 @@ async fn a_refused_write_shows_as_degraded_and_clears_when_allowed() {
     .await;
     assert_eq!(condition["status"], "True", "{condition}");
     assert_eq!(condition["reason"], "Forbidden", "{condition}");
+    // The run's start was recorded before its first write was tried.
+    let started =
+        exps.get("slow-payments").await.expect("experiment").data["status"]["startedAt"].clone();
+    assert!(started.is_string(), "{started}");
     assert!(
         condition["message"]
             .as_str()
@@ -630,6 +634,12 @@ async fn a_refused_write_shows_as_degraded_and_clears_when_allowed() {
     })
     .await;
     assert!(degraded(&status).is_none(), "{:?}", status.data["status"]);
+    assert_eq!(
+        status.data["status"]["startedAt"], started,
+        "the same run, resumed: {:?}",
+        status.data["status"]
+    );
+    assert_eq!(status.data["status"]["runs"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
