@@ -155,7 +155,9 @@ pub(crate) async fn write_node(
             }])
         });
     let mut metadata = serde_json::json!({"name": node});
-    if let Some(owner) = owner {
+    // Only while it holds entries: one that takes its last away then owns
+    // nothing, and leaves the object's managers.
+    if let Some(owner) = owner.filter(|_| !entries.is_empty()) {
         metadata["ownerReferences"] = owner;
     }
     let object = serde_json::json!({

@@ -466,11 +466,11 @@ async fn an_experiment_that_no_longer_decodes_is_invalid_alone() {
             .replace("slow-payments", "turns-bad")
             .replace("DURATION", "10m"),
     );
+    // Its entries' ids start with its uid.
+    let bad = entry_id(&client, "turns-bad", "slow", "").await;
     eventually("its entries placed", WAIT, || async {
         let (ids, _) = node_state(&nfs, "node-a").await;
-        ids.iter()
-            .any(|i| i.starts_with("shop/turns-bad/"))
-            .then_some(())
+        ids.iter().any(|i| i.starts_with(&bad)).then_some(())
     })
     .await;
 
@@ -537,7 +537,7 @@ async fn an_experiment_that_no_longer_decodes_is_invalid_alone() {
     );
     eventually("its entries removed", WAIT, || async {
         let (ids, _) = node_state(&nfs, "node-a").await;
-        (!ids.iter().any(|i| i.starts_with("shop/turns-bad/"))).then_some(())
+        (!ids.iter().any(|i| i.starts_with(&bad))).then_some(())
     })
     .await;
     let good = eventually(
