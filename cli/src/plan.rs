@@ -15,7 +15,7 @@ use faultline_controller::plan::{
     ALWAYS_PROTECTED, Ceilings, ExperimentRef, PodInfo, candidates, capped, labelled_protected,
     node_entries, opt_in_refusal, opted_in, protected_refusal, seed, target_namespaces,
 };
-use faultline_engine::{Resolved, plan};
+use faultline_engine::plan;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use serde::Serialize;
@@ -298,22 +298,7 @@ async fn planned(
             |p| format!("{}/{} on {}", p.namespace, p.name, p.node),
         )
     };
-    let resolved: Vec<Resolved<'_>> = spec
-        .faults
-        .iter()
-        .flat_map(|f| {
-            let until = f.end(spec.duration).as_std();
-            chosen
-                .get(&f.target)
-                .into_iter()
-                .flatten()
-                .map(move |t| Resolved {
-                    fault: f,
-                    target: t.as_str(),
-                    until,
-                })
-        })
-        .collect();
+    let resolved = faultline_engine::resolve_all(&spec, &chosen);
     let r = ExperimentRef {
         namespace: own.clone(),
         name: name.clone(),

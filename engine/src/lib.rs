@@ -14,7 +14,7 @@ pub mod snapshot;
 pub use check::{Baseline, Evaluation, Observed, evaluate, evaluate_against};
 pub use run::{
     Action, CheckRef, CheckReport, Effect, Entry, FaultReport, Instance, Resolved, Resume,
-    ResumedCheck, Run,
+    ResumedCheck, Run, resolve_all,
 };
 pub use schedule::{NextStart, next_start, upcoming};
 pub use select::{Candidate, Plan, PlanError, plan};

@@ -49,6 +49,26 @@ pub struct Resolved<'a> {
     pub until: Duration,
 }
 
+/// Every fault of `spec` on every target `plan` selects for it, each over
+/// its whole window: what a run would hold at one time or another (what
+/// `faultline plan` shows).
+pub fn resolve_all<'a>(spec: &'a ExperimentSpec, plan: &'a crate::Plan) -> Vec<Resolved<'a>> {
+    spec.faults
+        .iter()
+        .flat_map(|f| {
+            let until = f.end(spec.duration).as_std();
+            plan.get(&f.target)
+                .into_iter()
+                .flatten()
+                .map(move |t| Resolved {
+                    fault: f,
+                    target: t.as_str(),
+                    until,
+                })
+        })
+        .collect()
+}
+
 /// Evidence that a fault acted: how much it touched, as its driver counts
 /// it (chunks delayed, connections held, processes signalled...).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::sync::watch;
 
 use crate::{
-    plan::{Edge, candidates, edge_faults, edges, namespace_of},
+    plan::{Edge, candidates, edge_faults, edges, namespace_of, ports},
     processes::{Launch, Supervised, supervise, wait_for_port},
 };
 
@@ -178,12 +178,7 @@ async fn drive(
     progress.send_modify(|p| p.observer_api = Some(observer.addresses.api));
 
     // A proxy on every edge; a service reaches each dependency through one.
-    let ports: HashMap<&str, u16> = topology
-        .spec
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), s.port))
-        .collect();
+    let ports = ports(topology);
     let mut proxies: BTreeMap<Edge, Proxy> = BTreeMap::new();
     for (from, to) in edges(topology) {
         let upstream =

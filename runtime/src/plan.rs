@@ -34,6 +34,16 @@ pub(crate) fn namespace_of(experiment: &Experiment) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
+/// Each service's port, by name.
+pub(crate) fn ports(topology: &Topology) -> HashMap<&str, u16> {
+    topology
+        .spec
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.port))
+        .collect()
+}
+
 /// Every dependency edge of `topology`, each of which gets a proxy.
 pub(crate) fn edges(topology: &Topology) -> Vec<Edge> {
     topology
@@ -157,28 +167,8 @@ pub fn plan(experiment: &Experiment, topology: &Topology, seed: u64) -> LocalPla
     let Ok(chosen) = &planned.selection else {
         return planned;
     };
-    let resolved: Vec<Resolved<'_>> = spec
-        .faults
-        .iter()
-        .flat_map(|f| {
-            let until = f.end(spec.duration).as_std();
-            chosen
-                .get(&f.target)
-                .into_iter()
-                .flatten()
-                .map(move |t| Resolved {
-                    fault: f,
-                    target: t.as_str(),
-                    until,
-                })
-        })
-        .collect();
-    let ports: HashMap<&str, u16> = topology
-        .spec
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), s.port))
-        .collect();
+    let resolved = faultline_engine::resolve_all(spec, chosen);
+    let ports = ports(topology);
     let all = edges(topology);
     let (_, carried) = edge_faults(&resolved, chosen, all.iter(), &ports);
     for (instance, on) in carried {
