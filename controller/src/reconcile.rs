@@ -273,8 +273,23 @@ async fn set_degraded(
     let was = exp
         .status
         .as_ref()
-        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == DEGRADED));
-    if failure.is_none() && !was {
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == DEGRADED));
+    if failure.is_none() && was.is_none() {
+        return;
+    }
+    let message = failure.map(|c| {
+        format!(
+            "{}{} (retried with backoff until it goes through)",
+            c.code.map(|code| format!("{code}: ")).unwrap_or_default(),
+            c.message
+        )
+    });
+    // Said already: writing it again would only wake this Experiment up
+    // again, ahead of its backoff.
+    if let (Some(c), Some(w), Some(m)) = (failure, was, &message)
+        && w.reason == c.reason
+        && &w.message == m
+    {
         return;
     }
     let conditions = match failure {
@@ -282,12 +297,9 @@ async fn set_degraded(
             "type": DEGRADED,
             "status": "True",
             "reason": c.reason,
-            "message": format!(
-                "{}{} (retried with backoff until it goes through)",
-                c.code.map(|code| format!("{code}: ")).unwrap_or_default(),
-                c.message
-            ),
-            "lastTransitionTime": Time(second((ctx.clock)())),
+            "message": message,
+            "lastTransitionTime": was
+                .map_or_else(|| Time(second((ctx.clock)())), |w| w.last_transition_time.clone()),
             "observedGeneration": exp.metadata.generation,
         }]),
         // Applying none drops the one this manager owned.
@@ -720,7 +732,8 @@ async fn step(
 ) -> Result<Action> {
     let elapsed = elapsed(live.started_at, now);
     let before = live.run.phase();
-    let spec = live.run.spec().clone();
+    // Shared, not copied: a step holds it while it changes the run.
+    let spec = live.run.shared_spec();
 
     if let Some(reason) = exp.annotations().get(ABORT_ANNOTATION) {
         let reason = if reason.is_empty() {

@@ -211,7 +211,8 @@ pub struct CheckReport {
 
 #[derive(Debug, Clone)]
 pub struct Run {
-    spec: ExperimentSpec,
+    /// Shared, so a driver holds it across a step without a copy.
+    spec: std::sync::Arc<ExperimentSpec>,
     namespace: String,
     seed: u64,
     phase: Phase,
@@ -271,7 +272,7 @@ impl Run {
         let hypothesis = vec![CheckState::default(); spec.hypothesis.len()];
         let aborts = vec![CheckState::default(); spec.abort.len()];
         Run {
-            spec,
+            spec: std::sync::Arc::new(spec),
             namespace: namespace.to_owned(),
             seed,
             phase: Phase::Pending,
@@ -406,6 +407,11 @@ impl Run {
 
     pub fn spec(&self) -> &ExperimentSpec {
         &self.spec
+    }
+
+    /// The spec, shared: a handle a driver keeps while it changes the run.
+    pub fn shared_spec(&self) -> std::sync::Arc<ExperimentSpec> {
+        self.spec.clone()
     }
 
     pub fn is_finished(&self) -> bool {
