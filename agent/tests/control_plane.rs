@@ -175,14 +175,16 @@ spec:
         || async {
             let e = exps.get("cut-checkout").await.ok()?;
             let faults = e.data["status"]["faults"].as_array()?.clone();
-            let counted = |name: &str| {
+            // Counts reach the status a few seconds apart: wait for all
+            // three refused connections, not just the first.
+            let counted = |name: &str, at_least: i64| {
                 faults
                     .iter()
                     .find(|f| f["name"] == name)
                     .and_then(|f| f["effect"]["count"].as_i64())
-                    .is_some_and(|n| n > 0)
+                    .is_some_and(|n| n >= at_least)
             };
-            (counted("cut") && counted("kill-cart")).then_some(faults)
+            (counted("cut", 3) && counted("kill-cart", 1)).then_some(faults)
         },
     ));
     let effect = |name: &str| {

@@ -98,17 +98,35 @@ pub fn run_files(
         tell!("faultline run: nothing was started");
         return ExitCode::from(EXIT_INVALID);
     }
-    // A check of a service the topology does not run could never be judged.
-    let unknown = faultline_api::unknown_services(&experiment.spec, &topology);
-    if !unknown.0.is_empty() {
-        let bytes = std::fs::read(path).unwrap_or_default();
-        for d in faultline_api::locate(&bytes, &unknown) {
-            tell!("{}", d.display_in(&name));
+    let unknown = unknown_services(path, &experiment, &topology);
+    if !unknown.is_empty() {
+        for d in unknown {
+            tell!("{d}");
         }
         tell!("faultline run: nothing was started");
         return ExitCode::from(EXIT_INVALID);
     }
     run(&experiment, &topology, seed, None, reports, follow, ui)
+}
+
+/// Checks of services `topology` does not run, which could never be
+/// judged: each as FILE:LINE:COL: field: problem, located in the file at
+/// `path` that `experiment` was read from.
+pub(crate) fn unknown_services(
+    path: &Path,
+    experiment: &Experiment,
+    topology: &Topology,
+) -> Vec<String> {
+    let unknown = faultline_api::unknown_services(&experiment.spec, topology);
+    if unknown.0.is_empty() {
+        return Vec::new();
+    }
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let name = path.display().to_string();
+    faultline_api::locate(&bytes, &unknown)
+        .iter()
+        .map(|d| d.display_in(&name).to_string())
+        .collect()
 }
 
 /// Runs to the end on a runtime of its own (once, or at each start time of

@@ -119,18 +119,8 @@ pub fn run_local(path: &Path, topology: &Path, seed: u64, output: Output) -> Exi
         Ok(t) => t,
         Err(code) => return code,
     };
-    let name = path.display().to_string();
-    let mut refused = Vec::new();
     // As `run --local` refuses them: checks of services nobody runs.
-    let unknown = faultline_api::unknown_services(&experiment.spec, &topology);
-    if !unknown.0.is_empty() {
-        let bytes = std::fs::read(path).unwrap_or_default();
-        refused.extend(
-            faultline_api::locate(&bytes, &unknown)
-                .iter()
-                .map(|d| d.display_in(&name).to_string()),
-        );
-    }
+    let mut refused = crate::local::unknown_services(path, &experiment, &topology);
     let local = faultline_runtime::plan(&experiment, &topology, seed);
     let (chosen, selection_ok) = match local.selection {
         Ok(p) => (p, true),

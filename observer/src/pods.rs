@@ -51,7 +51,9 @@ fn owned_ips(pod: &Pod) -> Vec<IpAddr> {
 struct Owners(HashMap<IpAddr, (String, Arc<str>)>);
 
 impl Owners {
-    fn apply(&mut self, pod: &Pod, ips: &PodIps) {
+    /// Records `pod`'s IPs, in `ips` too when given (a list is filled
+    /// aside and swapped in whole).
+    fn apply(&mut self, pod: &Pod, ips: Option<&PodIps>) {
         let uid = pod.uid().unwrap_or_default();
         let owned = owned_ips(pod);
         // IPs this pod held and holds no more.
@@ -63,12 +65,16 @@ impl Owners {
             .collect();
         for ip in gone {
             self.0.remove(&ip);
-            ips.remove(ip);
+            if let Some(ips) = ips {
+                ips.remove(ip);
+            }
         }
         let namespace: Arc<str> = Arc::from(pod.namespace().unwrap_or_default());
         for ip in owned {
             self.0.insert(ip, (uid.clone(), namespace.clone()));
-            ips.insert(ip, &namespace);
+            if let Some(ips) = ips {
+                ips.insert(ip, &namespace);
+            }
         }
     }
 
@@ -105,8 +111,7 @@ pub async fn follow(api: Api<Pod>, ips: PodIps) {
             Ok(watcher::Event::Init) => listing = Some(Owners::default()),
             Ok(watcher::Event::InitApply(pod)) => {
                 if let Some(l) = listing.as_mut() {
-                    // Filled aside, then swapped in whole at InitDone.
-                    l.apply(&pod, &PodIps::default());
+                    l.apply(&pod, None);
                 }
             }
             Ok(watcher::Event::InitDone) => {
@@ -116,7 +121,7 @@ pub async fn follow(api: Api<Pod>, ips: PodIps) {
                     tracing::info!(pods = ips.len(), "pod IPs listed for span attribution");
                 }
             }
-            Ok(watcher::Event::Apply(pod)) => owners.apply(&pod, &ips),
+            Ok(watcher::Event::Apply(pod)) => owners.apply(&pod, Some(&ips)),
             Ok(watcher::Event::Delete(pod)) => owners.delete(&pod, &ips),
             Err(e) => tracing::warn!(error = %e, "cannot watch pods; keeping the last IPs"),
         }
@@ -153,11 +158,14 @@ mod tests {
         let mut owners = Owners::default();
         let ip: IpAddr = "10.0.0.7".parse().expect("ip");
         let old = pod("shop", "a", "10.0.0.7", serde_json::json!({}));
-        owners.apply(&old, &ips);
+        owners.apply(&old, Some(&ips));
         assert_eq!(ips.namespace(ip).as_deref(), Some("shop"));
         // The IP goes to a pod of another namespace before the old one's
         // deletion arrives: the deletion does not take it away.
-        owners.apply(&pod("evil", "b", "10.0.0.7", serde_json::json!({})), &ips);
+        owners.apply(
+            &pod("evil", "b", "10.0.0.7", serde_json::json!({})),
+            Some(&ips),
+        );
         owners.delete(&old, &ips);
         assert_eq!(ips.namespace(ip).as_deref(), Some("evil"));
         // Ended pods and hostNetwork pods own no IP.
@@ -168,7 +176,7 @@ mod tests {
                 "10.0.0.7",
                 serde_json::json!({"status": {"phase": "Succeeded"}}),
             ),
-            &ips,
+            Some(&ips),
         );
         assert_eq!(ips.namespace(ip), None);
         owners.apply(
@@ -178,7 +186,7 @@ mod tests {
                 "10.0.0.8",
                 serde_json::json!({"spec": {"hostNetwork": true}}),
             ),
-            &ips,
+            Some(&ips),
         );
         assert!(ips.is_empty());
     }
