@@ -185,6 +185,13 @@ fn run() -> anyhow::Result<bool> {
             path.display()
         );
     })?;
+    // Caught from here on: a SIGTERM during the recovery below (which may
+    // continue stopped processes, remove rules) is acted on once it is
+    // done, instead of ending the agent halfway by default.
+    let signals = {
+        let _in_runtime = rt.enter();
+        Signals::new()?
+    };
     let journal = match Journal::open(&common.state_dir) {
         Ok(j) => j,
         // What was applied is unknown: remove all of Faultline's that can be
@@ -221,7 +228,8 @@ fn run() -> anyhow::Result<bool> {
         Err(e) => return Err(e.into()),
     };
     let registry = Metrics::default();
-    // The stale sweep runs here, before any source, signal handler or listener starts.
+    // The stale sweep runs here, before any source or listener starts (a
+    // signal meanwhile is acted on once the loop runs).
     let mut agent = Agent::start(
         backend,
         journal,
@@ -264,11 +272,6 @@ fn run() -> anyhow::Result<bool> {
         })
         .context("cannot start the reconcile thread")?;
     let served = rt.block_on(async move {
-        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        // A closed terminal would otherwise end the agent with its faults
-        // in place until the next start.
-        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         if let Some(addr) = common.metrics {
             let listener = TcpListener::bind(addr)
                 .await
@@ -292,11 +295,7 @@ fn run() -> anyhow::Result<bool> {
             tokio::spawn(cluster::follow(api.clone(), node.clone(), tx));
             tokio::spawn(cluster::write_status(api, node, status_rx, skew_rx));
         }
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: removing every fault"),
-            _ = int.recv() => tracing::info!("SIGINT: removing every fault"),
-            _ = hup.recv() => tracing::info!("SIGHUP: removing every fault"),
-        }
+        signals.wait().await;
         anyhow::Ok(())
     });
     // Whatever stopped the serving side, the loop removes everything it applied.
@@ -316,4 +315,33 @@ fn run() -> anyhow::Result<bool> {
         tracing::info!("every fault removed; exiting");
     }
     Ok(clean)
+}
+
+/// The signals that end the agent, every fault removed first.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime.
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            // A closed terminal would otherwise end the agent with its
+            // faults in place until the next start.
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+
+    /// Until one arrives (at once if one came since `new`).
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: removing every fault"),
+            _ = self.int.recv() => tracing::info!("SIGINT: removing every fault"),
+            _ = self.hup.recv() => tracing::info!("SIGHUP: removing every fault"),
+        }
+    }
 }

@@ -96,7 +96,9 @@ pub(crate) fn classify(e: &Error) -> Classified {
 pub(crate) fn backoff(kind: Kind, failures: u32, jitter: f64) -> Duration {
     let (first, most) = match kind {
         Kind::Transient => (Duration::from_secs(1), Duration::from_secs(60)),
-        Kind::Permanent => (Duration::from_secs(5), Duration::from_secs(300)),
+        // A run is bounded in time: a refusal mended (a role fixed) is
+        // picked up within a minute, not after the run has long ended.
+        Kind::Permanent => (Duration::from_secs(5), Duration::from_secs(60)),
     };
     let doubled = first.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     doubled
@@ -146,7 +148,8 @@ mod tests {
         assert_eq!(mid(Kind::Transient, 3), s(4));
         assert_eq!(mid(Kind::Transient, 30), s(60));
         assert_eq!(mid(Kind::Permanent, 1), s(5));
-        assert_eq!(mid(Kind::Permanent, 30), s(300));
+        assert_eq!(mid(Kind::Permanent, 3), s(20));
+        assert_eq!(mid(Kind::Permanent, 30), s(60));
         assert_eq!(backoff(Kind::Transient, 1, 0.0), Duration::from_millis(750));
         assert!(backoff(Kind::Transient, 1, 0.999) < Duration::from_millis(1250));
     }

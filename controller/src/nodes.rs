@@ -27,7 +27,15 @@ pub(crate) struct Written {
     /// The cache has shown the object at this generation or later: an
     /// object missing from it since was deleted, not yet to arrive.
     pub seen: bool,
+    /// When it was written: an object still missing from the cache long
+    /// after is taken as deleted too (a reconcile may not have run between
+    /// the cache catching up and a deletion; writing again is harmless).
+    pub at: std::time::Instant,
 }
+
+/// How long the cache may lag behind a write before a missing object is
+/// taken as deleted.
+const CACHE_LAG: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// This experiment's entries in each cached NodeFaults object (none for
 /// objects that hold none of them, so a hand removal is seen), with the
@@ -226,7 +234,7 @@ pub(crate) async fn converge(
             }
             // Seen after the write, gone since: deleted (by hand), so
             // nothing of it is there.
-            (Some(w), None) if w.seen => &[],
+            (Some(w), None) if w.seen || w.at.elapsed() >= CACHE_LAG => &[],
             (Some(w), _) => w.entries.as_slice(),
             (None, Some((entries, _))) => entries.as_slice(),
             (None, None) => &[],
@@ -254,6 +262,7 @@ pub(crate) async fn converge(
                         entries,
                         generation,
                         seen: false,
+                        at: std::time::Instant::now(),
                     },
                 );
             }

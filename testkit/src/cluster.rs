@@ -340,6 +340,34 @@ impl ControlPlane {
         }
     }
 
+    /// The last lines of the logs of what a test started here (controllers,
+    /// observers; not the peers'), so a failure in CI says what they did.
+    fn print_log_tails(&self) {
+        const PEERS: [&str; 3] = ["kube-controller-manager", "kube-apiserver", "etcd"];
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(stem) = name.strip_suffix(".log") else {
+                continue;
+            };
+            if PEERS.contains(&stem) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            // Into the failing test's captured output.
+            println!("--- last {} lines of {name} ---", tail.len());
+            for line in tail {
+                println!("{line}");
+            }
+        }
+    }
+
     /// The folder holding the state, logs and kubeconfigs.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -776,6 +804,9 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
         if !self.options.detach {
             self.stop_all();
         }
