@@ -15,8 +15,9 @@ use faultline_controller::plan::{
     ALWAYS_PROTECTED, Ceilings, ExperimentRef, PodInfo, candidates, capped, labelled_protected,
     node_entries, opt_in_refusal, opted_in, protected_refusal, seed, target_namespaces,
 };
+use faultline_controller::pods::SlimPod;
 use faultline_engine::plan;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use serde::Serialize;
 
@@ -236,16 +237,16 @@ async fn planned(
         by_name.get(ns).is_some_and(|n| opted_in(n))
     }));
 
-    let mut pods: Vec<Pod> = Vec::new();
+    let mut pods: Vec<SlimPod> = Vec::new();
     for ns in &wanted {
-        let list = Api::<Pod>::namespaced(client.clone(), ns)
+        let list = Api::<SlimPod>::namespaced(client.clone(), ns)
             .list(&ListParams::default())
             .await
             .map_err(|e| format!("listing pods in {ns}: {e}"))?;
         pods.extend(list.items);
     }
     // Pods a target's labels match, and why each that is not a candidate is not.
-    let matches = |p: &Pod| {
+    let matches = |p: &SlimPod| {
         let labels = p.labels();
         spec.targets.values().any(|t| {
             t.labels

@@ -166,14 +166,38 @@ spec:
         .unwrap_or(0)
         - requests_before;
 
-    let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let scrape = || async {
+        let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
+            .await
+            .expect("/metrics");
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let text = scrape().await;
+    let writes = metric(&text, "faultline_controller_nodefaults_writes_total");
+    let written_bytes: usize = nf_api
+        .list(&Default::default())
         .await
-        .expect("/metrics");
-    let writes = String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix("faultline_controller_nodefaults_writes_total "))
-        .unwrap_or("?")
-        .to_owned();
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|o| serde_json::to_vec(&o.data["spec"]).map_or(0, |v| v.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    // The run going on: steps that re-plan and find nothing to write.
+    let sum = "faultline_controller_reconcile_duration_seconds_sum";
+    let count = "faultline_controller_reconcile_duration_seconds_count";
+    let (sum0, count0) = (metric(&text, sum), metric(&text, count));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let text = scrape().await;
+    let steps = metric(&text, count) - count0;
+    let step_ms = (metric(&text, sum) - sum0) / steps * 1000.0;
+    let writes_after = metric(&text, "faultline_controller_nodefaults_writes_total") - writes;
     let exps = faultline_api(&client, "Experiment", Some("shop"));
     let status = eventually(
         "the status counting every target",
@@ -189,7 +213,10 @@ spec:
         "kubectl apply → every NodeFaults entry written: {:.2} s",
         placed.as_secs_f64()
     );
-    println!("NodeFaults writes by the controller: {writes} ({nodes} objects)");
+    println!("NodeFaults writes by the controller: {writes} ({nodes} objects, {written_bytes} bytes of spec)");
+    println!(
+        "steps while the run goes on: {step_ms:.0} ms each on average ({steps} in 20 s, {writes_after} writes)"
+    );
     println!(
         "API requests by the controller until then: {requests} ({:.0}/s)",
         requests as f64 / placed.as_secs_f64()

@@ -11,7 +11,7 @@ use std::{
 use faultline_api::{Experiment, NodeFaults};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::{DeserializeGuard, PartialObjectMeta},
@@ -23,7 +23,13 @@ use kube::{
     },
 };
 
-use crate::{live::Live, metrics::Metrics, observe::ObserverClient, reconcile::chain};
+use crate::{
+    live::Live,
+    metrics::Metrics,
+    observe::ObserverClient,
+    pods::{Pods, SlimPod},
+    reconcile::chain,
+};
 
 /// The time, as the controller reads it (tests move it by hand).
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -76,7 +82,7 @@ impl Default for Settings {
 /// Everything a reconcile reads besides the experiment.
 pub struct Context {
     pub client: Client,
-    pub pods: Store<Pod>,
+    pub pods: Pods,
     pub namespaces: Store<Namespace>,
     pub nodefaults: Store<NodeFaults>,
     pub nodes: Store<PartialObjectMeta<Node>>,
@@ -101,34 +107,10 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// Keeps what a pod watch stores to what planning reads: 150 000 pods'
-/// container specs and managed fields would be most of the memory.
-fn slim(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.metadata.owner_references = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        *spec = k8s_openapi::api::core::v1::PodSpec {
-            node_name: spec.node_name.take(),
-            // A pod in the node's own network namespace is never a target.
-            host_network: spec.host_network.take(),
-            ..Default::default()
-        };
-    }
-    if let Some(status) = pod.status.as_mut() {
-        *status = k8s_openapi::api::core::v1::PodStatus {
-            phase: status.phase.take(),
-            pod_ip: status.pod_ip.take(),
-            pod_ips: status.pod_ips.take(),
-            ..Default::default()
-        };
-    }
-}
-
 /// The stores the controller reads from.
 #[derive(Clone)]
 pub struct Stores {
-    pub pods: Store<Pod>,
+    pub pods: Pods,
     pub namespaces: Store<Namespace>,
     pub nodefaults: Store<NodeFaults>,
     /// Nodes, metadata only: the owners of their NodeFaults objects.
@@ -146,7 +128,7 @@ impl Stores {
     /// One waiter at a time: kube's readiness signal wakes only the last
     /// task that polled it.
     pub(crate) async fn ready(&self) {
-        let _ = self.pods.wait_until_ready().await;
+        self.pods.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.nodefaults.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
@@ -167,15 +149,13 @@ fn slim_nodefaults(nf: &mut NodeFaults) {
 /// The watches the controller reads from, on `client`: the stores, and the
 /// future that drives the three watches (run it until shutdown).
 pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, ()>) {
-    let (pods, pod_writer) = reflector::store();
+    let pods = Pods::default();
     let (namespaces, ns_writer) = reflector::store();
     let (nodefaults, nf_writer) = reflector::store();
     let (nodes, node_writer) = reflector::store();
-    let pod_stream = watcher(Api::<Pod>::all(client.clone()), Config::default())
-        .default_backoff()
-        .modify(slim)
-        .reflect(pod_writer)
-        .touched_objects();
+    let pod_stream = pods
+        .clone()
+        .follow(watcher(Api::<SlimPod>::all(client.clone()), Config::default()).default_backoff());
     let ns_stream = watcher(Api::<Namespace>::all(client.clone()), Config::default())
         .default_backoff()
         .modify(|ns| ns.metadata.managed_fields = None)
@@ -200,7 +180,7 @@ pub fn watches(client: &Client) -> (Stores, futures::future::BoxFuture<'static, 
     .touched_objects();
     let driver = async move {
         futures::join!(
-            pod_stream.for_each(|_| async {}),
+            pod_stream,
             ns_stream.for_each(|_| async {}),
             nf_stream.for_each(|_| async {}),
             node_stream.for_each(|_| async {}),

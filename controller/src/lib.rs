@@ -13,6 +13,7 @@ pub mod metrics;
 mod nodes;
 pub mod observe;
 pub mod plan;
+pub mod pods;
 pub mod reconcile;
 pub mod status;
 mod sweep;

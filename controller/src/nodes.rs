@@ -2,7 +2,10 @@
 //! server-side apply per node under the experiment's own field manager,
 //! only where what is there differs from what is wanted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use faultline_api::{FaultState, NodeFault, NodeFaults, NodeFaultsSpec};
 use futures::StreamExt;
@@ -17,12 +20,13 @@ use crate::{
     reconcile::{Error, Result},
 };
 
-/// What this controller last wrote on a node for one experiment, and the
+/// What this controller last wrote on a node for one experiment (a digest:
+/// the entries themselves are in the cache once it catches up), and the
 /// object's generation after that write: a cached object of an older
 /// generation has not caught up with the write yet.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Written {
-    pub entries: Vec<NodeFault>,
+    pub digest: u64,
     pub generation: i64,
     /// The cache has shown the object at this generation or later: an
     /// object missing from it since was deleted, not yet to arrive.
@@ -37,25 +41,32 @@ pub(crate) struct Written {
 /// taken as deleted.
 const CACHE_LAG: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// This experiment's entries in each cached NodeFaults object (none for
-/// objects that hold none of them, so a hand removal is seen), with the
-/// object's generation.
-pub(crate) fn in_store(
-    ctx: &Context,
-    r: &ExperimentRef,
-) -> BTreeMap<String, (Vec<NodeFault>, i64)> {
-    let mut out = BTreeMap::new();
-    for nf in ctx.nodefaults.state() {
-        let ours: Vec<NodeFault> = nf
-            .spec
-            .faults
-            .iter()
-            .filter(|f| r.owns(&f.id))
-            .cloned()
-            .collect();
-        out.insert(nf.name_any(), (ours, nf.metadata.generation.unwrap_or(0)));
-    }
-    out
+/// Every cached NodeFaults object by name (shared, not copied).
+pub(crate) fn in_store(ctx: &Context) -> BTreeMap<String, Arc<NodeFaults>> {
+    ctx.nodefaults
+        .state()
+        .into_iter()
+        .map(|nf| (nf.name_any(), nf))
+        .collect()
+}
+
+/// This experiment's entries in one object.
+pub(crate) fn ours<'a>(
+    nf: &'a NodeFaults,
+    r: &'a ExperimentRef,
+) -> impl Iterator<Item = &'a NodeFault> + 'a {
+    nf.spec.faults.iter().filter(|f| r.owns(&f.id))
+}
+
+/// A digest of entries as written, to tell whether the same are wanted
+/// again while the cache has not caught up with the write.
+fn digest(entries: &[NodeFault]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    // Serialization cannot fail for these types; an empty digest would
+    // only cost one more write.
+    h.write(&serde_json::to_vec(entries).unwrap_or_default());
+    h.finish()
 }
 
 /// What the agents say of this experiment's entries.
@@ -213,9 +224,13 @@ pub(crate) async fn converge(
     desired: &BTreeMap<String, Vec<NodeFault>>,
     written: &mut BTreeMap<String, Written>,
 ) -> Result<()> {
-    let cached = in_store(ctx, r);
+    let cached = in_store(ctx);
+    let generation = |nf: &NodeFaults| nf.metadata.generation.unwrap_or(0);
     for (node, w) in written.iter_mut() {
-        if cached.get(node).is_some_and(|(_, g)| *g >= w.generation) {
+        if cached
+            .get(node)
+            .is_some_and(|nf| generation(nf) >= w.generation)
+        {
             w.seen = true;
         }
     }
@@ -228,18 +243,17 @@ pub(crate) async fn converge(
     for node in nodes {
         let want = desired.get(node).map_or(&[][..], Vec::as_slice);
         let in_cache = cached.get(node);
-        let have = match (written.get(node), in_cache) {
-            (Some(w), Some((entries, generation))) if *generation >= w.generation => {
-                entries.as_slice()
-            }
+        let same = match (written.get(node), in_cache) {
+            (Some(w), Some(nf)) if generation(nf) >= w.generation => want.iter().eq(ours(nf, r)),
             // Seen after the write, gone since: deleted (by hand), so
             // nothing of it is there.
-            (Some(w), None) if w.seen || w.at.elapsed() >= CACHE_LAG => &[],
-            (Some(w), _) => w.entries.as_slice(),
-            (None, Some((entries, _))) => entries.as_slice(),
-            (None, None) => &[],
+            (Some(w), None) if w.seen || w.at.elapsed() >= CACHE_LAG => want.is_empty(),
+            // The cache has not caught up: what was written is there.
+            (Some(w), _) => digest(want) == w.digest,
+            (None, Some(nf)) => want.iter().eq(ours(nf, r)),
+            (None, None) => want.is_empty(),
         };
-        if want != have {
+        if !same {
             writes.push((node.clone(), want.to_vec()));
         }
     }
@@ -259,7 +273,7 @@ pub(crate) async fn converge(
                 written.insert(
                     node,
                     Written {
-                        entries,
+                        digest: digest(&entries),
                         generation,
                         seen: false,
                         at: std::time::Instant::now(),

@@ -15,10 +15,9 @@ use std::{
 use faultline_api::{ExperimentSpec, FaultAction, NodeFault, NodeTarget, PodRef, parse_cidr};
 use faultline_engine::{Candidate, Plan, Resolved};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::{
-    api::core::v1::{Namespace, Pod},
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+
+use crate::pods::SlimPod;
+use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Time};
 
 /// The label a namespace must carry, with value `true`, before any of its
 /// pods can be a target.
@@ -47,24 +46,23 @@ pub struct PodInfo {
 impl PodInfo {
     /// A pod that can take a fault now: scheduled, running, not being
     /// deleted. Others are not candidates (their successor will be).
-    pub fn from_pod(pod: &Pod) -> Option<PodInfo> {
+    pub fn from_pod(pod: &SlimPod) -> Option<PodInfo> {
         let meta = &pod.metadata;
         if meta.deletion_timestamp.is_some() {
             return None;
         }
-        let status = pod.status.as_ref()?;
-        if status.phase.as_deref() != Some("Running") {
+        if pod.status.phase.as_deref() != Some("Running") {
             return None;
         }
-        let node = pod.spec.as_ref()?.node_name.clone()?;
-        let mut ips: Vec<IpAddr> = status
+        let node = pod.spec.node_name.clone()?;
+        let mut ips: Vec<IpAddr> = pod
+            .status
             .pod_ips
             .iter()
-            .flatten()
             .filter_map(|p| p.ip.parse().ok())
             .collect();
         if ips.is_empty()
-            && let Some(ip) = status.pod_ip.as_ref().and_then(|ip| ip.parse().ok())
+            && let Some(ip) = pod.status.pod_ip.as_ref().and_then(|ip| ip.parse().ok())
         {
             ips.push(ip);
         }
@@ -75,11 +73,7 @@ impl PodInfo {
             labels: meta.labels.clone().unwrap_or_default(),
             node,
             ips,
-            host_network: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false),
+            host_network: pod.spec.host_network,
         })
     }
 }

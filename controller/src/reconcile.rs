@@ -837,27 +837,16 @@ async fn step(
 
     let work = std::time::Instant::now();
     let namespaces = plan::target_namespaces(&spec, &r.namespace);
-    let pods: Vec<PodInfo> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter(|p| {
-            p.metadata
-                .namespace
-                .as_deref()
-                .is_some_and(|ns| namespaces.contains(ns))
-        })
-        .filter_map(|p| PodInfo::from_pod(p))
-        .collect();
-    let candidates = plan::candidates(&spec, &r.namespace, &pods);
-    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+    let pods = ctx.pods.in_namespaces(namespaces.iter().copied());
+    let candidates = plan::candidates(&spec, &r.namespace, pods.iter().map(|p| &**p));
+    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), &**p)).collect();
     // Before stepping, so a run that breaks here loses its faults this turn;
     // after it too, so instances a resumed run takes up again count as
     // confirmed at once when their agents already say so.
     let reports = nodes::reports(ctx, r, &live.written);
     confirm(r, &mut live, &index, &reports, elapsed);
     record_effects(r, &mut live, &reports);
-    break_overdue(r, &mut live, &index, &reports, elapsed);
+    break_overdue(ctx, r, &mut live, &index, &reports, elapsed);
 
     let mut actions = live.run.step(elapsed, &candidates);
     confirm(r, &mut live, &index, &reports, elapsed);
@@ -883,7 +872,7 @@ async fn step(
             return Err(e);
         }
     }
-    for removal in delete_pods(ctx, exp, &live.run, &actions, &pods).await {
+    for removal in delete_pods(ctx, exp, &live.run, &actions, &index).await {
         match removal {
             Removal::Done { fault } => *live.deleted.entry(fault).or_default() += 1,
             Removal::Refused { fault, pod, why } => {
@@ -1056,6 +1045,7 @@ fn confirm(
 /// Ends the run broken when a fault instance waited past its
 /// `confirmTimeout`, naming the nodes and what kept each.
 fn break_overdue(
+    ctx: &Context,
     r: &ExperimentRef,
     live: &mut Live,
     index: &HashMap<&str, &PodInfo>,
@@ -1071,6 +1061,7 @@ fn break_overdue(
     if overdue.is_empty() {
         return;
     }
+    let cached = nodes::in_store(ctx);
     // Per node, what kept its faults from being confirmed.
     let mut nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for i in &overdue {
@@ -1081,10 +1072,9 @@ fn break_overdue(
             }
             (Some(pod), Some(reason)) => (pod.node.clone(), format!("failed: {reason}")),
             (Some(pod), None)
-                if live
-                    .written
+                if cached
                     .get(&pod.node)
-                    .is_some_and(|w| w.entries.iter().any(|e| e.id == id)) =>
+                    .is_some_and(|nf| nf.spec.faults.iter().any(|e| e.id == id)) =>
             {
                 (pod.node.clone(), "no answer from its agent".to_owned())
             }
@@ -1184,12 +1174,12 @@ fn desired_entries(
         .iter()
         .map(|x| x.fault.name.clone())
         .collect();
-    let cached = nodes::in_store(ctx, r);
+    let cached = nodes::in_store(ctx);
     live.fault_spans(r, &active, &|fault| {
         let prefix = format!("{}{fault}/", r.id_prefix());
         cached
             .values()
-            .flat_map(|(entries, _)| entries)
+            .flat_map(|nf| nf.spec.faults.iter())
             .find(|f| f.id.starts_with(&prefix))
             .and_then(|f| f.traceparent.clone())
     });
@@ -1236,9 +1226,9 @@ async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
         }
         None => (BTreeMap::new(), None),
     };
-    let removed: usize = nodes::in_store(ctx, &r)
+    let removed: usize = nodes::in_store(ctx)
         .values()
-        .map(|(e, _)| e.len())
+        .map(|nf| nodes::ours(nf, &r).count())
         .sum();
     if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written).await {
         if let Some(mut live) = live {
@@ -1313,7 +1303,7 @@ async fn delete_pods(
     exp: &Experiment,
     run: &Run,
     actions: &[faultline_engine::Action],
-    pods: &[PodInfo],
+    pods: &HashMap<&str, &PodInfo>,
 ) -> Vec<Removal> {
     use futures::StreamExt as _;
     let due: Vec<(&str, KillMethod, &PodInfo)> = actions
@@ -1328,7 +1318,7 @@ async fn delete_pods(
                 }
                 _ => None,
             })?;
-            let pod = pods.iter().find(|p| p.uid == instance.target)?;
+            let pod = *pods.get(instance.target.as_str())?;
             Some((instance.fault.as_str(), method, pod))
         })
         .collect();

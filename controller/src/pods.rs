@@ -1,0 +1,319 @@
+//! Pods as the controller keeps them. The watch decodes each answer
+//! straight into [`SlimPod`] (unknown fields are skipped, never stored) and
+//! keeps only what planning reads: a [`PodInfo`] per running pod, by
+//! namespace. A full `Pod` is kilobytes even with its fields emptied
+//! (k8s-openapi's structs hold every field), and a reflector store adds a
+//! key and metadata per object; at 150 000 pods either would be most of
+//! the controller's memory.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::PodInfo;
+
+/// A pod: its metadata (trimmed by [`SlimPod::trim`]), node, network and
+/// phase. Read with `Api<SlimPod>` as a `Pod` is; unknown fields are
+/// skipped while decoding, never stored.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct SlimPod {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "or_default")]
+    pub spec: SlimPodSpec,
+    #[serde(default, deserialize_with = "or_default")]
+    pub status: SlimPodStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimPodSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// In the node's own network namespace: never a target.
+    #[serde(default, deserialize_with = "or_default")]
+    pub host_network: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimPodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(
+        default,
+        rename = "podIPs",
+        deserialize_with = "or_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pod_ips: Vec<PodIp>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct PodIp {
+    #[serde(default)]
+    pub ip: String,
+}
+
+/// A JSON `null` read as the field's default, as for a missing field.
+fn or_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Pods by namespace and name: those that can take a fault now (see
+/// [`PodInfo::from_pod`]); others are not kept. Filled by [`Pods::follow`].
+#[derive(Clone, Debug)]
+pub struct Pods {
+    state: Arc<RwLock<State>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+    ready_tx: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    by_namespace: HashMap<String, HashMap<String, Arc<PodInfo>>>,
+    /// A relist under way: filled until it is done, then taken as a whole
+    /// (pods gone meanwhile must not linger).
+    relist: Option<HashMap<String, HashMap<String, Arc<PodInfo>>>>,
+}
+
+type ByNamespace = HashMap<String, HashMap<String, Arc<PodInfo>>>;
+
+/// Puts a pod in (running) or takes it out (anything else).
+fn place(map: &mut ByNamespace, pod: &SlimPod) {
+    let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+        return;
+    };
+    match PodInfo::from_pod(pod) {
+        Some(info) => {
+            map.entry(ns.clone())
+                .or_default()
+                .insert(name.clone(), Arc::new(info));
+        }
+        None => remove(map, ns, name),
+    }
+}
+
+fn remove(map: &mut ByNamespace, ns: &str, name: &str) {
+    if let Some(pods) = map.get_mut(ns) {
+        pods.remove(name);
+        if pods.is_empty() {
+            map.remove(ns);
+        }
+    }
+}
+
+impl Default for Pods {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        Pods {
+            state: Arc::default(),
+            ready: rx,
+            ready_tx: Arc::new(tx),
+        }
+    }
+}
+
+impl Pods {
+    /// Takes one watch event in.
+    pub fn apply(&self, event: watcher::Event<SlimPod>) {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Init => s.relist = Some(ByNamespace::new()),
+            watcher::Event::InitApply(pod) => match s.relist.as_mut() {
+                Some(fresh) => place(fresh, &pod),
+                None => place(&mut s.by_namespace, &pod),
+            },
+            watcher::Event::InitDone => {
+                if let Some(fresh) = s.relist.take() {
+                    s.by_namespace = fresh;
+                }
+                drop(s);
+                self.ready_tx.send_replace(true);
+            }
+            watcher::Event::Apply(pod) => place(&mut s.by_namespace, &pod),
+            watcher::Event::Delete(pod) => {
+                if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+                    remove(&mut s.by_namespace, ns, name);
+                }
+            }
+        }
+    }
+
+    /// Feeds `events` (a pod watch) in until it ends.
+    pub async fn follow(
+        self,
+        events: impl Stream<Item = watcher::Result<watcher::Event<SlimPod>>>,
+    ) {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => self.apply(event),
+                // The watcher retries with backoff; the pods known stay.
+                Err(e) => tracing::warn!(error = %e, "pod watch"),
+            }
+        }
+    }
+
+    /// The running pods in these namespaces.
+    pub fn in_namespaces<'a>(
+        &self,
+        namespaces: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Arc<PodInfo>> {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        namespaces
+            .into_iter()
+            .filter_map(|ns| s.by_namespace.get(ns))
+            .flat_map(|pods| pods.values().cloned())
+            .collect()
+    }
+
+    /// How many running pods are known.
+    pub fn len(&self) -> usize {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        s.by_namespace.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Until the first list is in.
+    pub async fn wait_until_ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+}
+
+impl kube::Resource for SlimPod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_pod_decodes_to_what_planning_reads() {
+        let pod: SlimPod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "web-1", "namespace": "shop", "uid": "u1",
+                "labels": {"app": "web"},
+                "annotations": {"big": "x"},
+                "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}],
+            },
+            "spec": {"nodeName": "node-a", "hostNetwork": null,
+                     "containers": [{"name": "main", "image": "web:1"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                       "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}],
+                       "containerStatuses": [{"name": "main", "ready": true}]},
+        }))
+        .expect("decodes");
+        assert_eq!(pod.spec.node_name.as_deref(), Some("node-a"));
+        assert!(!pod.spec.host_network);
+        assert_eq!(pod.status.pod_ips.len(), 2);
+        let info = PodInfo::from_pod(&pod).expect("running");
+        assert_eq!(info.ips.len(), 2);
+        assert_eq!(info.labels.get("app").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn nulls_and_missing_parts_are_defaults() {
+        let pod: SlimPod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"}, "spec": null, "status": {"podIPs": null},
+        }))
+        .expect("decodes");
+        assert_eq!(pod.spec, SlimPodSpec::default());
+        assert!(pod.status.pod_ips.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    fn pod(ns: &str, name: &str, phase: &str) -> SlimPod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{name}")},
+            "spec": {"nodeName": "node-a"},
+            "status": {"phase": phase, "podIP": "10.0.0.1"},
+        }))
+        .expect("a pod")
+    }
+
+    fn names(pods: &Pods, ns: &str) -> Vec<String> {
+        let mut v: Vec<String> = pods
+            .in_namespaces([ns])
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn running_pods_are_kept_by_namespace_and_a_relist_replaces_them() {
+        let pods = Pods::default();
+        pods.apply(watcher::Event::Init);
+        pods.apply(watcher::Event::InitApply(pod("shop", "a", "Running")));
+        pods.apply(watcher::Event::InitApply(pod("shop", "b", "Pending")));
+        pods.apply(watcher::Event::InitApply(pod("other", "c", "Running")));
+        // Not ready, and nothing shown, before the list is whole.
+        assert!(names(&pods, "shop").is_empty());
+        pods.apply(watcher::Event::InitDone);
+        pods.wait_until_ready().await;
+        assert_eq!(names(&pods, "shop"), ["a"]);
+        assert_eq!(pods.len(), 2);
+
+        pods.apply(watcher::Event::Apply(pod("shop", "b", "Running")));
+        pods.apply(watcher::Event::Apply(pod("shop", "a", "Succeeded")));
+        assert_eq!(names(&pods, "shop"), ["b"]);
+        pods.apply(watcher::Event::Delete(pod("other", "c", "Running")));
+        assert!(names(&pods, "other").is_empty());
+
+        // A relist after the watch was lost: what it does not list is gone.
+        pods.apply(watcher::Event::Init);
+        pods.apply(watcher::Event::InitApply(pod("shop", "d", "Running")));
+        assert_eq!(
+            names(&pods, "shop"),
+            ["b"],
+            "the old view until the list is done"
+        );
+        pods.apply(watcher::Event::InitDone);
+        assert_eq!(names(&pods, "shop"), ["d"]);
+    }
+}
