@@ -148,6 +148,9 @@ kind: Experiment
 metadata: {name: wide, namespace: shop}
 spec:
   duration: 30m
+  # No agents here: entries stay unconfirmed, and must not break the run
+  # while the bench reads.
+  confirmTimeout: 20m
   targets:
     web: {labels: {app: web}}
   faults:
@@ -213,7 +216,9 @@ spec:
         "kubectl apply → every NodeFaults entry written: {:.2} s",
         placed.as_secs_f64()
     );
-    println!("NodeFaults writes by the controller: {writes} ({nodes} objects, {written_bytes} bytes of spec)");
+    println!(
+        "NodeFaults writes by the controller: {writes} ({nodes} objects, {written_bytes} bytes of spec)"
+    );
     println!(
         "steps while the run goes on: {step_ms:.0} ms each on average ({steps} in 20 s, {writes_after} writes)"
     );

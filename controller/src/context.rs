@@ -308,7 +308,7 @@ impl Context {
         let ev = KubeEvent {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(event_note(note)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -318,9 +318,30 @@ impl Context {
     }
 }
 
+/// The API refuses an Event whose note is longer than 1024 characters
+/// (and the Event would be lost): a longer one is cut, and says so.
+fn event_note(note: String) -> String {
+    const MOST: usize = 1024;
+    if note.chars().count() <= MOST {
+        return note;
+    }
+    let mut cut: String = note.chars().take(MOST - 1).collect();
+    cut.push('…');
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_notes_fit_the_api() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = "é".repeat(3000);
+        let cut = event_note(long);
+        assert_eq!(cut.chars().count(), 1024);
+        assert!(cut.ends_with('…'));
+    }
 
     fn guarded(json: serde_json::Value) -> DeserializeGuard<NodeFaults> {
         serde_json::from_value(json).expect("a guard decodes anything with metadata")

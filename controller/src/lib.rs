@@ -2,10 +2,12 @@
 //! for the node agents, checks are judged against the observer, and the
 //! verdict, phase and counts go to the Experiment's status.
 //!
-//! `plan` and `status` are pure (pods, time and the engine's run in,
-//! entries and status out); `reconcile` does the API calls.
+//! `plan`, `decide` and `status` are pure (pods, time and the engine's run
+//! in; entries, pods to take away, status and Events out); `reconcile`
+//! reads the cluster, asks them, and does the API calls.
 
 mod context;
+mod decide;
 mod errors;
 pub mod leader;
 mod live;

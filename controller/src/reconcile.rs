@@ -8,18 +8,12 @@
 //! read back: a restarted controller resumes a run from its status and the
 //! NodeFaults objects, and writes only what differs.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use faultline_api::{
-    CheckKind, Experiment, ExperimentStatus, FaultAction, KillMethod, NodeFault, Phase, Verdict,
-};
-use faultline_engine::{Run, next_start};
+use faultline_api::{Experiment, ExperimentStatus, KillMethod, Phase};
+use faultline_engine::next_start;
 use futures::StreamExt;
-use jiff::{SignedDuration, Timestamp, Unit};
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, ResourceExt,
@@ -37,10 +31,11 @@ use kube::{
 
 pub use crate::context::{Clock, Context, Settings, Stores, watches};
 use crate::{
+    decide::{self, Next, Removal, Takeaway, View, second, until},
     live::{Live, elapsed},
     nodes::{self, converge},
     plan::{self, ExperimentRef, PodInfo},
-    status::{self, RunFacts},
+    status,
 };
 
 /// Held on every Experiment until its faults are gone.
@@ -52,10 +47,6 @@ pub(crate) const ABORT_ANNOTATION: &str = "faultline.dev/abort";
 pub(crate) const STATUS_MANAGER: &str = "faultline-controller";
 /// A scheduled start this late is still taken; later ones count as missed.
 const START_SLACK: SignedDuration = SignedDuration::from_secs(30);
-/// How long checks due before or after the faults may go unreadable
-/// before they count as failed (the run would otherwise wait forever).
-const CHECK_PATIENCE: Duration = Duration::from_secs(60);
-
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     #[error("the Kubernetes API call failed")]
@@ -472,12 +463,6 @@ fn validate(exp: &Experiment) -> Result<(), String> {
         })
 }
 
-/// Times in status and deadlines are whole seconds, as the API stores
-/// them: a sub-second time would never compare equal to what comes back.
-fn second(t: Timestamp) -> Timestamp {
-    t.round(Unit::Second).unwrap_or(t)
-}
-
 async fn write_status(ctx: &Context, exp: &Experiment, status: &ExperimentStatus) -> Result<()> {
     // As this manager wrote it: `Degraded` is another manager's.
     let mut current = exp.status.clone();
@@ -513,10 +498,6 @@ fn next_run(
 ) -> Option<(Timestamp, u32)> {
     let schedule = exp.spec.schedule.as_ref()?;
     next_start(schedule, previous, now).map(|n| (n.at, n.missed))
-}
-
-fn until(at: Timestamp, now: Timestamp) -> Duration {
-    elapsed(now, at).max(Duration::from_millis(100))
 }
 
 async fn apply(exp: &Experiment, ctx: &Context) -> Result<Action> {
@@ -648,7 +629,7 @@ async fn ended(
         live.generation = exp.metadata.generation;
         live.next_run_at = next_run(exp, Some(live.started_at), now).map(|(at, _)| at);
     }
-    let facts = facts(ctx, r, &live, live.targets, 0);
+    let facts = decide::facts(&live, live.targets, 0, nodes::failed(ctx, r));
     let status = status::of_run(&live.run, &facts, live.generation, previous, second(now));
     if let Err(e) = write_status(ctx, exp, &status).await {
         ctx.keep_run(&r.uid, live);
@@ -692,36 +673,7 @@ async fn ended(
     }
 }
 
-fn facts(ctx: &Context, r: &ExperimentRef, live: &Live, targets: u32, injected: u32) -> RunFacts {
-    RunFacts {
-        started_at: Some(live.started_at),
-        finished_at: live.finished_at,
-        next_run_at: live.next_run_at,
-        runs: live.runs,
-        missed_runs: live.missed_runs,
-        traceparent: live.traceparent.clone(),
-        targets,
-        injected,
-        failed: nodes::failed(ctx, r),
-        evictions_refused: live
-            .refused
-            .iter()
-            .map(|(f, n)| (f.clone(), u32::try_from(*n).unwrap_or(u32::MAX)))
-            .collect(),
-    }
-}
-
-/// Checks other than `http` read the observer.
-fn needs_observer(run: &Run) -> Vec<String> {
-    run.spec()
-        .hypothesis
-        .iter()
-        .chain(&run.spec().abort)
-        .filter(|c| !matches!(c.kind, CheckKind::Http(_)))
-        .map(|c| c.display_name())
-        .collect()
-}
-
+/// One step of a run that goes on: read, decide (`decide`), act.
 async fn step(
     exp: &Experiment,
     ctx: &Context,
@@ -730,377 +682,96 @@ async fn step(
     previous: &ExperimentStatus,
     now: Timestamp,
 ) -> Result<Action> {
-    let elapsed = elapsed(live.started_at, now);
-    let before = live.run.phase();
-    // Shared, not copied: a step holds it while it changes the run.
     let spec = live.run.shared_spec();
-
-    if let Some(reason) = exp.annotations().get(ABORT_ANNOTATION) {
-        let reason = if reason.is_empty() {
-            "aborted by the user"
-        } else {
-            reason
-        };
-        live.run.abort(elapsed, format!("aborted: {reason}"));
-    }
-    if exp.metadata.generation != live.generation {
-        live.run.abort(
-            elapsed,
-            "the spec changed during the run; every fault was removed (the new spec runs when applied anew)",
-        );
-    }
-    if before == Phase::Pending && !ctx.observer.is_configured() {
-        let checks = needs_observer(&live.run);
-        if !checks.is_empty() {
-            live.run.abort(
-                elapsed,
-                format!(
-                    "checks {} read the observer, and this controller has none (--observer URL); nothing was injected",
-                    checks.join(", ")
-                ),
-            );
-        }
-    }
-    if !live.run.is_finished()
-        && let Some(why) = plan::protected_refusal(&spec, &r.namespace, |ns| {
-            ctx.settings.protected_namespaces.iter().any(|p| p == ns)
-                || ctx
-                    .namespaces
-                    .get(&reflector::ObjectRef::new(ns))
-                    .is_some_and(|n| plan::labelled_protected(&n))
-        })
-    {
-        live.run.abort(elapsed, why);
-    }
-    if !live.run.is_finished()
-        && let Some(why) = plan::opt_in_refusal(&spec, &r.namespace, |ns| {
-            ctx.namespaces
+    let protected = |ns: &str| {
+        ctx.settings.protected_namespaces.iter().any(|p| p == ns)
+            || ctx
+                .namespaces
                 .get(&reflector::ObjectRef::new(ns))
-                .is_some_and(|n| plan::opted_in(&n))
-        })
-    {
-        live.run.abort(elapsed, why);
-    }
-
-    if live
-        .last_check
-        .is_none_or(|t| elapsed.saturating_sub(t) >= ctx.settings.check_every)
-    {
-        live.last_check = Some(elapsed);
-        for c in live.run.due(elapsed) {
-            let check = if c.abort {
-                &spec.abort[c.index]
-            } else {
-                &spec.hypothesis[c.index]
-            };
-            // Under faults, no further back than when they were in place.
-            let kind = match live.run.window_for(c, elapsed) {
-                Some(w) => check.kind.with_window(w),
-                None => check.kind.clone(),
-            };
-            match ctx.observer.observe(&kind, &r.namespace).await {
-                Ok(observed) => {
-                    // A service still unknown after the grace is most likely
-                    // misnamed: said once, by name, while the run goes on.
-                    if let faultline_engine::Observed::Unseen(why) = &observed
-                        && elapsed >= ctx.settings.unseen_grace
-                        && live.told_unseen.insert(check.display_name())
-                    {
-                        ctx.event(
-                            exp,
-                            EventType::Warning,
-                            "UnseenService",
-                            format!("check {}: {why}", check.display_name()),
-                        )
-                        .await;
-                    }
-                    live.run.observe(elapsed, c, &observed);
-                }
-                // Not judged this time: an unreadable observer is no
-                // evidence; an abort check left so past its grace aborts.
-                Err(e) => {
-                    tracing::warn!(experiment = %key(exp), check = %check.display_name(), error = %chain(&e), "check not evaluated");
-                    live.run.unreadable(elapsed, c, &chain(&e));
-                }
-            }
-        }
-        let waited_too_long = match live.run.phase() {
-            Phase::Pending => elapsed > CHECK_PATIENCE,
-            Phase::Recovering => elapsed > spec.duration.as_std() + CHECK_PATIENCE,
-            _ => false,
-        };
-        if waited_too_long {
-            live.run
-                .give_up_due(elapsed, "its figures could not be read for 60 s");
-        }
-    }
-
-    let work = std::time::Instant::now();
-    let namespaces = plan::target_namespaces(&spec, &r.namespace);
-    let pods = ctx.pods.in_namespaces(namespaces.iter().copied());
-    let candidates = plan::candidates(&spec, &r.namespace, pods.iter().map(|p| &**p));
-    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), &**p)).collect();
-    // Before stepping, so a run that breaks here loses its faults this turn;
-    // after it too, so instances a resumed run takes up again count as
-    // confirmed at once when their agents already say so.
+                .is_some_and(|n| plan::labelled_protected(&n))
+    };
+    let opted_in = |ns: &str| {
+        ctx.namespaces
+            .get(&reflector::ObjectRef::new(ns))
+            .is_some_and(|n| plan::opted_in(&n))
+    };
+    let pods = ctx
+        .pods
+        .in_namespaces(plan::target_namespaces(&spec, &r.namespace));
+    let cached = nodes::in_store(ctx);
     let reports = nodes::reports(ctx, r, &live.written);
-    confirm(r, &mut live, &index, &reports, elapsed);
-    record_effects(r, &mut live, &reports);
-    break_overdue(ctx, r, &mut live, &index, &reports, elapsed);
+    let view = View {
+        now,
+        abort: exp.annotations().get(ABORT_ANNOTATION).map(String::as_str),
+        generation: exp.metadata.generation,
+        settings: &ctx.settings,
+        observer_configured: ctx.observer.is_configured(),
+        protected: &protected,
+        opted_in: &opted_in,
+        pods: &pods,
+        cached: &cached,
+        reports: &reports,
+        failed: nodes::failed(ctx, r),
+    };
 
-    let mut actions = live.run.step(elapsed, &candidates);
-    confirm(r, &mut live, &index, &reports, elapsed);
-    renew_lease(&mut live, ctx.settings.fault_lease, now);
-    let mut desired = desired_entries(ctx, r, &mut live, &index);
-    if let Some(why) = nodes::refused(&desired) {
-        // Refused before anything of this step is done: no pod deleted either.
-        live.run.abort(elapsed, why);
-        live.run.step(elapsed, &candidates);
-        actions.clear();
-        desired = desired_entries(ctx, r, &mut live, &index);
+    decide::admit(&mut live, r, &view);
+    let mut readings = Vec::new();
+    for (c, kind) in decide::due_checks(&mut live, &view) {
+        let reading = ctx.observer.observe(&kind, &r.namespace).await.map_err(|e| {
+            tracing::warn!(experiment = %key(exp), check = ?c, error = %chain(&e), "check not evaluated");
+            chain(&e)
+        });
+        readings.push((c, reading));
     }
-    let planning = work.elapsed();
-    // Durable intent first: the run's start is in the status before the
-    // first pod is taken or entry written, so a controller that dies in
-    // between resumes this run instead of starting another.
-    let recorded = previous.started_at.as_ref().map(|t| t.0) == Some(live.started_at);
-    if !recorded && (!actions.is_empty() || desired.values().any(|e| !e.is_empty())) {
-        let facts = facts(ctx, r, &live, live.targets, 0);
-        let starting = status::of_run(&live.run, &facts, live.generation, previous, second(now));
-        if let Err(e) = write_status(ctx, exp, &starting).await {
-            ctx.keep_run(&r.uid, live);
-            return Err(e);
-        }
+    let notes = decide::judge(&mut live, &view, readings);
+    tell(ctx, exp, notes).await;
+    let intent = decide::decide(&mut live, r, &view, previous);
+
+    if let Some(starting) = &intent.record_start
+        && let Err(e) = write_status(ctx, exp, starting).await
+    {
+        ctx.keep_run(&r.uid, live);
+        return Err(e);
     }
-    for removal in delete_pods(ctx, exp, &live.run, &actions, &index).await {
-        match removal {
-            Removal::Done { fault } => *live.deleted.entry(fault).or_default() += 1,
-            Removal::Refused { fault, pod, why } => {
-                *live.refused.entry(fault).or_default() += 1;
-                live.refused_pods.insert(pod, why);
-            }
-        }
-    }
+    let removals = take_away(ctx, exp, &intent.takeaways).await;
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
-    if let Err(e) = converge(ctx, r, &desired, &mut live.written).await {
+    if let Err(e) = converge(ctx, r, &intent.entries, &mut live.written).await {
+        // What was taken away is counted all the same.
+        decide::conclude(&mut live, &view, removals, previous, |_| None);
         ctx.keep_run(&r.uid, live);
         return Err(e);
     }
-
-    // Confirmed by their agents (or, for pod deletions, done): not merely written.
-    let injected = live.run.confirmed().len() as u32;
-    // Pods that faults act on (a target only named as peers is not one).
-    let targets = {
-        let plan = live.run.plan();
-        let all: BTreeSet<&String> = spec
-            .faults
-            .iter()
-            .flat_map(|f| plan.get(&f.target).into_iter().flatten())
-            .collect();
-        all.len() as u32
-    };
-    let finished = live.run.is_finished();
-    // Once per run (a failed status write brings the run back here).
-    if finished && live.finished_at.is_none() {
-        live.finished_at = Some(second(now));
-        if let Some((at, missed)) = next_run(exp, Some(live.started_at), now) {
-            live.next_run_at = Some(at);
-            live.missed_runs += missed;
-        }
-    }
-    live.targets = targets;
-    let facts = facts(ctx, r, &live, targets, injected);
-    let new_status = status::of_run(&live.run, &facts, live.generation, previous, second(now));
-    if let Err(e) = write_status(ctx, exp, &new_status).await {
-        ctx.keep_run(&r.uid, live);
-        return Err(e);
-    }
-
-    // Events on what changed, each once per run.
-    let after = live.run.phase();
-    if !live.told_started && after != Phase::Pending && !live.run.plan().is_empty() {
-        live.told_started = true;
-        ctx.event(
-            exp,
-            EventType::Normal,
-            "Started",
-            format!("run {} selected {targets} pods", live.runs),
-        )
-        .await;
-    }
-    if injected > 0 && !live.told_injected {
-        live.told_injected = true;
-        let nodes = desired.len();
-        ctx.event(
-            exp,
-            EventType::Normal,
-            "Injected",
-            format!("{injected} faults placed on {nodes} nodes"),
-        )
-        .await;
-    }
-    if !live.told_aborted && after == Phase::Recovered {
-        live.told_aborted = true;
-        let why = live.run.message().unwrap_or("aborted").to_owned();
-        ctx.event(exp, EventType::Warning, "Aborted", why).await;
-    }
-
-    if !finished {
-        ctx.keep_run(&r.uid, live);
-        // Planning a very large selection (about 0.3 s at 150 000 pods)
-        // takes at most a third of a core, whatever the tick.
-        return Ok(Action::requeue(
-            ctx.settings
-                .tick
-                .max((planning * 3).min(Duration::from_secs(10))),
-        ));
-    }
-    let verdict = live.run.verdict().unwrap_or(Verdict::Aborted);
-    let type_ = if verdict == Verdict::Passed {
-        EventType::Normal
-    } else {
-        EventType::Warning
-    };
-    let mut note = format!("verdict {verdict}");
-    if let Some(m) = live.run.message() {
-        note.push_str(&format!(": {m}"));
-    }
-    ctx.event(exp, type_, verdict.as_str(), note).await;
-    live.end_spans();
-    live.closed = true;
-    ctx.metrics.runs_finished.inc();
-    if exp.annotations().contains_key(ABORT_ANNOTATION) {
-        clear_abort(ctx, exp).await;
-    }
-    let action = match live.next_run_at {
-        Some(at) => Action::requeue(until(at, now).min(ctx.settings.max_wait)),
-        None => Action::await_change(),
-    };
-    ctx.keep_run(&r.uid, live);
-    Ok(action)
-}
-
-/// Each fault's effect: the sum over its entries of the largest count
-/// each entry's agent reported, or the pods this controller deleted. A
-/// fault no agent counted anything for has none (not zero).
-fn record_effects(r: &ExperimentRef, live: &mut Live, reports: &nodes::Reports) {
-    for (id, n) in &reports.effects {
-        let e = live.entry_effects.entry(id.clone()).or_default();
-        *e = (*e).max(*n);
-    }
-    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
-    for (id, n) in &live.entry_effects {
-        if let Some(f) = r.fault_of(id) {
-            let t = totals.entry(f).or_default();
-            *t = t.saturating_add(*n);
-        }
-    }
-    let faults = live.run.spec().faults.clone();
-    for f in &faults {
-        let deletes = matches!(&f.action, FaultAction::Kill(k) if k.method.deletes_pod());
-        let count = if deletes {
-            Some(live.deleted.get(&f.name).copied().unwrap_or(0))
-        } else {
-            totals.get(f.name.as_str()).copied()
-        };
-        if let Some(count) = count {
-            live.run.record_effect(
-                &f.name,
-                faultline_engine::Effect {
-                    count,
-                    what: f.action.effect_unit().to_owned(),
-                },
-            );
-        }
-    }
-}
-
-/// Takes the agents' reports as confirmation of the run's fault instances
-/// (a pod deletion is confirmed by the pod being gone).
-fn confirm(
-    r: &ExperimentRef,
-    live: &mut Live,
-    index: &HashMap<&str, &PodInfo>,
-    reports: &nodes::Reports,
-    elapsed: Duration,
-) {
-    let deletes: BTreeSet<String> = live
-        .run
-        .spec()
-        .faults
-        .iter()
-        .filter(|f| matches!(&f.action, FaultAction::Kill(k) if k.method.deletes_pod()))
-        .map(|f| f.name.clone())
-        .collect();
-    live.run.confirm(elapsed, |i| {
-        if deletes.contains(&i.fault) {
-            !index.contains_key(i.target.as_str())
-        } else {
-            reports.applied.contains(&r.entry_id(&i.fault, &i.target))
-        }
+    let outcome = decide::conclude(&mut live, &view, removals, previous, |started| {
+        next_run(exp, Some(started), now)
     });
+    if let Err(e) = write_status(ctx, exp, &outcome.status).await {
+        ctx.keep_run(&r.uid, live);
+        return Err(e);
+    }
+    let notes = decide::announce(&mut live, &intent.entries);
+    tell(ctx, exp, notes).await;
+    if outcome.finished {
+        live.end_spans();
+        live.closed = true;
+        ctx.metrics.runs_finished.inc();
+        if exp.annotations().contains_key(ABORT_ANNOTATION) {
+            clear_abort(ctx, exp).await;
+        }
+    }
+    let next = decide::next_look(&live, &ctx.settings, intent.planning, now);
+    ctx.keep_run(&r.uid, live);
+    Ok(match next {
+        Next::After(wait) => Action::requeue(wait),
+        Next::OnChange => Action::await_change(),
+    })
 }
 
-/// Ends the run broken when a fault instance waited past its
-/// `confirmTimeout`, naming the nodes and what kept each.
-fn break_overdue(
-    ctx: &Context,
-    r: &ExperimentRef,
-    live: &mut Live,
-    index: &HashMap<&str, &PodInfo>,
-    reports: &nodes::Reports,
-    elapsed: Duration,
-) {
-    let timeout = live
-        .run
-        .spec()
-        .confirm_timeout
-        .unwrap_or_else(faultline_api::default_confirm_timeout);
-    let overdue: Vec<_> = live.run.overdue(elapsed).into_iter().cloned().collect();
-    if overdue.is_empty() {
-        return;
+/// Records the Events, in order.
+async fn tell(ctx: &Context, exp: &Experiment, notes: Vec<decide::Note>) {
+    for n in notes {
+        ctx.event(exp, n.type_, n.reason, n.note).await;
     }
-    let cached = nodes::in_store(ctx);
-    // Per node, what kept its faults from being confirmed.
-    let mut nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for i in &overdue {
-        let id = r.entry_id(&i.fault, &i.target);
-        let (node, why) = match (index.get(i.target.as_str()), reports.failed.get(&id)) {
-            (Some(pod), _) if live.refused_pods.contains_key(&i.target) => {
-                (pod.node.clone(), live.refused_pods[&i.target].clone())
-            }
-            (Some(pod), Some(reason)) => (pod.node.clone(), format!("failed: {reason}")),
-            (Some(pod), None)
-                if cached
-                    .get(&pod.node)
-                    .is_some_and(|nf| nf.spec.faults.iter().any(|e| e.id == id)) =>
-            {
-                (pod.node.clone(), "no answer from its agent".to_owned())
-            }
-            (Some(pod), None) => (
-                pod.node.clone(),
-                format!("nothing to apply for {}", i.fault),
-            ),
-            (None, _) => ("(unknown)".to_owned(), format!("pod {} is gone", i.target)),
-        };
-        nodes.entry(node).or_default().insert(why);
-    }
-    let list: Vec<String> = nodes
-        .iter()
-        .map(|(node, why)| {
-            format!(
-                "node {node} ({})",
-                why.iter().cloned().collect::<Vec<_>>().join("; ")
-            )
-        })
-        .collect();
-    let reason = format!(
-        "faults not confirmed within {timeout}: {}; every fault was removed",
-        list.join(", ")
-    );
-    tracing::warn!(experiment = %format!("{}/{}", r.namespace, r.name), %reason, "run broken");
-    live.run.broke(elapsed, reason);
 }
 
 /// The abort annotation stops one run; once it has ended, it goes, so a
@@ -1138,75 +809,6 @@ async fn clear_abort(ctx: &Context, exp: &Experiment) {
     {
         tracing::warn!(experiment = %key(exp), error = %chain(&e), "cannot remove the abort annotation");
     }
-}
-
-/// Moves the run's lease on once half of it has passed: entries are
-/// rewritten (a new `expiresAt`) every half lease, not every tick.
-fn renew_lease(live: &mut Live, lease: Duration, now: Timestamp) {
-    let lease = SignedDuration::try_from(lease).unwrap_or(SignedDuration::from_secs(60));
-    let due = live
-        .lease_until
-        .is_none_or(|until| until.duration_since(now) < lease / 2);
-    if due {
-        live.lease_until = now.checked_add(lease).ok().map(|t| {
-            t.round(
-                jiff::TimestampRound::new()
-                    .smallest(Unit::Second)
-                    .mode(jiff::RoundMode::Ceil),
-            )
-            .unwrap_or(t)
-        });
-    }
-}
-
-/// The entries the run wants now on each node, each fault's carrying its
-/// span's traceparent (a resumed run keeps the one its entries carry, so a
-/// restart rewrites nothing).
-fn desired_entries(
-    ctx: &Context,
-    r: &ExperimentRef,
-    live: &mut Live,
-    index: &HashMap<&str, &PodInfo>,
-) -> BTreeMap<String, Vec<NodeFault>> {
-    let active: BTreeSet<String> = live
-        .run
-        .resolved()
-        .iter()
-        .map(|x| x.fault.name.clone())
-        .collect();
-    let cached = nodes::in_store(ctx);
-    live.fault_spans(r, &active, &|fault| {
-        let prefix = format!("{}{fault}/", r.id_prefix());
-        cached
-            .values()
-            .flat_map(|nf| nf.spec.faults.iter())
-            .find(|f| f.id.starts_with(&prefix))
-            .and_then(|f| f.traceparent.clone())
-    });
-    let resolved = live.run.resolved();
-    let mut desired: BTreeMap<String, Vec<NodeFault>> = BTreeMap::new();
-    for fault in &active {
-        let of_fault: Vec<_> = resolved
-            .iter()
-            .filter(|x| &x.fault.name == fault)
-            .copied()
-            .collect();
-        let tp = live.fault_traceparent(fault);
-        for (node, entries) in plan::node_entries(
-            r,
-            &of_fault,
-            live.run.plan(),
-            index,
-            (live.started_at, live.lease_until),
-            tp,
-        ) {
-            desired.entry(node).or_default().extend(entries);
-        }
-    }
-    for entries in desired.values_mut() {
-        entries.sort_by(|a, b| a.id.cmp(&b.id));
-    }
-    desired
 }
 
 /// The experiment is being deleted: remove every entry it placed before
@@ -1277,55 +879,19 @@ async fn evict(ctx: &Context, pod: &PodInfo) -> Result<(), kube::Error> {
 /// How long an eviction may be retried (429) before it counts as refused.
 const EVICTION_PATIENCE: Duration = Duration::from_secs(3);
 
-/// What became of one pod a kill fault was to take away.
-#[derive(Debug)]
-pub(crate) enum Removal {
-    Done {
-        fault: String,
-    },
-    /// The API refused the eviction (a PodDisruptionBudget), with why.
-    Refused {
-        fault: String,
-        pod: String,
-        why: String,
-    },
-}
-
 /// How many pods are taken away at once: a PodDisruptionBudget that holds
 /// each for `EVICTION_PATIENCE` must not hold the step past a lease.
 const REMOVALS_AT_ONCE: usize = 16;
 
-/// Takes away the pods of due kill faults with `method: delete` (through
-/// the Eviction API, so PodDisruptionBudgets hold) or `force-delete` (a
-/// plain delete), several at once; what became of each.
-async fn delete_pods(
-    ctx: &Context,
-    exp: &Experiment,
-    run: &Run,
-    actions: &[faultline_engine::Action],
-    pods: &HashMap<&str, &PodInfo>,
-) -> Vec<Removal> {
+/// Takes away pods (`method: delete` through the Eviction API, so
+/// PodDisruptionBudgets hold; `force-delete` by a plain delete), several
+/// at once; what became of each.
+async fn take_away(ctx: &Context, exp: &Experiment, takeaways: &[Takeaway]) -> Vec<Removal> {
     use futures::StreamExt as _;
-    let due: Vec<(&str, KillMethod, &PodInfo)> = actions
-        .iter()
-        .filter_map(|action| {
-            let faultline_engine::Action::Signal(instance, _) = action else {
-                return None;
-            };
-            let method = run.spec().faults.iter().find_map(|f| match &f.action {
-                FaultAction::Kill(k) if f.name == instance.fault && k.method.deletes_pod() => {
-                    Some(k.method)
-                }
-                _ => None,
-            })?;
-            let pod = *pods.get(instance.target.as_str())?;
-            Some((instance.fault.as_str(), method, pod))
-        })
-        .collect();
     // Built first: a closure inside the stream would not be Send here.
-    let removals: Vec<_> = due
-        .into_iter()
-        .map(|(fault, method, pod)| remove_pod(ctx, exp, fault, method, pod))
+    let removals: Vec<_> = takeaways
+        .iter()
+        .map(|t| remove_pod(ctx, exp, &t.fault, t.method, &t.pod))
         .collect();
     let done: Vec<Option<Removal>> = futures::stream::iter(removals)
         .buffer_unordered(REMOVALS_AT_ONCE)
