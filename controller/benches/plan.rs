@@ -42,14 +42,16 @@ spec:
             uid: format!("{:08x}-0000-4000-8000-{:012x}", i, i),
             name: format!("pod-{i}"),
             namespace: namespaces[i % 3].to_owned(),
-            labels: [
-                (
-                    "tier".to_owned(),
-                    if i % 10 == 0 { "db" } else { "web" }.to_owned(),
-                ),
-                ("app".to_owned(), format!("app-{}", i % 50)),
-            ]
-            .into(),
+            labels: std::sync::Arc::new(
+                [
+                    (
+                        "tier".to_owned(),
+                        if i % 10 == 0 { "db" } else { "web" }.to_owned(),
+                    ),
+                    ("app".to_owned(), format!("app-{}", i % 50)),
+                ]
+                .into(),
+            ),
             node: format!("node-{}", i % NODES),
             ips: vec![std::net::IpAddr::from([
                 10,

@@ -744,7 +744,7 @@ spec:
             uid: uid(i),
             name: format!("web-{i}"),
             namespace: "shop".into(),
-            labels: BTreeMap::from([("app".into(), "web".into())]),
+            labels: Arc::new(BTreeMap::from([("app".into(), "web".into())])),
             node: node.into(),
             ips: vec![format!("10.0.0.{i}").parse().expect("an address")],
             host_network: false,
@@ -959,5 +959,29 @@ spec:
         );
         let refused = serde_json::to_value(&outcome.status).expect("json");
         assert!(refused.to_string().contains("evict"), "{refused}");
+    }
+
+    #[test]
+    fn a_change_that_is_only_status_waits_for_the_tick() {
+        let (exp, r) = experiment("    - {name: slow, target: web, latency: {delay: 100ms}}\n");
+        let mut live = Live::start(&r, &exp, at(0), (1, 0), Default::default());
+        let seen: crate::live::Seen = (Some(1), None);
+        assert_eq!(live.not_yet(&seen), None, "never stepped: due now");
+        live.next_step = Some((
+            std::time::Instant::now() + Duration::from_secs(60),
+            seen.clone(),
+        ));
+        assert!(
+            live.not_yet(&seen)
+                .is_some_and(|w| w > Duration::from_secs(50))
+        );
+        assert_eq!(live.not_yet(&(Some(2), None)), None, "a new spec: at once");
+        assert_eq!(
+            live.not_yet(&(Some(1), Some("stop".into()))),
+            None,
+            "an abort: at once"
+        );
+        live.next_step = Some((std::time::Instant::now(), seen.clone()));
+        assert_eq!(live.not_yet(&seen), None, "the tick has come");
     }
 }

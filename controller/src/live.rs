@@ -64,7 +64,15 @@ pub(crate) struct Live {
     pub lease_until: Option<Timestamp>,
     /// The end was reported (status, Event, spans).
     pub closed: bool,
+    /// When the next step is due, and what of the Experiment the last step
+    /// saw: a change that is only its status (this controller's own
+    /// writes) does not step the run before then.
+    pub next_step: Option<(std::time::Instant, Seen)>,
 }
+
+/// What of an Experiment steps a run at once when it changes: its spec
+/// generation and its abort annotation.
+pub(crate) type Seen = (Option<i64>, Option<String>);
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,6 +162,7 @@ impl Live {
             refused_pods: BTreeMap::new(),
             lease_until: None,
             closed: false,
+            next_step: None,
         }
     }
 
@@ -203,7 +212,19 @@ impl Live {
             refused_pods: BTreeMap::new(),
             lease_until: None,
             closed: false,
+            next_step: None,
         }
+    }
+
+    /// How long until the next step, when nothing that matters changed
+    /// since the last one (`seen`); None when a step is due now.
+    pub(crate) fn not_yet(&self, seen: &Seen) -> Option<Duration> {
+        let (due, last) = self.next_step.as_ref()?;
+        if last != seen {
+            return None;
+        }
+        due.checked_duration_since(std::time::Instant::now())
+            .filter(|wait| !wait.is_zero())
     }
 
     /// Opens a span for each fault that has entries now and ends the

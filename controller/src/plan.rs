@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use faultline_api::{ExperimentSpec, FaultAction, NodeFault, NodeTarget, PodRef, parse_cidr};
@@ -36,7 +37,8 @@ pub struct PodInfo {
     pub uid: String,
     pub name: String,
     pub namespace: String,
-    pub labels: BTreeMap<String, String>,
+    /// Shared by the pods that carry the same set (see `pods`).
+    pub labels: faultline_engine::Labels,
     pub node: String,
     pub ips: Vec<IpAddr>,
     /// In the node's own network namespace: never a target.
@@ -70,7 +72,7 @@ impl PodInfo {
             uid: meta.uid.clone()?,
             name: meta.name.clone()?,
             namespace: meta.namespace.clone()?,
-            labels: meta.labels.clone().unwrap_or_default(),
+            labels: Arc::new(meta.labels.clone().unwrap_or_default()),
             node,
             ips,
             host_network: pod.spec.host_network,
@@ -362,7 +364,7 @@ mod tests {
             uid: uid.into(),
             name: format!("{app}-{}", &uid[uid.len() - 4..]),
             namespace: ns.into(),
-            labels: [("app".to_owned(), app.to_owned())].into(),
+            labels: Arc::new([("app".to_owned(), app.to_owned())].into()),
             node: node.into(),
             ips: vec![ip.parse().expect("ip")],
             host_network: false,

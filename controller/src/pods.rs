@@ -8,7 +8,7 @@
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
@@ -88,17 +88,47 @@ struct State {
     /// A relist under way: filled until it is done, then taken as a whole
     /// (pods gone meanwhile must not linger).
     relist: Option<HashMap<String, HashMap<String, Arc<PodInfo>>>>,
+    /// Every label set once: a workload's pods share theirs.
+    labels: Labels,
+}
+
+#[derive(Debug, Default)]
+struct Labels {
+    sets: HashSet<Arc<BTreeMap<String, String>>>,
+    /// Placed since the sets no pod holds any more were let go.
+    since_pruned: usize,
+}
+
+impl Labels {
+    fn intern(&mut self, info: &mut PodInfo) {
+        match self.sets.get(&*info.labels) {
+            Some(shared) => info.labels = shared.clone(),
+            None => {
+                self.sets.insert(info.labels.clone());
+            }
+        }
+        self.since_pruned += 1;
+        if self.since_pruned >= 4096.max(self.sets.len()) {
+            self.prune();
+        }
+    }
+
+    fn prune(&mut self) {
+        self.sets.retain(|s| Arc::strong_count(s) > 1);
+        self.since_pruned = 0;
+    }
 }
 
 type ByNamespace = HashMap<String, HashMap<String, Arc<PodInfo>>>;
 
 /// Puts a pod in (running) or takes it out (anything else).
-fn place(map: &mut ByNamespace, pod: &SlimPod) {
+fn place(map: &mut ByNamespace, labels: &mut Labels, pod: &SlimPod) {
     let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
         return;
     };
     match PodInfo::from_pod(pod) {
-        Some(info) => {
+        Some(mut info) => {
+            labels.intern(&mut info);
             map.entry(ns.clone())
                 .or_default()
                 .insert(name.clone(), Arc::new(info));
@@ -130,21 +160,23 @@ impl Default for Pods {
 impl Pods {
     /// Takes one watch event in.
     pub fn apply(&self, event: watcher::Event<SlimPod>) {
-        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let s = &mut *guard;
         match event {
             watcher::Event::Init => s.relist = Some(ByNamespace::new()),
             watcher::Event::InitApply(pod) => match s.relist.as_mut() {
-                Some(fresh) => place(fresh, &pod),
-                None => place(&mut s.by_namespace, &pod),
+                Some(fresh) => place(fresh, &mut s.labels, &pod),
+                None => place(&mut s.by_namespace, &mut s.labels, &pod),
             },
             watcher::Event::InitDone => {
                 if let Some(fresh) = s.relist.take() {
                     s.by_namespace = fresh;
+                    s.labels.prune();
                 }
-                drop(s);
+                drop(guard);
                 self.ready_tx.send_replace(true);
             }
-            watcher::Event::Apply(pod) => place(&mut s.by_namespace, &pod),
+            watcher::Event::Apply(pod) => place(&mut s.by_namespace, &mut s.labels, &pod),
             watcher::Event::Delete(pod) => {
                 if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
                     remove(&mut s.by_namespace, ns, name);
@@ -315,5 +347,16 @@ mod index_tests {
         );
         pods.apply(watcher::Event::InitDone);
         assert_eq!(names(&pods, "shop"), ["d"]);
+    }
+
+    #[test]
+    fn pods_with_the_same_labels_share_them() {
+        let pods = Pods::default();
+        for name in ["a", "b", "c"] {
+            pods.apply(watcher::Event::Apply(pod("shop", name, "Running")));
+        }
+        let all = pods.in_namespaces(["shop"]);
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|p| Arc::ptr_eq(&p.labels, &all[0].labels)));
     }
 }

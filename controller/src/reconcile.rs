@@ -544,7 +544,20 @@ async fn apply(exp: &Experiment, ctx: &Context) -> Result<Action> {
     if live.closed {
         return ended(exp, ctx, &r, live, &previous, now).await;
     }
+    // Woken by its own status write (or another change of no matter to
+    // the run) before the tick: a step at 150 000 pods is not free.
+    if let Some(wait) = live.not_yet(&seen(exp)) {
+        ctx.keep_run(&r.uid, live);
+        return Ok(Action::requeue(wait));
+    }
     step(exp, ctx, &r, live, &previous, now).await
+}
+
+fn seen(exp: &Experiment) -> crate::live::Seen {
+    (
+        exp.metadata.generation,
+        exp.annotations().get(ABORT_ANNOTATION).cloned(),
+    )
 }
 
 /// No run in memory: resume the one the status says is going on, or start
@@ -760,6 +773,10 @@ async fn step(
         }
     }
     let next = decide::next_look(&live, &ctx.settings, intent.planning, now);
+    live.next_step = match next {
+        Next::After(wait) => Some((std::time::Instant::now() + wait, seen(exp))),
+        Next::OnChange => None,
+    };
     ctx.keep_run(&r.uid, live);
     Ok(match next {
         Next::After(wait) => Action::requeue(wait),

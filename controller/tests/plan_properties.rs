@@ -20,7 +20,7 @@ fn pod(i: usize, ns: usize, app: usize, node: usize) -> PodInfo {
         uid: format!("00000000-0000-4000-8000-{i:012x}"),
         name: format!("pod-{i}"),
         namespace: NAMESPACES[ns].to_owned(),
-        labels: [("app".to_owned(), format!("app{app}"))].into(),
+        labels: std::sync::Arc::new([("app".to_owned(), format!("app{app}"))].into()),
         node: format!("node-{node}"),
         ips: vec![std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8])],
         host_network: i % 7 == 3,

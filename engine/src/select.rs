@@ -5,7 +5,7 @@
 //! hashing — so when a selected pod goes away its replacement is the next in
 //! rank, and the other selections do not move.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use faultline_api::{ExperimentSpec, SelectionMode, TargetSelector};
 
@@ -15,18 +15,24 @@ pub struct Candidate {
     /// Unique: a pod UID, or a local service's name.
     pub id: String,
     pub namespace: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
+
+/// A candidate's labels, shared: pods of one workload carry the same set,
+/// and a large cluster's candidates are rebuilt at every step.
+pub type Labels = Arc<BTreeMap<String, String>>;
 
 impl Candidate {
     pub fn new(id: &str, namespace: &str, labels: &[(&str, &str)]) -> Self {
         Candidate {
             id: id.into(),
             namespace: namespace.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
+            labels: Arc::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+            ),
         }
     }
 }

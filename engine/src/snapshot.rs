@@ -276,7 +276,7 @@ spec:
         let pods = [Candidate {
             id: "payments-1".into(),
             namespace: "demo".into(),
-            labels: [("app".to_owned(), "payments".to_owned())].into(),
+            labels: std::sync::Arc::new([("app".to_owned(), "payments".to_owned())].into()),
         }];
         for s in [0, 5, 12] {
             run.step(Duration::from_secs(s), &pods);

@@ -698,7 +698,7 @@ spec:
             .map(|n| Candidate {
                 id: (*n).into(),
                 namespace: "demo".into(),
-                labels: [("app".to_owned(), (*n).to_owned())].into(),
+                labels: std::sync::Arc::new([("app".to_owned(), (*n).to_owned())].into()),
             })
             .collect();
         let mut run = Run::new(e.spec.clone(), "demo", 0);

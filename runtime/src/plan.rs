@@ -20,7 +20,7 @@ pub(crate) fn candidates(topology: &Topology, namespace: &str) -> Vec<Candidate>
         .map(|s| Candidate {
             id: s.name.clone(),
             namespace: namespace.to_owned(),
-            labels: s.labels.clone(),
+            labels: std::sync::Arc::new(s.labels.clone()),
         })
         .collect()
 }
