@@ -92,6 +92,10 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     pub(crate) runs: Mutex<HashMap<String, Live>>,
+    /// Runs that ended and were let go of (by Experiment uid, the run's
+    /// start): until the cache shows their end, their status must not be
+    /// taken for a run in progress.
+    pub(crate) let_go: Mutex<HashMap<String, jiff::Timestamp>>,
     /// Per Experiment (by uid): failed reconciles in a row, and the last
     /// failure's kind, for the backoff.
     pub(crate) failures: Mutex<HashMap<String, u32>>,
@@ -262,6 +266,7 @@ impl Context {
             settings,
             metrics,
             runs: Mutex::new(HashMap::new()),
+            let_go: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             ready: std::sync::atomic::AtomicBool::new(false),
         }
@@ -272,6 +277,25 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid)
+    }
+
+    /// Lets go of a run that ended: its status is the record.
+    pub(crate) fn let_go(&self, uid: &str, started_at: jiff::Timestamp) {
+        self.let_go
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_owned(), started_at);
+    }
+
+    /// The start of the run last let go of, if the cache may not show its
+    /// end yet; `caught_up` forgets it.
+    pub(crate) fn let_go_of(&self, uid: &str, caught_up: bool) -> Option<jiff::Timestamp> {
+        let mut all = self.let_go.lock().unwrap_or_else(|e| e.into_inner());
+        if caught_up {
+            all.remove(uid);
+            return None;
+        }
+        all.get(uid).copied()
     }
 
     pub(crate) fn keep_run(&self, uid: &str, live: Live) {

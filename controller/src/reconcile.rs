@@ -185,6 +185,7 @@ pub async fn run(
             sweeper.abort();
             ctx.metrics.leader.set(0);
             ctx.runs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            ctx.let_go.lock().unwrap_or_else(|e| e.into_inner()).clear();
             if *stopped.borrow() {
                 return;
             }
@@ -572,7 +573,12 @@ async fn start_or_resume(
 ) -> Result<Result<Live, Action>> {
     let phase = previous.phase;
     let in_progress = phase.is_some_and(|p| !status::is_final(p));
+    let let_go = ctx.let_go_of(&r.uid, !in_progress);
     if in_progress && let Some(started) = &previous.started_at {
+        if let_go == Some(started.0) {
+            // Ended here, but the cache has not shown it yet.
+            return Ok(Err(Action::requeue(Duration::from_millis(100))));
+        }
         tracing::info!(experiment = %key(exp), phase = ?phase, "resuming a run");
         let max = ctx.settings.ceilings;
         return Ok(Ok(Live::resume(r, exp, previous, (started.0, now), max)));
@@ -589,6 +595,17 @@ async fn start_or_resume(
         return Ok(Err(Action::await_change()));
     }
     if stale_abort(ctx, exp).await {
+        return Ok(Err(Action::requeue(Duration::from_millis(100))));
+    }
+    // A spec edited between runs: its schedule decides the next start.
+    if exp.metadata.generation != previous.observed_generation && phase != Some(Phase::Invalid) {
+        let next = next_run(exp, previous.started_at.as_ref().map(|t| t.0), now);
+        let status = ExperimentStatus {
+            next_run_at: next.map(|(at, _)| Time(at)),
+            observed_generation: exp.metadata.generation,
+            ..previous.clone()
+        };
+        write_status(ctx, exp, &status).await?;
         return Ok(Err(Action::requeue(Duration::from_millis(100))));
     }
     let missed_before = previous.missed_runs.unwrap_or(0);
@@ -623,8 +640,9 @@ async fn start_or_resume(
     }
 }
 
-/// A run that ended stays in memory: its entries stay removed, its final
-/// status stays written, and a scheduled experiment's next run starts here.
+/// A run that ended: its entries removed and its final status written,
+/// it is let go of (the status is the record, and `start_or_resume` starts
+/// the next run from it) — unless the next start is due now.
 async fn ended(
     exp: &Experiment,
     ctx: &Context,
@@ -649,7 +667,8 @@ async fn ended(
         return Err(e);
     }
     let Some(at) = live.next_run_at else {
-        // Nothing more to run: the status is the record, memory is let go.
+        // Nothing more to run.
+        ctx.let_go(&r.uid, live.started_at);
         return Ok(Action::await_change());
     };
     if stale_abort(ctx, exp).await {
@@ -657,7 +676,9 @@ async fn ended(
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
     if now < at {
-        ctx.keep_run(&r.uid, live);
+        // A finished run of 150 000 pods is no small thing to hold for
+        // hours; its status holds the next start.
+        ctx.let_go(&r.uid, live.started_at);
         return Ok(Action::requeue(until(at, now).min(ctx.settings.max_wait)));
     }
     if now.duration_since(at) <= START_SLACK {
@@ -866,6 +887,7 @@ async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
+    ctx.let_go_of(&r.uid, true);
     Ok(Action::await_change())
 }
 

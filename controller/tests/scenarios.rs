@@ -638,6 +638,51 @@ async fn a_scheduled_experiment_runs_at_its_start_times_and_counts_missed_ones()
 }
 
 #[tokio::test]
+async fn between_runs_the_status_holds_the_schedule_and_an_edit_moves_the_next_start() {
+    let server = ApiServer::new();
+    let clock = clock(); // 10:00:00
+    let (p1, _, _) = shop(&server);
+    let controller = Controller::start(&server, &clock).await;
+    let mut exp = experiment("nightly", "shop", "30s", slow_payments());
+    exp["spec"]["schedule"] = json!("*/5 * * * *");
+    server.apply(exp);
+    until("the next start time", WAIT, || {
+        status(&server, "shop", "nightly")["nextRunAt"] == "2026-03-01T10:05:00Z"
+    })
+    .await;
+    advance(&clock, 300); // 10:05:00
+    until("the first run", WAIT, || {
+        ids(&server, "node-a") == [format!("shop/nightly/slow/{p1}")]
+    })
+    .await;
+    confirmed(&server, "shop", "nightly").await;
+    advance(&clock, 31); // 10:05:31
+    until("the run's end and the next start", WAIT, || {
+        let s = status(&server, "shop", "nightly");
+        s["verdict"] == "Passed" && s["nextRunAt"] == "2026-03-01T10:10:00Z"
+    })
+    .await;
+    // The ended run is let go of; the edit is read against the status.
+    let mut object = server
+        .get("Experiment", Some("shop"), "nightly")
+        .expect("nightly");
+    object["spec"]["schedule"] = json!("*/7 * * * *");
+    server.apply(object);
+    until("the next start by the new schedule", WAIT, || {
+        let s = status(&server, "shop", "nightly");
+        s["nextRunAt"] == "2026-03-01T10:07:00Z" && s["observedGeneration"] == 2
+    })
+    .await;
+    advance(&clock, 89); // 10:07:00
+    until("the second run, at the new time", WAIT, || {
+        status(&server, "shop", "nightly")["runs"] == 2
+            && ids(&server, "node-a") == [format!("shop/nightly/slow/{p1}")]
+    })
+    .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
 async fn an_abort_left_between_runs_does_not_stop_the_next_one() {
     let server = ApiServer::new();
     let clock = clock(); // 10:00:00
