@@ -285,7 +285,11 @@ pub(crate) fn decide(
 
     let mut actions = live.run.step(elapsed, &candidates);
     confirm(r, live, &index, view.reports, elapsed);
-    renew_lease(live, view.settings.fault_lease, view.now);
+    renew_lease(
+        live,
+        lease_for(view.settings.fault_lease, view.pods),
+        view.now,
+    );
     let mut entries = desired_entries(view.cached, r, live, &index);
     if let Some(why) = nodes::refused(&entries) {
         // Refused before anything of this step is done: no pod taken either.
@@ -468,6 +472,23 @@ pub(crate) fn facts(live: &Live, targets: u32, injected: u32, failed: u32) -> Ru
             .map(|(f, n)| (f.clone(), u32::try_from(*n).unwrap_or(u32::MAX)))
             .collect(),
     }
+}
+
+/// Renewals the API server is asked for, at most, per second: each
+/// rewrites one node's entries.
+const RENEWALS_PER_SECOND: u64 = 20;
+
+/// The run's lease: `--fault-lease`, or longer when the nodes the run may
+/// touch are so many that renewing every half lease would write more than
+/// `RENEWALS_PER_SECOND` (at 5 000 nodes, 500 s: the API server is not
+/// kept busy rewriting entries for nothing).
+fn lease_for(lease: Duration, pods: &[Arc<PodInfo>]) -> Duration {
+    let nodes = pods
+        .iter()
+        .map(|p| p.node.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    lease.max(Duration::from_secs(nodes * 2 / RENEWALS_PER_SECOND))
 }
 
 /// Checks other than `http` read the observer.
@@ -746,7 +767,7 @@ spec:
             namespace: "shop".into(),
             labels: Arc::new(BTreeMap::from([("app".into(), "web".into())])),
             node: node.into(),
-            ips: vec![format!("10.0.0.{i}").parse().expect("an address")],
+            ips: vec![std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8])],
             host_network: false,
         })
     }
@@ -959,6 +980,19 @@ spec:
         );
         let refused = serde_json::to_value(&outcome.status).expect("json");
         assert!(refused.to_string().contains("evict"), "{refused}");
+    }
+
+    #[test]
+    fn the_lease_grows_with_the_nodes_a_run_may_touch() {
+        let minute = Duration::from_secs(60);
+        let few: Vec<_> = (0..50)
+            .map(|i| pod(i, &format!("node-{}", i % 5)))
+            .collect();
+        assert_eq!(lease_for(minute, &few), minute);
+        let many: Vec<_> = (0..10_000)
+            .map(|i| pod(i, &format!("node-{}", i % 5000)))
+            .collect();
+        assert_eq!(lease_for(minute, &many), Duration::from_secs(500));
     }
 
     #[test]
