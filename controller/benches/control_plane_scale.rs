@@ -9,7 +9,9 @@
 //! `cargo bench -p faultline-controller --bench control_plane_scale`
 //! (FAULTLINE_CONTROL_PLANE from `scripts/control-plane.sh build`,
 //! FAULTLINE_HELM as for the tests). FAULTLINE_SCALE_NODES and
-//! FAULTLINE_SCALE_PODS change the size.
+//! FAULTLINE_SCALE_PODS change the size; FAULTLINE_CONTROLLER_WRAPPER runs
+//! the controller under a profiler (`heaptrack -o /tmp/controller`; the
+//! peak RSS printed is then the profiler's, not the controller's).
 
 use std::time::{Duration, Instant};
 
@@ -141,6 +143,20 @@ async fn bench(nodes: usize, pods: usize) {
         .map(|t| t.lines().count())
         .unwrap_or(0);
 
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let scrape = || async {
+        let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
+            .await
+            .expect("/metrics");
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let sum = "faultline_controller_reconcile_duration_seconds_sum";
+    let count = "faultline_controller_reconcile_duration_seconds_count";
+    let before = scrape().await;
     let started = Instant::now();
     cp.apply(
         "apiVersion: faultline.dev/v1alpha1
@@ -169,19 +185,10 @@ spec:
         .unwrap_or(0)
         - requests_before;
 
-    let metric = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let scrape = || async {
-        let (_, body) = faultline_testkit::http(metrics, "GET", "/metrics", &[], b"")
-            .await
-            .expect("/metrics");
-        String::from_utf8_lossy(&body).into_owned()
-    };
     let text = scrape().await;
     let writes = metric(&text, "faultline_controller_nodefaults_writes_total");
+    let placing_steps = metric(&text, count) - metric(&before, count);
+    let placing_ms = (metric(&text, sum) - metric(&before, sum)) / placing_steps * 1000.0;
     let written_bytes: usize = nf_api
         .list(&Default::default())
         .await
@@ -193,8 +200,6 @@ spec:
         })
         .unwrap_or(0);
     // The run going on: steps that re-plan and find nothing to write.
-    let sum = "faultline_controller_reconcile_duration_seconds_sum";
-    let count = "faultline_controller_reconcile_duration_seconds_count";
     let (sum0, count0) = (metric(&text, sum), metric(&text, count));
     // At least three steps, or two minutes: a step at this size may take
     // longer than a tick.
@@ -228,6 +233,7 @@ spec:
     println!(
         "NodeFaults writes by the controller: {writes} ({nodes} objects, {written_bytes} bytes of spec)"
     );
+    println!("steps while placing: {placing_ms:.0} ms each on average ({placing_steps} steps)");
     println!(
         "steps while the run goes on: {step_ms:.0} ms each on average ({steps} in {window:.0} s, {writes_after} writes)"
     );

@@ -53,6 +53,11 @@ pub struct Settings {
     /// How often the leader sweeps leftovers (entries of Experiments that
     /// no longer exist, empty NodeFaults objects).
     pub sweep_every: Duration,
+    /// How long one step of a run goes on starting NodeFaults writes (a few
+    /// always start); the rest wait for the next step, which follows at
+    /// once. Keeps a step short at thousands of nodes, so checks and aborts
+    /// are not kept waiting behind the writes.
+    pub writing_per_step: Duration,
     /// The cluster's ceilings on pods per run and share of a target
     /// (chart `ceilings`).
     pub ceilings: crate::plan::Ceilings,
@@ -71,6 +76,7 @@ impl Default for Settings {
             fault_lease: Duration::from_secs(60),
             ceilings: Default::default(),
             sweep_every: Duration::from_secs(60),
+            writing_per_step: Duration::from_millis(500),
             protected_namespaces: crate::plan::ALWAYS_PROTECTED
                 .iter()
                 .map(|s| (*s).to_owned())

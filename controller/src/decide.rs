@@ -10,8 +10,11 @@
 //! 3. [`decide`] — the step's [`Intent`]: the status to record before any
 //!    side effect (a run's start), the pods to take away, the entries
 //!    each node should hold;
-//! 4. [`conclude`] — after the side effects, the status that says what
-//!    was done; [`announce`] then the Events, once the status is written.
+//! 4. [`count_removals`] — after the side effects, what became of the
+//!    pods taken away; [`conclude`] — once the nodes hold the entries (or,
+//!    while the run goes on, as many as one step writes), the status that
+//!    says what was done; [`announce`] then the Events, once the status is
+//!    written.
 //!
 //! Nothing here calls the API; everything it needs is in its arguments.
 
@@ -281,7 +284,15 @@ pub(crate) fn decide(
     // confirmed at once when their agents already say so.
     confirm(r, live, &index, view.reports, elapsed);
     record_effects(r, live, view.reports);
-    break_overdue(view.cached, r, live, &index, view.reports, elapsed);
+    break_overdue(
+        view.cached,
+        r,
+        live,
+        &index,
+        view.reports,
+        elapsed,
+        view.now,
+    );
 
     let mut actions = live.run.step(elapsed, &candidates);
     confirm(r, live, &index, view.reports, elapsed);
@@ -320,15 +331,8 @@ pub(crate) fn decide(
     }
 }
 
-/// After the side effects: what became of the pods taken away is counted,
-/// and the status says where the run stands.
-pub(crate) fn conclude(
-    live: &mut Live,
-    view: &View,
-    removals: Vec<Removal>,
-    previous: &ExperimentStatus,
-    next_run: impl FnOnce(Timestamp) -> Option<(Timestamp, u32)>,
-) -> Outcome {
+/// After the side effects: what became of the pods taken away is counted.
+pub(crate) fn count_removals(live: &mut Live, removals: Vec<Removal>) {
     for removal in removals {
         match removal {
             Removal::Done { fault } => *live.deleted.entry(fault).or_default() += 1,
@@ -338,6 +342,16 @@ pub(crate) fn conclude(
             }
         }
     }
+}
+
+/// Once the nodes hold what the run wants (or, while it goes on, as much
+/// of it as one step writes): the status says where the run stands.
+pub(crate) fn conclude(
+    live: &mut Live,
+    view: &View,
+    previous: &ExperimentStatus,
+    next_run: impl FnOnce(Timestamp) -> Option<(Timestamp, u32)>,
+) -> Outcome {
     // Confirmed by their agents (or, for pod deletions, done): not merely written.
     let injected = live.run.confirmed().len() as u32;
     // Pods that faults act on (a target only named as peers is not one).
@@ -600,13 +614,32 @@ fn break_overdue(
     index: &HashMap<&str, &PodInfo>,
     reports: &nodes::Reports,
     elapsed: Duration,
+    now: Timestamp,
 ) {
     let timeout = live
         .run
         .spec()
         .confirm_timeout
         .unwrap_or_else(faultline_api::default_confirm_timeout);
-    let overdue: Vec<_> = live.run.overdue(elapsed).into_iter().cloned().collect();
+    // An agent's time to confirm counts from when its node got the entry:
+    // at thousands of nodes the writes take longer than the timeout.
+    let waiting_for_write = |i: &faultline_engine::Instance| {
+        index.get(i.target.as_str()).is_some_and(|pod| {
+            live.unwritten.contains(&pod.node)
+                || live
+                    .written
+                    .get(&pod.node)
+                    .and_then(|w| w.holding_since)
+                    .is_some_and(|since| crate::live::elapsed(since, now) <= timeout.as_std())
+        })
+    };
+    let overdue: Vec<_> = live
+        .run
+        .overdue(elapsed)
+        .into_iter()
+        .filter(|i| !waiting_for_write(i))
+        .cloned()
+        .collect();
     if overdue.is_empty() {
         return;
     }
@@ -792,13 +825,12 @@ spec:
         previous: &ExperimentStatus,
     ) -> Stepped {
         let previous = previous.clone();
-        let removals = Vec::new();
         admit(live, r, view);
         let due = due_checks(live, view);
         assert!(due.is_empty(), "no checks in these experiments");
         let mut notes = judge(live, view, Vec::new());
         let intent = decide(live, r, view, &previous);
-        let outcome = conclude(live, view, removals, &previous, |_| None);
+        let outcome = conclude(live, view, &previous, |_| None);
         notes.extend(announce(live, &intent.entries));
         Stepped {
             intent,
@@ -972,7 +1004,8 @@ spec:
                 why: "a budget".into(),
             },
         ];
-        let outcome = conclude(&mut live, &v, removals, &previous, |_| None);
+        count_removals(&mut live, removals);
+        let outcome = conclude(&mut live, &v, &previous, |_| None);
         assert_eq!(live.deleted.get("evict"), Some(&1));
         assert_eq!(
             live.refused_pods.get(&uid(2)).map(String::as_str),
@@ -1017,5 +1050,38 @@ spec:
         );
         live.next_step = Some((std::time::Instant::now(), seen.clone()));
         assert_eq!(live.not_yet(&seen), None, "the tick has come");
+    }
+
+    #[test]
+    fn an_agent_has_its_confirm_timeout_from_when_its_node_was_written() {
+        let (exp, r) = experiment("    - {name: slow, target: web, latency: {delay: 100ms}}\n");
+        let mut live = Live::start(&r, &exp, at(0), (1, 0), Default::default());
+        let pods = [pod(1, "node-a"), pod(2, "node-b")];
+        let (reports, settings, cached) = Default::default();
+        let v = view(at(0), &pods, &reports, &settings, &cached);
+        step(&mut live, &r, &v, &ExperimentStatus::default());
+        let wrote = |since| nodes::Written {
+            digest: 0,
+            generation: 1,
+            seen: true,
+            at: std::time::Instant::now(),
+            holding_since: Some(since),
+        };
+        // node-a got its entries 20 s in, node-b is still waiting for its
+        // write: 40 s in, neither agent is late (the timeout is 30 s).
+        live.written.insert("node-a".into(), wrote(at(20)));
+        live.unwritten.insert("node-b".into());
+        let v = view(at(40), &pods, &reports, &settings, &cached);
+        let s = step(&mut live, &r, &v, &ExperimentStatus::default());
+        assert!(!s.outcome.finished, "{:?}", s.outcome.status.message);
+
+        // 51 s after its write, node-a's agent is late; node-b's clock has
+        // not started, so it is not named.
+        let v = view(at(71), &pods, &reports, &settings, &cached);
+        let s = step(&mut live, &r, &v, &ExperimentStatus::default());
+        assert!(s.outcome.finished);
+        let message = s.outcome.status.message.unwrap_or_default();
+        assert!(message.contains("node node-a"), "{message}");
+        assert!(!message.contains("node-b"), "{message}");
     }
 }

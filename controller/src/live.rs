@@ -43,6 +43,9 @@ pub(crate) struct Live {
     fault_spans: BTreeMap<String, (global::BoxedSpan, Option<String>)>,
     /// What was last written per node (so unchanged nodes cost nothing).
     pub written: BTreeMap<String, Written>,
+    /// Nodes whose entries the last step left for a later one (a step
+    /// writes for a bounded time): their agents' clocks have not started.
+    pub unwritten: BTreeSet<String>,
     pub told_injected: bool,
     /// The Started and Aborted Events went out (once per run, even when the
     /// step that got there failed to write its status).
@@ -152,6 +155,7 @@ impl Live {
             traceparent,
             fault_spans: BTreeMap::new(),
             written: BTreeMap::new(),
+            unwritten: BTreeSet::new(),
             told_injected: false,
             told_started: false,
             told_aborted: false,
@@ -200,6 +204,7 @@ impl Live {
             traceparent,
             fault_spans: BTreeMap::new(),
             written: BTreeMap::new(),
+            unwritten: BTreeSet::new(),
             told_injected: status.injected.unwrap_or(0) > 0,
             // A resumed run was started (and, if recovering, aborted) by
             // the controller before: it told them then.

@@ -9,6 +9,7 @@ use std::{
 
 use faultline_api::{FaultState, NodeFault, NodeFaults, NodeFaultsSpec};
 use futures::StreamExt;
+use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -35,6 +36,9 @@ pub(crate) struct Written {
     /// after is taken as deleted too (a reconcile may not have run between
     /// the cache catching up and a deletion; writing again is harmless).
     pub at: std::time::Instant,
+    /// Since when the node holds entries of this experiment (kept through
+    /// rewrites): its agent's time to confirm them counts from here.
+    pub holding_since: Option<Timestamp>,
 }
 
 /// How long the cache may lag behind a write before a missing object is
@@ -214,16 +218,24 @@ pub(crate) async fn release_node(ctx: &Context, manager: &str, node: &str) -> Re
     Ok(())
 }
 
+/// Writes at once at most: thousands of nodes at the start of a run.
+const WRITES_AT_ONCE: usize = 16;
+
 /// Brings every node to `desired`. What a node holds now is the cached
 /// object when it has caught up with this controller's last write there
 /// (so an edit or a deletion by someone else is repaired), else that
-/// write. Ok means every node that differed was written.
+/// write. No write starts after `until` (a step stays short however many
+/// nodes differ, so checks and aborts are not kept waiting); the nodes
+/// left for a later step are returned. Ok means every write that started
+/// succeeded.
 pub(crate) async fn converge(
     ctx: &Context,
     r: &ExperimentRef,
     desired: &BTreeMap<String, Vec<NodeFault>>,
     written: &mut BTreeMap<String, Written>,
-) -> Result<()> {
+    now: Timestamp,
+    until: Option<std::time::Instant>,
+) -> Result<BTreeSet<String>> {
     let cached = in_store(ctx);
     let generation = |nf: &NodeFaults| nf.metadata.generation.unwrap_or(0);
     for (node, w) in written.iter_mut() {
@@ -254,29 +266,51 @@ pub(crate) async fn converge(
             (None, None) => want.is_empty(),
         };
         if !same {
-            writes.push((node.clone(), want.to_vec()));
+            writes.push(node.clone());
         }
     }
-    // Bounded concurrency: thousands of nodes at the start of a run.
-    let results: Vec<(String, Vec<NodeFault>, Result<i64>)> = futures::stream::iter(writes)
-        .map(|(node, want)| async move {
-            let result = write_node(ctx, &r.field_manager(), &node, &want).await;
-            (node, want, result)
+    let mut left: BTreeSet<String> = writes.iter().cloned().collect();
+    let manager = r.field_manager();
+    let results: Vec<(String, Result<i64>)> = futures::stream::iter(writes)
+        .enumerate()
+        // The first few always start, so every step gets somewhere.
+        .take_while(|(started, _)| {
+            std::future::ready(
+                *started < WRITES_AT_ONCE || until.is_none_or(|t| std::time::Instant::now() < t),
+            )
         })
-        .buffer_unordered(16)
+        .map(|(_, node)| node)
+        .map(|node| {
+            let want = desired.get(&node).map_or(&[][..], Vec::as_slice);
+            let manager = &manager;
+            async move {
+                let result = write_node(ctx, manager, &node, want).await;
+                (node, result)
+            }
+        })
+        .buffer_unordered(WRITES_AT_ONCE)
         .collect()
         .await;
     let mut first_error = None;
-    for (node, entries, result) in results {
+    for (node, result) in results {
+        left.remove(&node);
         match result {
             Ok(generation) => {
+                let entries = desired.get(&node).map_or(&[][..], Vec::as_slice);
+                let holding_since = (!entries.is_empty()).then(|| {
+                    written
+                        .get(&node)
+                        .and_then(|w| w.holding_since)
+                        .unwrap_or(now)
+                });
                 written.insert(
                     node,
                     Written {
-                        digest: digest(&entries),
+                        digest: digest(entries),
                         generation,
                         seen: false,
                         at: std::time::Instant::now(),
+                        holding_since,
                     },
                 );
             }
@@ -287,6 +321,6 @@ pub(crate) async fn converge(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(left),
     }
 }

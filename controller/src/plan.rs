@@ -254,12 +254,18 @@ impl ExperimentRef {
 
     /// Whether an entry id is this experiment's.
     pub(crate) fn owns(&self, id: &str) -> bool {
-        id.starts_with(&self.id_prefix())
+        self.after_prefix(id).is_some()
+    }
+
+    /// What follows this experiment's prefix in an id (without building the
+    /// prefix: this runs for every entry of every node each step).
+    fn after_prefix<'a>(&self, id: &'a str) -> Option<&'a str> {
+        id.strip_prefix(self.uid.as_str())?.strip_prefix('/')
     }
 
     /// The fault an entry id of this experiment is for.
     pub fn fault_of<'a>(&self, id: &'a str) -> Option<&'a str> {
-        let rest = id.strip_prefix(&self.id_prefix())?;
+        let rest = self.after_prefix(id)?;
         rest.rsplit_once('/').map(|(fault, _)| fault)
     }
 }

@@ -395,7 +395,15 @@ async fn unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<Action> {
     if let Some(mut live) = ctx.take_run(&r.uid) {
         live.end_spans();
     }
-    converge(ctx, &r, &BTreeMap::new(), &mut BTreeMap::new()).await?;
+    converge(
+        ctx,
+        &r,
+        &BTreeMap::new(),
+        &mut BTreeMap::new(),
+        (ctx.clock)(),
+        None,
+    )
+    .await?;
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         &r.namespace,
@@ -518,7 +526,7 @@ async fn apply(exp: &Experiment, ctx: &Context) -> Result<Action> {
             .as_mut()
             .map(|l| std::mem::take(&mut l.written))
             .unwrap_or_default();
-        if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written).await {
+        if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written, now, None).await {
             // What this run wrote is still needed to finish removing it.
             if let Some(mut live) = live {
                 live.written = written;
@@ -585,7 +593,7 @@ async fn start_or_resume(
     }
     // Whatever ended before (a restart after the end, a removal that
     // failed) must have left nothing on the nodes.
-    converge(ctx, r, &BTreeMap::new(), &mut BTreeMap::new()).await?;
+    converge(ctx, r, &BTreeMap::new(), &mut BTreeMap::new(), now, None).await?;
     let runs = previous.runs.unwrap_or(0);
     if exp.spec.schedule.is_none() {
         if phase.is_none() || phase == Some(Phase::Invalid) {
@@ -651,7 +659,7 @@ async fn ended(
     previous: &ExperimentStatus,
     now: Timestamp,
 ) -> Result<Action> {
-    if let Err(e) = converge(ctx, r, &BTreeMap::new(), &mut live.written).await {
+    if let Err(e) = converge(ctx, r, &BTreeMap::new(), &mut live.written, now, None).await {
         ctx.keep_run(&r.uid, live);
         return Err(e);
     }
@@ -768,15 +776,22 @@ async fn step(
         return Err(e);
     }
     let removals = take_away(ctx, exp, &intent.takeaways).await;
+    decide::count_removals(&mut live, removals);
+    // While the run goes on, a step writes for a bounded time and the rest
+    // waits for the next one, which comes at once; once it has ended, every
+    // entry goes now.
+    let until = (!live.run.is_finished())
+        .then(|| std::time::Instant::now() + ctx.settings.writing_per_step);
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
-    if let Err(e) = converge(ctx, r, &intent.entries, &mut live.written).await {
-        // What was taken away is counted all the same.
-        decide::conclude(&mut live, &view, removals, previous, |_| None);
-        ctx.keep_run(&r.uid, live);
-        return Err(e);
+    match converge(ctx, r, &intent.entries, &mut live.written, now, until).await {
+        Ok(left) => live.unwritten = left,
+        Err(e) => {
+            ctx.keep_run(&r.uid, live);
+            return Err(e);
+        }
     }
-    let outcome = decide::conclude(&mut live, &view, removals, previous, |started| {
+    let outcome = decide::conclude(&mut live, &view, previous, |started| {
         next_run(exp, Some(started), now)
     });
     if let Err(e) = write_status(ctx, exp, &outcome.status).await {
@@ -793,7 +808,11 @@ async fn step(
             clear_abort(ctx, exp).await;
         }
     }
-    let next = decide::next_look(&live, &ctx.settings, intent.planning, now);
+    let next = if live.unwritten.is_empty() {
+        decide::next_look(&live, &ctx.settings, intent.planning, now)
+    } else {
+        Next::After(Duration::ZERO)
+    };
     live.next_step = match next {
         Next::After(wait) => Some((std::time::Instant::now() + wait, seen(exp))),
         Next::OnChange => None,
@@ -853,13 +872,12 @@ async fn clear_abort(ctx: &Context, exp: &Experiment) {
 /// the finalizer lets it go.
 async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
     let r = experiment_ref(exp)?;
+    let now = (ctx.clock)();
     let (mut written, live) = match ctx.take_run(&r.uid) {
         Some(mut live) => {
             if !live.closed {
-                live.run.abort(
-                    elapsed(live.started_at, (ctx.clock)()),
-                    "the experiment was deleted",
-                );
+                live.run
+                    .abort(elapsed(live.started_at, now), "the experiment was deleted");
                 live.end_spans();
             }
             (std::mem::take(&mut live.written), Some(live))
@@ -870,7 +888,7 @@ async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
         .values()
         .map(|nf| nodes::ours(nf, &r).count())
         .sum();
-    if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written).await {
+    if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written, now, None).await {
         if let Some(mut live) = live {
             live.written = written;
             live.closed = true;

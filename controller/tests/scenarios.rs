@@ -30,6 +30,15 @@ struct Controller {
 
 impl Controller {
     async fn start(server: &ApiServer, clock: &Arc<Mutex<Timestamp>>) -> Controller {
+        Controller::start_with(server, clock, Settings::default().writing_per_step).await
+    }
+
+    /// With each step starting NodeFaults writes for `writing_per_step`.
+    async fn start_with(
+        server: &ApiServer,
+        clock: &Arc<Mutex<Timestamp>>,
+        writing_per_step: Duration,
+    ) -> Controller {
         // Spans get real ids (nothing is exported), so entries carry a traceparent.
         opentelemetry::global::set_tracer_provider(
             opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
@@ -52,6 +61,7 @@ impl Controller {
                 tick: Duration::from_millis(40),
                 check_every: Duration::from_millis(40),
                 max_wait: Duration::from_millis(100),
+                writing_per_step,
                 ..Settings::default()
             },
             Metrics::default(),
@@ -360,6 +370,56 @@ async fn an_abort_removes_every_entry_at_once() {
         reasons(&server).contains(&"Aborted".to_owned())
     })
     .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_writes_for_a_bounded_time_so_an_abort_does_not_wait_for_every_node() {
+    const NODES: usize = 64;
+    let server = ApiServer::new();
+    let clock = clock();
+    server.apply(namespace("shop", true));
+    for i in 0..NODES {
+        server.apply(pod(
+            &format!("payments-{i}"),
+            "shop",
+            "payments",
+            &format!("node-{i}"),
+            &format!("10.0.1.{i}"),
+        ));
+    }
+    // A busy API server: at 16 writes at once, every node's entries would
+    // take four rounds of this.
+    server.set_nodefaults_write_delay(Duration::from_millis(300));
+    let controller = Controller::start_with(&server, &clock, Duration::from_millis(1)).await;
+    let mut exp = experiment("slow", "shop", "60s", slow_payments());
+    server.apply(exp.clone());
+    let placed = |server: &ApiServer| {
+        (0..NODES)
+            .filter(|i| !ids(server, &format!("node-{i}")).is_empty())
+            .count()
+    };
+    until("the first entries", WAIT, || placed(&server) > 0).await;
+    exp["metadata"]["annotations"] = json!({"faultline.dev/abort": "stop placing"});
+    server.apply(exp);
+    until("aborted", WAIT, || {
+        status(&server, "shop", "slow")["verdict"] == "Aborted"
+    })
+    .await;
+    assert_eq!(placed(&server), 0, "every entry is gone once the run ended");
+    let nodes_given_entries: std::collections::BTreeSet<String> = nodefaults_writes(&server)
+        .into_iter()
+        .filter(|w| {
+            w.body["spec"]["faults"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        })
+        .map(|w| w.path)
+        .collect();
+    assert!(
+        nodes_given_entries.len() < NODES,
+        "the abort was taken in between the steps placing entries, not after all {NODES} nodes got theirs"
+    );
     controller.stop().await;
 }
 

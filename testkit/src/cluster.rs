@@ -1137,7 +1137,19 @@ impl ControlPlane {
     ) -> (crate::KillOnDrop, std::net::SocketAddr) {
         let log = std::fs::File::create(self.log(identity)).expect("a log file");
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
-        let child = Command::new(workspace_bin("faultline-controller"))
+        // A profiler to run it under, e.g. `heaptrack -o /tmp/controller`
+        // (FAULTLINE_CONTROLLER_WRAPPER, for the scale benchmark).
+        let wrapper = std::env::var("FAULTLINE_CONTROLLER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(workspace_bin("faultline-controller"));
+                c
+            }
+            None => Command::new(workspace_bin("faultline-controller")),
+        };
+        let child = command
             .env("KUBECONFIG", kubeconfig)
             // Only what the test says: nothing of the caller's setting.
             .env_remove("KUBERNETES_SERVICE_HOST")

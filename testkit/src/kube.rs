@@ -65,6 +65,9 @@ struct State {
     log: Vec<(u64, Key, Vec<u8>)>,
     /// Answer every call with 503 (the API server is unreachable).
     down: bool,
+    /// How long each NodeFaults write waits before it is carried out (a
+    /// busy API server).
+    nodefaults_write_delay: std::time::Duration,
 }
 
 /// The API served over loopback HTTP; stops when dropped.
@@ -230,6 +233,12 @@ impl ApiServer {
         }
     }
 
+    /// Makes every NodeFaults write wait this long before it is carried
+    /// out, as a busy API server does.
+    pub fn set_nodefaults_write_delay(&self, delay: std::time::Duration) {
+        self.state.lock().expect("state").nodefaults_write_delay = delay;
+    }
+
     /// Creates or replaces an object as a user's `kubectl apply` would.
     pub fn apply(&self, object: Value) -> Value {
         let mut s = self.state.lock().expect("state");
@@ -383,6 +392,10 @@ current-context: mock
             let (code, v) = status(404, "NotFound", &format!("no route {path}"));
             return respond(code, &v);
         };
+        let delay = self.state.lock().expect("state").nodefaults_write_delay;
+        if resource == "nodefaults" && parts.method != Method::GET && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let parsed: Value = if body.is_empty() {
             Value::Null
         } else {
