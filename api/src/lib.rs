@@ -40,7 +40,7 @@ pub use fault::{
 };
 pub use nodefaults::{
     FaultState, NodeFault, NodeFaultStatus, NodeFaults, NodeFaultsSpec, NodeFaultsStatus,
-    NodeTarget, PodRef,
+    NodeTarget, PodRef, validate_faults,
 };
 pub use topology::{Service, Topology, TopologySpec, addr_var, unknown_services};
 pub use units::{Duration, Percent, UnitError};

@@ -290,79 +290,85 @@ impl Decode for PodRef {
 
 impl NodeFaultsSpec {
     pub fn validate(&self, p: &mut Problems) {
-        let path = Path::root().key("spec").key("faults");
-        if self.faults.len() > MAX_NODE_FAULTS {
-            p.add(
-                path.clone(),
-                format!("has more than {MAX_NODE_FAULTS} faults"),
-            );
-            return;
-        }
-        unique(
-            p,
-            self.faults
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (path.index(i).key("id"), f.id.as_str())),
-            "fault id",
+        validate_faults(&self.faults, p);
+    }
+}
+
+/// The checks of [`NodeFaultsSpec::validate`] on a list of entries (one
+/// writer's share of an object, without building the object).
+pub fn validate_faults(faults: &[NodeFault], p: &mut Problems) {
+    let path = Path::root().key("spec").key("faults");
+    if faults.len() > MAX_NODE_FAULTS {
+        p.add(
+            path.clone(),
+            format!("has more than {MAX_NODE_FAULTS} faults"),
         );
-        for (i, f) in self.faults.iter().enumerate() {
-            let fp = path.index(i);
-            if let Err(e) = fault_id(&f.id) {
-                p.add(fp.key("id"), e);
-            }
-            let tp = fp.key("target");
-            match &f.target {
-                NodeTarget::Pod(pod) => {
-                    if !is_uuid(&pod.uid) {
-                        p.add(
-                            tp.key("pod").key("uid"),
-                            format!("{} is not a pod UID (a UUID)", quote(&pod.uid)),
-                        );
-                    }
-                }
-                NodeTarget::Netns(ns) => {
-                    if let Err(e) = abs_path(ns) {
-                        p.add(tp.key("netns"), e);
-                    }
-                }
-                NodeTarget::Pid(pid) => {
-                    if *pid == 0 {
-                        p.add(tp.key("pid"), "must be a process id, 1 or more");
-                    }
-                }
-                NodeTarget::Cgroup(cg) => {
-                    if let Err(e) = abs_path(cg) {
-                        p.add(tp.key("cgroup"), e);
-                    }
+        return;
+    }
+    unique(
+        p,
+        faults
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (path.index(i).key("id"), f.id.as_str())),
+        "fault id",
+    );
+    for (i, f) in faults.iter().enumerate() {
+        let fp = path.index(i);
+        if let Err(e) = fault_id(&f.id) {
+            p.add(fp.key("id"), e);
+        }
+        let tp = fp.key("target");
+        match &f.target {
+            NodeTarget::Pod(pod) => {
+                if !is_uuid(&pod.uid) {
+                    p.add(
+                        tp.key("pod").key("uid"),
+                        format!("{} is not a pod UID (a UUID)", quote(&pod.uid)),
+                    );
                 }
             }
-            if let Some(tp) = &f.traceparent
-                && !is_traceparent(tp)
-            {
-                p.add(
-                    fp.key("traceparent"),
-                    format!(
-                        "{} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
-                        quote(tp)
-                    ),
-                );
+            NodeTarget::Netns(ns) => {
+                if let Err(e) = abs_path(ns) {
+                    p.add(tp.key("netns"), e);
+                }
             }
-            let cidr_only = |peer: &str| -> Result<(), String> {
-                Err(format!(
-                    "{} is not a CIDR; NodeFaults carry resolved addresses like 10.0.0.0/8",
-                    quote(peer)
-                ))
-            };
-            f.action.validate(&fp, p, &cidr_only);
-            if let FaultAction::Kill(k) = &f.action
-                && k.method.deletes_pod()
-            {
-                p.add(
-                    fp.key("kill").key("method"),
-                    "delete and force-delete are done by the controller through the Kubernetes API; a node agent only sends signals",
-                );
+            NodeTarget::Pid(pid) => {
+                if *pid == 0 {
+                    p.add(tp.key("pid"), "must be a process id, 1 or more");
+                }
             }
+            NodeTarget::Cgroup(cg) => {
+                if let Err(e) = abs_path(cg) {
+                    p.add(tp.key("cgroup"), e);
+                }
+            }
+        }
+        if let Some(tp) = &f.traceparent
+            && !is_traceparent(tp)
+        {
+            p.add(
+                fp.key("traceparent"),
+                format!(
+                    "{} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
+                    quote(tp)
+                ),
+            );
+        }
+        let cidr_only = |peer: &str| -> Result<(), String> {
+            Err(format!(
+                "{} is not a CIDR; NodeFaults carry resolved addresses like 10.0.0.0/8",
+                quote(peer)
+            ))
+        };
+        f.action.validate(&fp, p, &cidr_only);
+        if let FaultAction::Kill(k) = &f.action
+            && k.method.deletes_pod()
+        {
+            p.add(
+                fp.key("kill").key("method"),
+                "delete and force-delete are done by the controller through the Kubernetes API; a node agent only sends signals",
+            );
         }
     }
 }

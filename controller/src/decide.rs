@@ -46,6 +46,9 @@ const CHECK_PATIENCE: Duration = Duration::from_secs(60);
 /// The cluster as one step reads it.
 pub(crate) struct View<'a> {
     pub now: Timestamp,
+    /// The same moment on the monotonic clock (this controller's writes
+    /// are timed with it).
+    pub instant: std::time::Instant,
     /// The abort annotation, when set (empty: no reason given).
     pub abort: Option<&'a str>,
     /// The spec generation the Experiment has now.
@@ -122,9 +125,14 @@ pub(crate) struct Intent {
     pub record_start: Option<ExperimentStatus>,
     /// Pods to take away.
     pub takeaways: Vec<Takeaway>,
-    /// This experiment's entries each node should hold (nodes not named
-    /// should hold none).
-    pub entries: BTreeMap<String, Vec<NodeFault>>,
+    /// The nodes to write, each with this experiment's entries it should
+    /// hold (empty: none); nodes not named hold what they should, or wait
+    /// for a later step (`more`).
+    pub writes: BTreeMap<String, Vec<NodeFault>>,
+    /// Nodes differ beyond those in `writes`.
+    pub more: bool,
+    /// Nodes the run wants holding entries.
+    pub holding: usize,
     /// How long planning took (the next look waits three times that).
     pub planning: Duration,
 }
@@ -301,19 +309,20 @@ pub(crate) fn decide(
         lease_for(view.settings.fault_lease, view.pods),
         view.now,
     );
-    let mut entries = desired_entries(view.cached, r, live, &index);
-    if let Some(why) = nodes::refused(&entries) {
-        // Refused before anything of this step is done: no pod taken either.
-        live.run.abort(elapsed, why);
-        live.run.step(elapsed, &candidates);
-        actions.clear();
-        entries = desired_entries(view.cached, r, live, &index);
-    }
+    let writes = match writes(view, r, live, &index) {
+        Ok(w) => w,
+        Err(why) => {
+            // Refused before anything of this step is done: no pod taken either.
+            live.run.abort(elapsed, why);
+            live.run.step(elapsed, &candidates);
+            actions.clear();
+            // Nothing is left to place, so nothing can be refused.
+            writes(view, r, live, &index).unwrap_or_default()
+        }
+    };
     let takeaways = takeaways(&live.run, &actions, &index);
     let recorded = previous.started_at.as_ref().map(|t| t.0) == Some(live.started_at);
-    let record_start = (!recorded
-        && (!takeaways.is_empty() || entries.values().any(|e| !e.is_empty())))
-    .then(|| {
+    let record_start = (!recorded && (!takeaways.is_empty() || writes.holding > 0)).then(|| {
         let facts = facts(live, live.targets, 0, view.failed);
         status::of_run(
             &live.run,
@@ -326,7 +335,9 @@ pub(crate) fn decide(
     Intent {
         record_start,
         takeaways,
-        entries,
+        writes: writes.nodes,
+        more: writes.more,
+        holding: writes.holding,
         planning: work.elapsed(),
     }
 }
@@ -389,7 +400,7 @@ pub(crate) fn conclude(
 
 /// The Events on what changed, each once per run; called once the status
 /// saying so is written.
-pub(crate) fn announce(live: &mut Live, entries: &BTreeMap<String, Vec<NodeFault>>) -> Vec<Note> {
+pub(crate) fn announce(live: &mut Live, holding: usize) -> Vec<Note> {
     let mut notes = Vec::new();
     let phase = live.run.phase();
     if !live.told_started && phase != Phase::Pending && !live.run.plan().is_empty() {
@@ -404,7 +415,7 @@ pub(crate) fn announce(live: &mut Live, entries: &BTreeMap<String, Vec<NodeFault
         live.told_injected = true;
         notes.push(Note::normal(
             "Injected",
-            format!("{injected} faults placed on {} nodes", entries.len()),
+            format!("{injected} faults placed on {holding} nodes"),
         ));
     }
     let verdict_now = live.run.is_finished() && !live.closed;
@@ -709,15 +720,32 @@ fn renew_lease(live: &mut Live, lease: Duration, now: Timestamp) {
     }
 }
 
-/// The entries the run wants now on each node, each fault's carrying its
-/// span's traceparent (a resumed run keeps the one its entries carry, so a
-/// restart rewrites nothing).
-fn desired_entries(
-    cached: &BTreeMap<String, Arc<NodeFaults>>,
+/// Nodes written at most per step: the entries built and held for writing
+/// are bounded too, not only the time spent writing.
+const NODES_PER_STEP: usize = 1024;
+
+/// What one step writes.
+#[derive(Debug, Default)]
+struct Writes {
+    nodes: BTreeMap<String, Vec<NodeFault>>,
+    more: bool,
+    holding: usize,
+}
+
+/// The nodes that do not hold what the run wants now (as far as the cache
+/// and this controller's last writes tell), each with the entries it
+/// should, each fault's carrying its span's traceparent (a resumed run
+/// keeps the one its entries carry, so a restart rewrites nothing). Built
+/// one node at a time and kept only for nodes to write, at most
+/// [`NODES_PER_STEP`]; `live.unwritten` names every node that differs.
+/// Err: entries of a node the API server would refuse.
+fn writes(
+    view: &View,
     r: &ExperimentRef,
     live: &mut Live,
     index: &HashMap<&str, &PodInfo>,
-) -> BTreeMap<String, Vec<NodeFault>> {
+) -> Result<Writes, String> {
+    let cached = view.cached;
     let active: BTreeSet<String> = live
         .run
         .resolved()
@@ -732,30 +760,69 @@ fn desired_entries(
             .find(|f| f.id.starts_with(&prefix))
             .and_then(|f| f.traceparent.clone())
     });
+    let traceparents: HashMap<&str, Option<String>> = active
+        .iter()
+        .map(|f| (f.as_str(), live.fault_traceparent(f).map(str::to_owned)))
+        .collect();
+    nodes::note_seen(&mut live.written, cached);
     let resolved = live.run.resolved();
-    let mut desired: BTreeMap<String, Vec<NodeFault>> = BTreeMap::new();
-    for fault in &active {
-        let of_fault: Vec<_> = resolved
-            .iter()
-            .filter(|x| &x.fault.name == fault)
-            .copied()
+    let actions = plan::agent_actions(&resolved, live.run.plan(), index);
+    let times = (live.started_at, live.lease_until);
+    let mut by_node: BTreeMap<&str, Vec<(&faultline_engine::Resolved, &PodInfo, &FaultAction)>> =
+        BTreeMap::new();
+    for x in &resolved {
+        // A pod gone since the plan: the next plan replaces it.
+        let (Some(pod), Some(Some(action))) =
+            (index.get(x.target), actions.get(x.fault.name.as_str()))
+        else {
+            continue;
+        };
+        by_node
+            .entry(pod.node.as_str())
+            .or_default()
+            .push((x, pod, action));
+    }
+    let nodes: BTreeSet<&str> = by_node
+        .keys()
+        .copied()
+        .chain(cached.keys().map(String::as_str))
+        .chain(live.written.keys().map(String::as_str))
+        .collect();
+    let mut out = Writes::default();
+    let mut unwritten = BTreeSet::new();
+    for node in nodes {
+        let mut want: Vec<NodeFault> = by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|(x, pod, action)| {
+                let tp = traceparents
+                    .get(x.fault.name.as_str())
+                    .and_then(Option::as_deref);
+                plan::entry(r, x, pod, action, times, tp)
+            })
             .collect();
-        let tp = live.fault_traceparent(fault);
-        for (node, entries) in plan::node_entries(
-            r,
-            &of_fault,
-            live.run.plan(),
-            index,
-            (live.started_at, live.lease_until),
-            tp,
-        ) {
-            desired.entry(node).or_default().extend(entries);
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(why) = nodes::refused(node, &want) {
+            return Err(why);
+        }
+        if !want.is_empty() {
+            out.holding += 1;
+        }
+        let there = cached.get(node).map(|nf| &**nf);
+        if nodes::holds(r, &want, there, live.written.get(node), view.instant) {
+            continue;
+        }
+        unwritten.insert(node.to_owned());
+        if out.nodes.len() < NODES_PER_STEP {
+            out.nodes.insert(node.to_owned(), want);
+        } else {
+            out.more = true;
         }
     }
-    for entries in desired.values_mut() {
-        entries.sort_by(|a, b| a.id.cmp(&b.id));
-    }
-    desired
+    drop(resolved);
+    live.unwritten = unwritten;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -831,7 +898,7 @@ spec:
         let mut notes = judge(live, view, Vec::new());
         let intent = decide(live, r, view, &previous);
         let outcome = conclude(live, view, &previous, |_| None);
-        notes.extend(announce(live, &intent.entries));
+        notes.extend(announce(live, intent.holding));
         Stepped {
             intent,
             outcome,
@@ -848,6 +915,7 @@ spec:
     ) -> View<'a> {
         View {
             now,
+            instant: std::time::Instant::now(),
             abort: None,
             generation: Some(1),
             settings,
@@ -874,7 +942,7 @@ spec:
             panic!(
                 "the start recorded first: {:?} {:?} {:?}",
                 live.run.phase(),
-                s.intent.entries,
+                s.intent.writes,
                 s.outcome.status
             )
         });
@@ -882,7 +950,7 @@ spec:
         assert!(s.intent.takeaways.is_empty());
         let placed: BTreeMap<&str, Vec<&str>> = s
             .intent
-            .entries
+            .writes
             .iter()
             .map(|(node, e)| (node.as_str(), e.iter().map(|f| f.id.as_str()).collect()))
             .collect();
@@ -936,7 +1004,7 @@ spec:
                 ..view(at(0), &pods, &reports, &settings, &cached)
             };
             let s = step(&mut live, &r, &v, &ExperimentStatus::default());
-            assert!(s.intent.entries.values().all(Vec::is_empty));
+            assert!(s.intent.writes.values().all(Vec::is_empty));
             assert!(s.intent.record_start.is_none(), "nothing to record");
             assert!(s.outcome.finished);
             assert_eq!(s.outcome.status.verdict, Some(Verdict::Aborted));
@@ -962,7 +1030,7 @@ spec:
         let (reports, settings, cached) = Default::default();
         let v = view(at(0), &pods, &reports, &settings, &cached);
         let s = step(&mut live, &r, &v, &ExperimentStatus::default());
-        assert!(s.intent.entries.values().all(Vec::is_empty));
+        assert!(s.intent.writes.values().all(Vec::is_empty));
         assert!(s.outcome.finished);
         let message = s.outcome.status.message.unwrap_or_default();
         assert!(message.contains("kube-system"), "{message}");
@@ -991,7 +1059,7 @@ spec:
                 .all(|t| t.method == KillMethod::Delete)
         );
         assert!(
-            intent.entries.values().all(Vec::is_empty),
+            intent.writes.values().all(Vec::is_empty),
             "nothing for agents"
         );
         let removals = vec![
@@ -1074,6 +1142,8 @@ spec:
         let v = view(at(40), &pods, &reports, &settings, &cached);
         let s = step(&mut live, &r, &v, &ExperimentStatus::default());
         assert!(!s.outcome.finished, "{:?}", s.outcome.status.message);
+        // As the executor leaves it: node-a written again, node-b not yet.
+        live.unwritten.retain(|n| n == "node-b");
 
         // 51 s after its write, node-a's agent is late; node-b's clock has
         // not started, so it is not named.
@@ -1083,5 +1153,43 @@ spec:
         let message = s.outcome.status.message.unwrap_or_default();
         assert!(message.contains("node node-a"), "{message}");
         assert!(!message.contains("node-b"), "{message}");
+    }
+
+    #[test]
+    fn a_step_builds_and_writes_a_bounded_number_of_nodes_and_skips_those_that_hold_theirs() {
+        let (exp, r) = experiment("    - {name: slow, target: web, latency: {delay: 100ms}}\n");
+        let mut live = Live::start(&r, &exp, at(0), (1, 0), Default::default());
+        let n = NODES_PER_STEP + 76;
+        let pods: Vec<_> = (0..n).map(|i| pod(i, &format!("node-{i:05}"))).collect();
+        let (reports, settings) = Default::default();
+        let cached = BTreeMap::new();
+        let v = view(at(0), &pods, &reports, &settings, &cached);
+        let s = step(&mut live, &r, &v, &ExperimentStatus::default());
+        assert_eq!(s.intent.writes.len(), NODES_PER_STEP);
+        assert!(s.intent.more, "the rest wait for the next step");
+        assert_eq!(s.intent.holding, n);
+        assert_eq!(live.unwritten.len(), n, "every node waits for its write");
+
+        // The cache shows every node holding what the run wants: nothing
+        // to write.
+        let cached: BTreeMap<String, Arc<NodeFaults>> = s
+            .intent
+            .writes
+            .into_iter()
+            .map(|(node, faults)| {
+                let mut nf = NodeFaults::new(&node, faultline_api::NodeFaultsSpec { faults });
+                nf.metadata.generation = Some(1);
+                (node, Arc::new(nf))
+            })
+            .collect();
+        let v = view(at(1), &pods, &reports, &settings, &cached);
+        let s = step(&mut live, &r, &v, &ExperimentStatus::default());
+        assert_eq!(
+            s.intent.writes.keys().collect::<Vec<_>>(),
+            live.unwritten.iter().collect::<Vec<_>>(),
+            "only the nodes not yet holding their entries"
+        );
+        assert_eq!(live.unwritten.len(), n - NODES_PER_STEP);
+        assert!(!s.intent.more);
     }
 }

@@ -137,21 +137,15 @@ pub(crate) fn failed(ctx: &Context, r: &ExperimentRef) -> u32 {
 /// What the API server would refuse of a node's entries (the NodeFaults
 /// CRD's limits: 4096 entries, 64 peers or destinations each), so a run
 /// that cannot be placed stops with the reason instead of retrying.
-pub(crate) fn refused(desired: &BTreeMap<String, Vec<NodeFault>>) -> Option<String> {
-    for (node, entries) in desired {
-        let mut problems = faultline_api::Problems::default();
-        NodeFaultsSpec {
-            faults: entries.clone(),
-        }
-        .validate(&mut problems);
-        if let Some(p) = problems.0.first() {
-            return Some(format!(
-                "the entries for node {node} cannot be written: {}: {}",
-                p.path, p.message
-            ));
-        }
-    }
-    None
+pub(crate) fn refused(node: &str, entries: &[NodeFault]) -> Option<String> {
+    let mut problems = faultline_api::Problems::default();
+    faultline_api::validate_faults(entries, &mut problems);
+    problems.0.first().map(|p| {
+        format!(
+            "the entries for node {node} cannot be written: {}: {}",
+            p.path, p.message
+        )
+    })
 }
 
 /// Writes the entries `manager` holds on one node (an empty list removes
@@ -221,57 +215,93 @@ pub(crate) async fn release_node(ctx: &Context, manager: &str, node: &str) -> Re
 /// Writes at once at most: thousands of nodes at the start of a run.
 const WRITES_AT_ONCE: usize = 16;
 
-/// Brings every node to `desired`. What a node holds now is the cached
-/// object when it has caught up with this controller's last write there
-/// (so an edit or a deletion by someone else is repaired), else that
-/// write. No write starts after `until` (a step stays short however many
-/// nodes differ, so checks and aborts are not kept waiting); the nodes
-/// left for a later step are returned. Ok means every write that started
-/// succeeded.
-pub(crate) async fn converge(
-    ctx: &Context,
-    r: &ExperimentRef,
-    desired: &BTreeMap<String, Vec<NodeFault>>,
+/// Marks the writes the cache has caught up with: an object missing from
+/// it after that was deleted.
+pub(crate) fn note_seen(
     written: &mut BTreeMap<String, Written>,
-    now: Timestamp,
-    until: Option<std::time::Instant>,
-) -> Result<BTreeSet<String>> {
-    let cached = in_store(ctx);
-    let generation = |nf: &NodeFaults| nf.metadata.generation.unwrap_or(0);
+    cached: &BTreeMap<String, Arc<NodeFaults>>,
+) {
     for (node, w) in written.iter_mut() {
         if cached
             .get(node)
-            .is_some_and(|nf| generation(nf) >= w.generation)
+            .is_some_and(|nf| nf.metadata.generation.unwrap_or(0) >= w.generation)
         {
             w.seen = true;
         }
     }
-    let nodes: BTreeSet<&String> = desired
-        .keys()
-        .chain(cached.keys())
-        .chain(written.keys())
-        .collect();
-    let mut writes = Vec::new();
-    for node in nodes {
-        let want = desired.get(node).map_or(&[][..], Vec::as_slice);
-        let in_cache = cached.get(node);
-        let same = match (written.get(node), in_cache) {
-            (Some(w), Some(nf)) if generation(nf) >= w.generation => want.iter().eq(ours(nf, r)),
-            // Seen after the write, gone since: deleted (by hand), so
-            // nothing of it is there.
-            (Some(w), None) if w.seen || w.at.elapsed() >= CACHE_LAG => want.is_empty(),
-            // The cache has not caught up: what was written is there.
-            (Some(w), _) => digest(want) == w.digest,
-            (None, Some(nf)) => want.iter().eq(ours(nf, r)),
-            (None, None) => want.is_empty(),
-        };
-        if !same {
-            writes.push(node.clone());
+}
+
+/// Whether a node holds `want` of this experiment now. What it holds is
+/// the cached object when that has caught up with this controller's last
+/// write there (so an edit or a deletion by someone else is repaired),
+/// else that write.
+pub(crate) fn holds(
+    r: &ExperimentRef,
+    want: &[NodeFault],
+    cached: Option<&NodeFaults>,
+    written: Option<&Written>,
+    now: std::time::Instant,
+) -> bool {
+    let generation = |nf: &NodeFaults| nf.metadata.generation.unwrap_or(0);
+    match (written, cached) {
+        (Some(w), Some(nf)) if generation(nf) >= w.generation => want.iter().eq(ours(nf, r)),
+        // Seen after the write, gone since: deleted (by hand), so nothing
+        // of it is there.
+        (Some(w), None) if w.seen || now.saturating_duration_since(w.at) >= CACHE_LAG => {
+            want.is_empty()
         }
+        // The cache has not caught up: what was written is there.
+        (Some(w), _) => digest(want) == w.digest,
+        (None, Some(nf)) => want.iter().eq(ours(nf, r)),
+        (None, None) => want.is_empty(),
     }
-    let mut left: BTreeSet<String> = writes.iter().cloned().collect();
+}
+
+/// Takes every entry of this experiment away, from every node that holds
+/// one or may (a write the cache has not shown yet).
+pub(crate) async fn remove_all(
+    ctx: &Context,
+    r: &ExperimentRef,
+    written: &mut BTreeMap<String, Written>,
+    now: Timestamp,
+) -> Result<()> {
+    let cached = in_store(ctx);
+    note_seen(written, &cached);
+    let instant = std::time::Instant::now();
+    let writes: BTreeMap<String, Vec<NodeFault>> = cached
+        .keys()
+        .chain(written.keys())
+        .filter(|node| {
+            !holds(
+                r,
+                &[],
+                cached.get(*node).map(|nf| &**nf),
+                written.get(*node),
+                instant,
+            )
+        })
+        .map(|node| (node.clone(), Vec::new()))
+        .collect();
+    converge(ctx, r, &writes, written, now, None).await?;
+    Ok(())
+}
+
+/// Writes each node's entries in `writes` (empty: none of this
+/// experiment's). No write starts after `until` (a step stays short however
+/// many nodes differ, so checks and aborts are not kept waiting); the
+/// nodes left for a later step are returned. Ok means every write that
+/// started succeeded.
+pub(crate) async fn converge(
+    ctx: &Context,
+    r: &ExperimentRef,
+    writes: &BTreeMap<String, Vec<NodeFault>>,
+    written: &mut BTreeMap<String, Written>,
+    now: Timestamp,
+    until: Option<std::time::Instant>,
+) -> Result<BTreeSet<String>> {
+    let mut left: BTreeSet<String> = writes.keys().cloned().collect();
     let manager = r.field_manager();
-    let results: Vec<(String, Result<i64>)> = futures::stream::iter(writes)
+    let results: Vec<(String, Result<i64>)> = futures::stream::iter(writes.keys().cloned())
         .enumerate()
         // The first few always start, so every step gets somewhere.
         .take_while(|(started, _)| {
@@ -279,9 +309,8 @@ pub(crate) async fn converge(
                 *started < WRITES_AT_ONCE || until.is_none_or(|t| std::time::Instant::now() < t),
             )
         })
-        .map(|(_, node)| node)
-        .map(|node| {
-            let want = desired.get(&node).map_or(&[][..], Vec::as_slice);
+        .map(|(_, node)| {
+            let want = writes.get(&node).map_or(&[][..], Vec::as_slice);
             let manager = &manager;
             async move {
                 let result = write_node(ctx, manager, &node, want).await;
@@ -296,7 +325,7 @@ pub(crate) async fn converge(
         left.remove(&node);
         match result {
             Ok(generation) => {
-                let entries = desired.get(&node).map_or(&[][..], Vec::as_slice);
+                let entries = writes.get(&node).map_or(&[][..], Vec::as_slice);
                 let holding_since = (!entries.is_empty()).then(|| {
                     written
                         .get(&node)

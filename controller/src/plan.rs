@@ -291,23 +291,17 @@ fn addresses(names: &[String], plan: &Plan, pods: &HashMap<&str, &PodInfo>) -> V
 /// The entries of a run on each node, sorted by id. A partition whose
 /// peers select no pod with an address yet has nothing to cut and is left
 /// out until they do; a latency `to` likewise.
-pub fn node_entries(
-    exp: &ExperimentRef,
-    resolved: &[Resolved<'_>],
+/// What each fault asks of an agent, peers and destinations resolved to
+/// addresses once for every target of the fault (None: no agent acts on
+/// it, as for pod deletions, or nothing left to act on).
+pub fn agent_actions<'a>(
+    resolved: &[Resolved<'a>],
     plan: &Plan,
     pods: &HashMap<&str, &PodInfo>,
-    (started_at, lease_until): (Timestamp, Option<Timestamp>),
-    traceparent: Option<&str>,
-) -> BTreeMap<String, Vec<NodeFault>> {
-    let mut out: BTreeMap<String, Vec<NodeFault>> = BTreeMap::new();
-    // Peers and destinations are the same for every target of a fault:
-    // resolved once per fault, not once per entry.
-    let mut actions: HashMap<&str, Option<FaultAction>> = HashMap::new();
+) -> HashMap<&'a str, Option<FaultAction>> {
+    let mut actions: HashMap<&'a str, Option<FaultAction>> = HashMap::new();
     for r in resolved {
-        let Some(pod) = pods.get(r.target) else {
-            continue; // gone since the plan: the next plan replaces it
-        };
-        let action = actions.entry(r.fault.name.as_str()).or_insert_with(|| {
+        actions.entry(r.fault.name.as_str()).or_insert_with(|| {
             match &r.fault.action {
                 FaultAction::Partition(p) => {
                     let peers = addresses(&p.peers, plan, pods);
@@ -326,32 +320,69 @@ pub fn node_entries(
                 FaultAction::Kill(k) => Some(FaultAction::Kill(k.clone())),
             }
         });
-        let Some(action) = action.clone() else {
+    }
+    actions
+}
+
+/// The entry of one fault instance on its pod's node.
+pub fn entry(
+    exp: &ExperimentRef,
+    r: &Resolved<'_>,
+    pod: &PodInfo,
+    action: &FaultAction,
+    (started_at, lease_until): (Timestamp, Option<Timestamp>),
+    traceparent: Option<&str>,
+) -> NodeFault {
+    let until = SignedDuration::try_from(r.until).unwrap_or(SignedDuration::MAX);
+    // Whole seconds, as the API stores them (rounded up: never early),
+    // so what is cached compares equal to what is wanted.
+    let expires = started_at.checked_add(until).unwrap_or(Timestamp::MAX);
+    let expires = expires
+        .round(
+            jiff::TimestampRound::new()
+                .smallest(jiff::Unit::Second)
+                .mode(jiff::RoundMode::Ceil),
+        )
+        .unwrap_or(expires);
+    // The dead-man's switch: never later than the lease the running
+    // controller keeps renewing.
+    let expires = lease_until.map_or(expires, |l| expires.min(l));
+    NodeFault {
+        id: exp.entry_id(&r.fault.name, &pod.uid),
+        target: NodeTarget::Pod(PodRef {
+            uid: pod.uid.clone(),
+        }),
+        expires_at: Time(expires),
+        traceparent: traceparent.map(str::to_owned),
+        action: action.clone(),
+    }
+}
+
+pub fn node_entries(
+    exp: &ExperimentRef,
+    resolved: &[Resolved<'_>],
+    plan: &Plan,
+    pods: &HashMap<&str, &PodInfo>,
+    times: (Timestamp, Option<Timestamp>),
+    traceparent: Option<&str>,
+) -> BTreeMap<String, Vec<NodeFault>> {
+    let actions = agent_actions(resolved, plan, pods);
+    let mut out: BTreeMap<String, Vec<NodeFault>> = BTreeMap::new();
+    for r in resolved {
+        let Some(pod) = pods.get(r.target) else {
+            continue; // gone since the plan: the next plan replaces it
+        };
+        let Some(Some(action)) = actions.get(r.fault.name.as_str()) else {
             continue;
         };
-        let until = SignedDuration::try_from(r.until).unwrap_or(SignedDuration::MAX);
-        // Whole seconds, as the API stores them (rounded up: never early),
-        // so what is cached compares equal to what is wanted.
-        let expires = started_at.checked_add(until).unwrap_or(Timestamp::MAX);
-        let expires = expires
-            .round(
-                jiff::TimestampRound::new()
-                    .smallest(jiff::Unit::Second)
-                    .mode(jiff::RoundMode::Ceil),
-            )
-            .unwrap_or(expires);
-        // The dead-man's switch: never later than the lease the running
-        // controller keeps renewing.
-        let expires = lease_until.map_or(expires, |l| expires.min(l));
-        out.entry(pod.node.clone()).or_default().push(NodeFault {
-            id: exp.entry_id(&r.fault.name, &pod.uid),
-            target: NodeTarget::Pod(PodRef {
-                uid: pod.uid.clone(),
-            }),
-            expires_at: Time(expires),
-            traceparent: traceparent.map(str::to_owned),
+        out.entry(pod.node.clone()).or_default().push(entry(
+            exp,
+            r,
+            pod,
             action,
-        });
+            times,
+            traceparent,
+        ));
     }
     for entries in out.values_mut() {
         entries.sort_by(|a, b| a.id.cmp(&b.id));

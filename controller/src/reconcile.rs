@@ -392,18 +392,15 @@ async fn unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<Action> {
         name: meta.name.clone().ok_or(Error::Malformed("name"))?,
         uid: meta.uid.clone().ok_or(Error::Malformed("uid"))?,
     };
-    if let Some(mut live) = ctx.take_run(&r.uid) {
-        live.end_spans();
-    }
-    converge(
-        ctx,
-        &r,
-        &BTreeMap::new(),
-        &mut BTreeMap::new(),
-        (ctx.clock)(),
-        None,
-    )
-    .await?;
+    // What its run wrote counts too: the cache may not show it yet.
+    let mut written = match ctx.take_run(&r.uid) {
+        Some(mut live) => {
+            live.end_spans();
+            std::mem::take(&mut live.written)
+        }
+        None => BTreeMap::new(),
+    };
+    nodes::remove_all(ctx, &r, &mut written, (ctx.clock)()).await?;
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         &r.namespace,
@@ -526,7 +523,7 @@ async fn apply(exp: &Experiment, ctx: &Context) -> Result<Action> {
             .as_mut()
             .map(|l| std::mem::take(&mut l.written))
             .unwrap_or_default();
-        if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written, now, None).await {
+        if let Err(e) = nodes::remove_all(ctx, &r, &mut written, now).await {
             // What this run wrote is still needed to finish removing it.
             if let Some(mut live) = live {
                 live.written = written;
@@ -593,7 +590,7 @@ async fn start_or_resume(
     }
     // Whatever ended before (a restart after the end, a removal that
     // failed) must have left nothing on the nodes.
-    converge(ctx, r, &BTreeMap::new(), &mut BTreeMap::new(), now, None).await?;
+    nodes::remove_all(ctx, r, &mut BTreeMap::new(), now).await?;
     let runs = previous.runs.unwrap_or(0);
     if exp.spec.schedule.is_none() {
         if phase.is_none() || phase == Some(Phase::Invalid) {
@@ -659,7 +656,7 @@ async fn ended(
     previous: &ExperimentStatus,
     now: Timestamp,
 ) -> Result<Action> {
-    if let Err(e) = converge(ctx, r, &BTreeMap::new(), &mut live.written, now, None).await {
+    if let Err(e) = nodes::remove_all(ctx, r, &mut live.written, now).await {
         ctx.keep_run(&r.uid, live);
         return Err(e);
     }
@@ -744,6 +741,7 @@ async fn step(
     let reports = nodes::reports(ctx, r, &live.written);
     let view = View {
         now,
+        instant: std::time::Instant::now(),
         abort: exp.annotations().get(ABORT_ANNOTATION).map(String::as_str),
         generation: exp.metadata.generation,
         settings: &ctx.settings,
@@ -784,13 +782,17 @@ async fn step(
         .then(|| std::time::Instant::now() + ctx.settings.writing_per_step);
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
-    match converge(ctx, r, &intent.entries, &mut live.written, now, until).await {
-        Ok(left) => live.unwritten = left,
+    let behind = match converge(ctx, r, &intent.writes, &mut live.written, now, until).await {
+        Ok(left) => {
+            live.unwritten
+                .retain(|n| left.contains(n) || !intent.writes.contains_key(n));
+            intent.more || !left.is_empty()
+        }
         Err(e) => {
             ctx.keep_run(&r.uid, live);
             return Err(e);
         }
-    }
+    };
     let outcome = decide::conclude(&mut live, &view, previous, |started| {
         next_run(exp, Some(started), now)
     });
@@ -798,7 +800,7 @@ async fn step(
         ctx.keep_run(&r.uid, live);
         return Err(e);
     }
-    let notes = decide::announce(&mut live, &intent.entries);
+    let notes = decide::announce(&mut live, intent.holding);
     tell(ctx, exp, notes).await;
     if outcome.finished {
         live.end_spans();
@@ -808,10 +810,12 @@ async fn step(
             clear_abort(ctx, exp).await;
         }
     }
-    let next = if live.unwritten.is_empty() {
-        decide::next_look(&live, &ctx.settings, intent.planning, now)
-    } else {
+    // Cut short (by time or by the nodes a step builds): go on at once. A
+    // node that differs again after its write waits for the tick.
+    let next = if behind {
         Next::After(Duration::ZERO)
+    } else {
+        decide::next_look(&live, &ctx.settings, intent.planning, now)
     };
     live.next_step = match next {
         Next::After(wait) => Some((std::time::Instant::now() + wait, seen(exp))),
@@ -888,7 +892,7 @@ async fn cleanup(exp: &Experiment, ctx: &Context) -> Result<Action> {
         .values()
         .map(|nf| nodes::ours(nf, &r).count())
         .sum();
-    if let Err(e) = converge(ctx, &r, &BTreeMap::new(), &mut written, now, None).await {
+    if let Err(e) = nodes::remove_all(ctx, &r, &mut written, now).await {
         if let Some(mut live) = live {
             live.written = written;
             live.closed = true;
