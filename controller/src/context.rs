@@ -24,11 +24,11 @@ use kube::{
 };
 
 use crate::{
+    errors::chain,
     live::Live,
     metrics::Metrics,
     observe::ObserverClient,
     pods::{Pods, SlimPod},
-    reconcile::chain,
 };
 
 /// The time, as the controller reads it (tests move it by hand).

@@ -1128,7 +1128,7 @@ spec:
         let (reports, settings, cached) = Default::default();
         let v = view(at(0), &pods, &reports, &settings, &cached);
         step(&mut live, &r, &v, &ExperimentStatus::default());
-        let wrote = |since| nodes::Written {
+        let wrote = |since| crate::live::Written {
             digest: 0,
             generation: 1,
             seen: true,

@@ -10,7 +10,20 @@ use std::time::Duration;
 
 use kube::runtime::finalizer;
 
-use crate::reconcile::Error;
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("the Kubernetes API call failed")]
+    Kube(#[source] kube::Error),
+    #[error("the experiment has no {0}")]
+    Malformed(&'static str),
+    #[error("the finalizer could not run")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) use faultline_telemetry::error_chain as chain;
 
 /// How a failure is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,29 +17,10 @@ use kube::{
 
 use crate::{
     context::Context,
+    errors::{Error, Result},
+    live::Written,
     plan::ExperimentRef,
-    reconcile::{Error, Result},
 };
-
-/// What this controller last wrote on a node for one experiment (a digest:
-/// the entries themselves are in the cache once it catches up), and the
-/// object's generation after that write: a cached object of an older
-/// generation has not caught up with the write yet.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Written {
-    pub digest: u64,
-    pub generation: i64,
-    /// The cache has shown the object at this generation or later: an
-    /// object missing from it since was deleted, not yet to arrive.
-    pub seen: bool,
-    /// When it was written: an object still missing from the cache long
-    /// after is taken as deleted too (a reconcile may not have run between
-    /// the cache catching up and a deletion; writing again is harmless).
-    pub at: std::time::Instant,
-    /// Since when the node holds entries of this experiment (kept through
-    /// rewrites): its agent's time to confirm them counts from here.
-    pub holding_since: Option<Timestamp>,
-}
 
 /// How long the cache may lag behind a write before a missing object is
 /// taken as deleted.

@@ -10,14 +10,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
-    sync::Arc,
 };
 
 use faultline_api::{ExperimentSpec, FaultAction, NodeFault, NodeTarget, PodRef, parse_cidr};
 use faultline_engine::{Candidate, Plan, Resolved};
 use jiff::{SignedDuration, Timestamp};
 
-use crate::pods::SlimPod;
 use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Time};
 
 /// The label a namespace must carry, with value `true`, before any of its
@@ -43,41 +41,6 @@ pub struct PodInfo {
     pub ips: Vec<IpAddr>,
     /// In the node's own network namespace: never a target.
     pub host_network: bool,
-}
-
-impl PodInfo {
-    /// A pod that can take a fault now: scheduled, running, not being
-    /// deleted. Others are not candidates (their successor will be).
-    pub fn from_pod(pod: &SlimPod) -> Option<PodInfo> {
-        let meta = &pod.metadata;
-        if meta.deletion_timestamp.is_some() {
-            return None;
-        }
-        if pod.status.phase.as_deref() != Some("Running") {
-            return None;
-        }
-        let node = pod.spec.node_name.clone()?;
-        let mut ips: Vec<IpAddr> = pod
-            .status
-            .pod_ips
-            .iter()
-            .filter_map(|p| p.ip.parse().ok())
-            .collect();
-        if ips.is_empty()
-            && let Some(ip) = pod.status.pod_ip.as_ref().and_then(|ip| ip.parse().ok())
-        {
-            ips.push(ip);
-        }
-        Some(PodInfo {
-            uid: meta.uid.clone()?,
-            name: meta.name.clone()?,
-            namespace: meta.namespace.clone()?,
-            labels: Arc::new(meta.labels.clone().unwrap_or_default()),
-            node,
-            ips,
-            host_network: pod.spec.host_network,
-        })
-    }
 }
 
 /// The cluster's ceilings (chart `ceilings`), which no Experiment exceeds.
@@ -401,7 +364,7 @@ mod tests {
             uid: uid.into(),
             name: format!("{app}-{}", &uid[uid.len() - 4..]),
             namespace: ns.into(),
-            labels: Arc::new([("app".to_owned(), app.to_owned())].into()),
+            labels: std::sync::Arc::new([("app".to_owned(), app.to_owned())].into()),
             node: node.into(),
             ips: vec![ip.parse().expect("ip")],
             host_network: false,

@@ -254,6 +254,42 @@ impl kube::Resource for SlimPod {
     }
 }
 
+// Here, not in `plan`: the planner knows pods only as `PodInfo`.
+impl PodInfo {
+    /// A pod that can take a fault now: scheduled, running, not being
+    /// deleted. Others are not candidates (their successor will be).
+    pub fn from_pod(pod: &SlimPod) -> Option<PodInfo> {
+        let meta = &pod.metadata;
+        if meta.deletion_timestamp.is_some() {
+            return None;
+        }
+        if pod.status.phase.as_deref() != Some("Running") {
+            return None;
+        }
+        let node = pod.spec.node_name.clone()?;
+        let mut ips: Vec<std::net::IpAddr> = pod
+            .status
+            .pod_ips
+            .iter()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty()
+            && let Some(ip) = pod.status.pod_ip.as_ref().and_then(|ip| ip.parse().ok())
+        {
+            ips.push(ip);
+        }
+        Some(PodInfo {
+            uid: meta.uid.clone()?,
+            name: meta.name.clone()?,
+            namespace: meta.namespace.clone()?,
+            labels: Arc::new(meta.labels.clone().unwrap_or_default()),
+            node,
+            ips,
+            host_network: pod.spec.host_network,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,19 +47,7 @@ pub(crate) const ABORT_ANNOTATION: &str = "faultline.dev/abort";
 pub(crate) const STATUS_MANAGER: &str = "faultline-controller";
 /// A scheduled start this late is still taken; later ones count as missed.
 const START_SLACK: SignedDuration = SignedDuration::from_secs(30);
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Error {
-    #[error("the Kubernetes API call failed")]
-    Kube(#[source] kube::Error),
-    #[error("the experiment has no {0}")]
-    Malformed(&'static str),
-    #[error("the finalizer could not run")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
-
-pub(crate) use faultline_telemetry::error_chain as chain;
+pub(crate) use crate::errors::{Error, Result, chain};
 
 /// The controller on `client` as a task, the only replica: its watches,
 /// its context and its reconciler, until `shutdown` resolves. The context

@@ -14,7 +14,7 @@ use kube::{
     api::{DeleteParams, ListParams, Preconditions},
 };
 
-use crate::{context::Context, nodes::release_node, reconcile::Error};
+use crate::{context::Context, errors::Error, nodes::release_node};
 
 /// The prefix of every experiment's field manager on NodeFaults objects.
 pub(crate) const MANAGER_PREFIX: &str = "faultline.dev/experiment-";
