@@ -39,8 +39,8 @@ pub use fault::{
     Direction, FaultAction, Kill, KillMethod, Latency, MAX_PEERS, Partition, Signal, parse_cidr,
 };
 pub use nodefaults::{
-    FaultState, NodeFault, NodeFaultStatus, NodeFaults, NodeFaultsSpec, NodeFaultsStatus,
-    NodeTarget, PodRef, validate_faults,
+    FaultState, MAX_NODE_FAULTS, NodeFault, NodeFaultStatus, NodeFaults, NodeFaultsSpec,
+    NodeFaultsStatus, NodeTarget, PodRef, validate_faults,
 };
 pub use topology::{Service, Topology, TopologySpec, addr_var, unknown_services};
 pub use units::{Duration, Percent, UnitError};

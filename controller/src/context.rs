@@ -54,8 +54,8 @@ pub struct Settings {
     /// no longer exist, empty NodeFaults objects).
     pub sweep_every: Duration,
     /// How long one step of a run goes on starting NodeFaults writes (a few
-    /// always start); the rest wait for the next step, which follows at
-    /// once. Keeps a step short at thousands of nodes, so checks and aborts
+    /// always start; longer when deciding took longer); the rest wait for
+    /// the next step, which follows at once. Keeps a step short at thousands of nodes, so checks and aborts
     /// are not kept waiting behind the writes.
     pub writing_per_step: Duration,
     /// The cluster's ceilings on pods per run and share of a target

@@ -766,8 +766,10 @@ async fn step(
     // While the run goes on, a step writes for a bounded time and the rest
     // waits for the next one, which comes at once; once it has ended, every
     // entry goes now.
+    // At least as long as deciding took: at 150 000 pods that is about a
+    // second, and writes would otherwise get a third of the time.
     let until = (!live.run.is_finished())
-        .then(|| std::time::Instant::now() + ctx.settings.writing_per_step);
+        .then(|| std::time::Instant::now() + ctx.settings.writing_per_step.max(intent.planning));
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
     let behind = match converge(ctx, r, &intent.writes, &mut live.written, now, until).await {
