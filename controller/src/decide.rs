@@ -634,14 +634,18 @@ fn break_overdue(
         .unwrap_or_else(faultline_api::default_confirm_timeout);
     // An agent's time to confirm counts from when its node got the entry:
     // at thousands of nodes the writes take longer than the timeout.
+    // A node whose writes keep failing holds no clock back for longer than
+    // the timeout from its first try.
+    let within = |since: Timestamp| crate::live::elapsed(since, now) <= timeout.as_std();
     let waiting_for_write = |i: &faultline_engine::Instance| {
         index.get(i.target.as_str()).is_some_and(|pod| {
-            live.unwritten.contains(&pod.node)
+            (live.unwritten.contains(&pod.node)
+                && live.write_tried.get(&pod.node).is_none_or(|t| within(*t)))
                 || live
                     .written
                     .get(&pod.node)
                     .and_then(|w| w.holding_since)
-                    .is_some_and(|since| crate::live::elapsed(since, now) <= timeout.as_std())
+                    .is_some_and(within)
         })
     };
     let overdue: Vec<_> = live
@@ -737,7 +741,8 @@ struct Writes {
 /// should, each fault's carrying its span's traceparent (a resumed run
 /// keeps the one its entries carry, so a restart rewrites nothing). Built
 /// one node at a time and kept only for nodes to write, at most
-/// [`NODES_PER_STEP`]; `live.unwritten` names every node that differs.
+/// [`NODES_PER_STEP`] while the run goes on (all once it has ended);
+/// `live.unwritten` names every node that differs.
 /// Err: entries of a node the API server would refuse.
 fn writes(
     view: &View,
@@ -788,6 +793,7 @@ fn writes(
         .chain(cached.keys().map(String::as_str))
         .chain(live.written.keys().map(String::as_str))
         .collect();
+    let finished = live.run.is_finished();
     let mut out = Writes::default();
     let mut unwritten = BTreeSet::new();
     for node in nodes {
@@ -811,7 +817,9 @@ fn writes(
             continue;
         }
         unwritten.insert(node.to_owned());
-        if out.nodes.len() < NODES_PER_STEP {
+        // An ended run takes every entry away at once: its status may say
+        // it ended only after.
+        if out.nodes.len() < NODES_PER_STEP || finished {
             // Checked before it is written (what a node holds already
             // passed): 150 000 entries each step would cost more than the
             // rest of the step.
@@ -1137,6 +1145,7 @@ spec:
             seen: true,
             at: std::time::Instant::now(),
             holding_since: Some(since),
+            ids: 0,
         };
         // node-a got its entries 20 s in, node-b is still waiting for its
         // write: 40 s in, neither agent is late (the timeout is 30 s).
@@ -1156,6 +1165,56 @@ spec:
         let message = s.outcome.status.message.unwrap_or_default();
         assert!(message.contains("node node-a"), "{message}");
         assert!(!message.contains("node-b"), "{message}");
+    }
+
+    #[test]
+    fn a_node_whose_writes_keep_failing_holds_no_clock_back_past_the_timeout() {
+        let (exp, r) = experiment("    - {name: slow, target: web, latency: {delay: 100ms}}\n");
+        let mut live = Live::start(&r, &exp, at(0), (1, 0), Default::default());
+        let pods = [pod(1, "node-a")];
+        let (reports, settings, cached) = Default::default();
+        let v = view(at(0), &pods, &reports, &settings, &cached);
+        step(&mut live, &r, &v, &ExperimentStatus::default());
+        // Tried at 1 s, refused ever since.
+        live.write_tried.insert("node-a".into(), at(1));
+        let v = view(at(20), &pods, &reports, &settings, &cached);
+        let s = step(&mut live, &r, &v, &ExperimentStatus::default());
+        assert!(!s.outcome.finished, "{:?}", s.outcome.status.message);
+        assert!(live.unwritten.contains("node-a"));
+        let v = view(at(32), &pods, &reports, &settings, &cached);
+        let s = step(&mut live, &r, &v, &ExperimentStatus::default());
+        assert!(s.outcome.finished, "broken 31 s after the first try");
+        assert_eq!(s.outcome.status.verdict, Some(Verdict::Broken));
+    }
+
+    #[test]
+    fn an_ended_run_takes_entries_off_every_node_in_one_step() {
+        let (exp, r) = experiment("    - {name: slow, target: web, latency: {delay: 100ms}}\n");
+        let mut live = Live::start(&r, &exp, at(0), (1, 0), Default::default());
+        let n = NODES_PER_STEP + 10;
+        let pods: Vec<_> = (0..n).map(|i| pod(i, &format!("node-{i:05}"))).collect();
+        let (reports, settings) = Default::default();
+        let mut cached: BTreeMap<String, Arc<NodeFaults>> = BTreeMap::new();
+        // Two steps place every node's entries; the cache then shows them.
+        for t in 0..2 {
+            let v = view(at(t), &pods, &reports, &settings, &cached);
+            let s = step(&mut live, &r, &v, &ExperimentStatus::default());
+            for (node, faults) in s.intent.writes {
+                let mut nf = NodeFaults::new(&node, faultline_api::NodeFaultsSpec { faults });
+                nf.metadata.generation = Some(1);
+                cached.insert(node, Arc::new(nf));
+            }
+        }
+        assert_eq!(cached.len(), n);
+        let v = View {
+            abort: Some("stop"),
+            ..view(at(3), &pods, &reports, &settings, &cached)
+        };
+        let s = step(&mut live, &r, &v, &ExperimentStatus::default());
+        assert!(s.outcome.finished);
+        assert_eq!(s.intent.writes.len(), n, "every node at once");
+        assert!(s.intent.writes.values().all(Vec::is_empty));
+        assert!(!s.intent.more);
     }
 
     #[test]

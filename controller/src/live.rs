@@ -45,6 +45,9 @@ pub(crate) struct Live {
     /// Nodes whose entries the last step left for a later one (a step
     /// writes for a bounded time): their agents' clocks have not started.
     pub unwritten: BTreeSet<String>,
+    /// Per node still to be written, when this run first tried: a node
+    /// whose writes keep failing stops holding its agent's clock back.
+    pub write_tried: BTreeMap<String, Timestamp>,
     pub told_injected: bool,
     /// The Started and Aborted Events went out (once per run, even when the
     /// step that got there failed to write its status).
@@ -155,6 +158,7 @@ impl Live {
             fault_spans: BTreeMap::new(),
             written: BTreeMap::new(),
             unwritten: BTreeSet::new(),
+            write_tried: BTreeMap::new(),
             told_injected: false,
             told_started: false,
             told_aborted: false,
@@ -204,6 +208,7 @@ impl Live {
             fault_spans: BTreeMap::new(),
             written: BTreeMap::new(),
             unwritten: BTreeSet::new(),
+            write_tried: BTreeMap::new(),
             told_injected: status.injected.unwrap_or(0) > 0,
             // A resumed run was started (and, if recovering, aborted) by
             // the controller before: it told them then.
@@ -318,7 +323,10 @@ pub(crate) struct Written {
     /// after is taken as deleted too (a reconcile may not have run between
     /// the cache catching up and a deletion; writing again is harmless).
     pub at: std::time::Instant,
-    /// Since when the node holds entries of this experiment (kept through
-    /// rewrites): its agent's time to confirm them counts from here.
+    /// Since when the node holds these entries (kept through rewrites that
+    /// only renew them, moved by one that adds an entry): its agent's time
+    /// to confirm them counts from here.
     pub holding_since: Option<Timestamp>,
+    /// A digest of the entry ids written, to tell a renewal from a change.
+    pub ids: u64,
 }

@@ -281,15 +281,44 @@ pub(crate) async fn remove_all(
         })
         .map(|node| (node.clone(), Vec::new()))
         .collect();
-    converge(ctx, r, &writes, written, now, None).await?;
-    Ok(())
+    converge(ctx, r, &writes, written, now, None).await.1
+}
+
+/// Since when a node holds its entries after a write of `entries` whose
+/// ids digest to `ids`: as before when it held the same ids (a renewal),
+/// else from now (a new entry's agent gets its whole confirmTimeout).
+pub(crate) fn holding_since(
+    before: Option<&Written>,
+    entries: &[NodeFault],
+    ids: u64,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    if entries.is_empty() {
+        return None;
+    }
+    Some(
+        before
+            .filter(|w| w.ids == ids)
+            .and_then(|w| w.holding_since)
+            .unwrap_or(now),
+    )
+}
+
+/// A digest of entries' ids.
+fn ids_digest(entries: &[NodeFault]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for e in entries {
+        e.id.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Writes each node's entries in `writes` (empty: none of this
 /// experiment's). No write starts after `until` (a step stays short however
 /// many nodes differ, so checks and aborts are not kept waiting); the
-/// nodes left for a later step are returned. Ok means every write that
-/// started succeeded.
+/// nodes not started are returned, with Ok when every write that started
+/// succeeded.
 pub(crate) async fn converge(
     ctx: &Context,
     r: &ExperimentRef,
@@ -297,7 +326,7 @@ pub(crate) async fn converge(
     written: &mut BTreeMap<String, Written>,
     now: Timestamp,
     until: Option<std::time::Instant>,
-) -> Result<BTreeSet<String>> {
+) -> (BTreeSet<String>, Result<()>) {
     let mut left: BTreeSet<String> = writes.keys().cloned().collect();
     let manager = r.field_manager();
     let results: Vec<(String, Result<i64>)> = futures::stream::iter(writes.keys().cloned())
@@ -325,12 +354,8 @@ pub(crate) async fn converge(
         match result {
             Ok(generation) => {
                 let entries = writes.get(&node).map_or(&[][..], Vec::as_slice);
-                let holding_since = (!entries.is_empty()).then(|| {
-                    written
-                        .get(&node)
-                        .and_then(|w| w.holding_since)
-                        .unwrap_or(now)
-                });
+                let ids = ids_digest(entries);
+                let holding_since = holding_since(written.get(&node), entries, ids, now);
                 written.insert(
                     node,
                     Written {
@@ -339,6 +364,7 @@ pub(crate) async fn converge(
                         seen: false,
                         at: std::time::Instant::now(),
                         holding_since,
+                        ids,
                     },
                 );
             }
@@ -347,8 +373,57 @@ pub(crate) async fn converge(
             }
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(left),
+    (
+        left,
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> NodeFault {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "target": {"pod": {"uid": "00000000-0000-4000-8000-000000000001"}},
+            "expiresAt": "2030-01-01T00:00:00Z",
+            "latency": {"delay": "100ms"},
+        }))
+        .expect("an entry")
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_agents_clock_and_a_new_entry_restarts_it() {
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("a time");
+        let one = [entry("u/slow/a")];
+        let two = [entry("u/slow/a"), entry("u/slow/b")];
+        let first = holding_since(None, &one, ids_digest(&one), t(0));
+        assert_eq!(first, Some(t(0)));
+        let before = Written {
+            digest: digest(&one),
+            generation: 1,
+            seen: true,
+            at: std::time::Instant::now(),
+            holding_since: first,
+            ids: ids_digest(&one),
+        };
+        assert_eq!(
+            holding_since(Some(&before), &one, ids_digest(&one), t(250)),
+            Some(t(0)),
+            "the same entries renewed"
+        );
+        assert_eq!(
+            holding_since(Some(&before), &two, ids_digest(&two), t(250)),
+            Some(t(250)),
+            "an entry added"
+        );
+        assert_eq!(
+            holding_since(Some(&before), &[], ids_digest(&[]), t(250)),
+            None
+        );
     }
 }

@@ -256,9 +256,6 @@ fn addresses(names: &[String], plan: &Plan, pods: &HashMap<&str, &PodInfo>) -> V
     out.into_iter().collect()
 }
 
-/// The entries of a run on each node, sorted by id. A partition whose
-/// peers select no pod with an address yet has nothing to cut and is left
-/// out until they do; a latency `to` likewise.
 /// What each fault asks of an agent, peers and destinations resolved to
 /// addresses once for every target of the fault (None: no agent acts on
 /// it, as for pod deletions, or nothing left to act on).
@@ -326,6 +323,9 @@ pub fn entry(
     }
 }
 
+/// The entries of a run on each node, sorted by id. A partition whose
+/// peers select no pod with an address yet has nothing to cut and is left
+/// out until they do; a latency `to` likewise.
 pub fn node_entries(
     exp: &ExperimentRef,
     resolved: &[Resolved<'_>],

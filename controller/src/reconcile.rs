@@ -381,14 +381,23 @@ async fn unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<Action> {
         uid: meta.uid.clone().ok_or(Error::Malformed("uid"))?,
     };
     // What its run wrote counts too: the cache may not show it yet.
-    let mut written = match ctx.take_run(&r.uid) {
-        Some(mut live) => {
+    let mut live = ctx.take_run(&r.uid);
+    let mut written = match live.as_mut() {
+        Some(live) => {
             live.end_spans();
+            live.closed = true;
             std::mem::take(&mut live.written)
         }
         None => BTreeMap::new(),
     };
-    nodes::remove_all(ctx, &r, &mut written, (ctx.clock)()).await?;
+    if let Err(e) = nodes::remove_all(ctx, &r, &mut written, (ctx.clock)()).await {
+        // Kept for the retry, with what it wrote.
+        if let Some(mut live) = live {
+            live.written = written;
+            ctx.keep_run(&r.uid, live);
+        }
+        return Err(e);
+    }
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         &r.namespace,
@@ -772,17 +781,25 @@ async fn step(
         .then(|| std::time::Instant::now() + ctx.settings.writing_per_step.max(intent.planning));
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
-    let behind = match converge(ctx, r, &intent.writes, &mut live.written, now, until).await {
-        Ok(left) => {
-            live.unwritten
-                .retain(|n| left.contains(n) || !intent.writes.contains_key(n));
-            intent.more || !left.is_empty()
-        }
-        Err(e) => {
-            ctx.keep_run(&r.uid, live);
-            return Err(e);
-        }
-    };
+    let (left, written) = converge(ctx, r, &intent.writes, &mut live.written, now, until).await;
+    for node in intent.writes.keys().filter(|n| !left.contains(*n)) {
+        live.write_tried.entry(node.clone()).or_insert(now);
+    }
+    if let Err(e) = written {
+        ctx.keep_run(&r.uid, live);
+        return Err(e);
+    }
+    live.unwritten
+        .retain(|n| left.contains(n) || !intent.writes.contains_key(n));
+    let unwritten = &live.unwritten;
+    live.write_tried.retain(|n, _| unwritten.contains(n));
+    let behind = intent.more || !left.is_empty();
+    if behind && live.run.is_finished() {
+        // Never so (an ended run's writes are neither bounded nor cut
+        // short), but if it were, the end must wait for every removal.
+        ctx.keep_run(&r.uid, live);
+        return Ok(Action::requeue(Duration::ZERO));
+    }
     let outcome = decide::conclude(&mut live, &view, previous, |started| {
         next_run(exp, Some(started), now)
     });
