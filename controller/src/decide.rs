@@ -998,6 +998,18 @@ spec:
         assert!(s.notes.is_empty(), "{:?}", s.notes);
     }
 
+    /// The cache once it shows a step's writes.
+    fn as_cached(writes: BTreeMap<String, Vec<NodeFault>>) -> BTreeMap<String, Arc<NodeFaults>> {
+        writes
+            .into_iter()
+            .map(|(node, faults)| {
+                let mut nf = NodeFaults::new(&node, faultline_api::NodeFaultsSpec { faults });
+                nf.metadata.generation = Some(1);
+                (node, Arc::new(nf))
+            })
+            .collect()
+    }
+
     fn decide_next(live: &Live, settings: &Settings) -> Next {
         next_look(live, settings, Duration::ZERO, at(0))
     }
@@ -1199,11 +1211,7 @@ spec:
         for t in 0..2 {
             let v = view(at(t), &pods, &reports, &settings, &cached);
             let s = step(&mut live, &r, &v, &ExperimentStatus::default());
-            for (node, faults) in s.intent.writes {
-                let mut nf = NodeFaults::new(&node, faultline_api::NodeFaultsSpec { faults });
-                nf.metadata.generation = Some(1);
-                cached.insert(node, Arc::new(nf));
-            }
+            cached.extend(as_cached(s.intent.writes));
         }
         assert_eq!(cached.len(), n);
         let v = View {
@@ -1234,16 +1242,7 @@ spec:
 
         // The cache shows every node holding what the run wants: nothing
         // to write.
-        let cached: BTreeMap<String, Arc<NodeFaults>> = s
-            .intent
-            .writes
-            .into_iter()
-            .map(|(node, faults)| {
-                let mut nf = NodeFaults::new(&node, faultline_api::NodeFaultsSpec { faults });
-                nf.metadata.generation = Some(1);
-                (node, Arc::new(nf))
-            })
-            .collect();
+        let cached = as_cached(s.intent.writes);
         let v = view(at(1), &pods, &reports, &settings, &cached);
         let s = step(&mut live, &r, &v, &ExperimentStatus::default());
         assert_eq!(

@@ -644,19 +644,26 @@ async fn a_delete_kill_evicts_pods_through_the_api_each_period() {
     controller.stop().await;
 }
 
-#[tokio::test]
-async fn a_scheduled_experiment_runs_at_its_start_times_and_counts_missed_ones() {
-    let server = ApiServer::new();
-    let clock = clock(); // 10:00:00
-    let (p1, _, _) = shop(&server);
-    let controller = Controller::start(&server, &clock).await;
+/// The shop with `nightly`, every 5 minutes, waiting for its first start
+/// at 10:05; with the first payments pod's uid.
+async fn nightly(server: &ApiServer, clock: &Arc<Mutex<Timestamp>>) -> (String, Controller) {
+    let (p1, _, _) = shop(server);
+    let controller = Controller::start(server, clock).await;
     let mut exp = experiment("nightly", "shop", "30s", slow_payments());
     exp["spec"]["schedule"] = json!("*/5 * * * *");
     server.apply(exp);
     until("the next start time", WAIT, || {
-        status(&server, "shop", "nightly")["nextRunAt"] == "2026-03-01T10:05:00Z"
+        status(server, "shop", "nightly")["nextRunAt"] == "2026-03-01T10:05:00Z"
     })
     .await;
+    (p1, controller)
+}
+
+#[tokio::test]
+async fn a_scheduled_experiment_runs_at_its_start_times_and_counts_missed_ones() {
+    let server = ApiServer::new();
+    let clock = clock(); // 10:00:00
+    let (p1, controller) = nightly(&server, &clock).await;
     assert!(
         server.list("NodeFaults").is_empty(),
         "nothing before the start time"
@@ -701,15 +708,7 @@ async fn a_scheduled_experiment_runs_at_its_start_times_and_counts_missed_ones()
 async fn between_runs_the_status_holds_the_schedule_and_an_edit_moves_the_next_start() {
     let server = ApiServer::new();
     let clock = clock(); // 10:00:00
-    let (p1, _, _) = shop(&server);
-    let controller = Controller::start(&server, &clock).await;
-    let mut exp = experiment("nightly", "shop", "30s", slow_payments());
-    exp["spec"]["schedule"] = json!("*/5 * * * *");
-    server.apply(exp);
-    until("the next start time", WAIT, || {
-        status(&server, "shop", "nightly")["nextRunAt"] == "2026-03-01T10:05:00Z"
-    })
-    .await;
+    let (p1, controller) = nightly(&server, &clock).await;
     advance(&clock, 300); // 10:05:00
     until("the first run", WAIT, || {
         ids(&server, "node-a") == [format!("shop/nightly/slow/{p1}")]
@@ -746,15 +745,7 @@ async fn between_runs_the_status_holds_the_schedule_and_an_edit_moves_the_next_s
 async fn an_abort_left_between_runs_does_not_stop_the_next_one() {
     let server = ApiServer::new();
     let clock = clock(); // 10:00:00
-    let (p1, _, _) = shop(&server);
-    let controller = Controller::start(&server, &clock).await;
-    let mut exp = experiment("nightly", "shop", "30s", slow_payments());
-    exp["spec"]["schedule"] = json!("*/5 * * * *");
-    server.apply(exp);
-    until("the next start time", WAIT, || {
-        status(&server, "shop", "nightly")["nextRunAt"] == "2026-03-01T10:05:00Z"
-    })
-    .await;
+    let (p1, controller) = nightly(&server, &clock).await;
     // Aborted while nothing runs: there is nothing to stop.
     let mut object = server
         .get("Experiment", Some("shop"), "nightly")
