@@ -135,7 +135,12 @@ pub fn run_local(path: &Path, topology: &Path, seed: u64, output: Output) -> Exi
         .faults
         .iter()
         .map(|f| {
-            let mut services = chosen.get(&f.target).cloned().unwrap_or_default();
+            let mut services: Vec<String> = chosen
+                .get(&f.target)
+                .into_iter()
+                .flatten()
+                .map(|s| s.to_string())
+                .collect();
             services.sort();
             PlannedFault {
                 name: f.name.clone(),
@@ -275,7 +280,7 @@ async fn planned(
         }
     }
     let cands = candidates(&spec, &own, &infos);
-    let index: HashMap<&str, &PodInfo> = infos.iter().map(|p| (p.uid.as_str(), p)).collect();
+    let index: HashMap<&str, &PodInfo> = infos.iter().map(|p| (&*p.uid, p)).collect();
     let (chosen, selection_ok) = match plan(&spec, &own, &cands, seed(&uid, runs)) {
         Ok(p) => (p, true),
         Err(e) => {
@@ -315,7 +320,7 @@ async fn planned(
             && k.method.deletes_pod()
         {
             for uid in chosen.get(&f.target).into_iter().flatten() {
-                let node = index.get(uid.as_str()).map_or("?", |p| p.node.as_str());
+                let node = index.get(&**uid).map_or("?", |p| &*p.node);
                 let how = if k.method == KillMethod::ForceDelete {
                     "deleted by the controller (past PodDisruptionBudgets)"
                 } else {

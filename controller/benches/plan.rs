@@ -39,9 +39,9 @@ spec:
     let namespaces = ["shop", "prod", "other"];
     let pods: Vec<PodInfo> = (0..PODS)
         .map(|i| PodInfo {
-            uid: format!("{:08x}-0000-4000-8000-{:012x}", i, i),
+            uid: format!("{:08x}-0000-4000-8000-{:012x}", i, i).into(),
             name: format!("pod-{i}"),
-            namespace: namespaces[i % 3].to_owned(),
+            namespace: namespaces[i % 3].into(),
             labels: std::sync::Arc::new(
                 [
                     (
@@ -52,7 +52,7 @@ spec:
                 ]
                 .into(),
             ),
-            node: format!("node-{}", i % NODES),
+            node: format!("node-{}", i % NODES).into(),
             ips: vec![std::net::IpAddr::from([
                 10,
                 (i >> 16) as u8,
@@ -67,7 +67,7 @@ spec:
         name: "wide".into(),
         uid: "5d1f6f0e-0000-4000-8000-000000000001".into(),
     };
-    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (&*p.uid, p)).collect();
     let started = jiff::Timestamp::now();
     let mut times = Vec::new();
     let mut stages = [Duration::ZERO; 3];

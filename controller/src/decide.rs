@@ -64,7 +64,7 @@ pub(crate) struct View<'a> {
     /// The NodeFaults objects as cached, by node.
     pub cached: &'a BTreeMap<String, Arc<NodeFaults>>,
     /// What the agents say of this experiment's entries.
-    pub reports: &'a nodes::Reports,
+    pub reports: &'a nodes::Reports<'a>,
     /// This experiment's entries its agents report as failed.
     pub failed: u32,
 }
@@ -286,7 +286,7 @@ pub(crate) fn decide(
     let elapsed = elapsed(live.started_at, view.now);
     let spec = live.run.shared_spec();
     let candidates = plan::candidates(&spec, &r.namespace, view.pods.iter().map(|p| &**p));
-    let index: HashMap<&str, &PodInfo> = view.pods.iter().map(|p| (p.uid.as_str(), &**p)).collect();
+    let index: HashMap<&str, &PodInfo> = view.pods.iter().map(|p| (&*p.uid, &**p)).collect();
     // Before stepping, so a run that breaks here loses its faults this turn;
     // after it too, so instances a resumed run takes up again count as
     // confirmed at once when their agents already say so.
@@ -368,7 +368,7 @@ pub(crate) fn conclude(
     // Pods that faults act on (a target only named as peers is not one).
     let targets = {
         let plan = live.run.plan();
-        let all: BTreeSet<&String> = live
+        let all: BTreeSet<&faultline_engine::TargetId> = live
             .run
             .spec()
             .faults
@@ -510,7 +510,7 @@ const RENEWALS_PER_SECOND: u64 = 20;
 fn lease_for(lease: Duration, pods: &[Arc<PodInfo>]) -> Duration {
     let nodes = pods
         .iter()
-        .map(|p| p.node.as_str())
+        .map(|p| &*p.node)
         .collect::<std::collections::HashSet<_>>()
         .len() as u64;
     lease.max(Duration::from_secs(nodes * 2 / RENEWALS_PER_SECOND))
@@ -540,14 +540,14 @@ fn takeaways(
                 return None;
             };
             let method = run.spec().faults.iter().find_map(|f| match &f.action {
-                FaultAction::Kill(k) if f.name == instance.fault && k.method.deletes_pod() => {
+                FaultAction::Kill(k) if *f.name == *instance.fault && k.method.deletes_pod() => {
                     Some(k.method)
                 }
                 _ => None,
             })?;
-            let pod = *pods.get(instance.target.as_str())?;
+            let pod = *pods.get(&*instance.target)?;
             Some(Takeaway {
-                fault: instance.fault.clone(),
+                fault: instance.fault.to_string(),
                 method,
                 pod: pod.clone(),
             })
@@ -558,10 +558,14 @@ fn takeaways(
 /// Each fault's effect: the sum over its entries of the largest count
 /// each entry's agent reported, or the pods this controller deleted. A
 /// fault no agent counted anything for has none (not zero).
-fn record_effects(r: &ExperimentRef, live: &mut Live, reports: &nodes::Reports) {
+fn record_effects(r: &ExperimentRef, live: &mut Live, reports: &nodes::Reports<'_>) {
     for (id, n) in &reports.effects {
-        let e = live.entry_effects.entry(id.clone()).or_default();
-        *e = (*e).max(*n);
+        match live.entry_effects.get_mut(*id) {
+            Some(e) => *e = (*e).max(*n),
+            None => {
+                live.entry_effects.insert((*id).to_owned(), *n);
+            }
+        }
     }
     let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
     for (id, n) in &live.entry_effects {
@@ -596,7 +600,7 @@ fn confirm(
     r: &ExperimentRef,
     live: &mut Live,
     index: &HashMap<&str, &PodInfo>,
-    reports: &nodes::Reports,
+    reports: &nodes::Reports<'_>,
     elapsed: Duration,
 ) {
     let deletes: BTreeSet<String> = live
@@ -608,10 +612,12 @@ fn confirm(
         .map(|f| f.name.clone())
         .collect();
     live.run.confirm(elapsed, |i| {
-        if deletes.contains(&i.fault) {
-            !index.contains_key(i.target.as_str())
+        if deletes.contains(&*i.fault) {
+            !index.contains_key(&*i.target)
         } else {
-            reports.applied.contains(&r.entry_id(&i.fault, &i.target))
+            reports
+                .applied
+                .contains(r.entry_id(&i.fault, &i.target).as_str())
         }
     });
 }
@@ -623,7 +629,7 @@ fn break_overdue(
     r: &ExperimentRef,
     live: &mut Live,
     index: &HashMap<&str, &PodInfo>,
-    reports: &nodes::Reports,
+    reports: &nodes::Reports<'_>,
     elapsed: Duration,
     now: Timestamp,
 ) {
@@ -638,12 +644,12 @@ fn break_overdue(
     // the timeout from its first try.
     let within = |since: Timestamp| crate::live::elapsed(since, now) <= timeout.as_std();
     let waiting_for_write = |i: &faultline_engine::Instance| {
-        index.get(i.target.as_str()).is_some_and(|pod| {
-            (live.unwritten.contains(&pod.node)
-                && live.write_tried.get(&pod.node).is_none_or(|t| within(*t)))
+        index.get(&*i.target).is_some_and(|pod| {
+            (live.unwritten.contains(&*pod.node)
+                && live.write_tried.get(&*pod.node).is_none_or(|t| within(*t)))
                 || live
                     .written
-                    .get(&pod.node)
+                    .get(&*pod.node)
                     .and_then(|w| w.holding_since)
                     .is_some_and(within)
         })
@@ -662,20 +668,20 @@ fn break_overdue(
     let mut nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for i in &overdue {
         let id = r.entry_id(&i.fault, &i.target);
-        let (node, why) = match (index.get(i.target.as_str()), reports.failed.get(&id)) {
-            (Some(pod), _) if live.refused_pods.contains_key(&i.target) => {
-                (pod.node.clone(), live.refused_pods[&i.target].clone())
+        let (node, why) = match (index.get(&*i.target), reports.failed.get(id.as_str())) {
+            (Some(pod), _) if live.refused_pods.contains_key(&*i.target) => {
+                (pod.node.to_string(), live.refused_pods[&*i.target].clone())
             }
-            (Some(pod), Some(reason)) => (pod.node.clone(), format!("failed: {reason}")),
+            (Some(pod), Some(reason)) => (pod.node.to_string(), format!("failed: {reason}")),
             (Some(pod), None)
                 if cached
-                    .get(&pod.node)
+                    .get(&*pod.node)
                     .is_some_and(|nf| nf.spec.faults.iter().any(|e| e.id == id)) =>
             {
-                (pod.node.clone(), "no answer from its agent".to_owned())
+                (pod.node.to_string(), "no answer from its agent".to_owned())
             }
             (Some(pod), None) => (
-                pod.node.clone(),
+                pod.node.to_string(),
                 format!("nothing to apply for {}", i.fault),
             ),
             (None, _) => ("(unknown)".to_owned(), format!("pod {} is gone", i.target)),
@@ -783,7 +789,7 @@ fn writes(
             continue;
         };
         by_node
-            .entry(pod.node.as_str())
+            .entry(&*pod.node)
             .or_default()
             .push((x, pod, action));
     }
@@ -873,7 +879,7 @@ spec:
 
     fn pod(i: usize, node: &str) -> Arc<PodInfo> {
         Arc::new(PodInfo {
-            uid: uid(i),
+            uid: uid(i).into(),
             name: format!("web-{i}"),
             namespace: "shop".into(),
             labels: Arc::new(BTreeMap::from([("app".into(), "web".into())])),
@@ -920,7 +926,7 @@ spec:
     fn view<'a>(
         now: Timestamp,
         pods: &'a [Arc<PodInfo>],
-        reports: &'a nodes::Reports,
+        reports: &'a nodes::Reports<'a>,
         settings: &'a Settings,
         cached: &'a BTreeMap<String, Arc<NodeFaults>>,
     ) -> View<'a> {
@@ -985,7 +991,7 @@ spec:
 
         // The agents confirm: injected, said once.
         let reports = nodes::Reports {
-            applied: placed.values().flatten().map(|s| (*s).to_owned()).collect(),
+            applied: placed.values().flatten().copied().collect(),
             ..Default::default()
         };
         let v = view(at(2), &pods, &reports, &settings, &cached);
@@ -1073,7 +1079,11 @@ spec:
             intent.record_start.is_some(),
             "recorded before any pod is taken"
         );
-        let taken: BTreeSet<String> = intent.takeaways.iter().map(|t| t.pod.uid.clone()).collect();
+        let taken: BTreeSet<String> = intent
+            .takeaways
+            .iter()
+            .map(|t| t.pod.uid.to_string())
+            .collect();
         assert_eq!(taken, BTreeSet::from([uid(1), uid(2)]));
         assert!(
             intent

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_seconds: Histogram,
+    /// The pure part of a running experiment's step (`decide`): what a
+    /// step costs besides the API calls it makes.
+    pub decide_seconds: Histogram,
     pub nodefaults_writes: Counter,
     pub runs_finished: Counter,
     pub leader: Gauge,
@@ -32,6 +35,7 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
             reconcile_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            decide_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             nodefaults_writes: Counter::default(),
             runs_finished: Counter::default(),
             leader: Gauge::default(),
@@ -57,6 +61,11 @@ impl Metrics {
             "reconcile_duration_seconds",
             "How long one reconcile took",
             self.reconcile_seconds.clone(),
+        );
+        r.register(
+            "decide_duration_seconds",
+            "How long deciding one step of a running experiment took (no API calls)",
+            self.decide_seconds.clone(),
         );
         r.register(
             "nodefaults_writes",

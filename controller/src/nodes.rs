@@ -3,7 +3,7 @@
 //! only where what is there differs from what is wanted.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -54,49 +54,49 @@ fn digest(entries: &[NodeFault]) -> u64 {
     h.finish()
 }
 
-/// What the agents say of this experiment's entries.
+/// What the agents say of this experiment's entries, borrowed from the
+/// cached objects (150 000 ids copied each step would be most of a step's
+/// memory).
 #[derive(Debug, Default)]
-pub(crate) struct Reports {
+pub(crate) struct Reports<'a> {
     /// Entry ids applied, as reported for the spec their node holds now.
-    pub applied: BTreeSet<String>,
+    pub applied: HashSet<&'a str>,
     /// Entry ids that failed, with the agent's reason.
-    pub failed: BTreeMap<String, String>,
+    pub failed: HashMap<&'a str, &'a str>,
     /// What each entry did, as its agent counts it (whatever the state: a
     /// count is evidence even from an entry since removed), from statuses
     /// of the entries as written now.
-    pub effects: BTreeMap<String, u64>,
+    pub effects: BTreeMap<&'a str, u64>,
 }
 
 /// The agents' word on this experiment's entries. An entry counts as
 /// applied only when its node's agent has converged to the object's
 /// current generation (so it saw the entry as it is) and the cached
 /// object has caught up with this controller's last write there.
-pub(crate) fn reports(
-    ctx: &Context,
+pub(crate) fn reports<'a>(
+    cached: &'a BTreeMap<String, Arc<NodeFaults>>,
     r: &ExperimentRef,
     written: &BTreeMap<String, Written>,
-) -> Reports {
+) -> Reports<'a> {
     let mut out = Reports::default();
-    for nf in ctx.nodefaults.state() {
+    for (name, nf) in cached {
         let Some(status) = &nf.status else { continue };
         let generation = nf.metadata.generation.unwrap_or(0);
-        let current = written
-            .get(&nf.name_any())
-            .is_none_or(|w| generation >= w.generation)
+        let current = written.get(name).is_none_or(|w| generation >= w.generation)
             && status.observed_generation >= Some(generation);
         for f in status.faults.iter().filter(|f| r.owns(&f.id)) {
             // Only from a status of the entries as written now: an older
             // one may still count a previous run's entry of the same id.
             if current && let Some(n) = f.effect.and_then(|n| u64::try_from(n).ok()) {
-                out.effects.insert(f.id.clone(), n);
+                out.effects.insert(&f.id, n);
             }
             match f.state {
                 FaultState::Applied if current => {
-                    out.applied.insert(f.id.clone());
+                    out.applied.insert(&f.id);
                 }
                 FaultState::Failed => {
                     out.failed
-                        .insert(f.id.clone(), f.reason.clone().unwrap_or_default());
+                        .insert(&f.id, f.reason.as_deref().unwrap_or_default());
                 }
                 _ => {}
             }
@@ -106,10 +106,9 @@ pub(crate) fn reports(
 }
 
 /// How many of this experiment's entries the agents report as failed.
-pub(crate) fn failed(ctx: &Context, r: &ExperimentRef) -> u32 {
-    ctx.nodefaults
-        .state()
-        .iter()
+pub(crate) fn failed(cached: &BTreeMap<String, Arc<NodeFaults>>, r: &ExperimentRef) -> u32 {
+    cached
+        .values()
         .flat_map(|nf| nf.status.iter().flat_map(|s| s.faults.iter()))
         .filter(|f| f.state == FaultState::Failed && r.owns(&f.id))
         .count() as u32

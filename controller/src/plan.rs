@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use faultline_api::{ExperimentSpec, FaultAction, NodeFault, NodeTarget, PodRef, parse_cidr};
@@ -32,12 +33,14 @@ pub const ALWAYS_PROTECTED: [&str; 3] = ["kube-system", "kube-public", "kube-nod
 /// What the planner needs of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
-    pub uid: String,
+    /// Shared with the runs that target the pod.
+    pub uid: faultline_engine::TargetId,
     pub name: String,
-    pub namespace: String,
-    /// Shared by the pods that carry the same set (see `pods`).
+    /// This and the next two are shared by the pods that carry the same
+    /// (see `pods`).
+    pub namespace: Arc<str>,
     pub labels: faultline_engine::Labels,
-    pub node: String,
+    pub node: Arc<str>,
     pub ips: Vec<IpAddr>,
     /// In the node's own network namespace: never a target.
     pub host_network: bool,
@@ -167,7 +170,7 @@ pub fn candidates<'a>(
         .into_iter()
         // A fault on a pod in the node's network namespace is a fault on the node.
         .filter(|p| !p.host_network)
-        .filter(|p| namespaces.contains(p.namespace.as_str()))
+        .filter(|p| namespaces.contains(&*p.namespace))
         .filter(|p| {
             spec.targets.values().any(|t| {
                 t.labels
@@ -247,7 +250,7 @@ fn addresses(names: &[String], plan: &Plan, pods: &HashMap<&str, &PodInfo>) -> V
             continue;
         }
         for uid in plan.get(n).into_iter().flatten() {
-            for ip in pods.get(uid.as_str()).map(|p| &p.ips[..]).unwrap_or(&[]) {
+            for ip in pods.get(&**uid).map(|p| &p.ips[..]).unwrap_or(&[]) {
                 let bits = if ip.is_ipv4() { 32 } else { 128 };
                 out.insert(format!("{ip}/{bits}"));
             }
@@ -315,7 +318,7 @@ pub fn entry(
     NodeFault {
         id: exp.entry_id(&r.fault.name, &pod.uid),
         target: NodeTarget::Pod(PodRef {
-            uid: pod.uid.clone(),
+            uid: pod.uid.to_string(),
         }),
         expires_at: Time(expires),
         traceparent: traceparent.map(str::to_owned),
@@ -343,7 +346,7 @@ pub fn node_entries(
         let Some(Some(action)) = actions.get(r.fault.name.as_str()) else {
             continue;
         };
-        out.entry(pod.node.clone()).or_default().push(entry(
+        out.entry(pod.node.to_string()).or_default().push(entry(
             exp,
             r,
             pod,
@@ -369,7 +372,7 @@ mod tests {
             uid: uid.into(),
             name: format!("{app}-{}", &uid[uid.len() - 4..]),
             namespace: ns.into(),
-            labels: std::sync::Arc::new([("app".to_owned(), app.to_owned())].into()),
+            labels: Arc::new([("app".to_owned(), app.to_owned())].into()),
             node: node.into(),
             ips: vec![ip.parse().expect("ip")],
             host_network: false,
@@ -429,7 +432,7 @@ spec:
                 "10.9.0.1",
             ),
         ];
-        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (&*p.uid, p)).collect();
         let cands = candidates(&e.spec, "shop", &pods);
         assert_eq!(cands.len(), 3, "the pod in prod is not a candidate");
         let mut run = Run::new(e.spec.clone(), "shop", 1);
@@ -511,7 +514,7 @@ spec:
             "n1",
             "10.0.0.9",
         )];
-        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (&*p.uid, p)).collect();
         let cands = candidates(&e.spec, "shop", &pods);
         let mut run = Run::new(e.spec.clone(), "shop", 1);
         run.step(Duration::ZERO, &cands);
@@ -575,8 +578,8 @@ spec:
         host.host_network = true;
         let c = candidates(&e.spec, "shop", [&host, &ordinary]);
         assert_eq!(
-            c.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
-            [ordinary.uid.as_str()]
+            c.iter().map(|c| &*c.id).collect::<Vec<_>>(),
+            [&*ordinary.uid]
         );
     }
 }

@@ -88,33 +88,63 @@ struct State {
     /// A relist under way: filled until it is done, then taken as a whole
     /// (pods gone meanwhile must not linger).
     relist: Option<HashMap<String, HashMap<String, Arc<PodInfo>>>>,
-    /// Every label set once: a workload's pods share theirs.
-    labels: Labels,
+    /// Every label set, namespace and node name once: a workload's pods
+    /// share their labels, a node's pods its name.
+    shared: Shared,
 }
 
 #[derive(Debug, Default)]
-struct Labels {
-    sets: HashSet<Arc<BTreeMap<String, String>>>,
-    /// Placed since the sets no pod holds any more were let go.
+struct Shared {
+    labels: Interned<BTreeMap<String, String>>,
+    names: Interned<str>,
+}
+
+impl Shared {
+    fn intern(&mut self, info: &mut PodInfo) {
+        self.labels.intern(&mut info.labels);
+        self.names.intern(&mut info.namespace);
+        self.names.intern(&mut info.node);
+    }
+
+    fn prune(&mut self) {
+        self.labels.prune();
+        self.names.prune();
+    }
+}
+
+/// One copy of each value, shared by whoever holds an equal one.
+#[derive(Debug)]
+struct Interned<T: ?Sized> {
+    values: HashSet<Arc<T>>,
+    /// Placed since the values nobody holds any more were let go.
     since_pruned: usize,
 }
 
-impl Labels {
-    fn intern(&mut self, info: &mut PodInfo) {
-        match self.sets.get(&*info.labels) {
-            Some(shared) => info.labels = shared.clone(),
+impl<T: ?Sized> Default for Interned<T> {
+    fn default() -> Self {
+        Interned {
+            values: HashSet::new(),
+            since_pruned: 0,
+        }
+    }
+}
+
+impl<T: ?Sized + Eq + std::hash::Hash> Interned<T> {
+    fn intern(&mut self, value: &mut Arc<T>) {
+        match self.values.get(&**value) {
+            Some(shared) => *value = shared.clone(),
             None => {
-                self.sets.insert(info.labels.clone());
+                self.values.insert(value.clone());
             }
         }
         self.since_pruned += 1;
-        if self.since_pruned >= 4096.max(self.sets.len()) {
+        if self.since_pruned >= 4096.max(self.values.len()) {
             self.prune();
         }
     }
 
     fn prune(&mut self) {
-        self.sets.retain(|s| Arc::strong_count(s) > 1);
+        self.values.retain(|s| Arc::strong_count(s) > 1);
         self.since_pruned = 0;
     }
 }
@@ -122,13 +152,13 @@ impl Labels {
 type ByNamespace = HashMap<String, HashMap<String, Arc<PodInfo>>>;
 
 /// Puts a pod in (running) or takes it out (anything else).
-fn place(map: &mut ByNamespace, labels: &mut Labels, pod: &SlimPod) {
+fn place(map: &mut ByNamespace, shared: &mut Shared, pod: &SlimPod) {
     let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
         return;
     };
     match PodInfo::from_pod(pod) {
         Some(mut info) => {
-            labels.intern(&mut info);
+            shared.intern(&mut info);
             map.entry(ns.clone())
                 .or_default()
                 .insert(name.clone(), Arc::new(info));
@@ -165,18 +195,18 @@ impl Pods {
         match event {
             watcher::Event::Init => s.relist = Some(ByNamespace::new()),
             watcher::Event::InitApply(pod) => match s.relist.as_mut() {
-                Some(fresh) => place(fresh, &mut s.labels, &pod),
-                None => place(&mut s.by_namespace, &mut s.labels, &pod),
+                Some(fresh) => place(fresh, &mut s.shared, &pod),
+                None => place(&mut s.by_namespace, &mut s.shared, &pod),
             },
             watcher::Event::InitDone => {
                 if let Some(fresh) = s.relist.take() {
                     s.by_namespace = fresh;
-                    s.labels.prune();
+                    s.shared.prune();
                 }
                 drop(guard);
                 self.ready_tx.send_replace(true);
             }
-            watcher::Event::Apply(pod) => place(&mut s.by_namespace, &mut s.labels, &pod),
+            watcher::Event::Apply(pod) => place(&mut s.by_namespace, &mut s.shared, &pod),
             watcher::Event::Delete(pod) => {
                 if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
                     remove(&mut s.by_namespace, ns, name);
@@ -266,7 +296,7 @@ impl PodInfo {
         if pod.status.phase.as_deref() != Some("Running") {
             return None;
         }
-        let node = pod.spec.node_name.clone()?;
+        let node = pod.spec.node_name.as_deref()?;
         let mut ips: Vec<std::net::IpAddr> = pod
             .status
             .pod_ips
@@ -279,11 +309,11 @@ impl PodInfo {
             ips.push(ip);
         }
         Some(PodInfo {
-            uid: meta.uid.clone()?,
+            uid: meta.uid.as_deref()?.into(),
             name: meta.name.clone()?,
-            namespace: meta.namespace.clone()?,
+            namespace: meta.namespace.as_deref()?.into(),
             labels: Arc::new(meta.labels.clone().unwrap_or_default()),
-            node,
+            node: node.into(),
             ips,
             host_network: pod.spec.host_network,
         })
@@ -386,13 +416,17 @@ mod index_tests {
     }
 
     #[test]
-    fn pods_with_the_same_labels_share_them() {
+    fn pods_with_the_same_labels_namespace_and_node_share_them() {
         let pods = Pods::default();
         for name in ["a", "b", "c"] {
             pods.apply(watcher::Event::Apply(pod("shop", name, "Running")));
         }
         let all = pods.in_namespaces(["shop"]);
         assert_eq!(all.len(), 3);
-        assert!(all.iter().all(|p| Arc::ptr_eq(&p.labels, &all[0].labels)));
+        let first = &all[0];
+        assert!(all.iter().all(|p| Arc::ptr_eq(&p.labels, &first.labels)
+            && Arc::ptr_eq(&p.namespace, &first.namespace)
+            && Arc::ptr_eq(&p.node, &first.node)));
+        assert!(!Arc::ptr_eq(&all[1].uid, &first.uid));
     }
 }

@@ -662,7 +662,12 @@ async fn ended(
         live.generation = exp.metadata.generation;
         live.next_run_at = next_run(exp, Some(live.started_at), now).map(|(at, _)| at);
     }
-    let facts = decide::facts(&live, live.targets, 0, nodes::failed(ctx, r));
+    let facts = decide::facts(
+        &live,
+        live.targets,
+        0,
+        nodes::failed(&nodes::in_store(ctx), r),
+    );
     let status = status::of_run(&live.run, &facts, live.generation, previous, second(now));
     if let Err(e) = write_status(ctx, exp, &status).await {
         ctx.keep_run(&r.uid, live);
@@ -735,7 +740,7 @@ async fn step(
         .pods
         .in_namespaces(plan::target_namespaces(&spec, &r.namespace));
     let cached = nodes::in_store(ctx);
-    let reports = nodes::reports(ctx, r, &live.written);
+    let reports = nodes::reports(&cached, r, &live.written);
     let view = View {
         now,
         instant: std::time::Instant::now(),
@@ -748,7 +753,7 @@ async fn step(
         pods: &pods,
         cached: &cached,
         reports: &reports,
-        failed: nodes::failed(ctx, r),
+        failed: nodes::failed(&cached, r),
     };
 
     decide::admit(&mut live, r, &view);
@@ -763,6 +768,9 @@ async fn step(
     let notes = decide::judge(&mut live, &view, readings);
     tell(ctx, exp, notes).await;
     let intent = decide::decide(&mut live, r, &view, previous);
+    ctx.metrics
+        .decide_seconds
+        .observe(intent.planning.as_secs_f64());
 
     if let Some(starting) = &intent.record_start
         && let Err(e) = write_status(ctx, exp, starting).await
@@ -928,8 +936,8 @@ async fn evict(ctx: &Context, pod: &PodInfo) -> Result<(), kube::Error> {
     let body = serde_json::json!({
         "apiVersion": "policy/v1",
         "kind": "Eviction",
-        "metadata": {"name": pod.name, "namespace": pod.namespace},
-        "deleteOptions": {"preconditions": {"uid": pod.uid}},
+        "metadata": {"name": pod.name, "namespace": &*pod.namespace},
+        "deleteOptions": {"preconditions": {"uid": &*pod.uid}},
     });
     let request = hyper::Request::post(format!(
         "/api/v1/namespaces/{}/pods/{}/eviction",
@@ -981,7 +989,7 @@ async fn remove_pod(
     // The uid precondition: never take a successor that took the name.
     let params = kube::api::DeleteParams {
         preconditions: Some(kube::api::Preconditions {
-            uid: Some(pod.uid.clone()),
+            uid: Some(pod.uid.to_string()),
             resource_version: None,
         }),
         ..Default::default()
@@ -1045,7 +1053,7 @@ async fn remove_pod(
             .await;
             Some(Removal::Refused {
                 fault: fault.to_owned(),
-                pod: pod.uid.clone(),
+                pod: pod.uid.to_string(),
                 why,
             })
         }

@@ -17,11 +17,11 @@ const NAMESPACES: [&str; 3] = ["shop", "prod", "lab"];
 
 fn pod(i: usize, ns: usize, app: usize, node: usize) -> PodInfo {
     PodInfo {
-        uid: format!("00000000-0000-4000-8000-{i:012x}"),
+        uid: format!("00000000-0000-4000-8000-{i:012x}").into(),
         name: format!("pod-{i}"),
-        namespace: NAMESPACES[ns].to_owned(),
+        namespace: NAMESPACES[ns].into(),
         labels: std::sync::Arc::new([("app".to_owned(), format!("app{app}"))].into()),
-        node: format!("node-{node}"),
+        node: format!("node-{node}").into(),
         ips: vec![std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8])],
         host_network: i % 7 == 3,
     }
@@ -97,11 +97,11 @@ proptest! {
         let candidates = plan::candidates(&exp.spec, "shop", &pods);
         let mut run = Run::new(exp.spec.clone(), "shop", 9);
         run.step(Duration::ZERO, &candidates);
-        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (&*p.uid, p)).collect();
         let by_node = plan::node_entries(&r, &run.resolved(), run.plan(), &index, (Timestamp::UNIX_EPOCH, None), None);
 
         let max = exp.spec.limits.as_ref().and_then(|l| l.max_targets);
-        let selected: BTreeSet<&String> = run.plan().values().flatten().collect();
+        let selected: BTreeSet<&faultline_engine::TargetId> = run.plan().values().flatten().collect();
         if let Some(max) = max {
             if run.is_finished() {
                 prop_assert!(by_node.is_empty(), "a refused run places nothing");
@@ -117,8 +117,8 @@ proptest! {
                     panic!("not a pod target")
                 };
                 let pod = index[p.uid.as_str()];
-                prop_assert_eq!(&pod.node, node);
-                prop_assert!(wanted.contains(pod.namespace.as_str()));
+                prop_assert_eq!(&*pod.node, node.as_str());
+                prop_assert!(wanted.contains(&*pod.namespace));
                 prop_assert!(!pod.host_network, "a host-network pod is never a target");
                 prop_assert!(selected.contains(&pod.uid));
             }

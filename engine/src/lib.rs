@@ -17,5 +17,5 @@ pub use run::{
     ResumedCheck, Run, resolve_all,
 };
 pub use schedule::{NextStart, next_start, upcoming};
-pub use select::{Candidate, Labels, Plan, PlanError, plan};
+pub use select::{Candidate, Labels, Plan, PlanError, TargetId, plan};
 pub use snapshot::{FaultSnapshot, FaultState, Snapshot};

@@ -9,6 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,18 +19,32 @@ use faultline_api::{
 
 use crate::{
     check::{Baseline, Evaluation, Observed, evaluate_against},
-    select::{Candidate, Plan, plan},
+    select::{Candidate, Plan, TargetId, plan},
 };
 
 /// How long an agent may take to answer at the least: an instance wanted
 /// for less than this when its window ends is not held against the run.
 const ANSWER_TIME: Duration = Duration::from_secs(2);
 
-/// One fault applied to one selected target.
+/// Targets journaled by name per fault and event in one step; the rest are
+/// counted.
+const JOURNAL_NAMED: usize = 8;
+
+/// One fault applied to one selected target. Both names are shared, so
+/// the run's books (held, confirmed, killing...) copy no strings.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instance {
-    pub fault: String,
-    pub target: String,
+    pub fault: Arc<str>,
+    pub target: TargetId,
+}
+
+impl Instance {
+    pub fn new(fault: &str, target: &str) -> Instance {
+        Instance {
+            fault: fault.into(),
+            target: target.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +77,7 @@ pub fn resolve_all<'a>(spec: &'a ExperimentSpec, plan: &'a crate::Plan) -> Vec<R
                 .flatten()
                 .map(move |t| Resolved {
                     fault: f,
-                    target: t.as_str(),
+                    target: t,
                     until,
                 })
         })
@@ -225,7 +240,7 @@ pub struct Run {
     /// A fault without `every` acts on those only: a replacement (a
     /// deleted pod's successor) is not killed in turn. With `every`, a
     /// target that joins later gets its first signal at the next period.
-    kill_targets: BTreeMap<String, BTreeSet<String>>,
+    kill_targets: BTreeMap<String, BTreeSet<TargetId>>,
     /// When signals were last worked out (a newcomer's periods count from there).
     signals_at: Option<Duration>,
     /// Kill instances under way: the first round's targets, and newcomers
@@ -263,6 +278,11 @@ pub struct Run {
     /// Since when faults have been confirmed in place without a break:
     /// checks of the fault window read no figure from before it.
     in_place_since: Option<Duration>,
+    /// Which faults were in their window when `active` was last made to
+    /// match the plan; None once the plan changed. While both stay, the
+    /// held set and its books stand as they are (at 150 000 targets,
+    /// working them out again is most of a step).
+    held_for: Option<Vec<bool>>,
 }
 
 impl Run {
@@ -298,6 +318,7 @@ impl Run {
             ever_confirmed: BTreeSet::new(),
             effects: BTreeMap::new(),
             effect_failures: Vec::new(),
+            held_for: None,
             in_place_since: None,
         }
     }
@@ -512,10 +533,18 @@ impl Run {
             .filter(|i| applied(i))
             .cloned()
             .collect();
+        log_each(
+            &mut self.journal,
+            now,
+            &newly,
+            |i| format!("confirmed {} on {}", i.fault, i.target),
+            "confirmed",
+        );
         for i in newly {
             self.unconfirmed.remove(&i);
-            self.log(now, format!("confirmed {} on {}", i.fault, i.target));
-            self.ever_confirmed.insert(i.fault.clone());
+            if !self.ever_confirmed.contains(&*i.fault) {
+                self.ever_confirmed.insert(i.fault.to_string());
+            }
             self.confirmed.insert(i);
         }
         self.note_in_place(now);
@@ -590,7 +619,7 @@ impl Run {
                 let ended = self
                     .never_confirmed
                     .iter()
-                    .filter(|i| i.fault == f.name)
+                    .filter(|i| *i.fault == *f.name)
                     .count();
                 let earlier = self
                     .never_confirmed_earlier
@@ -599,7 +628,11 @@ impl Run {
                     .unwrap_or(0);
                 FaultReport {
                     name: f.name.clone(),
-                    injected: self.confirmed.iter().filter(|i| i.fault == f.name).count() as u32,
+                    injected: self
+                        .confirmed
+                        .iter()
+                        .filter(|i| *i.fault == *f.name)
+                        .count() as u32,
                     placed: self.ever_held.contains(&f.name),
                     confirmed: self.ever_confirmed.contains(&f.name),
                     unconfirmed_targets: earlier.saturating_add(ended as u32),
@@ -671,8 +704,8 @@ impl Run {
         self.never_confirmed.extend(ended);
         self.unconfirmed.retain(|i, _| held(i));
         for i in active.iter().chain(killing) {
-            if !self.ever_held.contains(&i.fault) {
-                self.ever_held.insert(i.fault.clone());
+            if !self.ever_held.contains(&*i.fault) {
+                self.ever_held.insert(i.fault.to_string());
             }
             if !self.confirmed.contains(i) && !self.unconfirmed.contains_key(i) {
                 self.unconfirmed.insert(i.clone(), now);
@@ -707,6 +740,7 @@ impl Run {
                         ),
                     );
                     self.plan = p;
+                    self.held_for = None;
                     self.set_phase(now, Phase::Injecting);
                 }
                 Err(e) => {
@@ -723,38 +757,61 @@ impl Run {
             // covered. Over the limits mid-run, the last plan stands; a run
             // with no plan yet (resumed by another driver) does not start.
             match plan(&self.spec, &self.namespace, candidates, self.seed) {
-                Ok(p) => self.plan = p,
+                // Compared cheaply: ids shared with the last plan are equal
+                // by pointer.
+                Ok(p) if p != self.plan => {
+                    self.plan = p;
+                    self.held_for = None;
+                }
+                Ok(_) => {}
                 Err(e) if self.plan.is_empty() => self.abort(now, e.to_string()),
                 Err(_) => {}
             }
         }
         match self.phase {
             Phase::Injecting | Phase::Running => {
-                let desired = self.desired(now);
-                for gone in self
-                    .active
-                    .difference(&desired)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                {
-                    self.active.remove(&gone);
-                    self.log(now, format!("remove {} from {}", gone.fault, gone.target));
-                    actions.push(Action::Remove(gone));
-                }
+                let windows = self.in_window(now);
+                // While neither the plan nor the faults in their window
+                // changed, what is held stands as it is.
+                let same = self.held_for.as_ref() == Some(&windows);
                 let mut injected = false;
-                for new in desired
-                    .difference(&self.active)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                {
-                    self.active.insert(new.clone());
-                    self.log(now, format!("inject {} into {}", new.fault, new.target));
-                    actions.push(Action::Inject(new));
-                    injected = true;
+                if !same {
+                    let desired = self.desired(now);
+                    let gone: Vec<Instance> = self.active.difference(&desired).cloned().collect();
+                    log_each(
+                        &mut self.journal,
+                        now,
+                        &gone,
+                        |i| format!("remove {} from {}", i.fault, i.target),
+                        "remove",
+                    );
+                    for gone in gone {
+                        self.active.remove(&gone);
+                        actions.push(Action::Remove(gone));
+                    }
+                    let new: Vec<Instance> = desired.difference(&self.active).cloned().collect();
+                    log_each(
+                        &mut self.journal,
+                        now,
+                        &new,
+                        |i| format!("inject {} into {}", i.fault, i.target),
+                        "inject",
+                    );
+                    injected = !new.is_empty();
+                    for new in new {
+                        self.active.insert(new.clone());
+                        actions.push(Action::Inject(new));
+                    }
                 }
                 actions.extend(self.signals(now));
-                self.killing = self.kill_window(now);
-                self.track_confirmations(now);
+                let killing = self.kill_window(now);
+                // The books follow what is held; with it unchanged they are
+                // in step already (only `confirm` moves an instance on).
+                if !same || killing != self.killing {
+                    self.killing = killing;
+                    self.track_confirmations(now);
+                }
+                self.held_for = Some(windows);
                 self.note_in_place(now);
                 let faulting = !self.active.is_empty() || !self.killing.is_empty();
                 self.faults_since = faulting.then(|| self.faults_since.unwrap_or(now));
@@ -769,6 +826,7 @@ impl Run {
             }
             Phase::Recovering | Phase::Aborted => {
                 self.killing.clear();
+                self.held_for = None;
                 if self.phase == Phase::Recovering {
                     let left = std::mem::take(&mut self.unconfirmed);
                     self.never_confirmed.extend(
@@ -779,10 +837,15 @@ impl Run {
                 }
                 self.confirmed.clear();
                 self.unconfirmed.clear();
-                for gone in std::mem::take(&mut self.active) {
-                    self.log(now, format!("remove {} from {}", gone.fault, gone.target));
-                    actions.push(Action::Remove(gone));
-                }
+                let gone = std::mem::take(&mut self.active);
+                log_each(
+                    &mut self.journal,
+                    now,
+                    &gone,
+                    |i| format!("remove {} from {}", i.fault, i.target),
+                    "remove",
+                );
+                actions.extend(gone.into_iter().map(Action::Remove));
                 if self.phase == Phase::Aborted {
                     self.set_phase(now, Phase::Recovered);
                 } else if self.due(now).is_empty() {
@@ -794,6 +857,16 @@ impl Run {
         actions
     }
 
+    /// Per fault of the spec, whether its window holds `now`.
+    fn in_window(&self, now: Duration) -> Vec<bool> {
+        let duration = self.spec.duration;
+        self.spec
+            .faults
+            .iter()
+            .map(|f| f.start().as_std() <= now && now < f.end(duration).as_std())
+            .collect()
+    }
+
     /// The instances that should be applied at `now`.
     fn desired(&self, now: Duration) -> BTreeSet<Instance> {
         let duration = self.spec.duration;
@@ -803,12 +876,13 @@ impl Run {
             .filter(|f| !matches!(f.action, FaultAction::Kill(_)))
             .filter(|f| f.start().as_std() <= now && now < f.end(duration).as_std())
             .flat_map(|f| {
+                let fault: Arc<str> = f.name.as_str().into();
                 self.plan
                     .get(&f.target)
                     .into_iter()
                     .flatten()
-                    .map(|t| Instance {
-                        fault: f.name.clone(),
+                    .map(move |t| Instance {
+                        fault: fault.clone(),
                         target: t.clone(),
                     })
             })
@@ -826,9 +900,10 @@ impl Run {
             if now < f.start().as_std() || now >= f.end(duration).as_std() {
                 continue;
             }
+            let fault: Arc<str> = f.name.as_str().into();
             for t in self.plan.get(&f.target).into_iter().flatten() {
                 let instance = Instance {
-                    fault: f.name.clone(),
+                    fault: fault.clone(),
                     target: t.clone(),
                 };
                 if self.kill_started.contains(&instance) {
@@ -849,7 +924,7 @@ impl Run {
             .iter()
             .chain(&self.killing)
             .filter_map(|i| {
-                let fault = self.spec.faults.iter().find(|f| f.name == i.fault)?;
+                let fault = self.spec.faults.iter().find(|f| *f.name == *i.fault)?;
                 Some(Resolved {
                     fault,
                     target: &i.target,
@@ -879,7 +954,7 @@ impl Run {
                 _ => 1,
             };
             let due = due_at(now);
-            let targets: BTreeSet<String> = self
+            let targets: BTreeSet<TargetId> = self
                 .plan
                 .get(&f.target)
                 .into_iter()
@@ -897,12 +972,13 @@ impl Run {
                 .kill_targets
                 .entry(f.name.clone())
                 .or_insert_with(|| targets.clone());
+            let fault: Arc<str> = f.name.as_str().into();
             for t in &targets {
                 if k.every.is_none() && !known.contains(t) {
                     continue; // a once-kill's replacement is left alone
                 }
                 let instance = Instance {
-                    fault: f.name.clone(),
+                    fault: fault.clone(),
                     target: t.clone(),
                 };
                 if !begun {
@@ -917,14 +993,27 @@ impl Run {
             }
         }
         self.signals_at = Some(now);
-        for a in &out {
-            if let Action::Signal(i, s) = a {
-                self.journal.push(Entry {
-                    at: now,
-                    event: format!("signal {s} to {} ({})", i.target, i.fault),
-                });
-            }
-        }
+        let signals: BTreeMap<&str, Signal> = self
+            .spec
+            .faults
+            .iter()
+            .filter_map(|f| match &f.action {
+                FaultAction::Kill(k) => Some((f.name.as_str(), k.signal)),
+                _ => None,
+            })
+            .collect();
+        let sent: Vec<&Instance> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Signal(i, _) => Some(i),
+                _ => None,
+            })
+            .collect();
+        let say = |i: &Instance| {
+            let s = signals.get(&*i.fault).copied().unwrap_or_default();
+            format!("signal {s} to {} ({})", i.target, i.fault)
+        };
+        log_each(&mut self.journal, now, sent, say, "signal");
         out
     }
 
@@ -1258,7 +1347,7 @@ impl Run {
             .map(|(f, n)| (f.as_str(), *n as usize))
             .collect();
         for i in &self.never_confirmed {
-            *per_fault.entry(i.fault.as_str()).or_default() += 1;
+            *per_fault.entry(&*i.fault).or_default() += 1;
         }
         let mut list: Vec<String> = per_fault
             .iter()
@@ -1338,5 +1427,37 @@ impl Run {
                     .map(|(c, s)| one(true, c, s)),
             )
             .collect()
+    }
+}
+
+/// Journals what happened to each instance (`inject F into T`), by
+/// fault: the first few targets by name, the rest as a count, so a run
+/// over 150 000 pods keeps a journal people can read, in bounded memory.
+fn log_each<'a>(
+    journal: &mut Vec<Entry>,
+    at: Duration,
+    instances: impl IntoIterator<Item = &'a Instance>,
+    say: impl Fn(&Instance) -> String,
+    rest: &str,
+) {
+    let mut per_fault: BTreeMap<&str, (usize, Vec<String>)> = BTreeMap::new();
+    for i in instances {
+        let (count, named) = per_fault.entry(&i.fault).or_default();
+        *count += 1;
+        if named.len() < JOURNAL_NAMED {
+            named.push(say(i));
+        }
+    }
+    for (fault, (count, named)) in per_fault {
+        let more = count - named.len();
+        for event in named {
+            journal.push(Entry { at, event });
+        }
+        if more > 0 {
+            journal.push(Entry {
+                at,
+                event: format!("{rest} {fault}: {more} more targets"),
+            });
+        }
     }
 }

@@ -324,7 +324,7 @@ fn a_once_kill_leaves_replacements_alone_and_a_periodic_one_waits_for_its_period
     let signalled = |a: &[Action]| -> Vec<String> {
         a.iter()
             .filter_map(|a| match a {
-                Action::Signal(i, _) => Some(i.target.clone()),
+                Action::Signal(i, _) => Some(i.target.to_string()),
                 _ => None,
             })
             .collect()
@@ -744,7 +744,7 @@ fn checks_of_the_fault_window_wait_for_confirmation() {
     assert!(!run.due(s(11)).contains(&healthy));
     assert!(run.due(s(11)).iter().any(|c| c.abort));
     // One of two confirmed is not yet "faults in place".
-    run.confirm(s(12), |i| i.target == "payments-1");
+    run.confirm(s(12), |i| &*i.target == "payments-1");
     assert!(!run.due(s(12)).contains(&healthy));
     run.confirm(s(13), |_| true);
     assert!(run.due(s(13)).contains(&healthy));
@@ -757,13 +757,13 @@ fn a_fault_nobody_confirms_breaks_the_run_and_comes_off() {
     let mut run = Run::new(spec(SLOW), "shop", 7);
     answer(&mut run, s(0), |c| others(c).unwrap_or(rate(0.0)));
     run.step(s(10), &shop());
-    run.confirm(s(10), |i| i.target == "payments-1");
+    run.confirm(s(10), |i| &*i.target == "payments-1");
     // The default timeout is 30 s: not overdue at 40 s, overdue after it.
     assert!(run.overdue(s(40)).is_empty());
     let late: Vec<String> = run
         .overdue(s(41))
         .iter()
-        .map(|i| i.target.clone())
+        .map(|i| i.target.to_string())
         .collect();
     assert_eq!(late, vec!["payments-2".to_owned()]);
     run.broke(
@@ -803,7 +803,7 @@ fn a_window_that_ends_unconfirmed_ends_the_run_broken() {
         answer(&mut run, s(t), |c| others(c).unwrap_or(rate(0.0)));
         run.step(s(t), &shop());
         // One target's agent answers, the other's never does.
-        run.confirm(s(t), |i| i.target == "payments-1");
+        run.confirm(s(t), |i| &*i.target == "payments-1");
         assert!(
             run.overdue(s(t)).is_empty(),
             "the timeout is longer than the run"
@@ -829,7 +829,7 @@ fn a_resumed_run_remembers_where_its_faults_went_unconfirmed_and_their_effect() 
     for t in 0..=45 {
         answer(&mut first, s(t), |c| others(c).unwrap_or(rate(0.0)));
         first.step(s(t), &shop());
-        first.confirm(s(t), |i| i.target == "payments-1");
+        first.confirm(s(t), |i| &*i.target == "payments-1");
     }
     first.record_effect(
         "slow",
@@ -863,7 +863,7 @@ fn a_resumed_run_remembers_where_its_faults_went_unconfirmed_and_their_effect() 
     for t in 46..=62 {
         answer(&mut second, s(t), |c| others(c).unwrap_or(rate(0.0)));
         second.step(s(t), &shop());
-        second.confirm(s(t), |i| i.target == "payments-1");
+        second.confirm(s(t), |i| &*i.target == "payments-1");
     }
     let after = &second.fault_reports()[0];
     assert_eq!(after.effect.as_ref().map(|e| e.count), Some(5));
@@ -1126,7 +1126,7 @@ fn a_fault_confirmed_nowhere_breaks_the_run_even_beside_one_that_was() {
     for t in 0..=31 {
         run.step(s(t), &shop());
         // cart's agent never answers.
-        run.confirm(s(t), |i| i.fault == "slow");
+        run.confirm(s(t), |i| &*i.fault == "slow");
     }
     assert_eq!(
         (run.phase(), run.verdict()),
@@ -1178,4 +1178,44 @@ fn checks_of_the_fault_window_read_no_figure_from_before_it() {
     assert_eq!(w(60), Some(20));
     assert_eq!(w(69), Some(29));
     assert_eq!(w(70), None);
+}
+
+#[test]
+fn steps_that_change_nothing_keep_the_books_and_a_changed_plan_moves_them() {
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    answer(&mut run, s(0), |_| rate(0.0));
+    run.step(s(0), &shop());
+    answer(&mut run, s(0), |_| rate(0.0));
+    assert_eq!(injects(&run.step(s(10), &shop())).len(), 2);
+    run.confirm(s(11), |i| &*i.target == "payments-1");
+    // Same pods, same window: nothing is injected again, the books stand.
+    for t in 12..15 {
+        let a = run.step(s(t), &shop());
+        assert!(injects(&a).is_empty() && removes(&a).is_empty(), "{a:?}");
+        assert_eq!(run.confirmed().len(), 1);
+        assert_eq!(run.unconfirmed().count(), 1);
+    }
+    // payments-2 is replaced: its instance goes, the newcomer's waits for
+    // confirmation, payments-1 stays confirmed.
+    let replaced: Vec<Candidate> = shop()
+        .into_iter()
+        .filter(|c| &*c.id != "payments-2")
+        .chain([Candidate::new("payments-3", "shop", &[("app", "payments")])])
+        .collect();
+    let a = run.step(s(15), &replaced);
+    assert_eq!(
+        removes(&a).iter().map(|i| &*i.target).collect::<Vec<_>>(),
+        ["payments-2"]
+    );
+    assert_eq!(
+        injects(&a).iter().map(|i| &*i.target).collect::<Vec<_>>(),
+        ["payments-3"]
+    );
+    let unconfirmed: Vec<&str> = run.unconfirmed().map(|i| &*i.target).collect();
+    assert_eq!(unconfirmed, ["payments-3"]);
+    assert_eq!(run.confirmed().len(), 1);
+    // The window's end takes everything away, whatever the plan did.
+    let a = run.step(s(40), &replaced);
+    assert_eq!(removes(&a).len(), 2);
+    assert!(run.active().is_empty());
 }

@@ -279,7 +279,7 @@ async fn drive(
                 })
             };
             let Action::Signal(i, sig) = a else { continue };
-            let sent = match procs.get(&i.target) {
+            let sent = match procs.get(&*i.target) {
                 Some(p) => p.signal(if deletes(&i.fault) {
                     Signal::Kill.number()
                 } else {
@@ -291,7 +291,7 @@ async fn drive(
                 // A kill is in place once its first signal was delivered.
                 Ok(()) => {
                     signalled.insert(i.clone());
-                    *effects.signals.entry(i.fault.clone()).or_default() += 1;
+                    *effects.signals.entry(i.fault.to_string()).or_default() += 1;
                 }
                 Err(e) => log
                     .lock()
@@ -422,7 +422,7 @@ impl Effects {
     fn watch(&mut self, in_place: &BTreeMap<Instance, Vec<Edge>>, proxies: &BTreeMap<Edge, Proxy>) {
         let mut now: BTreeMap<&str, BTreeSet<&Edge>> = BTreeMap::new();
         for (i, edges) in in_place {
-            now.entry(i.fault.as_str()).or_default().extend(edges);
+            now.entry(&*i.fault).or_default().extend(edges);
         }
         for (fault, edges) in &now {
             let spans = self.edges.entry((*fault).to_owned()).or_default();

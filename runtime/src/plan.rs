@@ -18,8 +18,8 @@ pub(crate) fn candidates(topology: &Topology, namespace: &str) -> Vec<Candidate>
         .services
         .iter()
         .map(|s| Candidate {
-            id: s.name.clone(),
-            namespace: namespace.to_owned(),
+            id: s.name.as_str().into(),
+            namespace: namespace.into(),
             labels: std::sync::Arc::new(s.labels.clone()),
         })
         .collect()
@@ -66,16 +66,18 @@ pub(crate) fn edge_faults<'e>(
 ) -> (BTreeMap<Edge, Faults>, BTreeMap<Instance, Vec<Edge>>) {
     let mut wanted: BTreeMap<Edge, Faults> = BTreeMap::new();
     let mut carried: BTreeMap<Instance, Vec<Edge>> = BTreeMap::new();
-    let services_of =
-        |target: &str| -> Vec<String> { plan.get(target).cloned().unwrap_or_default() };
+    let services_of = |target: &str| -> Vec<String> {
+        plan.get(target)
+            .into_iter()
+            .flatten()
+            .map(|s| s.to_string())
+            .collect()
+    };
     for Resolved {
         fault: f, target, ..
     } in resolved
     {
-        let instance = || Instance {
-            fault: f.name.clone(),
-            target: (*target).to_owned(),
-        };
+        let instance = || Instance::new(&f.name, target);
         match &f.action {
             FaultAction::Latency(l) => {
                 let latency = Latency {
@@ -172,7 +174,7 @@ pub fn plan(experiment: &Experiment, topology: &Topology, seed: u64) -> LocalPla
     let all = edges(topology);
     let (_, carried) = edge_faults(&resolved, chosen, all.iter(), &ports);
     for (instance, on) in carried {
-        let Some(f) = spec.faults.iter().find(|f| f.name == instance.fault) else {
+        let Some(f) = spec.faults.iter().find(|f| *f.name == *instance.fault) else {
             continue;
         };
         let what = match &f.action {
@@ -260,7 +262,7 @@ spec:
         let p = plan(&e, &topology(), 0);
         assert_eq!(
             p.selection.as_ref().map(|s| s["api"].clone()),
-            Ok(vec!["api".to_owned()])
+            Ok(vec![faultline_engine::TargetId::from("api")])
         );
         let edge = |a: &str, b: &str| (a.to_owned(), b.to_owned());
         assert_eq!(
