@@ -400,10 +400,11 @@ impl<B: Backend> Agent<B> {
                 match self.backend.repeat(&fault, &receipt) {
                     Ok(true) => {
                         spans::record("inject", &fault, Ok(()));
-                        if matches!(fault.action, FaultAction::Latency(_)) {
+                        if fault.action.netem().is_some() {
                             tracing::info!(fault = %fault.id,
-                                "{}: latency extended to interfaces created since",
-                                fault.id
+                                "{}: {} extended to interfaces created since",
+                                fault.id,
+                                fault.action.kind()
                             );
                         }
                     }
@@ -466,12 +467,14 @@ impl<B: Backend> Agent<B> {
             return Ok(a.receipt.clone());
         }
         match fault.action {
-            FaultAction::Latency(_) => self
+            // Network faults share latency's bands (and its receipt).
+            FaultAction::Latency(_) | FaultAction::Network(_) => self
                 .state
                 .free_band(&fault.target)
                 .map(|band| Receipt::Latency { band })
                 .ok_or_else(|| {
-                    "every netem band of this target is taken (15 latency faults)".into()
+                    "every netem band of this target is taken (15 latency and network faults)"
+                        .into()
                 }),
             _ => Ok(Receipt::None),
         }

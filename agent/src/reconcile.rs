@@ -121,7 +121,7 @@ fn repeat_every(f: &NodeFault) -> Option<SignedDuration> {
         FaultAction::Kill(k) => k
             .every
             .map(|e| SignedDuration::from_millis(e.as_millis().min(i64::MAX as u64) as i64)),
-        FaultAction::Latency(_) => Some(LATENCY_REFRESH),
+        FaultAction::Latency(_) | FaultAction::Network(_) => Some(LATENCY_REFRESH),
         FaultAction::Partition(_) => None,
     }
 }

@@ -433,7 +433,11 @@ macro_rules! decode_via_from_str {
     )*};
 }
 
-decode_via_from_str!(crate::units::Duration, crate::units::Percent);
+decode_via_from_str!(
+    crate::units::Duration,
+    crate::units::Percent,
+    crate::units::Rate
+);
 
 /// Defines a string enum: serde and schema names, `FromStr` with a
 /// "did you mean" hint, `Display`, and `Decode`.

@@ -702,6 +702,7 @@ impl Decode for Fault {
                 "duration",
                 "requireEffect",
                 "latency",
+                "network",
                 "kill",
                 "partition",
             ],

@@ -11,7 +11,7 @@ use crate::{
     decode::{Cx, Decode, Fields},
     diag::Path,
     string_enum,
-    units::{Duration, Percent},
+    units::{Duration, Percent, Rate},
     validate::Problems,
     yaml::{Node, quote},
 };
@@ -88,6 +88,112 @@ pub struct Latency {
     pub to: Vec<String>,
 }
 
+/// Impair the target's outgoing packets: any mix of delay, loss,
+/// corruption, duplication, reordering and a bandwidth limit, as one link
+/// would (netem on a node). `latency` is the common case of this with a
+/// delay alone.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema, Default)]
+#[x_kube(
+    validation = Rule::new("has(self.delay) || has(self.loss) || has(self.corrupt) || has(self.duplicate) || has(self.rate)").message("a network fault needs one of delay, loss, corrupt, duplicate or rate"),
+    validation = Rule::new("has(self.delay) || !(has(self.jitter) || has(self.correlation) || has(self.reorder))").message("jitter, correlation and reorder need a delay"),
+    validation = Rule::new("has(self.loss) || !has(self.lossCorrelation)").message("lossCorrelation needs a loss")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    /// Added delay (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// Random variation around `delay` (needs `delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Duration>,
+    /// How much each packet's delay depends on the previous one (needs `delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<Percent>,
+    /// Share of packets dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Percent>,
+    /// How much each packet's loss depends on the previous one's, for
+    /// bursts of loss (needs `loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_correlation: Option<Percent>,
+    /// Share of packets with a bit flipped at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<Percent>,
+    /// Share of packets sent twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<Percent>,
+    /// Share of packets sent at once, ahead of the others, which wait for
+    /// `delay` (needs `delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reorder: Option<Percent>,
+    /// The most the target may send, as over a link this fast: packets
+    /// beyond it wait in a queue of at most about a second of traffic, then
+    /// are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// Only traffic to these destinations is affected (target names in an
+    /// Experiment, CIDRs in NodeFaults); empty means all traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub to: Vec<String>,
+}
+
+impl Network {
+    /// What it does to packets, in a few words: `delay 50ms ±5ms, 10% loss,
+    /// rate 1mbit` (destinations left out).
+    pub fn impairments(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(d) = self.delay {
+            parts.push(match self.jitter {
+                Some(j) => format!("delay {d} ±{j}"),
+                None => format!("delay {d}"),
+            });
+        }
+        for (p, what) in [
+            (self.loss, "loss"),
+            (self.corrupt, "corrupt"),
+            (self.duplicate, "duplicate"),
+            (self.reorder, "reorder"),
+        ] {
+            if let Some(p) = p {
+                parts.push(format!("{p} {what}"));
+            }
+        }
+        if let Some(r) = self.rate {
+            parts.push(format!("rate {r}"));
+        }
+        parts.join(", ")
+    }
+
+    pub const FIELDS: [&'static str; 10] = [
+        "delay",
+        "jitter",
+        "correlation",
+        "loss",
+        "lossCorrelation",
+        "corrupt",
+        "duplicate",
+        "reorder",
+        "rate",
+        "to",
+    ];
+}
+
+/// A latency fault is a network fault with a delay (and maybe loss): the
+/// agent sets both up the same way.
+impl From<&Latency> for Network {
+    fn from(l: &Latency) -> Network {
+        Network {
+            delay: Some(l.delay),
+            jitter: l.jitter,
+            correlation: l.correlation,
+            loss: l.loss,
+            to: l.to.clone(),
+            ..Network::default()
+        }
+    }
+}
+
 string_enum! {
     /// How a kill fault kills.
     #[derive(Default)]
@@ -160,18 +266,30 @@ pub struct Partition {
 #[serde(rename_all = "camelCase")]
 pub enum FaultAction {
     Latency(Latency),
+    Network(Network),
     Kill(Kill),
     Partition(Partition),
 }
 
 impl FaultAction {
-    pub const KEYS: [&'static str; 3] = ["latency", "kill", "partition"];
+    pub const KEYS: [&'static str; 4] = ["latency", "network", "kill", "partition"];
 
     pub fn kind(&self) -> &'static str {
         match self {
             FaultAction::Latency(_) => "latency",
+            FaultAction::Network(_) => "network",
             FaultAction::Kill(_) => "kill",
             FaultAction::Partition(_) => "partition",
+        }
+    }
+
+    /// The packet impairment a node agent sets up with netem for this
+    /// fault: a latency or network fault; None for the others.
+    pub fn netem(&self) -> Option<Network> {
+        match self {
+            FaultAction::Latency(l) => Some(Network::from(l)),
+            FaultAction::Network(n) => Some(n.clone()),
+            FaultAction::Kill(_) | FaultAction::Partition(_) => None,
         }
     }
 
@@ -179,6 +297,7 @@ impl FaultAction {
     pub fn effect_unit(&self) -> &'static str {
         match self {
             FaultAction::Latency(_) => "packets delayed",
+            FaultAction::Network(_) => "packets impaired",
             FaultAction::Kill(k) if k.method == KillMethod::Delete => "pods evicted",
             FaultAction::Kill(k) if k.method == KillMethod::ForceDelete => "pods deleted",
             FaultAction::Kill(_) => "processes signalled",
@@ -200,6 +319,13 @@ impl FaultAction {
                 }
                 if let Some(p) = l.loss {
                     s.push_str(&format!(", {p} loss"));
+                }
+                s
+            }
+            FaultAction::Network(n) => {
+                let mut s = format!("network {}", n.impairments());
+                if !n.to.is_empty() {
+                    s.push_str(&format!(" to {}", n.to.join(", ")));
                 }
                 s
             }
@@ -239,12 +365,13 @@ impl FaultAction {
                 cx.error(
                     f.pos(),
                     f.path(),
-                    format!("{what} needs one fault kind: latency, kill or partition"),
+                    format!("{what} needs one fault kind: latency, network, kill or partition"),
                 );
                 None
             }
             [one] => match *one {
                 "latency" => f.req(cx, "latency").map(FaultAction::Latency),
+                "network" => f.req(cx, "network").map(FaultAction::Network),
                 "kill" => f.req(cx, "kill").map(FaultAction::Kill),
                 _ => f.req(cx, "partition").map(FaultAction::Partition),
             },
@@ -277,6 +404,40 @@ impl FaultAction {
                     p.add(path.key("delay"), "must be greater than 0s");
                 }
                 check_peers(&path.key("to"), &l.to, p, peer_ok);
+            }
+            FaultAction::Network(n) => {
+                let path = path.key("network");
+                let impairs = n.delay.is_some_and(|d| !d.is_zero())
+                    || [n.loss, n.corrupt, n.duplicate]
+                        .iter()
+                        .any(|p| p.is_some_and(|p| p.points() > 0.0))
+                    || n.rate.is_some();
+                if !impairs {
+                    p.add(
+                        path.clone(),
+                        "impairs nothing: set a delay above 0s, a loss, corrupt or duplicate share above 0%, or a rate",
+                    );
+                }
+                if n.delay.is_some_and(Duration::is_zero) {
+                    p.add(path.key("delay"), "must be greater than 0s (or left out)");
+                }
+                let no_delay = n.delay.is_none_or(Duration::is_zero);
+                for (field, set) in [
+                    ("jitter", n.jitter.is_some()),
+                    ("correlation", n.correlation.is_some()),
+                    ("reorder", n.reorder.is_some()),
+                ] {
+                    if set && no_delay {
+                        p.add(
+                            path.key(field),
+                            "needs a delay: it varies or overtakes the delay packets wait",
+                        );
+                    }
+                }
+                if n.loss_correlation.is_some() && n.loss.is_none() {
+                    p.add(path.key("lossCorrelation"), "needs a loss");
+                }
+                check_peers(&path.key("to"), &n.to, p, peer_ok);
             }
             FaultAction::Kill(k) => {
                 if k.every.is_some_and(Duration::is_zero) {
@@ -389,6 +550,34 @@ impl Decode for Latency {
     }
 }
 
+impl Decode for Network {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &Network::FIELDS)?;
+        let delay = f.opt(cx, "delay");
+        let jitter = f.opt(cx, "jitter");
+        let correlation = f.opt(cx, "correlation");
+        let loss = f.opt(cx, "loss");
+        let loss_correlation = f.opt(cx, "lossCorrelation");
+        let corrupt = f.opt(cx, "corrupt");
+        let duplicate = f.opt(cx, "duplicate");
+        let reorder = f.opt(cx, "reorder");
+        let rate = f.opt(cx, "rate");
+        let to = f.list(cx, "to");
+        Some(Network {
+            delay: delay?,
+            jitter: jitter?,
+            correlation: correlation?,
+            loss: loss?,
+            loss_correlation: loss_correlation?,
+            corrupt: corrupt?,
+            duplicate: duplicate?,
+            reorder: reorder?,
+            rate: rate?,
+            to: to?,
+        })
+    }
+}
+
 impl Decode for Kill {
     fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
         let f = Fields::new(cx, node, path, &["signal", "method", "every", "sandbox"])?;
@@ -453,6 +642,14 @@ spec:
             (
                 "kill: {signal: SIGTERM, every: 10s}",
                 "kill SIGTERM every 10s",
+            ),
+            (
+                "network: {loss: 10%, corrupt: 1%, rate: 1mbit, to: [db]}",
+                "network 10% loss, 1% corrupt, rate 1mbit to db",
+            ),
+            (
+                "network: {delay: 50ms, jitter: 5ms, reorder: 25%}",
+                "network delay 50ms ±5ms, 25% reorder",
             ),
             ("kill: {method: delete}", "evict pod"),
             ("kill: {method: force-delete}", "delete pod (force)"),

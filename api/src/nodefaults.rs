@@ -162,6 +162,7 @@ impl Decode for NodeFault {
                 "expiresAt",
                 "traceparent",
                 "latency",
+                "network",
                 "kill",
                 "partition",
             ],

@@ -315,3 +315,43 @@ pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> cr
     }
     out
 }
+
+/// What of an experiment's faults local mode cannot do honestly: services
+/// talk through Faultline's TCP proxies, which see connections and bytes,
+/// never packets, so packet corruption, duplication and reordering need a
+/// cluster's node agent (or the standalone agent). Refused before the run,
+/// each at its field.
+pub fn local_refusals(spec: &crate::ExperimentSpec) -> crate::Problems {
+    let mut out = crate::Problems::default();
+    for (i, f) in spec.faults.iter().enumerate() {
+        let crate::FaultAction::Network(n) = &f.action else {
+            continue;
+        };
+        let path = crate::diag::Path::root()
+            .key("spec")
+            .key("faults")
+            .index(i)
+            .key("network");
+        for (field, set, what) in [
+            ("corrupt", n.corrupt.is_some(), "corrupts packets"),
+            ("duplicate", n.duplicate.is_some(), "duplicates packets"),
+            ("reorder", n.reorder.is_some(), "reorders packets"),
+            (
+                "lossCorrelation",
+                n.loss_correlation.is_some(),
+                "loses packets in bursts",
+            ),
+            ("rate", n.rate.is_some(), "limits a link's bandwidth"),
+        ] {
+            if set {
+                out.add(
+                    path.key(field),
+                    format!(
+                        "local mode cannot do this: it {what}, which needs a cluster (the node agent) or the standalone agent; local services talk through proxies that see connections, not packets"
+                    ),
+                );
+            }
+        }
+    }
+    out
+}

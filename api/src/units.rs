@@ -1,4 +1,5 @@
-//! Durations (`300ms`, `30s`, `2m`, `1h`, `1m30s`) and percentages (`5%`, `0.5%`).
+//! Durations (`300ms`, `30s`, `2m`, `1h`, `1m30s`), percentages (`5%`,
+//! `0.5%`) and rates (`1mbit`, `500kbit`).
 //!
 //! Both are written as strings in every Faultline file and in the CRDs, so
 //! they serialize as strings and carry a `pattern` in their JSON schema.
@@ -33,6 +34,9 @@ pub const DURATION_PATTERN: &str = concat!(
     ")$"
 );
 pub const PERCENT_PATTERN: &str = r"^(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)%$";
+/// Exactly the strings `Rate::from_str` accepts: a whole number from 1 to
+/// 999 999 999 and a unit, decimal as tc's (1kbit = 1000 bit/s).
+pub const RATE_PATTERN: &str = r"^[1-9][0-9]{0,8}(bit|kbit|mbit|gbit)$";
 
 /// A non-negative span of time of at most 24 h, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -239,6 +243,74 @@ impl fmt::Display for Percent {
     }
 }
 
+/// A bandwidth in bits per second, written `1mbit`, `500kbit`, `2gbit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rate(u64);
+
+impl Rate {
+    pub fn bits_per_second(self) -> u64 {
+        self.0
+    }
+
+    /// In bytes per second, rounded up (a rate is never 0: that would be
+    /// no limit at all to the kernel).
+    pub fn bytes_per_second(self) -> u64 {
+        self.0.div_ceil(8)
+    }
+}
+
+const RATE_UNITS: [(&str, u64); 4] = [
+    ("gbit", 1_000_000_000),
+    ("mbit", 1_000_000),
+    ("kbit", 1_000),
+    ("bit", 1),
+];
+
+impl FromStr for Rate {
+    type Err = UnitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || {
+            UnitError(format!(
+                "{} is not a rate (write it like 1mbit, 500kbit or 2gbit)",
+                quote(s)
+            ))
+        };
+        let (number, scale) = RATE_UNITS
+            .iter()
+            .find_map(|(unit, scale)| s.strip_suffix(unit).map(|n| (n, *scale)))
+            .ok_or_else(malformed)?;
+        if number.starts_with('-') || number.bytes().all(|b| b == b'0') && !number.is_empty() {
+            return Err(UnitError(format!(
+                "{} is not above 0; a rate limits traffic to more than nothing",
+                quote(s)
+            )));
+        }
+        // As the pattern: 1 to 9 digits, no leading zero.
+        if number.is_empty()
+            || number.len() > 9
+            || number.starts_with('0')
+            || !number.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(malformed());
+        }
+        let n: u64 = number.parse().map_err(|_| malformed())?;
+        Ok(Rate(n * scale))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The largest unit that writes it whole (as the parser reads it back).
+        let (unit, scale) = RATE_UNITS
+            .iter()
+            .find(|(_, scale)| self.0.is_multiple_of(*scale) && self.0 / scale < 1_000_000_000)
+            .copied()
+            .unwrap_or(("bit", 1));
+        write!(f, "{}{unit}", self.0 / scale)
+    }
+}
+
 macro_rules! string_serde {
     ($ty:ty, $name:literal, $pattern:expr, $desc:literal) => {
         impl Serialize for $ty {
@@ -279,6 +351,12 @@ string_serde!(
     "Duration",
     DURATION_PATTERN,
     "A duration such as 300ms, 30s, 2m, 1h or 1m30s (at most 24h)."
+);
+string_serde!(
+    Rate,
+    "Rate",
+    RATE_PATTERN,
+    "A bandwidth in bits per second, such as 1mbit, 500kbit or 2gbit (1kbit = 1000 bit/s)."
 );
 string_serde!(
     Percent,
@@ -382,6 +460,53 @@ mod tests {
         );
         assert!(p("100.001%").expect_err("over").contains("above 100%"));
         assert!(p(" 5%").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        let r = |s: &str| {
+            s.parse::<Rate>()
+                .map(Rate::bits_per_second)
+                .map_err(|e| e.0)
+        };
+        assert_eq!(r("1mbit"), Ok(1_000_000));
+        assert_eq!(r("500kbit"), Ok(500_000));
+        assert_eq!(r("2gbit"), Ok(2_000_000_000));
+        assert_eq!(r("12bit"), Ok(12));
+        assert!(r("0mbit").expect_err("zero").contains("not above 0"));
+        assert!(r("-1mbit").expect_err("negative").contains("not above 0"));
+        for bad in [
+            "1",
+            "1 mbit",
+            "1.5mbit",
+            "01mbit",
+            "1Mbit",
+            "1mbps",
+            "1000000000bit",
+        ] {
+            assert!(r(bad).is_err(), "{bad}");
+        }
+        let pattern = regex::Regex::new(RATE_PATTERN).expect("pattern");
+        for text in ["1mbit", "1500kbit", "7bit", "999999999gbit"] {
+            assert!(pattern.is_match(text), "{text}");
+            let rate: Rate = text.parse().expect(text);
+            assert_eq!(rate.to_string(), text, "written back as read");
+        }
+        assert_eq!(
+            "1000kbit"
+                .parse::<Rate>()
+                .map(|r| r.to_string())
+                .ok()
+                .as_deref(),
+            Some("1mbit")
+        );
+        for bad in ["0bit", "1.5mbit", "1 mbit", "1000000000bit"] {
+            assert!(!pattern.is_match(bad), "{bad}");
+        }
+        assert_eq!(
+            "12bit".parse::<Rate>().ok().map(Rate::bytes_per_second),
+            Some(2)
+        );
     }
 
     #[test]

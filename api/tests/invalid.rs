@@ -213,7 +213,7 @@ fn fault_kinds() {
             "      kill: {signal: SIGKILL, every: 20s}            # without `every`: once\n",
             "",
         ),
-        &["spec.faults[1]: a fault needs one fault kind: latency, kill or partition"],
+        &["spec.faults[1]: a fault needs one fault kind: latency, network, kill or partition"],
     );
     assert_refused(
         &edit(
@@ -1214,4 +1214,55 @@ fn confirm_timeout_and_abort_grace_bounds() {
         "  duration: 2m\n",
         "  duration: 2m\n  confirmTimeout: 45s\n",
     ));
+}
+
+#[test]
+fn network_faults() {
+    let with = |network: &str| {
+        edit(
+            "latency: {delay: 300ms, jitter: 50ms}",
+            &format!("network: {network}"),
+        )
+    };
+    assert_valid(&with(
+        "{loss: 10%, lossCorrelation: 25%, corrupt: 1%, duplicate: 2%, rate: 1mbit}",
+    ));
+    assert_valid(&with(
+        "{delay: 50ms, jitter: 5ms, reorder: 25%, to: [cart]}",
+    ));
+    assert_refused(
+        &with("{to: [cart]}"),
+        &["spec.faults[0].network: impairs nothing"],
+    );
+    assert_refused(
+        &with("{loss: 0%}"),
+        &["spec.faults[0].network: impairs nothing"],
+    );
+    assert_refused(
+        &with("{reorder: 25%, loss: 1%}"),
+        &["spec.faults[0].network.reorder: needs a delay"],
+    );
+    assert_refused(
+        &with("{jitter: 5ms, loss: 1%}"),
+        &["spec.faults[0].network.jitter: needs a delay"],
+    );
+    assert_refused(
+        &with("{lossCorrelation: 25%, corrupt: 1%}"),
+        &["spec.faults[0].network.lossCorrelation: needs a loss"],
+    );
+    assert_refused(
+        &with("{rate: 1.5mbit}"),
+        &[
+            "spec.faults[0].network.rate: \"1.5mbit\" is not a rate (write it like 1mbit, 500kbit or 2gbit)",
+        ],
+    );
+    assert_refused(
+        &with("{rate: 0kbit}"),
+        &["spec.faults[0].network.rate: \"0kbit\" is not above 0"],
+    );
+    assert_refused(
+        &with("{corrupt: 101%}"),
+        &["spec.faults[0].network.corrupt: \"101%\" is above 100%"],
+    );
+    assert_refused(&with("{lose: 10%}"), &["spec.faults[0].network.lose"]);
 }

@@ -110,14 +110,18 @@ pub fn run_files(
 }
 
 /// Checks of services `topology` does not run, which could never be
-/// judged: each as FILE:LINE:COL: field: problem, located in the file at
-/// `path` that `experiment` was read from.
+/// judged, and faults local mode cannot inject: each as FILE:LINE:COL:
+/// field: problem, located in the file at `path` that `experiment` was
+/// read from.
 pub(crate) fn unknown_services(
     path: &Path,
     experiment: &Experiment,
     topology: &Topology,
 ) -> Vec<String> {
-    let unknown = faultline_api::unknown_services(&experiment.spec, topology);
+    let mut unknown = faultline_api::unknown_services(&experiment.spec, topology);
+    unknown
+        .0
+        .extend(faultline_api::local_refusals(&experiment.spec).0);
     if unknown.0.is_empty() {
         return Vec::new();
     }

@@ -406,6 +406,15 @@ fn kernel_change(action: &FaultAction) -> String {
                 format!(" to {}", l.to.join(", "))
             }
         ),
+        FaultAction::Network(n) => format!(
+            "netem {} on every interface{}",
+            n.impairments(),
+            if n.to.is_empty() {
+                String::new()
+            } else {
+                format!(" to {}", n.to.join(", "))
+            }
+        ),
         FaultAction::Kill(k) => format!(
             "{} to every process of the pod {}{}",
             k.signal,

@@ -635,6 +635,50 @@ spec:
     );
 }
 
+#[test]
+fn packet_impairments_a_proxy_cannot_make_are_refused_before_the_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = payments_and_a_caller(dir.path());
+    let experiment = dir.path().join("packets.yaml");
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: packets, namespace: demo}
+spec:
+  duration: 3s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - name: bad-link
+      target: payments
+      network: {delay: 20ms, loss: 5%, corrupt: 1%, rate: 1mbit}
+",
+    )
+    .expect("write");
+    let out = run_local("packets", &experiment, &topology)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for (at, field, what) in [
+        ("11:49", "corrupt", "corrupts packets"),
+        ("11:59", "rate", "limits a link's bandwidth"),
+    ] {
+        let want = format!(
+            "packets.yaml:{at}: spec.faults[0].network.{field}: local mode cannot do this: it {what}, which needs a cluster (the node agent) or the standalone agent"
+        );
+        assert!(stderr.contains(&want), "{want}\n{stderr}");
+    }
+    // Delay and loss alone are what a proxy does: no complaint about them.
+    assert!(!stderr.contains("network.loss"), "{stderr}");
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    assert!(
+        faultline_testkit::marked_processes("packets").is_empty(),
+        "nothing started"
+    );
+}
+
 /// `faultline plan --local -o json` of a demo experiment.
 fn local_plan(experiment: &str) -> serde_json::Value {
     let out = faultline("plan")

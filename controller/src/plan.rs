@@ -283,6 +283,12 @@ pub fn agent_actions<'a>(
                     (!to.is_empty())
                         .then(|| FaultAction::Latency(faultline_api::Latency { to, ..l.clone() }))
                 }
+                FaultAction::Network(n) if n.to.is_empty() => Some(FaultAction::Network(n.clone())),
+                FaultAction::Network(n) => {
+                    let to = addresses(&n.to, plan, pods);
+                    (!to.is_empty())
+                        .then(|| FaultAction::Network(faultline_api::Network { to, ..n.clone() }))
+                }
                 // Pods are deleted by the controller itself, not by an agent.
                 FaultAction::Kill(k) if k.method.deletes_pod() => None,
                 FaultAction::Kill(k) => Some(FaultAction::Kill(k.clone())),

@@ -345,9 +345,122 @@ impl Faults {
         let d = self.delay_ms;
         self.entry(id, &format!("latency: {{delay: {d}ms}}"))
     }
+    /// A network fault with these settings (a flow mapping's inside) to
+    /// `dst` only.
+    fn network_to(&self, id: &str, settings: &str, dst: &str) -> String {
+        self.entry(id, &format!("network: {{{settings}, to: [\"{dst}/32\"]}}"))
+    }
     fn partition(&self, id: &str) -> String {
         self.entry(id, &format!("partition: {{peers: [\"{OTHER_LINK}/32\"]}}"))
     }
+}
+
+/// busybox ping's summary: (transmitted, received, duplicates).
+fn ping_summary(text: &str) -> Option<(u64, u64, u64)> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let before = |what: &str| -> Option<u64> {
+        let at = line.find(what)?;
+        line[..at].split_whitespace().last()?.parse().ok()
+    };
+    Some((
+        before("packets transmitted")?,
+        before("packets received")?,
+        before("duplicates").unwrap_or(0),
+    ))
+}
+
+/// `count` pings from the target to `dst`, `interval` seconds apart.
+fn ping_stats(dst: &str, count: u64, interval: &str) -> Option<(u64, u64, u64)> {
+    run(&in_tgt(&[BUSYBOX, "ping", "-c", "1", "-W", "2", dst]));
+    let n = count.to_string();
+    ping_summary(&output(&in_tgt(&[
+        BUSYBOX, "ping", "-q", "-c", &n, "-i", interval, "-W", "3", dst,
+    ])))
+}
+
+/// A namespace's `/proc/net/snmp` counters, as `Icmp.InCsumErrors` → n.
+fn snmp(ns: &str) -> std::collections::BTreeMap<String, u64> {
+    let text = output(&[IP, "netns", "exec", ns, BUSYBOX, "cat", "/proc/net/snmp"]);
+    let mut out = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((proto, names)), Some((_, values))) =
+            (names.split_once(": "), values.split_once(": "))
+        else {
+            continue;
+        };
+        for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = v.parse() {
+                out.insert(format!("{proto}.{k}"), v);
+            }
+        }
+    }
+    out
+}
+
+/// Runs `f` on a thread of its own inside network namespace `ns`
+/// (sockets it opens live there).
+fn in_netns<T: Send + 'static>(
+    ns: &'static str,
+    f: impl FnOnce() -> Option<T> + Send + 'static,
+) -> std::thread::JoinHandle<Option<T>> {
+    std::thread::spawn(move || {
+        let file = fs::File::open(format!("/run/netns/{ns}")).ok()?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .ok()?;
+        f()
+    })
+}
+
+/// TCP goodput from the target to `dst` in bits per second: a sender in
+/// the target writes as fast as it can; the receiver in `pa` counts what
+/// arrives over `secs` seconds after one of warm-up (slow start).
+fn tcp_goodput(dst: &'static str, secs: u64) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    const PORT: u16 = 5001;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let sink = in_netns("pa", move || {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", PORT)).ok()?;
+        let _ = ready_tx.send(());
+        let (mut conn, _) = listener.accept().ok()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let start = std::time::Instant::now();
+        let (warm, end) = (Duration::from_secs(1), Duration::from_secs(1 + secs));
+        let mut counted = 0u64;
+        let mut since = None;
+        while start.elapsed() < end {
+            let n = conn.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            if start.elapsed() >= warm {
+                since.get_or_insert_with(std::time::Instant::now);
+                counted += n as u64;
+            }
+        }
+        let took = since?.elapsed().as_secs_f64();
+        Some(counted as f64 * 8.0 / took)
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).ok()?;
+    let source = in_netns("tgt", move || {
+        let mut conn = std::net::TcpStream::connect((dst, PORT)).ok()?;
+        let chunk = vec![0u8; 64 * 1024];
+        let start = std::time::Instant::now();
+        // Until the receiver hangs up (or long after it should have).
+        while start.elapsed() < Duration::from_secs(secs + 10) {
+            if conn.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        Some(())
+    });
+    let got = sink.join().ok()?;
+    let _ = source.join();
+    got
 }
 
 fn start_agent() -> Option<Child> {
@@ -693,10 +806,17 @@ fn scenarios(f: &Faults, samples: u64) {
         reachable(OTHER_LINK),
     );
 
-    // Crash recovery: SIGKILL with latency and partition applied, nothing
-    // desired any more, restart with the same state directory.
+    network(f);
+
+    // Crash recovery: SIGKILL with latency, network and partition faults
+    // applied, nothing desired any more, restart with the same state
+    // directory.
     stamp("crash");
-    desired(&[f.latency_to("crash-lat"), f.partition("crash-part")]);
+    desired(&[
+        f.latency_to("crash-lat"),
+        f.partition("crash-part"),
+        f.network_to("crash-net", "loss: 5%, rate: 10mbit", SAME_LINK),
+    ]);
     check(
         "crash-applied-latency",
         "the agent logged crash-lat: applied latency",
@@ -706,6 +826,11 @@ fn scenarios(f: &Faults, samples: u64) {
         "crash-applied-partition",
         "the agent logged crash-part: applied partition",
         logged("crash-part: applied partition"),
+    );
+    check(
+        "crash-applied-network",
+        "the agent logged crash-net: applied network",
+        logged("crash-net: applied network"),
     );
     if let Some(a) = agent.as_mut() {
         let _ = a.kill();
@@ -725,8 +850,8 @@ fn scenarios(f: &Faults, samples: u64) {
     agent = start_agent();
     check(
         "crash-restart-swept",
-        "the restarted agent removed both from its journal first",
-        logged("started: 2 fault(s) in the journal, 2 stale removed before anything else"),
+        "the restarted agent removed all three from its journal first",
+        logged("started: 3 fault(s) in the journal, 3 stale removed before anything else"),
     );
     check(
         "crash-no-netem",
@@ -791,4 +916,125 @@ fn main() {
     loop {
         sleep(Duration::from_secs(60));
     }
+}
+
+/// Network faults measured: loss, duplication and corruption over 2 000
+/// pings each (counted at the receiver), a bandwidth limit over TCP, each
+/// scoped to one destination; gone on removal and at expiry.
+fn network(f: &Faults) {
+    stamp("network");
+    const PINGS: u64 = 2000;
+    let share = |part: u64, whole: u64| part as f64 * 100.0 / whole.max(1) as f64;
+
+    desired(&[f.network_to("net-loss", "loss: 10%", DELAYED)]);
+    check(
+        "network-applied",
+        "the agent logged net-loss: applied network",
+        logged("net-loss: applied network"),
+    );
+    let lossy = ping_stats(DELAYED, PINGS, "0.002");
+    let lost = lossy.map(|(sent, got, _)| share(sent - got.min(sent), sent));
+    info("network loss", &format!("{lossy:?} → {lost:?} %"));
+    check(
+        "network-loss-measured",
+        &format!("10% loss to {DELAYED}: {lost:?} % of {PINGS} pings lost (7 to 13)"),
+        lossy.is_some_and(|(sent, _, _)| sent >= PINGS)
+            && lost.is_some_and(|l| (7.0..=13.0).contains(&l)),
+    );
+    let spared = ping_stats(SAME_LINK, 200, "0.002");
+    check(
+        "network-loss-scoped",
+        &format!("{SAME_LINK}, on the same link, loses nothing: {spared:?}"),
+        spared.is_some_and(|(sent, got, _)| sent == 200 && got == 200),
+    );
+
+    desired(&[f.network_to("net-dup", "duplicate: 20%, corrupt: 10%", DELAYED)]);
+    check(
+        "network-replaced",
+        "the agent logged net-dup: applied network",
+        logged("net-dup: applied network") && logged("net-loss: removed network"),
+    );
+    let before = snmp("pa");
+    let stats = ping_stats(DELAYED, PINGS, "0.002");
+    let after = snmp("pa");
+    let grew = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    let echoes = grew("Icmp.InEchos");
+    // A flipped bit fails the IP header's checksum or the ICMP one (or
+    // lands in the Ethernet header, where no counter sees it).
+    let corrupted = grew("Icmp.InCsumErrors") + grew("Ip.InHdrErrors") + grew("Ip.InAddrErrors");
+    info(
+        "network duplicate+corrupt",
+        &format!("ping {stats:?}, receiver: {echoes} echo requests, {corrupted} failed checksums"),
+    );
+    // What arrived: the good echo requests and the corrupted ones.
+    let arrived = echoes + corrupted;
+    let dups = share(arrived.saturating_sub(PINGS), PINGS);
+    check(
+        "network-duplicate-counted",
+        &format!(
+            "20% duplication: {dups:.1} % more packets arrived at the receiver than were sent (12 to 28)"
+        ),
+        (12.0..=28.0).contains(&dups),
+    );
+    let bad = share(corrupted, arrived);
+    check(
+        "network-corrupt-counted",
+        &format!(
+            "10% corruption: {bad:.1} % of what arrived failed a checksum at the receiver (4 to 13)"
+        ),
+        (4.0..=13.0).contains(&bad),
+    );
+
+    let baseline = tcp_goodput(SAME_LINK, 3);
+    desired(&[f.network_to("net-rate", "rate: 1mbit", DELAYED)]);
+    check(
+        "network-rate-applied",
+        "the agent logged net-rate: applied network",
+        logged("net-rate: applied network"),
+    );
+    let limited = tcp_goodput(DELAYED, 5);
+    let free = tcp_goodput(SAME_LINK, 3);
+    info(
+        "network rate",
+        &format!(
+            "1mbit to {DELAYED}: {limited:?} bit/s; {SAME_LINK}: {free:?} bit/s (before: {baseline:?})"
+        ),
+    );
+    check(
+        "network-rate-measured",
+        &format!("TCP goodput under rate 1mbit: {limited:?} bit/s (850 000 to 1 150 000)"),
+        limited.is_some_and(|b| (850_000.0..=1_150_000.0).contains(&b)),
+    );
+    check(
+        "network-rate-scoped",
+        &format!("{SAME_LINK} keeps its speed: {free:?} bit/s, over 5 times the limit"),
+        free.is_some_and(|b| b > 5_000_000.0),
+    );
+    desired(&[]);
+    check(
+        "network-removed",
+        "the agent logged net-rate: removed network, no netem left",
+        logged("net-rate: removed network") && !qdiscs().contains("netem"),
+    );
+
+    // At its expiry the agent takes it away by itself.
+    let soon = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(4))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let expiring = Faults {
+        expires: soon,
+        delay_ms: f.delay_ms,
+    };
+    desired(&[expiring.network_to("net-expiring", "loss: 50%", DELAYED)]);
+    check(
+        "network-expiring-applied",
+        "the agent logged net-expiring: applied network",
+        logged("net-expiring: applied network"),
+    );
+    check(
+        "network-expired",
+        "at its expiry the agent removed it: no netem left",
+        logged("net-expiring: removed network") && !qdiscs().contains("netem"),
+    );
+    desired(&[]);
 }

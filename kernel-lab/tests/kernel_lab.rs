@@ -125,8 +125,21 @@ const CHECKS: &[&str] = &[
     "partition-effect",
     "partition-table-gone",
     "partition-healed",
+    "network-applied",
+    "network-loss-measured",
+    "network-loss-scoped",
+    "network-replaced",
+    "network-duplicate-counted",
+    "network-corrupt-counted",
+    "network-rate-applied",
+    "network-rate-measured",
+    "network-rate-scoped",
+    "network-removed",
+    "network-expiring-applied",
+    "network-expired",
     "crash-applied-latency",
     "crash-applied-partition",
+    "crash-applied-network",
     "crash-left-netem",
     "crash-left-table",
     "crash-restart-swept",
@@ -138,7 +151,7 @@ const CHECKS: &[&str] = &[
 ];
 
 #[test]
-fn netem_partition_and_crash_recovery_on_a_stock_kernel() {
+fn netem_network_partition_and_crash_recovery_on_a_stock_kernel() {
     let Some(console) = run_lab() else {
         return;
     };

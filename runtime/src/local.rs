@@ -99,6 +99,7 @@ pub fn local_mode_notes(experiment: &Experiment) -> Vec<String> {
     for f in &experiment.spec.faults {
         let (field, list) = match &f.action {
             FaultAction::Latency(l) => ("latency.to", &l.to),
+            FaultAction::Network(n) => ("network.to", &n.to),
             FaultAction::Partition(p) => ("partition.peers", &p.peers),
             FaultAction::Kill(k) => {
                 if k.sandbox {
@@ -467,7 +468,8 @@ impl Effects {
                         };
                         sum.plus(span.counted).plus(open)
                     });
-                    let latency = matches!(action, FaultAction::Latency(_));
+                    let latency =
+                        matches!(action, FaultAction::Latency(_) | FaultAction::Network(_));
                     Effect {
                         count: if latency {
                             total.latency

@@ -79,9 +79,17 @@ pub(crate) fn edge_faults<'e>(
     {
         let instance = || Instance::new(&f.name, target);
         match &f.action {
-            FaultAction::Latency(l) => {
+            FaultAction::Latency(_) | FaultAction::Network(_) => {
+                // What a proxy can do of either: delay each chunk, drop a
+                // share of new connections (the rest is refused before the
+                // run, see `faultline_api::local_refusals`).
+                let l = match &f.action {
+                    FaultAction::Latency(l) => faultline_api::Network::from(l),
+                    FaultAction::Network(n) => n.clone(),
+                    _ => continue,
+                };
                 let latency = Latency {
-                    delay: l.delay.as_std(),
+                    delay: l.delay.unwrap_or_default().as_std(),
                     jitter: l.jitter.unwrap_or_default().as_std(),
                     loss: l.loss.map_or(0.0, |p| p.fraction()),
                     correlation: l.correlation.map_or(0.0, |p| p.fraction()),

@@ -127,14 +127,16 @@ impl Backend for Kernel {
                 self.partitions.apply(&ns, &fault.id, p)
             }
             FaultAction::Kill(k) => self.signal(fault, k.signal),
-            FaultAction::Latency(l) => {
+            FaultAction::Latency(_) | FaultAction::Network(_) => {
                 let Receipt::Latency { band } = receipt else {
-                    return Err(BackendError::Failed(
-                        "latency fault without a band in its journal record".into(),
-                    ));
+                    return Err(BackendError::Failed(format!(
+                        "{} fault without a band in its journal record",
+                        fault.action.kind()
+                    )));
                 };
                 let ns = self.netns_to_apply(&fault.target)?;
-                let devs = netem::apply(&ns, *band, l)?;
+                let impairment = fault.action.netem().unwrap_or_default();
+                let devs = netem::apply(&ns, *band, &impairment)?;
                 self.latency_links.insert(fault.id.clone(), devs);
                 Ok(())
             }
@@ -174,7 +176,7 @@ impl Backend for Kernel {
                 }
                 Ok(())
             }
-            FaultAction::Latency(_) => {
+            FaultAction::Latency(_) | FaultAction::Network(_) => {
                 let Receipt::Latency { band } = receipt else {
                     // Journaled without a band means nothing was ever applied.
                     return Ok(());
@@ -189,8 +191,9 @@ impl Backend for Kernel {
     fn repeat(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<bool, BackendError> {
         match &fault.action {
             FaultAction::Kill(k) => self.signal(fault, k.signal).map(|()| true),
-            FaultAction::Latency(l) => match receipt {
+            FaultAction::Latency(_) | FaultAction::Network(_) => match receipt {
                 Receipt::Latency { band } => {
+                    let l = &fault.action.netem().unwrap_or_default();
                     let ns = self.resolver.netns(&fault.target)?;
                     // Applied by an earlier agent: the first refresh looks at every interface.
                     let known = self
@@ -223,11 +226,11 @@ impl Backend for Kernel {
                 let ns = self.resolver.netns(&fault.target)?;
                 self.partitions.dropped(&ns, &fault.id).map(Some)
             }
-            (FaultAction::Latency(_), Receipt::Latency { band }) => {
+            (FaultAction::Latency(_) | FaultAction::Network(_), Receipt::Latency { band }) => {
                 let ns = self.resolver.netns(&fault.target)?;
                 netem::delayed(&ns, *band).map(Some)
             }
-            (FaultAction::Latency(_), Receipt::None) => Ok(None),
+            (FaultAction::Latency(_) | FaultAction::Network(_), Receipt::None) => Ok(None),
             (FaultAction::Kill(_), _) => {
                 Ok(Some(self.signalled.get(&fault.id).copied().unwrap_or(0)))
             }

@@ -1,5 +1,6 @@
-//! Latency faults: netem on the egress of every interface (but loopback)
-//! of the target's network namespace, set over rtnetlink ([`super::rtnl`]).
+//! Latency and network faults: netem on the egress of every interface (but
+//! loopback) of the target's network namespace, set over rtnetlink
+//! ([`super::rtnl`]). A latency fault is a network fault with a delay.
 //!
 //! Layout per interface, so several latency faults coexist on one target:
 //!
@@ -30,7 +31,7 @@
 
 use std::path::Path;
 
-use faultline_api::{Latency, parse_cidr};
+use faultline_api::{Network, parse_cidr};
 
 use super::{
     BackendError,
@@ -69,13 +70,38 @@ fn prios(band: u8) -> [u16; 3] {
     [b, IPV6_PRIO + b, CATCH_ALL_PRIO + b]
 }
 
-fn netem_of(l: &Latency) -> Netem {
+/// netem's queue: its default of 1000 packets, or with a rate, about a
+/// second of traffic at that rate besides what the delay holds (full-size
+/// packets), so a slow link queues as a real one would instead of holding
+/// minutes of traffic; never under 100 packets, so TCP can fill the link.
+fn queue_limit(n: &Network) -> u32 {
+    const DEFAULT: u32 = 1000;
+    const MTU: u64 = 1500;
+    let Some(rate) = n.rate else {
+        return DEFAULT;
+    };
+    let held_ms =
+        1000 + n.delay.map_or(0, |d| d.as_millis()) + n.jitter.map_or(0, |d| d.as_millis());
+    let packets = rate.bytes_per_second().saturating_mul(held_ms) / 1000 / MTU;
+    u32::try_from(packets)
+        .unwrap_or(u32::MAX)
+        .clamp(100, 100_000)
+}
+
+fn netem_of(n: &Network) -> Netem {
     let ns = |d: faultline_api::Duration| d.as_millis().saturating_mul(1_000_000);
+    let p = |p: Option<faultline_api::Percent>| p.map_or(0, |p| probability(p.points()));
     Netem {
-        delay_ns: ns(l.delay),
-        jitter_ns: l.jitter.map_or(0, ns),
-        delay_corr: l.correlation.map_or(0, |c| probability(c.points())),
-        loss: l.loss.map_or(0, |p| probability(p.points())),
+        delay_ns: n.delay.map_or(0, ns),
+        jitter_ns: n.jitter.map_or(0, ns),
+        delay_corr: p(n.correlation),
+        loss: p(n.loss),
+        loss_corr: p(n.loss_correlation),
+        duplicate: p(n.duplicate),
+        corrupt: p(n.corrupt),
+        reorder: p(n.reorder),
+        rate_bytes: n.rate.map_or(0, |r| r.bytes_per_second()),
+        limit: queue_limit(n),
     }
 }
 
@@ -124,7 +150,7 @@ fn setup(
     reqs: &mut Requests,
     link: &Link,
     band: u8,
-    l: &Latency,
+    l: &Network,
     add_root: bool,
 ) -> Result<(), BackendError> {
     if add_root {
@@ -194,7 +220,7 @@ pub(crate) fn plan_apply(
     links: &[Link],
     qdiscs: &[Qdisc],
     band: u8,
-    l: &Latency,
+    l: &Network,
 ) -> Result<Requests, BackendError> {
     let mut reqs = Requests::default();
     for link in links {
@@ -220,7 +246,7 @@ pub(crate) fn plan_refresh(
     links: &[Link],
     qdiscs: &[Qdisc],
     band: u8,
-    l: &Latency,
+    l: &Network,
 ) -> Result<Requests, BackendError> {
     let mut reqs = Requests::default();
     for link in links {
@@ -291,7 +317,7 @@ fn names(links: &[Link]) -> Vec<String> {
 
 /// Applies on every interface; returns the interfaces it saw, for
 /// [`refresh`] to tell new ones.
-pub fn apply(ns: &Path, band: u8, l: &Latency) -> Result<Vec<String>, BackendError> {
+pub fn apply(ns: &Path, band: u8, l: &Network) -> Result<Vec<String>, BackendError> {
     let mut sock = open(ns)?;
     let links = sock.links().map_err(failed)?;
     let qdiscs = sock.qdiscs().map_err(failed)?;
@@ -307,7 +333,7 @@ pub fn apply(ns: &Path, band: u8, l: &Latency) -> Result<Vec<String>, BackendErr
 pub(crate) fn refresh(
     ns: &Path,
     band: u8,
-    l: &Latency,
+    l: &Network,
     known: &[String],
 ) -> Result<(Option<Vec<String>>, bool), BackendError> {
     let mut sock = open(ns)?;
@@ -351,13 +377,11 @@ mod tests {
     use super::*;
     use faultline_api::{Duration, Percent};
 
-    fn lat(to: &[&str]) -> Latency {
-        Latency {
-            delay: Duration::from_millis(300).expect("ms"),
-            jitter: None,
-            correlation: None,
-            loss: None,
+    fn lat(to: &[&str]) -> Network {
+        Network {
+            delay: Duration::from_millis(300),
             to: to.iter().map(|s| s.to_string()).collect(),
+            ..Network::default()
         }
     }
 
@@ -389,6 +413,7 @@ mod tests {
             netem_of(&l),
             Netem {
                 delay_ns: 300_000_000,
+                limit: 1000,
                 ..Netem::default()
             }
         );
@@ -399,6 +424,38 @@ mod tests {
         assert_eq!(n.jitter_ns, 50_000_000);
         assert_eq!(n.delay_corr, probability(25.0));
         assert_eq!(n.loss, probability(0.5));
+    }
+
+    #[test]
+    fn network_settings_and_the_queue_a_rate_gets() {
+        let rate = |r: &str| r.parse::<faultline_api::Rate>().ok();
+        let n = Network {
+            loss: Percent::new(10.0),
+            loss_correlation: Percent::new(25.0),
+            corrupt: Percent::new(1.0),
+            duplicate: Percent::new(2.0),
+            rate: rate("1mbit"),
+            ..Network::default()
+        };
+        let got = netem_of(&n);
+        assert_eq!(got.delay_ns, 0);
+        assert_eq!(got.loss, probability(10.0));
+        assert_eq!(got.loss_corr, probability(25.0));
+        assert_eq!(got.corrupt, probability(1.0));
+        assert_eq!(got.duplicate, probability(2.0));
+        assert_eq!(got.reorder, 0);
+        assert_eq!(got.rate_bytes, 125_000);
+        // A second at 1mbit is 83 full-size packets: the floor holds.
+        assert_eq!(got.limit, 100);
+        // At 1gbit, a second plus a 100ms delay.
+        let fast = Network {
+            delay: Duration::from_millis(100),
+            rate: rate("1gbit"),
+            ..Network::default()
+        };
+        assert_eq!(netem_of(&fast).limit, 91_666);
+        // Without a rate: netem's default, as tc sets it.
+        assert_eq!(queue_limit(&lat(&[])), 1000);
     }
 
     #[test]

@@ -51,10 +51,15 @@ pub(crate) const TC_H_ROOT: u32 = 0xffff_ffff;
 /// The parent of ingress and clsact qdiscs.
 pub(crate) const TC_H_INGRESS: u32 = 0xffff_fff1;
 const TCA_NETEM_CORR: u16 = 1;
+const TCA_NETEM_REORDER: u16 = 3;
+const TCA_NETEM_CORRUPT: u16 = 4;
+const TCA_NETEM_RATE: u16 = 6;
+const TCA_NETEM_RATE64: u16 = 8;
 const TCA_NETEM_LATENCY64: u16 = 10;
 const TCA_NETEM_JITTER64: u16 = 11;
-/// netem's queue limit in packets, tc's default.
-const NETEM_LIMIT: u32 = 1000;
+/// netem's queue limit in packets, tc's default: a limit of 0 would drop
+/// every packet.
+const NETEM_DEFAULT_LIMIT: u32 = 1000;
 /// Nanoseconds per psched tick (PSCHED_SHIFT).
 const PSCHED_SHIFT: u32 = 6;
 // linux/pkt_cls.h
@@ -101,6 +106,15 @@ pub(crate) struct Netem {
     pub jitter_ns: u64,
     pub delay_corr: u32,
     pub loss: u32,
+    pub loss_corr: u32,
+    pub duplicate: u32,
+    pub corrupt: u32,
+    /// Share of packets sent at once, ahead of the delayed others.
+    pub reorder: u32,
+    /// Bytes per second; 0 for no limit.
+    pub rate_bytes: u64,
+    /// The queue, in packets.
+    pub limit: u32,
 }
 
 /// A probability in percent as netem's fraction of `u32::MAX`.
@@ -211,24 +225,34 @@ impl Requests {
     /// `tc qdisc replace dev L parent P handle H netem …`.
     pub(crate) fn replace_netem(&mut self, link: &Link, parent: u32, handle: u32, n: &Netem) {
         let ticks = |ns: u64| u32::try_from(ns >> PSCHED_SHIFT).unwrap_or(u32::MAX);
+        let words = |vs: &[u32]| -> Vec<u8> { vs.iter().flat_map(|v| v.to_ne_bytes()).collect() };
+        // Reordering as tc sets it: gap 1 makes each packet go ahead with
+        // the reorder probability, instead of every gap-th one.
+        let gap = u32::from(n.reorder > 0);
         // struct tc_netem_qopt { latency, limit, loss, gap, duplicate, jitter }
-        let mut qopt = Vec::with_capacity(24);
-        for v in [
+        let qopt = words(&[
             ticks(n.delay_ns),
-            NETEM_LIMIT,
+            if n.limit == 0 {
+                NETEM_DEFAULT_LIMIT
+            } else {
+                n.limit
+            },
             n.loss,
-            0,
-            0,
+            gap,
+            n.duplicate,
             ticks(n.jitter_ns),
-        ] {
-            qopt.extend_from_slice(&v.to_ne_bytes());
-        }
-        // struct tc_netem_corr { delay_corr, loss_corr, dup_corr }: always
-        // sent, since a replace keeps the old correlation otherwise.
-        let mut corr = Vec::with_capacity(12);
-        for v in [n.delay_corr, 0, 0] {
-            corr.extend_from_slice(&v.to_ne_bytes());
-        }
+        ]);
+        // Every attribute below is always sent, zero included: a replace
+        // keeps the old setting of one left out.
+        // struct tc_netem_corr { delay_corr, loss_corr, dup_corr }
+        let corr = words(&[n.delay_corr, n.loss_corr, 0]);
+        // struct tc_netem_reorder / tc_netem_corrupt { probability, correlation }
+        let reorder = words(&[n.reorder, 0]);
+        let corrupt = words(&[n.corrupt, 0]);
+        // struct tc_netem_rate { rate, packet_overhead, cell_size,
+        // cell_overhead }; a rate past 32 bits goes in RATE64 as well.
+        let rate32 = u32::try_from(n.rate_bytes).unwrap_or(u32::MAX);
+        let rate = words(&[rate32, 0, 0, 0]);
         let i64_of = |ns: u64| i64::try_from(ns).unwrap_or(i64::MAX).to_ne_bytes();
         self.msg(
             RTM_NEWQDISC,
@@ -247,6 +271,12 @@ impl Requests {
                 w.wrap(TCA_OPTIONS, 0, |w| {
                     w.raw(&qopt);
                     w.attr(TCA_NETEM_CORR, &corr);
+                    w.attr(TCA_NETEM_REORDER, &reorder);
+                    w.attr(TCA_NETEM_CORRUPT, &corrupt);
+                    w.attr(TCA_NETEM_RATE, &rate);
+                    if rate32 == u32::MAX {
+                        w.attr(TCA_NETEM_RATE64, &n.rate_bytes.to_ne_bytes());
+                    }
                     // The 64-bit times override the struct's 32-bit ticks.
                     w.attr(TCA_NETEM_LATENCY64, &i64_of(n.delay_ns));
                     w.attr(TCA_NETEM_JITTER64, &i64_of(n.jitter_ns));
@@ -563,6 +593,7 @@ mod tests {
                 jitter_ns: 50_000_000,
                 delay_corr: probability(25.0),
                 loss: probability(0.5),
+                ..Netem::default()
             },
         );
         let ops: Vec<&str> = r.ops().map(|o| o.what.as_str()).collect();
@@ -607,18 +638,69 @@ mod tests {
             .flat_map(|v| v.to_ne_bytes())
             .collect();
         assert_eq!(inner[0], (TCA_NETEM_CORR, corr));
+        // Reorder, corrupt and rate are sent as zero, so a replace clears them.
+        let zeros = |n: usize| vec![0u8; n];
+        assert_eq!(inner[1], (TCA_NETEM_REORDER, zeros(8)));
+        assert_eq!(inner[2], (TCA_NETEM_CORRUPT, zeros(8)));
+        assert_eq!(inner[3], (TCA_NETEM_RATE, zeros(16)));
         assert_eq!(
-            inner[1],
+            inner[4],
             (TCA_NETEM_LATENCY64, 300_000_000i64.to_ne_bytes().to_vec())
         );
         assert_eq!(
-            inner[2],
+            inner[5],
             (TCA_NETEM_JITTER64, 50_000_000i64.to_ne_bytes().to_vec())
         );
         // The options attribute is not flagged as a nest.
         let m = msg_at(&bytes, 1);
         let opt_at = NLMSG_HDRLEN + TCMSG_LEN + NLA_HDRLEN + 8;
         assert_eq!(ne_u16(m, opt_at + 2), Some(TCA_OPTIONS));
+    }
+
+    #[test]
+    fn netem_impairment_bytes() {
+        let mut r = Requests::default();
+        r.replace_netem(
+            &eth0(),
+            0xfa00_0002,
+            0xfb02_0000,
+            &Netem {
+                delay_ns: 10_000_000,
+                loss: probability(10.0),
+                loss_corr: probability(25.0),
+                duplicate: probability(2.0),
+                corrupt: probability(1.0),
+                reorder: probability(30.0),
+                // 40 gbit: past what 32 bits hold.
+                rate_bytes: 5_000_000_000,
+                limit: 2000,
+                ..Netem::default()
+            },
+        );
+        let (bytes, _) = r.encode(1).expect("encodes");
+        let (_, _, _, a) = decode(&bytes, 0);
+        let opts = &a[1].1;
+        let word = |i: usize| ne_u32(opts, i * 4).expect("word");
+        assert_eq!(word(1), 2000, "limit");
+        assert_eq!(word(2), probability(10.0), "loss");
+        assert_eq!(word(3), 1, "gap 1: each packet may go ahead");
+        assert_eq!(word(4), probability(2.0), "duplicate");
+        let inner = nest(&opts[24..]);
+        let words = |vs: &[u32]| -> Vec<u8> { vs.iter().flat_map(|v| v.to_ne_bytes()).collect() };
+        assert_eq!(
+            inner[0],
+            (TCA_NETEM_CORR, words(&[0, probability(25.0), 0]))
+        );
+        assert_eq!(
+            inner[1],
+            (TCA_NETEM_REORDER, words(&[probability(30.0), 0]))
+        );
+        assert_eq!(inner[2], (TCA_NETEM_CORRUPT, words(&[probability(1.0), 0])));
+        assert_eq!(inner[3], (TCA_NETEM_RATE, words(&[u32::MAX, 0, 0, 0])));
+        assert_eq!(
+            inner[4],
+            (TCA_NETEM_RATE64, 5_000_000_000u64.to_ne_bytes().to_vec())
+        );
     }
 
     #[test]
