@@ -677,6 +677,21 @@ spec:
         faultline_testkit::marked_processes("packets").is_empty(),
         "nothing started"
     );
+    // `plan --local` says the same, by line and column.
+    let out = faultline("packets")
+        .args(["plan", "--local"])
+        .arg(&topology)
+        .arg(&experiment)
+        .output()
+        .expect("runs");
+    let stdout = exited_with(&out, 2);
+    assert!(stdout.contains("would start: NO"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "packets.yaml:11:49: spec.faults[0].network.corrupt: local mode cannot do this"
+        ),
+        "{stdout}"
+    );
 }
 
 /// `faultline plan --local -o json` of a demo experiment.
