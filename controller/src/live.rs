@@ -329,4 +329,9 @@ pub(crate) struct Written {
     pub holding_since: Option<Timestamp>,
     /// A digest of the entry ids written, to tell a renewal from a change.
     pub ids: u64,
+    /// What the entries were made from (see `decide::writes`), when a run
+    /// step wrote them: while the object is still at `generation` and the
+    /// inputs are the same, the node holds what the run wants, with no
+    /// entry built to compare.
+    pub inputs: Option<u64>,
 }

@@ -280,7 +280,7 @@ pub(crate) async fn remove_all(
         })
         .map(|node| (node.clone(), Vec::new()))
         .collect();
-    converge(ctx, r, &writes, written, now, None).await.1
+    converge(ctx, r, &writes, written, now, None, None).await.1
 }
 
 /// Since when a node holds its entries after a write of `entries` whose
@@ -325,6 +325,7 @@ pub(crate) async fn converge(
     written: &mut BTreeMap<String, Written>,
     now: Timestamp,
     until: Option<std::time::Instant>,
+    inputs: Option<&BTreeMap<String, u64>>,
 ) -> (BTreeSet<String>, Result<()>) {
     let mut left: BTreeSet<String> = writes.keys().cloned().collect();
     let manager = r.field_manager();
@@ -355,6 +356,8 @@ pub(crate) async fn converge(
                 let entries = writes.get(&node).map_or(&[][..], Vec::as_slice);
                 let ids = ids_digest(entries);
                 let holding_since = holding_since(written.get(&node), entries, ids, now);
+                // Only for a write that succeeded, made from these.
+                let made_from = inputs.and_then(|i| i.get(&node).copied());
                 written.insert(
                     node,
                     Written {
@@ -364,6 +367,7 @@ pub(crate) async fn converge(
                         at: std::time::Instant::now(),
                         holding_since,
                         ids,
+                        inputs: made_from,
                     },
                 );
             }
@@ -409,6 +413,7 @@ mod tests {
             at: std::time::Instant::now(),
             holding_since: first,
             ids: ids_digest(&one),
+            inputs: None,
         };
         assert_eq!(
             holding_since(Some(&before), &one, ids_digest(&one), t(250)),

@@ -789,7 +789,16 @@ async fn step(
         .then(|| std::time::Instant::now() + ctx.settings.writing_per_step.max(intent.planning));
     // Nothing of the status is written before the nodes hold what the run
     // wants: a status that says "ended" means the faults are gone.
-    let (left, written) = converge(ctx, r, &intent.writes, &mut live.written, now, until).await;
+    let (left, written) = converge(
+        ctx,
+        r,
+        &intent.writes,
+        &mut live.written,
+        now,
+        until,
+        Some(&intent.inputs),
+    )
+    .await;
     for node in intent.writes.keys().filter(|n| !left.contains(*n)) {
         live.write_tried.entry(node.clone()).or_insert(now);
     }
