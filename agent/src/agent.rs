@@ -400,7 +400,10 @@ impl<B: Backend> Agent<B> {
                 match self.backend.repeat(&fault, &receipt) {
                     Ok(true) => {
                         spans::record("inject", &fault, Ok(()));
-                        if fault.action.netem().is_some() {
+                        if matches!(
+                            fault.action,
+                            FaultAction::Latency(_) | FaultAction::Network(_)
+                        ) {
                             tracing::info!(fault = %fault.id,
                                 "{}: {} extended to interfaces created since",
                                 fault.id,

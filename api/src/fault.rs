@@ -165,7 +165,7 @@ impl Network {
         parts.join(", ")
     }
 
-    pub const FIELDS: [&'static str; 10] = [
+    const FIELDS: [&'static str; 10] = [
         "delay",
         "jitter",
         "correlation",
@@ -280,16 +280,6 @@ impl FaultAction {
             FaultAction::Network(_) => "network",
             FaultAction::Kill(_) => "kill",
             FaultAction::Partition(_) => "partition",
-        }
-    }
-
-    /// The packet impairment a node agent sets up with netem for this
-    /// fault: a latency or network fault; None for the others.
-    pub fn netem(&self) -> Option<Network> {
-        match self {
-            FaultAction::Latency(l) => Some(Network::from(l)),
-            FaultAction::Network(n) => Some(n.clone()),
-            FaultAction::Kill(_) | FaultAction::Partition(_) => None,
         }
     }
 

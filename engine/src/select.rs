@@ -7,12 +7,12 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use faultline_api::{ExperimentSpec, SelectionMode, TargetSelector};
+
 /// A candidate's id, shared: a run holds each target's id in its plan and
 /// in every instance on it, and 150 000 copies each step would be most of
 /// a large run's memory and time.
 pub type TargetId = Arc<str>;
-
-use faultline_api::{ExperimentSpec, SelectionMode, TargetSelector};
 
 /// Something a target can select: a pod, or a local service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -1219,3 +1219,30 @@ fn steps_that_change_nothing_keep_the_books_and_a_changed_plan_moves_them() {
     assert_eq!(removes(&a).len(), 2);
     assert!(run.active().is_empty());
 }
+
+#[test]
+fn the_journal_names_a_few_targets_per_fault_and_counts_the_rest() {
+    let mut run = Run::new(spec(SLOW), "shop", 7);
+    let many = candidates(40, 0); // 20 payments pods
+    answer(&mut run, s(0), |_| rate(0.0));
+    run.step(s(0), &many);
+    answer(&mut run, s(0), |_| rate(0.0));
+    assert_eq!(injects(&step(&mut run, s(10), &many)).len(), 20);
+    let at_10: Vec<&str> = run
+        .journal()
+        .iter()
+        .filter(|e| e.at == s(10))
+        .map(|e| e.event.as_str())
+        .collect();
+    let named = |verb: &str| at_10.iter().filter(|e| e.starts_with(verb)).count();
+    assert_eq!(named("inject slow into "), 8, "{at_10:#?}");
+    assert!(
+        at_10.contains(&"inject slow: 12 more targets"),
+        "{at_10:#?}"
+    );
+    assert_eq!(named("confirmed slow on "), 8, "{at_10:#?}");
+    assert!(
+        at_10.contains(&"confirmed slow: 12 more targets"),
+        "{at_10:#?}"
+    );
+}

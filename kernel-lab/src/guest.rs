@@ -378,9 +378,14 @@ fn ping_stats(dst: &str, count: u64, interval: &str) -> Option<(u64, u64, u64)> 
     ])))
 }
 
-/// A namespace's `/proc/net/snmp` counters, as `Icmp.InCsumErrors` → n.
-fn snmp(ns: &str) -> std::collections::BTreeMap<String, u64> {
-    let text = output(&[IP, "netns", "exec", ns, BUSYBOX, "cat", "/proc/net/snmp"]);
+/// A namespace's `/proc/net/snmp` counters, as `Icmp.InCsumErrors` → n,
+/// read by a thread inside it (a thread's `net` is its own namespace's).
+fn snmp(ns: &'static str) -> std::collections::BTreeMap<String, u64> {
+    let text = in_netns(ns, || fs::read_to_string("/proc/thread-self/net/snmp").ok())
+        .join()
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let mut out = std::collections::BTreeMap::new();
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {

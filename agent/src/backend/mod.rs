@@ -10,7 +10,7 @@ pub(crate) mod rtnl;
 
 use std::sync::{Arc, Mutex};
 
-use faultline_api::{FaultAction, NodeFault, NodeTarget};
+use faultline_api::{FaultAction, Network, NodeFault, NodeTarget};
 
 use crate::{
     netns::NetnsError,
@@ -119,6 +119,50 @@ impl Kernel {
     }
 }
 
+/// Latency and network faults: one netem band each (a latency fault is a
+/// network fault with a delay).
+impl Kernel {
+    fn apply_netem(
+        &mut self,
+        fault: &NodeFault,
+        receipt: &Receipt,
+        impairment: &Network,
+    ) -> Result<(), BackendError> {
+        let Receipt::Latency { band } = receipt else {
+            return Err(BackendError::Failed(format!(
+                "{} fault without a band in its journal record",
+                fault.action.kind()
+            )));
+        };
+        let ns = self.netns_to_apply(&fault.target)?;
+        let devs = netem::apply(&ns, *band, impairment)?;
+        self.latency_links.insert(fault.id.clone(), devs);
+        Ok(())
+    }
+
+    fn refresh_netem(
+        &mut self,
+        fault: &NodeFault,
+        receipt: &Receipt,
+        impairment: &Network,
+    ) -> Result<bool, BackendError> {
+        let Receipt::Latency { band } = receipt else {
+            return Ok(false);
+        };
+        let ns = self.resolver.netns(&fault.target)?;
+        // Applied by an earlier agent: the first refresh looks at every interface.
+        let known = self
+            .latency_links
+            .get(&fault.id)
+            .map_or(&[][..], Vec::as_slice);
+        let (devs, changed) = netem::refresh(&ns, *band, impairment, known)?;
+        if let Some(devs) = devs {
+            self.latency_links.insert(fault.id.clone(), devs);
+        }
+        Ok(changed)
+    }
+}
+
 impl Backend for Kernel {
     fn apply(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<(), BackendError> {
         match &fault.action {
@@ -127,19 +171,8 @@ impl Backend for Kernel {
                 self.partitions.apply(&ns, &fault.id, p)
             }
             FaultAction::Kill(k) => self.signal(fault, k.signal),
-            FaultAction::Latency(_) | FaultAction::Network(_) => {
-                let Receipt::Latency { band } = receipt else {
-                    return Err(BackendError::Failed(format!(
-                        "{} fault without a band in its journal record",
-                        fault.action.kind()
-                    )));
-                };
-                let ns = self.netns_to_apply(&fault.target)?;
-                let impairment = fault.action.netem().unwrap_or_default();
-                let devs = netem::apply(&ns, *band, &impairment)?;
-                self.latency_links.insert(fault.id.clone(), devs);
-                Ok(())
-            }
+            FaultAction::Latency(l) => self.apply_netem(fault, receipt, &Network::from(l)),
+            FaultAction::Network(n) => self.apply_netem(fault, receipt, n),
         }
     }
 
@@ -191,23 +224,8 @@ impl Backend for Kernel {
     fn repeat(&mut self, fault: &NodeFault, receipt: &Receipt) -> Result<bool, BackendError> {
         match &fault.action {
             FaultAction::Kill(k) => self.signal(fault, k.signal).map(|()| true),
-            FaultAction::Latency(_) | FaultAction::Network(_) => match receipt {
-                Receipt::Latency { band } => {
-                    let l = &fault.action.netem().unwrap_or_default();
-                    let ns = self.resolver.netns(&fault.target)?;
-                    // Applied by an earlier agent: the first refresh looks at every interface.
-                    let known = self
-                        .latency_links
-                        .get(&fault.id)
-                        .map_or(&[][..], Vec::as_slice);
-                    let (devs, changed) = netem::refresh(&ns, *band, l, known)?;
-                    if let Some(devs) = devs {
-                        self.latency_links.insert(fault.id.clone(), devs);
-                    }
-                    Ok(changed)
-                }
-                Receipt::None => Ok(false),
-            },
+            FaultAction::Latency(l) => self.refresh_netem(fault, receipt, &Network::from(l)),
+            FaultAction::Network(n) => self.refresh_netem(fault, receipt, n),
             FaultAction::Partition(_) => Ok(false),
         }
     }
