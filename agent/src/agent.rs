@@ -130,13 +130,16 @@ impl<B: Backend> Agent<B> {
                 journal.set_aside()
             );
         }
-        let state = State::from_journal(journal.records().map(|r| {
-            (
-                r.fault.clone(),
-                r.receipt.clone(),
-                r.state == RecordState::Applied,
-            )
-        }));
+        let state = State::from_journal(
+            journal.records().map(|r| {
+                (
+                    r.fault.clone(),
+                    r.receipt.clone(),
+                    r.state == RecordState::Applied,
+                )
+            }),
+            now,
+        );
         let mut agent = Agent {
             backend,
             journal,
@@ -411,13 +414,18 @@ impl<B: Backend> Agent<B> {
                             );
                         }
                     }
-                    // A refresh that found everything in place.
+                    // A refresh that found everything in place, or a
+                    // fault that ended for good (said below).
                     Ok(false) => {}
                     Err(e) => {
                         spans::record("inject", &fault, Err(&e.to_string()));
                         self.metrics.failed(fault.action.kind(), "repeat");
                         tracing::warn!(fault = %fault.id, kind = fault.action.kind(), "{}: repeat failed: {e}", fault.id);
                     }
+                }
+                if let Some(why) = self.backend.ended(&fault) {
+                    self.outcomes
+                        .record(&fault, FaultState::Applied, Some(why), now);
                 }
                 self.state.repeated(&fault.id, now);
             }

@@ -38,6 +38,10 @@ enum Mode {
         #[command(flatten)]
         common: Common,
     },
+    /// One stress fault's worker, started by the agent itself inside the
+    /// target's cgroup (not for people to run).
+    #[command(hide = true)]
+    StressWorker(faultline_stress::Load),
     /// Follow the NodeFaults object named after this node through the
     /// Kubernetes API (in-cluster config or kubeconfig) and write its status.
     Kube {
@@ -135,6 +139,10 @@ enum Source {
 fn run() -> anyhow::Result<bool> {
     let cli = Cli::parse();
     let (common, source, initial) = match cli.mode {
+        Mode::StressWorker(load) => {
+            faultline_stress::run(&load)?;
+            return Ok(true);
+        }
         Mode::Standalone {
             desired,
             poll_ms,

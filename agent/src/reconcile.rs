@@ -116,12 +116,17 @@ pub(crate) fn expired(f: &NodeFault, now: Timestamp) -> bool {
 /// created in its target since (or qdiscs someone deleted) are covered.
 pub(crate) const LATENCY_REFRESH: SignedDuration = SignedDuration::from_secs(2);
 
+/// How often an applied stress fault's workers are looked at: started again
+/// when they died of anything but the target's OOM killer.
+pub(crate) const STRESS_CHECK: SignedDuration = SignedDuration::from_secs(1);
+
 fn repeat_every(f: &NodeFault) -> Option<SignedDuration> {
     match &f.action {
         FaultAction::Kill(k) => k
             .every
             .map(|e| SignedDuration::from_millis(e.as_millis().min(i64::MAX as u64) as i64)),
         FaultAction::Latency(_) | FaultAction::Network(_) => Some(LATENCY_REFRESH),
+        FaultAction::Stress(_) => Some(STRESS_CHECK),
         FaultAction::Partition(_) => None,
     }
 }
@@ -135,20 +140,24 @@ pub(crate) struct State {
 
 impl State {
     /// Rebuilds the state from journal records (`confirmed` false for those
-    /// only journaled as "about to apply").
+    /// only journaled as "about to apply"). Repeats go on one period after
+    /// `now`: a restarted agent keeps firing kills and refreshing latency,
+    /// and finds stress workers that ended with the agent before it.
     pub(crate) fn from_journal(
         records: impl IntoIterator<Item = (NodeFault, Receipt, bool)>,
+        now: Timestamp,
     ) -> Self {
         let applied = records
             .into_iter()
             .map(|(fault, receipt, confirmed)| {
+                let next_repeat = repeat_every(&fault).and_then(|e| now.checked_add(e).ok());
                 (
                     fault.id.clone(),
                     Applied {
                         fault,
                         receipt,
                         confirmed,
-                        next_repeat: None,
+                        next_repeat,
                         remove_retry_at: None,
                     },
                 )
@@ -524,10 +533,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn repeats_go_on_after_a_restart() {
+        let k = kill("k", Some(4000), 50);
+        let s = State::from_journal([(k.clone(), Receipt::None, true)], t(10));
+        let d = Desired::Faults(vec![k]);
+        // Not at once (a restart fires no extra kill), but one period on.
+        assert!(s.plan(&d, t(10)).is_empty());
+        assert_eq!(s.next_wakeup(&d), Some(t(14)));
+        assert_eq!(ids(&s.plan(&d, t(14))), ["repeat k"]);
+    }
+
+    #[test]
     fn half_applied_from_journal() {
         let a = partition("a", "/n", "10.0.0.1", 5);
         let b = partition("b", "/n", "10.0.0.2", 5);
-        let s = State::from_journal([(a.clone(), Receipt::None, false), (b, Receipt::None, false)]);
+        let s = State::from_journal(
+            [(a.clone(), Receipt::None, false), (b, Receipt::None, false)],
+            t(0),
+        );
         let d = Desired::Faults(vec![a]);
         // Still desired: apply again (idempotent); not desired: remove.
         assert_eq!(ids(&s.plan(&d, t(0))), ["remove b", "apply a"]);

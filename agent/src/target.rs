@@ -137,6 +137,59 @@ impl Resolver {
         }
     }
 
+    /// The cgroup a stress fault's workers join: a leaf the target's own
+    /// processes are in, so their limits apply to the workers too. For a
+    /// pod, its first application container (by cgroup name; the sandbox's
+    /// is skipped): cgroup v2 admits processes only in leaves.
+    pub(crate) fn stress_cgroup(&self, target: &NodeTarget) -> Result<PathBuf, TargetError> {
+        match target {
+            NodeTarget::Cgroup(cg) => {
+                let dir = PathBuf::from(cg);
+                if dir.is_dir() {
+                    Ok(dir)
+                } else {
+                    Err(TargetError::Gone(format!("cgroup {cg} does not exist")))
+                }
+            }
+            NodeTarget::Pid(pid) => {
+                faultline_stress::cgroup::of_process(&self.proc_root, *pid, &self.cgroup_root)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::NotFound => {
+                            TargetError::Gone(format!("process {pid} does not exist"))
+                        }
+                        _ => TargetError::Unsupported(format!(
+                            "cannot find process {pid}'s cgroup: {e}"
+                        )),
+                    })
+            }
+            NodeTarget::Pod(pod) => {
+                let dir = self.pod_cgroup(&pod.uid)?;
+                let mut containers: Vec<PathBuf> = fs::read_dir(&dir)
+                    .map_err(|e| TargetError::Io(format!("cannot read {}: {e}", dir.display())))?
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect();
+                containers.sort();
+                containers
+                    .into_iter()
+                    .find(|c| {
+                        cgroup_procs(c)
+                            .is_ok_and(|procs| procs.iter().any(|p| !is_pause(&self.proc_root, *p)))
+                    })
+                    .ok_or_else(|| {
+                        TargetError::Gone(format!(
+                            "pod {} has no running container on this node",
+                            pod.uid
+                        ))
+                    })
+            }
+            NodeTarget::Netns(p) => Err(TargetError::Unsupported(format!(
+                "network namespace {p} has no cgroup to stress; stress needs a pid, cgroup or pod target"
+            ))),
+        }
+    }
+
     fn pid_netns(&self, pid: u32) -> Result<PathBuf, TargetError> {
         let p = self.proc_root.join(pid.to_string()).join("ns").join("net");
         if p.exists() {
@@ -180,6 +233,13 @@ impl Resolver {
             ))
         })
     }
+}
+
+/// A pod's sandbox process: the `pause` binary every runtime starts to
+/// hold the pod's namespaces.
+pub(crate) fn is_pause(proc_root: &Path, pid: u32) -> bool {
+    fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
+        .is_ok_and(|c| c.trim_end() == "pause")
 }
 
 /// Depth-first walk of directories; `visit` returns true to stop.
@@ -312,6 +372,37 @@ mod tests {
                 tmp.path().join("proc/101/ns/net")
             );
         }
+    }
+
+    #[test]
+    fn stress_joins_the_first_application_container() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = resolver(tmp.path());
+        let pod_dir = format!("cg/kubepods/burstable/pod{UID}");
+        mk(tmp.path(), &pod_dir, "");
+        // The sandbox sorts first; an exited container's cgroup is empty.
+        mk(tmp.path(), &format!("{pod_dir}/0aaa"), "101\n");
+        fs::write(tmp.path().join("proc/101/comm"), "pause\n").expect("write");
+        mk(tmp.path(), &format!("{pod_dir}/1bbb"), "");
+        mk(tmp.path(), &format!("{pod_dir}/2ccc"), "102\n");
+        mk(tmp.path(), &format!("{pod_dir}/3ddd"), "201\n");
+        assert_eq!(
+            r.stress_cgroup(&pod()).expect("found"),
+            tmp.path().join(format!("{pod_dir}/2ccc"))
+        );
+        // A pod whose only process is its sandbox has nothing to stress.
+        fs::write(tmp.path().join(format!("{pod_dir}/2ccc/cgroup.procs")), "").expect("write");
+        fs::write(tmp.path().join(format!("{pod_dir}/3ddd/cgroup.procs")), "").expect("write");
+        assert!(matches!(r.stress_cgroup(&pod()), Err(TargetError::Gone(_))));
+        assert!(matches!(
+            r.stress_cgroup(&NodeTarget::Netns("/run/netns/x".into())),
+            Err(TargetError::Unsupported(_))
+        ));
+        let cg = tmp.path().join(&pod_dir).display().to_string();
+        assert_eq!(
+            r.stress_cgroup(&NodeTarget::Cgroup(cg.clone())).ok(),
+            Some(PathBuf::from(cg))
+        );
     }
 
     #[test]

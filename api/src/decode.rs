@@ -436,7 +436,8 @@ macro_rules! decode_via_from_str {
 decode_via_from_str!(
     crate::units::Duration,
     crate::units::Percent,
-    crate::units::Rate
+    crate::units::Rate,
+    crate::units::Size
 );
 
 /// Defines a string enum: serde and schema names, `FromStr` with a

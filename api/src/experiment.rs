@@ -695,17 +695,7 @@ impl Decode for Fault {
             cx,
             node,
             path,
-            &[
-                "name",
-                "target",
-                "start",
-                "duration",
-                "requireEffect",
-                "latency",
-                "network",
-                "kill",
-                "partition",
-            ],
+            &FaultAction::keys_with(&["name", "target", "start", "duration", "requireEffect"]),
         )?;
         let name = f.req(cx, "name");
         let target = f.req(cx, "target");

@@ -11,7 +11,7 @@ use crate::{
     decode::{Cx, Decode, Fields},
     diag::Path,
     string_enum,
-    units::{Duration, Percent, Rate},
+    units::{Duration, Percent, Rate, Size},
     validate::Problems,
     yaml::{Node, quote},
 };
@@ -260,6 +260,72 @@ pub struct Partition {
     pub ports: Vec<u16>,
 }
 
+/// The most CPU workers one stress fault starts.
+pub const MAX_STRESS_WORKERS: u32 = 64;
+
+/// Load the target's own cgroup: CPU workers and memory, charged to the
+/// target as if its own processes did the work (its limits, CPU throttling
+/// and OOM killer apply).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema, Default)]
+#[x_kube(validation = Rule::new("has(self.cpu) || has(self.memory)").message("a stress fault needs cpu, memory or both"))]
+#[serde(rename_all = "camelCase")]
+pub struct Stress {
+    /// Busy workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuStress>,
+    /// Memory allocated, touched and held until the fault ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStress>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuStress {
+    /// How many workers (threads) run (default 1).
+    #[serde(default = "one_worker")]
+    #[schemars(range(min = 1, max = 64))]
+    pub workers: u32,
+    /// How busy each worker keeps one core (default 100%).
+    #[serde(default = "full_load")]
+    pub load: Percent,
+}
+
+fn one_worker() -> u32 {
+    1
+}
+
+fn full_load() -> Percent {
+    Percent::new(100.0).unwrap_or_default()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStress {
+    /// How much memory to allocate and touch.
+    pub size: Size,
+    /// Grow to `size` evenly over this long (default: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_up: Option<Duration>,
+}
+
+impl Stress {
+    /// `2 CPU workers at 50%, 256Mi memory over 30s`.
+    pub fn load(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.cpu {
+            let s = if c.workers == 1 { "" } else { "s" };
+            parts.push(format!("{} CPU worker{s} at {}", c.workers, c.load));
+        }
+        if let Some(m) = &self.memory {
+            parts.push(match m.ramp_up {
+                Some(r) if !r.is_zero() => format!("{} memory over {r}", m.size),
+                _ => format!("{} memory", m.size),
+            });
+        }
+        parts.join(", ")
+    }
+}
+
 /// Exactly one kind of fault. Written as one of the keys `latency`, `kill`,
 /// `partition` next to the fault's other fields.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -269,10 +335,16 @@ pub enum FaultAction {
     Network(Network),
     Kill(Kill),
     Partition(Partition),
+    Stress(Stress),
 }
 
 impl FaultAction {
-    pub const KEYS: [&'static str; 4] = ["latency", "network", "kill", "partition"];
+    pub const KEYS: [&'static str; 5] = ["latency", "network", "kill", "partition", "stress"];
+
+    /// A fault mapping's known keys: `fields` and every kind's key.
+    pub(crate) fn keys_with(fields: &[&'static str]) -> Vec<&'static str> {
+        fields.iter().chain(Self::KEYS.iter()).copied().collect()
+    }
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -280,6 +352,7 @@ impl FaultAction {
             FaultAction::Network(_) => "network",
             FaultAction::Kill(_) => "kill",
             FaultAction::Partition(_) => "partition",
+            FaultAction::Stress(_) => "stress",
         }
     }
 
@@ -292,6 +365,7 @@ impl FaultAction {
             FaultAction::Kill(k) if k.method == KillMethod::ForceDelete => "pods deleted",
             FaultAction::Kill(_) => "processes signalled",
             FaultAction::Partition(_) => "packets dropped",
+            FaultAction::Stress(_) => "ms of CPU used by workers",
         }
     }
 
@@ -343,6 +417,7 @@ impl FaultAction {
                 }
                 s
             }
+            FaultAction::Stress(st) => format!("stress {}", st.load()),
         }
     }
 
@@ -355,7 +430,9 @@ impl FaultAction {
                 cx.error(
                     f.pos(),
                     f.path(),
-                    format!("{what} needs one fault kind: latency, network, kill or partition"),
+                    format!(
+                        "{what} needs one fault kind: latency, network, kill, partition or stress"
+                    ),
                 );
                 None
             }
@@ -363,6 +440,7 @@ impl FaultAction {
                 "latency" => f.req(cx, "latency").map(FaultAction::Latency),
                 "network" => f.req(cx, "network").map(FaultAction::Network),
                 "kill" => f.req(cx, "kill").map(FaultAction::Kill),
+                "stress" => f.req(cx, "stress").map(FaultAction::Stress),
                 _ => f.req(cx, "partition").map(FaultAction::Partition),
             },
             [first, rest @ ..] => {
@@ -428,6 +506,24 @@ impl FaultAction {
                     p.add(path.key("lossCorrelation"), "needs a loss");
                 }
                 check_peers(&path.key("to"), &n.to, p, peer_ok);
+            }
+            FaultAction::Stress(st) => {
+                let path = path.key("stress");
+                if st.cpu.is_none() && st.memory.is_none() {
+                    p.add(path.clone(), "stresses nothing: set cpu, memory or both");
+                }
+                if let Some(c) = &st.cpu {
+                    let path = path.key("cpu");
+                    if c.workers == 0 || c.workers > MAX_STRESS_WORKERS {
+                        p.add(
+                            path.key("workers"),
+                            format!("must be 1 to {MAX_STRESS_WORKERS}"),
+                        );
+                    }
+                    if c.load.points() <= 0.0 {
+                        p.add(path.key("load"), "must be above 0% (or leave cpu out)");
+                    }
+                }
             }
             FaultAction::Kill(k) => {
                 if k.every.is_some_and(Duration::is_zero) {
@@ -564,6 +660,42 @@ impl Decode for Network {
             reorder: reorder?,
             rate: rate?,
             to: to?,
+        })
+    }
+}
+
+impl Decode for Stress {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["cpu", "memory"])?;
+        let cpu = f.opt(cx, "cpu");
+        let memory = f.opt(cx, "memory");
+        Some(Stress {
+            cpu: cpu?,
+            memory: memory?,
+        })
+    }
+}
+
+impl Decode for CpuStress {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["workers", "load"])?;
+        let workers = f.opt(cx, "workers");
+        let load = f.opt(cx, "load");
+        Some(CpuStress {
+            workers: workers?.unwrap_or_else(one_worker),
+            load: load?.unwrap_or_else(full_load),
+        })
+    }
+}
+
+impl Decode for MemoryStress {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["size", "rampUp"])?;
+        let size = f.req(cx, "size");
+        let ramp_up = f.opt(cx, "rampUp");
+        Some(MemoryStress {
+            size: size?,
+            ramp_up: ramp_up?,
         })
     }
 }

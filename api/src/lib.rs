@@ -36,14 +36,14 @@ pub use experiment::{
     default_abort_grace, default_confirm_timeout, forbidden_host, forbidden_ip, url_host,
 };
 pub use fault::{
-    Direction, FaultAction, Kill, KillMethod, Latency, MAX_PEERS, Network, Partition, Signal,
-    parse_cidr,
+    CpuStress, Direction, FaultAction, Kill, KillMethod, Latency, MAX_PEERS, MAX_STRESS_WORKERS,
+    MemoryStress, Network, Partition, Signal, Stress, parse_cidr,
 };
 pub use nodefaults::{
     FaultState, MAX_NODE_FAULTS, NodeFault, NodeFaultStatus, NodeFaults, NodeFaultsSpec,
     NodeFaultsStatus, NodeTarget, PodRef, validate_faults,
 };
 pub use topology::{Service, Topology, TopologySpec, addr_var, local_refusals, unknown_services};
-pub use units::{Duration, Percent, Rate, UnitError};
+pub use units::{Duration, Percent, Rate, Size, UnitError};
 pub use validate::{Problem, Problems, dns_subdomain};
 pub use yaml::MAX_INPUT_BYTES;

@@ -156,16 +156,7 @@ impl Decode for NodeFault {
             cx,
             node,
             path,
-            &[
-                "id",
-                "target",
-                "expiresAt",
-                "traceparent",
-                "latency",
-                "network",
-                "kill",
-                "partition",
-            ],
+            &FaultAction::keys_with(&["id", "target", "expiresAt", "traceparent"]),
         )?;
         let id = f.req(cx, "id");
         let target = f.req(cx, "target");

@@ -324,6 +324,17 @@ pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> cr
 pub fn local_refusals(spec: &crate::ExperimentSpec) -> crate::Problems {
     let mut out = crate::Problems::default();
     for (i, f) in spec.faults.iter().enumerate() {
+        if let crate::FaultAction::Stress(_) = &f.action {
+            out.add(
+                crate::diag::Path::root()
+                    .key("spec")
+                    .key("faults")
+                    .index(i)
+                    .key("stress"),
+                "local mode cannot do this yet: stress workers run inside the target's cgroup, which needs a cluster (the node agent) or the standalone agent",
+            );
+            continue;
+        }
         let crate::FaultAction::Network(n) = &f.action else {
             continue;
         };

@@ -38,6 +38,10 @@ pub const PERCENT_PATTERN: &str = r"^(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)%$";
 /// 999 999 999 and a unit, decimal as tc's (1kbit = 1000 bit/s).
 pub const RATE_PATTERN: &str = r"^[1-9][0-9]{0,8}(bit|kbit|mbit|gbit)$";
 
+/// Sizes as [`Size`] parses them: a whole number of KiB, MiB or GiB, at
+/// most 64Gi (checked by the parser; the pattern bounds the digits).
+pub const SIZE_PATTERN: &str = r"^[1-9][0-9]{0,7}(Ki|Mi|Gi)$";
+
 /// A non-negative span of time of at most 24 h, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(u64);
@@ -311,6 +315,67 @@ impl fmt::Display for Rate {
     }
 }
 
+/// An amount of memory in bytes, written `64Mi`, `512Ki`, `2Gi` (binary
+/// units, as Kubernetes writes memory limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Size(u64);
+
+/// The largest size a stress fault may hold: far beyond any pod's limit,
+/// small enough that arithmetic on it never overflows.
+const MAX_SIZE: u64 = 64 << 30;
+
+const SIZE_UNITS: [(&str, u64); 3] = [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+
+impl Size {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for Size {
+    type Err = UnitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || {
+            UnitError(format!(
+                "{} is not a size (write it like 64Mi, 512Ki or 2Gi)",
+                quote(s)
+            ))
+        };
+        let (number, scale) = SIZE_UNITS
+            .iter()
+            .find_map(|(unit, scale)| s.strip_suffix(unit).map(|n| (n, *scale)))
+            .ok_or_else(malformed)?;
+        if number.starts_with('-') || !number.is_empty() && number.bytes().all(|b| b == b'0') {
+            return Err(UnitError(format!("{} is not above 0", quote(s))));
+        }
+        // As the pattern: 1 to 8 digits, no leading zero.
+        if number.is_empty()
+            || number.len() > 8
+            || number.starts_with('0')
+            || !number.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(malformed());
+        }
+        let n: u64 = number.parse().map_err(|_| malformed())?;
+        match n.checked_mul(scale) {
+            Some(b) if b <= MAX_SIZE => Ok(Size(b)),
+            _ => Err(UnitError(format!("{} is above 64Gi", quote(s)))),
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (unit, scale) = SIZE_UNITS
+            .iter()
+            .find(|(_, scale)| self.0.is_multiple_of(*scale))
+            .copied()
+            .unwrap_or(("Ki", 1 << 10));
+        write!(f, "{}{unit}", self.0 / scale)
+    }
+}
+
 macro_rules! string_serde {
     ($ty:ty, $name:literal, $pattern:expr, $desc:literal) => {
         impl Serialize for $ty {
@@ -357,6 +422,12 @@ string_serde!(
     "Rate",
     RATE_PATTERN,
     "A bandwidth in bits per second, such as 1mbit, 500kbit or 2gbit (1kbit = 1000 bit/s)."
+);
+string_serde!(
+    Size,
+    "Size",
+    SIZE_PATTERN,
+    "An amount of memory such as 64Mi, 512Ki or 2Gi (1Mi = 1048576 bytes), at most 64Gi."
 );
 string_serde!(
     Percent,
@@ -460,6 +531,35 @@ mod tests {
         );
         assert!(p("100.001%").expect_err("over").contains("above 100%"));
         assert!(p(" 5%").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        let z = |s: &str| s.parse::<Size>().map(Size::bytes).map_err(|e| e.0);
+        assert_eq!(z("64Mi"), Ok(64 << 20));
+        assert_eq!(z("512Ki"), Ok(512 << 10));
+        assert_eq!(z("2Gi"), Ok(2 << 30));
+        assert_eq!(z("64Gi"), Ok(64 << 30));
+        assert!(z("65Gi").expect_err("over").contains("above 64Gi"));
+        assert!(z("99999999Gi").expect_err("over").contains("above 64Gi"));
+        assert!(z("0Mi").expect_err("zero").contains("not above 0"));
+        assert!(z("-1Mi").expect_err("negative").contains("not above 0"));
+        for bad in ["64", "64M", "64MB", "1.5Gi", "01Mi", "64 Mi", "123456789Ki"] {
+            assert!(z(bad).is_err(), "{bad}");
+        }
+        let pattern = regex::Regex::new(SIZE_PATTERN).expect("pattern");
+        for text in ["64Mi", "1536Ki", "2Gi", "67108864Ki"] {
+            assert!(pattern.is_match(text), "{text}");
+            let size: Size = text.parse().expect(text);
+            assert!(pattern.is_match(&size.to_string()), "{size}");
+        }
+        assert_eq!(
+            "1024Mi".parse::<Size>().map(|s| s.to_string()).ok(),
+            Some("1Gi".to_owned())
+        );
+        for bad in ["0Mi", "1.5Gi", "64", "123456789Ki"] {
+            assert!(!pattern.is_match(bad), "{bad}");
+        }
     }
 
     #[test]

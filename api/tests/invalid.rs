@@ -213,7 +213,9 @@ fn fault_kinds() {
             "      kill: {signal: SIGKILL, every: 20s}            # without `every`: once\n",
             "",
         ),
-        &["spec.faults[1]: a fault needs one fault kind: latency, network, kill or partition"],
+        &[
+            "spec.faults[1]: a fault needs one fault kind: latency, network, kill, partition or stress",
+        ],
     );
     assert_refused(
         &edit(
@@ -1265,4 +1267,63 @@ fn network_faults() {
         &["spec.faults[0].network.corrupt: \"101%\" is above 100%"],
     );
     assert_refused(&with("{lose: 10%}"), &["spec.faults[0].network.lose"]);
+}
+
+#[test]
+fn stress_faults() {
+    let with = |stress: &str| {
+        edit(
+            "latency: {delay: 300ms, jitter: 50ms}",
+            &format!("stress: {stress}"),
+        )
+    };
+    assert_valid(&with("{cpu: {workers: 2, load: 50%}}"));
+    assert_valid(&with("{cpu: {}, memory: {size: 256Mi, rampUp: 30s}}"));
+    assert_valid(&with("{memory: {size: 2Gi}}"));
+    assert_refused(
+        &with("{}"),
+        &["spec.faults[0].stress: stresses nothing: set cpu, memory or both"],
+    );
+    assert_refused(
+        &with("{cpu: {workers: 0}}"),
+        &["spec.faults[0].stress.cpu.workers: must be 1 to 64"],
+    );
+    assert_refused(
+        &with("{cpu: {workers: 65}}"),
+        &["spec.faults[0].stress.cpu.workers: must be 1 to 64"],
+    );
+    assert_refused(
+        &with("{cpu: {load: 0%}}"),
+        &["spec.faults[0].stress.cpu.load: must be above 0%"],
+    );
+    assert_refused(
+        &with("{cpu: {load: 150%}}"),
+        &["spec.faults[0].stress.cpu.load: \"150%\" is above 100%"],
+    );
+    assert_refused(
+        &with("{memory: {size: 64MB}}"),
+        &[
+            "spec.faults[0].stress.memory.size: \"64MB\" is not a size (write it like 64Mi, 512Ki or 2Gi)",
+        ],
+    );
+    assert_refused(
+        &with("{memory: {size: 100Gi}}"),
+        &["spec.faults[0].stress.memory.size: \"100Gi\" is above 64Gi"],
+    );
+    assert_refused(
+        &with("{memory: {rampUp: 10s}}"),
+        &["spec.faults[0].stress.memory.size"],
+    );
+    assert_refused(
+        &with("{cpu: {threads: 2}}"),
+        &["spec.faults[0].stress.cpu.threads"],
+    );
+    // Every diagnostic names its line and column.
+    let diags = diagnostics(with("{cpu: {workers: 0}}").as_bytes());
+    assert!(
+        diags
+            .iter()
+            .all(|d| d.split(':').take(2).all(|n| n.parse::<u32>().is_ok())),
+        "{diags:?}"
+    );
 }

@@ -425,6 +425,10 @@ fn kernel_change(action: &FaultAction) -> String {
             },
             k.every.map_or(String::new(), |e| format!(", every {e}"))
         ),
+        FaultAction::Stress(st) => format!(
+            "a stress worker ({}) in the cgroup of the pod's first application container",
+            st.load()
+        ),
     }
 }
 

@@ -694,6 +694,43 @@ spec:
     );
 }
 
+#[test]
+fn stress_is_refused_before_a_local_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = payments_and_a_caller(dir.path());
+    let experiment = dir.path().join("hot.yaml");
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: hot, namespace: demo}
+spec:
+  duration: 3s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - name: hot
+      target: payments
+      stress: {cpu: {workers: 1}}
+",
+    )
+    .expect("write");
+    let out = run_local("hot", &experiment, &topology)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("hot.yaml:11:15: spec.faults[0].stress: local mode cannot do this yet"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    assert!(
+        faultline_testkit::marked_processes("hot").is_empty(),
+        "nothing started"
+    );
+}
+
 /// `faultline plan --local -o json` of a demo experiment.
 fn local_plan(experiment: &str) -> serde_json::Value {
     let out = faultline("plan")

@@ -292,6 +292,7 @@ pub fn agent_actions<'a>(
                 // Pods are deleted by the controller itself, not by an agent.
                 FaultAction::Kill(k) if k.method.deletes_pod() => None,
                 FaultAction::Kill(k) => Some(FaultAction::Kill(k.clone())),
+                FaultAction::Stress(st) => Some(FaultAction::Stress(st.clone())),
             }
         });
     }

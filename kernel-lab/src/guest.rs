@@ -502,6 +502,11 @@ fn logged(text: &str) -> bool {
     false
 }
 
+/// Whether the agent has logged `text` so far (no waiting).
+fn logged_now(text: &str) -> bool {
+    fs::read_to_string(LOG).is_ok_and(|l| l.contains(text))
+}
+
 /// The count of the agent's last `ID: effect: N UNIT` log line.
 fn effect_logged(id: &str, unit: &str) -> Option<u64> {
     let prefix = format!("{id}: effect: ");
@@ -812,6 +817,7 @@ fn scenarios(f: &Faults, samples: u64) {
     );
 
     network(f);
+    stress(&mut agent);
 
     // Crash recovery: SIGKILL with latency, network and partition faults
     // applied, nothing desired any more, restart with the same state
@@ -1042,4 +1048,220 @@ fn network(f: &Faults) {
         logged("net-expiring: removed network") && !qdiscs().contains("netem"),
     );
     desired(&[]);
+}
+
+/// Where the stress scenario's cgroups live.
+const APP_CG: &str = "/sys/fs/cgroup/lab-app";
+const SMALL_CG: &str = "/sys/fs/cgroup/lab-small";
+
+fn stress_entry(id: &str, cgroup: &str, expires: &str, stress: &str) -> String {
+    format!(
+        "    - id: {id}\n      target: {{cgroup: {cgroup}}}\n      expiresAt: \"{expires}\"\n      stress: {stress}\n"
+    )
+}
+
+fn in_ten_minutes() -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The processes of a cgroup, as the kernel lists them.
+fn procs_of(cg: &str) -> Vec<u32> {
+    fs::read_to_string(format!("{cg}/cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Processes of `cg` running the agent's binary: stress workers.
+fn workers_in(cg: &str) -> usize {
+    procs_of(cg)
+        .into_iter()
+        .filter(|p| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(&b"stress-worker"[..]))
+        })
+        .count()
+}
+
+/// Waits up to `secs` for `cond`.
+fn within(secs: u64, cond: impl Fn() -> bool) -> bool {
+    for _ in 0..secs * 10 {
+        if cond() {
+            return true;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// Stress faults in real cgroup v2 groups of the stock kernel: CPU load
+/// measured in cpu.stat, memory in memory.current, the OOM killer under a
+/// memory.max, and no worker left after removal, expiry, or an agent SIGKILL.
+fn stress(agent: &mut Option<Child>) {
+    stamp("stress");
+    let cgroups = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu +memory")
+        .and_then(|()| fs::create_dir_all(APP_CG))
+        .and_then(|()| fs::create_dir_all(SMALL_CG))
+        .and_then(|()| fs::write(format!("{SMALL_CG}/memory.max"), "33554432"))
+        .and_then(|()| fs::write(format!("{SMALL_CG}/memory.swap.max"), "0").or(Ok(())));
+    // The target's own process, as a pod's would be.
+    let app = Command::new(BUSYBOX)
+        .args(["sleep", "3600"])
+        .stdin(Stdio::null())
+        .spawn();
+    let joined = app
+        .as_ref()
+        .is_ok_and(|a| fs::write(format!("{APP_CG}/cgroup.procs"), a.id().to_string()).is_ok());
+    check(
+        "stress-cgroups",
+        &format!(
+            "cgroups {APP_CG} and {SMALL_CG} (memory.max 32Mi) with cpu and memory: {cgroups:?}, app joined: {joined}"
+        ),
+        cgroups.is_ok() && joined,
+    );
+    let expires = in_ten_minutes();
+    let cpu = || {
+        stress_entry(
+            "stress-cpu",
+            APP_CG,
+            &expires,
+            "{cpu: {workers: 1, load: 50%}}",
+        )
+    };
+
+    desired(&[cpu()]);
+    check(
+        "stress-cpu-applied",
+        "the agent logged stress-cpu: applied stress, one worker in the cgroup",
+        logged("stress-cpu: applied stress") && workers_in(APP_CG) == 1,
+    );
+    let usage = || faultline_stress::cgroup::cpu_usage_usec(std::path::Path::new(APP_CG)).ok();
+    let t0 = std::time::Instant::now();
+    let u0 = usage();
+    sleep(Duration::from_secs(5));
+    let u1 = usage();
+    let secs = t0.elapsed().as_secs_f64();
+    let load = u0
+        .zip(u1)
+        .map(|(a, b)| (b.saturating_sub(a)) as f64 / 1e6 / secs * 100.0);
+    info(
+        "stress cpu",
+        &format!("{u0:?} → {u1:?} µs over {secs:.2} s: {load:?} % of a core"),
+    );
+    check(
+        "stress-cpu-measured",
+        &format!(
+            "load 50% with one worker: the cgroup used {load:?} % of a core over 5 s (40 to 60)"
+        ),
+        load.is_some_and(|l| (40.0..=60.0).contains(&l)),
+    );
+
+    desired(&[
+        cpu(),
+        stress_entry("stress-mem", APP_CG, &expires, "{memory: {size: 64Mi}}"),
+    ]);
+    let current =
+        || faultline_stress::cgroup::memory_current(std::path::Path::new(APP_CG)).unwrap_or(0);
+    let held = within(10, || current() >= 64 << 20);
+    check(
+        "stress-memory-measured",
+        &format!(
+            "64Mi of memory stress: memory.current {} MiB (at least 64)",
+            current() >> 20
+        ),
+        logged("stress-mem: applied stress") && held,
+    );
+    desired(&[cpu()]);
+    let freed = within(10, || current() < 32 << 20);
+    check(
+        "stress-memory-removed",
+        &format!(
+            "removed: memory.current back to {} MiB, one worker left (the CPU one)",
+            current() >> 20
+        ),
+        logged("stress-mem: removed stress") && freed && workers_in(APP_CG) == 1,
+    );
+
+    desired(&[
+        cpu(),
+        stress_entry("stress-oom", SMALL_CG, &expires, "{memory: {size: 64Mi}}"),
+    ]);
+    let ooms = || faultline_stress::cgroup::oom_kills(std::path::Path::new(SMALL_CG));
+    check(
+        "stress-oom-killed",
+        &format!(
+            "64Mi in a cgroup of memory.max 32Mi: the OOM killer took the worker (oom_kill {:?}) and the agent said so",
+            ooms()
+        ),
+        logged("stress-oom: stress workers OOM-killed") && ooms().is_some_and(|n| n >= 1),
+    );
+    check(
+        "stress-oom-not-restarted",
+        "no worker in the small cgroup a few seconds on: an OOM-killed stress is not started again",
+        logged("stress-oom: stress workers OOM-killed") && {
+            sleep(Duration::from_secs(3));
+            workers_in(SMALL_CG) == 0 && !logged_now("stress-oom: the stress worker ended early")
+        },
+    );
+
+    // Crash: the worker goes with its agent; the next agent starts the
+    // still-desired fault again and removes what is no longer desired.
+    desired(&[cpu()]);
+    let before_kill = workers_in(APP_CG);
+    if let Some(a) = agent.as_mut() {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    check(
+        "stress-crash-stopped",
+        &format!(
+            "within 2 s of the agent's SIGKILL no stress worker is left ({before_kill} before)"
+        ),
+        before_kill == 1 && within(2, || workers_in(APP_CG) == 0),
+    );
+    *agent = start_agent();
+    check(
+        "stress-crash-restarted",
+        "the restarted agent starts the still-desired stress again within 5 s",
+        within(5, || workers_in(APP_CG) == 1),
+    );
+    desired(&[]);
+    check(
+        "stress-removed",
+        "removed: no stress worker left in either cgroup, the app still runs",
+        logged("stress-cpu: removed stress")
+            && within(2, || workers_in(APP_CG) == 0 && workers_in(SMALL_CG) == 0)
+            && app
+                .as_ref()
+                .is_ok_and(|a| procs_of(APP_CG).contains(&a.id())),
+    );
+
+    // At its expiry the worker stops by itself, and the agent removes it.
+    let soon = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    desired(&[stress_entry(
+        "stress-expiring",
+        APP_CG,
+        &soon,
+        "{cpu: {workers: 2}}",
+    )]);
+    check(
+        "stress-expiring-applied",
+        "the agent logged stress-expiring: applied stress",
+        logged("stress-expiring: applied stress") && workers_in(APP_CG) == 1,
+    );
+    check(
+        "stress-expired",
+        "at its expiry the agent removed it: no worker left",
+        logged("stress-expiring: removed stress") && within(2, || workers_in(APP_CG) == 0),
+    );
+    desired(&[]);
+    if let Ok(mut a) = app {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
 }

@@ -137,6 +137,18 @@ const CHECKS: &[&str] = &[
     "network-removed",
     "network-expiring-applied",
     "network-expired",
+    "stress-cgroups",
+    "stress-cpu-applied",
+    "stress-cpu-measured",
+    "stress-memory-measured",
+    "stress-memory-removed",
+    "stress-oom-killed",
+    "stress-oom-not-restarted",
+    "stress-crash-stopped",
+    "stress-crash-restarted",
+    "stress-removed",
+    "stress-expiring-applied",
+    "stress-expired",
     "crash-applied-latency",
     "crash-applied-partition",
     "crash-applied-network",
@@ -430,6 +442,21 @@ fn judge(lab: &Lab, delay_ms: f64) -> (String, Vec<String>) {
                 ));
             }
         }
+    }
+    // The other figures the guest measured, as it wrote them.
+    report.push_str("\nmeasured:\n");
+    for c in lab
+        .checks
+        .iter()
+        .filter(|c| c.name.ends_with("-measured") || c.name.ends_with("-counted"))
+    {
+        let _ = writeln!(
+            report,
+            "{} {}: {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
     }
     (report, problems)
 }

@@ -110,6 +110,7 @@ pub fn local_mode_notes(experiment: &Experiment) -> Vec<String> {
                 }
                 continue;
             }
+            FaultAction::Stress(_) => continue,
         };
         let cidrs: Vec<&str> = list
             .iter()

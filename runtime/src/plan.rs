@@ -141,7 +141,8 @@ pub(crate) fn edge_faults<'e>(
                     }
                 }
             }
-            FaultAction::Kill(_) => {}
+            // Processes, not edges (stress is refused before a local run).
+            FaultAction::Kill(_) | FaultAction::Stress(_) => {}
         }
     }
     (wanted, carried)

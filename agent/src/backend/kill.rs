@@ -43,7 +43,10 @@ pub(crate) fn signal_all(
         let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
             continue;
         };
-        if !sandbox && matches!(target, NodeTarget::Pod(_)) && is_sandbox(resolver, pid) {
+        if !sandbox
+            && matches!(target, NodeTarget::Pod(_))
+            && crate::target::is_pause(&resolver.proc_root, pid)
+        {
             continue;
         }
         match pidfd_open(p, PidfdFlags::empty()) {
@@ -82,13 +85,6 @@ pub(crate) fn signal_all(
             refused.join(", ")
         )))
     }
-}
-
-/// A pod's sandbox process: the `pause` binary every runtime starts to
-/// hold the pod's namespaces.
-fn is_sandbox(resolver: &Resolver, pid: u32) -> bool {
-    std::fs::read_to_string(resolver.proc_root.join(pid.to_string()).join("comm"))
-        .is_ok_and(|c| c.trim_end() == "pause")
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub(crate) mod netlink;
 pub(crate) mod nfnl;
 pub(crate) mod nft;
 pub(crate) mod rtnl;
+pub(crate) mod stress;
 
 use std::sync::{Arc, Mutex};
 
@@ -57,9 +58,15 @@ pub trait Backend: Send {
     /// Lets go of what no fault needs any more (idle sockets); called on
     /// every turn of the loop.
     fn tidy(&mut self) {}
+    /// Why an applied fault stopped acting before its end, when it did (a
+    /// stress fault's workers killed by the target's OOM killer).
+    fn ended(&self, _fault: &NodeFault) -> Option<String> {
+        None
+    }
     /// What the applied fault has done so far, as the kernel counts it:
     /// packets a partition dropped, packets a latency fault delayed,
-    /// processes a kill signalled. None when nothing can be counted.
+    /// processes a kill signalled, CPU milliseconds stress workers used.
+    /// None when nothing can be counted.
     fn effect(
         &mut self,
         _fault: &NodeFault,
@@ -79,6 +86,8 @@ pub struct Kernel {
     pub latency_links: std::collections::HashMap<String, Vec<String>>,
     /// Processes each kill fault has signalled, by fault id.
     pub signalled: std::collections::HashMap<String, u64>,
+    /// Workers of applied stress faults.
+    pub stressors: stress::Stressors,
 }
 
 impl Kernel {
@@ -173,6 +182,7 @@ impl Backend for Kernel {
             FaultAction::Kill(k) => self.signal(fault, k.signal),
             FaultAction::Latency(l) => self.apply_netem(fault, receipt, &Network::from(l)),
             FaultAction::Network(n) => self.apply_netem(fault, receipt, n),
+            FaultAction::Stress(st) => self.stressors.start(&self.resolver, fault, st),
         }
     }
 
@@ -218,6 +228,7 @@ impl Backend for Kernel {
                 let ns = self.resolver.netns(&fault.target)?;
                 netem::remove(&ns, *band)
             }
+            FaultAction::Stress(_) => self.stressors.stop(&self.resolver, fault),
         }
     }
 
@@ -226,8 +237,13 @@ impl Backend for Kernel {
             FaultAction::Kill(k) => self.signal(fault, k.signal).map(|()| true),
             FaultAction::Latency(l) => self.refresh_netem(fault, receipt, &Network::from(l)),
             FaultAction::Network(n) => self.refresh_netem(fault, receipt, n),
+            FaultAction::Stress(st) => self.stressors.check(&self.resolver, fault, st),
             FaultAction::Partition(_) => Ok(false),
         }
+    }
+
+    fn ended(&self, fault: &NodeFault) -> Option<String> {
+        self.stressors.ended(&fault.id)
     }
 
     fn tidy(&mut self) {
@@ -252,6 +268,7 @@ impl Backend for Kernel {
             (FaultAction::Kill(_), _) => {
                 Ok(Some(self.signalled.get(&fault.id).copied().unwrap_or(0)))
             }
+            (FaultAction::Stress(_), _) => Ok(self.stressors.cpu_ms(&self.resolver, &fault.id)),
         }
     }
 }
