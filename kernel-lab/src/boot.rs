@@ -173,6 +173,7 @@ fn install_missing(apt: &mut Apt) -> Result<()> {
         ("ip", "iproute2"),
         ("tc", "iproute2"),
         ("nft", "nftables"),
+        ("unshare", "util-linux"),
     ] {
         if which(program).is_none() && !missing.contains(&package) {
             missing.push(package);
@@ -467,7 +468,8 @@ fn initramfs(run: &Path, kdir: &Path, agent: &Path, init: &Path) -> Result<PathB
         std::os::unix::fs::symlink("/bin/busybox", &link)
             .map_err(broke("cannot link a busybox applet"))?;
     }
-    for name in ["ip", "tc", "nft"] {
+    // unshare: util-linux's, for its --cgroup (busybox's has none).
+    for name in ["ip", "tc", "nft", "unshare"] {
         let path = which(name).ok_or_else(|| Fail::Cannot(format!("no {name} on PATH")))?;
         program(&root, &path, name)?;
     }

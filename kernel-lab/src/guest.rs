@@ -41,6 +41,7 @@ use std::{
 const IP: &str = "/lab/bin/ip";
 const TC: &str = "/lab/bin/tc";
 const NFT: &str = "/lab/bin/nft";
+const UNSHARE: &str = "/lab/bin/unshare";
 const AGENT: &str = "/lab/bin/faultline-agent";
 const BUSYBOX: &str = "/bin/busybox";
 const DESIRED: &str = "/tmp/desired.yaml";
@@ -162,11 +163,15 @@ fn setup_filesystems() {
     }
     let _ = fs::create_dir_all("/run/netns");
     let _ = fs::create_dir_all("/sys/fs/cgroup");
+    // nsdelegate, as systemd mounts it: cgroup namespaces are delegation
+    // boundaries, as on the nodes the agent runs on.
     run(&[
         BUSYBOX,
         "mount",
         "-t",
         "cgroup2",
+        "-o",
+        "nsdelegate",
         "cgroup2",
         "/sys/fs/cgroup",
     ]);
@@ -489,6 +494,54 @@ fn start_agent() -> Option<Child> {
         .stderr(log)
         .spawn()
         .ok()
+}
+
+/// The agent as in a container under cgroup v2: in a cgroup of its own
+/// (`AGENT_CG`) and in a cgroup namespace rooted there, from which the
+/// kernel refuses moves into other cgroups unless the mover enters the
+/// node's namespace first. This program sets that up and execs the agent
+/// (see `IN_OWN_CGROUPNS`).
+fn start_agent_in_own_cgroupns() -> Option<Child> {
+    fs::create_dir_all(AGENT_CG).ok()?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(LOG)
+        .ok()?;
+    Command::new("/proc/self/exe")
+        .args([
+            IN_OWN_CGROUPNS,
+            AGENT,
+            "standalone",
+            "--desired",
+            DESIRED,
+            "--state-dir",
+            STATE,
+            "--poll-ms",
+            "20",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .ok()
+}
+
+/// `/init IN_OWN_CGROUPNS PROGRAM ARGS…`: joins `AGENT_CG`, then becomes
+/// util-linux `unshare --cgroup PROGRAM ARGS…`, whose new cgroup namespace
+/// is rooted there.
+const IN_OWN_CGROUPNS: &str = "--in-own-cgroupns";
+
+fn exec_in_own_cgroupns(program: &str, args: &[String]) -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    if let Err(e) = fs::write(format!("{AGENT_CG}/cgroup.procs"), "0") {
+        return e;
+    }
+    Command::new(UNSHARE)
+        .arg("--cgroup")
+        .arg(program)
+        .args(args)
+        .exec()
 }
 
 /// Waits up to 10 s for the agent to log `text`.
@@ -898,6 +951,14 @@ fn scenarios(f: &Faults, samples: u64) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, program, rest @ ..] = args.as_slice()
+        && mode == IN_OWN_CGROUPNS
+    {
+        let e = exec_in_own_cgroupns(program, rest);
+        eprintln!("cannot start {program} in its own cgroup namespace: {e}");
+        std::process::exit(1);
+    }
     setup_filesystems();
     let delay_ms = arg("delay_ms").unwrap_or(50);
     let samples = arg("samples").unwrap_or(20);
@@ -1053,6 +1114,7 @@ fn network(f: &Faults) {
 /// Where the stress scenario's cgroups live.
 const APP_CG: &str = "/sys/fs/cgroup/lab-app";
 const SMALL_CG: &str = "/sys/fs/cgroup/lab-small";
+const AGENT_CG: &str = "/sys/fs/cgroup/lab-agent";
 
 fn stress_entry(id: &str, cgroup: &str, expires: &str, stress: &str) -> String {
     format!(
@@ -1222,11 +1284,28 @@ fn stress(agent: &mut Option<Child>) {
         ),
         before_kill == 1 && within(2, || workers_in(APP_CG) == 0),
     );
-    *agent = start_agent();
+    // Restarted as in a container: its own cgroup and cgroup namespace.
+    *agent = start_agent_in_own_cgroupns();
+    let pid = agent.as_ref().map_or(0, Child::id);
+    let ns = |pid: &str| {
+        fs::metadata(format!("/proc/{pid}/ns/cgroup"))
+            .ok()
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino()
+            })
+    };
+    // Once the helper has exec'd into the agent.
+    let own_ns = within(3, || {
+        let mine = ns(&pid.to_string());
+        mine.is_some() && mine != ns("1")
+    });
     check(
         "stress-crash-restarted",
-        "the restarted agent starts the still-desired stress again within 5 s",
-        within(5, || workers_in(APP_CG) == 1),
+        &format!(
+            "the agent, restarted in a cgroup namespace of its own ({own_ns}), starts the still-desired stress again in the target's cgroup within 5 s"
+        ),
+        own_ns && within(5, || workers_in(APP_CG) == 1),
     );
     desired(&[]);
     check(

@@ -17,6 +17,22 @@ pub fn join(cgroup: &Path) -> Result<(), Error> {
     })
 }
 
+/// Moves the calling thread into the cgroup namespace at `ns` (before any
+/// other thread exists, so the whole worker is in it).
+pub fn enter_namespace(ns: &Path) -> Result<(), Error> {
+    use std::os::fd::AsFd;
+    let failed = |source: io::Error| Error::Namespace {
+        ns: ns.display().to_string(),
+        source,
+    };
+    let file = fs::File::open(ns).map_err(failed)?;
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::ControlGroup),
+    )
+    .map_err(|e| failed(e.into()))
+}
+
 /// A `key value` line of a flat-keyed cgroup file (`cpu.stat`,
 /// `memory.events`).
 fn keyed(cgroup: &Path, file: &str, key: &str) -> io::Result<u64> {

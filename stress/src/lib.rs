@@ -22,6 +22,11 @@ pub struct Load {
     /// The cgroup v2 directory the worker joins before doing anything.
     #[arg(long)]
     pub cgroup: PathBuf,
+    /// A cgroup namespace file to enter before joining (`/proc/1/ns/cgroup`
+    /// for an agent in a container of its own cgroup namespace, from which
+    /// the kernel refuses moves into cgroups outside it).
+    #[arg(long)]
+    pub cgroupns: Option<PathBuf>,
     /// The fault this worker belongs to: how a later agent finds it.
     #[arg(long)]
     pub fault: String,
@@ -53,6 +58,10 @@ impl Load {
     pub fn args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec![SUBCOMMAND.into(), "--cgroup".into()];
         a.push(self.cgroup.clone().into_os_string());
+        if let Some(ns) = &self.cgroupns {
+            a.push("--cgroupns".into());
+            a.push(ns.clone().into_os_string());
+        }
         for (flag, value) in [
             ("--fault", self.fault.clone()),
             ("--until-ms", self.until_ms.to_string()),
@@ -100,7 +109,9 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot join cgroup {cgroup}: {source}")]
+    #[error("cannot enter cgroup namespace {ns}")]
+    Namespace { ns: String, source: std::io::Error },
+    #[error("cannot join cgroup {cgroup}")]
     Join {
         cgroup: String,
         source: std::io::Error,
@@ -130,6 +141,7 @@ mod tests {
     fn load() -> Load {
         Load {
             cgroup: "/sys/fs/cgroup/kubepods/pod1/c1".into(),
+            cgroupns: Some("/proc/1/ns/cgroup".into()),
             fault: "exp/uid/cpu/pod-1".into(),
             until_ms: 1_800_000_000_000,
             parent: 42,

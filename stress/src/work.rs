@@ -23,6 +23,9 @@ const CHUNK: u64 = 1 << 20;
 
 /// Joins the cgroup, then loads it until the deadline or the parent's end.
 pub fn run(load: &Load) -> Result<(), Error> {
+    if let Some(ns) = &load.cgroupns {
+        cgroup::enter_namespace(ns)?;
+    }
     // First, so every byte and every cycle is charged to the target.
     cgroup::join(&load.cgroup)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -129,6 +132,7 @@ mod tests {
     fn load(memory_bytes: u64, ramp_up_ms: u64) -> Load {
         Load {
             cgroup: "/".into(),
+            cgroupns: None,
             fault: "f".into(),
             until_ms: 0,
             parent: 1,

@@ -67,6 +67,7 @@ impl Stressors {
         sweep(resolver, &fault.target, Some(&cg), &fault.id)?;
         let load = Load {
             cgroup: cg.clone(),
+            cgroupns: host_cgroupns(resolver),
             fault: fault.id.clone(),
             until_ms: u64::try_from(fault.expires_at.0.as_millisecond()).unwrap_or(0),
             parent: std::process::id(),
@@ -238,6 +239,19 @@ impl Stressors {
         let _ = w.child.wait();
         Some(w.cgroup)
     }
+}
+
+/// The node's cgroup namespace, when this agent is in another one (a
+/// container's own, the default under cgroup v2): with `nsdelegate` (as
+/// systemd mounts cgroup2) the kernel refuses moves into cgroups outside
+/// the mover's namespace, so the worker enters the node's first. None when
+/// they are the same, or the node's is unreadable (the join then says why
+/// it failed).
+fn host_cgroupns(resolver: &Resolver) -> Option<PathBuf> {
+    let host = resolver.proc_root.join("1/ns/cgroup");
+    let own = crate::netns::id_of(Path::new("/proc/self/ns/cgroup")).ok()?;
+    let theirs = crate::netns::id_of(&host).ok()?;
+    (own != theirs).then_some(host)
 }
 
 /// Why a worker that ended with `status` ended for good: SIGKILL while
