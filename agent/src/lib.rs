@@ -56,13 +56,14 @@ pub use backend::{
     nfnl::Socket,
     nft::{Partitions, chain_names},
 };
+pub use faultline_stress::cgroup::mount as cgroup2_mount;
 pub use journal::{Journal, JournalError, Record, RecordState, StateLock};
 pub use metrics::{Metrics, serve as serve_metrics};
 pub use netns::NetnsError;
 pub use reconcile::{Desired, Receipt};
 pub use source::{Doorbell, FileEvents, FileSource, read_desired};
 pub use sweep::{Swept, sweep};
-pub use target::{Resolver, cgroup2_mount};
+pub use target::Resolver;
 
 /// An error with its causes, `outer: inner: …`.
 pub use faultline_telemetry::error_chain as report;

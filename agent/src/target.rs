@@ -47,51 +47,12 @@ pub struct Resolver {
 impl Default for Resolver {
     fn default() -> Self {
         Resolver {
-            cgroup_root: cgroup2_mount().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
+            cgroup_root: faultline_stress::cgroup::mount()
+                .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
             proc_root: PathBuf::from("/proc"),
             host_netns: PathBuf::from("/proc/1/ns/net"),
         }
     }
-}
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on hybrid hosts).
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse_cgroup2_mount(&info)
-}
-
-fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split(' ').next()?;
-        let mount_point = left.split(' ').nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
-    })
-}
-
-// mountinfo writes space, tab, newline and backslash as octal escapes.
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let code = rest
-            .get(i + 1..i + 4)
-            .and_then(|o| u8::from_str_radix(o, 8).ok());
-        match code {
-            Some(c) => {
-                out.push(char::from(c));
-                rest = &rest[i + 4..];
-            }
-            None => {
-                out.push('\\');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 impl Resolver {
@@ -442,16 +403,5 @@ mod tests {
             r.netns(&NodeTarget::Netns("/nonexistent/x".into())),
             Err(TargetError::Gone(_))
         ));
-    }
-
-    #[test]
-    fn mountinfo() {
-        let info = "25 30 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
-                    26 25 0:23 / /sys/fs/cgroup/uni\\040fied rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            parse_cgroup2_mount(info),
-            Some(PathBuf::from("/sys/fs/cgroup/uni fied"))
-        );
-        assert_eq!(parse_cgroup2_mount("garbage\n - \n"), None);
     }
 }

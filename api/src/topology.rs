@@ -319,20 +319,25 @@ pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> cr
 /// What of an experiment's faults local mode cannot do honestly: services
 /// talk through Faultline's TCP proxies, which see connections and bytes,
 /// never packets, so packet corruption, duplication and reordering need a
-/// cluster's node agent (or the standalone agent). Refused before the run,
-/// each at its field.
-pub fn local_refusals(spec: &crate::ExperimentSpec) -> crate::Problems {
+/// cluster's node agent (or the standalone agent); stress needs cgroups,
+/// and `stress` says why this host cannot give them (Err) or that it can.
+/// Refused before the run, each at its field.
+pub fn local_refusals(spec: &crate::ExperimentSpec, stress: Result<(), &str>) -> crate::Problems {
     let mut out = crate::Problems::default();
     for (i, f) in spec.faults.iter().enumerate() {
         if let crate::FaultAction::Stress(_) = &f.action {
-            out.add(
-                crate::diag::Path::root()
-                    .key("spec")
-                    .key("faults")
-                    .index(i)
-                    .key("stress"),
-                "local mode cannot do this yet: stress workers run inside the target's cgroup, which needs a cluster (the node agent) or the standalone agent",
-            );
+            if let Err(why) = stress {
+                out.add(
+                    crate::diag::Path::root()
+                        .key("spec")
+                        .key("faults")
+                        .index(i)
+                        .key("stress"),
+                    format!(
+                        "local mode cannot do this here: stress workers run in the service's own cgroup, and {why}; a cluster (the node agent) or the standalone agent can"
+                    ),
+                );
+            }
             continue;
         }
         let crate::FaultAction::Network(n) = &f.action else {

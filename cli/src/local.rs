@@ -121,7 +121,7 @@ pub(crate) fn unknown_services(
     let mut unknown = faultline_api::unknown_services(&experiment.spec, topology);
     unknown
         .0
-        .extend(faultline_api::local_refusals(&experiment.spec).0);
+        .extend(faultline_api::local_refusals(&experiment.spec, stress_here()).0);
     if unknown.0.is_empty() {
         return Vec::new();
     }
@@ -131,6 +131,16 @@ pub(crate) fn unknown_services(
         .iter()
         .map(|d| d.display_in(&name).to_string())
         .collect()
+}
+
+/// Whether stress faults can run locally on this host; why not.
+fn stress_here() -> Result<(), &'static str> {
+    static SUPPORT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    SUPPORT
+        .get_or_init(|| faultline_runtime::stress_support().map(|_| ()))
+        .as_ref()
+        .copied()
+        .map_err(String::as_str)
 }
 
 /// Runs to the end on a runtime of its own (once, or at each start time of

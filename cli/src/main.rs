@@ -150,6 +150,10 @@ enum Command {
         #[command(flatten)]
         args: faultline_demo::RoleArgs,
     },
+    /// One stress fault's worker, started by a local run inside a
+    /// service's cgroup (not for people to run).
+    #[command(hide = true)]
+    StressWorker(faultline_stress::Load),
     /// Stop a running experiment on the cluster at once: every fault it
     /// placed is removed. Exit 0 once the controller confirms.
     Abort {
@@ -322,6 +326,9 @@ fn main() -> ExitCode {
             namespace.as_deref(),
         )),
         Command::DemoRole { args } => demo_role(args),
+        Command::StressWorker(load) => faultline_stress::run(&load)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

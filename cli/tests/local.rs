@@ -694,41 +694,165 @@ spec:
     );
 }
 
-#[test]
-fn stress_is_refused_before_a_local_run() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let topology = payments_and_a_caller(dir.path());
-    let experiment = dir.path().join("hot.yaml");
+/// A stress experiment on payments: one worker at 50 %, 32Mi, for the
+/// whole `secs`-second run.
+fn stress_experiment(dir: &std::path::Path, name: &str, secs: u32) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
     std::fs::write(
-        &experiment,
-        "apiVersion: faultline.dev/v1alpha1
+        &path,
+        format!(
+            "apiVersion: faultline.dev/v1alpha1
 kind: Experiment
-metadata: {name: hot, namespace: demo}
+metadata: {{name: {name}, namespace: demo}}
 spec:
-  duration: 3s
+  duration: {secs}s
   targets:
-    payments: {labels: {app: payments}}
+    payments: {{labels: {{app: payments}}}}
   faults:
     - name: hot
       target: payments
-      stress: {cpu: {workers: 1}}
-",
+      requireEffect: true
+      stress: {{cpu: {{workers: 1, load: 50%}}, memory: {{size: 32Mi}}}}
+"
+        ),
     )
     .expect("write");
-    let out = run_local("hot", &experiment, &topology)
-        .output()
+    path
+}
+
+/// Live stress workers among a test's processes: (pid, its cgroup).
+fn stress_workers(mark: &str) -> Vec<(u32, String)> {
+    faultline_testkit::marked_processes(mark)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(&b"stress-worker"[..]))
+        })
+        .map(|pid| {
+            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let v2 = cg
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap_or_default()
+                .to_owned();
+            (pid, v2)
+        })
+        .collect()
+}
+
+/// Waits up to `secs` for `cond`.
+fn eventually(secs: u64, cond: impl Fn() -> bool) -> bool {
+    for _ in 0..secs * 20 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+#[test]
+fn stress_runs_in_the_service_cgroup_and_ends_with_the_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = payments_and_a_caller(dir.path());
+    let experiment = stress_experiment(dir.path(), "hot", 4);
+    let child = run_local("hot", &experiment, &topology)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let run_cgroup = format!("/faultline-local-{}/", child.id());
     assert!(
-        stderr.contains("hot.yaml:11:15: spec.faults[0].stress: local mode cannot do this yet"),
-        "{stderr}"
+        eventually(10, || !stress_workers("hot").is_empty()),
+        "a stress worker started"
     );
-    assert!(stderr.contains("nothing was started"), "{stderr}");
+    let workers = stress_workers("hot");
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    // In payments' own cgroup of this run, next to payments itself.
+    let (_, cg) = &workers[0];
     assert!(
-        faultline_testkit::marked_processes("hot").is_empty(),
-        "nothing started"
+        cg.contains(&run_cgroup) && cg.ends_with("/payments"),
+        "{cg}"
     );
+    let mount = faultline_stress::cgroup::mount().expect("a cgroup v2 mount");
+    let procs =
+        faultline_stress::cgroup::procs(&mount.join(cg.trim_start_matches('/'))).expect("procs");
+    assert_eq!(procs.len(), 2, "payments and the worker: {procs:?}");
+    let out = child.wait_with_output().expect("exits");
+    let stdout = exited_with(&out, 0);
+    let cpu_ms: u64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fault hot: ")?
+                .strip_suffix(" ms of CPU used by workers")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no effect line:\n{stdout}"));
+    // About half a core over about 4 s, on a shared machine: some, not all.
+    assert!((200..4000).contains(&cpu_ms), "{cpu_ms} ms\n{stdout}");
+    assert!(stress_workers("hot").is_empty(), "no worker after the run");
+    assert!(
+        !mount.join(run_cgroup.trim_matches('/')).exists(),
+        "the run's cgroups are removed"
+    );
+}
+
+#[test]
+fn no_stress_worker_outlives_ctrl_c_or_a_killed_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = payments_and_a_caller(dir.path());
+    for (signal, mark) in [
+        (rustix::process::Signal::INT, "hot-int"),
+        (rustix::process::Signal::KILL, "hot-kill"),
+    ] {
+        let experiment = stress_experiment(dir.path(), mark, 60);
+        let mut child = run_local(mark, &experiment, &topology)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("runs");
+        assert!(
+            eventually(10, || !stress_workers(mark).is_empty()),
+            "{mark}: a stress worker started"
+        );
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+        let status = child.wait().expect("exits");
+        if signal == rustix::process::Signal::INT {
+            assert_eq!(status.code(), Some(3), "{mark}: aborted");
+        }
+        // A killed run's worker sees its parent gone within a tick.
+        assert!(
+            eventually(2, || stress_workers(mark).is_empty()),
+            "{mark}: workers left: {:?}",
+            stress_workers(mark)
+        );
+        if signal == rustix::process::Signal::KILL {
+            // Its services outlive it (nobody stops them); not the test's.
+            for p in faultline_testkit::marked_processes(mark) {
+                if let Some(p) = rustix::process::Pid::from_raw(p as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+            // Its empty cgroups are swept by the next local stress run.
+            let mount = faultline_stress::cgroup::mount().expect("a cgroup v2 mount");
+            let stale = mount.join(format!("faultline-local-{}", child.id()));
+            assert!(
+                eventually(2, || faultline_testkit::marked_processes(mark).is_empty()),
+                "services stopped"
+            );
+            let out = run_local(
+                "hot-after",
+                stress_experiment(dir.path(), "hot-after", 1),
+                &topology,
+            )
+            .output()
+            .expect("runs");
+            exited_with(&out, 0);
+            assert!(!stale.exists(), "{} swept", stale.display());
+        }
+    }
 }
 
 /// `faultline plan --local -o json` of a demo experiment.

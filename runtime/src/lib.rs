@@ -5,6 +5,8 @@
 pub mod local;
 mod plan;
 pub mod processes;
+mod stress;
 
 pub use local::{Options, Outcome, Progress, local_mode_notes, run};
 pub use plan::{Edge, LocalPlan, plan};
+pub use stress::support as stress_support;

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::{
     plan::{Edge, candidates, edge_faults, edges, namespace_of, ports},
     processes::{Launch, Supervised, supervise, wait_for_port},
+    stress::Stressing,
 };
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct Options {
     pub check_every: Duration,
     /// Write each service's output to `DIR/<service>.log`.
     pub logs: Option<std::path::PathBuf>,
+    /// The program stress workers run (`PROGRAM stress-worker …`): this one.
+    pub stress_exe: std::path::PathBuf,
 }
 
 impl Default for Options {
@@ -43,6 +46,8 @@ impl Default for Options {
             tick: Duration::from_millis(200),
             check_every: Duration::from_secs(1),
             logs: None,
+            stress_exe: std::env::current_exe()
+                .unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe")),
         }
     }
 }
@@ -81,6 +86,8 @@ pub enum Error {
         /// Its last lines of output.
         output: Vec<String>,
     },
+    #[error("cannot set up stress faults: {0}")]
+    Stress(String),
 }
 
 fn said(output: &[String]) -> String {
@@ -195,6 +202,14 @@ async fn drive(
         proxies.insert((from, to), proxy);
     }
 
+    // Stress runs in the services' own cgroups, made for the run.
+    let mut stressing = if crate::stress::wanted(&experiment.spec) {
+        let cgroups = crate::stress::Cgroups::create().map_err(Error::Stress)?;
+        Some(Stressing::new(options.stress_exe.clone(), cgroups))
+    } else {
+        None
+    };
+
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut procs: BTreeMap<String, Supervised> = BTreeMap::new();
     for s in start_order(topology) {
@@ -215,6 +230,18 @@ async fn drive(
             .logs
             .as_ref()
             .map(|dir| dir.join(format!("{}.log", s.name)));
+        if let Some(st) = &stressing {
+            match st.cgroups.service(&s.name) {
+                Ok(cg) => launch.cgroup = Some(cg),
+                Err(e) => {
+                    stop_all(procs).await;
+                    if let Some(st) = stressing {
+                        st.cgroups.remove().await;
+                    }
+                    return Err(Error::Stress(e));
+                }
+            }
+        }
         progress.send_modify(|p| p.starting = Some(s.name.clone()));
         procs.insert(s.name.clone(), supervise(launch, log.clone()));
         if !wait_for_port(s.port, Duration::from_secs(15)).await {
@@ -223,6 +250,9 @@ async fn drive(
                 .map(|p| p.last_output(10))
                 .unwrap_or_default();
             stop_all(procs).await;
+            if let Some(st) = stressing {
+                st.cgroups.remove().await;
+            }
             return Err(Error::NotReady {
                 service: s.name.clone(),
                 port: s.port,
@@ -236,6 +266,8 @@ async fn drive(
     let mut run = Run::new(experiment.spec.clone(), &namespace, options.seed);
     progress.send_modify(|p| p.starting = None);
     let started = tokio::time::Instant::now();
+    // The same moment on the wall clock, for the workers' deadlines.
+    let started_wall = std::time::SystemTime::now();
     let mut last_checks: Option<Duration> = None;
     // What is in place: instances a proxy carries (on which edges), kills
     // whose signal went out.
@@ -305,10 +337,22 @@ async fn drive(
             in_place = apply_faults(&run, &proxies, &ports);
             effects.watch(&in_place, &proxies);
         }
-        // A proxy that took the setting, or a delivered signal, is the
-        // local agent's word; what reached no edge was not injected.
-        run.confirm(now, |i| in_place.contains_key(i) || signalled.contains(i));
-        effects.record(&mut run, &proxies);
+        // Level-based, every tick: a worker that died is started again.
+        if let Some(st) = stressing.as_mut() {
+            let said = st.reconcile(&run.resolved(), started_wall);
+            if !said.is_empty() {
+                log.lock().unwrap_or_else(|e| e.into_inner()).extend(said);
+            }
+        }
+        // A proxy that took the setting, a delivered signal, or a worker
+        // the kernel lists in its cgroup is the local agent's word; what
+        // reached no edge was not injected.
+        run.confirm(now, |i| {
+            in_place.contains_key(i)
+                || signalled.contains(i)
+                || stressing.as_ref().is_some_and(|st| st.in_place(i))
+        });
+        effects.record(&mut run, &proxies, stressing.as_ref());
         let overdue: Vec<String> = run
             .overdue(now)
             .iter()
@@ -344,11 +388,18 @@ async fn drive(
     for p in proxies.values() {
         p.set_faults(Faults::default());
     }
+    if let Some(st) = stressing.as_mut() {
+        st.stop_all();
+        effects.record(&mut run, &proxies, Some(st));
+    }
     let restarts = procs
         .iter()
         .map(|(n, p)| (n.clone(), p.restarts()))
         .collect();
     stop_all(procs).await;
+    if let Some(st) = stressing {
+        st.cgroups.remove().await;
+    }
     let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Outcome {
         verdict: run.verdict().unwrap_or(Verdict::Aborted),
@@ -447,10 +498,22 @@ impl Effects {
     }
 
     /// Tells the run each fault's effect so far.
-    fn record(&self, run: &mut Run, proxies: &BTreeMap<Edge, Proxy>) {
+    fn record(
+        &self,
+        run: &mut Run,
+        proxies: &BTreeMap<Edge, Proxy>,
+        stressing: Option<&Stressing>,
+    ) {
         let faults: Vec<faultline_api::Fault> = run.spec().faults.clone();
         for f in &faults {
             let effect = match &f.action {
+                FaultAction::Stress(_) => match stressing.and_then(|st| st.effect(&f.name)) {
+                    Some(ms) => Effect {
+                        count: ms,
+                        what: f.action.effect_unit().into(),
+                    },
+                    None => continue,
+                },
                 FaultAction::Kill(_) => match self.signals.get(&f.name) {
                     Some(n) => Effect {
                         count: *n,
@@ -677,7 +740,7 @@ spec:
 ",
         );
         let mut run = Run::new(e.spec, "demo", 1);
-        effects.record(&mut run, &proxies);
+        effects.record(&mut run, &proxies, None);
         let counts: Vec<(&str, Option<u64>)> = run
             .effects()
             .into_iter()

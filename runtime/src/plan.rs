@@ -200,6 +200,18 @@ pub fn plan(experiment: &Experiment, topology: &Topology, seed: u64) -> LocalPla
         }
     }
     for r in &resolved {
+        if let FaultAction::Stress(st) = &r.fault.action {
+            planned
+                .processes
+                .entry(r.target.to_owned())
+                .or_default()
+                .push(format!(
+                    "{}: a stress worker ({}) in its cgroup ({})",
+                    r.fault.name,
+                    st.load(),
+                    window(r.fault, spec.duration)
+                ));
+        }
         if let FaultAction::Kill(k) = &r.fault.action {
             // As the run does it: a pod deletion's closest local thing is
             // SIGKILL, after which the supervisor restarts the service.

@@ -83,6 +83,8 @@ pub struct Launch {
     pub port: u16,
     /// Append everything the service prints to this file.
     pub log_file: Option<PathBuf>,
+    /// Run it in this cgroup (v2 directory): every start is moved there.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Launch {
@@ -105,6 +107,7 @@ impl Launch {
             env: all_env,
             port: service.port,
             log_file: None,
+            cgroup: None,
         }
     }
 }
@@ -208,6 +211,18 @@ pub fn supervise(launch: Launch, log: Arc<Mutex<Vec<String>>>) -> Supervised {
                 }
             };
             p.store(child.id().unwrap_or(0), Ordering::SeqCst);
+            if let (Some(cg), Some(pid)) = (&launch.cgroup, child.id())
+                && let Err(e) = crate::stress::place(pid, cg)
+            {
+                push(
+                    &log,
+                    format!(
+                        "{}: cannot move it into cgroup {}: {e}",
+                        launch.name,
+                        cg.display()
+                    ),
+                );
+            }
             if let Some(f) = &file
                 && let Ok(mut f) = f.lock()
             {

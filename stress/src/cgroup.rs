@@ -8,6 +8,54 @@ use std::{
 
 use crate::Error;
 
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_mount(&info)
+}
+
+fn parse_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split(' ').next()?;
+        let mount_point = left.split(' ').nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+    })
+}
+
+// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The processes in `cgroup` itself (not its descendants).
+pub fn procs(cgroup: &Path) -> io::Result<Vec<u32>> {
+    Ok(fs::read_to_string(cgroup.join("cgroup.procs"))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
 /// Moves the calling process (all its threads) into `cgroup`.
 pub fn join(cgroup: &Path) -> Result<(), Error> {
     // "0" is the writer itself.
@@ -98,6 +146,17 @@ pub fn of_process(proc_root: &Path, pid: u32, mount: &Path) -> io::Result<PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo() {
+        let info = "25 30 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+                    26 25 0:23 / /sys/fs/cgroup/uni\\040fied rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/uni fied"))
+        );
+        assert_eq!(parse_mount("garbage\n - \n"), None);
+    }
 
     #[test]
     fn reads_flat_keyed_files() {

@@ -10,10 +10,12 @@
 //! outlives the fault it belongs to, even when nobody is left to stop it.
 
 pub mod cgroup;
+mod spawn;
 mod work;
 
 use std::{ffi::OsString, path::PathBuf};
 
+pub use spawn::{End, Worker};
 pub use work::run;
 
 /// What one worker process does; its command-line flags.
@@ -54,6 +56,33 @@ pub struct Load {
 pub const SUBCOMMAND: &str = "stress-worker";
 
 impl Load {
+    /// A worker of `stress` for fault `fault`, joining `cgroup`, until
+    /// `until_ms`, its parent this process.
+    pub fn of(
+        stress: &faultline_api::Stress,
+        fault: String,
+        cgroup: PathBuf,
+        until_ms: u64,
+    ) -> Load {
+        Load {
+            cgroup,
+            cgroupns: None,
+            fault,
+            until_ms,
+            parent: std::process::id(),
+            cpu_workers: stress.cpu.as_ref().map_or(0, |c| c.workers),
+            cpu_load_permille: stress.cpu.as_ref().map_or(1000, |c| {
+                (c.load.fraction() * 1000.0).round().clamp(1.0, 1000.0) as u32
+            }),
+            memory_bytes: stress.memory.as_ref().map_or(0, |m| m.size.bytes()),
+            ramp_up_ms: stress
+                .memory
+                .as_ref()
+                .and_then(|m| m.ramp_up)
+                .map_or(0, |r| r.as_millis()),
+        }
+    }
+
     /// The worker's arguments, subcommand first.
     pub fn args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec![SUBCOMMAND.into(), "--cgroup".into()];
@@ -159,6 +188,32 @@ mod tests {
         argv.extend(l.args());
         let Cmd::StressWorker(back) = Cli::try_parse_from(argv).expect("parses").cmd;
         assert_eq!(back, l);
+    }
+
+    #[test]
+    fn a_fault_becomes_a_load() {
+        let stress: faultline_api::Stress = serde_json::from_str(
+            r#"{"cpu": {"workers": 3, "load": "37.5%"}, "memory": {"size": "64Mi", "rampUp": "10s"}}"#,
+        )
+        .expect("stress");
+        let l = Load::of(&stress, "f".into(), "/cg".into(), 42);
+        assert_eq!(
+            (
+                l.cpu_workers,
+                l.cpu_load_permille,
+                l.memory_bytes,
+                l.ramp_up_ms
+            ),
+            (3, 375, 64 << 20, 10_000)
+        );
+        assert_eq!((l.until_ms, l.parent), (42, std::process::id()));
+        let memory_only: faultline_api::Stress =
+            serde_json::from_str(r#"{"memory": {"size": "1Gi"}}"#).expect("stress");
+        let l = Load::of(&memory_only, "f".into(), "/cg".into(), 42);
+        assert_eq!(
+            (l.cpu_workers, l.memory_bytes, l.ramp_up_ms),
+            (0, 1 << 30, 0)
+        );
     }
 
     #[test]

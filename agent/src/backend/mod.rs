@@ -60,7 +60,7 @@ pub trait Backend: Send {
     fn tidy(&mut self) {}
     /// Why an applied fault stopped acting before its end, when it did (a
     /// stress fault's workers killed by the target's OOM killer).
-    fn ended(&self, _fault: &NodeFault) -> Option<String> {
+    fn ended(&mut self, _fault: &NodeFault) -> Option<String> {
         None
     }
     /// What the applied fault has done so far, as the kernel counts it:
@@ -242,7 +242,7 @@ impl Backend for Kernel {
         }
     }
 
-    fn ended(&self, fault: &NodeFault) -> Option<String> {
+    fn ended(&mut self, fault: &NodeFault) -> Option<String> {
         self.stressors.ended(&fault.id)
     }
 
@@ -268,7 +268,7 @@ impl Backend for Kernel {
             (FaultAction::Kill(_), _) => {
                 Ok(Some(self.signalled.get(&fault.id).copied().unwrap_or(0)))
             }
-            (FaultAction::Stress(_), _) => Ok(self.stressors.cpu_ms(&self.resolver, &fault.id)),
+            (FaultAction::Stress(_), _) => Ok(self.stressors.cpu_ms(&fault.id)),
         }
     }
 }

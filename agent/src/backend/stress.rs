@@ -7,29 +7,21 @@
 
 use std::{
     collections::HashMap,
-    io::Read,
-    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
 };
 
 use faultline_api::{NodeFault, NodeTarget, Stress};
-use faultline_stress::{Load, cgroup};
+use faultline_stress::{Load, Worker};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 use super::BackendError;
 use crate::target::{Resolver, TargetError, cgroup_procs};
 
-/// How long a new worker has to show up in its cgroup before the apply
-/// counts as failed.
-const JOIN_WITHIN: Duration = Duration::from_secs(2);
-
 #[derive(Debug)]
 pub struct Stressors {
     /// The program workers run: this agent's own binary.
     pub exe: PathBuf,
-    running: HashMap<String, Worker>,
+    running: HashMap<String, Running>,
 }
 
 impl Default for Stressors {
@@ -42,15 +34,12 @@ impl Default for Stressors {
 }
 
 #[derive(Debug)]
-struct Worker {
-    child: Child,
-    cgroup: PathBuf,
-    /// The cgroup's OOM kills before the worker started.
-    oom_before: Option<u64>,
-    /// CPU time it used, as last read.
+struct Running {
+    worker: Worker,
+    /// CPU time it used, as last read (kept once it ended).
     cpu_ms: u64,
-    /// Why it ended for good (the OOM killer); it is not started again.
-    ended: Option<String>,
+    /// Its OOM kill was logged.
+    told: bool,
 }
 
 impl Stressors {
@@ -65,88 +54,19 @@ impl Stressors {
         self.forget(&fault.id);
         let cg = resolver.stress_cgroup(&fault.target)?;
         sweep(resolver, &fault.target, Some(&cg), &fault.id)?;
+        let until_ms = u64::try_from(fault.expires_at.0.as_millisecond()).unwrap_or(0);
         let load = Load {
-            cgroup: cg.clone(),
             cgroupns: host_cgroupns(resolver),
-            fault: fault.id.clone(),
-            until_ms: u64::try_from(fault.expires_at.0.as_millisecond()).unwrap_or(0),
-            parent: std::process::id(),
-            cpu_workers: stress.cpu.as_ref().map_or(0, |c| c.workers),
-            cpu_load_permille: stress.cpu.as_ref().map_or(1000, |c| {
-                (c.load.fraction() * 1000.0).round().clamp(1.0, 1000.0) as u32
-            }),
-            memory_bytes: stress.memory.as_ref().map_or(0, |m| m.size.bytes()),
-            ramp_up_ms: stress
-                .memory
-                .as_ref()
-                .and_then(|m| m.ramp_up)
-                .map_or(0, |r| r.as_millis()),
+            ..Load::of(stress, fault.id.clone(), cg, until_ms)
         };
-        let oom_before = cgroup::oom_kills(&cg);
-        let mut child = Command::new(&self.exe)
-            .args(load.args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                BackendError::Failed(format!(
-                    "cannot start a stress worker ({}): {e}",
-                    self.exe.display()
-                ))
-            })?;
-        let pid = child.id();
-        let started = Instant::now();
-        loop {
-            if cgroup_procs(&cg).is_ok_and(|p| p.contains(&pid)) {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                // Joined and at once killed by the target's OOM killer:
-                // applied, and already over.
-                if let Some(why) = oom_killed(status, oom_before, &cg) {
-                    tracing::warn!(fault = %fault.id, "{}: {why}", fault.id);
-                    self.running.insert(
-                        fault.id.clone(),
-                        Worker {
-                            child,
-                            cgroup: cg,
-                            oom_before,
-                            cpu_ms: 0,
-                            ended: Some(why),
-                        },
-                    );
-                    return Ok(());
-                }
-                let mut said = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    let _ = err.read_to_string(&mut said);
-                }
-                return Err(BackendError::Failed(format!(
-                    "the stress worker ended before it joined {} ({status}){}",
-                    cg.display(),
-                    last_line(&said)
-                )));
-            }
-            if started.elapsed() > JOIN_WITHIN {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(BackendError::Failed(format!(
-                    "the stress worker did not join {} within {JOIN_WITHIN:?}",
-                    cg.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        tracing::debug!(fault = %fault.id, "{}: stress worker {pid} in {}", fault.id, cg.display());
+        let worker = Worker::start(&self.exe, &load).map_err(BackendError::Failed)?;
+        tracing::debug!(fault = %fault.id, "{}: stress worker {} in {}", fault.id, worker.pid(), worker.cgroup().display());
         self.running.insert(
             fault.id.clone(),
-            Worker {
-                child,
-                cgroup: cg,
-                oom_before,
+            Running {
+                worker,
                 cpu_ms: 0,
-                ended: None,
+                told: false,
             },
         );
         Ok(())
@@ -181,63 +101,60 @@ impl Stressors {
         fault: &NodeFault,
         stress: &Stress,
     ) -> Result<bool, BackendError> {
-        let Some(w) = self.running.get_mut(&fault.id) else {
+        let Some(r) = self.running.get_mut(&fault.id) else {
             self.start(resolver, fault, stress)?;
             return Ok(true);
         };
-        if w.ended.is_some() {
-            return Ok(false);
+        if let Some(ms) = r.worker.cpu_ms() {
+            r.cpu_ms = r.cpu_ms.max(ms);
         }
-        let status = match w.child.try_wait() {
-            Ok(None) => {
-                if let Ok(ms) = faultline_stress::process_cpu_ms(&resolver.proc_root, w.child.id())
-                {
-                    w.cpu_ms = ms;
-                }
-                return Ok(false);
-            }
-            Ok(Some(status)) => status,
+        let end = match r.worker.poll() {
+            Ok(None) => return Ok(false),
+            Ok(Some(end)) => end.clone(),
             Err(e) => {
                 return Err(BackendError::Failed(format!(
                     "cannot wait for the stress worker: {e}"
                 )));
             }
         };
-        if let Some(why) = oom_killed(status, w.oom_before, &w.cgroup) {
-            tracing::warn!(fault = %fault.id, "{}: {why}", fault.id);
-            w.ended = Some(why);
+        if end.is_oom() {
+            if !r.told {
+                r.told = true;
+                tracing::warn!(fault = %fault.id, "{}: {end} (not started again)", fault.id);
+            }
             return Ok(false);
         }
         if fault.expires_at.0 <= jiff::Timestamp::now() {
             return Ok(false);
         }
-        tracing::warn!(fault = %fault.id, "{}: the stress worker ended early ({status}); starting it again", fault.id);
+        tracing::warn!(fault = %fault.id, "{}: {end} early; starting it again", fault.id);
         self.start(resolver, fault, stress)?;
         Ok(true)
     }
 
     /// CPU time the fault's worker has used, in milliseconds.
-    pub(crate) fn cpu_ms(&mut self, resolver: &Resolver, id: &str) -> Option<u64> {
-        let w = self.running.get_mut(id)?;
-        if let Ok(ms) = faultline_stress::process_cpu_ms(&resolver.proc_root, w.child.id()) {
-            w.cpu_ms = w.cpu_ms.max(ms);
+    pub(crate) fn cpu_ms(&mut self, id: &str) -> Option<u64> {
+        let r = self.running.get_mut(id)?;
+        if let Some(ms) = r.worker.cpu_ms() {
+            r.cpu_ms = r.cpu_ms.max(ms);
         }
-        Some(w.cpu_ms)
+        Some(r.cpu_ms)
     }
 
     /// Why the fault's workers ended for good, if they did.
-    pub(crate) fn ended(&self, id: &str) -> Option<String> {
-        self.running.get(id)?.ended.clone()
+    pub(crate) fn ended(&mut self, id: &str) -> Option<String> {
+        let r = self.running.get_mut(id)?;
+        match r.worker.poll() {
+            Ok(Some(end)) if end.is_oom() => Some(format!("{end} (not started again)")),
+            _ => None,
+        }
     }
 
-    /// Kills and reaps this agent's worker of the fault; the cgroup it was in.
+    /// Stops and reaps this agent's worker of the fault; the cgroup it was in.
     fn forget(&mut self, id: &str) -> Option<PathBuf> {
-        let mut w = self.running.remove(id)?;
-        if w.ended.is_none() {
-            let _ = w.child.kill();
-        }
-        let _ = w.child.wait();
-        Some(w.cgroup)
+        self.running
+            .remove(id)
+            .map(|r| r.worker.cgroup().to_owned())
     }
 }
 
@@ -252,28 +169,6 @@ fn host_cgroupns(resolver: &Resolver) -> Option<PathBuf> {
     let own = crate::netns::id_of(Path::new("/proc/self/ns/cgroup")).ok()?;
     let theirs = crate::netns::id_of(&host).ok()?;
     (own != theirs).then_some(host)
-}
-
-/// Why a worker that ended with `status` ended for good: SIGKILL while
-/// the cgroup's OOM kills grew.
-fn oom_killed(status: ExitStatus, before: Option<u64>, cg: &Path) -> Option<String> {
-    let grew = matches!(
-        (before, cgroup::oom_kills(cg)),
-        (Some(before), Some(now)) if now > before
-    );
-    (status.signal() == Some(Signal::KILL.as_raw()) && grew).then(|| {
-        let limit = cgroup::memory_max(cg).map_or(String::new(), |b| format!(" of {} MiB", b >> 20));
-        format!(
-            "stress workers OOM-killed: the target reached its memory limit{limit}, as its own processes would have (not started again)"
-        )
-    })
-}
-
-fn last_line(s: &str) -> String {
-    s.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map_or(String::new(), |l| format!(": {}", l.trim()))
 }
 
 /// Kills every worker of fault `id` in the target (and in `also`, the
