@@ -318,8 +318,9 @@ pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> cr
 
 /// What of an experiment's faults local mode cannot do honestly: services
 /// talk through Faultline's TCP proxies, which see connections and bytes,
-/// never packets, so packet corruption, duplication and reordering need a
-/// cluster's node agent (or the standalone agent); stress needs cgroups,
+/// never packets, so packet corruption, duplication, reordering and bursts
+/// of loss need a cluster's node agent (or the standalone agent) — a rate
+/// they can hold; stress needs cgroups,
 /// and `stress` says why this host cannot give them (Err) or that it can.
 /// Refused before the run, each at its field.
 pub fn local_refusals(spec: &crate::ExperimentSpec, stress: Result<(), &str>) -> crate::Problems {
@@ -357,7 +358,6 @@ pub fn local_refusals(spec: &crate::ExperimentSpec, stress: Result<(), &str>) ->
                 n.loss_correlation.is_some(),
                 "loses packets in bursts",
             ),
-            ("rate", n.rate.is_some(), "limits a link's bandwidth"),
         ] {
             if set {
                 out.add(

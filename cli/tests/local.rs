@@ -652,7 +652,7 @@ spec:
   faults:
     - name: bad-link
       target: payments
-      network: {delay: 20ms, loss: 5%, corrupt: 1%, rate: 1mbit}
+      network: {delay: 20ms, loss: 5%, corrupt: 1%, duplicate: 2%, rate: 1mbit}
 ",
     )
     .expect("write");
@@ -663,15 +663,16 @@ spec:
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     for (at, field, what) in [
         ("11:49", "corrupt", "corrupts packets"),
-        ("11:59", "rate", "limits a link's bandwidth"),
+        ("11:64", "duplicate", "duplicates packets"),
     ] {
         let want = format!(
             "packets.yaml:{at}: spec.faults[0].network.{field}: local mode cannot do this: it {what}, which needs a cluster (the node agent) or the standalone agent"
         );
         assert!(stderr.contains(&want), "{want}\n{stderr}");
     }
-    // Delay and loss alone are what a proxy does: no complaint about them.
+    // Delay, loss and a rate are what a proxy does: no complaint about them.
     assert!(!stderr.contains("network.loss"), "{stderr}");
+    assert!(!stderr.contains("network.rate"), "{stderr}");
     assert!(stderr.contains("nothing was started"), "{stderr}");
     assert!(
         faultline_testkit::marked_processes("packets").is_empty(),
@@ -691,6 +692,59 @@ spec:
             "packets.yaml:11:49: spec.faults[0].network.corrupt: local mode cannot do this"
         ),
         "{stdout}"
+    );
+}
+
+#[test]
+fn a_rate_throttles_the_edges_into_its_target() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = private_topology(dir.path());
+    let experiment = dir.path().join("narrow.yaml");
+    // 8kbit: 1000 bytes a second, less than checkout's 20 orders a second
+    // send payments, so its requests queue.
+    std::fs::write(
+        &experiment,
+        "apiVersion: faultline.dev/v1alpha1
+kind: Experiment
+metadata: {name: narrow, namespace: demo}
+spec:
+  duration: 6s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - name: narrow-link
+      target: payments
+      start: 1s
+      requireEffect: true
+      network: {rate: 8kbit}
+",
+    )
+    .expect("write");
+    let out = run_local("narrow", &experiment, &topology)
+        .output()
+        .expect("runs");
+    let stdout = exited_with(&out, 0);
+    let held: u64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fault narrow-link: ")?
+                .strip_suffix(" chunks delayed or connections dropped")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no effect line:\n{stdout}"));
+    assert!(held > 0, "{stdout}");
+    // `plan --local` shows it on the edge into payments.
+    let out = faultline("narrow")
+        .args(["plan", "--local"])
+        .arg(&topology)
+        .arg(&experiment)
+        .output()
+        .expect("runs");
+    let plan = exited_with(&out, 0);
+    assert!(
+        plan.contains("edge checkout -> payments:\n  narrow-link: network rate 8kbit (on payments, from 1s to 6s)"),
+        "{plan}"
     );
 }
 

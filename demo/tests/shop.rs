@@ -339,6 +339,7 @@ async fn slow_payments_open_the_breaker_within_seconds() {
             correlation: 0.0,
         }),
         partition: None,
+        rate: None,
     });
     let started = Instant::now();
     let slow = shop.orders(25).await;
@@ -389,6 +390,7 @@ async fn cutting_off_inventory_keeps_the_frontend_answering() {
     shop.inventory_proxy.set_faults(Faults {
         latency: None,
         partition: Some(Partition::Blackhole),
+        rate: None,
     });
     // 20 orders at once: retries time out one by one, the bulkhead (10) turns
     // the rest away at once, and every order is still answered.

@@ -9,7 +9,9 @@
 //!   as in a network that silently drops packets) and holds new connections
 //!   without connecting upstream; forwarding resumes when it is lifted;
 //! - a reset partition closes every connection with a TCP RST and refuses new
-//!   ones the same way.
+//!   ones the same way;
+//! - a rate limits the edge as a link that fast would: each direction's bytes,
+//!   over all its connections together, wait for their turn.
 
 use std::{
     io,
@@ -63,6 +65,9 @@ pub enum Partition {
 pub struct Faults {
     pub latency: Option<Latency>,
     pub partition: Option<Partition>,
+    /// The most bytes per second each direction of the edge carries, over
+    /// all its connections together.
+    pub rate: Option<u64>,
 }
 
 /// Counters, for tests, benchmarks and the run journal.
@@ -71,7 +76,7 @@ pub struct Stats {
     pub accepted: AtomicU64,
     pub dropped: AtomicU64,
     pub reset: AtomicU64,
-    /// Chunks held back for a latency (the evidence a latency acted).
+    /// Chunks held back for a latency or a rate (the evidence it acted).
     pub delayed: AtomicU64,
     /// New connections a blackhole kept from their upstream (the evidence
     /// a partition acted; traffic on connections it froze is not counted).
@@ -145,6 +150,8 @@ async fn accept_loop(
     // Connection tasks are owned here so that stopping the proxy stops them.
     let mut tasks = tokio::task::JoinSet::new();
     let mut rng = Rng::seeded();
+    // One per direction, shared by every connection of the edge.
+    let buckets = Arc::new((Bucket::default(), Bucket::default()));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -167,7 +174,7 @@ async fn accept_loop(
                     continue;
                 }
                 let seed = rng.next_u64();
-                tasks.spawn(connection(client, upstream, faults.clone(), stats.clone(), seed));
+                tasks.spawn(connection(client, upstream, faults.clone(), stats.clone(), buckets.clone(), seed));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -185,6 +192,7 @@ async fn connection(
     upstream: SocketAddr,
     mut faults: watch::Receiver<Faults>,
     stats: Arc<Stats>,
+    buckets: Arc<(Bucket, Bucket)>,
     seed: u64,
 ) {
     let _ = client.set_nodelay(true);
@@ -214,9 +222,16 @@ async fn connection(
                 &mut server_write,
                 faults.clone(),
                 &stats,
+                &buckets.0,
                 seed
             ),
-            pump(&mut server_read, &mut client_write, faults.clone(), &stats),
+            pump(
+                &mut server_read,
+                &mut client_write,
+                faults.clone(),
+                &stats,
+                &buckets.1
+            ),
         );
         up.is_err() || down.is_err()
     };
@@ -277,11 +292,35 @@ async fn pump(
     to: &mut OwnedWriteHalf,
     mut faults: watch::Receiver<Faults>,
     stats: &Stats,
+    bucket: &Bucket,
 ) -> Result<(), Reset> {
     let mut mover = Mover::new();
+    // Only a rate reads through memory; allocated when one first applies.
+    let mut buf = Vec::new();
     loop {
         if !wait_while_blackholed(&mut faults).await {
             return Err(Reset);
+        }
+        let rate = faults.borrow().rate;
+        if let Some(rate) = rate {
+            buf.resize(BUFFER, 0);
+            // Bytes already taken into the pipe go first, unthrottled.
+            if mover.drain(to).await.is_err() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                changed = faults.changed() => if changed.is_err() { break },
+                read = from.read(&mut buf[..chunk_for(rate)]) => {
+                    let n = match read { Ok(0) | Err(_) => break, Ok(n) => n };
+                    throttle(bucket, n, rate, stats).await;
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+            continue;
         }
         // A partition arriving mid-transfer cancels it; bytes already taken
         // wait in the pipe until the partition lifts.
@@ -311,6 +350,7 @@ async fn upstream_copy(
     to: &mut OwnedWriteHalf,
     mut faults: watch::Receiver<Faults>,
     stats: &Stats,
+    bucket: &Bucket,
     seed: u64,
 ) -> Result<(), Reset> {
     let mut rng = Rng(seed | 1);
@@ -329,7 +369,11 @@ async fn upstream_copy(
         if eof && held.is_empty() {
             break;
         }
-        if !eof && held.is_empty() && faults.borrow().latency.is_none() {
+        let (latency, rate) = {
+            let f = faults.borrow();
+            (f.latency, f.rate)
+        };
+        if !eof && held.is_empty() && latency.is_none() && rate.is_none() {
             tokio::select! {
                 biased;
                 changed = faults.changed() => if changed.is_err() { break },
@@ -346,13 +390,16 @@ async fn upstream_copy(
         }
         let next_due = held.front().map(|(due, _)| *due);
         tokio::select! {
-            read = from.read(&mut buf), if !eof && held_bytes < MAX_DELAYED_BYTES => {
+            read = from.read(&mut buf[..rate.map_or(BUFFER, chunk_for)]), if !eof && held_bytes < MAX_DELAYED_BYTES => {
                 let n = match read { Ok(0) | Err(_) => { eof = true; continue } Ok(n) => n };
-                let delay = match faults.borrow().latency {
+                let delay = match latency {
                     Some(l) => jittered(l, &mut rng, &mut last_draw),
                     None => Duration::ZERO,
                 };
                 if delay.is_zero() && held.is_empty() {
+                    if let Some(rate) = rate {
+                        throttle(bucket, n, rate, stats).await;
+                    }
                     if to.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
@@ -368,6 +415,9 @@ async fn upstream_copy(
             () = sleep_until_opt(next_due), if next_due.is_some() => {
                 if let Some((_, chunk)) = held.pop_front() {
                     held_bytes -= chunk.len();
+                    if let Some(rate) = rate {
+                        throttle(bucket, chunk.len(), rate, stats).await;
+                    }
                     if to.write_all(&chunk).await.is_err() {
                         break;
                     }
@@ -379,6 +429,59 @@ async fn upstream_copy(
     }
     let _ = to.shutdown().await;
     Ok(())
+}
+
+/// A token bucket: bytes a direction of the edge may send now, refilled at
+/// the rate in force; it holds at most `BURST` of traffic.
+#[derive(Debug)]
+struct Bucket(std::sync::Mutex<(f64, Instant)>);
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket(std::sync::Mutex::new((0.0, Instant::now())))
+    }
+}
+
+/// How much traffic a bucket saves up while the edge is idle: a short burst
+/// passes at once, as on a link with a small queue.
+const BURST: Duration = Duration::from_millis(20);
+
+impl Bucket {
+    /// Charges `n` bytes at `rate` bytes per second; how long the sender
+    /// must wait before sending them (the bucket runs into debt, so
+    /// senders queue behind each other in the order they were charged).
+    fn charge(&self, n: usize, rate: u64) -> Duration {
+        let rate = rate.max(1) as f64;
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let saved = (rate * BURST.as_secs_f64()).max(1500.0);
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * rate).min(saved);
+        s.1 = now;
+        s.0 -= n as f64;
+        if s.0 >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-s.0 / rate)
+        }
+    }
+}
+
+/// Reads at most this much at a time under a rate: about 10 ms of traffic
+/// (at least a packet's worth), so waits stay short and even.
+fn chunk_for(rate: u64) -> usize {
+    usize::try_from(rate / 100)
+        .unwrap_or(BUFFER)
+        .clamp(1460, BUFFER)
+}
+
+/// Waits for `n` bytes' turn under `rate`; counts the chunk as held back
+/// when it had to wait.
+async fn throttle(bucket: &Bucket, n: usize, rate: u64, stats: &Stats) {
+    let wait = bucket.charge(n, rate);
+    if !wait.is_zero() {
+        stats.delayed.fetch_add(1, Ordering::Relaxed);
+        timer::sleep_until((Instant::now() + wait).into_std()).await;
+    }
 }
 
 /// Sleeps until `due`, at once when it has passed, on the precise timer

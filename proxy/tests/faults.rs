@@ -96,6 +96,7 @@ async fn latency_is_what_was_asked() {
             correlation: 0.0,
         }),
         partition: None,
+        rate: None,
     });
     let mut delayed = Vec::new();
     for i in 0..30 {
@@ -135,6 +136,7 @@ async fn jitter_stays_in_bounds_and_keeps_order() {
             correlation: 0.0,
         }),
         partition: None,
+        rate: None,
     });
     let mut c = Client::connect(proxy.local_addr()).await;
     let mut rtts = Vec::new();
@@ -171,6 +173,7 @@ async fn blackhole_stalls_and_resumes() {
     proxy.set_faults(Faults {
         latency: None,
         partition: Some(Partition::Blackhole),
+        rate: None,
     });
     open.send("during").await;
     assert!(
@@ -219,6 +222,7 @@ async fn reset_closes_open_connections_and_refuses_new_ones() {
     proxy.set_faults(Faults {
         latency: None,
         partition: Some(Partition::Reset),
+        rate: None,
     });
     let ended = tokio::time::timeout(Duration::from_secs(2), open.recv())
         .await
@@ -289,6 +293,7 @@ async fn reset_ends_a_connection_stuck_on_a_client_that_stopped_reading() {
     proxy.set_faults(Faults {
         latency: None,
         partition: Some(Partition::Reset),
+        rate: None,
     });
     // The reset tears the connection down on both sides at once: the upstream
     // sees its connection reset although nobody read anything.
@@ -316,6 +321,7 @@ async fn loss_drops_that_share_of_connections() {
             correlation: 0.0,
         }),
         partition: None,
+        rate: None,
     };
     let attempt = |addr| async move {
         let Ok(mut c) = Client::try_connect(addr).await else {
@@ -369,5 +375,116 @@ async fn a_dead_upstream_closes_the_client_connection() {
             .upstream_failures
             .load(std::sync::atomic::Ordering::Relaxed),
         1
+    );
+}
+
+/// A server that reads every connection to the end; counts the bytes.
+async fn sink_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    counter.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// Bytes a client reads from `addr` in `secs` seconds.
+async fn read_for(addr: SocketAddr, secs: f64) -> u64 {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(end, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    total
+}
+
+/// 1mbit as bytes per second.
+const RATE: u64 = 125_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limits_the_whole_edge_in_each_direction() {
+    // Downstream: two connections read a flood at once; together they get
+    // the edge's rate, not twice it.
+    let (flood, _) = flood_server().await;
+    let down_proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), flood)
+        .await
+        .expect("proxy");
+    down_proxy.set_faults(Faults {
+        rate: Some(RATE),
+        ..Faults::default()
+    });
+    let secs = 3.0;
+    let (a, b) = tokio::join!(
+        read_for(down_proxy.local_addr(), secs),
+        read_for(down_proxy.local_addr(), secs)
+    );
+    let down = (a + b) as f64 / secs / RATE as f64;
+    assert!(
+        (0.85..=1.15).contains(&down),
+        "downstream at {down:.3} of the rate ({a} + {b} bytes)"
+    );
+    assert!(a > 0 && b > 0, "both connections moved: {a}, {b}");
+    assert!(
+        down_proxy
+            .stats()
+            .delayed
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
+
+    // Upstream: a client writing as fast as it can reaches the sink at the rate.
+    let (sink, got) = sink_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), sink)
+        .await
+        .expect("proxy");
+    proxy.set_faults(Faults {
+        rate: Some(RATE),
+        ..Faults::default()
+    });
+    let mut client = TcpStream::connect(proxy.local_addr())
+        .await
+        .expect("connect");
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; 16 * 1024];
+        while client.write_all(&chunk).await.is_ok() {}
+    });
+    // Past the first queue-filling moment, then measured.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = got.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let after = got.load(std::sync::atomic::Ordering::SeqCst);
+    writer.abort();
+    let up = (after - before) as f64 / secs / RATE as f64;
+    assert!(
+        (0.85..=1.15).contains(&up),
+        "upstream at {up:.3} of the rate"
+    );
+
+    // Lifted: the flooded edge runs free again (far above the rate).
+    down_proxy.set_faults(Faults::default());
+    let n = read_for(down_proxy.local_addr(), 0.5).await;
+    assert!(
+        n as f64 > 10.0 * RATE as f64 * 0.5,
+        "unlimited: {n} bytes in 0.5 s"
     );
 }

@@ -706,6 +706,7 @@ spec:
                 correlation: 0.0,
             }),
             partition: None,
+            rate: None,
         });
         let mut client = tokio::net::TcpStream::connect(proxy.local_addr())
             .await

@@ -81,19 +81,23 @@ pub(crate) fn edge_faults<'e>(
         match &f.action {
             FaultAction::Latency(_) | FaultAction::Network(_) => {
                 // What a proxy can do of either: delay each chunk, drop a
-                // share of new connections (the rest is refused before the
-                // run, see `faultline_api::local_refusals`).
+                // share of new connections, hold each direction of the edge
+                // to a rate (the rest is refused before the run, see
+                // `faultline_api::local_refusals`).
                 let l = match &f.action {
                     FaultAction::Latency(l) => faultline_api::Network::from(l),
                     FaultAction::Network(n) => n.clone(),
                     _ => continue,
                 };
-                let latency = Latency {
+                // A rate alone asks for no latency (which would count every
+                // chunk as delayed).
+                let latency = (l.delay.is_some() || l.loss.is_some()).then(|| Latency {
                     delay: l.delay.unwrap_or_default().as_std(),
                     jitter: l.jitter.unwrap_or_default().as_std(),
                     loss: l.loss.map_or(0.0, |p| p.fraction()),
                     correlation: l.correlation.map_or(0.0, |p| p.fraction()),
-                };
+                });
+                let rate = l.rate.map(faultline_api::Rate::bytes_per_second);
                 let on: Vec<Edge> = if l.to.is_empty() {
                     edges
                         .clone()
@@ -110,8 +114,14 @@ pub(crate) fn edge_faults<'e>(
                 };
                 for e in &on {
                     let w = wanted.entry(e.clone()).or_default();
-                    if w.latency.is_none_or(|old| old.delay < latency.delay) {
+                    if let Some(latency) = latency
+                        && w.latency.is_none_or(|old| old.delay < latency.delay)
+                    {
                         w.latency = Some(latency);
+                    }
+                    // Two rates on one edge: the slower holds.
+                    if let Some(r) = rate {
+                        w.rate = Some(w.rate.map_or(r, |old| old.min(r)));
                     }
                 }
                 if !on.is_empty() {
