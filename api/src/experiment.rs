@@ -294,7 +294,10 @@ impl Check {
             return n.clone();
         }
         match &self.kind {
-            CheckKind::ErrorRate(c) => format!("{} error rate {}", c.service, c.limit()),
+            CheckKind::ErrorRate(c) => match &c.to {
+                Some(to) => format!("{} → {to} error rate {}", c.service, c.limit()),
+                None => format!("{} error rate {}", c.service, c.limit()),
+            },
             CheckKind::Latency(c) => format!("{} {}", c.service, c.limit()),
             CheckKind::Breaker(c) => format!("{} breaker {} is {}", c.service, c.name, c.state),
             CheckKind::Http(c) => format!("GET {} answers {}", c.url, c.status),
@@ -321,6 +324,11 @@ fn default_status() -> u16 {
 pub struct ErrorRateCheck {
     /// The service (OpenTelemetry `service.name`).
     pub service: String,
+    /// Only the service's calls to this one (its client spans to it, each
+    /// call once however often it was retried), rather than the requests
+    /// the service served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
     /// The highest acceptable error rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<Percent>,
@@ -762,15 +770,24 @@ impl Decode for ErrorRateCheck {
             cx,
             node,
             path,
-            &["service", "max", "maxIncrease", "window", "minRequests"],
+            &[
+                "service",
+                "to",
+                "max",
+                "maxIncrease",
+                "window",
+                "minRequests",
+            ],
         )?;
         let service = f.req(cx, "service");
+        let to = f.opt(cx, "to");
         let max = f.opt(cx, "max");
         let max_increase = f.opt(cx, "maxIncrease");
         let window = f.opt(cx, "window");
         let min_requests = f.opt(cx, "minRequests");
         Some(ErrorRateCheck {
             service: service?,
+            to: to?,
             max: max?,
             max_increase: max_increase?,
             window: window?.unwrap_or_else(default_window),
@@ -1157,6 +1174,16 @@ impl ExperimentSpec {
         match &c.kind {
             CheckKind::ErrorRate(e) => {
                 service_ok(p, &e.service);
+                match e.to.as_deref() {
+                    Some(to) if to.trim().is_empty() => {
+                        p.add(kp.key("to"), "must not be empty (or left out)");
+                    }
+                    Some(to) if to == e.service => p.add(
+                        kp.key("to"),
+                        "names the service itself; a service's calls go to others",
+                    ),
+                    _ => {}
+                }
                 window_ok(p, e.window);
                 if e.max.is_none() && e.max_increase.is_none() {
                     p.add(

@@ -288,29 +288,39 @@ pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> cr
     let mut out = crate::Problems::default();
     for (list, checks) in lists {
         for (i, check) in checks.iter().enumerate() {
-            let Some(service) = check.kind.service() else {
-                continue;
+            // The service, and the one an error rate narrows to.
+            let to = match &check.kind {
+                crate::CheckKind::ErrorRate(e) => e.to.as_deref(),
+                _ => None,
             };
-            if names.contains(&service) {
-                continue;
+            let named = check
+                .kind
+                .service()
+                .map(|s| ("service", s))
+                .into_iter()
+                .chain(to.map(|t| ("to", t)));
+            for (field, service) in named {
+                if names.contains(&service) {
+                    continue;
+                }
+                let hint = match crate::diag::did_you_mean(service, names.iter().copied()) {
+                    Some(n) => format!(" (did you mean {n}?)"),
+                    None => format!("; it runs {}", names.join(", ")),
+                };
+                let path = crate::diag::Path::root()
+                    .key("spec")
+                    .key(list)
+                    .index(i)
+                    .key(check.kind.key())
+                    .key(field);
+                out.add(
+                    path,
+                    format!(
+                        "{service:?} is no service of topology {}{hint}",
+                        topology.metadata.name.as_deref().unwrap_or("")
+                    ),
+                );
             }
-            let hint = match crate::diag::did_you_mean(service, names.iter().copied()) {
-                Some(n) => format!(" (did you mean {n}?)"),
-                None => format!("; it runs {}", names.join(", ")),
-            };
-            let path = crate::diag::Path::root()
-                .key("spec")
-                .key(list)
-                .index(i)
-                .key(check.kind.key())
-                .key("service");
-            out.add(
-                path,
-                format!(
-                    "{service:?} is no service of topology {}{hint}",
-                    topology.metadata.name.as_deref().unwrap_or("")
-                ),
-            );
         }
     }
     out

@@ -1327,3 +1327,26 @@ fn stress_faults() {
         "{diags:?}"
     );
 }
+
+#[test]
+fn an_error_rate_narrowed_to_calls() {
+    let with = |check: &str| {
+        edit(
+            "errorRate: {service: checkout, max: 5%, window: 30s}",
+            &format!("errorRate: {check}"),
+        )
+    };
+    assert_valid(&with("{service: checkout, to: inventory, max: 1%}"));
+    assert_refused(
+        &with("{service: checkout, to: checkout, max: 1%}"),
+        &["errorRate.to: names the service itself"],
+    );
+    assert_refused(
+        &with("{service: checkout, to: \"\", max: 1%}"),
+        &["errorRate.to: must not be empty"],
+    );
+    assert_refused(
+        &with("{service: checkout, peer: inventory, max: 1%}"),
+        &["errorRate.peer"],
+    );
+}

@@ -241,6 +241,33 @@ fn a_kill_fault_kills_and_the_service_comes_back() {
 }
 
 #[test]
+fn retries_absorb_a_lossy_link_to_inventory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = faultline("lossy")
+        .args(["run", "experiments/demo/inventory-loss.yaml", "--local"])
+        .arg(private_topology(dir.path()))
+        .output()
+        .expect("runs");
+    let stdout = exited_with(&out, 0);
+    // Calls were really lost, and checkout's retries made up for them.
+    let lost: u64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fault lossy-inventory: ")?
+                .strip_suffix(" chunks delayed or connections dropped")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no effect line:\n{stdout}"));
+    assert!(lost >= 20, "{lost} calls lost\n{stdout}");
+    assert!(
+        stdout.contains("checkout's inventory calls fail under 1%         passed"),
+        "{stdout}"
+    );
+    assert_eq!(faultline_testkit::marked_processes("lossy").len(), 0);
+}
+
+#[test]
 fn ctrl_c_recovers_and_leaves_nothing_behind() {
     let child = faultline("ctrl-c")
         .args(["demo", "--duration", "60s"])
@@ -595,6 +622,7 @@ spec:
     - {name: slow, target: payments, latency: {delay: 50ms}}
   hypothesis:
     - errorRate: {service: paymnets, max: 5%}
+    - errorRate: {service: caller, to: paymens, max: 5%}
   abort:
     - latency: {service: frontend, percentile: 99, max: 1s}
 ",
@@ -612,7 +640,11 @@ spec:
         "{stderr}"
     );
     assert!(
-        stderr.contains("typo.yaml:13:26: spec.abort[0].latency.service: \"frontend\" is no service of topology one; it runs payments, caller"),
+        stderr.contains("typo.yaml:14:26: spec.abort[0].latency.service: \"frontend\" is no service of topology one; it runs payments, caller"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("typo.yaml:12:40: spec.hypothesis[1].errorRate.to: \"paymens\" is no service of topology one (did you mean payments?)"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing was started"), "{stderr}");

@@ -109,8 +109,19 @@ struct ServiceFigures {
     error_rate: f64,
     #[serde(default)]
     breakers: Vec<BreakerFigures>,
+    /// Its calls to each service it called, as its client spans say.
+    #[serde(default)]
+    edges: Vec<EdgeFigures>,
     #[serde(default)]
     percentile: Option<PercentileFigure>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EdgeFigures {
+    to: String,
+    requests: u64,
+    error_rate: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,11 +348,26 @@ impl ObserverClient {
         Ok(match kind {
             CheckKind::ErrorRate(c) => {
                 match self.service(name, window_secs(c.window), None).await? {
-                    Some(f) if f.requests > 0 => Observed::Rate {
-                        rate: f.error_rate,
-                        requests: f.requests,
-                    },
-                    Some(_) => Observed::NoData,
+                    Some(f) => {
+                        // Narrowed to calls to one service: the edge to it,
+                        // named as its client spans or its server spans say.
+                        let figures = match &c.to {
+                            Some(to) => {
+                                let namespaced = self.name_of(to, namespace);
+                                f.edges
+                                    .iter()
+                                    .find(|e| e.to == *to || e.to == namespaced)
+                                    .map(|e| (e.requests, e.error_rate))
+                            }
+                            None => Some((f.requests, f.error_rate)),
+                        };
+                        match figures {
+                            Some((requests, rate)) if requests > 0 => {
+                                Observed::Rate { rate, requests }
+                            }
+                            _ => Observed::NoData,
+                        }
+                    }
                     None => self.unseen(name).await,
                 }
             }
@@ -408,6 +434,55 @@ mod tests {
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
+    }
+
+    #[tokio::test]
+    async fn an_error_rate_narrowed_to_calls_reads_the_edge() {
+        let observer = faultline_observer::start(
+            &faultline_observer::Addresses::ephemeral(),
+            faultline_observer::Limits::default(),
+        )
+        .await
+        .expect("observer");
+        let otlp = |e| observer.observer.ingest(&e).expect("ingests");
+        otlp(faultline_testkit::otlp::server_spans("checkout", 20, 0));
+        otlp(faultline_testkit::otlp::client_spans(
+            "checkout",
+            "inventory",
+            20,
+            5,
+        ));
+        let client = ObserverClient::new(Some(format!("http://{}", observer.addresses.api)));
+        let rate = |to: Option<&str>| {
+            CheckKind::ErrorRate(faultline_api::ErrorRateCheck {
+                service: "checkout".into(),
+                to: to.map(str::to_owned),
+                max: "1%".parse().ok(),
+                max_increase: None,
+                window: "30s".parse().expect("duration"),
+                min_requests: None,
+            })
+        };
+        assert_eq!(
+            client.observe(&rate(Some("inventory")), "shop").await.ok(),
+            Some(Observed::Rate {
+                rate: 0.25,
+                requests: 20
+            })
+        );
+        assert_eq!(
+            client.observe(&rate(None), "shop").await.ok(),
+            Some(Observed::Rate {
+                rate: 0.0,
+                requests: 20
+            }),
+            "the requests checkout served"
+        );
+        assert_eq!(
+            client.observe(&rate(Some("payments")), "shop").await.ok(),
+            Some(Observed::NoData),
+            "no calls to payments: no evidence"
+        );
     }
 
     #[test]

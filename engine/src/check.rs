@@ -262,6 +262,7 @@ mod tests {
     fn an_unseen_service_is_not_judged_and_says_why() {
         let er = CheckKind::ErrorRate(ErrorRateCheck {
             service: "chekout".into(),
+            to: None,
             max: Some("5%".parse().expect("percent")),
             max_increase: None,
             window: "30s".parse().expect("duration"),
@@ -308,6 +309,7 @@ mod tests {
         };
         let er = CheckKind::ErrorRate(ErrorRateCheck {
             service: "frontend".into(),
+            to: None,
             max: None,
             max_increase: Some("2%".parse().expect("pct")),
             window: "30s".parse().expect("dur"),
@@ -354,6 +356,7 @@ mod tests {
 
         let er = CheckKind::ErrorRate(ErrorRateCheck {
             service: "frontend".into(),
+            to: None,
             max: None,
             max_increase: Some("2%".parse().expect("pct")),
             window: "30s".parse().expect("dur"),
@@ -376,6 +379,7 @@ mod tests {
     fn comparisons() {
         let er = CheckKind::ErrorRate(ErrorRateCheck {
             service: "checkout".into(),
+            to: None,
             max: Some("5%".parse().expect("pct")),
             max_increase: None,
             window: "30s".parse().expect("dur"),
@@ -422,6 +426,7 @@ mod tests {
         let check = |min: Option<u32>| {
             CheckKind::ErrorRate(ErrorRateCheck {
                 service: "checkout".into(),
+                to: None,
                 max: Some("5%".parse().expect("pct")),
                 max_increase: None,
                 window: "30s".parse().expect("dur"),

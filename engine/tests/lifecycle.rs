@@ -479,7 +479,7 @@ prop_compose! {
         let check = Check {
             name: None,
             when: vec![],
-            kind: CheckKind::ErrorRate(ErrorRateCheck { service: "x".into(), max: Some("50%".parse().expect("pct")), max_increase: None, window: dur(10_000), min_requests: None }),
+            kind: CheckKind::ErrorRate(ErrorRateCheck { service: "x".into(), to: None, max: Some("50%".parse().expect("pct")), max_increase: None, window: dur(10_000), min_requests: None }),
         };
         ExperimentSpec {
             description: None,

@@ -4,7 +4,9 @@
 //! Faults can change while connections are open:
 //! - latency delays every chunk of data travelling towards the upstream (the
 //!   target) by `delay` ± `jitter`, keeping order; with `loss`, that share of
-//!   new connections is dropped as soon as it is accepted;
+//!   calls is lost with its connection (reset) — a call being what the
+//!   client sends before the next answer — whether the client opens a
+//!   connection per call or keeps one open;
 //! - a blackhole partition stops forwarding in both directions (bytes wait,
 //!   as in a network that silently drops packets) and holds new connections
 //!   without connecting upstream; forwarding resumes when it is lifted;
@@ -18,7 +20,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -45,7 +47,8 @@ pub struct Latency {
     pub delay: Duration,
     /// Each chunk's delay is drawn uniformly from delay ± jitter (never below 0).
     pub jitter: Duration,
-    /// Share of new connections dropped at once, 0.0 to 1.0.
+    /// Share of calls (what the client sends before the next answer) lost
+    /// with their connection (reset), 0.0 to 1.0.
     pub loss: f64,
     /// How much each chunk's jitter follows the previous one's, 0.0 to 1.0
     /// (as netem's correlation: the random draw is mixed with the last).
@@ -168,11 +171,6 @@ async fn accept_loop(
                     stats.reset.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if let Some(l) = now.latency && l.loss > 0.0 && rng.next_f64() < l.loss {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    drop(client);
-                    continue;
-                }
                 let seed = rng.next_u64();
                 tasks.spawn(connection(client, upstream, faults.clone(), stats.clone(), buckets.clone(), seed));
             }
@@ -215,14 +213,19 @@ async fn connection(
     let (mut server_read, mut server_write) = server.into_split();
     // A reset partition ends the connection at once, even while a copy loop
     // is stuck writing to a peer that stopped reading or sleeping on a delay.
+    // Whether the client's next bytes begin a new turn of the conversation
+    // (a new call): true at first and after every answer.
+    let turn = AtomicBool::new(true);
+    // A reset from either direction (a lost call) ends both at once.
     let copy = async {
-        let (up, down) = tokio::join!(
+        tokio::try_join!(
             upstream_copy(
                 &mut client_read,
                 &mut server_write,
                 faults.clone(),
                 &stats,
                 &buckets.0,
+                &turn,
                 seed
             ),
             pump(
@@ -230,10 +233,11 @@ async fn connection(
                 &mut client_write,
                 faults.clone(),
                 &stats,
-                &buckets.1
+                &buckets.1,
+                &turn
             ),
-        );
-        up.is_err() || down.is_err()
+        )
+        .is_err()
     };
     let reset_requested = tokio::select! {
         r = copy => r,
@@ -293,6 +297,7 @@ async fn pump(
     mut faults: watch::Receiver<Faults>,
     stats: &Stats,
     bucket: &Bucket,
+    turn: &AtomicBool,
 ) -> Result<(), Reset> {
     let mut mover = Mover::new();
     // Only a rate reads through memory; allocated when one first applies.
@@ -317,6 +322,7 @@ async fn pump(
                     if to.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
+                    turn.store(true, Ordering::Relaxed);
                     stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
@@ -331,7 +337,10 @@ async fn pump(
             changed = faults.changed() => if changed.is_err() { break },
             moved = mover.transfer(from, to) => match moved {
                 Ok(0) | Err(_) => break,
-                Ok(n) => { stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed); }
+                Ok(n) => {
+                    turn.store(true, Ordering::Relaxed);
+                    stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                }
             },
         }
     }
@@ -351,6 +360,7 @@ async fn upstream_copy(
     mut faults: watch::Receiver<Faults>,
     stats: &Stats,
     bucket: &Bucket,
+    turn: &AtomicBool,
     seed: u64,
 ) -> Result<(), Reset> {
     let mut rng = Rng(seed | 1);
@@ -392,6 +402,20 @@ async fn upstream_copy(
         tokio::select! {
             read = from.read(&mut buf[..rate.map_or(BUFFER, chunk_for)]), if !eof && held_bytes < MAX_DELAYED_BYTES => {
                 let n = match read { Ok(0) | Err(_) => { eof = true; continue } Ok(n) => n };
+                // As in force now, not when the wait began: a fault lifted
+                // while this read waited no longer applies to its bytes.
+                let (latency, rate) = {
+                    let f = faults.borrow();
+                    (f.latency, f.rate)
+                };
+                // Each call (the client's turn, up to the next answer) is
+                // lost with its connection, new or kept open, once: the
+                // chunks of one request are one decision.
+                let new_turn = turn.swap(false, Ordering::Relaxed);
+                if new_turn && let Some(l) = latency && l.loss > 0.0 && rng.next_f64() < l.loss {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Err(Reset);
+                }
                 let delay = match latency {
                     Some(l) => jittered(l, &mut rng, &mut last_draw),
                     None => Duration::ZERO,
@@ -415,6 +439,7 @@ async fn upstream_copy(
             () = sleep_until_opt(next_due), if next_due.is_some() => {
                 if let Some((_, chunk)) = held.pop_front() {
                     held_bytes -= chunk.len();
+                    let rate = faults.borrow().rate;
                     if let Some(rate) = rate {
                         throttle(bucket, chunk.len(), rate, stats).await;
                     }

@@ -355,6 +355,41 @@ async fn loss_drops_that_share_of_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_also_takes_calls_on_a_connection_kept_open() {
+    let upstream = echo_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
+        .await
+        .expect("proxy");
+    let mut kept = Client::connect(proxy.local_addr()).await;
+    kept.rtt("before").await;
+    proxy.set_faults(Faults {
+        latency: Some(Latency {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 1.0,
+            correlation: 0.0,
+        }),
+        partition: None,
+        rate: None,
+    });
+    kept.send("lost").await;
+    let answer = tokio::time::timeout(Duration::from_secs(2), kept.recv())
+        .await
+        .expect("the connection ends at once");
+    assert!(
+        matches!(answer, Err(_) | Ok(None)),
+        "the call on the open connection was lost: {answer:?}"
+    );
+    assert_eq!(
+        proxy
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_upstream_closes_the_client_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gone = listener.local_addr().expect("addr");

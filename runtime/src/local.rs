@@ -606,13 +606,23 @@ async fn observe(observer: &faultline_observer::Observer, kind: &CheckKind) -> O
     let secs = |d: faultline_api::Duration| (d.as_millis() / 1000).max(1);
     match kind {
         // The requests in the window are the evidence a figure rests on.
-        CheckKind::ErrorRate(c) => match observer.service(&c.service, secs(c.window)) {
-            Some(f) if f.red.requests > 0 => Observed::Rate {
-                rate: f.red.error_rate,
-                requests: f.red.requests,
-            },
-            _ => Observed::NoData,
-        },
+        CheckKind::ErrorRate(c) => {
+            let figures = observer.service(&c.service, secs(c.window));
+            // Narrowed to calls to one service: its edge, as client spans count it.
+            let red = match &c.to {
+                Some(to) => {
+                    figures.and_then(|f| f.edges.into_iter().find(|e| e.to == *to).map(|e| e.red))
+                }
+                None => figures.map(|f| f.red),
+            };
+            match red {
+                Some(r) if r.requests > 0 => Observed::Rate {
+                    rate: r.error_rate,
+                    requests: r.requests,
+                },
+                _ => Observed::NoData,
+            }
+        }
         CheckKind::Latency(c) => {
             let window = secs(c.window);
             match observer.latency_ms(&c.service, c.percentile, window) {

@@ -70,6 +70,20 @@ pub fn server_spans(service: &str, n: u64, failed: u64) -> ExportTraceServiceReq
     export(vec![attr("service.name", service)], spans)
 }
 
+/// `n` client spans of `service` calling `peer` (its `peer.service`) that
+/// ended just now, the first `failed` of them errors; each its own trace.
+pub fn client_spans(service: &str, peer: &str, n: u64, failed: u64) -> ExportTraceServiceRequest {
+    let mut e = server_spans(service, n, failed);
+    for s in &mut e.resource_spans[0].scope_spans[0].spans {
+        s.kind = SpanKind::Client as i32;
+        s.name = "POST".into();
+        s.attributes.push(attr("peer.service", peer));
+        // Apart from any server span's ids.
+        s.trace_id[0] = 9;
+    }
+    e
+}
+
 /// The smallest useful export: one server span of `service` that ended
 /// just now.
 pub fn one_span(service: &str) -> ExportTraceServiceRequest {
