@@ -365,7 +365,7 @@ impl FaultAction {
             FaultAction::Kill(k) if k.method == KillMethod::ForceDelete => "pods deleted",
             FaultAction::Kill(_) => "processes signalled",
             FaultAction::Partition(_) => "packets dropped",
-            FaultAction::Stress(_) => "ms of CPU used by workers",
+            FaultAction::Stress(_) => "CPU-ms spent by workers",
         }
     }
 

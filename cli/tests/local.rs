@@ -870,7 +870,7 @@ fn stress_runs_in_the_service_cgroup_and_ends_with_the_run() {
         .lines()
         .find_map(|l| {
             l.strip_prefix("fault hot: ")?
-                .strip_suffix(" ms of CPU used by workers")?
+                .strip_suffix(" CPU-ms spent by workers")?
                 .parse()
                 .ok()
         })

@@ -474,26 +474,7 @@ fn tcp_goodput(dst: &'static str, secs: u64) -> Option<f64> {
 }
 
 fn start_agent() -> Option<Child> {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(LOG)
-        .ok()?;
-    Command::new(AGENT)
-        .args([
-            "standalone",
-            "--desired",
-            DESIRED,
-            "--state-dir",
-            STATE,
-            "--poll-ms",
-            "20",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .ok()
+    launch_agent(AGENT, &[])
 }
 
 /// The agent as in a container under cgroup v2: in a cgroup of its own
@@ -503,15 +484,20 @@ fn start_agent() -> Option<Child> {
 /// (see `IN_OWN_CGROUPNS`).
 fn start_agent_in_own_cgroupns() -> Option<Child> {
     fs::create_dir_all(AGENT_CG).ok()?;
+    launch_agent("/proc/self/exe", &[IN_OWN_CGROUPNS, AGENT])
+}
+
+/// `PROGRAM BEFORE… standalone …`, the agent's arguments after `before`;
+/// its log appended to `LOG`.
+fn launch_agent(program: &str, before: &[&str]) -> Option<Child> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(LOG)
         .ok()?;
-    Command::new("/proc/self/exe")
+    Command::new(program)
+        .args(before)
         .args([
-            IN_OWN_CGROUPNS,
-            AGENT,
             "standalone",
             "--desired",
             DESIRED,

@@ -318,7 +318,7 @@ async fn pump(
                 changed = faults.changed() => if changed.is_err() { break },
                 read = from.read(&mut buf[..chunk_for(rate)]) => {
                     let n = match read { Ok(0) | Err(_) => break, Ok(n) => n };
-                    throttle(bucket, n, rate, stats).await;
+                    throttle(bucket, n, rate, stats, &mut faults).await?;
                     if to.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
@@ -422,7 +422,7 @@ async fn upstream_copy(
                 };
                 if delay.is_zero() && held.is_empty() {
                     if let Some(rate) = rate {
-                        throttle(bucket, n, rate, stats).await;
+                        throttle(bucket, n, rate, stats, &mut faults).await?;
                     }
                     if to.write_all(&buf[..n]).await.is_err() {
                         break;
@@ -441,7 +441,7 @@ async fn upstream_copy(
                     held_bytes -= chunk.len();
                     let rate = faults.borrow().rate;
                     if let Some(rate) = rate {
-                        throttle(bucket, chunk.len(), rate, stats).await;
+                        throttle(bucket, chunk.len(), rate, stats, &mut faults).await?;
                     }
                     if to.write_all(&chunk).await.is_err() {
                         break;
@@ -499,13 +499,36 @@ fn chunk_for(rate: u64) -> usize {
         .clamp(1460, BUFFER)
 }
 
-/// Waits for `n` bytes' turn under `rate`; counts the chunk as held back
-/// when it had to wait.
-async fn throttle(bucket: &Bucket, n: usize, rate: u64, stats: &Stats) {
+/// Waits for `n` bytes' turn under `rate`, counting the chunk as held back
+/// when it had to wait. A fault change cuts the wait short when it lifts
+/// the rate; whatever the change, a blackhole then holds the chunk as any
+/// other (Err: a reset ends the connection instead).
+async fn throttle(
+    bucket: &Bucket,
+    n: usize,
+    rate: u64,
+    stats: &Stats,
+    faults: &mut watch::Receiver<Faults>,
+) -> Result<(), Reset> {
     let wait = bucket.charge(n, rate);
     if !wait.is_zero() {
         stats.delayed.fetch_add(1, Ordering::Relaxed);
-        timer::sleep_until((Instant::now() + wait).into_std()).await;
+        let due = (Instant::now() + wait).into_std();
+        loop {
+            tokio::select! {
+                () = timer::sleep_until(due) => break,
+                changed = faults.changed() => {
+                    if changed.is_err() || faults.borrow().rate.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if wait_while_blackholed(faults).await {
+        Ok(())
+    } else {
+        Err(Reset)
     }
 }
 

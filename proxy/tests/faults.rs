@@ -523,3 +523,38 @@ async fn a_rate_limits_the_whole_edge_in_each_direction() {
         "unlimited: {n} bytes in 0.5 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifting_a_rate_frees_a_chunk_waiting_its_turn() {
+    use tokio::io::AsyncReadExt;
+    let (flood, _) = flood_server().await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), flood)
+        .await
+        .expect("proxy");
+    // 1000 bytes a second: each chunk read waits well over a second.
+    proxy.set_faults(Faults {
+        rate: Some(1000),
+        ..Faults::default()
+    });
+    let mut s = TcpStream::connect(proxy.local_addr())
+        .await
+        .expect("connect");
+    let mut buf = vec![0u8; 64 * 1024];
+    let first = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(matches!(first, Ok(Ok(n)) if n > 0), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.set_faults(Faults::default());
+    // Freed at once, not after the wait it was in.
+    let mut got = 0usize;
+    let end = Instant::now() + Duration::from_millis(500);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(end, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(
+        got > 100_000,
+        "{got} bytes in 0.5 s after the rate was lifted"
+    );
+}

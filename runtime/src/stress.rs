@@ -115,7 +115,11 @@ impl Cgroups {
                 })
                 .unwrap_or_default();
             for c in &children {
-                let _ = fs::remove_dir(c);
+                // A service's stray process (one that left its process
+                // group) would keep the cgroup; it goes with it.
+                if fs::remove_dir(c).is_err() {
+                    let _ = fs::write(c.join("cgroup.kill"), "1");
+                }
             }
             if fs::remove_dir(&self.root).is_ok() || !self.root.exists() {
                 return;
@@ -141,7 +145,14 @@ pub(crate) struct Stressing {
     banked: BTreeMap<String, u64>,
     /// Instances whose OOM kill was said.
     told: BTreeSet<Instance>,
+    /// Instances whose worker would not start, and when to try again: a
+    /// start can take up to 2 s, and the run's loop must not spend every
+    /// tick on one that keeps failing.
+    retry_at: BTreeMap<Instance, std::time::Instant>,
 }
+
+/// How long after a failed start a worker is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 impl Stressing {
     pub(crate) fn new(exe: PathBuf, cgroups: Cgroups) -> Stressing {
@@ -152,6 +163,7 @@ impl Stressing {
             live: BTreeMap::new(),
             banked: BTreeMap::new(),
             told: BTreeSet::new(),
+            retry_at: BTreeMap::new(),
         }
     }
 
@@ -187,6 +199,9 @@ impl Stressing {
                         }
                         continue;
                     }
+                    // Its deadline, on the wall clock, a moment before the
+                    // run's: started again quietly for what is left.
+                    Ok(Some(faultline_stress::End::Finished)) => {}
                     Ok(Some(end)) => said.push(format!(
                         "{} on {}: {end} early; starting it again",
                         r.fault.name, r.target
@@ -195,6 +210,13 @@ impl Stressing {
                 }
                 // Its CPU time stays counted; a new worker adds to it.
                 self.bank(&instance);
+            }
+            if self
+                .retry_at
+                .get(&instance)
+                .is_some_and(|t| *t > std::time::Instant::now())
+            {
+                continue;
             }
             let until = started + r.until;
             let until_ms = until
@@ -211,9 +233,14 @@ impl Stressing {
             });
             match started_worker {
                 Ok(w) => {
+                    self.retry_at.remove(&instance);
                     self.workers.insert(instance, w);
                 }
-                Err(e) => said.push(format!("{} on {}: {e}", r.fault.name, r.target)),
+                Err(e) => {
+                    said.push(format!("{} on {}: {e}", r.fault.name, r.target));
+                    self.retry_at
+                        .insert(instance, std::time::Instant::now() + RETRY_AFTER);
+                }
             }
         }
         let gone: Vec<Instance> = self

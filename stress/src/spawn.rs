@@ -32,7 +32,9 @@ pub enum End {
     /// The OOM killer of its cgroup took it (SIGKILL while the cgroup's
     /// `oom_kill` count grew): the target's own limit was reached.
     OomKilled { limit: Option<u64> },
-    /// Anything else: its deadline, its parent's end, a signal from someone.
+    /// It stopped by itself: its deadline, or its parent's end.
+    Finished,
+    /// Anything else: a signal from someone, an error (its status).
     Exited(String),
 }
 
@@ -52,6 +54,7 @@ impl std::fmt::Display for End {
                     "stress workers OOM-killed: the target reached its memory limit{limit}, as its own processes would have"
                 )
             }
+            End::Finished => write!(f, "the stress worker stopped by itself"),
             End::Exited(status) => write!(f, "the stress worker ended ({status})"),
         }
     }
@@ -146,6 +149,8 @@ impl Worker {
             End::OomKilled {
                 limit: cgroup::memory_max(&self.cgroup),
             }
+        } else if status.success() {
+            End::Finished
         } else {
             End::Exited(status.to_string())
         }

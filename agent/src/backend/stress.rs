@@ -22,6 +22,10 @@ pub struct Stressors {
     /// The program workers run: this agent's own binary.
     pub exe: PathBuf,
     running: HashMap<String, Running>,
+    /// CPU milliseconds of a fault's earlier workers (started again after
+    /// its deadline moved, or after they died), so its effect never goes
+    /// down.
+    banked: HashMap<String, u64>,
 }
 
 impl Default for Stressors {
@@ -29,6 +33,7 @@ impl Default for Stressors {
         Stressors {
             exe: PathBuf::from("/proc/self/exe"),
             running: HashMap::new(),
+            banked: HashMap::new(),
         }
     }
 }
@@ -79,6 +84,7 @@ impl Stressors {
         fault: &NodeFault,
     ) -> Result<(), BackendError> {
         let cg = self.forget(&fault.id);
+        self.banked.remove(&fault.id);
         match sweep(resolver, &fault.target, cg.as_deref(), &fault.id) {
             Ok(n) => {
                 if n > 0 {
@@ -127,18 +133,24 @@ impl Stressors {
         if fault.expires_at.0 <= jiff::Timestamp::now() {
             return Ok(false);
         }
-        tracing::warn!(fault = %fault.id, "{}: {end} early; starting it again", fault.id);
+        if end == faultline_stress::End::Finished {
+            // It met the deadline it was given; the fault's has moved since.
+            tracing::info!(fault = %fault.id, "{}: stress goes on until {}", fault.id, fault.expires_at.0);
+        } else {
+            tracing::warn!(fault = %fault.id, "{}: {end} early; starting it again", fault.id);
+        }
         self.start(resolver, fault, stress)?;
         Ok(true)
     }
 
     /// CPU time the fault's worker has used, in milliseconds.
     pub(crate) fn cpu_ms(&mut self, id: &str) -> Option<u64> {
+        let banked = self.banked.get(id).copied().unwrap_or(0);
         let r = self.running.get_mut(id)?;
         if let Some(ms) = r.worker.cpu_ms() {
             r.cpu_ms = r.cpu_ms.max(ms);
         }
-        Some(r.cpu_ms)
+        Some(banked.saturating_add(r.cpu_ms))
     }
 
     /// Why the fault's workers ended for good, if they did.
@@ -152,9 +164,10 @@ impl Stressors {
 
     /// Stops and reaps this agent's worker of the fault; the cgroup it was in.
     fn forget(&mut self, id: &str) -> Option<PathBuf> {
-        self.running
-            .remove(id)
-            .map(|r| r.worker.cgroup().to_owned())
+        let r = self.running.remove(id)?;
+        let last = r.worker.cpu_ms().unwrap_or(0).max(r.cpu_ms);
+        *self.banked.entry(id.to_owned()).or_default() += last;
+        Some(r.worker.cgroup().to_owned())
     }
 }
 
