@@ -301,6 +301,35 @@ pub fn unknown_services(spec: &crate::ExperimentSpec, topology: &Topology) -> cr
                 .chain(to.map(|t| ("to", t)));
             for (field, service) in named {
                 if names.contains(&service) {
+                    // Calls only go along dependsOn edges: no other `to`
+                    // can ever have figures.
+                    let caller = topology
+                        .spec
+                        .services
+                        .iter()
+                        .find(|s| Some(s.name.as_str()) == check.kind.service());
+                    if field == "to"
+                        && let Some(caller) = caller
+                        && !caller.depends_on.iter().any(|d| d == service)
+                    {
+                        out.add(
+                            crate::diag::Path::root()
+                                .key("spec")
+                                .key(list)
+                                .index(i)
+                                .key(check.kind.key())
+                                .key(field),
+                            format!(
+                                "{} never calls {service:?} (its dependsOn: {})",
+                                caller.name,
+                                if caller.depends_on.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    caller.depends_on.join(", ")
+                                }
+                            ),
+                        );
+                    }
                     continue;
                 }
                 let hint = match crate::diag::did_you_mean(service, names.iter().copied()) {

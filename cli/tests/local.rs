@@ -145,8 +145,13 @@ fn private_topology(dir: &std::path::Path) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut text =
         std::fs::read_to_string(root.join("experiments/demo/topology.yaml")).expect("topology");
-    for fixed in 17101..=17105u16 {
-        text = text.replace(&fixed.to_string(), &free_port().to_string());
+    // Five different ones: a port freed at once can be handed out again.
+    let mut ports = std::collections::BTreeSet::new();
+    while ports.len() < 5 {
+        ports.insert(free_port());
+    }
+    for (fixed, port) in (17101..=17105u16).zip(ports) {
+        text = text.replace(&fixed.to_string(), &port.to_string());
     }
     let path = dir.join("topology.yaml");
     std::fs::write(&path, text).expect("write");
@@ -328,7 +333,11 @@ fn invalid_input_starts_nothing() {
 /// Payments, and a caller that never calls it: a fault on payments has
 /// an edge (a proxy) to act on, and no traffic.
 fn payments_and_a_caller(dir: &std::path::Path) -> PathBuf {
-    let (port, caller) = (free_port(), free_port());
+    let port = free_port();
+    // Another one: a port freed at once can be handed out again.
+    let caller = std::iter::repeat_with(free_port)
+        .find(|p| *p != port)
+        .unwrap_or(port);
     let path = dir.join("payments.yaml");
     std::fs::write(
         &path,
@@ -623,6 +632,7 @@ spec:
   hypothesis:
     - errorRate: {service: paymnets, max: 5%}
     - errorRate: {service: caller, to: paymens, max: 5%}
+    - errorRate: {service: payments, to: caller, max: 5%}
   abort:
     - latency: {service: frontend, percentile: 99, max: 1s}
 ",
@@ -640,11 +650,15 @@ spec:
         "{stderr}"
     );
     assert!(
-        stderr.contains("typo.yaml:14:26: spec.abort[0].latency.service: \"frontend\" is no service of topology one; it runs payments, caller"),
+        stderr.contains("typo.yaml:15:26: spec.abort[0].latency.service: \"frontend\" is no service of topology one; it runs payments, caller"),
         "{stderr}"
     );
     assert!(
         stderr.contains("typo.yaml:12:40: spec.hypothesis[1].errorRate.to: \"paymens\" is no service of topology one (did you mean payments?)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("typo.yaml:13:42: spec.hypothesis[2].errorRate.to: payments never calls \"caller\" (its dependsOn: none)"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing was started"), "{stderr}");

@@ -334,6 +334,25 @@ impl ObserverClient {
         ))
     }
 
+    /// No calls from `name` to `to` in a check's window: an empty window
+    /// when the observer saw such calls in the last 5 minutes, else most
+    /// likely a misnamed `to` (never judged, even with `minRequests: 0`),
+    /// with the closest callee it did see.
+    async fn unseen_edge(&self, name: &str, to: &str, namespaced: &str) -> Result<Observed, Error> {
+        let Some(f) = self.service(name, 300, None).await? else {
+            return Ok(self.unseen(name).await);
+        };
+        if f.edges.iter().any(|e| e.to == to || e.to == namespaced) {
+            return Ok(Observed::NoData);
+        }
+        let hint = faultline_api::did_you_mean(to, f.edges.iter().map(|e| e.to.as_str()))
+            .map(|n| format!(" (did you mean {n}?)"))
+            .unwrap_or_default();
+        Ok(Observed::Unseen(format!(
+            "the observer has seen no calls from {name:?} to {to:?} in 5 minutes{hint}"
+        )))
+    }
+
     /// The figure a check of an Experiment in `namespace` compares. An
     /// observer that cannot be read is an error, not "no data": no data
     /// lets rate checks pass, and an unreadable observer is no evidence
@@ -354,10 +373,14 @@ impl ObserverClient {
                         let figures = match &c.to {
                             Some(to) => {
                                 let namespaced = self.name_of(to, namespace);
-                                f.edges
-                                    .iter()
-                                    .find(|e| e.to == *to || e.to == namespaced)
-                                    .map(|e| (e.requests, e.error_rate))
+                                let edge =
+                                    f.edges.iter().find(|e| e.to == *to || e.to == namespaced);
+                                match edge {
+                                    Some(e) => Some((e.requests, e.error_rate)),
+                                    None => {
+                                        return self.unseen_edge(name, to, &namespaced).await;
+                                    }
+                                }
                             }
                             None => Some((f.requests, f.error_rate)),
                         };
@@ -479,9 +502,11 @@ mod tests {
             "the requests checkout served"
         );
         assert_eq!(
-            client.observe(&rate(Some("payments")), "shop").await.ok(),
-            Some(Observed::NoData),
-            "no calls to payments: no evidence"
+            client.observe(&rate(Some("inventroy")), "shop").await.ok(),
+            Some(Observed::Unseen(
+                "the observer has seen no calls from \"checkout\" to \"inventroy\" in 5 minutes (did you mean inventory?)".into()
+            )),
+            "a callee never seen is not judged, even with minRequests 0"
         );
     }
 
