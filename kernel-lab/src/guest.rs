@@ -942,7 +942,14 @@ fn main() {
         && mode == IN_OWN_CGROUPNS
     {
         let e = exec_in_own_cgroupns(program, rest);
-        eprintln!("cannot start {program} in its own cgroup namespace: {e}");
+        // Into the agent's log, which the lab prints at its end (this
+        // process's console output goes nowhere).
+        if let Ok(mut log) = OpenOptions::new().append(true).create(true).open(LOG) {
+            let _ = writeln!(
+                log,
+                "cannot start {program} in its own cgroup namespace: {e}"
+            );
+        }
         std::process::exit(1);
     }
     setup_filesystems();

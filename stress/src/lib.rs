@@ -151,6 +151,22 @@ pub enum Error {
     Allocate(u64),
 }
 
+/// A load that does nothing, for tests to change what they need.
+#[cfg(test)]
+pub(crate) fn idle_load() -> Load {
+    Load {
+        cgroup: "/".into(),
+        cgroupns: None,
+        fault: "f".into(),
+        until_ms: 0,
+        parent: 1,
+        cpu_workers: 0,
+        cpu_load_permille: 1000,
+        memory_bytes: 0,
+        ramp_up_ms: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

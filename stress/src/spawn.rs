@@ -194,14 +194,7 @@ mod tests {
     fn a_worker_that_cannot_start_says_why() {
         let load = Load {
             cgroup: "/nonexistent".into(),
-            cgroupns: None,
-            fault: "f".into(),
-            until_ms: 0,
-            parent: 1,
-            cpu_workers: 0,
-            cpu_load_permille: 1000,
-            memory_bytes: 0,
-            ramp_up_ms: 0,
+            ..crate::idle_load()
         };
         let e =
             Worker::start(Path::new("/nonexistent/faultline"), &load).expect_err("no such program");

@@ -131,15 +131,9 @@ mod tests {
 
     fn load(memory_bytes: u64, ramp_up_ms: u64) -> Load {
         Load {
-            cgroup: "/".into(),
-            cgroupns: None,
-            fault: "f".into(),
-            until_ms: 0,
-            parent: 1,
-            cpu_workers: 0,
-            cpu_load_permille: 1000,
             memory_bytes,
             ramp_up_ms,
+            ..crate::idle_load()
         }
     }
 
