@@ -82,8 +82,9 @@ fi
 "$peers/cargo-deny/bin/cargo-deny" check bans licenses sources
 
 step "tests"
-# The kernel lab's test takes the agent this build makes (kernel-lab/src/lib.rs).
+# The kernel lab's test takes the binaries this build makes (kernel-lab/src/lib.rs).
 export FAULTLINE_AGENT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/faultline-agent"
+export FAULTLINE_CLI_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/faultline"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
     cargo test --workspace --locked --doc

@@ -437,7 +437,8 @@ decode_via_from_str!(
     crate::units::Duration,
     crate::units::Percent,
     crate::units::Rate,
-    crate::units::Size
+    crate::units::Size,
+    crate::units::Cpu
 );
 
 /// Defines a string enum: serde and schema names, `FromStr` with a

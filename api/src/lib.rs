@@ -43,7 +43,10 @@ pub use nodefaults::{
     FaultState, MAX_NODE_FAULTS, NodeFault, NodeFaultStatus, NodeFaults, NodeFaultsSpec,
     NodeFaultsStatus, NodeTarget, PodRef, validate_faults,
 };
-pub use topology::{Service, Topology, TopologySpec, addr_var, local_refusals, unknown_services};
-pub use units::{Duration, Percent, Rate, Size, UnitError};
+pub use topology::{
+    ResourceLimits, Service, Topology, TopologySpec, addr_var, limit_refusals, local_refusals,
+    unknown_services,
+};
+pub use units::{Cpu, Duration, Percent, Rate, Size, UnitError};
 pub use validate::{Problem, Problems, dns_subdomain};
 pub use yaml::MAX_INPUT_BYTES;

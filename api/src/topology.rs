@@ -49,6 +49,32 @@ pub struct Service {
     /// Services this one calls; each edge goes through a fault proxy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// What the service may use, enforced by its cgroup as a pod's limits
+    /// are: what a stress fault is measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceLimits>,
+}
+
+/// A service's resource limits (cgroup v2 `cpu.max` and `memory.max`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<crate::Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::Size>,
+}
+
+impl ResourceLimits {
+    /// The cgroup controllers these limits need.
+    pub fn controllers(&self) -> impl Iterator<Item = &'static str> {
+        [
+            self.cpu.is_some().then_some("cpu"),
+            self.memory.is_some().then_some("memory"),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 impl Service {
@@ -79,7 +105,15 @@ impl Decode for Service {
             cx,
             node,
             path,
-            &["name", "labels", "command", "port", "env", "dependsOn"],
+            &[
+                "name",
+                "labels",
+                "command",
+                "port",
+                "env",
+                "dependsOn",
+                "limits",
+            ],
         )?;
         let name = f.req(cx, "name");
         let labels = f.list(cx, "labels");
@@ -87,6 +121,7 @@ impl Decode for Service {
         let port = f.req(cx, "port");
         let env = f.list(cx, "env");
         let depends_on = f.list(cx, "dependsOn");
+        let limits = f.opt(cx, "limits");
         Some(Service {
             name: name?,
             labels: labels?,
@@ -94,7 +129,24 @@ impl Decode for Service {
             port: port?,
             env: env?,
             depends_on: depends_on?,
+            limits: limits?,
         })
+    }
+}
+
+impl Decode for ResourceLimits {
+    fn decode(cx: &mut Cx, node: &Node, path: &Path) -> Option<Self> {
+        let f = Fields::new(cx, node, path, &["cpu", "memory"])?;
+        let cpu = f.opt(cx, "cpu");
+        let memory = f.opt(cx, "memory");
+        let limits = ResourceLimits {
+            cpu: cpu?,
+            memory: memory?,
+        };
+        if limits.cpu.is_none() && limits.memory.is_none() {
+            cx.error(node.pos, path, "names no limit; set cpu, memory or both");
+        }
+        Some(limits)
     }
 }
 
@@ -271,6 +323,36 @@ impl TopologySpec {
         }
         None
     }
+}
+
+/// The limits of `topology` this host cannot enforce, each at its field:
+/// `usable` lists the cgroup controllers local mode can use here, or says
+/// why it has none. A limit is never dropped quietly — a bulkhead proven
+/// without it proves nothing.
+pub fn limit_refusals(topology: &Topology, usable: Result<&[&str], &str>) -> crate::Problems {
+    let mut out = crate::Problems::default();
+    for (i, s) in topology.spec.services.iter().enumerate() {
+        let Some(limits) = &s.limits else { continue };
+        for controller in limits.controllers() {
+            let why = match usable {
+                Ok(have) if have.contains(&controller) => continue,
+                Ok(_) => format!(
+                    "the cgroup v2 hierarchy here does not offer the {controller} controller (a hybrid host keeps it in cgroup v1)"
+                ),
+                Err(why) => why.to_owned(),
+            };
+            out.add(
+                crate::diag::Path::root()
+                    .key("spec")
+                    .key("services")
+                    .index(i)
+                    .key("limits")
+                    .key(controller),
+                format!("local mode cannot enforce this limit here: {why}"),
+            );
+        }
+    }
+    out
 }
 
 /// The checks of `spec` that name a service `topology` does not run, each

@@ -42,6 +42,10 @@ pub const RATE_PATTERN: &str = r"^[1-9][0-9]{0,8}(bit|kbit|mbit|gbit)$";
 /// most 64Gi (checked by the parser; the pattern bounds the digits).
 pub const SIZE_PATTERN: &str = r"^[1-9][0-9]{0,7}(Ki|Mi|Gi)$";
 
+/// CPU as [`Cpu`] parses it: millicores (`500m`) or whole cores (`2`);
+/// the parser bounds it to 10m..64.
+pub const CPU_PATTERN: &str = r"^([1-9][0-9]{0,4}m|[1-9][0-9]?)$";
+
 /// A non-negative span of time of at most 24 h, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(u64);
@@ -376,6 +380,65 @@ impl fmt::Display for Size {
     }
 }
 
+/// A share of CPU time in thousandths of a core, written `500m` or `2`
+/// (as Kubernetes writes CPU limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cpu(u32);
+
+/// The least a limit may be: cgroup v2 refuses a quota under 1 ms per
+/// 100 ms period.
+const MIN_MILLICORES: u32 = 10;
+const MAX_MILLICORES: u32 = 64_000;
+
+impl Cpu {
+    pub fn millicores(self) -> u32 {
+        self.0
+    }
+}
+
+impl FromStr for Cpu {
+    type Err = UnitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || {
+            UnitError(format!(
+                "{} is not an amount of CPU (write it like 500m for half a core, or 2 for two cores)",
+                quote(s)
+            ))
+        };
+        let (number, scale) = match s.strip_suffix('m') {
+            Some(n) => (n, 1),
+            None => (s, 1000),
+        };
+        if number.is_empty()
+            || number.len() > 5
+            || number.starts_with('0')
+            || !number.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(malformed());
+        }
+        let n: u32 = number.parse().map_err(|_| malformed())?;
+        match n.checked_mul(scale) {
+            Some(m) if m < MIN_MILLICORES => Err(UnitError(format!(
+                "{} is below 10m, the least CPU a cgroup can be limited to",
+                quote(s)
+            ))),
+            Some(m) if m <= MAX_MILLICORES => Ok(Cpu(m)),
+            _ => Err(UnitError(format!("{} is above 64 cores", quote(s)))),
+        }
+    }
+}
+
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_multiple_of(1000) {
+            write!(f, "{}", self.0 / 1000)
+        } else {
+            write!(f, "{}m", self.0)
+        }
+    }
+}
+
 macro_rules! string_serde {
     ($ty:ty, $name:literal, $pattern:expr, $desc:literal) => {
         impl Serialize for $ty {
@@ -428,6 +491,12 @@ string_serde!(
     "Size",
     SIZE_PATTERN,
     "An amount of memory such as 64Mi, 512Ki or 2Gi (1Mi = 1048576 bytes), at most 64Gi."
+);
+string_serde!(
+    Cpu,
+    "Cpu",
+    CPU_PATTERN,
+    "CPU in thousandths of a core such as 500m, or whole cores such as 2; from 10m to 64."
 );
 string_serde!(
     Percent,
@@ -560,6 +629,33 @@ mod tests {
         for bad in ["0Mi", "1.5Gi", "64", "123456789Ki"] {
             assert!(!pattern.is_match(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn cpus() {
+        let c = |s: &str| s.parse::<Cpu>().map(Cpu::millicores).map_err(|e| e.0);
+        assert_eq!(c("500m"), Ok(500));
+        assert_eq!(c("2"), Ok(2000));
+        assert_eq!(c("10m"), Ok(10));
+        assert_eq!(c("64"), Ok(64_000));
+        assert!(c("9m").expect_err("under").contains("below 10m"));
+        assert!(c("65").expect_err("over").contains("above 64 cores"));
+        assert!(c("99999").expect_err("over").contains("above 64 cores"));
+        for bad in [
+            "", "m", "0", "0m", "0.5", "-1", "500 m", "1.5", "05m", "500M", "123456m",
+        ] {
+            assert!(c(bad).is_err(), "{bad}");
+        }
+        let pattern = regex::Regex::new(CPU_PATTERN).expect("pattern");
+        for text in ["500m", "2", "1500m", "64"] {
+            assert!(pattern.is_match(text), "{text}");
+            let cpu: Cpu = text.parse().expect(text);
+            assert!(pattern.is_match(&cpu.to_string()), "{cpu}");
+        }
+        assert_eq!(
+            "2000m".parse::<Cpu>().map(|c| c.to_string()).ok(),
+            Some("2".to_owned())
+        );
     }
 
     #[test]

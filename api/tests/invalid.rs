@@ -682,6 +682,80 @@ fn topology() {
 }
 
 #[test]
+fn topology_limits() {
+    let limited = |limits: &str| {
+        TOPOLOGY.replacen(
+            "      port: 7003\n",
+            &format!("      port: 7003\n      limits: {limits}\n"),
+            1,
+        )
+    };
+    assert_eq!(
+        diagnostics(limited("{cpu: 250m, memory: 128Mi}").as_bytes()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        diagnostics(limited("{cpu: 2}").as_bytes()),
+        Vec::<String>::new()
+    );
+    let topo: faultline_api::Topology =
+        faultline_api::parse_one(limited("{cpu: 250m, memory: 128Mi}").as_bytes()).expect("valid");
+    let limits = topo.spec.services[0].limits.clone().expect("limits");
+    assert_eq!(limits.cpu.map(faultline_api::Cpu::millicores), Some(250));
+    assert_eq!(
+        limits.memory.map(faultline_api::Size::bytes),
+        Some(128 << 20)
+    );
+    assert_eq!(
+        diagnostics(limited("{cpu: 5m}").as_bytes()),
+        vec![
+            "10:21: spec.services[0].limits.cpu: \"5m\" is below 10m, the least CPU a cgroup can be limited to"
+        ]
+    );
+    assert_refused(
+        &limited("{cpu: 0.5}"),
+        &["spec.services[0].limits.cpu: \"0.5\" is not an amount of CPU (write it like 500m"],
+    );
+    assert_refused(
+        &limited("{memory: 128M}"),
+        &["spec.services[0].limits.memory: \"128M\" is not a size"],
+    );
+    assert_refused(
+        &limited("{cpus: 1}"),
+        &["spec.services[0].limits.cpus: unknown field"],
+    );
+    assert_refused(
+        &limited("{}"),
+        &["spec.services[0].limits: names no limit; set cpu, memory or both"],
+    );
+
+    // A host that cannot enforce a limit refuses it at its field.
+    let topo: faultline_api::Topology =
+        faultline_api::parse_one(limited("{cpu: 250m, memory: 128Mi}").as_bytes()).expect("valid");
+    let paths = |usable: Result<&[&str], &str>| -> Vec<String> {
+        faultline_api::limit_refusals(&topo, usable)
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(paths(Ok(&["cpu", "memory"])), Vec::<String>::new());
+    assert_eq!(
+        paths(Ok(&["memory"])),
+        vec![
+            "spec.services[0].limits.cpu: local mode cannot enforce this limit here: the cgroup v2 hierarchy here does not offer the cpu controller (a hybrid host keeps it in cgroup v1)"
+        ]
+    );
+    assert_eq!(
+        paths(Err("it needs root")),
+        vec![
+            "spec.services[0].limits.cpu: local mode cannot enforce this limit here: it needs root",
+            "spec.services[0].limits.memory: local mode cannot enforce this limit here: it needs root",
+        ]
+    );
+}
+
+#[test]
 fn several_documents_in_one_stream() {
     let text = format!("{BASE}---\n{NODE_FAULTS}---\n{TOPOLOGY}");
     let docs = parse_documents(text.as_bytes());

@@ -87,6 +87,7 @@ pub fn run_files(
         Ok(e) => e,
         Err(code) => return code,
     };
+    let topology_path = topology;
     let topology: Topology = match load(topology) {
         Ok(t) => t,
         Err(code) => return code,
@@ -98,7 +99,8 @@ pub fn run_files(
         tell!("faultline run: nothing was started");
         return ExitCode::from(EXIT_INVALID);
     }
-    let unknown = unknown_services(path, &experiment, &topology);
+    let mut unknown = unknown_services(path, &experiment, &topology);
+    unknown.extend(unenforceable_limits(topology_path, &topology));
     if !unknown.is_empty() {
         for d in unknown {
             tell!("{d}");
@@ -122,15 +124,32 @@ pub(crate) fn unknown_services(
     unknown
         .0
         .extend(faultline_api::local_refusals(&experiment.spec, stress_here()).0);
-    if unknown.0.is_empty() {
+    located(path, &unknown)
+}
+
+/// Problems of the file at `path` as FILE:LINE:COL: field: problem.
+fn located(path: &Path, problems: &faultline_api::Problems) -> Vec<String> {
+    if problems.0.is_empty() {
         return Vec::new();
     }
     let bytes = std::fs::read(path).unwrap_or_default();
     let name = path.display().to_string();
-    faultline_api::locate(&bytes, &unknown)
+    faultline_api::locate(&bytes, problems)
         .iter()
         .map(|d| d.display_in(&name).to_string())
         .collect()
+}
+
+/// Limits of `topology` (read from `path`) this host cannot enforce, as
+/// FILE:LINE:COL: field: problem.
+pub(crate) fn unenforceable_limits(path: &Path, topology: &Topology) -> Vec<String> {
+    if !topology.spec.services.iter().any(|s| s.limits.is_some()) {
+        return Vec::new();
+    }
+    let usable = faultline_runtime::cgroup_controllers();
+    let refused =
+        faultline_api::limit_refusals(topology, usable.as_deref().map_err(String::as_str));
+    located(path, &refused)
 }
 
 /// Whether stress faults can run locally on this host; why not.

@@ -116,12 +116,15 @@ pub fn run_local(path: &Path, topology: &Path, seed: u64, output: Output) -> Exi
         Ok(e) => e,
         Err(code) => return code,
     };
+    let topology_path = topology;
     let topology: Topology = match load(topology) {
         Ok(t) => t,
         Err(code) => return code,
     };
-    // As `run --local` refuses them: checks of services nobody runs.
+    // As `run --local` refuses them: checks of services nobody runs, and
+    // what this host cannot do.
     let mut refused = crate::local::unknown_services(path, &experiment, &topology);
+    refused.extend(crate::local::unenforceable_limits(topology_path, &topology));
     let local = faultline_runtime::plan(&experiment, &topology, seed);
     let (chosen, selection_ok) = match local.selection {
         Ok(p) => (p, true),

@@ -1090,3 +1090,68 @@ spec:
         "{report}"
     );
 }
+
+/// A topology's limits are set on the service's cgroup where the host's
+/// cgroup v2 hierarchy offers the controllers; elsewhere (this project's
+/// hybrid CI hosts) the run is refused at the limit's field, with nothing
+/// started. The kernel lab runs the enforcing side in CI
+/// (kernel-lab/src/guest.rs, "bulkhead").
+#[test]
+fn limits_are_enforced_or_refused_at_their_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let plain = payments_and_a_caller(dir.path());
+    let topology = dir.path().join("limited.yaml");
+    let text = std::fs::read_to_string(&plain).expect("read");
+    std::fs::write(
+        &topology,
+        text.replacen(
+            "{name: payments, labels: {app: payments},",
+            "{name: payments, limits: {cpu: 250m, memory: 64Mi}, labels: {app: payments},",
+            1,
+        ),
+    )
+    .expect("write");
+    let experiment = stress_experiment(dir.path(), "capped", 3);
+    let offered = faultline_stress::cgroup::mount()
+        .and_then(|m| std::fs::read_to_string(m.join("cgroup.controllers")).ok())
+        .unwrap_or_default();
+    let has = |c: &str| offered.split_whitespace().any(|o| o == c);
+    if !(has("cpu") && has("memory")) {
+        let out = run_local("capped", &experiment, &topology)
+            .output()
+            .expect("runs");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        // Payments is on line 6 of the topology file.
+        let at = format!("{}:6:", topology.display());
+        for field in ["cpu", "memory"].into_iter().filter(|c| !has(c)) {
+            let refusal = format!(
+                "spec.services[0].limits.{field}: local mode cannot enforce this limit here"
+            );
+            assert!(
+                said.lines()
+                    .any(|l| l.starts_with(&at) && l.contains(&refusal)),
+                "{said}"
+            );
+        }
+        assert!(said.contains("nothing was started"), "{said}");
+        assert!(stress_workers("capped").is_empty());
+        return;
+    }
+    let child = run_local("capped", &experiment, &topology)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mount = faultline_stress::cgroup::mount().expect("a cgroup v2 mount");
+    let payments = mount.join(format!("faultline-local-{}/payments", child.id()));
+    let read = |f: &str| std::fs::read_to_string(payments.join(f)).unwrap_or_default();
+    assert!(
+        eventually(10, || read("cpu.max").trim() == "25000 100000"),
+        "cpu.max {:?}",
+        read("cpu.max")
+    );
+    assert_eq!(read("memory.max").trim(), (64u64 << 20).to_string());
+    let out = child.wait_with_output().expect("exits");
+    exited_with(&out, 0);
+}

@@ -55,7 +55,7 @@ fn the_experiment_library_is_valid() {
         stdout.contains("Experiment shop/payments-slowdown is valid"),
         "{stdout}"
     );
-    assert!(stdout.contains("14 documents valid"), "{stdout}");
+    assert!(stdout.contains("16 documents valid"), "{stdout}");
 }
 
 #[test]

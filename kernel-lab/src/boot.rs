@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         }
         Err(Fail::Usage) => {
             say(
-                "usage: faultline-kernel-lab-boot --prepare | faultline-kernel-lab-boot AGENT_BINARY LAB_INIT_BINARY",
+                "usage: faultline-kernel-lab-boot --prepare | faultline-kernel-lab-boot AGENT_BINARY LAB_INIT_BINARY [FAULTLINE_BINARY]",
             );
             ExitCode::from(2)
         }
@@ -86,9 +86,11 @@ fn run() -> Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let binaries = match args.as_slice() {
         [flag] if flag == "--prepare" => None,
-        [agent, init] if !agent.starts_with('-') => {
-            Some((PathBuf::from(agent), PathBuf::from(init)))
-        }
+        [agent, init, cli @ ..] if !agent.starts_with('-') && cli.len() <= 1 => Some((
+            PathBuf::from(agent),
+            PathBuf::from(init),
+            cli.first().map(PathBuf::from),
+        )),
         _ => return Err(Fail::Usage),
     };
     if !rustix::process::geteuid().is_root() {
@@ -103,14 +105,15 @@ fn run() -> Result<ExitCode> {
         PathBuf::from,
     );
     let (version, kdir) = kernel(&mut apt, &lab)?;
-    let Some((agent, init)) = binaries else {
+    let Some((agent, init, cli)) = binaries else {
         return Ok(ExitCode::SUCCESS);
     };
-    if !is_executable(&agent) || !is_executable(&init) {
+    if !is_executable(&agent) || !is_executable(&init) || !cli.as_deref().is_none_or(is_executable)
+    {
         return Err(Fail::Usage);
     }
     let run = RunDir::new(&lab)?;
-    let initrd = initramfs(&run.0, &kdir, &agent, &init)?;
+    let initrd = initramfs(&run.0, &kdir, &agent, &init, cli.as_deref())?;
     boot(&version, &kdir, &initrd)
 }
 
@@ -446,7 +449,17 @@ fn program(root: &Path, from: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn initramfs(run: &Path, kdir: &Path, agent: &Path, init: &Path) -> Result<PathBuf> {
+/// What the bulkhead scenario runs with the `faultline` CLI, from the
+/// experiment library (as users run it), placed at `/lab/demo/`.
+const DEMO_FILES: [&str; 2] = ["payments-starved.yaml", "limited-topology.yaml"];
+
+fn initramfs(
+    run: &Path,
+    kdir: &Path,
+    agent: &Path,
+    init: &Path,
+    cli: Option<&Path>,
+) -> Result<PathBuf> {
     let root = run.join("root");
     for d in [
         "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "lab/bin", "etc",
@@ -477,13 +490,21 @@ fn initramfs(run: &Path, kdir: &Path, agent: &Path, init: &Path) -> Result<PathB
     program(&root, init, "init")?;
     fs::rename(root.join("lab/bin/init"), root.join("init"))
         .map_err(broke("cannot place /init"))?;
+    let mut strip = Command::new("strip");
+    strip
+        .arg("--strip-debug")
+        .arg(root.join("lab/bin/faultline-agent"))
+        .arg(root.join("init"));
+    if let Some(cli) = cli {
+        program(&root, cli, "faultline")?;
+        strip.arg(root.join("lab/bin/faultline"));
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/demo");
+        for file in DEMO_FILES {
+            put(&demo.join(file), &root.join("lab/demo").join(file))?;
+        }
+    }
     // Debug info is most of a dev build; the guest only runs it.
-    let _ = quiet(
-        Command::new("strip")
-            .arg("--strip-debug")
-            .arg(root.join("lab/bin/faultline-agent"))
-            .arg(root.join("init")),
-    );
+    let _ = quiet(&mut strip);
     let own = run.join("run.cpio.gz");
     cpio_gz(&root, &own)?;
     // The kernel unpacks concatenated archives in order.

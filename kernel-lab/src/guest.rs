@@ -43,6 +43,7 @@ const TC: &str = "/lab/bin/tc";
 const NFT: &str = "/lab/bin/nft";
 const UNSHARE: &str = "/lab/bin/unshare";
 const AGENT: &str = "/lab/bin/faultline-agent";
+const FAULTLINE: &str = "/lab/bin/faultline";
 const BUSYBOX: &str = "/bin/busybox";
 const DESIRED: &str = "/tmp/desired.yaml";
 const STATE: &str = "/tmp/agent-state";
@@ -932,6 +933,7 @@ fn scenarios(f: &Faults, samples: u64) {
         &format!("the agent exits 0 on SIGTERM (exit {rc:?})"),
         rc == Some(0),
     );
+    bulkhead();
     info("lsmod", &output(&[BUSYBOX, "lsmod"]));
     info("agent log", &fs::read_to_string(LOG).unwrap_or_default());
 }
@@ -1336,4 +1338,156 @@ fn stress(agent: &mut Option<Child>) {
         let _ = a.kill();
         let _ = a.wait();
     }
+}
+
+/// The bulkhead of experiments/demo/payments-starved.yaml, run by the real
+/// `faultline run --local` with payments under the CPU limit of
+/// limited-topology.yaml: the run must pass, and payments' cgroup must
+/// show the limit throttling it (else the pass proves nothing).
+fn bulkhead() {
+    stamp("bulkhead");
+    let lo = run(&[IP, "link", "set", "lo", "up"]);
+    let report = "/tmp/bulkhead.json";
+    let log = "/tmp/bulkhead.log";
+    let child = fs::File::create(log).and_then(|f| {
+        let err = f.try_clone()?;
+        Command::new(FAULTLINE)
+            .args([
+                "run",
+                "/lab/demo/payments-starved.yaml",
+                "--local",
+                "/lab/demo/limited-topology.yaml",
+                "--no-dashboard",
+                "--json",
+                report,
+            ])
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(err)
+            .spawn()
+    });
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            check(
+                "bulkhead-passed",
+                &format!("cannot start {FAULTLINE}: {e}"),
+                false,
+            );
+            return;
+        }
+    };
+    // payments' cgroup while the run lasts: its limit, and how often and
+    // how long the limit held it back (the last reading before it went).
+    let mut limit = String::new();
+    let mut throttled: Option<(u64, u64)> = None;
+    let mut status = None;
+    for _ in 0..1800 {
+        if let Ok(Some(s)) = child.try_wait() {
+            status = Some(s);
+            break;
+        }
+        if let Some(cg) = payments_cgroup() {
+            if let Ok(max) = fs::read_to_string(cg.join("cpu.max")) {
+                limit = max.trim().to_owned();
+            }
+            let stat = fs::read_to_string(cg.join("cpu.stat")).unwrap_or_default();
+            let field = |name: &str| {
+                stat.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            };
+            if let (Some(n), Some(us)) = (field("nr_throttled "), field("throttled_usec ")) {
+                throttled = Some((n, us));
+            }
+        }
+        sleep(Duration::from_millis(100));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        status = child.wait().ok();
+    }
+    let said = fs::read_to_string(log).unwrap_or_default();
+    info("bulkhead run", &said);
+    let journal: serde_json::Value = fs::read(report)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    // Each check's last figure against its threshold, and the workers' CPU.
+    let figures: Vec<String> = journal["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{}: {} ({})",
+                c["name"].as_str().unwrap_or("?"),
+                match &c["observed"] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                if c["passed"] == true {
+                    "held"
+                } else {
+                    "failed"
+                }
+            )
+        })
+        .collect();
+    let spent = journal["effects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["fault"] == "starve-payments")
+        .and_then(|e| e["count"].as_u64());
+    let verdict = journal["verdict"].as_str().unwrap_or("none");
+    check(
+        "bulkhead-run-measured",
+        &format!(
+            "faultline run payments-starved.yaml --local limited-topology.yaml (lo up: {lo}) exited {status:?}, verdict {verdict}; {}; stress workers spent {spent:?} CPU-ms",
+            figures.join("; ")
+        ),
+        status.is_some_and(|s| s.success())
+            && verdict == "Passed"
+            && figures.len() == 3
+            && spent.is_some_and(|ms| ms > 0),
+    );
+    let seconds = throttled.map_or(0.0, |(_, us)| us as f64 / 1e6);
+    info(
+        "bulkhead payments",
+        &format!("cpu.max {limit:?}, throttled {throttled:?} (periods, µs)"),
+    );
+    check(
+        "bulkhead-throttled-measured",
+        &format!(
+            "payments' cgroup had cpu.max {limit:?} and was throttled {} times, {seconds:.1} s in all (at least 10 s of the 30 s stress)",
+            throttled.map_or(0, |(n, _)| n)
+        ),
+        limit == "10000 100000" && seconds >= 10.0,
+    );
+    check(
+        "bulkhead-no-cgroup-left",
+        "no faultline-local cgroup is left after the run",
+        payments_cgroup().is_none()
+            && !fs::read_dir("/sys/fs/cgroup").is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("faultline-local-")
+                })
+            }),
+    );
+}
+
+/// `faultline run --local`'s cgroup of payments, while a run has one.
+fn payments_cgroup() -> Option<std::path::PathBuf> {
+    fs::read_dir("/sys/fs/cgroup")
+        .ok()?
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("faultline-local-")
+        })
+        .map(|e| e.path().join("payments"))
+        .filter(|p| p.exists())
 }

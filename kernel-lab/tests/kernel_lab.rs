@@ -160,6 +160,9 @@ const CHECKS: &[&str] = &[
     "crash-no-table",
     "crash-peer-reachable",
     "agent-sigterm",
+    "bulkhead-run-measured",
+    "bulkhead-throttled-measured",
+    "bulkhead-no-cgroup-left",
 ];
 
 #[test]
@@ -191,10 +194,13 @@ fn run_lab() -> Option<String> {
     let script = Path::new(env!("CARGO_BIN_EXE_faultline-kernel-lab-boot"));
     let agent = faultline_kernel_lab::agent_binary(faultline_kernel_lab::Profile::Dev)
         .unwrap_or_else(|e| panic!("the agent binary: {e}"));
+    let cli = faultline_kernel_lab::cli_binary(faultline_kernel_lab::Profile::Dev)
+        .unwrap_or_else(|e| panic!("the faultline binary: {e}"));
     let started = Instant::now();
     let out = match Command::new(script)
         .arg(agent)
         .arg(env!("CARGO_BIN_EXE_faultline-kernel-lab"))
+        .arg(cli)
         .env("FLTLAB_DELAY_MS", DELAY_MS.to_string())
         .env("FLTLAB_SAMPLES", SAMPLES.to_string())
         .output()

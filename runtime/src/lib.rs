@@ -9,4 +9,4 @@ mod stress;
 
 pub use local::{Options, Outcome, Progress, local_mode_notes, run};
 pub use plan::{Edge, LocalPlan, plan};
-pub use stress::support as stress_support;
+pub use stress::{controllers as cgroup_controllers, support as stress_support};

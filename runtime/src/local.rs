@@ -86,8 +86,8 @@ pub enum Error {
         /// Its last lines of output.
         output: Vec<String>,
     },
-    #[error("cannot set up stress faults: {0}")]
-    Stress(String),
+    #[error("cannot set up the services' cgroups: {0}")]
+    Cgroups(String),
 }
 
 fn said(output: &[String]) -> String {
@@ -202,13 +202,15 @@ async fn drive(
         proxies.insert((from, to), proxy);
     }
 
-    // Stress runs in the services' own cgroups, made for the run.
-    let mut stressing = if crate::stress::wanted(&experiment.spec) {
-        let cgroups = crate::stress::Cgroups::create().map_err(Error::Stress)?;
-        Some(Stressing::new(options.stress_exe.clone(), cgroups))
+    // Limits and stress work through the services' own cgroups, made for
+    // the run.
+    let cgroups = if crate::stress::wanted(&experiment.spec) || crate::stress::limited(topology) {
+        Some(crate::stress::Cgroups::create().map_err(Error::Cgroups)?)
     } else {
         None
     };
+    let mut stressing =
+        crate::stress::wanted(&experiment.spec).then(|| Stressing::new(options.stress_exe.clone()));
 
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut procs: BTreeMap<String, Supervised> = BTreeMap::new();
@@ -230,15 +232,20 @@ async fn drive(
             .logs
             .as_ref()
             .map(|dir| dir.join(format!("{}.log", s.name)));
-        if let Some(st) = &stressing {
-            match st.cgroups.service(&s.name) {
-                Ok(cg) => launch.cgroup = Some(cg),
+        if let Some(cg) = &cgroups {
+            let placed = match &s.limits {
+                Some(limits) => cg.limit(&s.name, limits),
+                None => Ok(()),
+            }
+            .and_then(|()| cg.service(&s.name));
+            match placed {
+                Ok(dir) => launch.cgroup = Some(dir),
                 Err(e) => {
                     stop_all(procs).await;
-                    if let Some(st) = stressing {
-                        st.cgroups.remove().await;
+                    if let Some(cg) = cgroups {
+                        cg.remove().await;
                     }
-                    return Err(Error::Stress(e));
+                    return Err(Error::Cgroups(e));
                 }
             }
         }
@@ -250,8 +257,8 @@ async fn drive(
                 .map(|p| p.last_output(10))
                 .unwrap_or_default();
             stop_all(procs).await;
-            if let Some(st) = stressing {
-                st.cgroups.remove().await;
+            if let Some(cg) = cgroups {
+                cg.remove().await;
             }
             return Err(Error::NotReady {
                 service: s.name.clone(),
@@ -338,8 +345,8 @@ async fn drive(
             effects.watch(&in_place, &proxies);
         }
         // Level-based, every tick: a worker that died is started again.
-        if let Some(st) = stressing.as_mut() {
-            let said = st.reconcile(&run.resolved(), started_wall);
+        if let (Some(st), Some(cg)) = (stressing.as_mut(), cgroups.as_ref()) {
+            let said = st.reconcile(&run.resolved(), started_wall, cg);
             if !said.is_empty() {
                 log.lock().unwrap_or_else(|e| e.into_inner()).extend(said);
             }
@@ -397,8 +404,8 @@ async fn drive(
         .map(|(n, p)| (n.clone(), p.restarts()))
         .collect();
     stop_all(procs).await;
-    if let Some(st) = stressing {
-        st.cgroups.remove().await;
+    if let Some(cg) = cgroups {
+        cg.remove().await;
     }
     let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Outcome {

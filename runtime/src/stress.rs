@@ -1,7 +1,7 @@
-//! Stress faults in local mode: each service in a cgroup of its own for
-//! the run, and a worker (this binary's `stress-worker`) started in a
-//! service's cgroup while a stress fault holds the service — as the node
-//! agent does in a pod's.
+//! Cgroups in local mode: each service in a cgroup of its own for the run
+//! (with the topology's limits, as a pod's), and a stress worker (this
+//! binary's `stress-worker`) started in a service's cgroup while a stress
+//! fault holds the service — as the node agent does in a pod's.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use faultline_api::{ExperimentSpec, FaultAction};
+use faultline_api::{ExperimentSpec, FaultAction, ResourceLimits, Topology};
 use faultline_engine::{Instance, Resolved};
 use faultline_stress::{Load, Worker};
 
@@ -34,6 +34,17 @@ pub fn support() -> Result<PathBuf, String> {
     Ok(mount)
 }
 
+/// The cgroup controllers local mode can use here for limits (of `cpu`
+/// and `memory`); Err says why there are none.
+pub fn controllers() -> Result<Vec<&'static str>, String> {
+    let mount = support()?;
+    let offered = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+    Ok(["cpu", "memory"]
+        .into_iter()
+        .filter(|c| offered.split_whitespace().any(|o| o == *c))
+        .collect())
+}
+
 /// Whether `spec` has a stress fault.
 pub(crate) fn wanted(spec: &ExperimentSpec) -> bool {
     spec.faults
@@ -41,7 +52,15 @@ pub(crate) fn wanted(spec: &ExperimentSpec) -> bool {
         .any(|f| matches!(f.action, FaultAction::Stress(_)))
 }
 
+/// Whether a service of `topology` has limits.
+pub(crate) fn limited(topology: &Topology) -> bool {
+    topology.spec.services.iter().any(|s| s.limits.is_some())
+}
+
 const PREFIX: &str = "faultline-local-";
+
+/// The period of a CPU limit's quota (the kernel's and the kubelet's default).
+const CPU_PERIOD_US: u64 = 100_000;
 
 /// Removes what runs that were killed left: empty cgroups of processes
 /// that are gone (a cgroup still holding a process is left alone).
@@ -84,11 +103,14 @@ impl Cgroups {
             .map_err(|e| format!("cannot create cgroup {}: {e}", root.display()))?;
         // Accounting and limits below, where the host offers them (on a
         // hybrid host the v2 hierarchy has neither; CPU time is still
-        // counted per cgroup).
-        let offered = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        // counted per cgroup). A controller reaches the services only when
+        // every level above hands it down; systemd's root already does.
+        let offered = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
         for c in ["cpu", "memory"] {
             if offered.split_whitespace().any(|o| o == c) {
-                let _ = fs::write(root.join("cgroup.subtree_control"), format!("+{c}"));
+                for level in [&mount, &root] {
+                    let _ = fs::write(level.join("cgroup.subtree_control"), format!("+{c}"));
+                }
             }
         }
         Ok(Cgroups { root })
@@ -100,6 +122,33 @@ impl Cgroups {
         fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create cgroup {}: {e}", dir.display()))?;
         Ok(dir)
+    }
+
+    /// Sets a service's limits on its cgroup, before it starts.
+    pub(crate) fn limit(&self, name: &str, limits: &ResourceLimits) -> Result<(), String> {
+        let dir = self.service(name)?;
+        let set = |file: &str, value: String| {
+            fs::write(dir.join(file), &value).map_err(|e| {
+                format!(
+                    "cannot limit {name}: writing {value:?} to {}: {e}",
+                    dir.join(file).display()
+                )
+            })
+        };
+        if let Some(cpu) = limits.cpu {
+            // Quota per 100 ms period, as the kubelet writes a CPU limit.
+            set(
+                "cpu.max",
+                format!("{} {CPU_PERIOD_US}", u64::from(cpu.millicores()) * 100),
+            )?;
+        }
+        if let Some(memory) = limits.memory {
+            set("memory.max", memory.bytes().to_string())?;
+            // As on a node without swap: the limit is what the service
+            // has, not where it starts paging.
+            let _ = fs::write(dir.join("memory.swap.max"), "0");
+        }
+        Ok(())
     }
 
     /// Removes the cgroups once every process has left them (a process
@@ -137,7 +186,6 @@ impl Cgroups {
 #[derive(Debug)]
 pub(crate) struct Stressing {
     exe: PathBuf,
-    pub(crate) cgroups: Cgroups,
     workers: BTreeMap<Instance, Worker>,
     /// CPU milliseconds of each running worker, as last read.
     live: BTreeMap<Instance, u64>,
@@ -155,10 +203,9 @@ pub(crate) struct Stressing {
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 impl Stressing {
-    pub(crate) fn new(exe: PathBuf, cgroups: Cgroups) -> Stressing {
+    pub(crate) fn new(exe: PathBuf) -> Stressing {
         Stressing {
             exe,
-            cgroups,
             workers: BTreeMap::new(),
             live: BTreeMap::new(),
             banked: BTreeMap::new(),
@@ -169,12 +216,13 @@ impl Stressing {
 
     /// Brings the workers to the stress instances `resolved` holds: starts
     /// the missing ones (and ones that died of anything but an OOM kill),
-    /// stops the rest. `started` is when the run's clock read zero; what
-    /// went wrong is returned for the run's log.
+    /// stops the rest, in the services' `cgroups`. `started` is when the
+    /// run's clock read zero; what went wrong is returned for the run's log.
     pub(crate) fn reconcile(
         &mut self,
         resolved: &[Resolved<'_>],
         started: SystemTime,
+        cgroups: &Cgroups,
     ) -> Vec<String> {
         let mut said = Vec::new();
         let mut held = BTreeSet::new();
@@ -222,7 +270,7 @@ impl Stressing {
             let until_ms = until
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            let started_worker = self.cgroups.service(r.target).and_then(|cg| {
+            let started_worker = cgroups.service(r.target).and_then(|cg| {
                 let load = Load::of(
                     stress,
                     format!("{}/{}", r.fault.name, r.target),
