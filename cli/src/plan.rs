@@ -283,7 +283,7 @@ async fn planned(
         }
     }
     let cands = candidates(&spec, &own, &infos);
-    let index: HashMap<&str, &PodInfo> = infos.iter().map(|p| (&*p.uid, p)).collect();
+    let index = faultline_controller::plan::pod_index(&infos);
     let (chosen, selection_ok) = match plan(&spec, &own, &cands, seed(&uid, runs)) {
         Ok(p) => (p, true),
         Err(e) => {

@@ -3,7 +3,6 @@
 //! objects a run writes, and how big its status is. Prints its figures.
 
 use std::{
-    collections::HashMap,
     hint::black_box,
     time::{Duration, Instant},
 };
@@ -67,7 +66,7 @@ spec:
         name: "wide".into(),
         uid: "5d1f6f0e-0000-4000-8000-000000000001".into(),
     };
-    let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (&*p.uid, p)).collect();
+    let index = plan::pod_index(&pods);
     let started = jiff::Timestamp::now();
     let mut times = Vec::new();
     let mut stages = [Duration::ZERO; 3];

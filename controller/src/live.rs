@@ -73,6 +73,9 @@ pub(crate) struct Live {
     /// saw: a change that is only its status (this controller's own
     /// writes) does not step the run before then.
     pub next_step: Option<(std::time::Instant, Seen)>,
+    /// The run's candidates, with the pod store's generation they were
+    /// made at (see `decide::View::pods_generation`).
+    pub candidates: Option<(u64, Vec<faultline_engine::Candidate>)>,
 }
 
 /// What of an Experiment steps a run at once when it changes: its spec
@@ -170,6 +173,7 @@ impl Live {
             lease_until: None,
             closed: false,
             next_step: None,
+            candidates: None,
         }
     }
 
@@ -222,6 +226,7 @@ impl Live {
             lease_until: None,
             closed: false,
             next_step: None,
+            candidates: None,
         }
     }
 

@@ -59,8 +59,10 @@ fn digest(entries: &[NodeFault]) -> u64 {
 /// memory).
 #[derive(Debug, Default)]
 pub(crate) struct Reports<'a> {
-    /// Entry ids applied, as reported for the spec their node holds now.
-    pub applied: HashSet<&'a str>,
+    /// Entries applied, as reported for the spec their node holds now: by
+    /// fault and pod uid (what an entry id holds after the experiment's
+    /// uid), so an instance is looked up without building its id.
+    pub applied: HashSet<(&'a str, &'a str), foldhash::fast::RandomState>,
     /// Entry ids that failed, with the agent's reason.
     pub failed: HashMap<&'a str, &'a str>,
     /// What each entry did, as its agent counts it (whatever the state: a
@@ -92,7 +94,9 @@ pub(crate) fn reports<'a>(
             }
             match f.state {
                 FaultState::Applied if current => {
-                    out.applied.insert(&f.id);
+                    if let Some(instance) = r.instance_of(&f.id) {
+                        out.applied.insert(instance);
+                    }
                 }
                 FaultState::Failed => {
                     out.failed

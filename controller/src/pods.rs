@@ -91,6 +91,8 @@ struct State {
     /// Every label set, namespace and node name once: a workload's pods
     /// share their labels, a node's pods its name.
     shared: Shared,
+    /// Counts the changes to what is kept.
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -151,29 +153,37 @@ impl<T: ?Sized + Eq + std::hash::Hash> Interned<T> {
 
 type ByNamespace = HashMap<String, HashMap<String, Arc<PodInfo>>>;
 
-/// Puts a pod in (running) or takes it out (anything else).
-fn place(map: &mut ByNamespace, shared: &mut Shared, pod: &SlimPod) {
+/// Puts a pod in (running) or takes it out (anything else); whether what
+/// is kept changed (most updates of a running pod change nothing planning
+/// reads).
+fn place(map: &mut ByNamespace, shared: &mut Shared, pod: &SlimPod) -> bool {
     let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
-        return;
+        return false;
     };
     match PodInfo::from_pod(pod) {
         Some(mut info) => {
+            let pods = map.entry(ns.clone()).or_default();
+            if pods.get(name).is_some_and(|kept| **kept == info) {
+                return false;
+            }
             shared.intern(&mut info);
-            map.entry(ns.clone())
-                .or_default()
-                .insert(name.clone(), Arc::new(info));
+            pods.insert(name.clone(), Arc::new(info));
+            true
         }
         None => remove(map, ns, name),
     }
 }
 
-fn remove(map: &mut ByNamespace, ns: &str, name: &str) {
-    if let Some(pods) = map.get_mut(ns) {
-        pods.remove(name);
-        if pods.is_empty() {
-            map.remove(ns);
-        }
+/// Takes a pod out; whether it was there.
+fn remove(map: &mut ByNamespace, ns: &str, name: &str) -> bool {
+    let Some(pods) = map.get_mut(ns) else {
+        return false;
+    };
+    let was = pods.remove(name).is_some();
+    if pods.is_empty() {
+        map.remove(ns);
     }
+    was
 }
 
 impl Default for Pods {
@@ -195,21 +205,34 @@ impl Pods {
         match event {
             watcher::Event::Init => s.relist = Some(ByNamespace::new()),
             watcher::Event::InitApply(pod) => match s.relist.as_mut() {
-                Some(fresh) => place(fresh, &mut s.shared, &pod),
-                None => place(&mut s.by_namespace, &mut s.shared, &pod),
+                Some(fresh) => {
+                    place(fresh, &mut s.shared, &pod);
+                }
+                None => {
+                    if place(&mut s.by_namespace, &mut s.shared, &pod) {
+                        s.generation += 1;
+                    }
+                }
             },
             watcher::Event::InitDone => {
                 if let Some(fresh) = s.relist.take() {
                     s.by_namespace = fresh;
                     s.shared.prune();
+                    s.generation += 1;
                 }
                 drop(guard);
                 self.ready_tx.send_replace(true);
             }
-            watcher::Event::Apply(pod) => place(&mut s.by_namespace, &mut s.shared, &pod),
+            watcher::Event::Apply(pod) => {
+                if place(&mut s.by_namespace, &mut s.shared, &pod) {
+                    s.generation += 1;
+                }
+            }
             watcher::Event::Delete(pod) => {
-                if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
-                    remove(&mut s.by_namespace, ns, name);
+                if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name)
+                    && remove(&mut s.by_namespace, ns, name)
+                {
+                    s.generation += 1;
                 }
             }
         }
@@ -235,12 +258,22 @@ impl Pods {
         &self,
         namespaces: impl IntoIterator<Item = &'a str>,
     ) -> Vec<Arc<PodInfo>> {
+        self.in_namespaces_at(namespaces).1
+    }
+
+    /// As [`Pods::in_namespaces`], with the generation they were read at:
+    /// while it stays the same, so do the pods (whatever else happened).
+    pub fn in_namespaces_at<'a>(
+        &self,
+        namespaces: impl IntoIterator<Item = &'a str>,
+    ) -> (u64, Vec<Arc<PodInfo>>) {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        namespaces
+        let pods = namespaces
             .into_iter()
             .filter_map(|ns| s.by_namespace.get(ns))
             .flat_map(|pods| pods.values().cloned())
-            .collect()
+            .collect();
+        (s.generation, pods)
     }
 
     /// How many running pods are known.
@@ -428,5 +461,32 @@ mod index_tests {
             && Arc::ptr_eq(&p.namespace, &first.namespace)
             && Arc::ptr_eq(&p.node, &first.node)));
         assert!(!Arc::ptr_eq(&all[1].uid, &first.uid));
+    }
+
+    #[test]
+    fn the_generation_moves_only_when_what_planning_reads_changes() {
+        let pods = Pods::default();
+        let generation = || pods.in_namespaces_at(["shop"]).0;
+        pods.apply(watcher::Event::Init);
+        pods.apply(watcher::Event::InitApply(pod("shop", "a", "Running")));
+        pods.apply(watcher::Event::InitDone);
+        let listed = generation();
+        // The same pod again (a status update planning does not read).
+        pods.apply(watcher::Event::Apply(pod("shop", "a", "Running")));
+        assert_eq!(generation(), listed);
+        // A pod not running and never kept, and one deleted that was never kept.
+        pods.apply(watcher::Event::Apply(pod("shop", "b", "Pending")));
+        pods.apply(watcher::Event::Delete(pod("shop", "c", "Running")));
+        assert_eq!(generation(), listed);
+        let mut moved = pod("shop", "a", "Running");
+        moved.status.pod_ip = Some("10.0.0.2".into());
+        pods.apply(watcher::Event::Apply(moved));
+        let changed = generation();
+        assert!(changed > listed);
+        pods.apply(watcher::Event::Apply(pod("shop", "b", "Running")));
+        assert!(generation() > changed);
+        let added = generation();
+        pods.apply(watcher::Event::Delete(pod("shop", "b", "Running")));
+        assert!(generation() > added);
     }
 }

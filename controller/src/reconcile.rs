@@ -736,9 +736,9 @@ async fn step(
             .get(&reflector::ObjectRef::new(ns))
             .is_some_and(|n| plan::opted_in(&n))
     };
-    let pods = ctx
+    let (pods_generation, pods) = ctx
         .pods
-        .in_namespaces(plan::target_namespaces(&spec, &r.namespace));
+        .in_namespaces_at(plan::target_namespaces(&spec, &r.namespace));
     let cached = nodes::in_store(ctx);
     let reports = nodes::reports(&cached, r, &live.written);
     let view = View {
@@ -751,6 +751,7 @@ async fn step(
         protected: &protected,
         opted_in: &opted_in,
         pods: &pods,
+        pods_generation: Some(pods_generation),
         cached: &cached,
         reports: &reports,
         failed: nodes::failed(&cached, r),

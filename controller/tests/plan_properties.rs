@@ -2,10 +2,7 @@
 //! gets the same fault twice, entries sit on their pod's node, limits and
 //! namespace opt-in are respected.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use faultline_api::Experiment;
 use faultline_controller::plan::{self, ExperimentRef, PodInfo};
@@ -97,7 +94,7 @@ proptest! {
         let candidates = plan::candidates(&exp.spec, "shop", &pods);
         let mut run = Run::new(exp.spec.clone(), "shop", 9);
         run.step(Duration::ZERO, &candidates);
-        let index: HashMap<&str, &PodInfo> = pods.iter().map(|p| (&*p.uid, p)).collect();
+        let index = plan::pod_index(&pods);
         let by_node = plan::node_entries(&r, &run.resolved(), run.plan(), &index, (Timestamp::UNIX_EPOCH, None), None);
 
         let max = exp.spec.limits.as_ref().and_then(|l| l.max_targets);

@@ -283,6 +283,9 @@ pub struct Run {
     /// held set and its books stand as they are (at 150 000 targets,
     /// working them out again is most of a step).
     held_for: Option<Vec<bool>>,
+    /// The version of the candidates the plan was last made from, as the
+    /// driver numbered them (see [`Run::step_with`]).
+    planned_from: Option<u64>,
 }
 
 impl Run {
@@ -319,6 +322,7 @@ impl Run {
             effects: BTreeMap::new(),
             effect_failures: Vec::new(),
             held_for: None,
+            planned_from: None,
             in_place_since: None,
         }
     }
@@ -716,6 +720,19 @@ impl Run {
     /// Advances the run to `now` (time since the run started) with the
     /// targets that exist now; returns what to do.
     pub fn step(&mut self, now: Duration, candidates: &[Candidate]) -> Vec<Action> {
+        self.step_with(now, candidates, None)
+    }
+
+    /// As [`Run::step`], with the candidates numbered by the driver: while
+    /// `version` is the one the plan was last made from, the candidates are
+    /// the same and so would the plan be, so it is not made again (at
+    /// 150 000 candidates, most of a step). None: always planned.
+    pub fn step_with(
+        &mut self,
+        now: Duration,
+        candidates: &[Candidate],
+        version: Option<u64>,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         let in_a_window = self
             .spec
@@ -741,6 +758,7 @@ impl Run {
                     );
                     self.plan = p;
                     self.held_for = None;
+                    self.planned_from = version;
                     self.set_phase(now, Phase::Injecting);
                 }
                 Err(e) => {
@@ -752,10 +770,12 @@ impl Run {
         if matches!(self.phase, Phase::Injecting | Phase::Running) && now >= duration {
             self.set_phase(now, Phase::Recovering);
         }
-        if matches!(self.phase, Phase::Injecting | Phase::Running) {
+        let same_candidates = version.is_some() && version == self.planned_from;
+        if matches!(self.phase, Phase::Injecting | Phase::Running) && !same_candidates {
             // Re-plan so a replaced target (a killed pod's successor) is
             // covered. Over the limits mid-run, the last plan stands; a run
             // with no plan yet (resumed by another driver) does not start.
+            self.planned_from = version;
             match plan(&self.spec, &self.namespace, candidates, self.seed) {
                 // Compared cheaply: ids shared with the last plan are equal
                 // by pointer.

@@ -1246,3 +1246,40 @@ fn the_journal_names_a_few_targets_per_fault_and_counts_the_rest() {
         "{at_10:#?}"
     );
 }
+
+/// Candidates the driver numbers the same are taken as unchanged: the plan
+/// is not made again (at 150 000 pods, most of a step); a new number makes
+/// it again, and unnumbered candidates are always planned.
+#[test]
+fn numbered_candidates_are_planned_again_only_when_their_number_moves() {
+    let mut run = Run::new(
+        spec(
+            "  duration: 60s
+  targets:
+    payments: {labels: {app: payments}}
+  faults:
+    - {name: slow, target: payments, latency: {delay: 300ms}}
+",
+        ),
+        "shop",
+        3,
+    );
+    run.step_with(s(0), &shop(), Some(1));
+    run.confirm(s(0), |_| true);
+    assert_eq!(run.plan()["payments"].len(), 2);
+    let more: Vec<Candidate> = shop()
+        .into_iter()
+        .chain([Candidate::new("payments-3", "shop", &[("app", "payments")])])
+        .collect();
+    // Numbered as before: the driver says nothing changed, so nothing is planned.
+    run.step_with(s(1), &more, Some(1));
+    assert_eq!(run.plan()["payments"].len(), 2);
+    // A new number: planned again, the newcomer taken in.
+    let a = run.step_with(s(2), &more, Some(2));
+    assert_eq!(run.plan()["payments"].len(), 3);
+    assert_eq!(injects(&a).len(), 1, "{a:?}");
+    // Unnumbered: always planned.
+    let a = run.step_with(s(3), &shop(), None);
+    assert_eq!(run.plan()["payments"].len(), 2);
+    assert_eq!(removes(&a).len(), 1, "{a:?}");
+}
