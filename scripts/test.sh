@@ -58,6 +58,11 @@ fi
 FAULTLINE_CONTROL_PLANE="$(FAULTLINE_PEERS_DIR="$peers" scripts/control-plane.sh build)"
 export FAULTLINE_CONTROL_PLANE
 
+step "observability peers (Jaeger from its official Go module)"
+# Built once from testenv/jaeger/ and cached by version; a cold build takes minutes.
+FAULTLINE_JAEGER="$(FAULTLINE_PEERS_DIR="$peers" scripts/jaeger.sh build)"
+export FAULTLINE_JAEGER
+
 export FAULTLINE_REQUIRE_PEERS=1
 export FAULTLINE_KUBERNETES_VALIDATE="$peers/venv/bin/kubernetes-validate"
 export FAULTLINE_PYTHON="$peers/venv/bin/python"

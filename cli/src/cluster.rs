@@ -386,6 +386,7 @@ fn outcome_of(status: &ExperimentStatus, journal: Vec<Entry>) -> Outcome {
         journal,
         restarts: BTreeMap::new(),
         log: Vec::new(),
+        forwarded: None,
     }
 }
 

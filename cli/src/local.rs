@@ -39,6 +39,8 @@ pub struct Reports {
     pub json: Option<std::path::PathBuf>,
     /// A directory for each service's output (`<service>.log`).
     pub logs: Option<std::path::PathBuf>,
+    /// An OTLP/gRPC receiver (Jaeger, a collector) to forward every span to.
+    pub otlp_forward: Option<String>,
 }
 
 /// `--follow-schedule`: wait for each start time of the experiment's
@@ -489,6 +491,7 @@ async fn run_once(
         &Options {
             seed,
             logs: reports.logs.clone(),
+            forward: reports.otlp_forward.clone(),
             ..Options::default()
         },
         cancel,
@@ -704,6 +707,9 @@ pub(crate) fn summary(o: &Outcome) -> u8 {
             Some(e) => say!("fault {fault}: no effect observed (0 {})", e.what),
             None => say!("fault {fault}: no effect observed (none could be counted)"),
         }
+    }
+    if let Some((forwarded, dropped)) = o.forwarded {
+        say!("spans forwarded: {forwarded} ({dropped} dropped)");
     }
     for (service, n) in o.restarts.iter().filter(|(_, n)| **n > 0) {
         say!(

@@ -101,6 +101,11 @@ enum Command {
         /// dashboard (it opens only when stdin and stdout are a terminal).
         #[arg(long)]
         no_dashboard: bool,
+        /// Forward every span the local services send to this OTLP/gRPC
+        /// receiver as well, e.g. Jaeger's `http://127.0.0.1:4317` (its UI
+        /// at :16686 then shows the run's traces).
+        #[arg(long, value_name = "URL")]
+        otlp_forward: Option<String>,
     },
     /// Run the demo shop with payments slowed by 300 ms: checkout's breaker
     /// must open and frontend's error rate stay under 5 %.
@@ -126,6 +131,11 @@ enum Command {
         /// a service dies or never comes up.
         #[arg(long, value_name = "DIR")]
         logs: Option<PathBuf>,
+        /// Forward every span the local services send to this OTLP/gRPC
+        /// receiver as well, e.g. Jaeger's `http://127.0.0.1:4317` (its UI
+        /// at :16686 then shows the run's traces).
+        #[arg(long, value_name = "URL")]
+        otlp_forward: Option<String>,
     },
     /// The terminal dashboard: services, circuit breakers, edges and error
     /// rates from an observer, live; with --experiment, that Experiment's
@@ -259,12 +269,18 @@ fn main() -> ExitCode {
             follow_schedule,
             runs,
             no_dashboard,
+            otlp_forward,
             ..
         } => Ok(local::run_files(
             &experiment,
             &topology,
             seed,
-            &local::Reports { junit, json, logs },
+            &local::Reports {
+                junit,
+                json,
+                logs,
+                otlp_forward,
+            },
             follow_schedule.then_some(local::Follow { runs }),
             local::Ui::choose(no_dashboard),
         )),
@@ -288,7 +304,12 @@ fn main() -> ExitCode {
             ..
         } => Ok(cluster::run_file(
             &experiment,
-            &local::Reports { junit, json, logs },
+            &local::Reports {
+                junit,
+                json,
+                logs,
+                otlp_forward: None,
+            },
             cluster::Waits {
                 start: start_timeout,
             },
@@ -310,10 +331,16 @@ fn main() -> ExitCode {
             junit,
             json,
             logs,
+            otlp_forward,
         } => Ok(local::demo(
             duration,
             no_breaker,
-            &local::Reports { junit, json, logs },
+            &local::Reports {
+                junit,
+                json,
+                logs,
+                otlp_forward,
+            },
             local::Ui::choose(no_dashboard),
         )),
         Command::Dashboard {

@@ -37,6 +37,10 @@ pub struct Options {
     pub logs: Option<std::path::PathBuf>,
     /// The program stress workers run (`PROGRAM stress-worker …`): this one.
     pub stress_exe: std::path::PathBuf,
+    /// An OTLP/gRPC receiver (such as Jaeger's `http://host:4317`) the
+    /// observer forwards every span the services send it to, as well as
+    /// keeping its own figures.
+    pub forward: Option<String>,
 }
 
 impl Default for Options {
@@ -48,6 +52,7 @@ impl Default for Options {
             logs: None,
             stress_exe: std::env::current_exe()
                 .unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe")),
+            forward: None,
         }
     }
 }
@@ -67,6 +72,9 @@ pub struct Outcome {
     /// Service restarts during the run, and supervisor messages.
     pub restarts: BTreeMap<String, u64>,
     pub log: Vec<String>,
+    /// With `Options::forward`: the spans forwarded, and those dropped
+    /// (queue full, or the receiver refused every attempt).
+    pub forwarded: Option<(u64, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +189,14 @@ async fn drive(
     progress: &watch::Sender<Progress>,
 ) -> Result<Outcome, Error> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let observer = faultline_observer::start(&Addresses::ephemeral(), Limits::default())
+    let mut observer = faultline_observer::Observer::new(Limits::default());
+    if let Some(endpoint) = &options.forward {
+        observer = observer.forward_to(faultline_observer::ForwardConfig::new(
+            endpoint.clone(),
+            faultline_observer::ForwardProtocol::Grpc,
+        ));
+    }
+    let observer = faultline_observer::start_with(&Addresses::ephemeral(), observer)
         .await
         .map_err(Error::Observer)?;
     progress.send_modify(|p| p.observer_api = Some(observer.addresses.api));
@@ -407,6 +422,7 @@ async fn drive(
     if let Some(cg) = cgroups {
         cg.remove().await;
     }
+    let forwarded = drain_forward(&observer.observer).await;
     let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Outcome {
         verdict: run.verdict().unwrap_or(Verdict::Aborted),
@@ -422,7 +438,26 @@ async fn drive(
         journal: run.journal().to_vec(),
         restarts,
         log,
+        forwarded,
     })
+}
+
+/// Once the services are gone (their last spans flushed as they stopped),
+/// waits for what the observer still has to forward, for at most 10 s:
+/// (forwarded, dropped), or None without forwarding.
+async fn drain_forward(observer: &faultline_observer::Observer) -> Option<(u64, u64)> {
+    use std::sync::atomic::Ordering;
+    let stats = observer.forward_stats()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // A moment first: the last exports may still be on their way in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while stats.queued.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dropped = stats.dropped_queue_full.load(Ordering::Relaxed)
+        + stats.dropped_failed.load(Ordering::Relaxed)
+        + stats.queued.load(Ordering::Relaxed) as u64;
+    Some((stats.forwarded.load(Ordering::Relaxed), dropped))
 }
 
 /// What each fault did, from the proxies' counters and the signals sent:

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod cluster;
+pub mod jaeger;
 pub mod kube;
 pub mod otlp;
 pub mod terminal;
