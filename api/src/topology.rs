@@ -151,6 +151,11 @@ impl Decode for ResourceLimits {
 }
 
 impl TopologySpec {
+    /// Whether a service has limits (which need cgroups to enforce).
+    pub fn has_limits(&self) -> bool {
+        self.services.iter().any(|s| s.limits.is_some())
+    }
+
     pub fn validate(&self, p: &mut Problems) {
         let path = Path::root().key("spec").key("services");
         if self.services.is_empty() {

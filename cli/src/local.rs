@@ -145,7 +145,7 @@ fn located(path: &Path, problems: &faultline_api::Problems) -> Vec<String> {
 /// Limits of `topology` (read from `path`) this host cannot enforce, as
 /// FILE:LINE:COL: field: problem.
 pub(crate) fn unenforceable_limits(path: &Path, topology: &Topology) -> Vec<String> {
-    if !topology.spec.services.iter().any(|s| s.limits.is_some()) {
+    if !topology.spec.has_limits() {
         return Vec::new();
     }
     let usable = faultline_runtime::cgroup_controllers();

@@ -286,6 +286,16 @@ fn main() -> ExitCode {
         )),
         Command::Run {
             local: None,
+            otlp_forward: Some(_),
+            ..
+        } => {
+            tell!(
+                "faultline run: --otlp-forward is for local mode; on a cluster the chart's observer forwards spans (--set observer.forward=URL)"
+            );
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+        Command::Run {
+            local: None,
             follow_schedule: true,
             ..
         } => {

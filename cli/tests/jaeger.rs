@@ -158,3 +158,26 @@ fn the_demo_forwards_every_span_to_jaeger_intact() {
         "the breaker's opening is an event on a checkout span"
     );
 }
+
+/// On a cluster the chart's observer forwards; the flag is refused there
+/// rather than ignored.
+#[test]
+fn otlp_forward_is_refused_without_local() {
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args([
+            "run",
+            "experiments/latency-breaker.yaml",
+            "--otlp-forward",
+            "http://127.0.0.1:4317",
+        ])
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--otlp-forward is for local mode"),
+        "{stderr}"
+    );
+}

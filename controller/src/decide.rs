@@ -346,7 +346,11 @@ pub(crate) fn decide(
             second(view.now),
         )
     });
-    live.candidates = view.pods_generation.map(|g| (g, candidates));
+    // A run that ended plans nothing more.
+    live.candidates = view
+        .pods_generation
+        .filter(|_| !live.run.is_finished())
+        .map(|g| (g, candidates));
     Intent {
         record_start,
         takeaways,
@@ -1403,5 +1407,50 @@ spec:
         );
         assert_eq!(live.unwritten.len(), n - NODES_PER_STEP);
         assert!(!s.intent.more);
+    }
+
+    #[test]
+    fn candidates_are_kept_while_the_pods_generation_stays_and_made_again_when_it_moves() {
+        let (exp, r) = experiment("    - {name: slow, target: web, latency: {delay: 100ms}}\n");
+        let mut live = Live::start(&r, &exp, at(0), (1, 0), Default::default());
+        let (reports, settings, cached) = Default::default();
+        let two = [pod(1, "node-a"), pod(2, "node-a")];
+        let three = [pod(1, "node-a"), pod(2, "node-a"), pod(3, "node-b")];
+        let planned = |live: &Live| live.run.plan().get("web").map_or(0, Vec::len);
+        let at_generation = |secs, pods, generation| View {
+            pods_generation: generation,
+            ..view(at(secs), pods, &reports, &settings, &cached)
+        };
+        step(
+            &mut live,
+            &r,
+            &at_generation(0, &two, Some(1)),
+            &ExperimentStatus::default(),
+        );
+        assert_eq!(planned(&live), 2);
+        // The store says nothing changed: what it was made from stands.
+        step(
+            &mut live,
+            &r,
+            &at_generation(1, &three, Some(1)),
+            &ExperimentStatus::default(),
+        );
+        assert_eq!(planned(&live), 2);
+        // It moved: the newcomer is a target.
+        step(
+            &mut live,
+            &r,
+            &at_generation(2, &three, Some(2)),
+            &ExperimentStatus::default(),
+        );
+        assert_eq!(planned(&live), 3);
+        // Unknown generations are never taken as unchanged.
+        step(
+            &mut live,
+            &r,
+            &at_generation(3, &two, None),
+            &ExperimentStatus::default(),
+        );
+        assert_eq!(planned(&live), 2);
     }
 }

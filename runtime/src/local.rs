@@ -219,7 +219,7 @@ async fn drive(
 
     // Limits and stress work through the services' own cgroups, made for
     // the run.
-    let cgroups = if crate::stress::wanted(&experiment.spec) || crate::stress::limited(topology) {
+    let cgroups = if crate::stress::wanted(&experiment.spec) || topology.spec.has_limits() {
         Some(crate::stress::Cgroups::create().map_err(Error::Cgroups)?)
     } else {
         None
@@ -249,10 +249,9 @@ async fn drive(
             .map(|dir| dir.join(format!("{}.log", s.name)));
         if let Some(cg) = &cgroups {
             let placed = match &s.limits {
-                Some(limits) => cg.limit(&s.name, limits),
-                None => Ok(()),
-            }
-            .and_then(|()| cg.service(&s.name));
+                Some(limits) => cg.limited(&s.name, limits),
+                None => cg.service(&s.name),
+            };
             match placed {
                 Ok(dir) => launch.cgroup = Some(dir),
                 Err(e) => {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use faultline_api::{ExperimentSpec, FaultAction, ResourceLimits, Topology};
+use faultline_api::{ExperimentSpec, FaultAction, ResourceLimits};
 use faultline_engine::{Instance, Resolved};
 use faultline_stress::{Load, Worker};
 
@@ -37,12 +37,25 @@ pub fn support() -> Result<PathBuf, String> {
 /// The cgroup controllers local mode can use here for limits (of `cpu`
 /// and `memory`); Err says why there are none.
 pub fn controllers() -> Result<Vec<&'static str>, String> {
-    let mount = support()?;
-    let offered = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
-    Ok(["cpu", "memory"]
+    Ok(hand_down(&support()?))
+}
+
+/// Hands `cpu` and `memory` down from the hierarchy's root where it offers
+/// them (systemd's root already does; inside a container's cgroup
+/// namespace the write may be refused): the ones the root's children get.
+fn hand_down(mount: &Path) -> Vec<&'static str> {
+    let listed = |file: &str| fs::read_to_string(mount.join(file)).unwrap_or_default();
+    let offered = listed("cgroup.controllers");
+    for c in ["cpu", "memory"] {
+        if offered.split_whitespace().any(|o| o == c) {
+            let _ = fs::write(mount.join("cgroup.subtree_control"), format!("+{c}"));
+        }
+    }
+    let handed = listed("cgroup.subtree_control");
+    ["cpu", "memory"]
         .into_iter()
-        .filter(|c| offered.split_whitespace().any(|o| o == *c))
-        .collect())
+        .filter(|c| handed.split_whitespace().any(|o| o == *c))
+        .collect()
 }
 
 /// Whether `spec` has a stress fault.
@@ -50,11 +63,6 @@ pub(crate) fn wanted(spec: &ExperimentSpec) -> bool {
     spec.faults
         .iter()
         .any(|f| matches!(f.action, FaultAction::Stress(_)))
-}
-
-/// Whether a service of `topology` has limits.
-pub(crate) fn limited(topology: &Topology) -> bool {
-    topology.spec.services.iter().any(|s| s.limits.is_some())
 }
 
 const PREFIX: &str = "faultline-local-";
@@ -105,13 +113,8 @@ impl Cgroups {
         // hybrid host the v2 hierarchy has neither; CPU time is still
         // counted per cgroup). A controller reaches the services only when
         // every level above hands it down; systemd's root already does.
-        let offered = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
-        for c in ["cpu", "memory"] {
-            if offered.split_whitespace().any(|o| o == c) {
-                for level in [&mount, &root] {
-                    let _ = fs::write(level.join("cgroup.subtree_control"), format!("+{c}"));
-                }
-            }
+        for c in hand_down(&mount) {
+            let _ = fs::write(root.join("cgroup.subtree_control"), format!("+{c}"));
         }
         Ok(Cgroups { root })
     }
@@ -124,8 +127,8 @@ impl Cgroups {
         Ok(dir)
     }
 
-    /// Sets a service's limits on its cgroup, before it starts.
-    pub(crate) fn limit(&self, name: &str, limits: &ResourceLimits) -> Result<(), String> {
+    /// The cgroup of a service with its limits set, before it starts.
+    pub(crate) fn limited(&self, name: &str, limits: &ResourceLimits) -> Result<PathBuf, String> {
         let dir = self.service(name)?;
         let set = |file: &str, value: String| {
             fs::write(dir.join(file), &value).map_err(|e| {
@@ -148,7 +151,7 @@ impl Cgroups {
             // has, not where it starts paging.
             let _ = fs::write(dir.join("memory.swap.max"), "0");
         }
-        Ok(())
+        Ok(dir)
     }
 
     /// Removes the cgroups once every process has left them (a process
@@ -248,7 +251,15 @@ impl Stressing {
                         continue;
                     }
                     // Its deadline, on the wall clock, a moment before the
-                    // run's: started again quietly for what is left.
+                    // run's: started again quietly for what is left, if any
+                    // (a worker past its deadline would end at once, and
+                    // be started again every tick).
+                    // Kept, as an OOM-killed one is, until the instance goes.
+                    Ok(Some(faultline_stress::End::Finished))
+                        if SystemTime::now() >= started + r.until =>
+                    {
+                        continue;
+                    }
                     Ok(Some(faultline_stress::End::Finished)) => {}
                     Ok(Some(end)) => said.push(format!(
                         "{} on {}: {end} early; starting it again",
